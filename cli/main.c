@@ -1,0 +1,46 @@
+/* main.c — qchat's entry point: dispatches to a subcommand, or to the
+ * interactive TUI when the first argument is not one. */
+#include <stdio.h>
+#include <string.h>
+
+#include "cmd.h"
+#include "util.h"
+
+#define QCHAT_VERSION "0.1.0"
+
+typedef struct subcommand {
+    const char *name;
+    int (*fn)(int argc, char **argv);
+    const char *usage;
+} subcommand;
+
+/* One row per subcommand; the usage text is what `qchat --help` prints. */
+static const subcommand subcommands[] = {
+    {"inspect", cmd_inspect, "inspect CHECKPOINT_DIR [--json] [--ctx N]"},
+    {"tokenize", cmd_tokenize, "tokenize CHECKPOINT_DIR [--json] [--decode] TEXT|-"},
+};
+
+static void print_usage(FILE *f)
+{
+    fprintf(f, "usage: qchat [OPTIONS] [CHECKPOINT_DIR...]\n");
+    for (size_t i = 0; i < sizeof subcommands / sizeof subcommands[0]; i++)
+        fprintf(f, "       qchat %s\n", subcommands[i].usage);
+    fprintf(f, "See qchat(1) for details.\n");
+}
+
+int main(int argc, char **argv)
+{
+    if (argc >= 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
+        print_usage(stdout);
+        return 0;
+    }
+    if (argc >= 2 && !strcmp(argv[1], "--version")) {
+        printf("qchat %s\n", QCHAT_VERSION);
+        return 0;
+    }
+    for (size_t i = 0; argc >= 2 && i < sizeof subcommands / sizeof subcommands[0]; i++)
+        if (!strcmp(argv[1], subcommands[i].name))
+            return subcommands[i].fn(argc - 1, argv + 1);
+    print_usage(stderr);
+    return QC_EXIT_USAGE;
+}

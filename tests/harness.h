@@ -1,0 +1,57 @@
+/* harness.h — the tiny test harness every tests/test_*.c uses.
+ *
+ * Each check prints one line: "ok <name>", "FAIL <name>: <why>" or
+ * "skip <name>: <reason>". tests/run.sh counts those lines across all binaries
+ * and scripts. A binary that crashes or exits non-zero counts as a failure. */
+#ifndef QC_HARNESS_H
+#define QC_HARNESS_H
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int th_failed_count;
+
+static inline void th_result(int ok, const char *name, const char *fmt, ...)
+{
+    if (ok) {
+        printf("ok %s\n", name);
+    } else {
+        th_failed_count++;
+        printf("FAIL %s: ", name);
+        va_list ap;
+        va_start(ap, fmt);
+        vprintf(fmt, ap);
+        va_end(ap);
+        printf("\n");
+    }
+    fflush(stdout);
+}
+
+static inline void th_skip(const char *name, const char *reason)
+{
+    printf("skip %s: %s\n", name, reason);
+    fflush(stdout);
+}
+
+/* CHECK(name, cond, fmt, ...): one named check. */
+#define CHECK(name, cond, ...) th_result((cond) ? 1 : 0, (name), __VA_ARGS__)
+
+/* Root of ../shared/fixtures (overridable with QCHAT_FIXTURES). */
+static inline const char *th_fixtures(void)
+{
+    const char *e = getenv("QCHAT_FIXTURES");
+    return e && *e ? e : "../shared/fixtures";
+}
+
+/* Writes the path of a fixture model directory into buf. */
+static inline const char *th_model_dir(char *buf, size_t n, const char *model)
+{
+    snprintf(buf, n, "%s/models/%s", th_fixtures(), model);
+    return buf;
+}
+
+static inline int th_exit(void) { return th_failed_count ? 1 : 0; }
+
+#endif
