@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "cmd.h"
+#include "tui.h"
 #include "util.h"
 
 #define QCHAT_VERSION "0.1.0"
@@ -18,6 +19,8 @@ typedef struct subcommand {
 static const subcommand subcommands[] = {
     {"inspect", cmd_inspect, "inspect CHECKPOINT_DIR [--json] [--ctx N]"},
     {"tokenize", cmd_tokenize, "tokenize CHECKPOINT_DIR [--json] [--decode] TEXT|-"},
+    {"quantize", cmd_quantize, "quantize SRC_DIR DST_DIR --to fp8|int4|nvfp4 [--group N] [--force]"},
+    {"score", cmd_score, "score CHECKPOINT_DIR --ids FILE --out FILE.safetensors [--chunk N] [--device cpu|cuda]"},
 };
 
 static void print_usage(FILE *f)
@@ -41,6 +44,6 @@ int main(int argc, char **argv)
     for (size_t i = 0; argc >= 2 && i < sizeof subcommands / sizeof subcommands[0]; i++)
         if (!strcmp(argv[1], subcommands[i].name))
             return subcommands[i].fn(argc - 1, argv + 1);
-    print_usage(stderr);
-    return QC_EXIT_USAGE;
+    /* Anything else (options, checkpoint directories, nothing) is the TUI. */
+    return tui_main(argc, argv);
 }

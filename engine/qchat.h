@@ -25,6 +25,11 @@ typedef enum qc_device { QC_DEVICE_AUTO = 0, QC_DEVICE_CPU, QC_DEVICE_CUDA } qc_
 typedef struct qc_load_opts {
     qc_device device;
     int threads; /* CPU threads; 0 = all cores */
+    /* CPU backend: bytes of float32 copies of dequantized weights made at load
+     * (decode then streams plain floats instead of re-dequantizing every
+     * token). 0 = default (up to half the available memory), -1 = none
+     * (every matmul dequantizes its tiles on the fly). Results are identical. */
+    int64_t cpu_dequant_budget;
 } qc_load_opts;
 
 int qc_model_load(const char *dir, const qc_load_opts *opts, qc_model **out, qc_err *err);
@@ -43,9 +48,20 @@ typedef struct qc_model_info {
 } qc_model_info;
 void qc_model_get_info(const qc_model *m, qc_model_info *info);
 
+/* The model's tokenizer (tokenizer.h) and parsed config (config.h: eos ids,
+ * generation defaults), owned by the model, for front ends that encode
+ * prompts, decode replies and set up sampling. */
+struct qc_tokenizer;
+struct qc_config;
+const struct qc_tokenizer *qc_model_tokenizer(const qc_model *m);
+const struct qc_config *qc_model_config(const qc_model *m);
+
 /* Memory held by the engine, by what holds it (bytes). On CUDA the numbers
  * come from the engine's own tagged allocations reconciled with cudaMemGetInfo;
- * on the CPU from the process's allocations by the same categories. */
+ * on the CPU from the process's allocations by the same categories: W_* are
+ * the checkpoint's (memory-mapped) weight bytes by family, the CPU backend's
+ * float32 copies of dequantized weights count in W_OTHER, RUNTIME is the rest
+ * of the resident set, total and FREE are the host's MemTotal/MemAvailable. */
 enum {
     QC_MEM_W_BF16, QC_MEM_W_FP8, QC_MEM_W_INT4, QC_MEM_W_NVFP4, QC_MEM_W_OTHER,
     QC_MEM_KV, QC_MEM_GDN_STATE, QC_MEM_SCRATCH, QC_MEM_RUNTIME, QC_MEM_FREE,
@@ -75,6 +91,10 @@ void qc_session_set_events(qc_session *s, qc_event_fn fn, void *user);
  * (qc_session_logits). */
 int qc_session_prefill(qc_session *s, const int32_t *ids, int n, int chunk, float *all_logits,
                        qc_err *err);
+/* The same, also returning every position's final-normed hidden state
+ * (n x hidden_size floats) when all_norm is not NULL (score's test hook). */
+int qc_session_prefill_full(qc_session *s, const int32_t *ids, int n, int chunk, float *all_logits,
+                            float *all_norm, qc_err *err);
 /* One token; logits of the next position available from qc_session_logits. */
 int qc_session_step(qc_session *s, int32_t id, qc_err *err);
 const float *qc_session_logits(const qc_session *s);
@@ -83,7 +103,8 @@ const float *qc_session_final_norm(const qc_session *s);
 int qc_session_len(const qc_session *s);
 const int32_t *qc_session_tokens(const qc_session *s);
 void qc_session_reset(qc_session *s);
-/* Keeps only the first n tokens (recomputes the linear-attention state). */
+/* Keeps only the first n tokens (recomputes the linear-attention state, whose
+ * recurrence cannot be undone, by prefilling those n tokens again). */
 int qc_session_rewind(qc_session *s, int n, qc_err *err);
 
 #endif

@@ -1,0 +1,59 @@
+/* dequant.h — exact dequantization of every weight format of
+ * checkpoint-formats.md, shape/dtype validation of a qc_linear descriptor, and
+ * the CPU engine's fused "dequantize a tile of rows, then dot" matmul kernel.
+ *
+ * qc_linear_dequant_rows itself is declared in format.h (the checkpoint reader,
+ * the CPU engine and the tests all need it); this header adds the rest.
+ *
+ * Exactness: every element is computed in float32 exactly as the format's
+ * formula reads, with the scale products formed in this order:
+ *   fp8-*            e4m3(w) * scale
+ *   gptq/awq/ct-int  scale * (float)(q - z)            (q - z is a small integer)
+ *   nvfp4-ct         e2m1(w) * (e4m3(s) / global)      (compressed-tensors order)
+ *   nvfp4-modelopt   e2m1(w) * (e4m3(s) * scale_2)
+ *   mxfp4-ct         e2m1(w) * 2^(s-127)
+ * All of these are exact products except the nvfp4 block scale, which is
+ * rounded once to float32 as the producers' own dequantizers do. */
+#ifndef QC_DEQUANT_H
+#define QC_DEQUANT_H
+
+#include <stdint.h>
+
+#include "format.h"
+#include "util.h"
+
+/* Scalar decoders (exact). */
+float qc_e2m1_to_f32(uint8_t code); /* low 4 bits: bit 3 sign, magnitudes {0,.5,1,1.5,2,3,4,6} */
+float qc_e8m0_to_f32(uint8_t code); /* 2^(code-127); 0xFF is NaN */
+
+/* Element i of a tensor of any float or integer dtype (BF16, F16, F32, F64,
+ * F8_E4M3, F8_E5M2, F8_E8M0, integers) as float. i must be < t->numel. */
+float qc_tensor_get_f32(const qc_tensor *t, int64_t i);
+
+/* Checks that every tensor the descriptor's format needs is present, has a
+ * usable dtype and exactly the shape the format implies (n, k, group size,
+ * block size, bits), and that data covers nbytes. Returns QC_OK or
+ * QC_EXIT_CHECKPOINT with a message naming l->name and the tensor at fault.
+ * qc_linear_dequant_rows and qc_linear_matmul assume a descriptor that passed. */
+int qc_linear_validate(const qc_linear *l, qc_err *err);
+
+/* Floats of scratch that qc_linear_matmul_rows needs for a tile of
+ * nrows rows: nrows * k, or 0 for F32 weights (read in place). */
+int64_t qc_linear_tile_floats(const qc_linear *l, int64_t nrows);
+
+/* One tile of a matmul, on the calling thread (the CPU backend's pool splits N
+ * into tiles and calls this per task):
+ *   y[i*ldy + j] = sum_k W[j][k] * x[i*ldx + k]   for i < m, row0 <= j < row0+nrows
+ * scratch holds qc_linear_tile_floats(l, nrows) floats. Each y element is one
+ * dot product in a fixed order (8 lanes of k, then a fixed lane sum, then the
+ * k tail), so results do not depend on how N or M is split into tiles. */
+void qc_linear_matmul_rows(const qc_linear *l, const float *x, int64_t m, int64_t ldx,
+                           int64_t row0, int64_t nrows, float *y, int64_t ldy, float *scratch);
+
+/* Whole matmul y[m][n] = x[m][k] . W^T on the calling thread (tests, tools). */
+void qc_linear_matmul(const qc_linear *l, const float *x, int64_t m, float *y);
+
+/* Dequantizes the whole matrix into out (n x k floats). */
+void qc_linear_dequant(const qc_linear *l, float *out);
+
+#endif

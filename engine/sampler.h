@@ -1,0 +1,75 @@
+/* sampler.h — picks the next token from a row of logits.
+ *
+ * Pipeline, in this order (the order of Hugging Face generate):
+ *   1. ids >= n_tokens (embedding padding) and NaN logits are removed;
+ *   2. penalties over the tokens generated so far (qc_sampler_accept):
+ *        repetition r (CTRL / HF): a seen token's logit l becomes l / r if
+ *          l > 0, else l * r (once per distinct token);
+ *        presence p: l -= p for every seen token (once);
+ *        frequency f: l -= f * count;
+ *   3. greedy when temperature <= 0 or top_k == 1: the largest logit (lowest
+ *      id on ties) — penalties still apply;
+ *   4. else l / temperature, softmax, then the truncations:
+ *        top_k > 0:   keep the k most probable;
+ *        top_p < 1:   keep the smallest most-probable-first prefix whose mass
+ *                     is >= top_p (at least one token);
+ *        min_p > 0:   drop tokens with probability < min_p * max probability;
+ *      renormalise and draw by inverse CDF over the kept tokens: ordered by
+ *      decreasing probability (ties: lower id first) when top-k or top-p is
+ *      on, else by id (no sort of the whole vocabulary per token).
+ * Randomness: xoshiro256** seeded through splitmix64 from the 64-bit seed, one
+ * 53-bit uniform per draw; the same seed, logits and history give the same
+ * tokens on every machine. */
+#ifndef QC_SAMPLER_H
+#define QC_SAMPLER_H
+
+#include <stdint.h>
+
+#include "util.h"
+
+typedef struct qc_sample_params {
+    float temperature;        /* <= 0: greedy */
+    int top_k;                /* <= 0: off */
+    float top_p;              /* >= 1: off */
+    float min_p;              /* <= 0: off */
+    float repetition_penalty; /* 1: off; must be > 0 */
+    float presence_penalty;   /* 0: off */
+    float frequency_penalty;  /* 0: off */
+    uint64_t seed;
+} qc_sample_params;
+
+/* Neutral defaults: temperature 1, no truncation, no penalty, seed 0.
+ * Callers overlay generation_config.json values (do_sample false means
+ * temperature 0) and then command-line flags. */
+void qc_sample_params_init(qc_sample_params *p);
+
+/* Range checks with a message naming the option (QC_EXIT_USAGE on failure):
+ * temperature finite >= 0, top_p in (0, 1], min_p in [0, 1],
+ * repetition_penalty > 0, penalties finite. */
+int qc_sample_params_check(const qc_sample_params *p, qc_err *err);
+
+typedef struct qc_sampler qc_sampler;
+
+/* n_tokens: the tokenizer's id count; ids at or above it are never drawn. */
+int qc_sampler_new(const qc_sample_params *p, int n_tokens, qc_sampler **out, qc_err *err);
+void qc_sampler_free(qc_sampler *s);
+
+/* Forgets the history and restarts the random stream from seed. */
+void qc_sampler_reset(qc_sampler *s, uint64_t seed);
+
+/* Records a generated token for the penalties (ids outside [0, n_tokens) are
+ * ignored). */
+void qc_sampler_accept(qc_sampler *s, int32_t id);
+
+/* Draws one id from logits[0..vocab) (vocab may exceed n_tokens). Does not
+ * record it; qc_sampler_next does both. Returns -1 only when no id below
+ * min(vocab, n_tokens) has a finite logit. */
+int32_t qc_sampler_sample(qc_sampler *s, const float *logits, int vocab);
+int32_t qc_sampler_next(qc_sampler *s, const float *logits, int vocab);
+
+/* The exact distribution the next draw uses: probs[0..vocab) (zero for
+ * removed ids; one-hot when greedy). Returns the number of ids with nonzero
+ * probability, or -1 as qc_sampler_sample. For tests and `--json` details. */
+int qc_sampler_probs(qc_sampler *s, const float *logits, int vocab, float *probs);
+
+#endif

@@ -1,0 +1,62 @@
+/* common.cuh — helpers shared by the .cu files of kernels/ (CUDA C++ only). */
+#ifndef QC_KERNELS_COMMON_CUH
+#define QC_KERNELS_COMMON_CUH
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+#include "kernels.h"
+
+/* Returns the launch error (0 when the launch was accepted). */
+static inline int qk_launch_status(void) { return (int)cudaGetLastError(); }
+
+__device__ __forceinline__ float qk_bf(uint16_t v)
+{
+    return __uint_as_float(((uint32_t)v) << 16);
+}
+
+/* Round to nearest even, like qc_f32_to_bf16 (NaN kept quiet). */
+__device__ __forceinline__ uint16_t qk_to_bf(float f)
+{
+    return __bfloat16_as_ushort(__float2bfloat16_rn(f));
+}
+
+__device__ __forceinline__ float qk_silu(float x) { return x / (1.0f + __expf(-x)); }
+__device__ __forceinline__ float qk_sigmoid(float x) { return 1.0f / (1.0f + __expf(-x)); }
+
+__device__ __forceinline__ float qk_warp_sum(float v)
+{
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ __forceinline__ float qk_warp_max(float v)
+{
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+/* Sum over the whole block (blockDim.x a multiple of 32, <= 1024); every
+ * thread gets the result. `red` is 33 floats of shared memory. */
+__device__ __forceinline__ float qk_block_sum(float v, float *red)
+{
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+    v = qk_warp_sum(v);
+    __syncthreads();
+    if (lane == 0) red[w] = v;
+    __syncthreads();
+    if (w == 0) {
+        float s = lane < nw ? red[lane] : 0.0f;
+        s = qk_warp_sum(s);
+        if (lane == 0) red[32] = s;
+    }
+    __syncthreads();
+    return red[32];
+}
+
+__host__ __device__ static inline int qk_cdiv(int64_t a, int64_t b) { return (int)((a + b - 1) / b); }
+
+#endif

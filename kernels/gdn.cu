@@ -1,0 +1,371 @@
+/* gdn.cu — Gated DeltaNet: conv + SiLU, gates, L2 norms, the chunked prefill
+ * (chunk 64, qwen35-model.md §3.2) and the fused single-token step.
+ *
+ * Chunked prefill, two launches:
+ *   prep (parallel over chunks x V heads): gamma = cumsum(g); A and P from
+ *     K K^T / Q K^T with e^{gamma_i - gamma_j} (i >= j, so every exponent is
+ *     <= 0); U = (I+A)^{-1} diag(beta) V and W = (I+A)^{-1} diag(beta e^gamma) K
+ *     by forward substitution, one thread per column (no division by e^gamma);
+ *   scan (sequential over chunks, parallel over V heads and state columns):
+ *     the state's columns S[:, j] are independent, so each thread keeps one
+ *     column in registers: V' = U - W S; O = diag(e^gamma) Q S + P V';
+ *     S = e^{gamma_last} S + (diag(e^{gamma_last - gamma}) K)^T V'. */
+#include "common.cuh"
+
+#define GDN_C 64
+
+/* ---- conv ---- */
+
+__global__ void k_conv_silu(const float *x, int ld_x, const float *w, const float *state, int T, int C, float *out)
+{
+    int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+    if (e >= (int64_t)T * C) return;
+    int t = (int)(e / C), ch = (int)(e % C);
+    float acc = 0.0f;
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        int tt = t - 3 + j;
+        float v = tt >= 0 ? x[(int64_t)tt * ld_x + ch] : state[ch * 3 + (tt + 3)];
+        acc = fmaf(w[ch * 4 + j], v, acc);
+    }
+    out[e] = qk_silu(acc);
+}
+
+/* After the conv: the state becomes the last three raw inputs. */
+__global__ void k_conv_state(const float *x, int ld_x, float *state, int T, int C)
+{
+    int ch = blockIdx.x * blockDim.x + threadIdx.x;
+    if (ch >= C) return;
+    float s[3];
+#pragma unroll
+    for (int m = 0; m < 3; m++) {
+        int tt = T - 3 + m; /* index in the concatenation [old state (3) | x (T)] is tt + 3 */
+        s[m] = tt >= 0 ? x[(int64_t)tt * ld_x + ch] : state[ch * 3 + tt + 3];
+    }
+#pragma unroll
+    for (int m = 0; m < 3; m++) state[ch * 3 + m] = s[m];
+}
+
+extern "C" int qk_conv_silu(const float *x, int ld_x, const float *w, float *state, int T, int C, float *out,
+                            qk_stream st)
+{
+    if (T <= 0) return 0;
+    k_conv_silu<<<qk_cdiv((int64_t)T * C, 256), 256, 0, st>>>(x, ld_x, w, state, T, C, out);
+    k_conv_state<<<qk_cdiv(C, 256), 256, 0, st>>>(x, ld_x, state, T, C);
+    return qk_launch_status();
+}
+
+/* ---- gates and norms ---- */
+
+__device__ __forceinline__ float qk_softplus(float x) { return x > 20.0f ? x : log1pf(__expf(x)); }
+
+__device__ __forceinline__ void gdn_gate(float b, float a, float nexpa, float dt_bias, float *beta, float *g)
+{
+    *beta = 1.0f / (1.0f + expf(-b));
+    *g = nexpa * qk_softplus(a + dt_bias);
+}
+
+__global__ void k_gdn_gates(const float *b, const float *a, int ld, const float *nexpa, const float *dt_bias,
+                            int T, int Hv, float *beta, float *g)
+{
+    int e = blockIdx.x * blockDim.x + threadIdx.x;
+    if (e >= T * Hv) return;
+    int t = e / Hv, h = e % Hv;
+    gdn_gate(b[(int64_t)t * ld + h], a[(int64_t)t * ld + h], nexpa[h], dt_bias[h], &beta[e], &g[e]);
+}
+
+extern "C" int qk_gdn_gates(const float *b, const float *a, int ld, const float *nexpa, const float *dt_bias,
+                            int T, int Hv, float *beta, float *g, qk_stream st)
+{
+    if (T <= 0) return 0;
+    k_gdn_gates<<<qk_cdiv((int64_t)T * Hv, 256), 256, 0, st>>>(b, a, ld, nexpa, dt_bias, T, Hv, beta, g);
+    return qk_launch_status();
+}
+
+/* One warp per (token, q-or-k head). */
+__global__ void k_l2norm_qk(float *c, int ld_c, int T, int Hk, int dk)
+{
+    int wid = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
+    if (wid >= T * 2 * Hk) return;
+    int t = wid / (2 * Hk), hh = wid % (2 * Hk);
+    float *p = c + (int64_t)t * ld_c + (int64_t)hh * dk;
+    float ss = 0.0f;
+    for (int i = lane; i < dk; i += 32) ss += p[i] * p[i];
+    ss = qk_warp_sum(ss);
+    float r = 1.0f / sqrtf(ss + 1e-6f);
+    if (hh < Hk) r *= 1.0f / sqrtf((float)dk);
+    for (int i = lane; i < dk; i += 32) p[i] *= r;
+}
+
+extern "C" int qk_l2norm_qk(float *c, int ld_c, int T, int Hk, int dk, qk_stream st)
+{
+    if (T <= 0) return 0;
+    k_l2norm_qk<<<qk_cdiv((int64_t)T * 2 * Hk * 32, 256), 256, 0, st>>>(c, ld_c, T, Hk, dk);
+    return qk_launch_status();
+}
+
+/* ---- chunked prefill ---- */
+
+static size_t align256(size_t n) { return (n + 255) & ~(size_t)255; }
+
+struct gdn_scratch {
+    float *U, *W, *P, *gam;
+};
+
+static gdn_scratch gdn_scratch_split(void *base, int T, int Hv, int dk, int dv)
+{
+    size_t Tp = (size_t)qk_cdiv(T, GDN_C) * GDN_C, nch = Tp / GDN_C;
+    char *p = (char *)base;
+    gdn_scratch s;
+    s.U = (float *)p; p += align256(Tp * Hv * dv * 4);
+    s.W = (float *)p; p += align256(Tp * Hv * dk * 4);
+    s.P = (float *)p; p += align256(nch * Hv * GDN_C * GDN_C * 4);
+    s.gam = (float *)p;
+    return s;
+}
+
+extern "C" size_t qk_gdn_prefill_scratch(int T, int Hv, int dk, int dv)
+{
+    size_t Tp = (size_t)qk_cdiv(T, GDN_C) * GDN_C, nch = Tp / GDN_C;
+    return align256(Tp * Hv * dv * 4) + align256(Tp * Hv * dk * 4) + align256(nch * Hv * GDN_C * GDN_C * 4) +
+           align256(Tp * Hv * 4);
+}
+
+template <int DK>
+__global__ void __launch_bounds__(256) k_gdn_prep(const float *c, int ld_c, const float *beta, const float *g, int T,
+                                                  int Hk, int Hv, gdn_scratch s)
+{
+    const int DV = DK;
+    extern __shared__ float sm[];
+    float *Ks = sm;                       /* [64][DK+1] */
+    float *Qs = Ks + GDN_C * (DK + 1);    /* [64][DK+1] */
+    float *A = Qs + GDN_C * (DK + 1);     /* [64][65] */
+    float *gam = A + GDN_C * (GDN_C + 1); /* [64] */
+    float *bet = gam + GDN_C;             /* [64] */
+    int ch = blockIdx.x, h = blockIdx.y, kh = h / (Hv / Hk), tid = threadIdx.x;
+    int t0 = ch * GDN_C;
+    int qoff = kh * DK, koff = Hk * DK + kh * DK, voff = 2 * Hk * DK + h * DV;
+
+    for (int e = tid; e < GDN_C * DK; e += blockDim.x) {
+        int i = e / DK, r = e % DK, t = t0 + i;
+        bool ok = t < T;
+        Ks[i * (DK + 1) + r] = ok ? c[(int64_t)t * ld_c + koff + r] : 0.0f;
+        Qs[i * (DK + 1) + r] = ok ? c[(int64_t)t * ld_c + qoff + r] : 0.0f;
+    }
+    if (tid < 32) {
+        /* Inclusive scan of g over the chunk by one warp (two values per lane). */
+        int i0 = 2 * tid, i1 = i0 + 1;
+        float g0 = t0 + i0 < T ? g[(int64_t)(t0 + i0) * Hv + h] : 0.0f;
+        float g1 = t0 + i1 < T ? g[(int64_t)(t0 + i1) * Hv + h] : 0.0f;
+        float sum = g0 + g1;
+#pragma unroll
+        for (int o = 1; o < 32; o <<= 1) {
+            float v = __shfl_up_sync(0xffffffffu, sum, o);
+            if (tid >= o) sum += v;
+        }
+        gam[i1] = sum;
+        gam[i0] = sum - g1;
+        bet[i0] = t0 + i0 < T ? beta[(int64_t)(t0 + i0) * Hv + h] : 0.0f;
+        bet[i1] = t0 + i1 < T ? beta[(int64_t)(t0 + i1) * Hv + h] : 0.0f;
+    }
+    __syncthreads();
+    float *P = s.P + ((int64_t)ch * Hv + h) * GDN_C * GDN_C;
+    for (int e = tid; e < GDN_C * GDN_C; e += blockDim.x) {
+        int i = e / GDN_C, j = e % GDN_C;
+        float a = 0.0f, p = 0.0f;
+        if (i >= j) {
+            float kk = 0.0f, qk = 0.0f;
+#pragma unroll 8
+            for (int r = 0; r < DK; r++) {
+                float kj = Ks[j * (DK + 1) + r];
+                kk = fmaf(Ks[i * (DK + 1) + r], kj, kk);
+                qk = fmaf(Qs[i * (DK + 1) + r], kj, qk);
+            }
+            float d = expf(gam[i] - gam[j]);
+            p = qk * d;
+            if (i > j) a = bet[i] * kk * d;
+        }
+        A[i * (GDN_C + 1) + j] = a;
+        P[e] = p;
+    }
+    if (tid < GDN_C && t0 + tid < T) s.gam[(int64_t)(t0 + tid) * Hv + h] = gam[tid];
+    __syncthreads();
+    /* Forward substitution, one column per thread: columns [0, DV) of V
+     * give U, columns [DV, DV+DK) of K give W. */
+    if (tid >= DV + DK) return;
+    bool isv = tid < DV;
+    int col = isv ? tid : tid - DV;
+    float x[GDN_C];
+#pragma unroll
+    for (int i = 0; i < GDN_C; i++) {
+        int t = t0 + i;
+        float r;
+        if (isv) r = t < T ? bet[i] * c[(int64_t)t * ld_c + voff + col] : 0.0f;
+        else r = bet[i] * expf(gam[i]) * Ks[i * (DK + 1) + col];
+#pragma unroll
+        for (int j = 0; j < i; j++) r = fmaf(-A[i * (GDN_C + 1) + j], x[j], r);
+        x[i] = r;
+    }
+    float *dst = isv ? s.U : s.W;
+#pragma unroll
+    for (int i = 0; i < GDN_C; i++) dst[((int64_t)(t0 + i) * Hv + h) * DK + col] = x[i];
+}
+
+#define SCAN_COLS 32
+
+template <int DK>
+__global__ void __launch_bounds__(SCAN_COLS) k_gdn_scan(const float *c, int ld_c, int T, int Hk, int Hv, gdn_scratch s,
+                                                       float *state, float *out)
+{
+    const int DV = DK;
+    extern __shared__ float sm[];
+    float *Ws = sm;                      /* [64][DK] */
+    float *Qs = Ws + GDN_C * DK;         /* [64][DK] */
+    float *Kd = Qs + GDN_C * DK;         /* [64][DK] */
+    float *Ps = Kd + GDN_C * DK;         /* [64][64] */
+    float *Vp = Ps + GDN_C * GDN_C;      /* [64][SCAN_COLS] */
+    float *eg = Vp + GDN_C * SCAN_COLS;  /* [64] */
+    int h = blockIdx.x, tid = threadIdx.x, j = blockIdx.y * SCAN_COLS + tid;
+    int kh = h / (Hv / Hk);
+    int qoff = kh * DK, koff = Hk * DK + kh * DK;
+    float S[DK];
+    float *Sg = state + (int64_t)h * DK * DV;
+#pragma unroll
+    for (int r = 0; r < DK; r++) S[r] = Sg[r * DV + j];
+    int nch = qk_cdiv(T, GDN_C);
+    for (int ch = 0; ch < nch; ch++) {
+        int t0 = ch * GDN_C;
+        int nvalid = min(GDN_C, T - t0);
+        float glast = s.gam[(int64_t)(t0 + nvalid - 1) * Hv + h];
+        __syncthreads();
+        for (int e = tid; e < GDN_C * DK; e += SCAN_COLS) {
+            int i = e / DK, r = e % DK, t = t0 + i;
+            bool ok = i < nvalid;
+            Ws[e] = s.W[((int64_t)t * Hv + h) * DK + r];
+            Qs[e] = ok ? c[(int64_t)t * ld_c + qoff + r] : 0.0f;
+            float gi = ok ? s.gam[(int64_t)t * Hv + h] : glast;
+            Kd[e] = ok ? c[(int64_t)t * ld_c + koff + r] * expf(glast - gi) : 0.0f;
+        }
+        const float *P = s.P + ((int64_t)ch * Hv + h) * GDN_C * GDN_C;
+        for (int e = tid; e < GDN_C * GDN_C; e += SCAN_COLS) Ps[e] = P[e];
+        for (int i = tid; i < GDN_C; i += SCAN_COLS)
+            eg[i] = i < nvalid ? expf(s.gam[(int64_t)(t0 + i) * Hv + h]) : 0.0f;
+        __syncthreads();
+        for (int i = 0; i < nvalid; i++) {
+            const float4 *w4 = (const float4 *)(Ws + i * DK), *q4 = (const float4 *)(Qs + i * DK);
+            float ws = 0.0f, qs = 0.0f;
+#pragma unroll
+            for (int r = 0; r < DK / 4; r++) {
+                float4 a = w4[r], b = q4[r];
+                ws = fmaf(a.x, S[4 * r], ws); ws = fmaf(a.y, S[4 * r + 1], ws);
+                ws = fmaf(a.z, S[4 * r + 2], ws); ws = fmaf(a.w, S[4 * r + 3], ws);
+                qs = fmaf(b.x, S[4 * r], qs); qs = fmaf(b.y, S[4 * r + 1], qs);
+                qs = fmaf(b.z, S[4 * r + 2], qs); qs = fmaf(b.w, S[4 * r + 3], qs);
+            }
+            float vp = s.U[((int64_t)(t0 + i) * Hv + h) * DV + j] - ws;
+            Vp[i * SCAN_COLS + tid] = vp;
+            float o = eg[i] * qs;
+            for (int l = 0; l <= i; l++) o = fmaf(Ps[i * GDN_C + l], Vp[l * SCAN_COLS + tid], o);
+            out[(int64_t)(t0 + i) * Hv * DV + (int64_t)h * DV + j] = o;
+        }
+        float el = expf(glast);
+#pragma unroll
+        for (int r = 0; r < DK; r++) S[r] *= el;
+        for (int i = 0; i < nvalid; i++) {
+            float v = Vp[i * SCAN_COLS + tid];
+            const float4 *k4 = (const float4 *)(Kd + i * DK);
+#pragma unroll
+            for (int r = 0; r < DK / 4; r++) {
+                float4 a = k4[r];
+                S[4 * r] = fmaf(a.x, v, S[4 * r]); S[4 * r + 1] = fmaf(a.y, v, S[4 * r + 1]);
+                S[4 * r + 2] = fmaf(a.z, v, S[4 * r + 2]); S[4 * r + 3] = fmaf(a.w, v, S[4 * r + 3]);
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < DK; r++) Sg[r * DV + j] = S[r];
+}
+
+template <int DK>
+static int gdn_prefill_dk(const float *c, int ld_c, const float *beta, const float *g, float *state, int T, int Hk,
+                          int Hv, void *scratch, float *out, qk_stream st)
+{
+    gdn_scratch s = gdn_scratch_split(scratch, T, Hv, DK, DK);
+    int nch = qk_cdiv(T, GDN_C);
+    size_t sm1 = (size_t)(2 * GDN_C * (DK + 1) + GDN_C * (GDN_C + 1) + 2 * GDN_C) * 4;
+    size_t sm2 = (size_t)(3 * GDN_C * DK + GDN_C * GDN_C + GDN_C * SCAN_COLS + GDN_C) * 4;
+    cudaError_t e = cudaFuncSetAttribute(k_gdn_prep<DK>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sm1);
+    if (e == cudaSuccess)
+        e = cudaFuncSetAttribute(k_gdn_scan<DK>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sm2);
+    if (e != cudaSuccess) return (int)e;
+    k_gdn_prep<DK><<<dim3(nch, Hv), 256, sm1, st>>>(c, ld_c, beta, g, T, Hk, Hv, s);
+    k_gdn_scan<DK><<<dim3(Hv, DK / SCAN_COLS), SCAN_COLS, sm2, st>>>(c, ld_c, T, Hk, Hv, s, state, out);
+    return qk_launch_status();
+}
+
+extern "C" int qk_gdn_prefill(const float *c, int ld_c, const float *beta, const float *g, float *state, int T,
+                              int Hk, int Hv, int dk, int dv, void *scratch, float *out, qk_stream st)
+{
+    if (T <= 0) return 0;
+    if (dk != dv || Hk <= 0 || Hv % Hk) return (int)cudaErrorInvalidValue;
+    switch (dk) {
+    case 32: return gdn_prefill_dk<32>(c, ld_c, beta, g, state, T, Hk, Hv, scratch, out, st);
+    case 64: return gdn_prefill_dk<64>(c, ld_c, beta, g, state, T, Hk, Hv, scratch, out, st);
+    case 128: return gdn_prefill_dk<128>(c, ld_c, beta, g, state, T, Hk, Hv, scratch, out, st);
+    default: return (int)cudaErrorInvalidValue;
+    }
+}
+
+/* ---- fused single-token step: one block per V head, one thread per state
+ * column (kept in registers), gates + L2 norms + delta rule + output norm. */
+template <int DK>
+__global__ void __launch_bounds__(DK) k_gdn_step(const float *c, const float *b, const float *a, const float *nexpa,
+                                                 const float *dt_bias, const float *z, const float *norm_w, float eps,
+                                                 float *state, int Hk, int Hv, uint16_t *out)
+{
+    const int DV = DK;
+    __shared__ float qs[DK], ks[DK], red[33];
+    int h = blockIdx.x, j = threadIdx.x, kh = h / (Hv / Hk);
+    float q = c[kh * DK + j], k = c[Hk * DK + kh * DK + j], v = c[2 * Hk * DK + h * DV + j];
+    float qq = qk_block_sum(q * q, red);
+    float kk = qk_block_sum(k * k, red);
+    qs[j] = q * (1.0f / sqrtf(qq + 1e-6f)) * (1.0f / sqrtf((float)DK));
+    ks[j] = k * (1.0f / sqrtf(kk + 1e-6f));
+    float beta, g;
+    gdn_gate(b[h], a[h], nexpa[h], dt_bias[h], &beta, &g);
+    __syncthreads();
+    float decay = expf(g);
+    float *Sg = state + (int64_t)h * DK * DV;
+    float S[DK];
+    float sk = 0.0f;
+#pragma unroll
+    for (int r = 0; r < DK; r++) {
+        S[r] = Sg[r * DV + j] * decay;
+        sk = fmaf(S[r], ks[r], sk);
+    }
+    float u = beta * (v - sk);
+    float o = 0.0f;
+#pragma unroll
+    for (int r = 0; r < DK; r++) {
+        S[r] = fmaf(ks[r], u, S[r]);
+        o = fmaf(S[r], qs[r], o);
+        Sg[r * DV + j] = S[r];
+    }
+    float oo = qk_block_sum(o * o, red);
+    float y = norm_w[j] * o * rsqrtf(oo / (float)DV + eps) * qk_silu(z[h * DV + j]);
+    out[h * DV + j] = qk_to_bf(y);
+}
+
+extern "C" int qk_gdn_step(const float *c, const float *b, const float *a, const float *nexpa, const float *dt_bias,
+                           const float *z, const float *norm_w, float eps, float *state, int Hk, int Hv, int dk,
+                           int dv, uint16_t *out, qk_stream st)
+{
+    if (dk != dv || Hk <= 0 || Hv % Hk) return (int)cudaErrorInvalidValue;
+    switch (dk) {
+    case 32: k_gdn_step<32><<<Hv, 32, 0, st>>>(c, b, a, nexpa, dt_bias, z, norm_w, eps, state, Hk, Hv, out); break;
+    case 64: k_gdn_step<64><<<Hv, 64, 0, st>>>(c, b, a, nexpa, dt_bias, z, norm_w, eps, state, Hk, Hv, out); break;
+    case 128: k_gdn_step<128><<<Hv, 128, 0, st>>>(c, b, a, nexpa, dt_bias, z, norm_w, eps, state, Hk, Hv, out); break;
+    default: return (int)cudaErrorInvalidValue;
+    }
+    return qk_launch_status();
+}

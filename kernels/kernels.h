@@ -1,0 +1,157 @@
+/* kernels.h — the C entry points of the CUDA kernels (the .cu files of kernels/).
+ *
+ * Host code (engine/cuda_backend.c, tests, bench) calls only these; CUDA C++
+ * stays inside kernels/. Every pointer is a device pointer unless its comment
+ * says "host". Every entry point launches on `st` and returns 0 or the CUDA
+ * error code of the launch (cudaGetLastError), so callers can check each one.
+ *
+ * Conventions:
+ *   bf16 values are stored as uint16_t (raw bits);
+ *   the residual stream, GEMM/GEMV outputs, gates and states are fp32;
+ *   every matmul input (norm outputs, SwiGLU, attention output) is bf16;
+ *   W is a stored [N, K] row-major weight, y = W x;
+ *   "pos" pointers hold the absolute position of the first token on the
+ *   device, so a captured CUDA graph can replay with a new position. */
+#ifndef QC_KERNELS_H
+#define QC_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+struct CUstream_st;
+typedef struct CUstream_st *qk_stream; /* == cudaStream_t */
+
+/* Human-readable name of a CUDA error code returned by an entry point. */
+const char *qk_error_string(int code);
+
+/* ---- elementwise / norms (kernels/norm.cu) ---- */
+
+/* out[t, :] = E[ids[t], :] as fp32; ids outside [0, V) give a zero row. */
+int qk_embed(const uint16_t *E, const int32_t *ids, int T, int D, int V, float *out, qk_stream st);
+
+/* Zero-centred RMSNorm: out = x / sqrt(mean(x^2) + eps) * (1 + w), per row of
+ * length D. out_bf16 and/or out_f32 may be NULL. */
+int qk_rmsnorm1p(const float *x, const float *w, float eps, int T, int D, uint16_t *out_bf16,
+                 float *out_f32, qk_stream st);
+
+/* GDN output norm: y = w * (o / sqrt(mean(o^2) + eps)) * silu(z) per V head of
+ * dv values. o: [T, H*dv]; z row t starts at z + t*ld_z; out bf16 [T, H*dv]. */
+int qk_gated_norm(const float *o, const float *z, int ld_z, const float *w, float eps, int T,
+                  int H, int dv, uint16_t *out, qk_stream st);
+
+/* out[t, i] = silu(gu[t*ld + i]) * gu[t*ld + I + i] (gate rows first), bf16. */
+int qk_swiglu(const float *gu, int ld, int T, int I, uint16_t *out, qk_stream st);
+
+/* y[i] += x[i] (fp32), n elements. */
+int qk_add(float *y, const float *x, int64_t n, qk_stream st);
+
+/* out[t, i] = bf16(x[t*ld + i]) for i < n. */
+int qk_f32_to_bf16(const float *x, int ld, int T, int n, uint16_t *out, qk_stream st);
+
+/* Fills n bf16 values with uniform random values in [-scale, scale]
+ * (deterministic in seed); used by `qchat bench --synthetic`. */
+int qk_fill_random_bf16(uint16_t *p, int64_t n, uint64_t seed, float scale, qk_stream st);
+int qk_fill_random_f32(float *p, int64_t n, uint64_t seed, float lo, float hi, qk_stream st);
+
+/* ---- matmul (kernels/gemv.cu, kernels/gemm.cu) ---- */
+
+/* Decode GEMV: y[n] (+)= sum_k W[n,k] x[k]; W bf16 [N,K] (K % 8 == 0, rows
+ * 16-byte aligned), x bf16 [K], fp32 accumulate. accumulate != 0 adds to y
+ * (fused residual add). */
+int qk_gemv_bf16(const uint16_t *W, const uint16_t *x, float *y, int N, int K, int accumulate,
+                 qk_stream st);
+
+/* cuBLAS handle + workspace owned by the caller (one per stream). */
+typedef struct qk_blas qk_blas;
+int qk_blas_create(qk_blas **out, qk_stream st, size_t workspace_bytes);
+void qk_blas_free(qk_blas *b);
+size_t qk_blas_workspace_bytes(const qk_blas *b);
+
+/* Prefill GEMM: Y[t, n] = beta*Y[t, n] + sum_k W[n,k] X[t,k]; X bf16 [T,K],
+ * Y fp32 [T,N] with row stride ldy (>= N). beta 0 or 1 (fused residual). */
+int qk_gemm_bf16(qk_blas *b, const uint16_t *W, const uint16_t *X, float *Y, int ldy, int T,
+                 int N, int K, float beta);
+
+/* ---- Gated DeltaNet (kernels/gdn.cu) ---- */
+
+/* Causal depthwise conv (width 4) + SiLU over C channels for T tokens:
+ * x row t at x + t*ld_x (raw projection output), w fp32 [C,4] (w[ch,3] the
+ * current token), state fp32 [C,3] (oldest first; updated to the last 3 raw
+ * inputs), out fp32 [T, C]. */
+int qk_conv_silu(const float *x, int ld_x, const float *w, float *state, int T, int C, float *out,
+                 qk_stream st);
+
+/* beta = sigmoid(b), g = neg_exp_a * softplus(a + dt_bias) per token and V
+ * head, where neg_exp_a = -exp(A_log) (formed once at load, fp32); b/a row t
+ * at b + t*ld, a + t*ld. Outputs [T, Hv]. */
+int qk_gdn_gates(const float *b, const float *a, int ld, const float *neg_exp_a, const float *dt_bias,
+                 int T, int Hv, float *beta, float *g, qk_stream st);
+
+/* In place on c [T, ld_c]: L2-normalise q (cols [0, Hk*dk)) and k (cols
+ * [Hk*dk, 2*Hk*dk)) per head (eps 1e-6 inside the sqrt), then scale q by
+ * 1/sqrt(dk). */
+int qk_l2norm_qk(float *c, int ld_c, int T, int Hk, int dk, qk_stream st);
+
+/* Scratch bytes qk_gdn_prefill needs for T tokens. */
+size_t qk_gdn_prefill_scratch(int T, int Hv, int dk, int dv);
+
+/* Chunked (C = 64) Gated DeltaNet over T tokens of one sequence.
+ * c [T, ld_c]: q | k | v (q, k already L2-normalised and q scaled); beta, g
+ * [T, Hv]; state fp32 [Hv, dk, dv] (S[h][i][j], updated); out o fp32 [T,
+ * Hv*dv]. dk == dv, one of 32, 64, 128; Hv % Hk == 0. */
+int qk_gdn_prefill(const float *c, int ld_c, const float *beta, const float *g, float *state,
+                   int T, int Hk, int Hv, int dk, int dv, void *scratch, float *out, qk_stream st);
+
+/* One decode step, fused: gates from b/a, L2 norms of q/k, the delta rule on
+ * the fp32 state, then the output norm * silu(z). c: conv output [conv_dim]
+ * (q | k | v), b, a: [Hv], z: [Hv*dv], out bf16 [Hv*dv]. dk == dv as above. */
+int qk_gdn_step(const float *c, const float *b, const float *a, const float *neg_exp_a,
+                const float *dt_bias, const float *z, const float *norm_w, float eps,
+                float *state, int Hk, int Hv, int dk, int dv, uint16_t *out, qk_stream st);
+
+/* ---- attention (kernels/attn.cu) ---- */
+
+/* From the fused projection qkv [T, ld] = [q0 g0 q1 g1 ... (H*2*hd) | k (KV*hd)
+ * | v (KV*hd)]: q = norm1p(q, qn) then partial RoPE (first rot dims, NeoX
+ * pairing), written to q_out fp32 [T, H, hd]; gate to gate_out fp32 [T, H*hd];
+ * k = RoPE(norm1p(k, kn)) and v to the caches at position *pos + t.
+ * Caches bf16 [KV, max_ctx, hd]. */
+int qk_attn_prep(const float *qkv, int ld, int T, int H, int KV, int hd, int rot, float theta,
+                 const float *qn, const float *kn, float eps, const int32_t *pos, uint16_t *kc,
+                 uint16_t *vc, int max_ctx, float *q_out, float *gate_out, qk_stream st);
+
+/* Scratch bytes for qk_attn with nsplit > 1. */
+size_t qk_attn_scratch(int T, int H, int hd, int nsplit);
+
+/* Causal GQA attention of T queries at positions *pos + t over the cache,
+ * scale 1/sqrt(hd), fp32 softmax, output multiplied by sigmoid(gate), bf16
+ * [T, H*hd]. nsplit > 1 splits the keys (split-KV, decode) and needs scratch.
+ * hd <= 256, H % KV == 0, H/KV <= 16. */
+int qk_attn(const float *q, const float *gate, const uint16_t *kc, const uint16_t *vc,
+            int max_ctx, int T, int H, int KV, int hd, const int32_t *pos, int nsplit,
+            void *scratch, uint16_t *out, qk_stream st);
+
+/* ---- sampling (kernels/sample.cu) ---- */
+
+typedef struct qk_sample_params {
+    float temperature; /* <= 0: greedy (argmax) */
+    int top_k;         /* 0: off */
+    float top_p;       /* >= 1: off */
+    uint64_t seed;     /* random stream; the draw uses (seed, step) */
+    uint64_t step;
+} qk_sample_params;
+
+/* Picks one id among logits[0, n_valid) (ids >= n_valid never chosen) and
+ * writes it to *out_id (device). Greedy ties pick the lowest id. */
+int qk_sample(const float *logits, int n_valid, qk_sample_params p, int32_t *out_id,
+              qk_stream st);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,132 @@
+/* worker.h — the engine thread of the TUI. The UI thread never calls the
+ * engine: it submits one job at a time (generate, swap, rebuild, reset) and
+ * reads the live state below under its mutex; the worker wakes the UI through
+ * a pipe, at most one pending byte, so bursts of tokens coalesce into one
+ * redraw.
+ *
+ * The worker owns every qc_model (the checkpoints, several resident at once
+ * within a memory budget, least recently used evicted) and the one
+ * qc_session of the conversation. Swaps and rebuilds are transactional: a new
+ * session is prefilled on the target and only then replaces the old one. */
+#ifndef TUI_WORKER_H
+#define TUI_WORKER_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "chat.h"
+#include "qchat.h"
+#include "sampler.h"
+
+#define WORKER_MAX_CKPT 16
+#define WORKER_MAX_ITL 4096 /* inter-token latencies kept per reply */
+
+typedef struct worker_ckpt {
+    char *dir;
+    char label[24];   /* family, "#n" appended when two share one */
+    char family[16];
+    char name[64];    /* last path component */
+    qc_model *model;  /* NULL when not resident */
+    double last_used; /* qc_now() of the last activation (LRU) */
+    uint64_t weight_bytes;
+} worker_ckpt;
+
+typedef enum worker_job_kind {
+    WJOB_NONE = 0,
+    WJOB_GENERATE, /* render chat + generation prompt, prefill, decode */
+    WJOB_SWAP,     /* make ckpt `target` active and re-prefill the history */
+    WJOB_REBUILD,  /* replace the history with `ids` (from /load) on the active model */
+    WJOB_RESET,    /* empty history (/clear) */
+} worker_job_kind;
+
+typedef enum worker_phase {
+    WPH_IDLE = 0, WPH_LOADING, WPH_PREFILL, WPH_DECODE
+} worker_phase;
+
+typedef struct worker_job {
+    worker_job_kind kind;
+    qc_chat chat; /* GENERATE: owned by the job */
+    int think;    /* QC_THINK_ON / QC_THINK_OFF */
+    qc_sample_params sp;
+    int max_tokens; /* 0: until the context is full */
+    int target;     /* SWAP */
+    int32_t *ids;   /* REBUILD: owned by the job */
+    int n_ids;
+} worker_job;
+
+/* What the UI reads (under mu). Text buffers only grow during a reply. */
+typedef struct worker_live {
+    worker_phase phase;
+    worker_job_kind job;
+    bool busy;
+    int active; /* checkpoint index */
+    bool resident[WORKER_MAX_CKPT];
+    char loading_label[24];
+    double t_phase; /* qc_now() when the phase began */
+    int prefill_done, prefill_total;
+    /* the reply under way (or the last one) */
+    char *reasoning, *answer;
+    size_t n_reasoning_b, n_answer_b, cap_reasoning, cap_answer;
+    int n_reasoning, n_answer; /* tokens */
+    int n_prompt;              /* tokens prefilled for it */
+    double t_submit, t_first, t_last;
+    double itl_ms[WORKER_MAX_ITL];
+    int n_itl;
+    int32_t gen_ids[256]; /* the last generated ids, for the loop meter (ring) */
+    int n_gen;
+    bool stopped, ended_eos;
+    char reply_format[24];
+    int ctx_len; /* tokens in the session */
+    qc_mem_report mem; /* active model + session, weights of every resident model */
+    bool mem_valid;
+    /* set when a job finishes: */
+    unsigned done_seq;
+    worker_job_kind done_kind;
+    int done_rc;
+    char done_msg[1024];
+    int32_t *history; /* the session's tokens after the job (malloc'd; UI may take it) */
+    int n_history;
+} worker_live;
+
+typedef struct worker {
+    pthread_t thread;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool started, started_sync, quit;
+    worker_job job; /* pending when job.kind != NONE */
+    atomic_bool stop; /* Ctrl-C: stop generation / prefill */
+    atomic_bool wake_pending;
+    int wake_fd[2];
+    worker_live live;
+    /* owned by the worker thread while running */
+    worker_ckpt ck[WORKER_MAX_CKPT];
+    int n_ck;
+    qc_session *sess;
+    qc_load_opts lopts;
+    int max_ctx;
+    uint64_t budget; /* bytes of weights kept resident */
+} worker;
+
+/* Describes checkpoint dirs (reads their config and tensor headers, loads
+ * nothing). Fills ck[] labels. QC_EXIT_CHECKPOINT with a message naming the
+ * directory when one is unusable. */
+int worker_add_ckpt(worker *w, const char *dir, qc_err *err);
+/* Loads checkpoint `first`, creates the session, starts the thread. */
+int worker_start(worker *w, int first, const qc_load_opts *lo, int max_ctx, uint64_t budget,
+                 qc_err *err);
+/* Queues a job (takes ownership of job->chat / job->ids). Returns false when
+ * busy (the job is then freed). */
+bool worker_submit(worker *w, worker_job *job);
+void worker_request_stop(worker *w);
+/* Stops the thread, frees models and session. */
+void worker_shutdown(worker *w);
+/* Reads (and clears) the wake pipe. */
+void worker_drain_wake(worker *w);
+/* Finds a checkpoint by family/label (case-insensitive), 1-based number or
+ * directory; -1 when none. */
+int worker_find_ckpt(const worker *w, const char *spec);
+void worker_job_free(worker_job *job);
+
+#endif
