@@ -205,11 +205,15 @@ static void print_text(const qc_ckpt *ck, const inspect_opts *o)
     }
 
     printf("\nmemory\n  weights     %s:", human(mem.weights_total, h1, sizeof h1));
+    const char *sep = " ";
     for (int f = 0; f < QC_FAM_COUNT; f++)
-        if (mem.weights_bytes[f])
-            printf(" %s %s", qc_family_name(f), human(mem.weights_bytes[f], h2, sizeof h2));
-    printf("\n  KV cache    %s per token (%d full-attention layers, BF16)",
-           human(mem.kv_bytes_per_token, h1, sizeof h1), c->n_full_layers);
+        if (mem.weights_bytes[f]) {
+            printf("%s%s %s", sep, qc_family_name(f), human(mem.weights_bytes[f], h2, sizeof h2));
+            sep = ", ";
+        }
+    printf("\n  KV cache    %s per token (%d full-attention layer%s, BF16)",
+           human(mem.kv_bytes_per_token, h1, sizeof h1), c->n_full_layers,
+           c->n_full_layers == 1 ? "" : "s");
     if (mem.mtp_kv_bytes_per_token)
         printf(" + MTP %s", human(mem.mtp_kv_bytes_per_token, h2, sizeof h2));
     printf("\n  GDN state   %s recurrent + %s conv per sequence\n",

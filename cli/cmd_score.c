@@ -1,5 +1,5 @@
 /* cmd_score.c — `qchat score DIR --ids FILE --out FILE.safetensors
- * [--chunk N] [--device cpu|cuda] [--threads N] [--final-norm]`:
+ * [--chunk N] [--device auto|cpu|cuda] [--threads N] [--final-norm]`:
  * teacher-forced logits of the whitespace-separated token ids in FILE (`-` =
  * stdin) as one F32 tensor `logits` [T, V], written atomically (temp file in
  * the same directory, then rename). --final-norm (a test hook) adds the
@@ -18,7 +18,7 @@ static int usage(const char *msg)
     if (msg)
         fprintf(stderr, "qchat score: %s\n", msg);
     fprintf(stderr, "usage: qchat score CHECKPOINT_DIR --ids FILE --out FILE.safetensors [--chunk N] "
-                    "[--device cpu|cuda] [--threads N] [--final-norm]\n");
+                    "[--device auto|cpu|cuda] [--threads N] [--final-norm]\n");
     return QC_EXIT_USAGE;
 }
 
@@ -161,7 +161,7 @@ int cmd_score(int argc, char **argv)
     const char *dir = NULL, *ids_path = NULL, *out_path = NULL;
     int chunk = 0, threads = 0;
     bool want_norm = false;
-    qc_device dev = QC_DEVICE_CPU;
+    qc_device dev = QC_DEVICE_AUTO;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -178,12 +178,14 @@ int cmd_score(int argc, char **argv)
             else if (!strcmp(a, "--out"))
                 out_path = v;
             else if (!strcmp(a, "--device")) {
-                if (!strcmp(v, "cpu"))
+                if (!strcmp(v, "auto"))
+                    dev = QC_DEVICE_AUTO;
+                else if (!strcmp(v, "cpu"))
                     dev = QC_DEVICE_CPU;
                 else if (!strcmp(v, "cuda"))
                     dev = QC_DEVICE_CUDA;
                 else
-                    return usage("--device must be cpu or cuda");
+                    return usage("--device must be auto, cpu or cuda");
             } else {
                 char *end;
                 long n = strtol(v, &end, 10);

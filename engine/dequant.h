@@ -34,7 +34,12 @@ float qc_tensor_get_f32(const qc_tensor *t, int64_t i);
  * usable dtype and exactly the shape the format implies (n, k, group size,
  * block size, bits), and that data covers nbytes. Returns QC_OK or
  * QC_EXIT_CHECKPOINT with a message naming l->name and the tensor at fault.
- * qc_linear_dequant_rows and qc_linear_matmul assume a descriptor that passed. */
+ * qc_linear_dequant_rows and qc_linear_matmul assume a descriptor that passed.
+ * Fields read besides the tensors: bits (gptq, awq: 4; ct-int: 2/4/8),
+ * group_size (int formats; <= 0 = one group per row), block_n/block_k
+ * (fp8-block), zero_bias (gptq v1: 1), symmetric (int formats without zeros).
+ * The ct-int zero point may be packed along N (I32 [ceil(N/pf), G], stored
+ * + 2^(bits-1)) or, in older files, one signed value per [N, G]. */
 int qc_linear_validate(const qc_linear *l, qc_err *err);
 
 /* Floats of scratch that qc_linear_matmul_rows needs for a tile of

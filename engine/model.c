@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "backend.h"
+#include "cuda_backend.h"
 #include "chat.h"
 #include "cpu_ops.h"
 #include "dequant.h"
@@ -282,8 +283,13 @@ int qc_model_load(const char *dir, const qc_load_opts *opts, qc_model **out, qc_
     if (!opts)
         opts = &def;
     const qc_backend *be = &qc_cpu_backend;
+#ifdef QC_HAVE_CUDA
+    /* AUTO picks the GPU when one is present (dense models only, for now). */
+    bool want_cuda = opts->device == QC_DEVICE_CUDA || (opts->device == QC_DEVICE_AUTO && qc_cuda_available());
+#else
     if (opts->device == QC_DEVICE_CUDA)
-        return qc_err_set(err, QC_EXIT_RUNTIME, "--device cuda: no CUDA backend yet (use --device cpu)");
+        return qc_err_set(err, QC_EXIT_RUNTIME, "--device cuda: this qchat was built without CUDA");
+#endif
     qc_model *m = calloc(1, sizeof *m);
     if (!m)
         return qc_err_set(err, QC_EXIT_RUNTIME, "out of memory loading %s", dir);
@@ -311,6 +317,10 @@ int qc_model_load(const char *dir, const qc_load_opts *opts, qc_model **out, qc_
     rc = resolve_weights(m, err);
     if (rc)
         goto fail;
+#ifdef QC_HAVE_CUDA
+    if (want_cuda && !(opts->device == QC_DEVICE_AUTO && m->cfg->is_moe))
+        be = &qc_cuda_backend;
+#endif
     m->be = be;
     rc = be->model_init(m, opts, err);
     if (rc)
@@ -368,6 +378,10 @@ void qc_model_mem(const qc_model *m, const qc_session *s, qc_mem_report *rep)
     rep->bytes[QC_MEM_W_OTHER] = (uint64_t)cm.weights_bytes[QC_FAM_MXFP4];
     if (m->be && m->be->mem)
         m->be->mem(m, s, rep);
+#ifdef QC_HAVE_CUDA
+    if (m->be == &qc_cuda_backend)
+        return; /* device memory: the backend filled every category */
+#endif
     /* Runtime: whatever else the process holds (tokenizer, f32 copies of the
      * small vectors, libraries), from its resident set less what is counted
      * above; the mapped weights count in full even where not yet paged in. */

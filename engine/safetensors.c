@@ -347,7 +347,8 @@ static int st_map_file(qc_st *st, const char *path, int missing_code, const char
 /* Sorts by name and rejects a name that occurs twice (in one file or two). */
 static int st_finish(qc_st *st, qc_err *err)
 {
-    qsort(st->tensors, st->n, sizeof *st->tensors, cmp_name);
+    if (st->n)
+        qsort(st->tensors, st->n, sizeof *st->tensors, cmp_name);
     for (size_t i = 1; i < st->n; i++) {
         const qc_tensor *a = &st->tensors[i - 1], *b = &st->tensors[i];
         if (!strcmp(a->name, b->name)) {

@@ -47,8 +47,8 @@ typedef struct merge_slot {
 
 /* Piece -> ids cache. Entries live in one arena; when it fills up the whole
  * cache is dropped (cheap and good enough: text re-warms it at once). */
-#define CACHE_SLOTS 16384 /* power of two; at most half used */
-#define CACHE_ARENA (1u << 20)
+#define CACHE_SLOTS 65536 /* power of two; at most half used */
+#define CACHE_ARENA (4u << 20)
 #define CACHE_MAX_PIECE 48
 typedef struct cache_slot {
     uint64_t hash;
@@ -70,6 +70,7 @@ struct qc_tokenizer {
     uint8_t added_first[256]; /* 1 when some added token starts with this byte */
     bool nfc, ignore_merges;
     pcre2_code *re;
+    pcre2_code *re_ws; /* re with U+180E treated as Unicode does; see rewrite_white_space */
     pthread_mutex_t lock;
     cache_slot *cache;
     unsigned char *arena;
@@ -374,13 +375,18 @@ static int compile_regex(qc_tokenizer *t, const char *pat, uint32_t extra, qc_er
     char *fixed = extra & PCRE2_LITERAL ? NULL : rewrite_white_space(pat);
     if (!(extra & PCRE2_LITERAL) && !fixed)
         return qc_err_set(err, QC_EXIT_RUNTIME, "out of memory compiling the regex of %s", t->name);
-    /* Compile the file's own pattern first so a syntax error reports offsets in it. */
+    /* The rewritten pattern is slower (lookaheads in hot loops), so it is only
+     * used on text that contains U+180E at all. */
     t->re = pcre2_compile((PCRE2_SPTR)pat, PCRE2_ZERO_TERMINATED, PCRE2_UTF | PCRE2_UCP | extra,
                           &ec, &eoff, NULL);
-    if (t->re && fixed) {
-        pcre2_code_free(t->re);
-        t->re = pcre2_compile((PCRE2_SPTR)fixed, PCRE2_ZERO_TERMINATED, PCRE2_UTF | PCRE2_UCP,
-                              &ec, &eoff, NULL);
+    if (t->re && fixed && strcmp(fixed, pat) != 0) {
+        t->re_ws = pcre2_compile((PCRE2_SPTR)fixed, PCRE2_ZERO_TERMINATED, PCRE2_UTF | PCRE2_UCP,
+                                 &ec, &eoff, NULL);
+        if (!t->re_ws) {
+            pcre2_code_free(t->re);
+            t->re = NULL;
+        } else
+            (void)pcre2_jit_compile(t->re_ws, PCRE2_JIT_COMPLETE);
     }
     free(fixed);
     if (!t->re) {
@@ -770,6 +776,8 @@ void qc_tokenizer_free(qc_tokenizer *t)
     free(t->arena);
     if (t->re)
         pcre2_code_free(t->re);
+    if (t->re_ws)
+        pcre2_code_free(t->re_ws);
     pthread_mutex_destroy(&t->lock);
     free(t);
 }
@@ -822,7 +830,8 @@ typedef struct bpe_sym {
 
 typedef struct heap_ent {
     uint32_t rank;
-    int32_t pos; /* left symbol of the pair */
+    int32_t pos;         /* left symbol of the pair */
+    int32_t left, right; /* the pair's ids when queued */
     int32_t new_id;
 } heap_ent;
 
@@ -836,6 +845,10 @@ typedef struct enc_ctx {
     size_t nheap, heapcap;
     char *bl; /* byte-level spelling of a piece (ignore_merges lookups) */
     size_t blcap;
+    char *norm; /* NFC of the current segment */
+    size_t normcap;
+    utf8proc_int32_t *cps; /* code points of one non-ASCII run */
+    size_t cpscap;
     pcre2_match_data *md;
     qc_err *err;
 } enc_ctx;
@@ -914,7 +927,7 @@ static void push_pair(enc_ctx *c, int32_t pos)
         return;
     const merge_slot *m = merge_lookup(c->t, c->sym[pos].id, c->sym[nx].id);
     if (m)
-        heap_push(c, (heap_ent){m->rank, pos, m->new_id});
+        heap_push(c, (heap_ent){m->rank, pos, c->sym[pos].id, c->sym[nx].id, m->new_id});
 }
 
 /* Looks a piece up in the cache; on a hit its ids are appended. */
@@ -1028,8 +1041,7 @@ static int bpe_piece(enc_ctx *c, const unsigned char *p, size_t n)
         if (!s->alive || s->next < 0)
             continue;
         bpe_sym *r = &c->sym[s->next];
-        const merge_slot *mg = merge_lookup(t, s->id, r->id);
-        if (!mg || mg->new_id != e.new_id || mg->rank != e.rank)
+        if (s->id != e.left || r->id != e.right)
             continue; /* stale: one side merged since this pair was queued */
         s->id = e.new_id;
         r->alive = false;
@@ -1049,6 +1061,58 @@ static int bpe_piece(enc_ctx *c, const unsigned char *p, size_t n)
     return QC_OK;
 }
 
+/* NFC of s[0..n) into c->norm (*out_len bytes). Only runs of non-ASCII
+ * characters, with the ASCII character before each (it may be the starter a
+ * following mark composes with), go through utf8proc: ASCII never composes
+ * onto a preceding character and has combining class 0, so every other
+ * boundary is stable and plain ASCII is copied as is. */
+static int nfc(enc_ctx *c, const char *s, size_t n, size_t *out_len)
+{
+    if (grow((void **)&c->norm, &c->normcap, n + 1, 1))
+        return enc_oom(c);
+    const unsigned char *u = (const unsigned char *)s;
+    size_t o = 0, i = 0;
+    while (i < n) {
+        size_t a = i;
+        while (i < n && u[i] < 0x80)
+            i++;
+        if (i == n) {
+            memcpy(c->norm + o, s + a, i - a);
+            o += i - a;
+            break;
+        }
+        size_t start = i > a ? i - 1 : i; /* keep the starter with the run */
+        memcpy(c->norm + o, s + a, start - a);
+        o += start - a;
+        while (i < n && u[i] >= 0x80)
+            i++;
+        /* Decompose into code points, compose, re-encode in place. */
+        for (;;) {
+            utf8proc_ssize_t k = utf8proc_decompose(u + start, (utf8proc_ssize_t)(i - start), c->cps,
+                                                    (utf8proc_ssize_t)c->cpscap,
+                                                    UTF8PROC_STABLE | UTF8PROC_COMPOSE);
+            if (k < 0)
+                return qc_err_set(c->err, QC_EXIT_USAGE, "NFC normalisation failed: %s",
+                                  utf8proc_errmsg(k));
+            if ((size_t)k + 1 <= c->cpscap) {
+                k = utf8proc_reencode(c->cps, k, UTF8PROC_STABLE | UTF8PROC_COMPOSE);
+                if (k < 0)
+                    return qc_err_set(c->err, QC_EXIT_USAGE, "NFC normalisation failed: %s",
+                                      utf8proc_errmsg(k));
+                if (grow((void **)&c->norm, &c->normcap, o + (size_t)k + (n - i) + 1, 1))
+                    return enc_oom(c);
+                memcpy(c->norm + o, c->cps, (size_t)k);
+                o += (size_t)k;
+                break;
+            }
+            if (grow((void **)&c->cps, &c->cpscap, (size_t)k + 1, sizeof *c->cps))
+                return enc_oom(c);
+        }
+    }
+    *out_len = o;
+    return QC_OK;
+}
+
 /* Normalises one segment (text between added tokens), splits it with the
  * pre-tokenizer regex and BPE-encodes every piece. */
 static int encode_segment(enc_ctx *c, const char *s, size_t n)
@@ -1056,31 +1120,22 @@ static int encode_segment(enc_ctx *c, const char *s, size_t n)
     const qc_tokenizer *t = c->t;
     if (n == 0)
         return QC_OK;
-    utf8proc_uint8_t *norm = NULL;
     if (t->nfc) {
-        bool ascii = true;
-        for (size_t i = 0; i < n && ascii; i++)
-            ascii = (unsigned char)s[i] < 0x80;
-        if (!ascii) {
-            utf8proc_ssize_t k = utf8proc_map((const utf8proc_uint8_t *)s, (utf8proc_ssize_t)n,
-                                              &norm, UTF8PROC_STABLE | UTF8PROC_COMPOSE);
-            if (k < 0)
-                return qc_err_set(c->err, QC_EXIT_USAGE, "NFC normalisation failed: %s",
-                                  utf8proc_errmsg(k));
-            s = (const char *)norm;
-            n = (size_t)k;
-        }
+        size_t k = 0;
+        int rc = nfc(c, s, n, &k);
+        if (rc)
+            return rc;
+        s = c->norm;
+        n = k;
     }
     int rc = QC_OK;
     const unsigned char *u = (const unsigned char *)s;
-    if (!t->re) {
-        rc = bpe_piece(c, u, n);
-        free(norm);
-        return rc;
-    }
+    if (!t->re)
+        return bpe_piece(c, u, n);
+    const pcre2_code *re = t->re_ws && memmem(s, n, "\xE1\xA0\x8E", 3) ? t->re_ws : t->re;
     PCRE2_SIZE pos = 0, gap = 0;
     while (pos < n) {
-        int m = pcre2_match(t->re, (PCRE2_SPTR)s, n, pos, PCRE2_NO_UTF_CHECK, c->md, NULL);
+        int m = pcre2_match(re, (PCRE2_SPTR)s, n, pos, PCRE2_NO_UTF_CHECK, c->md, NULL);
         if (m == PCRE2_ERROR_NOMATCH)
             break;
         if (m < 0) {
@@ -1107,7 +1162,6 @@ static int encode_segment(enc_ctx *c, const char *s, size_t n)
     }
     if (!rc && gap < n)
         rc = bpe_piece(c, u + gap, n - gap);
-    free(norm);
     return rc;
 }
 
@@ -1162,6 +1216,8 @@ int qc_tokenizer_encode(const qc_tokenizer *tok, const char *text, size_t len, i
     free(c.sym);
     free(c.heap);
     free(c.bl);
+    free(c.norm);
+    free(c.cps);
     if (rc) {
         free(c.ids);
         return rc;

@@ -17,6 +17,7 @@
 
 #include "dequant.h"
 #include "format.h"
+#include "ckpt.h"
 #include "harness.h"
 #include "safetensors.h"
 #include "util.h"
@@ -936,6 +937,57 @@ static void test_fixture(const char *qdir, const char *refdir)
     qc_st_free(rs);
 }
 
+/* The checkpoint reader's descriptors (ckpt.h) for the same fixtures: every
+ * Linear validates, and dequantizes to its BF16 twin within the bound (16-bit
+ * modules to exactly the same weights). */
+static void test_ckpt_fixture(const char *qdir, const char *refdir)
+{
+    char qpath[1024], rpath[1024], nm[256], first_bad[1200] = "";
+    th_model_dir(qpath, sizeof qpath, qdir);
+    th_model_dir(rpath, sizeof rpath, refdir);
+    snprintf(nm, sizeof nm, "ckpt-descriptors/%s", qdir);
+    qc_ckpt *qc = NULL, *rc = NULL;
+    qc_err err = {0};
+    if (qc_ckpt_open(qpath, &qc, &err) || qc_ckpt_open(rpath, &rc, &err)) {
+        CHECK(nm, 0, "cannot open: %s", err.msg);
+        qc_ckpt_free(qc);
+        return;
+    }
+    int modules = 0, quant = 0, bad = 0;
+    for (size_t i = 0; i < qc_ckpt_module_count(qc); i++) {
+        const qc_linear *l = &qc_ckpt_module_at(qc, i)->lin;
+        const qc_linear *r = qc_ckpt_linear(rc, l->name);
+        modules++;
+        if (qc_linear_validate(l, &err) || !r || r->n != l->n || r->k != l->k) {
+            if (!bad++)
+                snprintf(first_bad, sizeof first_bad, "%s: %s", l->name, r ? err.msg : "no BF16 twin");
+            continue;
+        }
+        bool q = l->format != QC_FMT_BF16 && l->format != QC_FMT_F16 && l->format != QC_FMT_F32;
+        quant += q;
+        float *w = malloc((size_t)(l->n * l->k) * 4), *rw = malloc((size_t)(l->n * l->k) * 4);
+        qc_linear_dequant(l, w);
+        qc_linear_dequant(r, rw);
+        double num = 0, den = 0;
+        for (int64_t j = 0; j < l->n * l->k; j++) {
+            double d = (double)w[j] - rw[j];
+            num += d * d;
+            den += (double)rw[j] * rw[j];
+        }
+        double rel = sqrt(num / (den > 0 ? den : 1));
+        if (!(q ? rel <= format_bound(l->format) : num == 0)) {
+            if (!bad++)
+                snprintf(first_bad, sizeof first_bad, "%s (%s): relative error %.4g", l->name,
+                         qc_format_name(l->format), rel);
+        }
+        free(w), free(rw);
+    }
+    CHECK(nm, modules > 0 && quant > 0 && bad == 0, "%d modules (%d quantized), %d bad, first: %s", modules,
+          quant, bad, first_bad);
+    qc_ckpt_free(qc);
+    qc_ckpt_free(rc);
+}
+
 int main(void)
 {
     test_tables();
@@ -975,5 +1027,12 @@ int main(void)
     test_fixture("tiny-qwen35-nvfp4", "tiny-qwen35");
     test_fixture("tiny-qwen35-nvfp4-modelopt", "tiny-qwen35");
     test_fixture("tiny-qwen35-moe-fp8", "tiny-qwen35-moe");
+    test_ckpt_fixture("tiny-qwen35-fp8", "tiny-qwen35");
+    test_ckpt_fixture("tiny-qwen36-text-fp8", "tiny-qwen36-text");
+    test_ckpt_fixture("tiny-qwen35-int4-autoround", "tiny-qwen35");
+    test_ckpt_fixture("tiny-qwen35-int4-awq", "tiny-qwen35");
+    test_ckpt_fixture("tiny-qwen35-nvfp4", "tiny-qwen35");
+    test_ckpt_fixture("tiny-qwen35-nvfp4-modelopt", "tiny-qwen35");
+    test_ckpt_fixture("tiny-qwen35-moe-fp8", "tiny-qwen35-moe");
     return th_exit();
 }

@@ -106,6 +106,21 @@ static void test_model(const char *name, const char *qchat_bin, const char *tmpd
         CHECK(cname, en <= 1e-4, "rel L2 %.3g", en);
     }
 
+    /* Memory report by category after a 200-token sequence. */
+    if (!rc) {
+        qc_mem_report rep;
+        qc_model_mem(m, s, &rep);
+        uint64_t w = 0;
+        for (int i = QC_MEM_W_BF16; i <= QC_MEM_W_OTHER; i++)
+            w += rep.bytes[i];
+        snprintf(cname, sizeof cname, "mem_report_%s", name);
+        CHECK(cname, w > 0 && rep.bytes[QC_MEM_KV] >= 200 * 2 * sizeof(float) && rep.bytes[QC_MEM_GDN_STATE] > 0 &&
+                         rep.bytes[QC_MEM_SCRATCH] > 0 && rep.total > rep.bytes[QC_MEM_FREE],
+              "weights %llu kv %llu gdn %llu scratch %llu total %llu", (unsigned long long)w,
+              (unsigned long long)rep.bytes[QC_MEM_KV], (unsigned long long)rep.bytes[QC_MEM_GDN_STATE],
+              (unsigned long long)rep.bytes[QC_MEM_SCRATCH], (unsigned long long)rep.total);
+    }
+
     /* Rewind to 100 tokens, then step token 100: row 100 of the reference. */
     if (!rc) {
         rc = qc_session_rewind(s, 100, &err);

@@ -83,7 +83,7 @@ def _producer(tok_path, seed, exclude, batch, q):
         q.put((ids.numpy(), lab.numpy()))
 
 
-def greedy(model, tok, prompts, device, max_new=110, stop=(402, 400)):
+def greedy(model, tok, prompts, device, max_new=160, stop=(402, 400)):
     """Greedy decoding without a cache, left-padded batches (padding is masked in
     both attention kinds). Returns the completion text of each prompt."""
     enc = [tok.encode(p).ids for p in prompts]

@@ -13,7 +13,7 @@ const cmd_def cmd_table[CMD_COUNT] = {
     {CMD_THINK, "think", "on|off", 1, "start replies inside <think> (on) or skip reasoning (off)"},
     {CMD_REGEN, "regen", "", 0, "drop the last reply and generate it again"},
     {CMD_CLEAR, "clear", "", 0, "start a new conversation (the system prompt is kept)"},
-    {CMD_SYSTEM, "system", "[TEXT]", 0, "set the system prompt (empty clears it); shows it without TEXT"},
+    {CMD_SYSTEM, "system", "[TEXT]", 0, "set the system prompt for the next replies; without TEXT, show it"},
     {CMD_SET, "set", "KEY=VALUE", 0,
      "sampling: temperature, top_p, top_k, min_p, repetition_penalty, seed, max_tokens; no "
      "argument lists them"},

@@ -23,10 +23,12 @@ void layout_compute(layout *L, int rows, int cols, bool reason_collapsed, int in
 
     /* Meter heights shrink first on short screens, then disappear. */
     int lat_h = 1, tok_h = 1, vram_h = 2, rules = 1;
-    if (cols < 90 && rows >= 30) {
-        lat_h = 2; /* narrow: the sparkline gets its own row */
-        tok_h = 2;
-    }
+    if (cols < 100 && rows >= 22)
+        tok_h = 2; /* narrow: the loop meter gets its own row */
+    if (cols < 90 && rows >= 30)
+        lat_h = 2; /* and the sparkline */
+    if (rows >= 24 && cols < 140)
+        vram_h = 3; /* the legend needs two rows below the bar */
     if (rows < 16) {
         vram_h = 1;
         rules = 0;

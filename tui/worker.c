@@ -298,7 +298,7 @@ static int job_generate(worker *w, worker_job *job, qc_err *err)
     if (rc) {
         if (rc < 0) {
             pthread_mutex_lock(&w->mu);
-            w->live.stopped = true;
+            w->live.stopped = w->live.user_stopped = true;
             pthread_mutex_unlock(&w->mu);
             rc = 0;
         }
@@ -363,8 +363,10 @@ static int job_generate(worker *w, worker_job *job, qc_err *err)
         L->n_answer = reply.n_answer;
         if (piece.end)
             L->ended_eos = true;
-        else if (limit || stop)
+        else if (limit || stop) {
             L->stopped = true;
+            L->user_stopped = stop;
+        }
         pthread_mutex_unlock(&w->mu);
         wake(w);
         t_prev = t;
@@ -493,7 +495,7 @@ static void *worker_main(void *arg)
             L->n_reasoning = L->n_answer = L->n_itl = L->n_gen = L->n_prompt = 0;
             L->t_submit = qc_now();
             L->t_first = L->t_last = 0;
-            L->stopped = L->ended_eos = false;
+            L->stopped = L->user_stopped = L->ended_eos = false;
             snprintf(L->reply_format, sizeof L->reply_format, "%s", w->ck[L->active].label);
         }
         pthread_mutex_unlock(&w->mu);

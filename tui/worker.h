@@ -76,7 +76,7 @@ typedef struct worker_live {
     int n_itl;
     int32_t gen_ids[256]; /* the last generated ids, for the loop meter (ring) */
     int n_gen;
-    bool stopped, ended_eos;
+    bool stopped, user_stopped, ended_eos; /* stopped: by the user or the token limit */
     char reply_format[24];
     int ctx_len; /* tokens in the session */
     qc_mem_report mem; /* active model + session, weights of every resident model */

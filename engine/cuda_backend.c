@@ -1,0 +1,1055 @@
+/* cuda_backend.c — the CUDA backend: the forward pass of qwen35-model.md §3
+ * on one GPU with the kernels of kernels/ (host code only; CUDA C++ stays in
+ * kernels/).
+ *
+ * Weights are resident as BF16 [N, K] matrices. Linears stored in another
+ * format are dequantized exactly (dequant.c) and rounded to BF16 at load for
+ * now. The small projections that read the same input are fused into one
+ * matrix at load, so each is one GEMV/GEMM: GDN [qkv; z; b; a], attention
+ * [q(+gate); k; v], MLP [gate; up]. Residual adds are fused into the output
+ * projections (GEMV accumulate / GEMM beta = 1).
+ *
+ * Session: K/V caches (bf16 [KV][cap][hd]) for the full-attention layers only,
+ * conv state and fp32 recurrent state per linear-attention layer, one scratch
+ * arena sized for the largest chunk seen. A single-token step runs as one
+ * CUDA graph (captured on the second decode call, after an eager warm-up, and
+ * replayed with the token id and position in device memory); it is captured
+ * again only when the arena or the caches move.
+ *
+ * Memory: every cudaMalloc goes through cu_alloc with a tag (weights by the
+ * source family, KV, GDN state, scratch, library workspace); the report adds
+ * cudaMemGetInfo's used bytes minus the tagged ones as runtime/other. */
+#ifdef QC_HAVE_CUDA
+
+#include "cuda_backend.h"
+
+#include <cuda_runtime_api.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "config.h"
+#include "dequant.h"
+
+#define CU_BLAS_WS (32u << 20)
+#define CU_DEFAULT_CTX 4096
+
+/* ---- allocations with tags ---- */
+
+typedef struct cu_pool {
+    void **p;
+    int n, cap;
+    uint64_t bytes[QC_MEM_COUNT];
+} cu_pool;
+
+static int cu_alloc(cu_pool *pl, size_t bytes, int tag, void **out, qc_err *err, const char *what)
+{
+    *out = NULL;
+    if (pl->n == pl->cap) {
+        int nc = pl->cap ? pl->cap * 2 : 64;
+        void **np = realloc(pl->p, (size_t)nc * sizeof *np);
+        if (!np) return qc_err_set(err, QC_EXIT_RUNTIME, "out of host memory tracking GPU allocations");
+        pl->p = np;
+        pl->cap = nc;
+    }
+    cudaError_t e = cudaMalloc(out, bytes ? bytes : 16);
+    if (e != cudaSuccess) {
+        size_t fr = 0, tot = 0;
+        cudaGetLastError();
+        cudaMemGetInfo(&fr, &tot);
+        return qc_err_set(err, QC_EXIT_RUNTIME, "CUDA: cannot allocate %.1f MiB for %s (%s; %.1f MiB free)",
+                          bytes / 1048576.0, what, cudaGetErrorString(e), fr / 1048576.0);
+    }
+    pl->p[pl->n++] = *out;
+    pl->bytes[tag] += bytes;
+    return QC_OK;
+}
+
+static void cu_pool_free(cu_pool *pl)
+{
+    for (int i = 0; i < pl->n; i++) cudaFree(pl->p[i]);
+    free(pl->p);
+    memset(pl, 0, sizeof *pl);
+}
+
+#define CK(call)                                                                                   \
+    do {                                                                                           \
+        int rc_ = (call);                                                                          \
+        if (rc_)                                                                                   \
+            return qc_err_set(err, QC_EXIT_RUNTIME, "CUDA: %s in %s (%s:%d)", qk_error_string(rc_), \
+                              #call, __FILE__, __LINE__);                                          \
+    } while (0)
+
+/* ---- model ---- */
+
+typedef struct cu_layer {
+    bool full;
+    float *in_norm, *post_norm;
+    uint16_t *w_in, *w_out, *w_gu, *w_down;
+    int n_in, k_out;
+    float *conv_w, *dt_bias, *nexpa, *gdn_norm; /* GDN */
+    float *q_norm, *k_norm;                     /* attention */
+} cu_layer;
+
+struct qc_cuda_model {
+    qc_cuda_shape sh;
+    int conv_dim, n_max; /* widest fused projection */
+    cudaStream_t st;
+    qk_blas *blas;
+    uint16_t *embed, *lm_head;
+    float *final_norm;
+    cu_layer *L;
+    cu_pool pool;
+    int64_t weight_bytes; /* bytes of the matrices one decode step reads */
+    int n_sm;
+    char name[256];
+};
+
+static int cu_model_new(const qc_cuda_shape *sh, qc_cuda_model **out, qc_err *err)
+{
+    *out = NULL;
+    int ndev = 0;
+    if (cudaGetDeviceCount(&ndev) != cudaSuccess || ndev == 0) {
+        cudaGetLastError();
+        return qc_err_set(err, QC_EXIT_RUNTIME, "--device cuda: no CUDA device found");
+    }
+    if (sh->dk != sh->dv || (sh->dk != 32 && sh->dk != 64 && sh->dk != 128))
+        return qc_err_set(err, QC_EXIT_RUNTIME, "CUDA backend: GDN head dims %d/%d unsupported (need dk == dv in 32/64/128)",
+                          sh->dk, sh->dv);
+    if (sh->hd % 32 || sh->hd > 256 || sh->KV <= 0 || sh->H % sh->KV || sh->H / sh->KV > 16)
+        return qc_err_set(err, QC_EXIT_RUNTIME, "CUDA backend: attention shape H=%d KV=%d hd=%d unsupported", sh->H,
+                          sh->KV, sh->hd);
+    if (sh->D % 8 || sh->I % 8 || (sh->Hv * sh->dv) % 8 || (sh->H * sh->hd) % 8)
+        return qc_err_set(err, QC_EXIT_RUNTIME, "CUDA backend: matrix widths must be multiples of 8");
+    qc_cuda_model *cm = calloc(1, sizeof *cm);
+    if (!cm) return qc_err_set(err, QC_EXIT_RUNTIME, "out of memory for the CUDA backend");
+    cm->sh = *sh;
+    cm->conv_dim = 2 * sh->Hk * sh->dk + sh->Hv * sh->dv;
+    int n_gdn = cm->conv_dim + sh->Hv * sh->dv + 2 * sh->Hv, n_att = 2 * sh->H * sh->hd + 2 * sh->KV * sh->hd;
+    cm->n_max = n_gdn > n_att ? n_gdn : n_att;
+    if (2 * sh->I > cm->n_max) cm->n_max = 2 * sh->I;
+    if (sh->D > cm->n_max) cm->n_max = sh->D;
+    cm->L = calloc((size_t)sh->n_layers, sizeof *cm->L);
+    struct cudaDeviceProp prop;
+    cudaError_t e = cudaGetDeviceProperties(&prop, 0);
+    if (!cm->L || e != cudaSuccess) {
+        free(cm->L);
+        free(cm);
+        return qc_err_set(err, QC_EXIT_RUNTIME, "CUDA backend: %s", e ? cudaGetErrorString(e) : "out of memory");
+    }
+    cm->n_sm = prop.multiProcessorCount;
+    snprintf(cm->name, sizeof cm->name, "%s", prop.name);
+    e = cudaStreamCreateWithFlags(&cm->st, cudaStreamNonBlocking);
+    int rc = e ? (int)e : qk_blas_create(&cm->blas, cm->st, CU_BLAS_WS);
+    if (rc) {
+        if (cm->st) cudaStreamDestroy(cm->st);
+        free(cm->L);
+        free(cm);
+        return qc_err_set(err, QC_EXIT_RUNTIME, "CUDA backend: stream/cuBLAS setup failed: %s", qk_error_string(rc));
+    }
+    cm->pool.bytes[QC_MEM_SCRATCH] += CU_BLAS_WS; /* the cuBLAS workspace */
+    *out = cm;
+    return QC_OK;
+}
+
+void qc_cuda_model_free(qc_cuda_model *cm)
+{
+    if (!cm) return;
+    cudaStreamSynchronize(cm->st);
+    qk_blas_free(cm->blas);
+    cu_pool_free(&cm->pool);
+    cudaStreamDestroy(cm->st);
+    free(cm->L);
+    free(cm);
+}
+
+const qc_cuda_shape *qc_cuda_model_shape(const qc_cuda_model *cm) { return &cm->sh; }
+const char *qc_cuda_device_name(const qc_cuda_model *cm) { return cm->name; }
+
+bool qc_cuda_available(void)
+{
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess) {
+        cudaGetLastError();
+        return false;
+    }
+    return n > 0;
+}
+
+static int tag_of_format(qc_format f)
+{
+    switch (qc_format_to_family(f)) {
+    case QC_FAM_BF16: return QC_MEM_W_BF16;
+    case QC_FAM_FP8: return QC_MEM_W_FP8;
+    case QC_FAM_INT4: return QC_MEM_W_INT4;
+    case QC_FAM_NVFP4: return QC_MEM_W_NVFP4;
+    default: return QC_MEM_W_OTHER;
+    }
+}
+
+static int upload_f32(qc_cuda_model *cm, const float *h, size_t n, float **out, qc_err *err, const char *what)
+{
+    int rc = cu_alloc(&cm->pool, n * sizeof(float), QC_MEM_W_BF16, (void **)out, err, what);
+    if (rc) return rc;
+    if (cudaMemcpy(*out, h, n * sizeof(float), cudaMemcpyHostToDevice) != cudaSuccess)
+        return qc_err_set(err, QC_EXIT_RUNTIME, "CUDA: upload of %s failed", what);
+    return QC_OK;
+}
+
+/* Rows of l into dst (bf16 [l->n, l->k] at device address dst): straight copy
+ * of BF16 weights, else exact dequantization rounded to BF16. */
+static int upload_linear(const qc_linear *l, uint16_t *dst, qc_err *err)
+{
+    if (l->format == QC_FMT_BF16 && l->weight && l->weight->dtype == QC_DT_BF16) {
+        if (cudaMemcpy(dst, l->weight->data, (size_t)l->n * l->k * 2, cudaMemcpyHostToDevice) != cudaSuccess)
+            return qc_err_set(err, QC_EXIT_RUNTIME, "CUDA: upload of %s failed", l->name);
+        return QC_OK;
+    }
+    int64_t rows = l->k > 0 ? (int64_t)((16u << 20) / (size_t)(l->k * 4)) : 1;
+    if (rows < 1) rows = 1;
+    float *f = malloc((size_t)rows * l->k * 4);
+    uint16_t *b = malloc((size_t)rows * l->k * 2);
+    if (!f || !b) {
+        free(f);
+        free(b);
+        return qc_err_set(err, QC_EXIT_RUNTIME, "out of memory dequantizing %s", l->name);
+    }
+    int rc = QC_OK;
+    for (int64_t r0 = 0; r0 < l->n && !rc; r0 += rows) {
+        int64_t nr = l->n - r0 < rows ? l->n - r0 : rows;
+        qc_linear_dequant_rows(l, r0, nr, f);
+        for (int64_t i = 0; i < nr * l->k; i++) b[i] = qc_f32_to_bf16(f[i]);
+        if (cudaMemcpy(dst + r0 * l->k, b, (size_t)(nr * l->k) * 2, cudaMemcpyHostToDevice) != cudaSuccess)
+            rc = qc_err_set(err, QC_EXIT_RUNTIME, "CUDA: upload of %s failed", l->name);
+    }
+    free(f);
+    free(b);
+    return rc;
+}
+
+/* Several Linears with the same K stacked row-wise into one bf16 matrix. */
+static int upload_fused(qc_cuda_model *cm, const qc_linear *const *ls, int n, uint16_t **out, int *n_rows, qc_err *err)
+{
+    int64_t N = 0, K = ls[0]->k;
+    for (int i = 0; i < n; i++) {
+        if (ls[i]->k != K)
+            return qc_err_set(err, QC_EXIT_CHECKPOINT, "%s: K %lld differs from %s", ls[i]->name, (long long)ls[i]->k,
+                              ls[0]->name);
+        N += ls[i]->n;
+    }
+    if (K % 8) return qc_err_set(err, QC_EXIT_CHECKPOINT, "%s: K %lld not a multiple of 8 (CUDA GEMV)", ls[0]->name, (long long)K);
+    int rc = cu_alloc(&cm->pool, (size_t)(N * K) * 2, tag_of_format(ls[0]->format), (void **)out, err, ls[0]->name);
+    if (rc) return rc;
+    int64_t r = 0;
+    for (int i = 0; i < n && !rc; i++) {
+        rc = upload_linear(ls[i], *out + r * K, err);
+        r += ls[i]->n;
+    }
+    *n_rows = (int)N;
+    cm->weight_bytes += N * K * 2;
+    return rc;
+}
+
+static int upload_embed(qc_cuda_model *cm, const qc_tensor *t, uint16_t **out, qc_err *err)
+{
+    size_t n = (size_t)t->numel;
+    int rc = cu_alloc(&cm->pool, n * 2, QC_MEM_W_BF16, (void **)out, err, t->name);
+    if (rc) return rc;
+    if (t->dtype == QC_DT_BF16) {
+        if (cudaMemcpy(*out, t->data, n * 2, cudaMemcpyHostToDevice) != cudaSuccess)
+            return qc_err_set(err, QC_EXIT_RUNTIME, "CUDA: upload of %s failed", t->name);
+        return QC_OK;
+    }
+    size_t chunk = 1u << 22;
+    uint16_t *b = malloc(chunk * 2);
+    if (!b) return qc_err_set(err, QC_EXIT_RUNTIME, "out of memory converting %s", t->name);
+    for (size_t i0 = 0; i0 < n && !rc; i0 += chunk) {
+        size_t m = n - i0 < chunk ? n - i0 : chunk;
+        for (size_t i = 0; i < m; i++) {
+            float v = t->dtype == QC_DT_F32   ? ((const float *)t->data)[i0 + i]
+                      : t->dtype == QC_DT_F16 ? qc_f16_to_f32(((const uint16_t *)t->data)[i0 + i])
+                                              : 0.0f;
+            b[i] = qc_f32_to_bf16(v);
+        }
+        if (cudaMemcpy(*out + i0, b, m * 2, cudaMemcpyHostToDevice) != cudaSuccess)
+            rc = qc_err_set(err, QC_EXIT_RUNTIME, "CUDA: upload of %s failed", t->name);
+    }
+    free(b);
+    return rc;
+}
+
+static int cuda_model_init(qc_model *m, const qc_load_opts *opts, qc_err *err)
+{
+    (void)opts;
+    const qc_config *c = m->cfg;
+    if (c->is_moe || c->num_experts > 0)
+        return qc_err_set(err, QC_EXIT_RUNTIME, "CUDA backend: MoE models are not supported yet (use --device cpu)");
+    qc_cuda_shape sh = {0};
+    sh.vocab = c->vocab_size;
+    sh.n_tokens = m->n_tokens;
+    sh.D = c->hidden_size;
+    sh.n_layers = c->num_hidden_layers;
+    sh.I = c->intermediate_size;
+    sh.H = c->num_attention_heads;
+    sh.KV = c->num_key_value_heads;
+    sh.hd = c->head_dim;
+    sh.rot = c->rotary_dim;
+    sh.theta = (float)c->rope_theta;
+    sh.eps = (float)c->rms_norm_eps;
+    sh.Hk = c->linear_num_key_heads;
+    sh.Hv = c->linear_num_value_heads;
+    sh.dk = c->linear_key_head_dim;
+    sh.dv = c->linear_value_head_dim;
+    memcpy(sh.full, c->layer_full, sizeof sh.full);
+    if (c->linear_conv_kernel_dim != 4 && c->n_linear_layers > 0)
+        return qc_err_set(err, QC_EXIT_RUNTIME, "CUDA backend: conv kernel %d unsupported (4 only)",
+                          c->linear_conv_kernel_dim);
+    qc_cuda_model *cm;
+    int rc = cu_model_new(&sh, &cm, err);
+    if (rc) return rc;
+    const qc_model_weights *w = &m->w;
+    const int D = sh.D;
+    rc = upload_embed(cm, w->embed, &cm->embed, err);
+    sh.tied = w->lm_head->weight == w->embed || (w->lm_head->weight && w->lm_head->weight->data == w->embed->data &&
+                                                  w->embed->dtype == QC_DT_BF16);
+    cm->sh.tied = sh.tied;
+    if (!rc && sh.tied) {
+        cm->lm_head = cm->embed;
+        cm->weight_bytes += (int64_t)sh.vocab * D * 2;
+    } else if (!rc) {
+        int nr;
+        const qc_linear *lh[] = {w->lm_head};
+        rc = upload_fused(cm, lh, 1, &cm->lm_head, &nr, err);
+    }
+    if (!rc) rc = upload_f32(cm, w->final_norm, D, &cm->final_norm, err, "final norm");
+    for (int li = 0; li < sh.n_layers && !rc; li++) {
+        const qc_layer_weights *L = &w->layers[li];
+        cu_layer *G = &cm->L[li];
+        G->full = L->full;
+        rc = upload_f32(cm, L->in_norm, D, &G->in_norm, err, "input_layernorm");
+        if (!rc) rc = upload_f32(cm, L->post_norm, D, &G->post_norm, err, "post_attention_layernorm");
+        if (!rc && !L->full) {
+            const qc_linear *in[] = {L->qkv, L->z, L->b, L->a};
+            rc = upload_fused(cm, in, 4, &G->w_in, &G->n_in, err);
+            const qc_linear *o[] = {L->out};
+            int nr;
+            if (!rc) rc = upload_fused(cm, o, 1, &G->w_out, &nr, err);
+            G->k_out = sh.Hv * sh.dv;
+            if (!rc) rc = upload_f32(cm, L->conv_w, (size_t)cm->conv_dim * 4, &G->conv_w, err, "conv1d");
+            if (!rc) rc = upload_f32(cm, L->dt_bias, sh.Hv, &G->dt_bias, err, "dt_bias");
+            if (!rc) rc = upload_f32(cm, L->neg_exp_a, sh.Hv, &G->nexpa, err, "A_log");
+            if (!rc) rc = upload_f32(cm, L->gdn_norm, sh.dv, &G->gdn_norm, err, "linear_attn.norm");
+        } else if (!rc) {
+            const qc_linear *in[] = {L->q, L->k, L->v};
+            rc = upload_fused(cm, in, 3, &G->w_in, &G->n_in, err);
+            const qc_linear *o[] = {L->o};
+            int nr;
+            if (!rc) rc = upload_fused(cm, o, 1, &G->w_out, &nr, err);
+            G->k_out = sh.H * sh.hd;
+            if (!rc) rc = upload_f32(cm, L->q_norm, sh.hd, &G->q_norm, err, "q_norm");
+            if (!rc) rc = upload_f32(cm, L->k_norm, sh.hd, &G->k_norm, err, "k_norm");
+        }
+        if (!rc) {
+            const qc_linear *gu[] = {L->gate, L->up};
+            int nr;
+            rc = upload_fused(cm, gu, 2, &G->w_gu, &nr, err);
+            const qc_linear *dn[] = {L->down};
+            if (!rc) rc = upload_fused(cm, dn, 1, &G->w_down, &nr, err);
+        }
+    }
+    if (rc) {
+        qc_cuda_model_free(cm);
+        return rc;
+    }
+    m->be_model = cm;
+    snprintf(m->device, sizeof m->device, "cuda:%.80s", cm->name);
+    return QC_OK;
+}
+
+static void cuda_model_free(qc_model *m)
+{
+    qc_cuda_model_free(m->be_model);
+    m->be_model = NULL;
+}
+
+qc_cuda_model *qc_cuda_model_of(qc_model *m)
+{
+    return m && m->be == &qc_cuda_backend ? m->be_model : NULL;
+}
+
+/* ---- synthetic models (bench) ---- */
+
+int qc_cuda_shape_by_name(const char *name, qc_cuda_shape *sh, qc_err *err)
+{
+    memset(sh, 0, sizeof *sh);
+    struct {
+        const char *n;
+        int D, L, I, H, KV, Hk, Hv;
+        bool tied;
+    } t[] = {{"0.8b", 1024, 24, 3584, 8, 2, 16, 16, true},
+             {"2b", 2048, 24, 6144, 8, 2, 16, 16, true},
+             {"4b", 2560, 32, 9216, 16, 4, 16, 32, true},
+             {"9b", 4096, 32, 12288, 16, 4, 16, 32, false},
+             {"27b", 5120, 64, 17408, 24, 4, 16, 48, false}};
+    for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
+        if (strcmp(name, t[i].n)) continue;
+        sh->vocab = 248320;
+        sh->n_tokens = 248077;
+        sh->D = t[i].D;
+        sh->n_layers = t[i].L;
+        sh->I = t[i].I;
+        sh->H = t[i].H;
+        sh->KV = t[i].KV;
+        sh->hd = 256;
+        sh->rot = 64;
+        sh->theta = 1e7f;
+        sh->eps = 1e-6f;
+        sh->Hk = t[i].Hk;
+        sh->Hv = t[i].Hv;
+        sh->dk = sh->dv = 128;
+        sh->tied = t[i].tied;
+        for (int l = 0; l < sh->n_layers; l++) sh->full[l] = (l + 1) % 4 == 0;
+        return QC_OK;
+    }
+    return qc_err_set(err, QC_EXIT_USAGE, "unknown model size '%s' (0.8b, 2b, 4b, 9b, 27b)", name);
+}
+
+static int synth_mat(qc_cuda_model *cm, int64_t N, int64_t K, uint64_t seed, uint16_t **out, qc_err *err)
+{
+    int rc = cu_alloc(&cm->pool, (size_t)(N * K) * 2, QC_MEM_W_BF16, (void **)out, err, "synthetic weight");
+    if (rc) return rc;
+    CK(qk_fill_random_bf16(*out, N * K, seed, sqrtf(3.0f / (float)K), cm->st));
+    cm->weight_bytes += N * K * 2;
+    return QC_OK;
+}
+
+static int synth_vec(qc_cuda_model *cm, int64_t n, uint64_t seed, float lo, float hi, float **out, qc_err *err)
+{
+    int rc = cu_alloc(&cm->pool, (size_t)n * 4, QC_MEM_W_BF16, (void **)out, err, "synthetic vector");
+    if (rc) return rc;
+    CK(qk_fill_random_f32(*out, n, seed, lo, hi, cm->st));
+    return QC_OK;
+}
+
+int qc_cuda_model_synthetic(const qc_cuda_shape *sh, uint64_t seed, qc_cuda_model **out, qc_err *err)
+{
+    qc_cuda_model *cm;
+    int rc = cu_model_new(sh, &cm, err);
+    if (rc) return rc;
+    uint64_t s = seed * 1000;
+    const int D = sh->D;
+    rc = cu_alloc(&cm->pool, (size_t)sh->vocab * D * 2, QC_MEM_W_BF16, (void **)&cm->embed, err, "embedding");
+    if (!rc) rc = qk_fill_random_bf16(cm->embed, (int64_t)sh->vocab * D, s++, 1.0f, cm->st) ? QC_EXIT_RUNTIME : 0;
+    if (!rc && sh->tied) {
+        cm->lm_head = cm->embed;
+        cm->weight_bytes += (int64_t)sh->vocab * D * 2;
+    } else if (!rc) {
+        rc = synth_mat(cm, sh->vocab, D, s++, &cm->lm_head, err);
+    }
+    if (!rc) rc = synth_vec(cm, D, s++, -0.1f, 0.1f, &cm->final_norm, err);
+    for (int li = 0; li < sh->n_layers && !rc; li++) {
+        cu_layer *G = &cm->L[li];
+        G->full = sh->full[li];
+        rc = synth_vec(cm, D, s++, -0.1f, 0.1f, &G->in_norm, err);
+        if (!rc) rc = synth_vec(cm, D, s++, -0.1f, 0.1f, &G->post_norm, err);
+        if (!rc && !G->full) {
+            G->n_in = cm->conv_dim + sh->Hv * sh->dv + 2 * sh->Hv;
+            G->k_out = sh->Hv * sh->dv;
+            rc = synth_mat(cm, G->n_in, D, s++, &G->w_in, err);
+            if (!rc) rc = synth_mat(cm, D, G->k_out, s++, &G->w_out, err);
+            if (!rc) rc = synth_vec(cm, (int64_t)cm->conv_dim * 4, s++, -0.5f, 0.5f, &G->conv_w, err);
+            if (!rc) rc = synth_vec(cm, sh->Hv, s++, -1.0f, 1.0f, &G->dt_bias, err);
+            if (!rc) rc = synth_vec(cm, sh->Hv, s++, -2.0f, -0.05f, &G->nexpa, err);
+            if (!rc) rc = synth_vec(cm, sh->dv, s++, 0.5f, 1.5f, &G->gdn_norm, err);
+        } else if (!rc) {
+            G->n_in = 2 * sh->H * sh->hd + 2 * sh->KV * sh->hd;
+            G->k_out = sh->H * sh->hd;
+            rc = synth_mat(cm, G->n_in, D, s++, &G->w_in, err);
+            if (!rc) rc = synth_mat(cm, D, G->k_out, s++, &G->w_out, err);
+            if (!rc) rc = synth_vec(cm, sh->hd, s++, -0.1f, 0.1f, &G->q_norm, err);
+            if (!rc) rc = synth_vec(cm, sh->hd, s++, -0.1f, 0.1f, &G->k_norm, err);
+        }
+        if (!rc) rc = synth_mat(cm, 2 * (int64_t)sh->I, D, s++, &G->w_gu, err);
+        if (!rc) rc = synth_mat(cm, D, sh->I, s++, &G->w_down, err);
+    }
+    if (!rc && cudaStreamSynchronize(cm->st) != cudaSuccess)
+        rc = qc_err_set(err, QC_EXIT_RUNTIME, "CUDA: filling synthetic weights failed");
+    if (rc) {
+        qc_cuda_model_free(cm);
+        return rc;
+    }
+    *out = cm;
+    return QC_OK;
+}
+
+/* ---- session ---- */
+
+struct qc_cuda_sess {
+    qc_cuda_model *cm;
+    cu_pool state;   /* KV caches and GDN state */
+    cu_pool scratch; /* the arena */
+    int cap;         /* KV positions */
+    uint16_t **kc, **vc;
+    float **conv, **S;
+    int tmax, lrows; /* arena sized for tmax tokens and lrows logits rows */
+    float *h, *proj, *cbuf, *beta, *g, *o, *q, *gate, *fn, *logits;
+    uint16_t *xb, *yb;
+    void *gdn_scr, *attn_scr;
+    int32_t *d_io;   /* [0] id of a decode step, [1] position, [2] sampled id, then ids */
+    int32_t *h_io;   /* pinned host mirror of d_io[0..3) */
+    int nsplit;
+    cudaGraphExec_t graph;
+    bool have_graph;
+    int eager_steps;
+};
+
+static int sess_alloc_state(qc_cuda_sess *cs, int cap, qc_err *err)
+{
+    qc_cuda_model *cm = cs->cm;
+    const qc_cuda_shape *sh = &cm->sh;
+    int rc = QC_OK;
+    for (int li = 0; li < sh->n_layers && !rc; li++) {
+        if (cm->L[li].full) {
+            size_t n = (size_t)sh->KV * cap * sh->hd * 2;
+            rc = cu_alloc(&cs->state, n, QC_MEM_KV, (void **)&cs->kc[li], err, "K cache");
+            if (!rc) rc = cu_alloc(&cs->state, n, QC_MEM_KV, (void **)&cs->vc[li], err, "V cache");
+        } else if (!cs->S[li]) {
+            rc = cu_alloc(&cs->state, (size_t)cm->conv_dim * 3 * 4, QC_MEM_GDN_STATE, (void **)&cs->conv[li], err,
+                          "conv state");
+            if (!rc)
+                rc = cu_alloc(&cs->state, (size_t)sh->Hv * sh->dk * sh->dv * 4, QC_MEM_GDN_STATE, (void **)&cs->S[li],
+                              err, "GDN state");
+        }
+    }
+    cs->cap = cap;
+    return rc;
+}
+
+void qc_cuda_sess_reset(qc_cuda_sess *cs)
+{
+    const qc_cuda_shape *sh = &cs->cm->sh;
+    for (int li = 0; li < sh->n_layers; li++) {
+        if (cs->conv[li]) cudaMemsetAsync(cs->conv[li], 0, (size_t)cs->cm->conv_dim * 3 * 4, cs->cm->st);
+        if (cs->S[li]) cudaMemsetAsync(cs->S[li], 0, (size_t)sh->Hv * sh->dk * sh->dv * 4, cs->cm->st);
+    }
+    cudaStreamSynchronize(cs->cm->st);
+}
+
+/* Grows the K/V caches to hold n positions (old contents kept). */
+static int sess_grow_kv(qc_cuda_sess *cs, int n, qc_err *err)
+{
+    if (n <= cs->cap) return QC_OK;
+    qc_cuda_model *cm = cs->cm;
+    const qc_cuda_shape *sh = &cm->sh;
+    int ncap = cs->cap * 2 > n ? cs->cap * 2 : n;
+    for (int li = 0; li < sh->n_layers; li++) {
+        if (!cm->L[li].full) continue;
+        uint16_t *nk, *nv;
+        size_t bytes = (size_t)sh->KV * ncap * sh->hd * 2;
+        int rc = cu_alloc(&cs->state, bytes, QC_MEM_KV, (void **)&nk, err, "K cache");
+        if (!rc) rc = cu_alloc(&cs->state, bytes, QC_MEM_KV, (void **)&nv, err, "V cache");
+        if (rc) return rc;
+        size_t row = (size_t)cs->cap * sh->hd * 2, nrow = (size_t)ncap * sh->hd * 2;
+        if (cudaMemcpy2D(nk, nrow, cs->kc[li], row, row, sh->KV, cudaMemcpyDeviceToDevice) != cudaSuccess ||
+            cudaMemcpy2D(nv, nrow, cs->vc[li], row, row, sh->KV, cudaMemcpyDeviceToDevice) != cudaSuccess)
+            return qc_err_set(err, QC_EXIT_RUNTIME, "CUDA: growing the KV cache failed");
+        /* release the old caches and their accounting */
+        for (int i = 0; i < cs->state.n; i++)
+            if (cs->state.p[i] == cs->kc[li] || cs->state.p[i] == cs->vc[li]) {
+                cudaFree(cs->state.p[i]);
+                cs->state.p[i] = cs->state.p[--cs->state.n];
+                i--;
+            }
+        cs->state.bytes[QC_MEM_KV] -= 2 * (size_t)sh->KV * cs->cap * sh->hd * 2;
+        cs->kc[li] = nk;
+        cs->vc[li] = nv;
+    }
+    cs->cap = ncap;
+    cs->have_graph = false; /* the graph holds the old cache addresses */
+    return QC_OK;
+}
+
+static size_t al256(size_t n) { return (n + 255) & ~(size_t)255; }
+
+/* (Re)builds the scratch arena for T tokens and lrows logits rows. */
+static int sess_arena(qc_cuda_sess *cs, int T, int lrows, qc_err *err)
+{
+    if (T <= cs->tmax && lrows <= cs->lrows) return QC_OK;
+    if (T < cs->tmax) T = cs->tmax;
+    if (lrows < cs->lrows) lrows = cs->lrows;
+    qc_cuda_model *cm = cs->cm;
+    const qc_cuda_shape *sh = &cm->sh;
+    cudaStreamSynchronize(cm->st);
+    cu_pool_free(&cs->scratch);
+    cs->have_graph = false;
+    size_t t = (size_t)T;
+    size_t wide = (size_t)(sh->Hv * sh->dv > sh->H * sh->hd ? sh->Hv * sh->dv : sh->H * sh->hd);
+    if ((size_t)sh->I > wide) wide = sh->I;
+    size_t sz[] = {
+        t * sh->D * 4,                                        /* h */
+        t * cm->n_max * 4,                                    /* proj */
+        t * cm->conv_dim * 4,                                 /* cbuf */
+        t * sh->Hv * 4, t * sh->Hv * 4,                       /* beta, g */
+        t * sh->Hv * sh->dv * 4,                              /* o */
+        t * sh->H * sh->hd * 4, t * sh->H * sh->hd * 4,       /* q, gate */
+        t * sh->D * 4,                                        /* fn */
+        (size_t)lrows * sh->vocab * 4,                        /* logits */
+        t * sh->D * 2,                                        /* xb */
+        t * wide * 2,                                         /* yb */
+        qk_gdn_prefill_scratch(T, sh->Hv, sh->dk, sh->dv),    /* gdn */
+        qk_attn_scratch(1, sh->H, sh->hd, cs->nsplit),        /* split-KV partials */
+        (t + 4) * 4,                                          /* io + ids */
+    };
+    size_t total = 0;
+    for (size_t i = 0; i < sizeof sz / sizeof sz[0]; i++) total += al256(sz[i]);
+    char *base;
+    int rc = cu_alloc(&cs->scratch, total, QC_MEM_SCRATCH, (void **)&base, err, "activation scratch");
+    if (rc) {
+        cs->tmax = cs->lrows = 0;
+        return rc;
+    }
+    void **ptrs[] = {(void **)&cs->h,    (void **)&cs->proj, (void **)&cs->cbuf, (void **)&cs->beta,
+                     (void **)&cs->g,    (void **)&cs->o,    (void **)&cs->q,    (void **)&cs->gate,
+                     (void **)&cs->fn,   (void **)&cs->logits, (void **)&cs->xb, (void **)&cs->yb,
+                     &cs->gdn_scr,       &cs->attn_scr,      (void **)&cs->d_io};
+    for (size_t i = 0; i < sizeof sz / sizeof sz[0]; i++) {
+        *ptrs[i] = base;
+        base += al256(sz[i]);
+    }
+    cs->tmax = T;
+    cs->lrows = lrows;
+    return QC_OK;
+}
+
+int qc_cuda_sess_new(qc_cuda_model *cm, int max_ctx, qc_cuda_sess **out, qc_err *err)
+{
+    *out = NULL;
+    qc_cuda_sess *cs = calloc(1, sizeof *cs);
+    if (!cs) return qc_err_set(err, QC_EXIT_RUNTIME, "out of memory for a CUDA session");
+    cs->cm = cm;
+    int n = cm->sh.n_layers;
+    cs->kc = calloc((size_t)n, sizeof *cs->kc);
+    cs->vc = calloc((size_t)n, sizeof *cs->vc);
+    cs->conv = calloc((size_t)n, sizeof *cs->conv);
+    cs->S = calloc((size_t)n, sizeof *cs->S);
+    int rc = QC_OK;
+    if (!cs->kc || !cs->vc || !cs->conv || !cs->S ||
+        cudaMallocHost((void **)&cs->h_io, 4 * sizeof(int32_t)) != cudaSuccess)
+        rc = qc_err_set(err, QC_EXIT_RUNTIME, "out of memory for a CUDA session");
+    /* Enough key splits to cover the GPU twice over for one token. */
+    cs->nsplit = 2 * cm->n_sm / cm->sh.KV;
+    if (cs->nsplit > 64) cs->nsplit = 64;
+    if (cs->nsplit < 1) cs->nsplit = 1;
+    if (!rc) rc = sess_alloc_state(cs, max_ctx > 0 ? max_ctx : CU_DEFAULT_CTX, err);
+    if (!rc) rc = sess_arena(cs, 1, 1, err);
+    if (rc) {
+        qc_cuda_sess_free(cs);
+        return rc;
+    }
+    qc_cuda_sess_reset(cs);
+    *out = cs;
+    return QC_OK;
+}
+
+void qc_cuda_sess_free(qc_cuda_sess *cs)
+{
+    if (!cs) return;
+    cudaStreamSynchronize(cs->cm->st);
+    if (cs->graph) cudaGraphExecDestroy(cs->graph);
+    cu_pool_free(&cs->scratch);
+    cu_pool_free(&cs->state);
+    if (cs->h_io) cudaFreeHost(cs->h_io);
+    free(cs->kc);
+    free(cs->vc);
+    free(cs->conv);
+    free(cs->S);
+    free(cs);
+}
+
+/* ---- the forward pass ---- */
+
+static int mm(qc_cuda_model *cm, const uint16_t *W, const uint16_t *X, float *Y, int T, int N, int K, int acc)
+{
+    if (T == 1) return qk_gemv_bf16(W, X, Y, N, K, acc, cm->st);
+    return qk_gemm_bf16(cm->blas, W, X, Y, N, T, N, K, acc ? 1.0f : 0.0f);
+}
+
+/* T tokens whose ids are at d_io + 4 and whose first position is d_io[1].
+ * all_rows: final norm and logits for every row (else the last row only). */
+static int run_layers(qc_cuda_sess *cs, int T, bool all_rows, qc_err *err)
+{
+    qc_cuda_model *cm = cs->cm;
+    const qc_cuda_shape *sh = &cm->sh;
+    cudaStream_t st = cm->st;
+    const int D = sh->D, Hv = sh->Hv, dv = sh->dv;
+    const int32_t *ids = cs->d_io + 4, *pos = cs->d_io + 1;
+    CK(qk_embed(cm->embed, ids, T, D, sh->vocab, cs->h, st));
+    for (int li = 0; li < sh->n_layers; li++) {
+        const cu_layer *L = &cm->L[li];
+        CK(qk_rmsnorm1p(cs->h, L->in_norm, sh->eps, T, D, cs->xb, NULL, st));
+        CK(mm(cm, L->w_in, cs->xb, cs->proj, T, L->n_in, D, 0));
+        if (!L->full) {
+            const int ld = L->n_in, C = cm->conv_dim;
+            float *z = cs->proj + C, *b = z + Hv * dv, *a = b + Hv;
+            CK(qk_conv_silu(cs->proj, ld, L->conv_w, cs->conv[li], T, C, cs->cbuf, st));
+            if (T == 1) {
+                CK(qk_gdn_step(cs->cbuf, b, a, L->nexpa, L->dt_bias, z, L->gdn_norm, sh->eps, cs->S[li], sh->Hk, Hv,
+                               sh->dk, dv, cs->yb, st));
+            } else {
+                CK(qk_gdn_gates(b, a, ld, L->nexpa, L->dt_bias, T, Hv, cs->beta, cs->g, st));
+                CK(qk_l2norm_qk(cs->cbuf, C, T, sh->Hk, sh->dk, st));
+                CK(qk_gdn_prefill(cs->cbuf, C, cs->beta, cs->g, cs->S[li], T, sh->Hk, Hv, sh->dk, dv, cs->gdn_scr,
+                                  cs->o, st));
+                CK(qk_gated_norm(cs->o, z, ld, L->gdn_norm, sh->eps, T, Hv, dv, cs->yb, st));
+            }
+        } else {
+            CK(qk_attn_prep(cs->proj, L->n_in, T, sh->H, sh->KV, sh->hd, sh->rot, sh->theta, L->q_norm, L->k_norm,
+                            sh->eps, pos, cs->kc[li], cs->vc[li], cs->cap, cs->q, cs->gate, st));
+            CK(qk_attn(cs->q, cs->gate, cs->kc[li], cs->vc[li], cs->cap, T, sh->H, sh->KV, sh->hd, pos,
+                       T == 1 ? cs->nsplit : 1, cs->attn_scr, cs->yb, st));
+        }
+        CK(mm(cm, L->w_out, cs->yb, cs->h, T, D, L->k_out, 1));
+        CK(qk_rmsnorm1p(cs->h, L->post_norm, sh->eps, T, D, cs->xb, NULL, st));
+        CK(mm(cm, L->w_gu, cs->xb, cs->proj, T, 2 * sh->I, D, 0));
+        CK(qk_swiglu(cs->proj, 2 * sh->I, T, sh->I, cs->yb, st));
+        CK(mm(cm, L->w_down, cs->yb, cs->h, T, D, sh->I, 1));
+    }
+    if (all_rows) {
+        CK(qk_rmsnorm1p(cs->h, cm->final_norm, sh->eps, T, D, cs->xb, cs->fn, st));
+        CK(mm(cm, cm->lm_head, cs->xb, cs->logits, T, sh->vocab, D, 0));
+    } else {
+        size_t last = (size_t)(T - 1) * D;
+        CK(qk_rmsnorm1p(cs->h + last, cm->final_norm, sh->eps, 1, D, cs->xb, cs->fn + last, st));
+        CK(qk_gemv_bf16(cm->lm_head, cs->xb, cs->logits, sh->vocab, D, 0, st));
+    }
+    return QC_OK;
+}
+
+static int sync_check(qc_cuda_sess *cs, qc_err *err, const char *what)
+{
+    cudaError_t e = cudaStreamSynchronize(cs->cm->st);
+    if (e == cudaSuccess) e = cudaGetLastError();
+    if (e != cudaSuccess) return qc_err_set(err, QC_EXIT_RUNTIME, "CUDA: %s failed: %s", what, cudaGetErrorString(e));
+    return QC_OK;
+}
+
+/* Uploads ids and pos0 (ids at d_io + 4). */
+static int put_ids(qc_cuda_sess *cs, const int32_t *ids, int n, int pos0, qc_err *err)
+{
+    cudaStream_t st = cs->cm->st;
+    cs->h_io[0] = ids[0];
+    cs->h_io[1] = pos0;
+    if (cudaMemcpyAsync(cs->d_io, cs->h_io, 2 * sizeof(int32_t), cudaMemcpyHostToDevice, st) != cudaSuccess ||
+        cudaMemcpyAsync(cs->d_io + 4, ids, (size_t)n * sizeof(int32_t), cudaMemcpyHostToDevice, st) != cudaSuccess)
+        return qc_err_set(err, QC_EXIT_RUNTIME, "CUDA: copying token ids failed");
+    return QC_OK;
+}
+
+/* One token through the captured graph: ids at d_io+4 (= the id), pos at d_io[1]. */
+static int step_graph(qc_cuda_sess *cs, qc_err *err)
+{
+    qc_cuda_model *cm = cs->cm;
+    if (!cs->have_graph && cs->eager_steps < 1) {
+        /* The first step runs eagerly: kernels set their attributes outside capture. */
+        cs->eager_steps++;
+        return run_layers(cs, 1, false, err);
+    }
+    if (!cs->have_graph) {
+        if (cs->graph) cudaGraphExecDestroy(cs->graph);
+        cs->graph = NULL;
+        cudaGraph_t g = NULL;
+        cudaError_t e = cudaStreamBeginCapture(cm->st, cudaStreamCaptureModeRelaxed);
+        if (e != cudaSuccess) return qc_err_set(err, QC_EXIT_RUNTIME, "CUDA: graph capture: %s", cudaGetErrorString(e));
+        int rc = run_layers(cs, 1, false, err);
+        e = cudaStreamEndCapture(cm->st, &g);
+        if (rc) {
+            if (g) cudaGraphDestroy(g);
+            return rc;
+        }
+        if (e == cudaSuccess) e = cudaGraphInstantiate(&cs->graph, g, 0);
+        if (g) cudaGraphDestroy(g);
+        if (e != cudaSuccess) return qc_err_set(err, QC_EXIT_RUNTIME, "CUDA: graph capture: %s", cudaGetErrorString(e));
+        cs->have_graph = true;
+    }
+    cudaError_t e = cudaGraphLaunch(cs->graph, cm->st);
+    if (e != cudaSuccess) return qc_err_set(err, QC_EXIT_RUNTIME, "CUDA: graph launch: %s", cudaGetErrorString(e));
+    return QC_OK;
+}
+
+int qc_cuda_prefill(qc_cuda_sess *cs, const int32_t *ids, int n, int pos0, qc_err *err)
+{
+    if (n <= 0) return QC_OK;
+    int rc = sess_grow_kv(cs, pos0 + n, err);
+    if (!rc) rc = sess_arena(cs, n, 1, err);
+    if (!rc) rc = put_ids(cs, ids, n, pos0, err);
+    if (!rc) rc = n == 1 ? step_graph(cs, err) : run_layers(cs, n, false, err);
+    if (!rc) rc = sync_check(cs, err, "prefill");
+    return rc;
+}
+
+int qc_cuda_decode(qc_cuda_sess *cs, int32_t id, int pos, const qk_sample_params *sp, int32_t *next, qc_err *err)
+{
+    int rc = sess_grow_kv(cs, pos + 1, err);
+    if (!rc) rc = put_ids(cs, &id, 1, pos, err);
+    if (!rc) rc = step_graph(cs, err);
+    if (rc) return rc;
+    CK(qk_sample(cs->logits, cs->cm->sh.n_tokens, *sp, cs->d_io + 2, cs->cm->st));
+    if (cudaMemcpyAsync(cs->h_io + 2, cs->d_io + 2, sizeof(int32_t), cudaMemcpyDeviceToHost, cs->cm->st) != cudaSuccess)
+        return qc_err_set(err, QC_EXIT_RUNTIME, "CUDA: copying the sampled id failed");
+    rc = sync_check(cs, err, "decode step");
+    if (!rc) *next = cs->h_io[2];
+    return rc;
+}
+
+int qc_cuda_sample(qc_cuda_sess *cs, const qk_sample_params *sp, int32_t *next, qc_err *err)
+{
+    CK(qk_sample(cs->logits, cs->cm->sh.n_tokens, *sp, cs->d_io + 2, cs->cm->st));
+    if (cudaMemcpyAsync(cs->h_io + 2, cs->d_io + 2, sizeof(int32_t), cudaMemcpyDeviceToHost, cs->cm->st) != cudaSuccess)
+        return qc_err_set(err, QC_EXIT_RUNTIME, "CUDA: copying the sampled id failed");
+    int rc = sync_check(cs, err, "sampling");
+    if (!rc) *next = cs->h_io[2];
+    return rc;
+}
+
+/* ---- per-kernel decode profile ---- */
+
+enum { PROF_REPS = 25 };
+
+static int prof_cmp(const void *a, const void *b)
+{
+    float x = *(const float *)a, y = *(const float *)b;
+    return x < y ? -1 : x > y;
+}
+
+typedef struct prof_ctx {
+    qc_cuda_sess *cs;
+    cudaEvent_t ev[PROF_REPS + 1];
+    qc_cuda_prof_row *rows;
+    int n, max;
+} prof_ctx;
+
+#define PROF(pc, nm, cnt, byt, call)                                                               \
+    do {                                                                                           \
+        for (int r_ = 0; r_ < 3; r_++) CK(call);                                                   \
+        for (int r_ = 0; r_ <= PROF_REPS; r_++) {                                                  \
+            if (r_) CK(call);                                                                      \
+            cudaEventRecord((pc)->ev[r_], st);                                                     \
+        }                                                                                          \
+        cudaEventSynchronize((pc)->ev[PROF_REPS]);                                                 \
+        float t_[PROF_REPS];                                                                       \
+        for (int r_ = 0; r_ < PROF_REPS; r_++) cudaEventElapsedTime(&t_[r_], (pc)->ev[r_], (pc)->ev[r_ + 1]); \
+        qsort(t_, PROF_REPS, sizeof t_[0], prof_cmp);                                              \
+        if ((pc)->n < (pc)->max) {                                                                 \
+            qc_cuda_prof_row *w_ = &(pc)->rows[(pc)->n++];                                         \
+            snprintf(w_->name, sizeof w_->name, "%s", nm);                                         \
+            w_->per_token = (cnt);                                                                 \
+            w_->us = t_[PROF_REPS / 2] * 1e3;                                                      \
+            w_->bytes = (double)(byt);                                                             \
+        }                                                                                          \
+    } while (0)
+
+static int profile_run(prof_ctx *pc, int ctx, qc_err *err)
+{
+    qc_cuda_sess *cs = pc->cs;
+    qc_cuda_model *cm = cs->cm;
+    const qc_cuda_shape *sh = &cm->sh;
+    cudaStream_t st = cm->st;
+    int lin = -1, full = -1, n_lin = 0, n_full = 0;
+    for (int li = 0; li < sh->n_layers; li++) {
+        if (cm->L[li].full) {
+            n_full++;
+            if (full < 0) full = li;
+        } else {
+            n_lin++;
+            if (lin < 0) lin = li;
+        }
+    }
+    const int D = sh->D, Hv = sh->Hv, dv = sh->dv;
+    cs->h_io[0] = 0;
+    cs->h_io[1] = ctx;
+    cudaMemcpyAsync(cs->d_io, cs->h_io, 8, cudaMemcpyHostToDevice, st);
+    cudaMemcpyAsync(cs->d_io + 4, cs->h_io, 4, cudaMemcpyHostToDevice, st);
+    const int32_t *pos = cs->d_io + 1;
+    PROF(pc, "embed", 1, D * 2, qk_embed(cm->embed, cs->d_io + 4, 1, D, sh->vocab, cs->h, st));
+    PROF(pc, "rmsnorm1p", 2 * sh->n_layers + 1, D * 4,
+         qk_rmsnorm1p(cs->h, cm->final_norm, sh->eps, 1, D, cs->xb, NULL, st));
+    if (lin >= 0) {
+        const cu_layer *L = &cm->L[lin];
+        const int ld = L->n_in, C = cm->conv_dim;
+        float *z = cs->proj + C, *b = z + Hv * dv, *a = b + Hv;
+        PROF(pc, "gemv gdn in (qkv|z|b|a)", n_lin, (double)L->n_in * D * 2,
+             qk_gemv_bf16(L->w_in, cs->xb, cs->proj, L->n_in, D, 0, st));
+        PROF(pc, "conv+silu (1 token)", n_lin, (double)C * 12 * 2,
+             qk_conv_silu(cs->proj, ld, L->conv_w, cs->conv[lin], 1, C, cs->cbuf, st));
+        PROF(pc, "gdn step (fused)", n_lin, (double)Hv * sh->dk * dv * 4 * 2,
+             qk_gdn_step(cs->cbuf, b, a, L->nexpa, L->dt_bias, z, L->gdn_norm, sh->eps, cs->S[lin], sh->Hk, Hv,
+                         sh->dk, dv, cs->yb, st));
+        PROF(pc, "gemv gdn out", n_lin, (double)D * L->k_out * 2,
+             qk_gemv_bf16(L->w_out, cs->yb, cs->h, D, L->k_out, 1, st));
+    }
+    if (full >= 0) {
+        const cu_layer *L = &cm->L[full];
+        PROF(pc, "gemv attn in (q|gate|k|v)", n_full, (double)L->n_in * D * 2,
+             qk_gemv_bf16(L->w_in, cs->xb, cs->proj, L->n_in, D, 0, st));
+        PROF(pc, "attn prep (norm+rope+cache)", n_full, 0,
+             qk_attn_prep(cs->proj, L->n_in, 1, sh->H, sh->KV, sh->hd, sh->rot, sh->theta, L->q_norm, L->k_norm,
+                          sh->eps, pos, cs->kc[full], cs->vc[full], cs->cap, cs->q, cs->gate, st));
+        PROF(pc, "attn decode (split-KV)", n_full, 2.0 * sh->KV * sh->hd * 2 * (ctx + 1),
+             qk_attn(cs->q, cs->gate, cs->kc[full], cs->vc[full], cs->cap, 1, sh->H, sh->KV, sh->hd, pos, cs->nsplit,
+                     cs->attn_scr, cs->yb, st));
+        PROF(pc, "gemv attn out", n_full, (double)D * L->k_out * 2,
+             qk_gemv_bf16(L->w_out, cs->yb, cs->h, D, L->k_out, 1, st));
+    }
+    const cu_layer *L0 = &cm->L[0];
+    PROF(pc, "gemv mlp gate|up", sh->n_layers, 2.0 * sh->I * D * 2,
+         qk_gemv_bf16(L0->w_gu, cs->xb, cs->proj, 2 * sh->I, D, 0, st));
+    PROF(pc, "swiglu", sh->n_layers, 2.0 * sh->I * 4, qk_swiglu(cs->proj, 2 * sh->I, 1, sh->I, cs->yb, st));
+    PROF(pc, "gemv mlp down", sh->n_layers, (double)D * sh->I * 2,
+         qk_gemv_bf16(L0->w_down, cs->yb, cs->h, D, sh->I, 1, st));
+    PROF(pc, "gemv lm_head", 1, (double)sh->vocab * D * 2,
+         qk_gemv_bf16(cm->lm_head, cs->xb, cs->logits, sh->vocab, D, 0, st));
+    qk_sample_params sp = {0, 0, 1, 0, 0};
+    PROF(pc, "sample (greedy)", 1, (double)sh->n_tokens * 4, qk_sample(cs->logits, sh->n_tokens, sp, cs->d_io + 2, st));
+    return sync_check(cs, err, "decode profile");
+}
+
+int qc_cuda_profile_decode(qc_cuda_sess *cs, int ctx, qc_cuda_prof_row *rows, int max, int *nrows, qc_err *err)
+{
+    *nrows = 0;
+    if (ctx + 1 > cs->cap) return qc_err_set(err, QC_EXIT_USAGE, "profile context %d beyond the KV cache", ctx);
+    prof_ctx pc = {.cs = cs, .rows = rows, .max = max};
+    for (int i = 0; i <= PROF_REPS; i++)
+        if (cudaEventCreate(&pc.ev[i]) != cudaSuccess) {
+            for (int j = 0; j < i; j++) cudaEventDestroy(pc.ev[j]);
+            return qc_err_set(err, QC_EXIT_RUNTIME, "CUDA: cannot create events");
+        }
+    int rc = profile_run(&pc, ctx, err);
+    for (int i = 0; i <= PROF_REPS; i++) cudaEventDestroy(pc.ev[i]);
+    *nrows = pc.n;
+    return rc;
+}
+
+/* ---- the qc_backend table ---- */
+
+static int cuda_session_init(qc_session *s, qc_err *err)
+{
+    qc_cuda_sess *cs;
+    int rc = qc_cuda_sess_new(s->m->be_model, s->max_ctx, &cs, err);
+    if (rc) return rc;
+    s->be_sess = cs;
+    return QC_OK;
+}
+
+static void cuda_session_free(qc_session *s)
+{
+    qc_cuda_sess_free(s->be_sess);
+    s->be_sess = NULL;
+}
+
+static void cuda_session_reset(qc_session *s) { qc_cuda_sess_reset(s->be_sess); }
+
+static int cuda_forward(qc_session *s, const int32_t *ids, int n, int pos0, float *logits, float *norm, qc_err *err)
+{
+    qc_cuda_sess *cs = s->be_sess;
+    const qc_cuda_shape *sh = &cs->cm->sh;
+    bool all = logits || norm;
+    int rc = sess_grow_kv(cs, pos0 + n, err);
+    if (!rc) rc = sess_arena(cs, n, all ? n : 1, err);
+    if (!rc) rc = put_ids(cs, ids, n, pos0, err);
+    if (rc) return rc;
+    /* One token goes through the decode graph also when every row is wanted:
+     * its last row is its only row. */
+    if (n == 1) rc = step_graph(cs, err);
+    else rc = run_layers(cs, n, all, err);
+    if (rc) return rc;
+    cudaStream_t st = cs->cm->st;
+    size_t V = (size_t)sh->vocab, D = (size_t)sh->D;
+    size_t lrow = all ? (size_t)(n - 1) : 0;
+    cudaError_t e = cudaMemcpyAsync(s->logits, cs->logits + lrow * V, V * 4, cudaMemcpyDeviceToHost, st);
+    if (!e) e = cudaMemcpyAsync(s->final_norm, cs->fn + (size_t)(n - 1) * D, D * 4, cudaMemcpyDeviceToHost, st);
+    if (!e && logits) e = cudaMemcpyAsync(logits, cs->logits, (size_t)n * V * 4, cudaMemcpyDeviceToHost, st);
+    if (!e && norm) e = cudaMemcpyAsync(norm, cs->fn, (size_t)n * D * 4, cudaMemcpyDeviceToHost, st);
+    if (e) return qc_err_set(err, QC_EXIT_RUNTIME, "CUDA: copying logits failed: %s", cudaGetErrorString(e));
+    return sync_check(cs, err, "forward");
+}
+
+int64_t qc_cuda_decode_bytes(const qc_cuda_model *cm, int ctx)
+{
+    const qc_cuda_shape *sh = &cm->sh;
+    int64_t b = cm->weight_bytes + (int64_t)sh->D * 2; /* + the embedding row */
+    for (int li = 0; li < sh->n_layers; li++) {
+        if (cm->L[li].full) b += 2 * (int64_t)sh->KV * sh->hd * 2 * (ctx + 1);
+        else b += 2 * ((int64_t)sh->Hv * sh->dk * sh->dv * 4 + (int64_t)cm->conv_dim * 3 * 4);
+    }
+    return b;
+}
+
+void qc_cuda_mem(const qc_cuda_model *cm, const qc_cuda_sess *cs, qc_mem_report *rep)
+{
+    memset(rep, 0, sizeof *rep);
+    for (int i = 0; i < QC_MEM_COUNT; i++) {
+        rep->bytes[i] += cm->pool.bytes[i];
+        if (cs) rep->bytes[i] += cs->state.bytes[i] + cs->scratch.bytes[i];
+    }
+    size_t fr = 0, tot = 0;
+    if (cudaMemGetInfo(&fr, &tot) != cudaSuccess) {
+        cudaGetLastError();
+        return;
+    }
+    uint64_t counted = 0;
+    for (int i = 0; i < QC_MEM_RUNTIME; i++) counted += rep->bytes[i];
+    uint64_t used = tot - fr;
+    rep->bytes[QC_MEM_RUNTIME] = used > counted ? used - counted : 0;
+    rep->bytes[QC_MEM_FREE] = fr;
+    rep->total = tot;
+}
+
+static void cuda_mem(const qc_model *m, const qc_session *s, qc_mem_report *rep)
+{
+    qc_cuda_mem(m->be_model, s ? s->be_sess : NULL, rep);
+}
+
+int qc_cuda_copy_bandwidth(double *bytes_per_s, qc_err *err)
+{
+    size_t n = (size_t)1 << 30;
+    void *a = NULL, *b = NULL;
+    cudaEvent_t e0 = NULL, e1 = NULL;
+    int rc = QC_OK;
+    if (cudaMalloc(&a, n) != cudaSuccess || cudaMalloc(&b, n) != cudaSuccess || cudaEventCreate(&e0) != cudaSuccess ||
+        cudaEventCreate(&e1) != cudaSuccess) {
+        rc = qc_err_set(err, QC_EXIT_RUNTIME, "CUDA: cannot allocate 2 GiB for the copy-bandwidth probe");
+        goto done;
+    }
+    cudaMemset(a, 1, n);
+    cudaMemcpy(b, a, n, cudaMemcpyDeviceToDevice); /* warm-up */
+    float best = 1e30f;
+    for (int r = 0; r < 5; r++) {
+        cudaEventRecord(e0, 0);
+        cudaMemcpyAsync(b, a, n, cudaMemcpyDeviceToDevice, 0);
+        cudaEventRecord(e1, 0);
+        cudaEventSynchronize(e1);
+        float ms = 0;
+        cudaEventElapsedTime(&ms, e0, e1);
+        if (ms < best) best = ms;
+    }
+    if (cudaGetLastError() != cudaSuccess) rc = qc_err_set(err, QC_EXIT_RUNTIME, "CUDA: copy-bandwidth probe failed");
+    *bytes_per_s = 2.0 * (double)n / (best / 1e3);
+done:
+    cudaGetLastError();
+    if (e0) cudaEventDestroy(e0);
+    if (e1) cudaEventDestroy(e1);
+    cudaFree(a);
+    cudaFree(b);
+    return rc;
+}
+
+const qc_backend qc_cuda_backend = {
+    "cuda", cuda_model_init, cuda_model_free, cuda_session_init, cuda_session_free,
+    cuda_session_reset, cuda_forward, cuda_mem,
+};
+
+#else
+/* CPU-only build: this file compiles to nothing (ISO C wants one declaration). */
+typedef int qc_cuda_backend_unused;
+#endif

@@ -1,0 +1,86 @@
+/* cuda_backend.h — the CUDA backend (internal to the engine; front ends use
+ * qchat.h). Besides the qc_backend table it exposes a small direct API used
+ * by `qchat bench`: a model with random weights of a real shape created
+ * directly on the GPU, prefill and graph-replayed decode with on-device
+ * sampling (no logits copy), and the numbers the benchmark reports.
+ *
+ * Everything here exists only in builds with QC_HAVE_CUDA. */
+#ifndef QC_CUDA_BACKEND_H
+#define QC_CUDA_BACKEND_H
+
+#ifdef QC_HAVE_CUDA
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "backend.h"
+#include "kernels.h"
+
+extern const qc_backend qc_cuda_backend;
+
+/* True when a CUDA device is usable (cudaGetDeviceCount > 0). */
+bool qc_cuda_available(void);
+
+/* The dense shapes the CUDA engine runs (MoE is not supported yet). */
+typedef struct qc_cuda_shape {
+    int vocab, n_tokens, D, n_layers, I, H, KV, hd, rot;
+    float theta, eps;
+    int Hk, Hv, dk, dv;
+    bool tied;
+    bool full[QC_MAX_LAYERS];
+} qc_cuda_shape;
+
+/* Shape of a real size by name: "0.8b", "9b", "27b" (qwen35-model.md). */
+int qc_cuda_shape_by_name(const char *name, qc_cuda_shape *sh, qc_err *err);
+
+typedef struct qc_cuda_model qc_cuda_model;
+typedef struct qc_cuda_sess qc_cuda_sess;
+
+/* Random BF16 weights of shape sh, generated on the GPU. */
+int qc_cuda_model_synthetic(const qc_cuda_shape *sh, uint64_t seed, qc_cuda_model **out, qc_err *err);
+void qc_cuda_model_free(qc_cuda_model *cm);
+/* The CUDA model behind a loaded qc_model (NULL when it runs on the CPU). */
+qc_cuda_model *qc_cuda_model_of(qc_model *m);
+const qc_cuda_shape *qc_cuda_model_shape(const qc_cuda_model *cm);
+const char *qc_cuda_device_name(const qc_cuda_model *cm);
+
+/* max_ctx: KV positions allocated up front (grown on demand beyond). */
+int qc_cuda_sess_new(qc_cuda_model *cm, int max_ctx, qc_cuda_sess **out, qc_err *err);
+void qc_cuda_sess_free(qc_cuda_sess *cs);
+void qc_cuda_sess_reset(qc_cuda_sess *cs);
+/* Runs ids[0..n) at positions pos0.. ; the last row's logits stay on the
+ * device. Synchronous. */
+int qc_cuda_prefill(qc_cuda_sess *cs, const int32_t *ids, int n, int pos0, qc_err *err);
+/* One decode step (the captured CUDA graph) at position pos, then sampling on
+ * the device; *next receives the sampled id (4 bytes copied back). */
+int qc_cuda_decode(qc_cuda_sess *cs, int32_t id, int pos, const qk_sample_params *sp, int32_t *next,
+                   qc_err *err);
+
+/* Samples from the last logits row of the latest prefill/decode (device). */
+int qc_cuda_sample(qc_cuda_sess *cs, const qk_sample_params *sp, int32_t *next, qc_err *err);
+
+/* Per-kernel timing of one decode step at context ctx: each launch of the
+ * step timed alone (events, median of reps) on the model's real matrices and
+ * the session's state. Fills up to max rows. Leaves
+ * the session's state changed: reset it afterwards. *nrows gets the count. */
+typedef struct qc_cuda_prof_row {
+    char name[48];
+    int per_token; /* launches per decode step */
+    double us;     /* median time of one launch */
+    double bytes;  /* bytes one launch must read (0 when not counted) */
+} qc_cuda_prof_row;
+int qc_cuda_profile_decode(qc_cuda_sess *cs, int ctx, qc_cuda_prof_row *rows, int max, int *nrows,
+                           qc_err *err);
+
+/* Bytes one decode step must read at context length ctx: weights, GDN and
+ * conv state (read and written), and the K/V cache. */
+int64_t qc_cuda_decode_bytes(const qc_cuda_model *cm, int ctx);
+/* Device memory by category (the qc_mem_report of qchat.h), reconciled with
+ * cudaMemGetInfo: what the engine did not allocate shows as runtime. */
+void qc_cuda_mem(const qc_cuda_model *cm, const qc_cuda_sess *cs, qc_mem_report *rep);
+/* Achievable bandwidth: a large device-to-device copy, bytes read + written
+ * per second. */
+int qc_cuda_copy_bandwidth(double *bytes_per_s, qc_err *err);
+
+#endif
+#endif

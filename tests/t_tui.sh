@@ -1,0 +1,143 @@
+#!/usr/bin/env bash
+# t_tui.sh — drives the real qchat TUI in tmux on the CPU engine with two
+# fixture formats (BF16 + FP8) and asserts on `tmux capture-pane` text:
+# panes, a reply with reasoning and answer counts, /swap keeping the transcript
+# and tagging the next reply, a failed swap leaving the session intact, Ctrl-C,
+# resize to 60x20 and 200x60, /save + /clear + /load, and quitting.
+. "$(dirname "$0")/lib.bash"
+command -v tmux >/dev/null || { skip tui "tmux not installed"; exit 0; }
+M=$FIX/models
+[ -d "$M/tiny-qwen35" ] && [ -d "$M/tiny-qwen35-fp8" ] || { skip tui "fixtures not found"; exit 0; }
+export LC_ALL=C.UTF-8 XDG_STATE_HOME=$TMP/state XDG_CONFIG_HOME=$TMP/config
+# One tmux server per start: restarting a server on the same socket races.
+N=0
+SOCK=qchat-test-$$-$N
+T() { tmux -L "$SOCK" -f /dev/null "$@"; }
+trap 'for i in $(seq 0 $N); do tmux -L qchat-test-$$-$i kill-server 2>/dev/null; done; rm -rf "$TMP"' EXIT
+screen() { T capture-pane -p -t q 2>/dev/null; }
+# wait_for REGEX [SECONDS]: polls the screen until an extended regex matches.
+wait_for() {
+    local re=$1 end=$((SECONDS + ${2:-10}))
+    while [ $SECONDS -le "$end" ]; do
+        screen | grep -Eq -- "$re" && return 0
+        sleep 0.1
+    done
+    echo "--- screen while waiting for: $re"; screen | sed 's/^/    /'
+    return 1
+}
+send() { T send-keys -t q "$@"; }
+line() { send -l -- "$1"; send Enter; }
+start() { # start W H ENV... -- ARGS...: qchat in a fresh tmux window
+    local w=$1 h=$2; shift 2
+    T kill-server 2>/dev/null
+    N=$((N + 1)); SOCK=qchat-test-$$-$N
+    T new-session -d -s q -x "$w" -y "$h" "env TERM=tmux-256color $* ; echo QCHAT-EXIT \$?; sleep 60"
+}
+QC="$QCHAT_BIN --device cpu --threads 1 --seed 1"
+
+start 100 30 $QC --max-tokens 12 "$M/tiny-qwen35" "$M/tiny-qwen35-fp8"
+check tui_starts wait_for 'Conversation' 20
+s=$(screen)
+for p in Conversation Reasoning Latency Tokens VRAM; do
+    check "tui_pane_$p" grep -q "$p" <<<"$s"
+done
+check tui_format_bar grep -Eq '\[BF16\] +FP8' <<<"$s"
+
+# A thinking reply: reasoning streams into its pane, counted.
+line "hello there"
+check tui_reply_tagged wait_for '^qwen · BF16 · [0-9]+\+[0-9]+ tok' 20
+check tui_reasoning_count grep -Eq 'Reasoning · [1-9][0-9]* tok' <<<"$(screen)"
+check tui_tokens_reasoning grep -Eq 'reasoning [1-9][0-9]* · answer' <<<"$(screen)"
+# A non-thinking reply: every token is answer.
+line "/think off"
+line "and now?"
+check tui_answer_reply wait_for 'qwen · BF16 · 0\+[1-9][0-9]* tok' 20
+check tui_tokens_answer grep -Eq 'answer [1-9][0-9]* · this turn' <<<"$(screen)"
+
+# Hot-swap keeps the transcript; the next reply carries the new format.
+line "/swap FP8"
+check tui_swap_active wait_for 'BF16 +\[FP8\]' 20
+check tui_swap_message wait_for 'now on FP8' 5
+check tui_swap_keeps_transcript grep -q 'hello there' <<<"$(screen)"
+line "third question"
+check tui_swap_reply_tagged wait_for '^qwen · FP8 · [0-9]+\+' 20
+# A missing checkpoint, and a directory that is not one: session untouched.
+line "/swap $TMP/no-such-checkpoint"
+check tui_swap_missing_message wait_for 'no checkpoint' 5
+mkdir -p "$TMP/empty"
+line "/swap $TMP/empty"
+check tui_swap_bad_dir_message wait_for 'swap failed, still on FP8' 10
+s=$(screen)
+check tui_swap_failed_still_active grep -Eq 'BF16 +\[FP8\]' <<<"$s"
+check tui_swap_failed_transcript grep -q 'third question' <<<"$s"
+
+# Ctrl-C stops a long reply and keeps it; the UI stays usable.
+line "/set max_tokens=0"
+line "/think on"
+line "go on forever"
+check tui_generating wait_for 'thinking…|answering…' 10
+send C-c
+check tui_ctrl_c_stops wait_for 'partial reply is kept' 10
+check tui_ctrl_c_reply_kept grep -Eq 'qwen · FP8 · [0-9]+\+[0-9]+ tok · [0-9.]+ s · stopped' <<<"$(screen)"
+line "/stats"
+check tui_usable_after_stop wait_for '^  #[0-9]+ FP8' 5
+
+# Resize: every pane still there, prompt on the second-last row.
+T resize-window -t q -x 60 -y 20
+sleep 0.3
+check tui_resize_small wait_for 'VRAM' 5
+s=$(screen)
+ok_small=1
+for p in Conversation Reasoning Latency Tokens VRAM; do grep -q "$p" <<<"$s" || ok_small=0; done
+[ "$(sed -n 19p <<<"$s" | cut -c1)" = ">" ] || ok_small=0
+[ "$(wc -L <<<"$s")" -le 60 ] || ok_small=0
+check tui_resize_60x20_layout test $ok_small = 1
+T resize-window -t q -x 200 -y 60
+sleep 0.3
+check tui_resize_large wait_for '^Conversation +│Reasoning' 5
+s=$(screen)
+ok_big=1
+for p in Latency Tokens VRAM; do grep -q "^$p" <<<"$s" || ok_big=0; done
+[ "$(sed -n 59p <<<"$s" | cut -c1)" = ">" ] || ok_big=0
+check tui_resize_200x60_layout test $ok_big = 1
+
+# Save, clear, load: the conversation comes back.
+line "/save $TMP/s.json"
+check tui_save wait_for 'saved [0-9]+ turns' 5
+check tui_save_file grep -q '"qchat_session":1' "$TMP/s.json"
+line "/clear"
+check tui_clear wait_for 'new conversation' 5
+check tui_clear_empties sh -c "! tmux -L $SOCK capture-pane -p -t q | grep -q 'hello there'"
+line "/load $TMP/s.json"
+check tui_load_restores wait_for 'hello there' 10
+check tui_load_context wait_for 'context [1-9]' 10
+# Tokens the model does not have: rejected by the engine thread, nothing changes.
+echo '{"qchat_session":1,"turns":[{"role":"user","text":"bogus turn"}],"tokens":[999999]}' >"$TMP/bad.json"
+line "/load $TMP/bad.json"
+check tui_load_bad_tokens wait_for 'load failed, conversation unchanged: token 999999' 10
+s=$(screen)
+kept=0; grep -q 'hello there' <<<"$s" && ! grep -q 'bogus turn' <<<"$s" && kept=1
+check tui_load_bad_keeps_transcript test $kept = 1
+line "/load $TMP/missing.json"
+check tui_load_missing wait_for 'load failed, conversation unchanged' 5
+check tui_history_file test -s "$XDG_STATE_HOME/qchat/history"
+line "/quit"
+check tui_quit wait_for 'QCHAT-EXIT 0' 5
+
+# NO_COLOR: no colour in the screen's escapes (and colour without it).
+sgr_colour() { T capture-pane -p -e -t q | grep -Eq $'\e\\[([0-9;]*;)?(3[0-9]|4[0-9]|9[0-7]|10[0-7])(;[0-9;]*)?m'; }
+start 80 24 NO_COLOR=1 $QC "$M/tiny-qwen35"
+check tui_nocolor_starts wait_for 'Conversation' 20
+check tui_nocolor_no_colour sh -c "! $(declare -f T sgr_colour); SOCK=$SOCK; sgr_colour"
+send C-d
+check tui_ctrl_d_quits wait_for 'QCHAT-EXIT 0' 5
+start 80 24 $QC "$M/tiny-qwen35"
+check tui_colour_starts wait_for 'Conversation' 20
+check tui_colour_present sgr_colour
+send C-c
+send C-c
+check tui_double_ctrl_c_quits wait_for 'QCHAT-EXIT 0' 5
+
+# Usage errors: a missing directory, and no terminal.
+$QCHAT_BIN "$TMP/nope" </dev/null >/dev/null 2>"$TMP/err"; rc=$?
+check tui_not_a_tty_exit_2 test $rc = 2
