@@ -12,6 +12,7 @@
 # tests/test_*.c is one binary; tests/t_*.sh scripts drive the real qchat.
 
 BUILD    ?= build
+BIN      ?= qchat
 CC       ?= cc
 NVCC     ?= $(shell command -v nvcc 2>/dev/null || { test -x /usr/local/cuda/bin/nvcc && echo /usr/local/cuda/bin/nvcc; })
 CUDA     ?= $(if $(NVCC),1,0)
@@ -58,9 +59,9 @@ endif
 LIB := $(BUILD)/libqchat.a
 
 .PHONY: all check sanitize fuzz bench clean
-all: qchat
+all: $(BIN)
 
-qchat: $(CLI_OBJ) $(TUI_OBJ) $(LIB)
+$(BIN): $(CLI_OBJ) $(TUI_OBJ) $(LIB)
 	$(CC) $(LDFLAGS) -o $@ $(CLI_OBJ) $(TUI_OBJ) $(LIB) $(LDLIBS)
 	@test "$(CUDA)" = 1 || echo "note: no CUDA toolkit found (nvcc): built a CPU-only qchat"
 
@@ -81,11 +82,11 @@ $(BUILD)/tests/%: tests/%.c tests/harness.h $(LIB) $(TUI_OBJ)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) -Itests -o $@ $< $(filter-out $(BUILD)/tui/main.o,$(TUI_OBJ)) $(LIB) $(LDLIBS)
 
-check: qchat $(TEST_BIN)
-	@BUILD=$(BUILD) QCHAT_BIN=$(CURDIR)/qchat tests/run.sh
+check: $(BIN) $(TEST_BIN)
+	@BUILD=$(BUILD) QCHAT_BIN=$(CURDIR)/$(BIN) tests/run.sh
 
 sanitize:
-	$(MAKE) BUILD=build-san SAN=1 CUDA=0 check
+	$(MAKE) BUILD=build-san BIN=build-san/qchat SAN=1 CUDA=0 check
 
 FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
 fuzz: $(FUZZ_SRC:tests/fuzz/%.c=build/fuzz/%)

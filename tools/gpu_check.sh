@@ -3,7 +3,8 @@
 # is scarce): the kernel-vs-CPU tests, the fixture score checks against the
 # goldens on --device cuda, compute-sanitizer memcheck on a fixture run, and
 # the benchmarks. Build here first (make -j2 qchat build/tests/test_kernels);
-# the machine only runs. Logs go to $OUT (default /tmp/gpu_check).
+# the machine only runs. Results: $OUT/summary.txt and $OUT/logs.tgz (default
+# OUT=/tmp/gpu_check).
 #
 #   tools/gpu_check.sh [kernels] [score] [sanitize] [bench] [bench-quick]   (default: all but bench-quick)
 #
@@ -12,17 +13,20 @@
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu_check}
+# Logs go to $LOGS and are packed into $OUT/logs.tgz at the end (the device
+# tool brings back at most 8 files); summary.txt stays beside it.
+LOGS=$(mktemp -d /tmp/gpu_logs.XXXXXX)
 mkdir -p "$OUT"
 export LD_LIBRARY_PATH=$PWD/.gpu/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 export QCHAT_FIXTURES=${QCHAT_FIXTURES:-$PWD/.gpu/fixtures}
 SAN=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
 sections=${*:-kernels score sanitize bench}
-summary=$OUT/summary.txt
+summary=$LOGS/summary.txt
 : >"$summary"
 note() { echo "$*" | tee -a "$summary"; }
 
-nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.mem --format=csv >"$OUT/gpu.txt" 2>&1
-note "# $(tail -1 "$OUT/gpu.txt")"
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.mem --format=csv >"$LOGS/gpu.txt" 2>&1
+note "# $(tail -1 "$LOGS/gpu.txt")"
 
 # The BF16 fixtures with goldens the CUDA backend must match.
 BF16_MODELS="tiny-qwen35 tiny-qwen36-text"
@@ -30,18 +34,18 @@ BF16_MODELS="tiny-qwen35 tiny-qwen36-text"
 for sec in $sections; do
     case $sec in
     kernels)
-        build/tests/test_kernels >"$OUT/kernels.log" 2>&1
-        note "kernels: rc=$? $(grep -c '^ok ' "$OUT/kernels.log") ok, $(grep -c '^FAIL ' "$OUT/kernels.log") FAIL, $(grep -c '^skip ' "$OUT/kernels.log") skip"
-        grep '^FAIL ' "$OUT/kernels.log" | tee -a "$summary"
+        build/tests/test_kernels >"$LOGS/kernels.log" 2>&1
+        note "kernels: rc=$? $(grep -c '^ok ' "$LOGS/kernels.log") ok, $(grep -c '^FAIL ' "$LOGS/kernels.log") FAIL, $(grep -c '^skip ' "$LOGS/kernels.log") skip"
+        grep '^FAIL ' "$LOGS/kernels.log" | tee -a "$summary"
         ;;
     score)
         # BF16 fixtures must meet 3e-2; the FP8 one (dequantized to BF16 at load) is reported too.
         for m in $BF16_MODELS tiny-qwen35-fp8; do
             d=$QCHAT_FIXTURES/models/$m
             [ -d "$d" ] || { note "skip score $m: $d missing"; continue; }
-            python3 tools/cuda_score_check.py ./qchat "$d" --device cuda --chunks 200,1,37 >"$OUT/score_$m.log" 2>&1
-            note "score $m: rc=$? $(grep -c '^ok ' "$OUT/score_$m.log") ok $(grep -c '^FAIL ' "$OUT/score_$m.log") FAIL"
-            grep -E '^(# |FAIL)' "$OUT/score_$m.log" | tee -a "$summary"
+            python3 tools/cuda_score_check.py ./qchat "$d" --device cuda --chunks 200,1,37 >"$LOGS/score_$m.log" 2>&1
+            note "score $m: rc=$? $(grep -c '^ok ' "$LOGS/score_$m.log") ok $(grep -c '^FAIL ' "$LOGS/score_$m.log") FAIL"
+            grep -E '^(# |FAIL)' "$LOGS/score_$m.log" | tee -a "$summary"
         done
         ;;
     sanitize)
@@ -50,8 +54,8 @@ for sec in $sections; do
             python3 -c "import sys; sys.path.insert(0, 'tools'); import cuda_score_check as c; g = c.read_st('$d/golden.safetensors'); print(' '.join(map(str, g['tokens'][:80])))" >/tmp/san_ids.txt
             for c in 37 1; do # 37: the prefill kernels; 1: the graph-replayed decode step
                 "$SAN" --tool memcheck --error-exitcode 9 ./qchat score "$d" --device cuda --chunk $c \
-                    --ids /tmp/san_ids.txt --out /tmp/san_out.safetensors >"$OUT/memcheck_$c.log" 2>&1
-                note "memcheck score tiny-qwen35 chunk $c: rc=$? $(grep -E 'ERROR SUMMARY' "$OUT/memcheck_$c.log")"
+                    --ids /tmp/san_ids.txt --out /tmp/san_out.safetensors >"$LOGS/memcheck_$c.log" 2>&1
+                note "memcheck score tiny-qwen35 chunk $c: rc=$? $(grep -E 'ERROR SUMMARY' "$LOGS/memcheck_$c.log")"
             done
         else
             note "skip sanitize: compute-sanitizer or $d missing"
@@ -59,16 +63,19 @@ for sec in $sections; do
         ;;
     bench)
         for s in 0.8b 9b 27b; do
-            ./qchat bench --synthetic "$s:bf16" --json >"$OUT/bench_$s.json" 2>"$OUT/bench_$s.err"
-            note "bench $s: rc=$? $(tail -3 "$OUT/bench_$s.err" | tr '\n' ' ')"
+            ./qchat bench --synthetic "$s:bf16" --json >"$LOGS/bench_$s.json" 2>"$LOGS/bench_$s.err"
+            note "bench $s: rc=$?"
+            cat "$LOGS/bench_$s.err" >>"$summary"
         done
         ;;
     bench-quick)
-        ./qchat bench --synthetic 27b:bf16 --quick >"$OUT/bench_quick.txt" 2>&1
+        ./qchat bench --synthetic 27b:bf16 --quick >"$LOGS/bench_quick.txt" 2>&1
         note "bench-quick: rc=$?"
-        tail -30 "$OUT/bench_quick.txt"
+        cat "$LOGS/bench_quick.txt" >>"$summary"
         ;;
     *) note "unknown section $sec" ;;
     esac
 done
+cp "$summary" "$OUT/summary.txt"
+tar czf "$OUT/logs.tgz" -C "$LOGS" .
 cat "$summary"
