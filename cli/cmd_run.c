@@ -350,6 +350,10 @@ int cmd_run(int argc, char **argv)
         goto done;
     if ((rc = qc_tokenizer_encode(tok, prompt, plen, &ids, &nids, &err)))
         goto done;
+    if (nids == 0) {
+        rc = qc_err_set(&err, QC_EXIT_USAGE, "the rendered prompt is empty");
+        goto done;
+    }
 
     qc_sample_params sp;
     sample_params(&o, cfg, &sp);

@@ -206,6 +206,32 @@ static int resolve_weights(qc_model *m, qc_err *err)
     const qc_config *c = m->cfg;
     loader ld = {m, err, 0};
     const int64_t D = c->hidden_size, V = c->vocab_size;
+    /* Head groupings the forward pass divides by. */
+    if (c->n_full_layers > 0 &&
+        (c->num_attention_heads <= 0 || c->num_key_value_heads <= 0 || c->head_dim <= 0 ||
+         c->num_attention_heads % c->num_key_value_heads || c->rotary_dim < 0 ||
+         c->rotary_dim > c->head_dim || c->rotary_dim % 2))
+        return qc_err_set(err, QC_EXIT_CHECKPOINT,
+                          "%s/config.json: attention heads %d / kv heads %d / head_dim %d / rotary dim %d "
+                          "are not usable (heads must be a multiple of kv heads, rotary dim even and <= head_dim)",
+                          m->dir, c->num_attention_heads, c->num_key_value_heads, c->head_dim, c->rotary_dim);
+    if (c->n_linear_layers > 0 &&
+        (c->linear_num_key_heads <= 0 || c->linear_num_value_heads <= 0 || c->linear_key_head_dim <= 0 ||
+         c->linear_value_head_dim <= 0 || c->linear_num_value_heads % c->linear_num_key_heads ||
+         c->linear_conv_kernel_dim < 1))
+        return qc_err_set(err, QC_EXIT_CHECKPOINT,
+                          "%s/config.json: linear attention key heads %d / value heads %d / dims %d, %d / conv "
+                          "kernel %d are not usable (value heads must be a multiple of key heads)",
+                          m->dir, c->linear_num_key_heads, c->linear_num_value_heads, c->linear_key_head_dim,
+                          c->linear_value_head_dim, c->linear_conv_kernel_dim);
+    if (c->is_moe && (c->num_experts_per_tok < 1 || c->num_experts_per_tok > c->num_experts ||
+                      c->moe_intermediate_size <= 0))
+        return qc_err_set(err, QC_EXIT_CHECKPOINT,
+                          "%s/config.json: %d experts per token of %d (expert width %d) is not usable", m->dir,
+                          c->num_experts_per_tok, c->num_experts, c->moe_intermediate_size);
+    if (!c->is_moe && c->intermediate_size <= 0)
+        return qc_err_set(err, QC_EXIT_CHECKPOINT, "%s/config.json: intermediate_size %d is not usable",
+                          m->dir, c->intermediate_size);
     m->w.embed = qc_ckpt_embed(m->ck);
     if (!m->w.embed)
         return qc_err_set(err, QC_EXIT_CHECKPOINT, "%s: missing tensor %sembed_tokens.weight", m->dir,

@@ -77,7 +77,8 @@ void qc_model_mem(const qc_model *m, const qc_session *s, qc_mem_report *rep);
 typedef enum qc_phase { QC_PHASE_PREFILL, QC_PHASE_DECODE } qc_phase;
 typedef struct qc_event {
     qc_phase phase;
-    int done, total; /* prefill progress in tokens */
+    int done, total; /* PREFILL: tokens of this prefill done (0 at the start, then after
+                        each chunk); DECODE: both = session length after the token */
     double t;        /* qc_now() when the event happened */
 } qc_event;
 typedef void (*qc_event_fn)(void *user, const qc_event *ev);

@@ -80,34 +80,30 @@ struct qc_tokenizer {
 /* ---------------------------------------------------------------- bytes */
 
 /* GPT-2 byte-level table: printable bytes stand for themselves, the other
- * 68 are shifted to U+0100.. in byte order. */
+ * 68 (0..32, 127..160, 173) are shifted to U+0100.. in byte order. */
+static bool bl_printable(int b) { return (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || b >= 174; }
+
 static int bl_cp_of_byte(int b)
 {
-    static int table[256];
-    static int ready;
-    if (!ready) {
-        int n = 0;
-        for (int i = 0; i < 256; i++) {
-            bool printable = (i >= 33 && i <= 126) || (i >= 161 && i <= 172) || (i >= 174);
-            table[i] = printable ? i : 256 + n++;
-        }
-        ready = 1; /* idempotent: racing threads write the same values */
-    }
-    return table[b];
+    if (bl_printable(b))
+        return b;
+    if (b <= 32)
+        return 256 + b;
+    if (b <= 160)
+        return 256 + 33 + (b - 127);
+    return 256 + 33 + 34; /* 173 */
 }
 
 /* Code point -> byte, or -1 when the code point is not in the table. */
 static int bl_byte_of_cp(int32_t cp)
 {
-    if (cp < 0 || cp > 323)
-        return -1;
-    if (cp < 256) {
-        return bl_cp_of_byte(cp) == cp ? cp : -1;
-    }
-    for (int b = 0; b < 256; b++)
-        if (bl_cp_of_byte(b) == cp)
-            return b;
-    return -1;
+    if (cp >= 0 && cp < 256)
+        return bl_printable(cp) ? cp : -1;
+    if (cp >= 256 && cp < 256 + 33)
+        return cp - 256;
+    if (cp >= 256 + 33 && cp < 256 + 67)
+        return cp - 256 - 33 + 127;
+    return cp == 256 + 67 ? 173 : -1;
 }
 
 static size_t utf8_put(char *o, int cp)

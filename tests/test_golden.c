@@ -100,6 +100,7 @@ static void test_model(const char *name, const char *qchat_bin, const char *tmpd
         rc = qc_session_prefill_full(s, ids, T, chunks[ci], lg, nm, &err);
         double el = rc ? INFINITY : rel_l2(lg, ref_l, (size_t)T * V);
         double en = rc ? INFINITY : rel_l2(nm, ref_n, (size_t)T * D);
+        printf("# %s chunk %d: logits rel L2 %.2e, final_norm %.2e\n", name, chunks[ci], el, en);
         snprintf(cname, sizeof cname, "logits_chunk%d_%s", chunks[ci], name);
         CHECK(cname, el <= 1e-4, "rel L2 %.3g (%s)", el, rc ? err.msg : "");
         snprintf(cname, sizeof cname, "final_norm_chunk%d_%s", chunks[ci], name);
