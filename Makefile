@@ -86,7 +86,7 @@ check: $(BIN) $(TEST_BIN)
 	@BUILD=$(BUILD) QCHAT_BIN=$(CURDIR)/$(BIN) tests/run.sh
 
 sanitize:
-	$(MAKE) BUILD=build-san BIN=build-san/qchat SAN=1 CUDA=0 check
+	QC_TIME_SCALE=4 $(MAKE) BUILD=build-san BIN=build-san/qchat SAN=1 CUDA=0 check
 
 FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
 fuzz: $(FUZZ_SRC:tests/fuzz/%.c=build/fuzz/%)

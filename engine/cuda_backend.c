@@ -34,6 +34,7 @@
 
 #define CU_BLAS_WS (32u << 20)
 #define CU_DEFAULT_CTX 4096
+#define CU_GEMM_ATTN_MIN 64 /* chunks this long use the cuBLAS attention */
 
 /* ---- allocations with tags ---- */
 
@@ -495,7 +496,8 @@ struct qc_cuda_sess {
     int tmax, lrows; /* arena sized for tmax tokens and lrows logits rows */
     float *h, *proj, *cbuf, *beta, *g, *o, *q, *gate, *fn, *logits;
     uint16_t *xb, *yb;
-    void *gdn_scr, *attn_scr;
+    void *gdn_scr, *attn_scr, *attn_gemm;
+    size_t attn_gemm_bytes;
     int32_t *d_io;   /* [0] id of a decode step, [1] position, [2] sampled id, then ids */
     int32_t *h_io;   /* pinned host mirror of d_io[0..3) */
     int nsplit;
@@ -600,9 +602,15 @@ static int sess_arena(qc_cuda_sess *cs, int T, int lrows, qc_err *err)
         qk_gdn_prefill_scratch(T, sh->Hv, sh->dk, sh->dv),    /* gdn */
         qk_attn_scratch(1, sh->H, sh->hd, cs->nsplit),        /* split-KV partials */
         (t + 4) * 4,                                          /* io + ids */
+        cs->attn_gemm_bytes,                                  /* cuBLAS attention blocks */
     };
     size_t total = 0;
-    for (size_t i = 0; i < sizeof sz / sizeof sz[0]; i++) total += al256(sz[i]);
+    for (size_t i = 0; i < sizeof sz / sizeof sz[0] - 1; i++) total += al256(sz[i]);
+    /* Long chunks run attention through cuBLAS in blocks of query rows: room
+     * for all T rows over the current cache, at most 1 GiB. */
+    size_t ag = T >= CU_GEMM_ATTN_MIN ? t * sh->H * (((size_t)cs->cap + 8) * 6 + (size_t)sh->hd * 6) + (1u << 20) : 0;
+    cs->attn_gemm_bytes = sz[sizeof sz / sizeof sz[0] - 1] = ag < ((size_t)1 << 30) ? ag : ((size_t)1 << 30);
+    total += al256(cs->attn_gemm_bytes);
     char *base;
     int rc = cu_alloc(&cs->scratch, total, QC_MEM_SCRATCH, (void **)&base, err, "activation scratch");
     if (rc) {
@@ -612,7 +620,7 @@ static int sess_arena(qc_cuda_sess *cs, int T, int lrows, qc_err *err)
     void **ptrs[] = {(void **)&cs->h,    (void **)&cs->proj, (void **)&cs->cbuf, (void **)&cs->beta,
                      (void **)&cs->g,    (void **)&cs->o,    (void **)&cs->q,    (void **)&cs->gate,
                      (void **)&cs->fn,   (void **)&cs->logits, (void **)&cs->xb, (void **)&cs->yb,
-                     &cs->gdn_scr,       &cs->attn_scr,      (void **)&cs->d_io};
+                     &cs->gdn_scr,       &cs->attn_scr,      (void **)&cs->d_io, &cs->attn_gemm};
     for (size_t i = 0; i < sizeof sz / sizeof sz[0]; i++) {
         *ptrs[i] = base;
         base += al256(sz[i]);
@@ -677,7 +685,7 @@ static int mm(qc_cuda_model *cm, const uint16_t *W, const uint16_t *X, float *Y,
 
 /* T tokens whose ids are at d_io + 4 and whose first position is d_io[1].
  * all_rows: final norm and logits for every row (else the last row only). */
-static int run_layers(qc_cuda_sess *cs, int T, bool all_rows, qc_err *err)
+static int run_layers(qc_cuda_sess *cs, int T, int pos0, bool all_rows, qc_err *err)
 {
     qc_cuda_model *cm = cs->cm;
     const qc_cuda_shape *sh = &cm->sh;
@@ -706,8 +714,12 @@ static int run_layers(qc_cuda_sess *cs, int T, bool all_rows, qc_err *err)
         } else {
             CK(qk_attn_prep(cs->proj, L->n_in, T, sh->H, sh->KV, sh->hd, sh->rot, sh->theta, L->q_norm, L->k_norm,
                             sh->eps, pos, cs->kc[li], cs->vc[li], cs->cap, cs->q, cs->gate, st));
-            CK(qk_attn(cs->q, cs->gate, cs->kc[li], cs->vc[li], cs->cap, T, sh->H, sh->KV, sh->hd, pos,
-                       T == 1 ? cs->nsplit : 1, cs->attn_scr, cs->yb, st));
+            if (T >= CU_GEMM_ATTN_MIN && cs->attn_gemm_bytes)
+                CK(qk_attn_prefill_gemm(cm->blas, cs->q, cs->gate, cs->kc[li], cs->vc[li], cs->cap, T, sh->H, sh->KV,
+                                        sh->hd, pos0, cs->attn_gemm, cs->attn_gemm_bytes, cs->yb));
+            else
+                CK(qk_attn(cs->q, cs->gate, cs->kc[li], cs->vc[li], cs->cap, T, sh->H, sh->KV, sh->hd, pos,
+                           T == 1 ? cs->nsplit : 1, cs->attn_scr, cs->yb, st));
         }
         CK(mm(cm, L->w_out, cs->yb, cs->h, T, D, L->k_out, 1));
         CK(qk_rmsnorm1p(cs->h, L->post_norm, sh->eps, T, D, cs->xb, NULL, st));
@@ -753,7 +765,7 @@ static int step_graph(qc_cuda_sess *cs, qc_err *err)
     if (!cs->have_graph && cs->eager_steps < 1) {
         /* The first step runs eagerly: kernels set their attributes outside capture. */
         cs->eager_steps++;
-        return run_layers(cs, 1, false, err);
+        return run_layers(cs, 1, -1, false, err);
     }
     if (!cs->have_graph) {
         if (cs->graph) cudaGraphExecDestroy(cs->graph);
@@ -761,7 +773,7 @@ static int step_graph(qc_cuda_sess *cs, qc_err *err)
         cudaGraph_t g = NULL;
         cudaError_t e = cudaStreamBeginCapture(cm->st, cudaStreamCaptureModeRelaxed);
         if (e != cudaSuccess) return qc_err_set(err, QC_EXIT_RUNTIME, "CUDA: graph capture: %s", cudaGetErrorString(e));
-        int rc = run_layers(cs, 1, false, err);
+        int rc = run_layers(cs, 1, -1, false, err);
         e = cudaStreamEndCapture(cm->st, &g);
         if (rc) {
             if (g) cudaGraphDestroy(g);
@@ -783,7 +795,7 @@ int qc_cuda_prefill(qc_cuda_sess *cs, const int32_t *ids, int n, int pos0, qc_er
     int rc = sess_grow_kv(cs, pos0 + n, err);
     if (!rc) rc = sess_arena(cs, n, 1, err);
     if (!rc) rc = put_ids(cs, ids, n, pos0, err);
-    if (!rc) rc = n == 1 ? step_graph(cs, err) : run_layers(cs, n, false, err);
+    if (!rc) rc = n == 1 ? step_graph(cs, err) : run_layers(cs, n, pos0, false, err);
     if (!rc) rc = sync_check(cs, err, "prefill");
     return rc;
 }
@@ -961,7 +973,7 @@ static int cuda_forward(qc_session *s, const int32_t *ids, int n, int pos0, floa
     /* One token goes through the decode graph also when every row is wanted:
      * its last row is its only row. */
     if (n == 1) rc = step_graph(cs, err);
-    else rc = run_layers(cs, n, all, err);
+    else rc = run_layers(cs, n, pos0, all, err);
     if (rc) return rc;
     cudaStream_t st = cs->cm->st;
     size_t V = (size_t)sh->vocab, D = (size_t)sh->D;

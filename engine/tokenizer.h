@@ -15,6 +15,13 @@
  *
  * There is no BOS: nothing is added around the text.
  *
+ * Known limits: added tokens' lstrip/rstrip/single_word flags are ignored and
+ * all added tokens are matched in the raw text (Qwen's are all plain, with
+ * normalized: false); characters assigned after Unicode 14 (the tables of
+ * PCRE2 10.42) may split differently from Hugging Face's newer tables.
+ * Unsupported shapes (another model type, normalizer or decoder, BPE dropout,
+ * byte fallback, subword affixes) are refused at load with a message.
+ *
  * A loaded tokenizer is immutable apart from an internal word cache guarded by
  * a mutex, so one tokenizer may be shared by several threads. */
 #ifndef QC_TOKENIZER_H

@@ -3,13 +3,8 @@
 #include <cublas_v2.h>
 #include <stdlib.h>
 
-#include "common.cuh"
+#include "blas.cuh"
 
-struct qk_blas {
-    cublasHandle_t h;
-    void *ws;
-    size_t ws_bytes;
-};
 
 extern "C" int qk_blas_create(qk_blas **out, qk_stream st, size_t workspace_bytes)
 {

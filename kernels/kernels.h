@@ -135,6 +135,17 @@ int qk_attn(const float *q, const float *gate, const uint16_t *kc, const uint16_
             int max_ctx, int T, int H, int KV, int hd, const int32_t *pos, int nsplit,
             void *scratch, uint16_t *out, qk_stream st);
 
+/* Long prefills on the tensor cores (kernels/attn_gemm.cu): the same causal
+ * GQA attention as qk_attn (nsplit 1) through cuBLAS, for T queries at
+ * positions pos0 + t (pos0 given on the host), in blocks of query rows sized
+ * to the scratch. Q and the probabilities are rounded to bf16 (error ~3e-3
+ * relative). Uses b's stream. */
+int qk_attn_prefill_gemm(qk_blas *b, const float *q, const float *gate, const uint16_t *kc,
+                         const uint16_t *vc, int max_ctx, int T, int H, int KV, int hd, int pos0,
+                         void *scratch, size_t scratch_bytes, uint16_t *out);
+/* Query rows one block of qk_attn_prefill_gemm can hold in scratch_bytes. */
+size_t qk_attn_gemm_rows(size_t scratch_bytes, int n_keys, int H, int hd);
+
 /* ---- sampling (kernels/sample.cu) ---- */
 
 typedef struct qk_sample_params {

@@ -17,7 +17,8 @@ trap 'for i in $(seq 0 $N); do tmux -L qchat-test-$$-$i kill-server 2>/dev/null;
 screen() { T capture-pane -p -t q 2>/dev/null; }
 # wait_for REGEX [SECONDS]: polls the screen until an extended regex matches.
 wait_for() {
-    local re=$1 end=$((SECONDS + ${2:-10}))
+    # QC_TIME_SCALE stretches every timeout (the sanitizer build runs slower).
+    local re=$1 end=$((SECONDS + ${2:-10} * ${QC_TIME_SCALE:-1}))
     while [ $SECONDS -le "$end" ]; do
         screen | grep -Eq -- "$re" && return 0
         sleep 0.1

@@ -17,7 +17,7 @@ static const char *const test_names[] = {
     "kern_embed",     "kern_rmsnorm1p", "kern_gated_norm", "kern_swiglu",   "kern_add",
     "kern_gemv",      "kern_gemv_27b",  "kern_gemm",       "kern_conv",     "kern_gdn_gates",
     "kern_l2norm",    "kern_gdn_prefill", "kern_gdn_handoff", "kern_gdn_step", "kern_attn_prep",
-    "kern_attn",      "kern_attn_splitkv", "kern_sample",
+    "kern_attn",      "kern_attn_splitkv", "kern_attn_gemm", "kern_sample",
 };
 #define N_TESTS (int)(sizeof test_names / sizeof test_names[0])
 
@@ -570,7 +570,12 @@ static int attn_case(int T, int pos0, int H, int KV, int hd, int rot, int nsplit
     int32_t *dpos = dput(&pos0, 4);
     float *dq = dput(NULL, (size_t)T * H * hd * 4), *dgt = dput(NULL, (size_t)T * H * hd * 4);
     uint16_t *dout = dput(NULL, (size_t)T * H * hd * 2);
-    void *scr = nsplit > 1 ? dput(NULL, qk_attn_scratch(T, H, hd, nsplit)) : NULL;
+    /* nsplit 0: the cuBLAS prefill path, with a small scratch so the query
+     * rows go in several blocks */
+    size_t gemm_bytes = 8u << 20;
+    qk_blas *blas = NULL;
+    if (nsplit == 0 && qk_blas_create(&blas, 0, 4u << 20)) return 0;
+    void *scr = nsplit > 1 ? dput(NULL, qk_attn_scratch(T, H, hd, nsplit)) : nsplit == 0 ? dput(NULL, gemm_bytes) : NULL;
     int ok = launch_ok(qk_attn_prep(dqkv, ld, T, H, KV, hd, rot, theta, dqn, dkn, eps, dpos, dkc, dvc, max_ctx, dq,
                                     dgt, 0),
                        "attn_prep");
@@ -583,10 +588,16 @@ static int attn_case(int T, int pos0, int H, int KV, int hd, int rot, int nsplit
     pok &= cmp("attn_prep k cache (bf16)", gk, kc, cn, 4e-3);
     pok &= cmp("attn_prep v cache (bf16)", gv, vc, cn, 0);
     *prep_ok &= pok;
-    ok &= launch_ok(qk_attn(dq, dgt, dkc, dvc, max_ctx, T, H, KV, hd, dpos, nsplit, scr, dout, 0), "attn");
+    if (nsplit == 0)
+        ok &= launch_ok(qk_attn_prefill_gemm(blas, dq, dgt, dkc, dvc, max_ctx, T, H, KV, hd, pos0, scr, gemm_bytes, dout),
+                        "attn_prefill_gemm");
+    else
+        ok &= launch_ok(qk_attn(dq, dgt, dkc, dvc, max_ctx, T, H, KV, hd, dpos, nsplit, scr, dout, 0), "attn");
+    qk_blas_free(blas);
     float *got = dget_bf(dout, (size_t)T * H * hd);
-    snprintf(nm, sizeof nm, "attn T=%d pos0=%d H=%d KV=%d hd=%d nsplit=%d", T, pos0, H, KV, hd, nsplit);
-    ok &= cmp(nm, got, ref, (size_t)T * H * hd, 8e-3);
+    snprintf(nm, sizeof nm, "attn%s T=%d pos0=%d H=%d KV=%d hd=%d nsplit=%d", nsplit ? "" : " (cuBLAS)", T, pos0, H,
+             KV, hd, nsplit);
+    ok &= cmp(nm, got, ref, (size_t)T * H * hd, nsplit ? 8e-3 : 1.5e-2);
     cudaFree(dqkv); cudaFree(dqn); cudaFree(dkn); cudaFree(dkc); cudaFree(dvc); cudaFree(dpos); cudaFree(dq);
     cudaFree(dgt); cudaFree(dout); if (scr) cudaFree(scr);
     free(qkv); free(qn); free(kn); free(kc); free(vc); free(kcb); free(vcb); free(qr); free(gr); free(ref);
@@ -609,6 +620,11 @@ static void test_attn(void)
     sok &= attn_case(1, 40000, 24, 4, 256, 64, 64, &pok);
     sok &= attn_case(3, 77, 8, 2, 256, 64, 5, &pok);
     CHECK("kern_attn_splitkv", sok, "split-KV decode attention differs");
+    int gok = 1;
+    gok &= attn_case(300, 50, 24, 4, 256, 64, 0, &pok);
+    gok &= attn_case(100, 0, 6, 2, 64, 16, 0, &pok);
+    gok &= attn_case(77, 13, 4, 1, 32, 8, 0, &pok);
+    CHECK("kern_attn_gemm", gok, "cuBLAS prefill attention differs");
     CHECK("kern_attn_prep", pok, "q/gate split, q/k norm, RoPE or cache write differs");
 }
 
