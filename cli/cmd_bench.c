@@ -295,6 +295,14 @@ int cmd_bench(int argc, char **argv)
         fprintf(log, "  sum over one step: %.0f us (%.1f tok/s if launched back to back)\n", sum, 1e6 / sum);
     }
 
+    if (profile) {
+        /* where prefill time goes: one 8192-token chunk, every launch timed */
+        fprintf(stderr, "\n");
+        qc_cuda_set_profile(cm, true);
+        rc = prefill_n(cs, ids, chunk, chunk, &err);
+        qc_cuda_set_profile(cm, false);
+    }
+
 done_json:
     if (rc) fprintf(stderr, "qchat bench: %s\n", err.msg);
     if (json && !rc) {

@@ -22,6 +22,7 @@ static const subcommand subcommands[] = {
     {"quantize", cmd_quantize, "quantize SRC_DIR DST_DIR --to fp8|int4|nvfp4 [--group N] [--force]"},
     {"run", cmd_run, "run CHECKPOINT_DIR -p PROMPT|- [--json] [--no-think] [--max-tokens N] [--seed N] [sampling flags] [--device cpu|cuda]"},
     {"score", cmd_score, "score CHECKPOINT_DIR --ids FILE --out FILE.safetensors [--chunk N] [--device cpu|cuda]"},
+    {"drift", cmd_drift, "drift REF_DIR DIR --ids FILE [--json] [--chunk N] [--device cpu|cuda]"},
     {"bench", cmd_bench, "bench CHECKPOINT_DIR | --synthetic SIZE:bf16 [--json] [--quick] [--steps N] [--no-profile]"},
 };
 

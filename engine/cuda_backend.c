@@ -84,6 +84,12 @@ static void cu_pool_free(cu_pool *pl)
 
 /* ---- model ---- */
 
+typedef struct cu_prof {
+    bool ok, on;
+    cudaEvent_t ev[2];
+    double ms[16];
+} cu_prof;
+
 typedef struct cu_layer {
     bool full;
     float *in_norm, *post_norm;
@@ -105,6 +111,7 @@ struct qc_cuda_model {
     int64_t weight_bytes; /* bytes of the matrices one decode step reads */
     int n_sm;
     char name[256];
+    cu_prof prof;
 };
 
 static int cu_model_new(const qc_cuda_shape *sh, qc_cuda_model **out, qc_err *err)
@@ -150,6 +157,11 @@ static int cu_model_new(const qc_cuda_shape *sh, qc_cuda_model **out, qc_err *er
         return qc_err_set(err, QC_EXIT_RUNTIME, "CUDA backend: stream/cuBLAS setup failed: %s", qk_error_string(rc));
     }
     cm->pool.bytes[QC_MEM_SCRATCH] += CU_BLAS_WS; /* the cuBLAS workspace */
+    if (cudaEventCreate(&cm->prof.ev[0]) == cudaSuccess && cudaEventCreate(&cm->prof.ev[1]) == cudaSuccess) {
+        cm->prof.ok = true;
+        const char *pe = getenv("QCHAT_CUDA_PROFILE");
+        cm->prof.on = pe && *pe && strcmp(pe, "0");
+    }
     *out = cm;
     return QC_OK;
 }
@@ -160,12 +172,17 @@ void qc_cuda_model_free(qc_cuda_model *cm)
     cudaStreamSynchronize(cm->st);
     qk_blas_free(cm->blas);
     cu_pool_free(&cm->pool);
+    if (cm->prof.ok) {
+        cudaEventDestroy(cm->prof.ev[0]);
+        cudaEventDestroy(cm->prof.ev[1]);
+    }
     cudaStreamDestroy(cm->st);
     free(cm->L);
     free(cm);
 }
 
 const qc_cuda_shape *qc_cuda_model_shape(const qc_cuda_model *cm) { return &cm->sh; }
+void qc_cuda_set_profile(qc_cuda_model *cm, bool on) { cm->prof.on = on && cm->prof.ok; }
 const char *qc_cuda_device_name(const qc_cuda_model *cm) { return cm->name; }
 
 bool qc_cuda_available(void)
@@ -645,11 +662,15 @@ int qc_cuda_sess_new(qc_cuda_model *cm, int max_ctx, qc_cuda_sess **out, qc_err 
     if (!cs->kc || !cs->vc || !cs->conv || !cs->S ||
         cudaMallocHost((void **)&cs->h_io, 4 * sizeof(int32_t)) != cudaSuccess)
         rc = qc_err_set(err, QC_EXIT_RUNTIME, "out of memory for a CUDA session");
-    /* Enough key splits to cover the GPU twice over for one token. */
+    /* Key splits for decode attention: enough blocks to cover the GPU twice
+     * over (fixed per session: the decode graph bakes in the grid). More
+     * splits for long caches were measured slower (H100, 27B: 59 vs 41 us per
+     * layer at 4096 keys with 128 splits instead of 64). */
+    int cap0 = max_ctx > 0 ? max_ctx : CU_DEFAULT_CTX;
     cs->nsplit = 2 * cm->n_sm / cm->sh.KV;
     if (cs->nsplit > 64) cs->nsplit = 64;
     if (cs->nsplit < 1) cs->nsplit = 1;
-    if (!rc) rc = sess_alloc_state(cs, max_ctx > 0 ? max_ctx : CU_DEFAULT_CTX, err);
+    if (!rc) rc = sess_alloc_state(cs, cap0, err);
     if (!rc) rc = sess_arena(cs, 1, 1, err);
     if (rc) {
         qc_cuda_sess_free(cs);
@@ -683,6 +704,40 @@ static int mm(qc_cuda_model *cm, const uint16_t *W, const uint16_t *X, float *Y,
     return qk_gemm_bf16(cm->blas, W, X, Y, N, T, N, K, acc ? 1.0f : 0.0f);
 }
 
+/* Optional prefill profile (QCHAT_CUDA_PROFILE=1 or qc_cuda_set_profile): every launch of a
+ * multi-token forward is bracketed by events and synchronised, and the time
+ * per category is printed to stderr after the chunk. Slows prefill down;
+ * for finding where prefill time goes, never on by default. */
+enum { P_EMBED, P_NORM, P_GEMM_IN, P_CONV, P_GATES, P_GDN, P_GNORM, P_APREP, P_ATTN, P_GEMM_OUT, P_GEMM_GU,
+       P_SWIGLU, P_GEMM_DOWN, P_HEAD, P_COUNT };
+static const char *const prof_names[P_COUNT] = {
+    "embed", "rmsnorm", "gemm in-proj", "conv+silu", "gdn gates+l2", "gdn chunked", "gdn out-norm",
+    "attn prep", "attention", "gemm out-proj", "gemm gate|up", "swiglu", "gemm down", "final norm+lm_head"};
+
+#define OP(cat, call)                                                                              \
+    do {                                                                                           \
+        if (P) cudaEventRecord(P->ev[0], st);                                                      \
+        CK(call);                                                                                  \
+        if (P) {                                                                                   \
+            float ms_ = 0;                                                                         \
+            cudaEventRecord(P->ev[1], st);                                                         \
+            cudaEventSynchronize(P->ev[1]);                                                        \
+            cudaEventElapsedTime(&ms_, P->ev[0], P->ev[1]);                                        \
+            P->ms[cat] += ms_;                                                                     \
+        }                                                                                          \
+    } while (0)
+
+static void prof_print(cu_prof *P, int T, int pos0)
+{
+    double tot = 0;
+    for (int i = 0; i < P_COUNT; i++) tot += P->ms[i];
+    fprintf(stderr, "prefill profile T=%d pos0=%d: %.1f ms |", T, pos0, tot);
+    for (int i = 0; i < P_COUNT; i++)
+        if (P->ms[i] > 0) fprintf(stderr, " %s %.2f", prof_names[i], P->ms[i]);
+    fprintf(stderr, "\n");
+    memset(P->ms, 0, sizeof P->ms);
+}
+
 /* T tokens whose ids are at d_io + 4 and whose first position is d_io[1].
  * all_rows: final norm and logits for every row (else the last row only). */
 static int run_layers(qc_cuda_sess *cs, int T, int pos0, bool all_rows, qc_err *err)
@@ -692,48 +747,53 @@ static int run_layers(qc_cuda_sess *cs, int T, int pos0, bool all_rows, qc_err *
     cudaStream_t st = cm->st;
     const int D = sh->D, Hv = sh->Hv, dv = sh->dv;
     const int32_t *ids = cs->d_io + 4, *pos = cs->d_io + 1;
-    CK(qk_embed(cm->embed, ids, T, D, sh->vocab, cs->h, st));
+    cu_prof *P = T > 1 && cm->prof.on ? &cm->prof : NULL;
+    OP(P_EMBED, qk_embed(cm->embed, ids, T, D, sh->vocab, cs->h, st));
     for (int li = 0; li < sh->n_layers; li++) {
         const cu_layer *L = &cm->L[li];
-        CK(qk_rmsnorm1p(cs->h, L->in_norm, sh->eps, T, D, cs->xb, NULL, st));
-        CK(mm(cm, L->w_in, cs->xb, cs->proj, T, L->n_in, D, 0));
+        OP(P_NORM, qk_rmsnorm1p(cs->h, L->in_norm, sh->eps, T, D, cs->xb, NULL, st));
+        OP(P_GEMM_IN, mm(cm, L->w_in, cs->xb, cs->proj, T, L->n_in, D, 0));
         if (!L->full) {
             const int ld = L->n_in, C = cm->conv_dim;
             float *z = cs->proj + C, *b = z + Hv * dv, *a = b + Hv;
-            CK(qk_conv_silu(cs->proj, ld, L->conv_w, cs->conv[li], T, C, cs->cbuf, st));
+            OP(P_CONV, qk_conv_silu(cs->proj, ld, L->conv_w, cs->conv[li], T, C, cs->cbuf, st));
             if (T == 1) {
-                CK(qk_gdn_step(cs->cbuf, b, a, L->nexpa, L->dt_bias, z, L->gdn_norm, sh->eps, cs->S[li], sh->Hk, Hv,
+                OP(P_GDN, qk_gdn_step(cs->cbuf, b, a, L->nexpa, L->dt_bias, z, L->gdn_norm, sh->eps, cs->S[li], sh->Hk, Hv,
                                sh->dk, dv, cs->yb, st));
             } else {
-                CK(qk_gdn_gates(b, a, ld, L->nexpa, L->dt_bias, T, Hv, cs->beta, cs->g, st));
-                CK(qk_l2norm_qk(cs->cbuf, C, T, sh->Hk, sh->dk, st));
-                CK(qk_gdn_prefill(cs->cbuf, C, cs->beta, cs->g, cs->S[li], T, sh->Hk, Hv, sh->dk, dv, cs->gdn_scr,
+                OP(P_GATES, qk_gdn_gates(b, a, ld, L->nexpa, L->dt_bias, T, Hv, cs->beta, cs->g, st));
+                OP(P_GATES, qk_l2norm_qk(cs->cbuf, C, T, sh->Hk, sh->dk, st));
+                OP(P_GDN, qk_gdn_prefill(cs->cbuf, C, cs->beta, cs->g, cs->S[li], T, sh->Hk, Hv, sh->dk, dv, cs->gdn_scr,
                                   cs->o, st));
-                CK(qk_gated_norm(cs->o, z, ld, L->gdn_norm, sh->eps, T, Hv, dv, cs->yb, st));
+                OP(P_GNORM, qk_gated_norm(cs->o, z, ld, L->gdn_norm, sh->eps, T, Hv, dv, cs->yb, st));
             }
         } else {
-            CK(qk_attn_prep(cs->proj, L->n_in, T, sh->H, sh->KV, sh->hd, sh->rot, sh->theta, L->q_norm, L->k_norm,
+            OP(P_APREP, qk_attn_prep(cs->proj, L->n_in, T, sh->H, sh->KV, sh->hd, sh->rot, sh->theta, L->q_norm, L->k_norm,
                             sh->eps, pos, cs->kc[li], cs->vc[li], cs->cap, cs->q, cs->gate, st));
             if (T >= CU_GEMM_ATTN_MIN && cs->attn_gemm_bytes)
-                CK(qk_attn_prefill_gemm(cm->blas, cs->q, cs->gate, cs->kc[li], cs->vc[li], cs->cap, T, sh->H, sh->KV,
+                OP(P_ATTN, qk_attn_prefill_gemm(cm->blas, cs->q, cs->gate, cs->kc[li], cs->vc[li], cs->cap, T, sh->H, sh->KV,
                                         sh->hd, pos0, cs->attn_gemm, cs->attn_gemm_bytes, cs->yb));
             else
-                CK(qk_attn(cs->q, cs->gate, cs->kc[li], cs->vc[li], cs->cap, T, sh->H, sh->KV, sh->hd, pos,
+                OP(P_ATTN, qk_attn(cs->q, cs->gate, cs->kc[li], cs->vc[li], cs->cap, T, sh->H, sh->KV, sh->hd, pos,
                            T == 1 ? cs->nsplit : 1, cs->attn_scr, cs->yb, st));
         }
-        CK(mm(cm, L->w_out, cs->yb, cs->h, T, D, L->k_out, 1));
-        CK(qk_rmsnorm1p(cs->h, L->post_norm, sh->eps, T, D, cs->xb, NULL, st));
-        CK(mm(cm, L->w_gu, cs->xb, cs->proj, T, 2 * sh->I, D, 0));
-        CK(qk_swiglu(cs->proj, 2 * sh->I, T, sh->I, cs->yb, st));
-        CK(mm(cm, L->w_down, cs->yb, cs->h, T, D, sh->I, 1));
+        OP(P_GEMM_OUT, mm(cm, L->w_out, cs->yb, cs->h, T, D, L->k_out, 1));
+        OP(P_NORM, qk_rmsnorm1p(cs->h, L->post_norm, sh->eps, T, D, cs->xb, NULL, st));
+        if (T == 1) {
+            OP(P_GEMM_GU, qk_gemv_swiglu_bf16(L->w_gu, cs->xb, cs->yb, sh->I, D, st));
+        } else {
+            OP(P_GEMM_GU, mm(cm, L->w_gu, cs->xb, cs->proj, T, 2 * sh->I, D, 0));
+            OP(P_SWIGLU, qk_swiglu(cs->proj, 2 * sh->I, T, sh->I, cs->yb, st));
+        }
+        OP(P_GEMM_DOWN, mm(cm, L->w_down, cs->yb, cs->h, T, D, sh->I, 1));
     }
     if (all_rows) {
-        CK(qk_rmsnorm1p(cs->h, cm->final_norm, sh->eps, T, D, cs->xb, cs->fn, st));
-        CK(mm(cm, cm->lm_head, cs->xb, cs->logits, T, sh->vocab, D, 0));
+        OP(P_HEAD, qk_rmsnorm1p(cs->h, cm->final_norm, sh->eps, T, D, cs->xb, cs->fn, st));
+        OP(P_HEAD, mm(cm, cm->lm_head, cs->xb, cs->logits, T, sh->vocab, D, 0));
     } else {
         size_t last = (size_t)(T - 1) * D;
-        CK(qk_rmsnorm1p(cs->h + last, cm->final_norm, sh->eps, 1, D, cs->xb, cs->fn + last, st));
-        CK(qk_gemv_bf16(cm->lm_head, cs->xb, cs->logits, sh->vocab, D, 0, st));
+        OP(P_HEAD, qk_rmsnorm1p(cs->h + last, cm->final_norm, sh->eps, 1, D, cs->xb, cs->fn + last, st));
+        OP(P_HEAD, qk_gemv_bf16(cm->lm_head, cs->xb, cs->logits, sh->vocab, D, 0, st));
     }
     return QC_OK;
 }
@@ -797,6 +857,7 @@ int qc_cuda_prefill(qc_cuda_sess *cs, const int32_t *ids, int n, int pos0, qc_er
     if (!rc) rc = put_ids(cs, ids, n, pos0, err);
     if (!rc) rc = n == 1 ? step_graph(cs, err) : run_layers(cs, n, pos0, false, err);
     if (!rc) rc = sync_check(cs, err, "prefill");
+    if (!rc && n > 1 && cs->cm->prof.on) prof_print(&cs->cm->prof, n, pos0);
     return rc;
 }
 
@@ -914,9 +975,8 @@ static int profile_run(prof_ctx *pc, int ctx, qc_err *err)
              qk_gemv_bf16(L->w_out, cs->yb, cs->h, D, L->k_out, 1, st));
     }
     const cu_layer *L0 = &cm->L[0];
-    PROF(pc, "gemv mlp gate|up", sh->n_layers, 2.0 * sh->I * D * 2,
-         qk_gemv_bf16(L0->w_gu, cs->xb, cs->proj, 2 * sh->I, D, 0, st));
-    PROF(pc, "swiglu", sh->n_layers, 2.0 * sh->I * 4, qk_swiglu(cs->proj, 2 * sh->I, 1, sh->I, cs->yb, st));
+    PROF(pc, "gemv mlp gate|up + swiglu", sh->n_layers, 2.0 * sh->I * D * 2,
+         qk_gemv_swiglu_bf16(L0->w_gu, cs->xb, cs->yb, sh->I, D, st));
     PROF(pc, "gemv mlp down", sh->n_layers, (double)D * sh->I * 2,
          qk_gemv_bf16(L0->w_down, cs->yb, cs->h, D, sh->I, 1, st));
     PROF(pc, "gemv lm_head", 1, (double)sh->vocab * D * 2,

@@ -44,6 +44,10 @@ qc_cuda_model *qc_cuda_model_of(qc_model *m);
 const qc_cuda_shape *qc_cuda_model_shape(const qc_cuda_model *cm);
 const char *qc_cuda_device_name(const qc_cuda_model *cm);
 
+/* Prints per-category prefill times to stderr after every multi-token chunk
+ * (each launch synchronised: slow; also QCHAT_CUDA_PROFILE=1). */
+void qc_cuda_set_profile(qc_cuda_model *cm, bool on);
+
 /* max_ctx: KV positions allocated up front (grown on demand beyond). */
 int qc_cuda_sess_new(qc_cuda_model *cm, int max_ctx, qc_cuda_sess **out, qc_err *err);
 void qc_cuda_sess_free(qc_cuda_sess *cs);

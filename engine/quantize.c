@@ -704,7 +704,17 @@ static void add_kept_names(cJSON *arr, const qc_st *st, const plan *p, bool with
         if (linear16 || (with_embed && embed))
             cJSON_AddItemToArray(arr, cJSON_CreateString(pre));
     }
-    (void)st;
+    /* a tied lm_head has no tensor of its own, but loaders that walk the
+     * modules (compressed-tensors, transformers) would otherwise convert it */
+    bool has_head = false;
+    cJSON *it;
+    cJSON_ArrayForEach(it, arr)
+    {
+        if (cJSON_IsString(it) && !strcmp(it->valuestring, "lm_head"))
+            has_head = true;
+    }
+    if (!has_head && qc_st_find(st, "lm_head.weight") == NULL)
+        cJSON_AddItemToArray(arr, cJSON_CreateString("lm_head"));
 }
 
 static cJSON *make_quant_config(qc_quant_to to, int group, const qc_st *st, const plan *p)

@@ -108,27 +108,32 @@ extern "C" int qk_l2norm_qk(float *c, int ld_c, int T, int Hk, int dk, qk_stream
 
 static size_t align256(size_t n) { return (n + 255) & ~(size_t)255; }
 
+/* Scratch: U [Tp][Hv][dv] and one record per (chunk, V head) holding what
+ * the scan needs of that chunk, laid out exactly as the scan's shared memory
+ * so it is copied with 16-byte loads:
+ *   W [64][dk] | Q [64][dk] | Kd [64][dk] = K e^{gamma_last - gamma} |
+ *   P [64][64] | eg [64] = e^{gamma} | glast, padding [64]. */
+__host__ __device__ static inline size_t gdn_rec_floats(int dk) { return (size_t)3 * GDN_C * dk + GDN_C * GDN_C + 2 * GDN_C; }
+
 struct gdn_scratch {
-    float *U, *W, *P, *gam;
+    float *U, *rec;
 };
 
-static gdn_scratch gdn_scratch_split(void *base, int T, int Hv, int dk, int dv)
+static gdn_scratch gdn_scratch_split(void *base, int T, int Hv, int dv)
 {
-    size_t Tp = (size_t)qk_cdiv(T, GDN_C) * GDN_C, nch = Tp / GDN_C;
+    size_t Tp = (size_t)qk_cdiv(T, GDN_C) * GDN_C;
     char *p = (char *)base;
     gdn_scratch s;
-    s.U = (float *)p; p += align256(Tp * Hv * dv * 4);
-    s.W = (float *)p; p += align256(Tp * Hv * dk * 4);
-    s.P = (float *)p; p += align256(nch * Hv * GDN_C * GDN_C * 4);
-    s.gam = (float *)p;
+    s.U = (float *)p;
+    p += align256(Tp * Hv * dv * 4);
+    s.rec = (float *)p;
     return s;
 }
 
 extern "C" size_t qk_gdn_prefill_scratch(int T, int Hv, int dk, int dv)
 {
     size_t Tp = (size_t)qk_cdiv(T, GDN_C) * GDN_C, nch = Tp / GDN_C;
-    return align256(Tp * Hv * dv * 4) + align256(Tp * Hv * dk * 4) + align256(nch * Hv * GDN_C * GDN_C * 4) +
-           align256(Tp * Hv * 4);
+    return align256(Tp * Hv * dv * 4) + align256(nch * Hv * gdn_rec_floats(dk) * 4);
 }
 
 template <int DK>
@@ -145,6 +150,8 @@ __global__ void __launch_bounds__(256) k_gdn_prep(const float *c, int ld_c, cons
     int ch = blockIdx.x, h = blockIdx.y, kh = h / (Hv / Hk), tid = threadIdx.x;
     int t0 = ch * GDN_C;
     int qoff = kh * DK, koff = Hk * DK + kh * DK, voff = 2 * Hk * DK + h * DV;
+    float *rec = s.rec + ((int64_t)ch * Hv + h) * gdn_rec_floats(DK);
+    float *rW = rec, *rQ = rW + GDN_C * DK, *rK = rQ + GDN_C * DK, *rP = rK + GDN_C * DK, *reg = rP + GDN_C * GDN_C;
 
     for (int e = tid; e < GDN_C * DK; e += blockDim.x) {
         int i = e / DK, r = e % DK, t = t0 + i;
@@ -153,7 +160,8 @@ __global__ void __launch_bounds__(256) k_gdn_prep(const float *c, int ld_c, cons
         Qs[i * (DK + 1) + r] = ok ? c[(int64_t)t * ld_c + qoff + r] : 0.0f;
     }
     if (tid < 32) {
-        /* Inclusive scan of g over the chunk by one warp (two values per lane). */
+        /* Inclusive scan of g over the chunk by one warp (two values per lane);
+         * padded tokens have g = 0, so gamma stays flat after the last one. */
         int i0 = 2 * tid, i1 = i0 + 1;
         float g0 = t0 + i0 < T ? g[(int64_t)(t0 + i0) * Hv + h] : 0.0f;
         float g1 = t0 + i1 < T ? g[(int64_t)(t0 + i1) * Hv + h] : 0.0f;
@@ -169,7 +177,7 @@ __global__ void __launch_bounds__(256) k_gdn_prep(const float *c, int ld_c, cons
         bet[i1] = t0 + i1 < T ? beta[(int64_t)(t0 + i1) * Hv + h] : 0.0f;
     }
     __syncthreads();
-    float *P = s.P + ((int64_t)ch * Hv + h) * GDN_C * GDN_C;
+    const float glast = gam[GDN_C - 1];
     for (int e = tid; e < GDN_C * GDN_C; e += blockDim.x) {
         int i = e / GDN_C, j = e % GDN_C;
         float a = 0.0f, p = 0.0f;
@@ -186,9 +194,15 @@ __global__ void __launch_bounds__(256) k_gdn_prep(const float *c, int ld_c, cons
             if (i > j) a = bet[i] * kk * d;
         }
         A[i * (GDN_C + 1) + j] = a;
-        P[e] = p;
+        rP[e] = p;
     }
-    if (tid < GDN_C && t0 + tid < T) s.gam[(int64_t)(t0 + tid) * Hv + h] = gam[tid];
+    for (int e = tid; e < GDN_C * DK; e += blockDim.x) {
+        int i = e / DK, r = e % DK;
+        rQ[e] = Qs[i * (DK + 1) + r];
+        rK[e] = Ks[i * (DK + 1) + r] * expf(glast - gam[i]);
+    }
+    if (tid < GDN_C) reg[tid] = expf(gam[tid]);
+    if (tid == 0) reg[GDN_C] = glast;
     __syncthreads();
     /* Forward substitution, one column per thread: columns [0, DV) of V
      * give U, columns [DV, DV+DK) of K give W. */
@@ -206,76 +220,93 @@ __global__ void __launch_bounds__(256) k_gdn_prep(const float *c, int ld_c, cons
         for (int j = 0; j < i; j++) r = fmaf(-A[i * (GDN_C + 1) + j], x[j], r);
         x[i] = r;
     }
-    float *dst = isv ? s.U : s.W;
+    if (isv) {
 #pragma unroll
-    for (int i = 0; i < GDN_C; i++) dst[((int64_t)(t0 + i) * Hv + h) * DK + col] = x[i];
+        for (int i = 0; i < GDN_C; i++) s.U[((int64_t)(t0 + i) * Hv + h) * DV + col] = x[i];
+    } else {
+#pragma unroll
+        for (int i = 0; i < GDN_C; i++) rW[i * DK + col] = x[i];
+    }
 }
 
-#define SCAN_COLS 32
+/* Scan: COLS state columns per block, SCAN_Q threads per column, each holding
+ * DK/SCAN_Q rows of the column in registers; the dot products over dk are
+ * summed across the column's threads (adjacent lanes) with shuffles. Per
+ * chunk: the record is copied to shared memory with 16-byte loads; then
+ * V' = U - W S and Q S for all 64 rows (independent), O = diag(eg) Q S + P V'
+ * (independent rows), and the state update. */
+#define SCAN_Q 4
 
 template <int DK>
-__global__ void __launch_bounds__(SCAN_COLS) k_gdn_scan(const float *c, int ld_c, int T, int Hk, int Hv, gdn_scratch s,
-                                                       float *state, float *out)
+__global__ void __launch_bounds__((DK < 64 ? DK : 64) * SCAN_Q) k_gdn_scan(int T, int Hv, gdn_scratch s, float *state,
+                                                                          float *out)
 {
-    const int DV = DK;
-    extern __shared__ float sm[];
-    float *Ws = sm;                      /* [64][DK] */
-    float *Qs = Ws + GDN_C * DK;         /* [64][DK] */
-    float *Kd = Qs + GDN_C * DK;         /* [64][DK] */
-    float *Ps = Kd + GDN_C * DK;         /* [64][64] */
-    float *Vp = Ps + GDN_C * GDN_C;      /* [64][SCAN_COLS] */
-    float *eg = Vp + GDN_C * SCAN_COLS;  /* [64] */
-    int h = blockIdx.x, tid = threadIdx.x, j = blockIdx.y * SCAN_COLS + tid;
-    int kh = h / (Hv / Hk);
-    int qoff = kh * DK, koff = Hk * DK + kh * DK;
-    float S[DK];
+    const int DV = DK, R = DK / SCAN_Q, COLS = DK < 64 ? DK : 64, NT = COLS * SCAN_Q;
+    const int REC = (int)gdn_rec_floats(DK);
+    extern __shared__ float4 sm4[];
+    float *sm = (float *)sm4;
+    float *Ws = sm, *Qs = Ws + GDN_C * DK, *Kd = Qs + GDN_C * DK, *Ps = Kd + GDN_C * DK, *eg = Ps + GDN_C * GDN_C;
+    float *Us = sm + REC;               /* [64][COLS] */
+    float *Vp = Us + GDN_C * COLS;      /* [64][COLS] */
+    float *Os = Vp + GDN_C * COLS;      /* [64][COLS] */
+    int h = blockIdx.x, tid = threadIdx.x;
+    int cl = tid / SCAN_Q, q = tid % SCAN_Q;
+    int j0 = blockIdx.y * COLS, j = j0 + cl, r0 = q * R;
+    float S[R];
     float *Sg = state + (int64_t)h * DK * DV;
 #pragma unroll
-    for (int r = 0; r < DK; r++) S[r] = Sg[r * DV + j];
+    for (int r = 0; r < R; r++) S[r] = Sg[(r0 + r) * DV + j];
     int nch = qk_cdiv(T, GDN_C);
     for (int ch = 0; ch < nch; ch++) {
         int t0 = ch * GDN_C;
         int nvalid = min(GDN_C, T - t0);
-        float glast = s.gam[(int64_t)(t0 + nvalid - 1) * Hv + h];
         __syncthreads();
-        for (int e = tid; e < GDN_C * DK; e += SCAN_COLS) {
-            int i = e / DK, r = e % DK, t = t0 + i;
-            bool ok = i < nvalid;
-            Ws[e] = s.W[((int64_t)t * Hv + h) * DK + r];
-            Qs[e] = ok ? c[(int64_t)t * ld_c + qoff + r] : 0.0f;
-            float gi = ok ? s.gam[(int64_t)t * Hv + h] : glast;
-            Kd[e] = ok ? c[(int64_t)t * ld_c + koff + r] * expf(glast - gi) : 0.0f;
+        const float4 *rec4 = (const float4 *)(s.rec + ((int64_t)ch * Hv + h) * REC);
+#pragma unroll 4
+        for (int e = tid; e < REC / 4; e += NT) sm4[e] = rec4[e];
+        for (int e = tid; e < GDN_C * COLS / 4; e += NT) {
+            int i = e / (COLS / 4), c4 = e % (COLS / 4);
+            ((float4 *)Us)[e] = *(const float4 *)(s.U + ((int64_t)(t0 + i) * Hv + h) * DV + j0 + 4 * c4);
         }
-        const float *P = s.P + ((int64_t)ch * Hv + h) * GDN_C * GDN_C;
-        for (int e = tid; e < GDN_C * GDN_C; e += SCAN_COLS) Ps[e] = P[e];
-        for (int i = tid; i < GDN_C; i += SCAN_COLS)
-            eg[i] = i < nvalid ? expf(s.gam[(int64_t)(t0 + i) * Hv + h]) : 0.0f;
         __syncthreads();
         for (int i = 0; i < nvalid; i++) {
-            const float4 *w4 = (const float4 *)(Ws + i * DK), *q4 = (const float4 *)(Qs + i * DK);
-            float ws = 0.0f, qs = 0.0f;
+            const float4 *w4 = (const float4 *)(Ws + i * DK + r0), *q4 = (const float4 *)(Qs + i * DK + r0);
+            float wa = 0.0f, wb = 0.0f, qa = 0.0f, qb = 0.0f;
 #pragma unroll
-            for (int r = 0; r < DK / 4; r++) {
+            for (int r = 0; r < R / 4; r++) {
                 float4 a = w4[r], b = q4[r];
-                ws = fmaf(a.x, S[4 * r], ws); ws = fmaf(a.y, S[4 * r + 1], ws);
-                ws = fmaf(a.z, S[4 * r + 2], ws); ws = fmaf(a.w, S[4 * r + 3], ws);
-                qs = fmaf(b.x, S[4 * r], qs); qs = fmaf(b.y, S[4 * r + 1], qs);
-                qs = fmaf(b.z, S[4 * r + 2], qs); qs = fmaf(b.w, S[4 * r + 3], qs);
+                wa = fmaf(a.x, S[4 * r], wa); wb = fmaf(a.y, S[4 * r + 1], wb);
+                wa = fmaf(a.z, S[4 * r + 2], wa); wb = fmaf(a.w, S[4 * r + 3], wb);
+                qa = fmaf(b.x, S[4 * r], qa); qb = fmaf(b.y, S[4 * r + 1], qb);
+                qa = fmaf(b.z, S[4 * r + 2], qa); qb = fmaf(b.w, S[4 * r + 3], qb);
             }
-            float vp = s.U[((int64_t)(t0 + i) * Hv + h) * DV + j] - ws;
-            Vp[i * SCAN_COLS + tid] = vp;
-            float o = eg[i] * qs;
-            for (int l = 0; l <= i; l++) o = fmaf(Ps[i * GDN_C + l], Vp[l * SCAN_COLS + tid], o);
-            out[(int64_t)(t0 + i) * Hv * DV + (int64_t)h * DV + j] = o;
+            float ws = wa + wb, qs = qa + qb;
+#pragma unroll
+            for (int o = 1; o < SCAN_Q; o <<= 1) {
+                ws += __shfl_xor_sync(0xffffffffu, ws, o);
+                qs += __shfl_xor_sync(0xffffffffu, qs, o);
+            }
+            if (q == 0) {
+                Vp[i * COLS + cl] = Us[i * COLS + cl] - ws;
+                Os[i * COLS + cl] = eg[i] * qs;
+            }
         }
-        float el = expf(glast);
-#pragma unroll
-        for (int r = 0; r < DK; r++) S[r] *= el;
+        __syncwarp();
         for (int i = 0; i < nvalid; i++) {
-            float v = Vp[i * SCAN_COLS + tid];
-            const float4 *k4 = (const float4 *)(Kd + i * DK);
+            float pv = 0.0f;
+            for (int l = q; l <= i; l += SCAN_Q) pv = fmaf(Ps[i * GDN_C + l], Vp[l * COLS + cl], pv);
 #pragma unroll
-            for (int r = 0; r < DK / 4; r++) {
+            for (int o = 1; o < SCAN_Q; o <<= 1) pv += __shfl_xor_sync(0xffffffffu, pv, o);
+            if (q == 0) out[(int64_t)(t0 + i) * Hv * DV + (int64_t)h * DV + j] = Os[i * COLS + cl] + pv;
+        }
+        float el = expf(eg[GDN_C]); /* eg[64] holds gamma_last itself */
+#pragma unroll
+        for (int r = 0; r < R; r++) S[r] *= el;
+        for (int i = 0; i < nvalid; i++) {
+            float v = Vp[i * COLS + cl];
+            const float4 *k4 = (const float4 *)(Kd + i * DK + r0);
+#pragma unroll
+            for (int r = 0; r < R / 4; r++) {
                 float4 a = k4[r];
                 S[4 * r] = fmaf(a.x, v, S[4 * r]); S[4 * r + 1] = fmaf(a.y, v, S[4 * r + 1]);
                 S[4 * r + 2] = fmaf(a.z, v, S[4 * r + 2]); S[4 * r + 3] = fmaf(a.w, v, S[4 * r + 3]);
@@ -283,23 +314,24 @@ __global__ void __launch_bounds__(SCAN_COLS) k_gdn_scan(const float *c, int ld_c
         }
     }
 #pragma unroll
-    for (int r = 0; r < DK; r++) Sg[r * DV + j] = S[r];
+    for (int r = 0; r < R; r++) Sg[(r0 + r) * DV + j] = S[r];
 }
 
 template <int DK>
 static int gdn_prefill_dk(const float *c, int ld_c, const float *beta, const float *g, float *state, int T, int Hk,
                           int Hv, void *scratch, float *out, qk_stream st)
 {
-    gdn_scratch s = gdn_scratch_split(scratch, T, Hv, DK, DK);
+    const int COLS = DK < 64 ? DK : 64;
+    gdn_scratch s = gdn_scratch_split(scratch, T, Hv, DK);
     int nch = qk_cdiv(T, GDN_C);
     size_t sm1 = (size_t)(2 * GDN_C * (DK + 1) + GDN_C * (GDN_C + 1) + 2 * GDN_C) * 4;
-    size_t sm2 = (size_t)(3 * GDN_C * DK + GDN_C * GDN_C + GDN_C * SCAN_COLS + GDN_C) * 4;
+    size_t sm2 = (gdn_rec_floats(DK) + (size_t)3 * GDN_C * COLS) * 4;
     cudaError_t e = cudaFuncSetAttribute(k_gdn_prep<DK>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sm1);
     if (e == cudaSuccess)
         e = cudaFuncSetAttribute(k_gdn_scan<DK>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sm2);
     if (e != cudaSuccess) return (int)e;
     k_gdn_prep<DK><<<dim3(nch, Hv), 256, sm1, st>>>(c, ld_c, beta, g, T, Hk, Hv, s);
-    k_gdn_scan<DK><<<dim3(Hv, DK / SCAN_COLS), SCAN_COLS, sm2, st>>>(c, ld_c, T, Hk, Hv, s, state, out);
+    k_gdn_scan<DK><<<dim3(Hv, DK / COLS), COLS * SCAN_Q, sm2, st>>>(T, Hv, s, state, out);
     return qk_launch_status();
 }
 

@@ -65,6 +65,10 @@ int qk_fill_random_f32(float *p, int64_t n, uint64_t seed, float lo, float hi, q
 int qk_gemv_bf16(const uint16_t *W, const uint16_t *x, float *y, int N, int K, int accumulate,
                  qk_stream st);
 
+/* Decode gate/up projection with SwiGLU fused: out[i] = bf16(silu(g_i) * u_i)
+ * where g = W[0:I] x and u = W[I:2I] x (W_gu [2I, K], gate rows first). */
+int qk_gemv_swiglu_bf16(const uint16_t *W, const uint16_t *x, uint16_t *out, int I, int K, qk_stream st);
+
 /* cuBLAS handle + workspace owned by the caller (one per stream). */
 typedef struct qk_blas qk_blas;
 int qk_blas_create(qk_blas **out, qk_stream st, size_t workspace_bytes);

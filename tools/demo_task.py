@@ -184,3 +184,10 @@ def heldout(n=200, seed=777):
 
 def heldout_keys(n=200, seed=777):
     return {(op, a, b) for op, a, b, _, _ in heldout(n, seed)}
+
+
+if __name__ == "__main__":
+    # python3 tools/demo_task.py > demo/heldout.tsv : the held-out problems that
+    # tools/demo_eval.sh and tests/t_demo.sh read (question TAB expected value).
+    for _, _, _, q, want in heldout():
+        print(f"{q}\t{want}")

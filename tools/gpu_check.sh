@@ -8,7 +8,7 @@
 #
 #   tools/gpu_check.sh [kernels] [score] [sanitize] [bench] [bench-quick]   (default: all but bench-quick)
 #
-# Environment: QCHAT_FIXTURES (default .gpu/fixtures: copy the BF16 fixture
+# Environment: BENCH_SIZES (default "0.8b 9b 27b"), QCHAT_FIXTURES (default .gpu/fixtures: copy the BF16 fixture
 # models there), LD_LIBRARY_PATH gets .gpu/lib (cJSON for the GPU machine).
 set -u
 cd "$(dirname "$0")/.."
@@ -62,7 +62,7 @@ for sec in $sections; do
         fi
         ;;
     bench)
-        for s in 0.8b 9b 27b; do
+        for s in ${BENCH_SIZES:-0.8b 9b 27b}; do
             ./qchat bench --synthetic "$s:bf16" --json >"$LOGS/bench_$s.json" 2>"$LOGS/bench_$s.err"
             note "bench $s: rc=$?"
             cat "$LOGS/bench_$s.err" >>"$summary"

@@ -84,9 +84,21 @@ typedef struct app {
     char model_name[64];
     convo loading;     /* /load: applied when the worker has prefilled it */
     bool have_loading;
+    /* /compare: a view over the conversation, which it never changes */
+    bool cmp_view, cmp_running;
+    textbuf cmp_r[2], cmp_a[2];
+    wrap_cache cmp_rwc[2], cmp_awc[2];
+    uint64_t cmp_seed;
+    /* /drift */
+    bool drift_running;
+    int drift_live; /* checkpoint index of the live reference, -1 off */
 } app;
 
 static app *g_app; /* readline's callbacks carry no user pointer */
+
+/* The engine thread is working for us: a reply, a swap or load, a /compare
+ * or a /drift (Ctrl-C stops any of them). */
+static bool engine_busy(const app *a) { return a->generating || a->cmp_running || a->drift_running; }
 
 /* ---- small helpers ---------------------------------------------------------------- */
 
@@ -486,11 +498,11 @@ static void draw_latency(app *a)
     puts_(a, r.y, r.x, LABEL_W, TH_TITLE, "Latency");
     int x = r.x + LABEL_W, y = r.y, w = r.w - LABEL_W;
     const worker_live *s = &a->snap;
-    if (a->generating && s->phase == WPH_LOADING) {
+    if (engine_busy(a) && s->phase == WPH_LOADING) {
         putf(a, y, x, w, TH_PROGRESS, "loading %s \xe2\x80\xa6 %.1f s", s->loading_label, qc_now() - s->t_phase);
         return;
     }
-    if (a->generating && s->phase == WPH_PREFILL && s->prefill_total > 0) {
+    if (engine_busy(a) && s->phase == WPH_PREFILL && s->prefill_total > 0) {
         double el = qc_now() - s->t_phase;
         double frac = (double)s->prefill_done / s->prefill_total;
         double eta = frac > 0 ? el / frac - el : 0;
@@ -574,8 +586,13 @@ static void draw_tokens(app *a)
         const char *g = lv >= 1 ? "\xe2\x96\x88" : lv > 0.5 ? "\xe2\x96\x84" : "\xe2\x96\x81";
         used += puts_(a, y, x + used, w - used, lk, g);
     }
-    putf(a, y, x + used, w - used, lk, " %.0f%%%s", loop * 100,
-         loop > 0.5 && a->generating ? " looping? Ctrl-C stops" : "");
+    used += putf(a, y, x + used, w - used, lk, " %.0f%%%s", loop * 100,
+                 loop > 0.5 && a->generating ? " looping? Ctrl-C stops" : "");
+    /* Live drift of the reply under way (or the last one) against the reference. */
+    const worker_drift *d = &a->snap.drift;
+    if (a->drift_live >= 0 && d->valid && d->live && d->st.n > 0)
+        putf(a, y, x + used, w - used, TH_VALUE, " \xc2\xb7 drift vs %s KL %.3g max %.3g \xc2\xb7 top-1 %.0f%%",
+             d->ref_label, drift_stats_kl_mean(&d->st), d->st.kl_max, drift_stats_agree_pct(&d->st));
 }
 
 static const theme_key mem_keys[QC_MEM_COUNT] = {TH_MEM_BF16, TH_MEM_FP8, TH_MEM_INT4, TH_MEM_NVFP4, TH_MEM_OTHER,
@@ -718,10 +735,144 @@ static void draw_status(app *a)
         puts_(a, r.y, r.x, r.w, a->status_error ? TH_ERROR : TH_INFO, a->status);
         return;
     }
+    if (a->cmp_view) {
+        puts_(a, r.y, r.x, r.w, TH_DIM,
+              a->cmp_running ? "Ctrl-C stop Â· Esc or q close" : "Esc or q close Â· the conversation is unchanged");
+        return;
+    }
     puts_(a, r.y, r.x, r.w, TH_DIM,
-          a->generating ? "Ctrl-C stop \xc2\xb7 Tab reasoning \xc2\xb7 PgUp/PgDn scroll \xc2\xb7 F1 help"
+          engine_busy(a) ? "Ctrl-C stop \xc2\xb7 Tab reasoning \xc2\xb7 PgUp/PgDn scroll \xc2\xb7 F1 help"
                         : "F1 help \xc2\xb7 F2\xe2\x80\x93" "F5 format \xc2\xb7 Tab reasoning \xc2\xb7 PgUp/PgDn scroll \xc2\xb7 "
                           "Alt-Enter newline \xc2\xb7 /quit");
+}
+
+/* ---- the /compare view -------------------------------------------------------------- */
+
+static const char *cmp_state_text(const app *a, const worker_cmp_col *col, char *buf, size_t n)
+{
+    switch (col->state) {
+    case WCMP_WAITING:
+        return a->cmp_running ? "waiting" : "not run";
+    case WCMP_RUNNING:
+        if (a->snap.phase == WPH_LOADING)
+            return "loading\xe2\x80\xa6";
+        if (a->snap.phase == WPH_PREFILL) {
+            snprintf(buf, n, "reading the prompt %d/%d\xe2\x80\xa6", a->snap.prefill_done, a->snap.prefill_total);
+            return buf;
+        }
+        return col->n_answer ? "answering\xe2\x80\xa6" : "thinking\xe2\x80\xa6";
+    case WCMP_DONE:
+        return "done";
+    case WCMP_STOPPED:
+        return "stopped";
+    case WCMP_FAILED:
+        snprintf(buf, n, "failed: %s", col->msg);
+        return buf;
+    }
+    return "";
+}
+
+/* One column: a header, then its reasoning (dim) and answer, following the tail. */
+static void draw_cmp_col(app *a, int c, rect r)
+{
+    if (r.h <= 0 || r.w <= 2)
+        return;
+    const worker_cmp_col *col = &a->snap.cmp[c];
+    char st[320];
+    const char *state = cmp_state_text(a, col, st, sizeof st);
+    const char *name = col->ck >= 0 && col->ck < a->w.n_ck ? a->w.ck[col->ck].name : "";
+    int used = puts_(a, r.y, r.x, r.w, TH_ASSISTANT, col->label);
+    putf(a, r.y, r.x + used, r.w - used, col->state == WCMP_FAILED ? TH_ERROR : TH_TAG,
+         " \xc2\xb7 %s \xc2\xb7 %d+%d tok \xc2\xb7 %s", name, col->n_reasoning, col->n_answer, state);
+    int h = r.h - 1, width = r.w - 1 > 1 ? r.w - 1 : 1;
+    if (h <= 0)
+        return;
+    textbuf *rt = &a->cmp_r[c], *at = &a->cmp_a[c];
+    wrap_cache_update(&a->cmp_rwc[c], rt->s ? rt->s : "", rt->n, width);
+    wrap_cache_update(&a->cmp_awc[c], at->s ? at->s : "", at->n, width);
+    int nr = rt->n ? a->cmp_rwc[c].n : 0, na = at->n ? a->cmp_awc[c].n : 0;
+    int total = nr + na, start = total > h ? total - h : 0;
+    for (int i = start; i < total; i++) {
+        int y = r.y + 1 + (i - start);
+        if (i < nr) {
+            const wrap_line *l = &a->cmp_rwc[c].lines[i];
+            put(a, y, r.x + 1, width, TH_REASONING, rt->s + l->off, l->len);
+        } else {
+            const wrap_line *l = &a->cmp_awc[c].lines[i - nr];
+            put(a, y, r.x + 1, width, TH_NORMAL, at->s + l->off, l->len);
+        }
+    }
+}
+
+#define CMP_TABLE_ROWS 7 /* a rule, the header, five measures */
+
+static void draw_cmp_table(app *a, int y, int cols)
+{
+    fill_row(a, y, 0, cols, TH_BORDER, "\xe2\x94\x80");
+    int lw = 16, cw = (cols - lw) / 2 > 20 ? 20 : (cols - lw) / 2;
+    if (cw < 6)
+        return;
+    puts_(a, y + 1, 0, lw, TH_TITLE, "measure");
+    for (int c = 0; c < 2; c++)
+        puts_(a, y + 1, lw + c * cw, cw - 1, TH_TITLE, a->snap.cmp[c].label);
+    static const char *const names[5] = {"reasoning tok", "answer tok", "TTFT", "tok/s", "peak mem"};
+    for (int k = 0; k < 5; k++) {
+        puts_(a, y + 2 + k, 0, lw, TH_DIM, names[k]);
+        for (int c = 0; c < 2; c++) {
+            const worker_cmp_col *col = &a->snap.cmp[c];
+            char v[40] = "-";
+            bool started = col->state != WCMP_WAITING && col->t_start > 0;
+            if (started) {
+                switch (k) {
+                case 0: meter_fmt_count(col->n_reasoning, v, sizeof v); break;
+                case 1: meter_fmt_count(col->n_answer, v, sizeof v); break;
+                case 2:
+                    if (col->t_first > 0)
+                        snprintf(v, sizeof v, "%.0f ms", (col->t_first - col->t_start) * 1e3);
+                    break;
+                case 3:
+                    if (col->n_gen > 1 && col->t_last > col->t_first)
+                        snprintf(v, sizeof v, "%.1f", (col->n_gen - 1) / (col->t_last - col->t_first));
+                    break;
+                case 4:
+                    if (col->peak_mem)
+                        meter_fmt_bytes(col->peak_mem, v, sizeof v);
+                    break;
+                }
+            }
+            puts_(a, y + 2 + k, lw + c * cw, cw - 1, TH_VALUE, v);
+        }
+    }
+}
+
+/* Replaces everything between the format bar and the status line. Wide
+ * terminals get the two runs side by side, narrow ones stacked. */
+static void draw_compare(app *a)
+{
+    int rows = a->L.rows, cols = a->L.cols, y0 = 1, h = rows - 2;
+    if (h <= 0)
+        return;
+    putf(a, y0, 0, cols, TH_TITLE,
+         "Compare \xc2\xb7 %s vs %s \xc2\xb7 the last prompt \xc2\xb7 seed %llu \xc2\xb7 temperature %g \xc2\xb7 "
+         "Esc or q closes",
+         a->snap.cmp[0].label, a->snap.cmp[1].label, (unsigned long long)a->cmp_seed, a->cv.sampling.temperature);
+    int th = h - 1 >= CMP_TABLE_ROWS ? CMP_TABLE_ROWS : 0;
+    int ch = h - 1 - th;
+    if (th)
+        draw_cmp_table(a, y0 + 1 + ch, cols);
+    if (ch < 2)
+        return;
+    if (cols >= LAYOUT_SIDE_MIN_COLS) {
+        int w0 = (cols - 1) / 2;
+        draw_cmp_col(a, 0, (rect){y0 + 1, 0, ch, w0});
+        for (int y = y0 + 1; y < y0 + 1 + ch; y++)
+            puts_(a, y, w0, 1, TH_BORDER, "\xe2\x94\x82");
+        draw_cmp_col(a, 1, (rect){y0 + 1, w0 + 1, ch, cols - w0 - 1});
+    } else {
+        int h0 = ch / 2;
+        draw_cmp_col(a, 0, (rect){y0 + 1, 0, h0, cols});
+        draw_cmp_col(a, 1, (rect){y0 + 1 + h0, 0, ch - h0, cols});
+    }
 }
 
 static double g_draw_s, g_draw_max;
@@ -736,6 +887,15 @@ static void draw(app *a)
     layout_compute(&a->L, rows, cols, a->reason_collapsed, inl);
     erase();
     draw_bar(a);
+    if (a->cmp_view) {
+        draw_compare(a);
+        draw_status(a);
+        move(rows - 1, cols - 1);
+        attrset(A_NORMAL);
+        refresh();
+        a->dirty = false;
+        return;
+    }
     draw_conversation(a);
     draw_divider(a);
     draw_reasoning(a);
@@ -778,6 +938,8 @@ static void finish_reply(app *a)
     add_block(a, DB_ASSISTANT, t->text, h);
 }
 
+static void drift_report(app *a, const worker_drift *d);
+
 /* Copies what the worker produced since the last look. */
 static void pull_live(app *a)
 {
@@ -791,6 +953,14 @@ static void pull_live(app *a)
         if (L->n_answer_b > a->atext.n)
             tb_append(&a->atext, L->answer + a->atext.n, L->n_answer_b - a->atext.n);
     }
+    if (a->cmp_running && L->job == WJOB_COMPARE)
+        for (int c = 0; c < 2; c++) {
+            const worker_cmp_col *col = &L->cmp[c];
+            if (col->n_reasoning_b > a->cmp_r[c].n)
+                tb_append(&a->cmp_r[c], col->reasoning + a->cmp_r[c].n, col->n_reasoning_b - a->cmp_r[c].n);
+            if (col->n_answer_b > a->cmp_a[c].n)
+                tb_append(&a->cmp_a[c], col->answer + a->cmp_a[c].n, col->n_answer_b - a->cmp_a[c].n);
+        }
     /* Numbers only: the text pointers stay the worker's. */
     memcpy(&a->snap, L, sizeof *L);
     a->snap.reasoning = a->snap.answer = NULL;
@@ -827,6 +997,32 @@ static void pull_live(app *a)
         else if (s->stopped)
             set_status(a, false, "reply cut at max_tokens=%d (/set max_tokens=N changes it)",
                        a->cv.sampling.max_tokens);
+        if (was && s->drift.valid && s->drift.live)
+            drift_report(a, &s->drift);
+        if (s->drift.msg[0]) {
+            set_status(a, true, "%s", s->drift.msg);
+            if (!strncmp(s->drift.msg, "live drift off", 14))
+                a->drift_live = -1;
+        }
+        break;
+    case WJOB_COMPARE:
+        a->cmp_running = false;
+        if (s->done_rc && strcmp(s->done_msg, "compare stopped"))
+            set_status(a, true, "compare failed: %s", s->done_msg);
+        else
+            set_status(a, false, "compare %s: Esc or q closes the view",
+                       s->done_rc ? "stopped" : "done");
+        break;
+    case WJOB_DRIFT:
+        a->drift_running = false;
+        if (s->done_rc)
+            set_status(a, true, "drift: %s", s->done_msg);
+        else {
+            drift_report(a, &s->drift);
+            set_status(a, false, "drift of %s against %s: KL mean %.4g, top-1 agreement %.1f %%",
+                       s->drift.act_label, s->drift.ref_label, drift_stats_kl_mean(&s->drift.st),
+                       drift_stats_agree_pct(&s->drift.st));
+        }
         break;
     case WJOB_SWAP:
         if (s->done_rc)
@@ -861,40 +1057,57 @@ static void pull_live(app *a)
 
 static bool busy(app *a, const char *what)
 {
-    if (a->generating) {
+    if (engine_busy(a)) {
         set_status(a, true, "%s: wait for the reply or press Ctrl-C", what);
         return true;
     }
     return false;
 }
 
-static void start_generate(app *a)
+/* The system prompt and the first n turns as a chat for the engine; false
+ * (status set) on failure. */
+static bool build_chat(app *a, int n, qc_chat *chat)
 {
-    worker_job job = {.kind = WJOB_GENERATE};
-    qc_chat_init(&job.chat);
+    qc_chat_init(chat);
     qc_err err = {0};
     int rc = 0;
     if (a->cv.system[0])
-        rc = qc_chat_add(&job.chat, QC_ROLE_SYSTEM, a->cv.system, NULL, &err);
-    for (int i = 0; i < a->cv.n && !rc; i++) {
+        rc = qc_chat_add(chat, QC_ROLE_SYSTEM, a->cv.system, NULL, &err);
+    for (int i = 0; i < n && !rc; i++) {
         const convo_turn *t = &a->cv.turns[i];
-        rc = qc_chat_add(&job.chat, t->role == CONVO_USER ? QC_ROLE_USER : QC_ROLE_ASSISTANT, t->text,
+        rc = qc_chat_add(chat, t->role == CONVO_USER ? QC_ROLE_USER : QC_ROLE_ASSISTANT, t->text,
                          t->role == CONVO_ASSISTANT ? t->reasoning : NULL, &err);
     }
     if (rc) {
-        qc_chat_free(&job.chat);
+        qc_chat_free(chat);
         set_status(a, true, "%s", err.msg);
-        return;
+        return false;
     }
-    job.think = a->cv.think ? QC_THINK_ON : QC_THINK_OFF;
-    qc_sample_params_init(&job.sp);
-    job.sp.temperature = (float)a->cv.sampling.temperature;
-    job.sp.top_p = (float)a->cv.sampling.top_p;
-    job.sp.top_k = a->cv.sampling.top_k;
-    job.sp.min_p = (float)a->cv.sampling.min_p;
-    job.sp.repetition_penalty = (float)a->cv.sampling.repetition_penalty;
-    job.sp.seed = a->cv.sampling.seed + (uint64_t)a->cv.n; /* a new stream per reply, reproducible */
-    job.max_tokens = a->cv.sampling.max_tokens;
+    return true;
+}
+
+/* Thinking, sampling and the token limit of the conversation, for a reply
+ * to the first n turns: the seed depends on n, so every reply draws a new
+ * stream, and rerunning a prompt (/compare) draws the same one. */
+static void job_params(app *a, int n, worker_job *job)
+{
+    job->think = a->cv.think ? QC_THINK_ON : QC_THINK_OFF;
+    qc_sample_params_init(&job->sp);
+    job->sp.temperature = (float)a->cv.sampling.temperature;
+    job->sp.top_p = (float)a->cv.sampling.top_p;
+    job->sp.top_k = a->cv.sampling.top_k;
+    job->sp.min_p = (float)a->cv.sampling.min_p;
+    job->sp.repetition_penalty = (float)a->cv.sampling.repetition_penalty;
+    job->sp.seed = a->cv.sampling.seed + (uint64_t)n;
+    job->max_tokens = a->cv.sampling.max_tokens;
+}
+
+static void start_generate(app *a)
+{
+    worker_job job = {.kind = WJOB_GENERATE};
+    if (!build_chat(a, a->cv.n, &job.chat))
+        return;
+    job_params(a, a->cv.n, &job);
     tb_clear(&a->rtext);
     tb_clear(&a->atext);
     wrap_cache_reset(&a->r_wc);
@@ -908,29 +1121,38 @@ static void start_generate(app *a)
     }
 }
 
+/* A checkpoint by family, number or directory; a directory not on the
+ * command line joins the list if it opens. -1 with the status set (prefixed
+ * by `what`) when there is none. */
+static int resolve_ckpt(app *a, const char *spec, const char *what)
+{
+    int idx = worker_find_ckpt(&a->w, spec);
+    if (idx >= 0)
+        return idx;
+    struct stat st;
+    if (stat(spec, &st) != 0 || !S_ISDIR(st.st_mode)) {
+        set_status(a, true, "%s: no checkpoint '%s' (a family, a number 1-%d or a directory); still on %s", what,
+                   spec, a->w.n_ck, a->w.ck[a->snap.active].label);
+        return -1;
+    }
+    qc_err err = {0};
+    pthread_mutex_lock(&a->w.mu);
+    int rc = worker_add_ckpt(&a->w, spec, &err);
+    pthread_mutex_unlock(&a->w.mu);
+    if (rc) {
+        set_status(a, true, "%s failed, still on %s: %s", what, a->w.ck[a->snap.active].label, err.msg);
+        return -1;
+    }
+    return a->w.n_ck - 1;
+}
+
 static void do_swap(app *a, const char *spec)
 {
     if (busy(a, "swap"))
         return;
-    int idx = worker_find_ckpt(&a->w, spec);
-    if (idx < 0) {
-        /* A directory not on the command line joins the list if it opens. */
-        struct stat st;
-        if (stat(spec, &st) != 0 || !S_ISDIR(st.st_mode)) {
-            set_status(a, true, "swap: no checkpoint '%s' (a family, a number 1-%d or a directory); still on %s",
-                       spec, a->w.n_ck, a->w.ck[a->snap.active].label);
-            return;
-        }
-        qc_err err = {0};
-        pthread_mutex_lock(&a->w.mu);
-        int rc = worker_add_ckpt(&a->w, spec, &err);
-        pthread_mutex_unlock(&a->w.mu);
-        if (rc) {
-            set_status(a, true, "swap failed, still on %s: %s", a->w.ck[a->snap.active].label, err.msg);
-            return;
-        }
-        idx = a->w.n_ck - 1;
-    }
+    int idx = resolve_ckpt(a, spec, "swap");
+    if (idx < 0)
+        return;
     if (idx == a->snap.active) {
         set_status(a, false, "already on %s", a->w.ck[idx].label);
         return;
@@ -1071,6 +1293,177 @@ static int set_sampling(app *a, const char *arg)
     return 0;
 }
 
+/* ---- /compare and /drift ------------------------------------------------------------ */
+
+/* Splits up to two blank-separated words of arg. Returns how many (3: too many). */
+static int split_words(const char *arg, char w[2][4096])
+{
+    int n = 0;
+    const char *p = arg;
+    w[0][0] = w[1][0] = 0;
+    for (;;) {
+        while (*p && isspace((unsigned char)*p))
+            p++;
+        if (!*p)
+            return n;
+        if (n == 2)
+            return 3;
+        size_t k = 0;
+        while (p[k] && !isspace((unsigned char)p[k]))
+            k++;
+        snprintf(w[n], 4096, "%.*s", (int)(k < 4095 ? k : 4095), p);
+        n++;
+        p += k;
+    }
+}
+
+static void cmd_compare(app *a, const char *arg)
+{
+    if (busy(a, "compare"))
+        return;
+    if (a->w.n_ck < 2) {
+        set_status(a, true, "compare needs two checkpoints: give two on the command line (or /compare A DIR)");
+        if (!*arg)
+            return;
+    }
+    int last_user = -1;
+    for (int i = 0; i < a->cv.n; i++)
+        if (a->cv.turns[i].role == CONVO_USER)
+            last_user = i;
+    if (last_user < 0) {
+        set_status(a, true, "compare: no prompt yet; send one first");
+        return;
+    }
+    char words[2][4096];
+    int nw = split_words(arg, words);
+    if (nw > 2) {
+        set_status(a, true, "usage: /compare [A [B]]");
+        return;
+    }
+    int act = a->snap.active, t[2] = {act, -1};
+    if (nw == 0) {
+        /* The next resident checkpoint after the active one, else the next one. */
+        for (int k = 1; k < a->w.n_ck && t[1] < 0; k++)
+            if (a->snap.resident[(act + k) % a->w.n_ck])
+                t[1] = (act + k) % a->w.n_ck;
+        if (t[1] < 0)
+            t[1] = (act + 1) % a->w.n_ck;
+    } else {
+        for (int i = 0; i < nw; i++) {
+            int idx = resolve_ckpt(a, words[i], "compare");
+            if (idx < 0)
+                return;
+            t[nw == 1 ? 1 : i] = idx;
+        }
+    }
+    if (t[0] == t[1]) {
+        set_status(a, true, "compare: both sides are %s; name two formats", a->w.ck[t[0]].label);
+        return;
+    }
+    worker_job job = {.kind = WJOB_COMPARE, .targets = {t[0], t[1]}};
+    /* The chat up to the last prompt, sampled as its reply was. */
+    if (!build_chat(a, last_user + 1, &job.chat))
+        return;
+    job_params(a, last_user + 1, &job);
+    a->cmp_seed = job.sp.seed;
+    if (!worker_submit(&a->w, &job)) {
+        set_status(a, true, "the engine is busy");
+        return;
+    }
+    for (int c = 0; c < 2; c++) {
+        tb_clear(&a->cmp_r[c]);
+        tb_clear(&a->cmp_a[c]);
+        wrap_cache_reset(&a->cmp_rwc[c]);
+        wrap_cache_reset(&a->cmp_awc[c]);
+        /* Until the worker's first report: labels and nothing counted. */
+        memset(&a->snap.cmp[c], 0, sizeof a->snap.cmp[c]);
+        a->snap.cmp[c].ck = t[c];
+        snprintf(a->snap.cmp[c].label, sizeof a->snap.cmp[c].label, "%s", a->w.ck[t[c]].label);
+    }
+    a->cmp_view = a->cmp_running = true;
+    set_status(a, false, "comparing %s and %s on the last prompt\xe2\x80\xa6 (Ctrl-C stops, Esc or q closes)",
+               a->w.ck[t[0]].label, a->w.ck[t[1]].label);
+}
+
+/* The reference for /drift: a named one, else the BF16 checkpoint. */
+static int drift_ref(app *a, const char *spec)
+{
+    if (spec && *spec)
+        return resolve_ckpt(a, spec, "drift");
+    for (int i = 0; i < a->w.n_ck; i++)
+        if (!strcmp(a->w.ck[i].family, "BF16"))
+            return i;
+    set_status(a, true, "drift: no BF16 checkpoint on the command line; name the reference: /drift FAMILY|N|DIR");
+    return -1;
+}
+
+static void drift_report(app *a, const worker_drift *d)
+{
+    const drift_stats *st = &d->st;
+    char buf[1200];
+    int o = snprintf(buf, sizeof buf, "drift \xc2\xb7 %s against %s \xc2\xb7 %d token%s of the last reply (%s)\n",
+                     d->act_label, d->ref_label, st->n, st->n == 1 ? "" : "s", d->live ? "live" : "teacher-forced");
+    if (st->n == 0) {
+        snprintf(buf + o, sizeof buf - (size_t)o, "nothing scored");
+        info(a, buf);
+        return;
+    }
+    o += snprintf(buf + o, sizeof buf - (size_t)o,
+                  "KL(ref\xe2\x80\x96" "active) mean %.4g \xc2\xb7 max %.4g nats (token %d)\n"
+                  "top-1 agreement %.1f %% (%d/%d)\n",
+                  drift_stats_kl_mean(st), st->kl_max, st->kl_max_pos - d->from + 1, drift_stats_agree_pct(st),
+                  st->agree, st->n);
+    if (st->first_div >= 0)
+        snprintf(buf + o, sizeof buf - (size_t)o, "first divergent token: #%d \xc2\xb7 %s %s \xc2\xb7 %s %s",
+                 st->first_div - d->from + 1, d->ref_label, d->first_ref_text, d->act_label, d->first_act_text);
+    else
+        snprintf(buf + o, sizeof buf - (size_t)o, "first divergent token: none (the top-1 tokens agree everywhere)");
+    info(a, buf);
+}
+
+static void cmd_drift(app *a, const char *arg)
+{
+    char words[2][4096];
+    int nw = split_words(arg, words);
+    if (nw > 2 || (nw == 2 && strcmp(words[0], "on"))) {
+        set_status(a, true, "usage: /drift [REF|on [REF]|off]");
+        return;
+    }
+    if (nw >= 1 && !strcmp(words[0], "off")) {
+        worker_set_live_drift(&a->w, -1);
+        a->drift_live = -1;
+        set_status(a, false, "live drift off");
+        return;
+    }
+    if (nw >= 1 && !strcmp(words[0], "on")) {
+        int ref = drift_ref(a, nw == 2 ? words[1] : NULL);
+        if (ref < 0)
+            return;
+        worker_set_live_drift(&a->w, ref);
+        a->drift_live = ref;
+        set_status(a, false, "live drift on: every reply is scored under %s as it streams (the reference's steps "
+                   "count in the latency)%s", a->w.ck[ref].label,
+                   ref == a->snap.active ? "; replies from the reference itself are not scored" : "");
+        return;
+    }
+    if (busy(a, "drift"))
+        return;
+    int ref = drift_ref(a, nw ? words[0] : NULL);
+    if (ref < 0)
+        return;
+    if (a->cv.n == 0 || a->cv.turns[a->cv.n - 1].role != CONVO_ASSISTANT) {
+        set_status(a, true, "drift: no reply to score yet; send a prompt first");
+        return;
+    }
+    worker_job job = {.kind = WJOB_DRIFT, .target = ref};
+    if (!worker_submit(&a->w, &job)) {
+        set_status(a, true, "the engine is busy");
+        return;
+    }
+    a->drift_running = true;
+    set_status(a, false, "scoring the last reply under %s\xe2\x80\xa6", a->w.ck[ref].label);
+}
+
 static void run_command(app *a, const char *line)
 {
     const char *arg;
@@ -1190,6 +1583,12 @@ static void run_command(app *a, const char *line)
     case CMD_STATS:
         cmd_stats(a);
         break;
+    case CMD_COMPARE:
+        cmd_compare(a, arg);
+        break;
+    case CMD_DRIFT:
+        cmd_drift(a, arg);
+        break;
     case CMD_QUIT:
         a->quit = true;
         break;
@@ -1209,7 +1608,7 @@ static void submit_text(app *a, const char *text)
         run_command(a, p);
         return;
     }
-    if (a->generating) {
+    if (engine_busy(a)) {
         set_status(a, true, "a reply is under way: wait or press Ctrl-C");
         free(a->restore_line);
         a->restore_line = strdup(text);
@@ -1313,11 +1712,26 @@ static void history_setup(app *a)
 
 static void on_key(app *a, int ch)
 {
+    if (a->cmp_view && ch != KEY_RESIZE && ch != 12) {
+        /* The compare view owns the keys: nothing reaches the input line. */
+        a->ctrl_c_armed = false;
+        if (ch == 3 && a->cmp_running) {
+            worker_request_stop(&a->w);
+            set_status(a, false, "stopping the compareâ¦");
+        } else if (ch == 3 || ch == 27 || ch == 'q' || ch == 'Q') {
+            if (a->cmp_running)
+                worker_request_stop(&a->w);
+            a->cmp_view = false;
+            set_status(a, false, "compare closed; the conversation is as it was");
+        }
+        a->dirty = true;
+        return;
+    }
     bool was_armed = a->ctrl_c_armed;
     a->ctrl_c_armed = false;
     switch (ch) {
     case 3: /* Ctrl-C */
-        if (a->generating) {
+        if (engine_busy(a)) {
             worker_request_stop(&a->w);
             set_status(a, false, "stopping\xe2\x80\xa6");
             a->ctrl_c_armed = true;
@@ -1444,6 +1858,7 @@ int app_run(const app_opts *o)
     a->o = *o;
     g_app = a;
     convo_init(&a->cv);
+    a->drift_live = -1;
     char msg[512];
     if (theme_find(a, o->theme, msg, sizeof msg) != 0) {
         fprintf(stderr, "qchat: %s\n", msg);
@@ -1540,11 +1955,11 @@ int app_run(const app_opts *o)
         double now = qc_now();
         int timeout = 250;
         /* 20 frames a second while tokens stream (bursts coalesce), 30 otherwise. */
-        double frame = a->generating ? 0.05 : 0.033;
+        double frame = engine_busy(a) ? 0.05 : 0.033;
         if (a->dirty) {
             double wait = frame - (now - last_draw);
             timeout = wait > 0 ? (int)(wait * 1000) + 1 : 0;
-        } else if (a->generating) {
+        } else if (engine_busy(a)) {
             timeout = 100; /* clocks in the panes keep moving */
         }
         struct pollfd pf[2] = {{.fd = 0, .events = POLLIN}, {.fd = a->w.wake_fd[0], .events = POLLIN}};
@@ -1556,7 +1971,7 @@ int app_run(const app_opts *o)
             on_key(a, ch);
         if (pr > 0 && (pf[1].revents & POLLIN))
             pull_live(a);
-        if (a->generating && !a->dirty)
+        if (engine_busy(a) && !a->dirty)
             a->dirty = true;
         now = qc_now();
         if (a->dirty && now - last_draw >= frame) {
@@ -1588,5 +2003,11 @@ int app_run(const app_opts *o)
     free(a->pending.s);
     wrap_cache_free(&a->r_wc);
     wrap_cache_free(&a->a_wc);
+    for (int c = 0; c < 2; c++) {
+        free(a->cmp_r[c].s);
+        free(a->cmp_a[c].s);
+        wrap_cache_free(&a->cmp_rwc[c]);
+        wrap_cache_free(&a->cmp_awc[c]);
+    }
     return 0;
 }

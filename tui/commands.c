@@ -21,6 +21,14 @@ const cmd_def cmd_table[CMD_COUNT] = {
      "write the session as JSON (atomically); default $XDG_STATE_HOME/qchat/session.json"},
     {CMD_LOAD, "load", "FILE", 1, "restore a saved session (re-prefills its tokens)"},
     {CMD_STATS, "stats", "", 0, "per-reply statistics of this session"},
+    {CMD_COMPARE, "compare", "[A [B]]", 0,
+     "run the last prompt on two formats (families, numbers or directories; default the active one and the "
+     "next resident one) with the same seed and sampling, side by side, then a table of reasoning and answer "
+     "tokens, TTFT, tok/s and peak memory; the conversation is not changed; Esc or q closes, Ctrl-C stops"},
+    {CMD_DRIFT, "drift", "[REF|on|off]", 0,
+     "score the last reply's tokens under a reference format (default BF16): KL(ref||active) mean and max per "
+     "token, top-1 agreement and the first divergent token; /drift on [REF] scores every new reply live as it "
+     "streams, /drift off stops"},
     {CMD_QUIT, "quit", "", 0, "leave qchat"},
 };
 

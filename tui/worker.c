@@ -152,10 +152,10 @@ static void update_mem(worker *w)
     pthread_mutex_unlock(&w->mu);
 }
 
-/* Evicts least-recently-used resident checkpoints other than `keep` and the
- * active one until the resident weights fit the budget (or, with force, one
- * at least). Returns how many were evicted. */
-static int evict(worker *w, int keep, bool force)
+/* Evicts least-recently-used resident checkpoints other than `keep`, `keep2`
+ * and the active one until the resident weights fit the budget (or, with
+ * force, one at least). Returns how many were evicted. */
+static int evict(worker *w, int keep, int keep2, bool force)
 {
     int evicted = 0;
     for (;;) {
@@ -165,11 +165,18 @@ static int evict(worker *w, int keep, bool force)
             if (!w->ck[i].model)
                 continue;
             total += w->ck[i].weight_bytes;
-            if (i != keep && i != w->live.active && (lru < 0 || w->ck[i].last_used < w->ck[lru].last_used))
+            if (i != keep && i != keep2 && i != w->live.active &&
+                (lru < 0 || w->ck[i].last_used < w->ck[lru].last_used))
                 lru = i;
         }
         if (lru < 0 || (!(force && evicted == 0) && total <= w->budget))
             return evicted;
+        if (w->ref_sess && w->ref_sess_ck == lru) {
+            /* The live-drift session lives on that model: it goes first. */
+            qc_session_free(w->ref_sess);
+            w->ref_sess = NULL;
+            w->ref_sess_ck = -1;
+        }
         qc_model_free(w->ck[lru].model);
         w->ck[lru].model = NULL;
         evicted++;
@@ -255,13 +262,25 @@ static int append(char **buf, size_t *n, size_t *cap, const char *s, size_t len)
     return 0;
 }
 
-static int job_generate(worker *w, worker_job *job, qc_err *err)
+static int ensure_resident(worker *w, int idx, int keep2, qc_err *err);
+
+/* The eos ids: generation_config.json's list, else config.json's. */
+static int eos_ids(const qc_config *cfg, int32_t *eos)
 {
-    qc_model *m = w->ck[w->live.active].model;
-    const qc_tokenizer *tok = qc_model_tokenizer(m);
-    const qc_config *cfg = qc_model_config(m);
+    int n_eos = 0;
+    const int *src = cfg->gen.n_eos ? cfg->gen.eos_ids : cfg->eos_ids;
+    int nsrc = cfg->gen.n_eos ? cfg->gen.n_eos : cfg->n_eos;
+    for (int i = 0; i < nsrc && n_eos < QC_REPLY_MAX_EOS; i++)
+        eos[n_eos++] = src[i];
+    return n_eos;
+}
+
+/* Renders the chat with a generation prompt for checkpoint ck and encodes it. */
+static int encode_prompt(worker *w, int ck, const worker_job *job, int32_t **ids, size_t *nids, bool *in_reasoning,
+                         qc_err *err)
+{
     qc_chat_template tpl;
-    int rc = qc_chat_template_detect(w->ck[w->live.active].dir, NULL, &tpl, err);
+    int rc = qc_chat_template_detect(w->ck[ck].dir, NULL, &tpl, err);
     if (rc)
         return rc;
     char *prompt = NULL;
@@ -269,32 +288,128 @@ static int job_generate(worker *w, worker_job *job, qc_err *err)
     rc = qc_chat_render(&tpl, &job->chat, true, job->think, &prompt, &plen, err);
     if (rc)
         return rc;
-    bool in_reasoning = qc_chat_prompt_in_reasoning(prompt, plen);
+    *in_reasoning = qc_chat_prompt_in_reasoning(prompt, plen);
+    rc = qc_tokenizer_encode(qc_model_tokenizer(w->ck[ck].model), prompt, plen, ids, nids, err);
+    free(prompt);
+    return rc;
+}
+
+/* Brings session s to exactly ids[0..n), reusing the longest common prefix
+ * with what it holds. Leaves at least one token to feed when fresh logits are
+ * wanted (keep_one), as a prompt needs. Returns like prefill(). */
+static int sync_session(worker *w, qc_session *s, const int32_t *ids, int n, bool keep_one, int *fed, qc_err *err)
+{
+    int have = qc_session_len(s);
+    const int32_t *cur = qc_session_tokens(s);
+    int common = 0;
+    while (common < have && common < n && cur[common] == ids[common])
+        common++;
+    if (keep_one && common == n && common > 0)
+        common--;
+    if (common < have) {
+        int rc = 0;
+        if (common == 0)
+            qc_session_reset(s);
+        else if ((rc = qc_session_rewind(s, common, err)) != 0)
+            return rc;
+    }
+    if (fed)
+        *fed = n - common;
+    return prefill(w, s, ids + common, n - common, err);
+}
+
+/* Live drift: makes the reference resident and its session hold the same
+ * prompt. On failure turns live drift off with the reason in live.drift.msg
+ * (the reply itself goes on). Returns whether live drift runs. */
+static bool live_drift_begin(worker *w, int ref, const int32_t *ids, int n)
+{
+    qc_err e = {0};
+    int act = w->live.active;
+    int rc = ensure_resident(w, ref, act, &e);
+    if (!rc && w->ref_sess && w->ref_sess_ck != ref) {
+        qc_session_free(w->ref_sess);
+        w->ref_sess = NULL;
+    }
+    if (!rc && !w->ref_sess) {
+        rc = qc_session_new(w->ck[ref].model, w->max_ctx, &w->ref_sess, &e);
+        w->ref_sess_ck = rc ? -1 : ref;
+    }
+    int nt_ref = rc ? 0 : qc_tokenizer_n_tokens(qc_model_tokenizer(w->ck[ref].model));
+    int nt_act = qc_tokenizer_n_tokens(qc_model_tokenizer(w->ck[act].model));
+    if (!rc && nt_ref != nt_act)
+        rc = qc_err_set(&e, QC_EXIT_USAGE, "%s has %d token ids, %s has %d", w->ck[ref].label, nt_ref,
+                        w->ck[act].label, nt_act);
+    if (!rc)
+        rc = sync_session(w, w->ref_sess, ids, n, true, NULL, &e);
+    pthread_mutex_lock(&w->mu);
+    worker_drift *d = &w->live.drift;
+    memset(d, 0, sizeof *d);
+    drift_stats_init(&d->st);
+    if (rc) {
+        snprintf(d->msg, sizeof d->msg, "live drift off: %.200s", rc < 0 ? "stopped" : e.msg);
+        w->drift_live_ref = -1;
+    } else {
+        d->valid = d->live = true;
+        snprintf(d->ref_label, sizeof d->ref_label, "%s", w->ck[ref].label);
+        snprintf(d->act_label, sizeof d->act_label, "%s", w->ck[act].label);
+        d->from = n;
+    }
+    pthread_mutex_unlock(&w->mu);
+    if (rc && w->ref_sess) {
+        qc_session_free(w->ref_sess);
+        w->ref_sess = NULL;
+        w->ref_sess_ck = -1;
+    }
+    return rc == 0;
+}
+
+/* Appends one id to the record of the last reply. */
+static void record_id(worker *w, int *cap, int32_t id)
+{
+    if (!w->last_ids)
+        return;
+    if (w->n_last_ids == *cap) {
+        int32_t *p = realloc(w->last_ids, (size_t)*cap * 2 * sizeof *p);
+        if (!p) {
+            free(w->last_ids);
+            w->last_ids = NULL;
+            w->n_last_ids = 0;
+            return;
+        }
+        w->last_ids = p;
+        *cap *= 2;
+    }
+    w->last_ids[w->n_last_ids++] = id;
+}
+
+static void forget_last_reply(worker *w)
+{
+    free(w->last_ids);
+    w->last_ids = NULL;
+    w->n_last_ids = w->last_from = 0;
+    w->last_ck = -1;
+}
+
+static int job_generate(worker *w, worker_job *job, qc_err *err)
+{
+    int act = w->live.active;
+    qc_model *m = w->ck[act].model;
+    const qc_tokenizer *tok = qc_model_tokenizer(m);
+    const qc_config *cfg = qc_model_config(m);
     int32_t *ids = NULL;
     size_t nids = 0;
-    rc = qc_tokenizer_encode(tok, prompt, plen, &ids, &nids, err);
-    free(prompt);
+    bool in_reasoning = false;
+    int rc = encode_prompt(w, act, job, &ids, &nids, &in_reasoning, err);
     if (rc)
         return rc;
-    /* Reuse the longest common prefix with what the session has seen. */
-    int have = qc_session_len(w->sess);
-    const int32_t *cur = qc_session_tokens(w->sess);
-    int common = 0;
-    while (common < have && common < (int)nids && cur[common] == ids[common])
-        common++;
-    if (common == (int)nids && common > 0)
-        common--; /* at least one token must be fed to get fresh logits */
+    forget_last_reply(w);
     set_phase(w, WPH_PREFILL);
-    if (common < have) {
-        if (common == 0)
-            qc_session_reset(w->sess);
-        else if ((rc = qc_session_rewind(w->sess, common, err)) != 0)
-            goto out;
-    }
+    int fed = 0;
+    rc = sync_session(w, w->sess, ids, (int)nids, true, &fed, err);
     pthread_mutex_lock(&w->mu);
-    w->live.n_prompt = (int)nids - common;
+    w->live.n_prompt = fed;
+    int dref = w->drift_live_ref;
     pthread_mutex_unlock(&w->mu);
-    rc = prefill(w, w->sess, ids + common, (int)nids - common, err);
     if (rc) {
         if (rc < 0) {
             pthread_mutex_lock(&w->mu);
@@ -304,13 +419,11 @@ static int job_generate(worker *w, worker_job *job, qc_err *err)
         }
         goto out;
     }
-    /* eos: generation_config.json's list, else config.json's. */
+    bool drift = dref >= 0 && dref != act && dref < w->n_ck && live_drift_begin(w, dref, ids, (int)nids);
+    drift_stats ds;
+    drift_stats_init(&ds);
     int32_t eos[QC_REPLY_MAX_EOS];
-    int n_eos = 0;
-    const int *src = cfg->gen.n_eos ? cfg->gen.eos_ids : cfg->eos_ids;
-    int nsrc = cfg->gen.n_eos ? cfg->gen.n_eos : cfg->n_eos;
-    for (int i = 0; i < nsrc && n_eos < QC_REPLY_MAX_EOS; i++)
-        eos[n_eos++] = src[i];
+    int n_eos = eos_ids(cfg, eos);
     qc_reply reply;
     rc = qc_reply_init(&reply, tok, eos, n_eos, in_reasoning, err);
     if (rc)
@@ -321,18 +434,47 @@ static int job_generate(worker *w, worker_job *job, qc_err *err)
         qc_reply_free(&reply);
         goto out;
     }
+    /* The record for /drift: the prompt, then every sampled id. */
+    int cap = (int)nids + 256;
+    w->last_ids = malloc((size_t)cap * sizeof *w->last_ids);
+    if (w->last_ids) {
+        memcpy(w->last_ids, ids, nids * sizeof *ids);
+        w->n_last_ids = (int)nids;
+        w->last_from = (int)nids;
+        w->last_ck = act;
+    }
     qc_model_info info;
     qc_model_get_info(m, &info);
     set_phase(w, WPH_DECODE);
     int n_gen = 0;
     double t_prev = qc_now(), t_mem = t_prev;
     for (;;) {
-        int32_t id = qc_sampler_next(smp, qc_session_logits(w->sess), info.vocab_size);
+        const float *lg = qc_session_logits(w->sess);
+        if (drift) {
+            /* The reference's view of this very position, before sampling. */
+            int had = ds.first_div;
+            drift_stats_add(&ds, qc_session_logits(w->ref_sess), lg, info.n_tokens, (int)nids + n_gen);
+            char tr[48] = "", ta[48] = "";
+            if (had < 0 && ds.first_div >= 0) {
+                drift_token_text(tok, ds.first_ref, tr, sizeof tr);
+                drift_token_text(tok, ds.first_act, ta, sizeof ta);
+            }
+            pthread_mutex_lock(&w->mu);
+            w->live.drift.st = ds;
+            w->live.drift.n_reply = n_gen + 1;
+            if (tr[0]) {
+                memcpy(w->live.drift.first_ref_text, tr, sizeof tr);
+                memcpy(w->live.drift.first_act_text, ta, sizeof ta);
+            }
+            pthread_mutex_unlock(&w->mu);
+        }
+        int32_t id = qc_sampler_next(smp, lg, info.vocab_size);
         double t = qc_now();
         if (id < 0) {
             rc = qc_err_set(err, QC_EXIT_RUNTIME, "the model produced no finite logit");
             break;
         }
+        record_id(w, &cap, id);
         qc_reply_piece piece;
         rc = qc_reply_feed(&reply, id, &piece, err);
         if (rc)
@@ -376,6 +518,15 @@ static int job_generate(worker *w, worker_job *job, qc_err *err)
         rc = qc_session_step(w->sess, id, err);
         if (rc)
             break;
+        if (drift) {
+            qc_err e2 = {0};
+            if (qc_session_step(w->ref_sess, id, &e2) != 0) {
+                drift = false;
+                pthread_mutex_lock(&w->mu);
+                snprintf(w->live.drift.msg, sizeof w->live.drift.msg, "live drift stopped: %.200s", e2.msg);
+                pthread_mutex_unlock(&w->mu);
+            }
+        }
         if (qc_now() - t_mem > 0.5) {
             update_mem(w);
             t_mem = qc_now();
@@ -383,9 +534,41 @@ static int job_generate(worker *w, worker_job *job, qc_err *err)
     }
     qc_sampler_free(smp);
     qc_reply_free(&reply);
+    if (rc || n_gen == 0)
+        forget_last_reply(w);
 out:
     free(ids);
     return rc;
+}
+
+/* Loads checkpoint idx unless it is resident, evicting least recently used
+ * others (never the active one, nor keep2) to stay within the budget. */
+static int ensure_resident(worker *w, int idx, int keep2, qc_err *err)
+{
+    worker_ckpt *c = &w->ck[idx];
+    if (c->model)
+        return 0;
+    pthread_mutex_lock(&w->mu);
+    snprintf(w->live.loading_label, sizeof w->live.loading_label, "%s", c->label);
+    pthread_mutex_unlock(&w->mu);
+    set_phase(w, WPH_LOADING);
+    /* Make room first when the budget is already exceeded with it. */
+    uint64_t total = c->weight_bytes;
+    for (int i = 0; i < w->n_ck; i++)
+        if (w->ck[i].model)
+            total += w->ck[i].weight_bytes;
+    if (total > w->budget)
+        evict(w, -1, keep2, false);
+    int rc = qc_model_load(c->dir, &w->lopts, &c->model, err);
+    /* Out of memory with others resident: evict the LRU one and retry once. */
+    if (rc == QC_EXIT_RUNTIME && evict(w, -1, keep2, true) > 0)
+        rc = qc_model_load(c->dir, &w->lopts, &c->model, err);
+    if (rc) {
+        c->model = NULL;
+        return rc;
+    }
+    c->last_used = qc_now();
+    return 0;
 }
 
 static int job_swap(worker *w, int target, qc_err *err)
@@ -393,29 +576,11 @@ static int job_swap(worker *w, int target, qc_err *err)
     worker_ckpt *c = &w->ck[target];
     if (target == w->live.active)
         return 0;
-    if (!c->model) {
-        pthread_mutex_lock(&w->mu);
-        snprintf(w->live.loading_label, sizeof w->live.loading_label, "%s", c->label);
-        pthread_mutex_unlock(&w->mu);
-        set_phase(w, WPH_LOADING);
-        /* Make room first when the budget is already exceeded with it. */
-        uint64_t total = c->weight_bytes;
-        for (int i = 0; i < w->n_ck; i++)
-            if (w->ck[i].model)
-                total += w->ck[i].weight_bytes;
-        if (total > w->budget)
-            evict(w, -1, false);
-        int rc = qc_model_load(c->dir, &w->lopts, &c->model, err);
-        /* Out of memory with others resident: evict the LRU one and retry once. */
-        if (rc == QC_EXIT_RUNTIME && evict(w, -1, true) > 0)
-            rc = qc_model_load(c->dir, &w->lopts, &c->model, err);
-        if (rc) {
-            c->model = NULL;
-            return rc;
-        }
-    }
+    int rc = ensure_resident(w, target, -1, err);
+    if (rc)
+        return rc;
     qc_session *ns = NULL;
-    int rc = qc_session_new(c->model, w->max_ctx, &ns, err);
+    rc = qc_session_new(c->model, w->max_ctx, &ns, err);
     if (rc)
         return rc;
     /* The token history moves as is when the tokenizers agree in size;
@@ -444,7 +609,7 @@ static int job_swap(worker *w, int target, qc_err *err)
     w->live.active = target;
     pthread_mutex_unlock(&w->mu);
     c->last_used = qc_now();
-    evict(w, target, false);
+    evict(w, target, -1, false);
     return 0;
 }
 
@@ -469,6 +634,219 @@ static int job_rebuild(worker *w, const int32_t *ids, int n, qc_err *err)
     qc_session_free(w->sess);
     w->sess = ns;
     return 0;
+}
+
+/* Engine bytes of one model and its session (the FREE slot excluded). */
+static uint64_t mem_in_use(const qc_model *m, const qc_session *s)
+{
+    qc_mem_report rep;
+    qc_model_mem(m, s, &rep);
+    uint64_t b = 0;
+    for (int k = 0; k < QC_MEM_FREE; k++)
+        b += rep.bytes[k];
+    return b;
+}
+
+/* One /compare column: the prompt on checkpoint ck in a scratch session,
+ * streaming into live.cmp[c]. Returns 0, an error, or -1 when stopped. */
+static int compare_column(worker *w, const worker_job *job, int c, qc_err *err)
+{
+    int ck = job->targets[c];
+    worker_cmp_col *col = &w->live.cmp[c];
+    pthread_mutex_lock(&w->mu);
+    col->state = WCMP_RUNNING;
+    pthread_mutex_unlock(&w->mu);
+    wake(w);
+    int rc = ensure_resident(w, ck, -1, err);
+    if (rc)
+        return rc;
+    qc_model *m = w->ck[ck].model;
+    w->ck[ck].last_used = qc_now();
+    const qc_tokenizer *tok = qc_model_tokenizer(m);
+    qc_session *s = NULL;
+    int32_t *ids = NULL;
+    size_t nids = 0;
+    bool in_reasoning = false;
+    qc_sampler *smp = NULL;
+    qc_reply reply;
+    bool have_reply = false;
+    double t0 = qc_now();
+    pthread_mutex_lock(&w->mu);
+    col->t_start = t0;
+    pthread_mutex_unlock(&w->mu);
+    if ((rc = encode_prompt(w, ck, job, &ids, &nids, &in_reasoning, err)) != 0 ||
+        (rc = qc_session_new(m, w->max_ctx, &s, err)) != 0)
+        goto out;
+    pthread_mutex_lock(&w->mu);
+    col->n_prompt = (int)nids;
+    pthread_mutex_unlock(&w->mu);
+    set_phase(w, WPH_PREFILL);
+    if ((rc = prefill(w, s, ids, (int)nids, err)) != 0)
+        goto out;
+    int32_t eos[QC_REPLY_MAX_EOS];
+    int n_eos = eos_ids(qc_model_config(m), eos);
+    if ((rc = qc_reply_init(&reply, tok, eos, n_eos, in_reasoning, err)) != 0)
+        goto out;
+    have_reply = true;
+    if ((rc = qc_sampler_new(&job->sp, qc_tokenizer_n_tokens(tok), &smp, err)) != 0)
+        goto out;
+    qc_model_info info;
+    qc_model_get_info(m, &info);
+    set_phase(w, WPH_DECODE);
+    uint64_t peak = mem_in_use(m, s);
+    double t_mem = qc_now();
+    for (int n_gen = 1;; n_gen++) {
+        int32_t id = qc_sampler_next(smp, qc_session_logits(s), info.vocab_size);
+        double t = qc_now();
+        if (id < 0) {
+            rc = qc_err_set(err, QC_EXIT_RUNTIME, "%s produced no finite logit", w->ck[ck].label);
+            break;
+        }
+        qc_reply_piece piece, tail = {0};
+        if ((rc = qc_reply_feed(&reply, id, &piece, err)) != 0)
+            break;
+        bool limit = job->max_tokens > 0 && n_gen >= job->max_tokens;
+        bool stop = atomic_load(&w->stop);
+        if (!piece.end && (limit || stop))
+            qc_reply_finish(&reply, &tail, err);
+        pthread_mutex_lock(&w->mu);
+        if (col->t_first == 0)
+            col->t_first = t;
+        col->t_last = t;
+        col->n_gen = n_gen;
+        for (int pi = 0; pi < 2; pi++) {
+            const qc_reply_piece *p = pi ? &tail : &piece;
+            if (p->kind == QC_REPLY_REASONING && p->len)
+                append(&col->reasoning, &col->n_reasoning_b, &col->cap_reasoning, p->text, p->len);
+            else if (p->kind == QC_REPLY_ANSWER && p->len)
+                append(&col->answer, &col->n_answer_b, &col->cap_answer, p->text, p->len);
+        }
+        col->n_reasoning = reply.n_reasoning;
+        col->n_answer = reply.n_answer;
+        col->peak_mem = peak;
+        pthread_mutex_unlock(&w->mu);
+        wake(w);
+        if (stop) {
+            rc = -1;
+            break;
+        }
+        /* A full context ends the run like the token limit does. */
+        if (piece.end || limit || qc_session_len(s) >= w->max_ctx)
+            break;
+        if ((rc = qc_session_step(s, id, err)) != 0)
+            break;
+        if (qc_now() - t_mem > 0.25) {
+            uint64_t b = mem_in_use(m, s);
+            peak = b > peak ? b : peak;
+            t_mem = qc_now();
+        }
+    }
+    uint64_t b = mem_in_use(m, s);
+    pthread_mutex_lock(&w->mu);
+    col->peak_mem = b > peak ? b : peak;
+    pthread_mutex_unlock(&w->mu);
+out:
+    qc_sampler_free(smp);
+    if (have_reply)
+        qc_reply_free(&reply);
+    if (s)
+        qc_session_free(s);
+    free(ids);
+    return rc;
+}
+
+static int job_compare(worker *w, const worker_job *job, qc_err *err)
+{
+    int rc = 0;
+    for (int c = 0; c < 2; c++) {
+        if (rc == 0)
+            rc = compare_column(w, job, c, err);
+        worker_cmp_col *col = &w->live.cmp[c];
+        pthread_mutex_lock(&w->mu);
+        if (rc == 0)
+            col->state = WCMP_DONE;
+        else if (rc < 0)
+            col->state = col->state == WCMP_RUNNING ? WCMP_STOPPED : WCMP_WAITING;
+        else if (col->state == WCMP_RUNNING) {
+            col->state = WCMP_FAILED;
+            snprintf(col->msg, sizeof col->msg, "%.250s", err->msg);
+        }
+        pthread_mutex_unlock(&w->mu);
+    }
+    update_mem(w);
+    if (rc < 0)
+        return qc_err_set(err, QC_EXIT_RUNTIME, "compare stopped");
+    return rc;
+}
+
+static void on_drift_progress(void *user, int done, int n)
+{
+    worker *w = user;
+    pthread_mutex_lock(&w->mu);
+    w->live.prefill_done = done;
+    w->live.prefill_total = n;
+    pthread_mutex_unlock(&w->mu);
+    wake(w);
+}
+
+/* Teacher-forced drift of the last reply: the reference and the checkpoint
+ * that produced the reply each prefill the same history with all logits. */
+static int job_drift(worker *w, int ref, qc_err *err)
+{
+    if (!w->last_ids || w->n_last_ids <= w->last_from || w->last_ck < 0)
+        return qc_err_set(err, QC_EXIT_USAGE, "no reply to score yet: send a prompt first");
+    int act = w->last_ck;
+    if (ref == act)
+        return qc_err_set(err, QC_EXIT_USAGE, "the last reply came from %s itself: swap to another format, reply, "
+                          "then /drift", w->ck[ref].label);
+    int rc = ensure_resident(w, ref, act, err);
+    if (!rc)
+        rc = ensure_resident(w, act, ref, err);
+    if (rc)
+        return rc;
+    w->ck[ref].last_used = w->ck[act].last_used = qc_now();
+    qc_session *sr = NULL, *sa = NULL;
+    drift_stats st;
+    drift_stats_init(&st);
+    if ((rc = qc_session_new(w->ck[ref].model, w->max_ctx, &sr, err)) == 0 &&
+        (rc = qc_session_new(w->ck[act].model, w->max_ctx, &sa, err)) == 0) {
+        set_phase(w, WPH_PREFILL);
+        rc = drift_score_ids(sr, w->ck[ref].model, sa, w->ck[act].model, w->last_ids, w->n_last_ids, w->last_from,
+                             64, &w->stop, on_drift_progress, w, &st, err);
+    }
+    if (sr)
+        qc_session_free(sr);
+    if (sa)
+        qc_session_free(sa);
+    if (rc < 0)
+        return qc_err_set(err, QC_EXIT_RUNTIME, "drift stopped");
+    if (rc)
+        return rc;
+    worker_drift d;
+    memset(&d, 0, sizeof d);
+    d.valid = true;
+    d.st = st;
+    snprintf(d.ref_label, sizeof d.ref_label, "%s", w->ck[ref].label);
+    snprintf(d.act_label, sizeof d.act_label, "%s", w->ck[act].label);
+    d.from = w->last_from;
+    d.n_reply = w->n_last_ids - w->last_from;
+    if (st.first_div >= 0) {
+        const qc_tokenizer *tok = qc_model_tokenizer(w->ck[act].model);
+        drift_token_text(tok, st.first_ref, d.first_ref_text, sizeof d.first_ref_text);
+        drift_token_text(tok, st.first_act, d.first_act_text, sizeof d.first_act_text);
+    }
+    pthread_mutex_lock(&w->mu);
+    w->live.drift = d;
+    pthread_mutex_unlock(&w->mu);
+    update_mem(w);
+    return 0;
+}
+
+void worker_set_live_drift(worker *w, int ref)
+{
+    pthread_mutex_lock(&w->mu);
+    w->drift_live_ref = ref;
+    pthread_mutex_unlock(&w->mu);
 }
 
 static void *worker_main(void *arg)
@@ -497,6 +875,25 @@ static void *worker_main(void *arg)
             L->t_first = L->t_last = 0;
             L->stopped = L->user_stopped = L->ended_eos = false;
             snprintf(L->reply_format, sizeof L->reply_format, "%s", w->ck[L->active].label);
+            memset(&L->drift, 0, sizeof L->drift);
+        } else if (job.kind == WJOB_COMPARE) {
+            for (int c = 0; c < 2; c++) {
+                worker_cmp_col *col = &L->cmp[c];
+                col->n_reasoning_b = col->n_answer_b = 0;
+                if (col->reasoning)
+                    col->reasoning[0] = 0;
+                if (col->answer)
+                    col->answer[0] = 0;
+                col->n_reasoning = col->n_answer = col->n_gen = col->n_prompt = 0;
+                col->t_start = col->t_first = col->t_last = 0;
+                col->peak_mem = 0;
+                col->msg[0] = 0;
+                col->state = WCMP_WAITING;
+                col->ck = job.targets[c];
+                snprintf(col->label, sizeof col->label, "%s", w->ck[job.targets[c]].label);
+            }
+        } else if (job.kind == WJOB_DRIFT) {
+            memset(&L->drift, 0, sizeof L->drift);
         }
         pthread_mutex_unlock(&w->mu);
 
@@ -511,9 +908,18 @@ static void *worker_main(void *arg)
             break;
         case WJOB_REBUILD:
             rc = job_rebuild(w, job.ids, job.n_ids, &err);
+            if (rc == 0)
+                forget_last_reply(w);
             break;
         case WJOB_RESET:
             qc_session_reset(w->sess);
+            forget_last_reply(w);
+            break;
+        case WJOB_COMPARE:
+            rc = job_compare(w, &job, &err);
+            break;
+        case WJOB_DRIFT:
+            rc = job_drift(w, job.target, &err);
             break;
         default:
             break;
@@ -546,6 +952,7 @@ int worker_start(worker *w, int first, const qc_load_opts *lo, int max_ctx, uint
 {
     w->lopts = *lo;
     w->max_ctx = max_ctx;
+    w->drift_live_ref = w->ref_sess_ck = w->last_ck = -1;
     w->budget = budget;
     if (pipe(w->wake_fd) != 0)
         return qc_err_set(err, QC_EXIT_RUNTIME, "pipe: %s", strerror(errno));
@@ -609,6 +1016,14 @@ void worker_shutdown(worker *w)
     if (w->sess)
         qc_session_free(w->sess);
     w->sess = NULL;
+    if (w->ref_sess)
+        qc_session_free(w->ref_sess);
+    w->ref_sess = NULL;
+    forget_last_reply(w);
+    for (int c = 0; c < 2; c++) {
+        free(w->live.cmp[c].reasoning);
+        free(w->live.cmp[c].answer);
+    }
     for (int i = 0; i < w->n_ck; i++) {
         if (w->ck[i].model)
             qc_model_free(w->ck[i].model);

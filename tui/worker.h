@@ -17,6 +17,7 @@
 #include <stdint.h>
 
 #include "chat.h"
+#include "drift.h"
 #include "qchat.h"
 #include "sampler.h"
 
@@ -39,6 +40,8 @@ typedef enum worker_job_kind {
     WJOB_SWAP,     /* make ckpt `target` active and re-prefill the history */
     WJOB_REBUILD,  /* replace the history with `ids` (from /load) on the active model */
     WJOB_RESET,    /* empty history (/clear) */
+    WJOB_COMPARE,  /* run `chat` on targets[0] then targets[1] in scratch sessions (/compare) */
+    WJOB_DRIFT,    /* teacher-forced drift of the last reply against `target` (/drift) */
 } worker_job_kind;
 
 typedef enum worker_phase {
@@ -51,10 +54,40 @@ typedef struct worker_job {
     int think;    /* QC_THINK_ON / QC_THINK_OFF */
     qc_sample_params sp;
     int max_tokens; /* 0: until the context is full */
-    int target;     /* SWAP */
+    int target;     /* SWAP; DRIFT: the reference */
+    int targets[2]; /* COMPARE */
     int32_t *ids;   /* REBUILD: owned by the job */
     int n_ids;
 } worker_job;
+
+/* One column of a /compare: the prompt run on one checkpoint in a scratch
+ * session (the conversation's session is not touched). */
+typedef enum worker_cmp_state {
+    WCMP_WAITING = 0, WCMP_RUNNING, WCMP_DONE, WCMP_STOPPED, WCMP_FAILED
+} worker_cmp_state;
+
+typedef struct worker_cmp_col {
+    int ck;
+    char label[24];
+    worker_cmp_state state;
+    char *reasoning, *answer; /* grow during the run; reset when a compare starts */
+    size_t n_reasoning_b, n_answer_b, cap_reasoning, cap_answer;
+    int n_reasoning, n_answer, n_gen, n_prompt;
+    double t_start, t_first, t_last; /* t_start: the model resident, before the prompt */
+    uint64_t peak_mem;               /* engine bytes (weights of this model + session + runtime) */
+    char msg[256];                   /* FAILED: why */
+} worker_cmp_col;
+
+/* Drift of the last reply's tokens (teacher-forced /drift) or of the reply
+ * under way (live, `/drift on`) against a reference checkpoint. */
+typedef struct worker_drift {
+    bool valid, live;
+    drift_stats st;
+    char ref_label[24], act_label[24];
+    int from, n_reply; /* position of the reply's first token; tokens it has */
+    char first_ref_text[48], first_act_text[48];
+    char msg[256];     /* live drift turned itself off: why */
+} worker_drift;
 
 /* What the UI reads (under mu). Text buffers only grow during a reply. */
 typedef struct worker_live {
@@ -86,6 +119,8 @@ typedef struct worker_live {
     worker_job_kind done_kind;
     int done_rc;
     char done_msg[1024];
+    worker_cmp_col cmp[2]; /* the last /compare */
+    worker_drift drift;    /* the last drift result (or the live one) */
     int32_t *history; /* the session's tokens after the job (malloc'd; UI may take it) */
     int n_history;
 } worker_live;
@@ -107,6 +142,13 @@ typedef struct worker {
     qc_load_opts lopts;
     int max_ctx;
     uint64_t budget; /* bytes of weights kept resident */
+    /* the last reply as token ids (prompt then every sampled id) for /drift */
+    int32_t *last_ids;
+    int n_last_ids, last_from, last_ck;
+    /* live drift: the reference's session kept in step with the conversation */
+    int drift_live_ref; /* checkpoint index, -1 off (set through worker_set_live_drift) */
+    qc_session *ref_sess;
+    int ref_sess_ck;
 } worker;
 
 /* Describes checkpoint dirs (reads their config and tensor headers, loads
@@ -120,6 +162,8 @@ int worker_start(worker *w, int first, const qc_load_opts *lo, int max_ctx, uint
  * busy (the job is then freed). */
 bool worker_submit(worker *w, worker_job *job);
 void worker_request_stop(worker *w);
+/* Live drift against checkpoint ref for the next replies; -1 turns it off. */
+void worker_set_live_drift(worker *w, int ref);
 /* Stops the thread, frees models and session. */
 void worker_shutdown(worker *w);
 /* Reads (and clears) the wake pipe. */

@@ -1,0 +1,581 @@
+/* cuda_repack.c — load-time repacking of every published quantized format into
+ * the kernel-native layouts of kernels/quant.h, the CPU reading of those
+ * layouts (for tests), and the upload to the device.
+ *
+ * Why these layouts (the decode GEMV is memory-bound; see kernels/gemv_*.cu):
+ *  - Row-major [N][K] everywhere (gptq's [K/8,N] and awq's [K,N/8] are
+ *    transposed once here): a thread block owns QK_QROWS output rows and its
+ *    threads walk K together, so each warp issues coalesced 16-byte loads of
+ *    512 contiguous bytes per row, and one x chunk loaded into registers serves
+ *    all rows of the block.
+ *  - Rows padded to a multiple of 32 elements (16-byte aligned uint4 loads with
+ *    no per-element bounds checks) and N padded to QK_QROWS (no row checks in
+ *    the inner loop); padding is zero so it adds nothing.
+ *  - INT4: one layout for gptq/awq/ct-int. Nibbles in natural k order: even
+ *    nibbles pair with the low bf16 half of an x word and odd ones with the
+ *    high half, so no shuffle is needed to line values up with x. Scale and
+ *    zero of a group share one 32-bit word (one load per 32 values; the
+ *    published 16-bit scale is kept bit-exact, 3 % of the weight bytes at
+ *    g128 like the published files). The kernel turns a nibble into
+ *    (2^23 + q) with one AND/OR and subtracts (2^23 + z): exact (q - z).
+ *    g_idx is handled by permuting K here (each group's inputs contiguous, a
+ *    fixed-length segment per group, padded to 32) and gathering x through a
+ *    perm table in the kernel, instead of a per-k group index: the common
+ *    no-g_idx case then pays nothing, and the scale is still loaded once per
+ *    32 values.
+ *  - NVFP4/MXFP4: the 8 codes of a 32-bit word are re-laid bit by bit so that
+ *    each pair of elements becomes an f16x2 (sign at bit 15, magnitude at bits
+ *    9-11, i.e. the value * 2^-14 with E2M1's subnormal mapping onto f16's)
+ *    with one AND (pairs 0, 1: a shift too) or two shifts, two ANDs and an OR
+ *    (pairs 2, 3) — see fp4_shuffle. The per-tensor global scale is folded to
+ *    one fp32 multiplier (1/global for compressed-tensors, weight_scale_2 for
+ *    ModelOpt), block scales stay as the published bytes.
+ *  - FP8: the published bytes as they are (padded), scales as one fp32 grid
+ *    covering per-block, per-channel (1 x K blocks) and per-tensor (one block).
+ *
+ * The host-side packing is plain C and is compiled in every build, so the
+ * CPU-only test suite checks it (pack, then unpack == qc_linear_dequant_rows);
+ * only the upload needs QC_HAVE_CUDA. */
+#include <math.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "dequant.h"
+#include "format.h"
+#include "quant.h"
+#include "util.h"
+
+#ifdef QC_HAVE_CUDA
+#include <cuda_runtime_api.h>
+#endif
+
+static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+static int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
+
+static inline uint32_t ld_u32(const void *base, int64_t i)
+{
+    uint32_t v;
+    memcpy(&v, (const unsigned char *)base + 4 * i, 4);
+    return v;
+}
+static inline uint16_t ld_u16(const void *base, int64_t i)
+{
+    uint16_t v;
+    memcpy(&v, (const unsigned char *)base + 2 * i, 2);
+    return v;
+}
+
+static int64_t tensor_i64(const qc_tensor *t, int64_t i)
+{
+    const unsigned char *d = t->data;
+    switch (t->dtype) {
+    case QC_DT_U8: return d[i];
+    case QC_DT_I8: return (int8_t)d[i];
+    case QC_DT_U16: return ld_u16(d, i);
+    case QC_DT_I16: return (int16_t)ld_u16(d, i);
+    case QC_DT_U32: return ld_u32(d, i);
+    case QC_DT_I32: return (int32_t)ld_u32(d, i);
+    case QC_DT_U64:
+    case QC_DT_I64: {
+        int64_t v;
+        memcpy(&v, d + 8 * i, 8);
+        return v;
+    }
+    default: return -1;
+    }
+}
+
+/* Exact float -> f16 bits, or false when f is not an f16 value. */
+static bool f32_to_f16_exact(float f, uint16_t *out)
+{
+    uint16_t sign = signbit(f) ? 0x8000u : 0;
+    if (f == 0.0f) {
+        *out = sign;
+        return true;
+    }
+    if (!isfinite(f))
+        return false;
+    int e;
+    float m = frexpf(fabsf(f), &e); /* |f| = m * 2^e, m in [0.5, 1) */
+    int E = e - 1 + 15;              /* f16 biased exponent of the 1.x form */
+    if (E >= 31)
+        return false;
+    if (E <= 0) { /* subnormal: |f| = q * 2^-24 */
+        float q = fabsf(f) * 16777216.0f;
+        if (q != floorf(q) || q >= 1024.0f)
+            return false;
+        *out = (uint16_t)(sign | (uint16_t)q);
+        return true;
+    }
+    float frac = (m * 2.0f - 1.0f) * 1024.0f; /* 10 mantissa bits */
+    if (frac != floorf(frac))
+        return false;
+    *out = (uint16_t)(sign | (uint16_t)(E << 10) | (uint16_t)frac);
+    return true;
+}
+
+int qc_qweight_supported(int f)
+{
+    switch (f) {
+    case QC_FMT_FP8_BLOCK:
+    case QC_FMT_FP8_TENSOR:
+    case QC_FMT_FP8_CHANNEL:
+    case QC_FMT_GPTQ:
+    case QC_FMT_AWQ:
+    case QC_FMT_CT_INT:
+    case QC_FMT_NVFP4_CT:
+    case QC_FMT_NVFP4_MODELOPT:
+    case QC_FMT_MXFP4_CT: return 1;
+    default: return 0;
+    }
+}
+
+void qc_qweight_free_host(qk_qweight *w)
+{
+    free(w->w);
+    free(w->s);
+    free(w->perm);
+    w->w = w->s = NULL;
+    w->perm = NULL;
+}
+
+static int pack_fail(const qc_linear *l, qc_err *err, const char *what)
+{
+    return qc_err_set(err, QC_EXIT_CHECKPOINT, "%s (%s): cannot repack for the GPU: %s",
+                      l->name[0] ? l->name : "linear", qc_format_name(l->format), what);
+}
+
+static bool alloc_bufs(qk_qweight *q, qc_err *err, const char *name)
+{
+    q->w = q->w_bytes ? qc_calloc(1, q->w_bytes, err, name) : NULL;
+    q->s = q->s_bytes ? qc_calloc(1, q->s_bytes, err, name) : NULL;
+    q->perm = q->perm_bytes ? qc_calloc(1, q->perm_bytes, err, name) : NULL;
+    return (!q->w_bytes || q->w) && (!q->s_bytes || q->s) && (!q->perm_bytes || q->perm);
+}
+
+/* ---- FP8 ------------------------------------------------------------------ */
+
+static int pack_fp8(const qc_linear *l, qk_qweight *q, qc_err *err)
+{
+    const int64_t N = l->n, K = l->k;
+    if (l->weight->dtype != QC_DT_F8_E4M3)
+        return pack_fail(l, err, "only E4M3 weights have a GPU kernel");
+    q->kind = QK_QW_FP8;
+    if (l->format == QC_FMT_FP8_BLOCK) {
+        if (l->block_k % 16 && l->block_k < K)
+            return pack_fail(l, err, "block_k is not a multiple of 16");
+        q->blk_n = l->block_n;
+        q->blk_k = l->block_k >= K ? (int)q->k_pad : l->block_k;
+    } else if (l->format == QC_FMT_FP8_TENSOR) {
+        q->blk_n = q->n_pad;
+        q->blk_k = q->k_pad;
+    } else {
+        q->blk_n = 1;
+        q->blk_k = q->k_pad;
+    }
+    q->nkb = (int)ceil_div(q->k_pad, q->blk_k);
+    int64_t nbn = ceil_div(q->n_pad, q->blk_n);
+    q->w_bytes = (size_t)q->n_pad * (size_t)q->k_pad;
+    q->s_bytes = (size_t)(nbn * q->nkb) * sizeof(float);
+    if (!alloc_bufs(q, err, l->name))
+        return err ? err->code : QC_EXIT_RUNTIME;
+    uint8_t *w = q->w;
+    const uint8_t *src = l->weight->data;
+    for (int64_t n = 0; n < N; n++) memcpy(w + n * q->k_pad, src + n * K, (size_t)K);
+    float *s = q->s;
+    if (l->format == QC_FMT_FP8_BLOCK) {
+        int64_t sbn = ceil_div(N, l->block_n), sbk = ceil_div(K, l->block_k);
+        for (int64_t bn = 0; bn < sbn; bn++)
+            for (int64_t bk = 0; bk < sbk; bk++)
+                s[bn * q->nkb + bk] = qc_tensor_get_f32(l->scale, bn * sbk + bk);
+    } else if (l->format == QC_FMT_FP8_TENSOR) {
+        s[0] = qc_tensor_get_f32(l->scale, 0);
+    } else {
+        for (int64_t n = 0; n < N; n++) s[n] = qc_tensor_get_f32(l->scale, n);
+    }
+    return QC_OK;
+}
+
+/* ---- INT4 ----------------------------------------------------------------- */
+
+static const int awq_slot[8] = {0, 4, 1, 5, 2, 6, 3, 7};
+
+/* Code q(n, k) of the published tensor. */
+static inline uint32_t int4_code(const qc_linear *l, int64_t n, int64_t k)
+{
+    const void *d = l->weight->data;
+    switch (l->format) {
+    case QC_FMT_GPTQ: return (ld_u32(d, (k / 8) * l->n + n) >> (4 * (k % 8))) & 15u;
+    case QC_FMT_AWQ: return (ld_u32(d, k * (l->n / 8) + n / 8) >> (4 * awq_slot[n % 8])) & 15u;
+    default: return (ld_u32(d, n * ceil_div(l->k, 8) + k / 8) >> (4 * (k % 8))) & 15u;
+    }
+}
+
+/* Number of published groups. */
+static int64_t int4_ngroups(const qc_linear *l)
+{
+    return l->format == QC_FMT_CT_INT ? l->scale->shape[1] : l->scale->shape[0];
+}
+
+/* Zero z (W = s * (q - z)) of row n, group g. */
+static int64_t int4_zero(const qc_linear *l, int64_t n, int64_t g, int64_t ng)
+{
+    const qc_tensor *z = l->zeros;
+    switch (l->format) {
+    case QC_FMT_GPTQ:
+        if (!z)
+            return 8;
+        return (int64_t)((ld_u32(z->data, g * z->shape[1] + n / 8) >> (4 * (n % 8))) & 15u) +
+               l->zero_bias;
+    case QC_FMT_AWQ: return (ld_u32(z->data, g * (l->n / 8) + n / 8) >> (4 * awq_slot[n % 8])) & 15u;
+    default:
+        if (!z)
+            return 8;
+        /* Packed along N ([ceil(N/8), G] words, stored + 8) or, in older files,
+         * one signed value per [n, g] (dequant.c's ct_zeros_packed rule). */
+        if ((z->dtype == QC_DT_I32 || z->dtype == QC_DT_U32) && z->ndim == 2 &&
+            z->shape[0] == ceil_div(l->n, 8) && (z->shape[0] != l->n || l->n == 1))
+            return (ld_u32(z->data, (n / 8) * ng + g) >> (4 * (n % 8))) & 15u;
+        return tensor_i64(z, n * ng + g) + 8;
+    }
+}
+
+static int64_t int4_scale_index(const qc_linear *l, int64_t n, int64_t g, int64_t ng)
+{
+    return l->format == QC_FMT_CT_INT ? n * ng + g : g * l->n + n;
+}
+
+static int pack_int4(const qc_linear *l, qk_qweight *q, qc_err *err)
+{
+    const int64_t N = l->n, K = l->k, ng = int4_ngroups(l);
+    const int64_t G = l->group_size > 0 ? l->group_size : K;
+    if (l->bits != 4)
+        return pack_fail(l, err, "only 4-bit integer weights have a GPU kernel");
+    q->kind = QK_QW_INT4;
+    const qc_dtype sdt = l->scale->dtype;
+    if (sdt == QC_DT_F16)
+        q->scale_f16 = 1;
+    else if (sdt == QC_DT_BF16)
+        q->scale_f16 = 0;
+    else if (sdt != QC_DT_F32)
+        return pack_fail(l, err, "scales are not F16, BF16 or F32");
+
+    /* Packed K: identity with group length G, or grouped segments for g_idx. */
+    int64_t *pos = NULL; /* original k -> packed position (g_idx only) */
+    if (l->g_idx) {
+        int64_t *cnt = qc_calloc((size_t)ng, sizeof *cnt, err, l->name);
+        pos = qc_malloc((size_t)K * sizeof *pos, err, l->name);
+        if (!cnt || !pos) {
+            free(cnt);
+            free(pos);
+            return err ? err->code : QC_EXIT_RUNTIME;
+        }
+        int64_t mx = 1;
+        for (int64_t k = 0; k < K; k++) {
+            int64_t g = tensor_i64(l->g_idx, k);
+            if (g < 0 || g >= ng) {
+                free(cnt);
+                free(pos);
+                return pack_fail(l, err, "g_idx value outside the groups");
+            }
+            if (++cnt[g] > mx)
+                mx = cnt[g];
+        }
+        q->group = (int)round_up(mx, 32);
+        q->ngroups = (int)ng;
+        q->k_pad = (int)(ng * q->group);
+        memset(cnt, 0, (size_t)ng * sizeof *cnt);
+        for (int64_t k = 0; k < K; k++) {
+            int64_t g = tensor_i64(l->g_idx, k);
+            pos[k] = g * q->group + cnt[g]++;
+        }
+        free(cnt);
+        q->perm_bytes = (size_t)q->k_pad * sizeof(int32_t);
+    } else {
+        if (G < K && G % 32)
+            return pack_fail(l, err, "int4 group size is not a multiple of 32");
+        q->group = (int)(G >= K ? q->k_pad : G);
+        q->ngroups = (int)ceil_div(q->k_pad, q->group);
+        if (q->ngroups > ng && G < K)
+            return pack_fail(l, err, "fewer scale groups than K / group size");
+    }
+    q->w_bytes = (size_t)q->n_pad * (size_t)(q->k_pad / 8) * 4;
+    q->s_bytes = (size_t)q->n_pad * (size_t)q->ngroups * 4;
+    if (!alloc_bufs(q, err, l->name)) {
+        free(pos);
+        return err ? err->code : QC_EXIT_RUNTIME;
+    }
+    if (pos) {
+        for (int64_t p = 0; p < q->k_pad; p++) q->perm[p] = -1;
+        for (int64_t k = 0; k < K; k++) q->perm[pos[k]] = (int32_t)k;
+    }
+    /* Scale/zero words; F32 scales must be exactly 16-bit values. */
+    uint32_t *sw = q->s;
+    if (sdt == QC_DT_F32) {
+        bool bf_ok = true, f16_ok = true;
+        for (int64_t i = 0; i < l->scale->numel && (bf_ok || f16_ok); i++) {
+            float v = qc_tensor_get_f32(l->scale, i);
+            uint16_t h;
+            if (bf_ok && qc_bf16_to_f32(qc_f32_to_bf16(v)) != v)
+                bf_ok = false;
+            if (f16_ok && !f32_to_f16_exact(v, &h))
+                f16_ok = false;
+        }
+        if (!bf_ok && !f16_ok) {
+            free(pos);
+            qc_qweight_free_host(q);
+            return pack_fail(l, err, "F32 scales that are not exact 16-bit values");
+        }
+        q->scale_f16 = !bf_ok;
+    }
+    for (int64_t n = 0; n < N; n++) {
+        for (int64_t g = 0; g < q->ngroups && g < ng; g++) {
+            int64_t si = int4_scale_index(l, n, g, ng);
+            uint32_t s16;
+            if (sdt == QC_DT_F32) {
+                float v = qc_tensor_get_f32(l->scale, si);
+                uint16_t h = 0;
+                if (q->scale_f16)
+                    f32_to_f16_exact(v, &h);
+                else
+                    h = qc_f32_to_bf16(v);
+                s16 = h;
+            } else {
+                s16 = ld_u16(l->scale->data, si);
+            }
+            int64_t z = int4_zero(l, n, g, ng);
+            if (z < 0 || z > 255) {
+                free(pos);
+                qc_qweight_free_host(q);
+                return pack_fail(l, err, "zero point outside 0..255");
+            }
+            sw[n * q->ngroups + g] = s16 | (uint32_t)z << 16;
+        }
+    }
+    /* Weight words, natural nibble order along packed K. */
+    uint32_t *w = q->w;
+    const int64_t kw = q->k_pad / 8;
+    if (pos) {
+        for (int64_t n = 0; n < N; n++) {
+            uint32_t *row = w + n * kw;
+            for (int64_t k = 0; k < K; k++)
+                row[pos[k] / 8] |= int4_code(l, n, k) << (4 * (pos[k] % 8));
+        }
+    } else if (l->format == QC_FMT_GPTQ && K % 8 == 0) {
+        const void *d = l->weight->data; /* [K/8, N]: a transpose of words */
+        for (int64_t i = 0; i < K / 8; i++)
+            for (int64_t n = 0; n < N; n++) w[n * kw + i] = ld_u32(d, i * N + n);
+    } else if (l->format == QC_FMT_CT_INT && K % 8 == 0) {
+        const unsigned char *d = l->weight->data;
+        for (int64_t n = 0; n < N; n++) memcpy(w + n * kw, d + 4 * n * (K / 8), (size_t)(K / 8) * 4);
+    } else {
+        for (int64_t n = 0; n < N; n++)
+            for (int64_t k = 0; k < K; k++) w[n * kw + k / 8] |= int4_code(l, n, k) << (4 * (k % 8));
+    }
+    free(pos);
+    return QC_OK;
+}
+
+/* ---- NVFP4 / MXFP4 -------------------------------------------------------- */
+
+/* Bit positions of the 3 magnitude bits and the sign of element j (0..7) of a
+ * word, chosen so the kernel's four f16x2 pairs come out as
+ *   h0 = w & 0x8E008E00                                  (elements 0, 1)
+ *   h1 = (w << 3) & 0x8E008E00                           (elements 2, 3)
+ *   h2 = ((w << 9) & 0x0E000E00) | ((w << 2) & 0x80008000)  (elements 4, 5)
+ *   h3 = ((w << 6) & 0x0E000E00) | ((w << 1) & 0x80008000)  (elements 6, 7)
+ * with element 2p in the low half (bits 9-11 magnitude, 15 sign) and 2p+1 in
+ * the high half (25-27, 31). Every bit of the word is used exactly once. */
+static const int fp4_mag_bit[8] = {9, 25, 6, 22, 0, 16, 3, 19};
+static const int fp4_sign_bit[8] = {15, 31, 12, 28, 13, 29, 14, 30};
+
+static uint32_t fp4_shuffle(const uint8_t code[8])
+{
+    uint32_t w = 0;
+    for (int j = 0; j < 8; j++)
+        w |= (uint32_t)(code[j] & 7u) << fp4_mag_bit[j] | (uint32_t)(code[j] >> 3 & 1u) << fp4_sign_bit[j];
+    return w;
+}
+
+static uint8_t fp4_unshuffle(uint32_t w, int j)
+{
+    return (uint8_t)(((w >> fp4_mag_bit[j]) & 7u) | ((w >> fp4_sign_bit[j]) & 1u) << 3);
+}
+
+static int pack_fp4(const qc_linear *l, qk_qweight *q, qc_err *err)
+{
+    const int64_t N = l->n, K = l->k;
+    const bool mx = l->format == QC_FMT_MXFP4_CT;
+    const int64_t bs = mx ? 32 : 16, nb_src = ceil_div(K, bs), nb = q->k_pad / bs;
+    q->kind = mx ? QK_QW_MXFP4 : QK_QW_NVFP4;
+    qc_dtype sdt = l->scale->dtype;
+    if (mx ? (sdt != QC_DT_U8 && sdt != QC_DT_F8_E8M0) : sdt != QC_DT_F8_E4M3)
+        return pack_fail(l, err, mx ? "MXFP4 scales are not E8M0 bytes" : "NVFP4 scales are not E4M3");
+    if (mx)
+        q->gmul = 1.0f;
+    else {
+        float g = qc_tensor_get_f32(l->global_scale, 0);
+        q->gmul = l->format == QC_FMT_NVFP4_CT ? 1.0f / g : g;
+    }
+    q->w_bytes = (size_t)q->n_pad * (size_t)(q->k_pad / 8) * 4;
+    q->s_bytes = (size_t)q->n_pad * (size_t)nb;
+    if (!alloc_bufs(q, err, l->name))
+        return err ? err->code : QC_EXIT_RUNTIME;
+    const uint8_t *src = l->weight->data, *ss = l->scale->data;
+    uint32_t *w = q->w;
+    uint8_t *s = q->s;
+    const int64_t kw = q->k_pad / 8;
+    for (int64_t n = 0; n < N; n++) {
+        const uint8_t *row = src + n * (K / 2);
+        for (int64_t i = 0; i < kw; i++) {
+            uint8_t c[8] = {0};
+            for (int j = 0; j < 8 && 8 * i + j < K; j++) {
+                int64_t k = 8 * i + j;
+                c[j] = (uint8_t)((row[k / 2] >> (4 * (k & 1))) & 15u);
+            }
+            w[n * kw + i] = fp4_shuffle(c);
+        }
+        memcpy(s + n * nb, ss + n * nb_src, (size_t)nb_src);
+    }
+    return QC_OK;
+}
+
+/* ---- entry points --------------------------------------------------------- */
+
+int qc_qweight_pack(const qc_linear *l, qk_qweight *q, qc_err *err)
+{
+    memset(q, 0, sizeof *q);
+    if (!qc_qweight_supported(l->format))
+        return pack_fail(l, err, "no GPU kernel for this format");
+    int rc = qc_linear_validate(l, err);
+    if (rc)
+        return rc;
+    if (l->n > (1 << 30) || l->k > (1 << 30))
+        return pack_fail(l, err, "dimension too large");
+    q->fmt = l->format;
+    q->n = (int)l->n;
+    q->k = (int)l->k;
+    q->n_pad = (int)round_up(l->n, QK_QROWS);
+    q->k_pad = (int)round_up(l->k, 32);
+    switch (l->format) {
+    case QC_FMT_FP8_BLOCK:
+    case QC_FMT_FP8_TENSOR:
+    case QC_FMT_FP8_CHANNEL: rc = pack_fp8(l, q, err); break;
+    case QC_FMT_GPTQ:
+    case QC_FMT_AWQ:
+    case QC_FMT_CT_INT: rc = pack_int4(l, q, err); break;
+    default: rc = pack_fp4(l, q, err); break;
+    }
+    if (rc)
+        qc_qweight_free_host(q);
+    return rc;
+}
+
+static float e2m1_f32(uint8_t c)
+{
+    static const float mag[8] = {0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f};
+    return (c & 8u) ? -mag[c & 7u] : mag[c & 7u];
+}
+
+void qc_qweight_unpack_rows(const qk_qweight *q, int64_t row0, int64_t nrows, float *out)
+{
+    const int64_t K = q->k, kw = q->k_pad / 8;
+    for (int64_t r = 0; r < nrows; r++) {
+        const int64_t n = row0 + r;
+        float *o = out + r * K;
+        switch (q->kind) {
+        case QK_QW_FP8: {
+            const uint8_t *w = (const uint8_t *)q->w + n * q->k_pad;
+            const float *s = (const float *)q->s + (n / q->blk_n) * q->nkb;
+            for (int64_t k = 0; k < K; k++) o[k] = qc_e4m3_to_f32(w[k]) * s[k / q->blk_k];
+            break;
+        }
+        case QK_QW_INT4: {
+            const uint32_t *w = (const uint32_t *)q->w + n * kw;
+            const uint32_t *sw = (const uint32_t *)q->s + n * q->ngroups;
+            for (int64_t p = 0; p < q->k_pad; p++) {
+                int64_t k = q->perm ? q->perm[p] : p;
+                if (k < 0 || k >= K)
+                    continue;
+                uint32_t m = sw[p / q->group];
+                float s = q->scale_f16 ? qc_f16_to_f32((uint16_t)m) : qc_bf16_to_f32((uint16_t)m);
+                int32_t qv = (int32_t)((w[p / 8] >> (4 * (p % 8))) & 15u);
+                o[k] = s * (float)(qv - (int32_t)(m >> 16 & 255u));
+            }
+            break;
+        }
+        default: {
+            const bool mx = q->kind == QK_QW_MXFP4;
+            const int64_t bs = mx ? 32 : 16, nb = q->k_pad / bs;
+            const uint32_t *w = (const uint32_t *)q->w + n * kw;
+            const uint8_t *s = (const uint8_t *)q->s + n * nb;
+            for (int64_t k = 0; k < K; k++) {
+                uint8_t sc = s[k / bs];
+                float bsv = mx ? (sc == 0xFF ? NAN : ldexpf(1.0f, (int)sc - 127)) : qc_e4m3_to_f32(sc);
+                o[k] = e2m1_f32(fp4_unshuffle(w[k / 8], (int)(k % 8))) * (bsv * q->gmul);
+            }
+            break;
+        }
+        }
+    }
+}
+
+#ifdef QC_HAVE_CUDA
+
+void qc_qweight_free_dev(qk_qweight *d)
+{
+    if (d->w)
+        cudaFree(d->w);
+    if (d->s)
+        cudaFree(d->s);
+    if (d->perm)
+        cudaFree(d->perm);
+    d->w = d->s = NULL;
+    d->perm = NULL;
+}
+
+static int up1(void **dst, const void *src, size_t n, const char *name, qc_err *err)
+{
+    *dst = NULL;
+    if (!n)
+        return QC_OK;
+    cudaError_t e = cudaMalloc(dst, n);
+    if (e == cudaSuccess)
+        e = cudaMemcpy(*dst, src, n, cudaMemcpyHostToDevice);
+    if (e != cudaSuccess)
+        return qc_err_set(err, QC_EXIT_RUNTIME, "%s: uploading %zu bytes: %s", name, n,
+                          cudaGetErrorString(e));
+    return QC_OK;
+}
+
+int qc_qweight_upload(const qk_qweight *h, qk_qweight *d, qc_err *err)
+{
+    *d = *h;
+    d->w = d->s = NULL;
+    d->perm = NULL;
+    void *p = NULL;
+    int rc = up1(&d->w, h->w, h->w_bytes, "quantized weight", err);
+    if (!rc)
+        rc = up1(&d->s, h->s, h->s_bytes, "quantized weight scales", err);
+    if (!rc) {
+        rc = up1(&p, h->perm, h->perm_bytes, "quantized weight g_idx permutation", err);
+        d->perm = p;
+    }
+    if (rc)
+        qc_qweight_free_dev(d);
+    return rc;
+}
+
+int qc_linear_to_qweight(const qc_linear *l, qk_qweight *dev, qc_err *err)
+{
+    qk_qweight h;
+    int rc = qc_qweight_pack(l, &h, err);
+    if (rc)
+        return rc;
+    rc = qc_qweight_upload(&h, dev, err);
+    qc_qweight_free_host(&h);
+    return rc;
+}
+
+#endif

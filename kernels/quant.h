@@ -1,0 +1,154 @@
+/* quant.h — quantized weights on the GPU: the kernel-native ("repacked") layout
+ * of every published 4/8-bit format, the decode GEMV per layout family and the
+ * dequantize-to-BF16 kernel for prefill. C-includable (extern "C").
+ *
+ * Four layout families; every published format is converted at load time by
+ * engine/cuda_repack.c into one of them, with no change to what is computed:
+ *
+ *   QK_QW_FP8    fp8-block, fp8-tensor, fp8-channel
+ *       w: e4m3 bytes, row-major [n_pad][k_pad] (the published [N,K] bytes,
+ *          rows padded so every row starts 16-byte aligned).
+ *       s: fp32 scale grid [ceil(n/blk_n)][nkb], W = e4m3 * s[n/blk_n][k/blk_k].
+ *          fp8-tensor is one block of n_pad x k_pad, fp8-channel blocks of 1 x k_pad.
+ *   QK_QW_INT4   gptq (v1 and v2 zeros), awq, ct-int (symmetric or not, g_idx)
+ *       w: uint32 words row-major [n_pad][k_pad/8]; nibble j of word i of row n
+ *          is the unsigned code q of packed position 8i+j (natural order: the
+ *          low nibble holds the lower k, exactly as ct-int publishes it).
+ *       s: uint32 per (row, group) [n_pad][ngroups]: bits 0-15 the scale (f16
+ *          when scale_f16, else bf16 — the published dtype, kept exact), bits
+ *          16-23 the zero z (0..16); W = scale * (q - z).
+ *       perm: NULL, or int32 [k_pad]: packed position -> original k (-1 = pad).
+ *          Set for g_idx (act-order) checkpoints: K is permuted at repack time so
+ *          each group's inputs are contiguous (a segment of `group` positions per
+ *          group); the kernel gathers x through perm.
+ *   QK_QW_NVFP4  nvfp4-ct, nvfp4-modelopt;  QK_QW_MXFP4  mxfp4-ct
+ *       w: uint32 words row-major [n_pad][k_pad/8]; word i holds elements
+ *          8i..8i+7 in the pre-shuffled bit order described in cuda_repack.c
+ *          (each pair of elements becomes an f16x2 with one or two bit ops).
+ *       s: the block scale bytes [n_pad][k_pad/16] (e4m3) or [n_pad][k_pad/32] (e8m0).
+ *       gmul: fp32 per-tensor multiplier (nvfp4-ct: 1/global_scale; modelopt:
+ *          weight_scale_2; mxfp4: 1).
+ *
+ * Padding: n_pad is a multiple of QK_QROWS and k_pad of 32; padded weights and
+ * scales are zero and the kernels never read x beyond k. */
+#ifndef QC_QUANT_H
+#define QC_QUANT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+struct CUstream_st;
+
+#define QK_QROWS 4 /* rows per thread block of the quantized GEMVs; n_pad % QK_QROWS == 0 */
+
+typedef enum qk_qkind { QK_QW_NONE = 0, QK_QW_FP8, QK_QW_INT4, QK_QW_NVFP4, QK_QW_MXFP4 } qk_qkind;
+
+/* A weight in the kernel-native layout. Pointers are device pointers once
+ * uploaded (qc_qweight_upload) and host pointers while packed on the host
+ * (qc_qweight_pack); the same descriptor describes both. */
+typedef struct qk_qweight {
+    int kind;          /* qk_qkind */
+    int fmt;           /* qc_format it came from (for messages) */
+    int n, k;          /* logical shape: y[n] = sum_k W[n,k] x[k] */
+    int n_pad, k_pad;  /* stored shape */
+    int scale_f16;     /* int4: 1 = 16-bit scale is IEEE f16, 0 = bf16 */
+    int group;         /* int4: group length along packed K (multiple of 32) */
+    int ngroups;       /* int4: groups per row in s */
+    int blk_n, blk_k;  /* fp8: scale block (blk_k a multiple of 16) */
+    int nkb;           /* fp8: scale blocks per block-row */
+    float gmul;        /* nvfp4/mxfp4: per-tensor multiplier */
+    void *w;
+    size_t w_bytes;
+    void *s;
+    size_t s_bytes;
+    int32_t *perm;     /* int4 with g_idx: [k_pad], else NULL */
+    size_t perm_bytes;
+} qk_qweight;
+
+/* Bytes a GEMV reads from this weight (packed weight + scales + perm). */
+static inline size_t qk_qweight_bytes(const qk_qweight *w)
+{
+    return w->w_bytes + w->s_bytes + w->perm_bytes;
+}
+
+/* ---- kernels (kernels/gemv_*.cu); every pointer a device pointer ---- */
+
+/* Decode GEMV: y[n] (+)= sum_k W[n,k] x[k] for n < w->n. x bf16 [w->k], 16-byte
+ * aligned; fp32 dequantization and accumulation, y fp32. accumulate != 0 adds
+ * to y (fused residual). Returns 0 or the CUDA error code. */
+int qk_gemv_fp8(const qk_qweight *w, const uint16_t *x, float *y, int accumulate,
+                struct CUstream_st *st);
+int qk_gemv_int4(const qk_qweight *w, const uint16_t *x, float *y, int accumulate,
+                 struct CUstream_st *st);
+int qk_gemv_fp4(const qk_qweight *w, const uint16_t *x, float *y, int accumulate,
+                struct CUstream_st *st); /* NVFP4 and MXFP4 */
+
+/* Prefill helper: out bf16 [w->n][ld] (ld >= w->k) = W rounded to bf16 (round
+ * to nearest even from the exact fp32 dequantized value), for a cuBLAS BF16
+ * GEMM. Rows n < w->n, columns k < w->k are written. */
+int qk_dequant_fp8_bf16(const qk_qweight *w, uint16_t *out, int ld, struct CUstream_st *st);
+int qk_dequant_int4_bf16(const qk_qweight *w, uint16_t *out, int ld, struct CUstream_st *st);
+int qk_dequant_fp4_bf16(const qk_qweight *w, uint16_t *out, int ld, struct CUstream_st *st);
+
+/* Dispatch on w->kind. */
+static inline int qk_gemv_q(const qk_qweight *w, const uint16_t *x, float *y, int accumulate,
+                            struct CUstream_st *st)
+{
+    switch (w->kind) {
+    case QK_QW_FP8: return qk_gemv_fp8(w, x, y, accumulate, st);
+    case QK_QW_INT4: return qk_gemv_int4(w, x, y, accumulate, st);
+    case QK_QW_NVFP4:
+    case QK_QW_MXFP4: return qk_gemv_fp4(w, x, y, accumulate, st);
+    default: return 1; /* cudaErrorInvalidValue */
+    }
+}
+static inline int qk_dequant_q_bf16(const qk_qweight *w, uint16_t *out, int ld, struct CUstream_st *st)
+{
+    switch (w->kind) {
+    case QK_QW_FP8: return qk_dequant_fp8_bf16(w, out, ld, st);
+    case QK_QW_INT4: return qk_dequant_int4_bf16(w, out, ld, st);
+    case QK_QW_NVFP4:
+    case QK_QW_MXFP4: return qk_dequant_fp4_bf16(w, out, ld, st);
+    default: return 1;
+    }
+}
+
+/* ---- host side (engine/cuda_repack.c) ---- */
+
+struct qc_linear;
+struct qc_err;
+
+/* True when the format has a kernel-native layout here (fp8-*, gptq, awq,
+ * ct-int 4-bit, nvfp4-*, mxfp4-ct). */
+int qc_qweight_supported(int qc_format);
+
+/* Packs a validated qc_linear into the kernel-native layout in host memory
+ * (malloc'ed buffers owned by *out; free with qc_qweight_free_host). Returns
+ * QC_OK, or QC_EXIT_CHECKPOINT (layout not representable, e.g. an int4 group
+ * size that is not a multiple of 32 or scales that are not 16-bit) /
+ * QC_EXIT_RESOURCE-like codes of util.h with err filled. */
+int qc_qweight_pack(const struct qc_linear *l, qk_qweight *out, struct qc_err *err);
+void qc_qweight_free_host(qk_qweight *w);
+
+/* CPU reading of the packed host layout: rows [row0, row0+nrows) of W as
+ * float (nrows x k), by the formulas the kernels use. Lets tests check that
+ * packing preserved every weight without a GPU. */
+void qc_qweight_unpack_rows(const qk_qweight *w, int64_t row0, int64_t nrows, float *out);
+
+/* Copies a host-packed weight to the device (CUDA builds only): *dev gets the
+ * same descriptor with device pointers; free with qc_qweight_free_dev. */
+int qc_qweight_upload(const qk_qweight *host, qk_qweight *dev, struct qc_err *err);
+void qc_qweight_free_dev(qk_qweight *dev);
+
+/* qc_qweight_pack + qc_qweight_upload + free of the host copy. */
+int qc_linear_to_qweight(const struct qc_linear *l, qk_qweight *dev, struct qc_err *err);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
