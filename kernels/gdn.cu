@@ -229,19 +229,22 @@ __global__ void __launch_bounds__(256) k_gdn_prep(const float *c, int ld_c, cons
     }
 }
 
-/* Scan: COLS state columns per block, SCAN_Q threads per column, each holding
- * DK/SCAN_Q rows of the column in registers; the dot products over dk are
- * summed across the column's threads (adjacent lanes) with shuffles. Per
- * chunk: the record is copied to shared memory with 16-byte loads; then
- * V' = U - W S and Q S for all 64 rows (independent), O = diag(eg) Q S + P V'
- * (independent rows), and the state update. */
+/* Scan: COLS state columns per block. A thread owns two adjacent columns and
+ * a quarter of their rows, interleaved as float4 groups q, q+4, q+8, ... so
+ * that the four quarter-threads of a column pair read four consecutive
+ * 16-byte words (no bank conflicts), and every W/Q/K value loaded from
+ * shared memory feeds two columns. The dot products over dk are summed
+ * across the quarter-threads (adjacent lanes) with shuffles. Per chunk: the
+ * record is copied to shared memory with 16-byte loads; then V' = U - W S
+ * and Q S for all 64 rows (independent), O = diag(eg) Q S + P V' (independent
+ * rows), and the state update. */
 #define SCAN_Q 4
 
 template <int DK>
-__global__ void __launch_bounds__((DK < 64 ? DK : 64) * SCAN_Q) k_gdn_scan(int T, int Hv, gdn_scratch s, float *state,
-                                                                          float *out)
+__global__ void __launch_bounds__((DK < 64 ? DK : 64) / 2 * SCAN_Q) k_gdn_scan(int T, int Hv, gdn_scratch s,
+                                                                              float *state, float *out)
 {
-    const int DV = DK, R = DK / SCAN_Q, COLS = DK < 64 ? DK : 64, NT = COLS * SCAN_Q;
+    const int DV = DK, NF = DK / 4 / SCAN_Q, COLS = DK < 64 ? DK : 64, NT = COLS / 2 * SCAN_Q;
     const int REC = (int)gdn_rec_floats(DK);
     extern __shared__ float4 sm4[];
     float *sm = (float *)sm4;
@@ -250,12 +253,20 @@ __global__ void __launch_bounds__((DK < 64 ? DK : 64) * SCAN_Q) k_gdn_scan(int T
     float *Vp = Us + GDN_C * COLS;      /* [64][COLS] */
     float *Os = Vp + GDN_C * COLS;      /* [64][COLS] */
     int h = blockIdx.x, tid = threadIdx.x;
-    int cl = tid / SCAN_Q, q = tid % SCAN_Q;
-    int j0 = blockIdx.y * COLS, j = j0 + cl, r0 = q * R;
-    float S[R];
+    int cp = tid / SCAN_Q, q = tid % SCAN_Q;
+    int j0 = blockIdx.y * COLS, c0 = 2 * cp, j = j0 + c0;
+    /* S0/S1: columns j, j+1; element 4k+e is row 4*(q + SCAN_Q*k) + e */
+    float S0[4 * NF], S1[4 * NF];
     float *Sg = state + (int64_t)h * DK * DV;
 #pragma unroll
-    for (int r = 0; r < R; r++) S[r] = Sg[(r0 + r) * DV + j];
+    for (int k = 0; k < NF; k++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            int r = 4 * (q + SCAN_Q * k) + e;
+            float2 v = *(const float2 *)(Sg + r * DV + j);
+            S0[4 * k + e] = v.x;
+            S1[4 * k + e] = v.y;
+        }
     int nch = qk_cdiv(T, GDN_C);
     for (int ch = 0; ch < nch; ch++) {
         int t0 = ch * GDN_C;
@@ -270,51 +281,81 @@ __global__ void __launch_bounds__((DK < 64 ? DK : 64) * SCAN_Q) k_gdn_scan(int T
         }
         __syncthreads();
         for (int i = 0; i < nvalid; i++) {
-            const float4 *w4 = (const float4 *)(Ws + i * DK + r0), *q4 = (const float4 *)(Qs + i * DK + r0);
-            float wa = 0.0f, wb = 0.0f, qa = 0.0f, qb = 0.0f;
+            const float4 *w4 = (const float4 *)(Ws + i * DK), *q4 = (const float4 *)(Qs + i * DK);
+            float w0a = 0.0f, w0b = 0.0f, w1a = 0.0f, w1b = 0.0f, q0a = 0.0f, q0b = 0.0f, q1a = 0.0f, q1b = 0.0f;
 #pragma unroll
-            for (int r = 0; r < R / 4; r++) {
-                float4 a = w4[r], b = q4[r];
-                wa = fmaf(a.x, S[4 * r], wa); wb = fmaf(a.y, S[4 * r + 1], wb);
-                wa = fmaf(a.z, S[4 * r + 2], wa); wb = fmaf(a.w, S[4 * r + 3], wb);
-                qa = fmaf(b.x, S[4 * r], qa); qb = fmaf(b.y, S[4 * r + 1], qb);
-                qa = fmaf(b.z, S[4 * r + 2], qa); qb = fmaf(b.w, S[4 * r + 3], qb);
+            for (int k = 0; k < NF; k++) {
+                float4 a = w4[q + SCAN_Q * k], b = q4[q + SCAN_Q * k];
+                const float *x0 = S0 + 4 * k, *x1 = S1 + 4 * k;
+                w0a = fmaf(a.x, x0[0], w0a); w0b = fmaf(a.y, x0[1], w0b);
+                w0a = fmaf(a.z, x0[2], w0a); w0b = fmaf(a.w, x0[3], w0b);
+                w1a = fmaf(a.x, x1[0], w1a); w1b = fmaf(a.y, x1[1], w1b);
+                w1a = fmaf(a.z, x1[2], w1a); w1b = fmaf(a.w, x1[3], w1b);
+                q0a = fmaf(b.x, x0[0], q0a); q0b = fmaf(b.y, x0[1], q0b);
+                q0a = fmaf(b.z, x0[2], q0a); q0b = fmaf(b.w, x0[3], q0b);
+                q1a = fmaf(b.x, x1[0], q1a); q1b = fmaf(b.y, x1[1], q1b);
+                q1a = fmaf(b.z, x1[2], q1a); q1b = fmaf(b.w, x1[3], q1b);
             }
-            float ws = wa + wb, qs = qa + qb;
+            float w0 = w0a + w0b, w1 = w1a + w1b, qq0 = q0a + q0b, qq1 = q1a + q1b;
 #pragma unroll
             for (int o = 1; o < SCAN_Q; o <<= 1) {
-                ws += __shfl_xor_sync(0xffffffffu, ws, o);
-                qs += __shfl_xor_sync(0xffffffffu, qs, o);
+                w0 += __shfl_xor_sync(0xffffffffu, w0, o);
+                w1 += __shfl_xor_sync(0xffffffffu, w1, o);
+                qq0 += __shfl_xor_sync(0xffffffffu, qq0, o);
+                qq1 += __shfl_xor_sync(0xffffffffu, qq1, o);
             }
             if (q == 0) {
-                Vp[i * COLS + cl] = Us[i * COLS + cl] - ws;
-                Os[i * COLS + cl] = eg[i] * qs;
+                float2 u = *(const float2 *)(Us + i * COLS + c0);
+                *(float2 *)(Vp + i * COLS + c0) = make_float2(u.x - w0, u.y - w1);
+                *(float2 *)(Os + i * COLS + c0) = make_float2(eg[i] * qq0, eg[i] * qq1);
             }
         }
         __syncwarp();
         for (int i = 0; i < nvalid; i++) {
-            float pv = 0.0f;
-            for (int l = q; l <= i; l += SCAN_Q) pv = fmaf(Ps[i * GDN_C + l], Vp[l * COLS + cl], pv);
+            float p0 = 0.0f, p1 = 0.0f;
+            for (int l = q; l <= i; l += SCAN_Q) {
+                float pw = Ps[i * GDN_C + l];
+                float2 v = *(const float2 *)(Vp + l * COLS + c0);
+                p0 = fmaf(pw, v.x, p0);
+                p1 = fmaf(pw, v.y, p1);
+            }
 #pragma unroll
-            for (int o = 1; o < SCAN_Q; o <<= 1) pv += __shfl_xor_sync(0xffffffffu, pv, o);
-            if (q == 0) out[(int64_t)(t0 + i) * Hv * DV + (int64_t)h * DV + j] = Os[i * COLS + cl] + pv;
+            for (int o = 1; o < SCAN_Q; o <<= 1) {
+                p0 += __shfl_xor_sync(0xffffffffu, p0, o);
+                p1 += __shfl_xor_sync(0xffffffffu, p1, o);
+            }
+            if (q == 0) {
+                float2 ov = *(const float2 *)(Os + i * COLS + c0);
+                *(float2 *)(out + (int64_t)(t0 + i) * Hv * DV + (int64_t)h * DV + j) = make_float2(ov.x + p0, ov.y + p1);
+            }
         }
         float el = expf(eg[GDN_C]); /* eg[64] holds gamma_last itself */
 #pragma unroll
-        for (int r = 0; r < R; r++) S[r] *= el;
+        for (int r = 0; r < 4 * NF; r++) {
+            S0[r] *= el;
+            S1[r] *= el;
+        }
         for (int i = 0; i < nvalid; i++) {
-            float v = Vp[i * COLS + cl];
-            const float4 *k4 = (const float4 *)(Kd + i * DK + r0);
+            float2 v = *(const float2 *)(Vp + i * COLS + c0);
+            const float4 *k4 = (const float4 *)(Kd + i * DK);
 #pragma unroll
-            for (int r = 0; r < R / 4; r++) {
-                float4 a = k4[r];
-                S[4 * r] = fmaf(a.x, v, S[4 * r]); S[4 * r + 1] = fmaf(a.y, v, S[4 * r + 1]);
-                S[4 * r + 2] = fmaf(a.z, v, S[4 * r + 2]); S[4 * r + 3] = fmaf(a.w, v, S[4 * r + 3]);
+            for (int k = 0; k < NF; k++) {
+                float4 a = k4[q + SCAN_Q * k];
+                float *x0 = S0 + 4 * k, *x1 = S1 + 4 * k;
+                x0[0] = fmaf(a.x, v.x, x0[0]); x0[1] = fmaf(a.y, v.x, x0[1]);
+                x0[2] = fmaf(a.z, v.x, x0[2]); x0[3] = fmaf(a.w, v.x, x0[3]);
+                x1[0] = fmaf(a.x, v.y, x1[0]); x1[1] = fmaf(a.y, v.y, x1[1]);
+                x1[2] = fmaf(a.z, v.y, x1[2]); x1[3] = fmaf(a.w, v.y, x1[3]);
             }
         }
     }
 #pragma unroll
-    for (int r = 0; r < R; r++) Sg[(r0 + r) * DV + j] = S[r];
+    for (int k = 0; k < NF; k++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            int r = 4 * (q + SCAN_Q * k) + e;
+            *(float2 *)(Sg + r * DV + j) = make_float2(S0[4 * k + e], S1[4 * k + e]);
+        }
 }
 
 template <int DK>
@@ -331,7 +372,7 @@ static int gdn_prefill_dk(const float *c, int ld_c, const float *beta, const flo
         e = cudaFuncSetAttribute(k_gdn_scan<DK>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sm2);
     if (e != cudaSuccess) return (int)e;
     k_gdn_prep<DK><<<dim3(nch, Hv), 256, sm1, st>>>(c, ld_c, beta, g, T, Hk, Hv, s);
-    k_gdn_scan<DK><<<dim3(Hv, DK / COLS), COLS * SCAN_Q, sm2, st>>>(T, Hv, s, state, out);
+    k_gdn_scan<DK><<<dim3(Hv, DK / COLS), COLS / 2 * SCAN_Q, sm2, st>>>(T, Hv, s, state, out);
     return qk_launch_status();
 }
 

@@ -21,7 +21,7 @@ __global__ void __launch_bounds__(QG_THREADS)
 #pragma unroll
     for (int r = 0; r < QK_QROWS; r++) acc[r] = 0.0f;
 
-    for (int c = threadIdx.x; c < kc; c += QG_THREADS) {
+    for (int c = threadIdx.x; c < kc; c += blockDim.x) {
         uint4 wv[QK_QROWS];
         float s[QK_QROWS];
 #pragma unroll
@@ -68,7 +68,7 @@ extern "C" int qk_gemv_fp8(const qk_qweight *w, const uint16_t *x, float *y, int
     int rc = qg_check(w, x, y, QK_QW_FP8);
     if (rc || (rc = fp8_check_grid(w))) return rc;
     const int kc = w->k_pad / 16, grid = w->n_pad / QK_QROWS;
-    k_gemv_fp8<<<grid, QG_THREADS, 0, st>>>((const uint4 *)w->w, (const float *)w->s, x, y, w->n, w->k, kc,
+    k_gemv_fp8<<<grid, qg_threads(kc), 0, st>>>((const uint4 *)w->w, (const float *)w->s, x, y, w->n, w->k, kc,
                                             w->blk_n, w->blk_k / 16, w->nkb, accumulate);
     return qk_launch_status();
 }

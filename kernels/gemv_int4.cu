@@ -23,7 +23,7 @@ __global__ void __launch_bounds__(QG_THREADS)
 #pragma unroll
     for (int r = 0; r < QK_QROWS; r++) acc[r] = 0.0f;
 
-    for (int c = threadIdx.x; c < kc; c += QG_THREADS) {
+    for (int c = threadIdx.x; c < kc; c += blockDim.x) {
         uint4 wv[QK_QROWS];
         uint32_t m[QK_QROWS];
 #pragma unroll
@@ -87,17 +87,17 @@ extern "C" int qk_gemv_int4(const qk_qweight *w, const uint16_t *x, float *y, in
     const uint32_t *S = (const uint32_t *)w->s;
     if (w->perm) {
         if (w->scale_f16)
-            k_gemv_int4<true, true><<<grid, QG_THREADS, 0, st>>>(W, S, w->perm, x, y, w->n, w->k, kc,
+            k_gemv_int4<true, true><<<grid, qg_threads(kc), 0, st>>>(W, S, w->perm, x, y, w->n, w->k, kc,
                                                                w->ngroups, cpg, accumulate);
         else
-            k_gemv_int4<false, true><<<grid, QG_THREADS, 0, st>>>(W, S, w->perm, x, y, w->n, w->k, kc,
+            k_gemv_int4<false, true><<<grid, qg_threads(kc), 0, st>>>(W, S, w->perm, x, y, w->n, w->k, kc,
                                                                 w->ngroups, cpg, accumulate);
     } else {
         if (w->scale_f16)
-            k_gemv_int4<true, false><<<grid, QG_THREADS, 0, st>>>(W, S, NULL, x, y, w->n, w->k, kc,
+            k_gemv_int4<true, false><<<grid, qg_threads(kc), 0, st>>>(W, S, NULL, x, y, w->n, w->k, kc,
                                                                 w->ngroups, cpg, accumulate);
         else
-            k_gemv_int4<false, false><<<grid, QG_THREADS, 0, st>>>(W, S, NULL, x, y, w->n, w->k, kc,
+            k_gemv_int4<false, false><<<grid, qg_threads(kc), 0, st>>>(W, S, NULL, x, y, w->n, w->k, kc,
                                                                  w->ngroups, cpg, accumulate);
     }
     return qk_launch_status();

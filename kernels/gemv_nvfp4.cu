@@ -38,7 +38,7 @@ __global__ void __launch_bounds__(QG_THREADS)
 #pragma unroll
     for (int r = 0; r < QK_QROWS; r++) acc[r] = 0.0f;
 
-    for (int c = threadIdx.x; c < kc; c += QG_THREADS) {
+    for (int c = threadIdx.x; c < kc; c += blockDim.x) {
         uint4 wv[QK_QROWS];
         uint32_t sb[QK_QROWS];
 #pragma unroll
@@ -88,10 +88,10 @@ extern "C" int qk_gemv_fp4(const qk_qweight *w, const uint16_t *x, float *y, int
     if (rc) return rc;
     const int kc = w->k_pad / 32, nb = w->k_pad / (mx ? 32 : 16), grid = w->n_pad / QK_QROWS;
     if (mx)
-        k_gemv_fp4<true><<<grid, QG_THREADS, 0, st>>>((const uint4 *)w->w, (const uint8_t *)w->s, x, y, w->n,
+        k_gemv_fp4<true><<<grid, qg_threads(kc), 0, st>>>((const uint4 *)w->w, (const uint8_t *)w->s, x, y, w->n,
                                                      w->k, kc, nb, w->gmul, accumulate);
     else
-        k_gemv_fp4<false><<<grid, QG_THREADS, 0, st>>>((const uint4 *)w->w, (const uint8_t *)w->s, x, y, w->n,
+        k_gemv_fp4<false><<<grid, qg_threads(kc), 0, st>>>((const uint4 *)w->w, (const uint8_t *)w->s, x, y, w->n,
                                                       w->k, kc, nb, w->gmul, accumulate);
     return qk_launch_status();
 }

@@ -1,9 +1,11 @@
 /* gemv_q.cuh — pieces shared by the quantized decode GEMVs (gemv_fp8.cu,
  * gemv_int4.cu, gemv_nvfp4.cu); layouts in quant.h / engine/cuda_repack.c.
  *
- * Shape of every quantized GEMV: a block of QG_THREADS threads owns QK_QROWS
- * output rows; its threads walk the row together, thread t taking chunks t,
- * t + QG_THREADS, ... (a chunk = one 16-byte load per row), so a warp reads
+ * Shape of every quantized GEMV: a block of up to QG_THREADS threads owns
+ * QK_QROWS output rows; its threads walk the rows together, thread t taking
+ * chunks t, t + blockDim.x, ... (a chunk = one 16-byte load per row). The
+ * block size is picked per K (qg_threads) so every thread does the same
+ * number of steps: no warp idles through a partial last step. A warp reads
  * 512 contiguous bytes of each row per step and the x chunk it loads (from
  * L1: x is re-read by every block) serves all QK_QROWS rows. Per chunk a
  * thread issues QK_QROWS independent 16-byte weight loads (streaming hint, so
@@ -18,8 +20,18 @@
 #include "common.cuh"
 #include "quant.h"
 
-#define QG_THREADS 128
+#define QG_THREADS 256 /* most threads per block */
 #define QG_WARPS (QG_THREADS / 32)
+
+/* Host: threads per block for kc chunks per row: the fewest steps per thread
+ * (at most QG_THREADS threads), then the fewest warps that cover kc in that
+ * many steps. E.g. kc 160 -> 160 threads x 1 step, 544 -> 192 x 3. */
+static inline int qg_threads(int kc)
+{
+    int steps = (kc + QG_THREADS - 1) / QG_THREADS;
+    int warps = (kc + 32 * steps - 1) / (32 * steps);
+    return 32 * (warps > 0 ? warps : 1);
+}
 
 /* x[k0 .. k0+n) (bf16, n = 16 or 32) as floats; zeros at k >= K. */
 template <int NV>
@@ -67,7 +79,7 @@ __device__ __forceinline__ uint32_t qg_e4m3x2_h2(uint32_t v)
  * total in the return value (others: unspecified). red: QG_WARPS*QK_QROWS floats. */
 __device__ __forceinline__ float qg_block_reduce(float *s, float *red)
 {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
 #pragma unroll
     for (int r = 0; r < QK_QROWS; r++) s[r] = qk_warp_sum(s[r]);
     if (lane == 0) {
@@ -78,7 +90,7 @@ __device__ __forceinline__ float qg_block_reduce(float *s, float *red)
     float t = 0.0f;
     if (threadIdx.x < QK_QROWS) {
 #pragma unroll
-        for (int w = 0; w < QG_WARPS; w++) t += red[w * QK_QROWS + threadIdx.x];
+        for (int w = 0; w < nw; w++) t += red[w * QK_QROWS + threadIdx.x];
     }
     return t;
 }

@@ -112,7 +112,7 @@ line "/swap BF16"
 check drift_swap wait_for 'FP8 +\[BF16\]' 20
 line "/think off"
 line "from bf16"
-check drift_bf16_reply wait_for '^qwen · BF16 · ' 20
+check drift_bf16_reply wait_for '^qwen · BF16 · [0-9]+\+[0-9]+ tok' 20
 line "/drift"
 check drift_refuses_self wait_for 'came from BF16 itself' 10
 line "/drift NVFP4"

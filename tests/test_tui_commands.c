@@ -46,7 +46,8 @@ int main(void)
             ids_ok = 0;
     CHECK("table_ids_in_order", ids_ok, "cmd_table rows must follow cmd_id order");
     static const char *const required[] = {"swap", "models", "think", "regen", "clear", "system",
-                                           "set", "save", "load", "stats", "quit", "help"};
+                                           "set", "save", "load", "stats", "quit", "help",
+                                           "compare", "drift"};
     int have = 1;
     for (size_t i = 0; i < sizeof required / sizeof required[0]; i++) {
         char line[32];
@@ -55,7 +56,11 @@ int main(void)
         if (!c || strcmp(c->name, required[i]))
             have = 0;
     }
-    CHECK("table_has_issue_commands", have, "a command of issue 6 is missing");
+    CHECK("table_has_issue_commands", have, "a command of issue 6 or product.md is missing");
+    c = cmd_parse("/drift on BF16", &args, msg, sizeof msg);
+    CHECK("parse_drift_args", c && c->id == CMD_DRIFT && !strcmp(args, "on BF16"), "%s", c ? args : msg);
+    c = cmd_parse("/c", &args, msg, sizeof msg);
+    CHECK("parse_clear_compare_ambiguous", !c && strstr(msg, "ambiguous"), "%s", msg);
 
     char key[32], val[32];
     CHECK("assign", cmd_split_assign(" temperature = 0.7 ", key, 32, val, 32) == 0 && !strcmp(key, "temperature") &&

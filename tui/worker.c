@@ -36,7 +36,7 @@ void worker_drain_wake(worker *w)
 
 void worker_job_free(worker_job *job)
 {
-    if (job->kind == WJOB_GENERATE)
+    if (job->kind == WJOB_GENERATE || job->kind == WJOB_COMPARE)
         qc_chat_free(&job->chat);
     free(job->ids);
     memset(job, 0, sizeof *job);

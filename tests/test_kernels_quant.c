@@ -1,0 +1,774 @@
+/* test_kernels_quant.c — the quantized weight path: load-time repacking
+ * (engine/cuda_repack.c) and the quantized GEMV / dequantize kernels
+ * (kernels/gemv_{fp8,int4,nvfp4}.cu), against the exact CPU dequantization.
+ *
+ * Every case builds random weights in the *published* layout of its format
+ * (tensors as the producers write them: gptq's [K/8,N] with v1/v2 zeros and
+ * g_idx, awq's interleaved [K,N/8], ct-int's [N,K/8] with packed zero points,
+ * fp8 block/tensor/channel scales, both NVFP4 global-scale conventions,
+ * MXFP4), then:
+ *   repack_NAME   pack, unpack on the CPU == qc_linear_dequant_rows (exact,
+ *                 except nvfp4-ct's 1/global folded to a multiplier: 1e-6);
+ *   qgemv_NAME    GPU y = W x (bf16 x) vs a double-precision dot of the CPU
+ *                 dequantized rows (rel L2 < 1e-5), plain and accumulating;
+ *   qdequant_NAME GPU W -> bf16 vs the CPU dequantization rounded to bf16
+ *                 (padding columns untouched).
+ * Shapes are awkward on purpose: partial FP8 blocks, N not a multiple of 64,
+ * K not a multiple of 128, groups 32/64/128, g_idx act-order and uneven.
+ * qbench_* times each format's GEMV at the 27B shapes (weights rotated over
+ * > 2x the L2 so they come from HBM) and prints GB/s with bytes = packed
+ * weight + scales + x + y, next to a device-to-device copy. Without CUDA or a
+ * GPU every GPU check prints a skip line. */
+#include <math.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "dequant.h"
+#include "format.h"
+#include "harness.h"
+#include "quant.h"
+#include "util.h"
+
+#ifdef QC_HAVE_CUDA
+#include <cuda_runtime_api.h>
+
+#include "kernels.h"
+#endif
+
+/* ---- random ---------------------------------------------------------------- */
+
+static uint64_t rng = 0x9e3779b97f4a7c15ull;
+static uint64_t urand(void)
+{
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    return rng;
+}
+static uint32_t rnd(uint32_t n) { return (uint32_t)((urand() >> 20) % n); }
+
+/* ---- published-layout builders ---------------------------------------------- */
+
+typedef struct pub {
+    qc_linear l;
+    qc_tensor t[6];
+    int nt;
+} pub;
+
+static int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+static qc_tensor *mk(pub *p, const char *name, qc_dtype dt, int ndim, int64_t d0, int64_t d1)
+{
+    qc_tensor *t = &p->t[p->nt++];
+    memset(t, 0, sizeof *t);
+    t->name = name;
+    t->dtype = dt;
+    t->ndim = ndim;
+    t->shape[0] = d0;
+    t->shape[1] = d1;
+    t->numel = ndim == 1 ? d0 : d0 * d1;
+    t->nbytes = (size_t)t->numel * qc_dtype_size(dt);
+    t->data = calloc(1, t->nbytes + 16);
+    return t;
+}
+
+static void pub_free(pub *p)
+{
+    for (int i = 0; i < p->nt; i++) free((void *)p->t[i].data);
+    p->nt = 0;
+}
+
+static void set_nib(const qc_tensor *t, int64_t word, int j, uint32_t v)
+{
+    uint32_t *w = (uint32_t *)t->data;
+    w[word] = (w[word] & ~(15u << (4 * j))) | (v & 15u) << (4 * j);
+}
+
+/* A random positive scale exactly representable in bf16 and f16. */
+static float rscale(int e0)
+{
+    return ldexpf(1.0f + (float)rnd(128) / 128.0f, -(e0 + (int)rnd(4)));
+}
+
+static uint16_t f16_bits(float f) /* f is an exact normal f16 value */
+{
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    uint32_t e = ((u >> 23) & 255u) - 127u + 15u;
+    return (uint16_t)(((u >> 16) & 0x8000u) | (e << 10) | ((u >> 13) & 0x3ffu));
+}
+
+static void put_f(const qc_tensor *t, int64_t i, float v)
+{
+    switch (t->dtype) {
+    case QC_DT_F32: memcpy((char *)t->data + 4 * i, &v, 4); break;
+    case QC_DT_BF16: ((uint16_t *)t->data)[i] = qc_f32_to_bf16(v); break;
+    case QC_DT_F16: ((uint16_t *)t->data)[i] = f16_bits(v); break;
+    default: break;
+    }
+}
+
+static void lin_init(pub *p, const char *name, qc_format f, int64_t n, int64_t k)
+{
+    memset(p, 0, sizeof *p);
+    snprintf(p->l.name, sizeof p->l.name, "%s", name);
+    p->l.format = f;
+    p->l.n = n;
+    p->l.k = k;
+}
+
+static void build_fp8(pub *p, const char *name, qc_format f, int64_t N, int64_t K, int bn, int bk,
+                      qc_dtype sdt)
+{
+    lin_init(p, name, f, N, K);
+    p->l.bits = 8;
+    p->l.symmetric = true;
+    qc_tensor *w = mk(p, "weight", QC_DT_F8_E4M3, 2, N, K);
+    uint8_t *wb = (uint8_t *)w->data;
+    for (int64_t i = 0; i < N * K; i++) {
+        uint8_t b = (uint8_t)urand();
+        wb[i] = (b & 0x7f) == 0x7f ? (uint8_t)(b ^ 1) : b; /* no NaN codes */
+    }
+    qc_tensor *s;
+    if (f == QC_FMT_FP8_BLOCK) {
+        p->l.block_n = bn;
+        p->l.block_k = bk;
+        s = mk(p, "weight_scale_inv", sdt, 2, cdiv(N, bn), cdiv(K, bk));
+    } else if (f == QC_FMT_FP8_TENSOR) {
+        s = mk(p, "weight_scale", sdt, 1, 1, 0);
+    } else {
+        s = mk(p, "weight_scale", sdt, 2, N, 1);
+    }
+    for (int64_t i = 0; i < s->numel; i++) put_f(s, i, rscale(6));
+    p->l.weight = w;
+    p->l.scale = s;
+}
+
+/* gidx: 0 none, 1 act-order (a permutation, G per group), 2 uneven random groups. */
+static void build_gptq(pub *p, const char *name, int64_t N, int64_t K, int G, int v1, int sym, int gidx)
+{
+    lin_init(p, name, QC_FMT_GPTQ, N, K);
+    p->l.bits = 4;
+    p->l.group_size = G;
+    p->l.symmetric = sym;
+    p->l.zero_bias = v1;
+    const int64_t ng = cdiv(K, G);
+    qc_tensor *qw = mk(p, "qweight", QC_DT_I32, 2, K / 8, N);
+    qc_tensor *qz = mk(p, "qzeros", QC_DT_I32, 2, ng, cdiv(N, 8));
+    qc_tensor *sc = mk(p, "scales", QC_DT_F16, 2, ng, N);
+    for (int64_t k = 0; k < K; k++)
+        for (int64_t n = 0; n < N; n++) set_nib(qw, (k / 8) * N + n, (int)(k % 8), rnd(16));
+    for (int64_t g = 0; g < ng; g++)
+        for (int64_t n = 0; n < N; n++) {
+            set_nib(qz, g * cdiv(N, 8) + n / 8, (int)(n % 8), sym ? (uint32_t)(8 - v1) : rnd(16));
+            put_f(sc, g * N + n, rscale(8));
+        }
+    if (gidx) {
+        qc_tensor *gi = mk(p, "g_idx", QC_DT_I32, 1, K, 0);
+        int32_t *gv = (int32_t *)gi->data;
+        int64_t *perm = malloc((size_t)K * sizeof *perm);
+        for (int64_t k = 0; k < K; k++) perm[k] = k;
+        for (int64_t k = K - 1; k > 0; k--) {
+            int64_t j = rnd((uint32_t)k + 1), t = perm[k];
+            perm[k] = perm[j];
+            perm[j] = t;
+        }
+        for (int64_t k = 0; k < K; k++) gv[k] = gidx == 1 ? (int32_t)(perm[k] / G) : (int32_t)rnd((uint32_t)ng);
+        free(perm);
+        p->l.g_idx = gi;
+    }
+    p->l.weight = qw;
+    p->l.zeros = qz;
+    p->l.scale = sc;
+}
+
+static void build_awq(pub *p, const char *name, int64_t N, int64_t K, int G)
+{
+    static const int order[8] = {0, 2, 4, 6, 1, 3, 5, 7};
+    lin_init(p, name, QC_FMT_AWQ, N, K);
+    p->l.bits = 4;
+    p->l.group_size = G;
+    const int64_t ng = cdiv(K, G);
+    qc_tensor *qw = mk(p, "qweight", QC_DT_I32, 2, K, N / 8);
+    qc_tensor *qz = mk(p, "qzeros", QC_DT_I32, 2, ng, N / 8);
+    qc_tensor *sc = mk(p, "scales", QC_DT_F16, 2, ng, N);
+    for (int64_t k = 0; k < K; k++)
+        for (int64_t c = 0; c < N / 8; c++)
+            for (int s = 0; s < 8; s++) set_nib(qw, k * (N / 8) + c, s, rnd(16));
+    for (int64_t g = 0; g < ng; g++)
+        for (int64_t c = 0; c < N / 8; c++)
+            for (int s = 0; s < 8; s++) {
+                set_nib(qz, g * (N / 8) + c, s, rnd(16));
+                put_f(sc, g * N + 8 * c + order[s], rscale(8));
+            }
+    p->l.weight = qw;
+    p->l.zeros = qz;
+    p->l.scale = sc;
+}
+
+static void build_ct(pub *p, const char *name, int64_t N, int64_t K, int G, int asym, int gidx)
+{
+    lin_init(p, name, QC_FMT_CT_INT, N, K);
+    p->l.bits = 4;
+    p->l.group_size = G;
+    p->l.symmetric = !asym;
+    const int64_t ng = cdiv(K, G), kw = cdiv(K, 8);
+    qc_tensor *wp = mk(p, "weight_packed", QC_DT_I32, 2, N, kw);
+    qc_tensor *sc = mk(p, "weight_scale", QC_DT_BF16, 2, N, ng);
+    for (int64_t n = 0; n < N; n++) {
+        for (int64_t k = 0; k < K; k++) set_nib(wp, n * kw + k / 8, (int)(k % 8), rnd(16));
+        for (int64_t g = 0; g < ng; g++) put_f(sc, n * ng + g, rscale(7));
+    }
+    if (asym) {
+        qc_tensor *zp = mk(p, "weight_zero_point", QC_DT_I32, 2, cdiv(N, 8), ng);
+        for (int64_t n = 0; n < N; n++)
+            for (int64_t g = 0; g < ng; g++) set_nib(zp, (n / 8) * ng + g, (int)(n % 8), rnd(16));
+        p->l.zeros = zp;
+    }
+    if (gidx) {
+        qc_tensor *gi = mk(p, "weight_g_idx", QC_DT_I32, 1, K, 0);
+        for (int64_t k = 0; k < K; k++) ((int32_t *)gi->data)[k] = (int32_t)rnd((uint32_t)ng);
+        p->l.g_idx = gi;
+    }
+    p->l.weight = wp;
+    p->l.scale = sc;
+}
+
+static void build_fp4(pub *p, const char *name, qc_format f, int64_t N, int64_t K, float global)
+{
+    const bool mx = f == QC_FMT_MXFP4_CT;
+    lin_init(p, name, f, N, K);
+    p->l.bits = 4;
+    p->l.group_size = mx ? 32 : 16;
+    p->l.symmetric = true;
+    const int64_t nb = cdiv(K, mx ? 32 : 16);
+    qc_tensor *w = mk(p, mx || f == QC_FMT_NVFP4_CT ? "weight_packed" : "weight", QC_DT_U8, 2, N, K / 2);
+    qc_tensor *s = mk(p, "weight_scale", mx ? QC_DT_U8 : QC_DT_F8_E4M3, 2, N, nb);
+    for (int64_t i = 0; i < N * K / 2; i++) ((uint8_t *)w->data)[i] = (uint8_t)urand();
+    for (int64_t i = 0; i < N * nb; i++)
+        ((uint8_t *)s->data)[i] = (uint8_t)(mx ? 118 + rnd(12) : 0x20 + rnd(0x40));
+    p->l.weight = w;
+    p->l.scale = s;
+    if (!mx) {
+        qc_tensor *g = mk(p, f == QC_FMT_NVFP4_CT ? "weight_global_scale" : "weight_scale_2", QC_DT_F32, 1, 1, 0);
+        put_f(g, 0, global);
+        p->l.global_scale = g;
+    }
+}
+
+/* ---- GPU plumbing ----------------------------------------------------------- */
+
+static int gpu_ok = -1; /* 1 usable, 0 not */
+static const char *gpu_why = "no CUDA device";
+
+#ifdef QC_HAVE_CUDA
+static bool gpu_init(void)
+{
+    if (gpu_ok >= 0)
+        return gpu_ok;
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
+        gpu_ok = 0;
+        gpu_why = "no CUDA device";
+        return false;
+    }
+    gpu_ok = 1;
+    return true;
+}
+#else
+static bool gpu_init(void)
+{
+    gpu_ok = 0;
+    return false;
+}
+#endif
+
+/* ---- one case ---------------------------------------------------------------- */
+
+#ifdef QC_HAVE_CUDA
+static double rel_l2(const float *a, const double *ref, int64_t n)
+{
+    double num = 0, den = 0;
+    for (int64_t i = 0; i < n; i++) {
+        double d = (double)a[i] - ref[i];
+        num += d * d;
+        den += ref[i] * ref[i];
+    }
+    return den > 0 ? sqrt(num / den) : sqrt(num);
+}
+#endif
+
+static int64_t emulate_decode(const qk_qweight *q, const float *ref);
+
+static void run_case(const char *name, pub *p)
+{
+    char cname[128];
+    qc_err err = {0};
+    const qc_linear *l = &p->l;
+    const int64_t N = l->n, K = l->k;
+    snprintf(cname, sizeof cname, "repack_%s", name);
+    int rc = qc_linear_validate(l, &err);
+    if (rc) {
+        CHECK(cname, 0, "test weight does not validate: %s", err.msg);
+        return;
+    }
+    float *ref = malloc((size_t)(N * K) * sizeof *ref), *unp = malloc((size_t)(N * K) * sizeof *unp);
+    qc_linear_dequant_rows(l, 0, N, ref);
+    qk_qweight h;
+    rc = qc_qweight_pack(l, &h, &err);
+    if (rc) {
+        CHECK(cname, 0, "pack failed: %s", err.msg);
+        free(ref);
+        free(unp);
+        return;
+    }
+    qc_qweight_unpack_rows(&h, 0, N, unp);
+    double maxrel = 0;
+    int64_t bad = 0;
+    for (int64_t i = 0; i < N * K; i++) {
+        double d = fabs((double)unp[i] - ref[i]), m = fabs((double)ref[i]);
+        double r = m > 0 ? d / m : d;
+        if (!(r <= 1e-6))
+            bad++;
+        if (r > maxrel || r != r)
+            maxrel = r;
+    }
+    printf("# %s: %s N=%lld K=%lld n_pad=%d k_pad=%d packed %zu+%zu+%zu bytes, max rel diff %.3g\n",
+           cname, qc_format_name(l->format), (long long)N, (long long)K, h.n_pad, h.k_pad, h.w_bytes,
+           h.s_bytes, h.perm_bytes, maxrel);
+    CHECK(cname, bad == 0, "%lld of %lld weights differ after repacking (max rel %.3g)", (long long)bad,
+          (long long)(N * K), maxrel);
+
+    int64_t ebad = emulate_decode(&h, ref);
+    if (ebad >= 0) {
+        snprintf(cname, sizeof cname, "qdecode_emul_%s", name);
+        CHECK(cname, ebad == 0, "%lld weights decode wrongly through the kernel's bit tricks", (long long)ebad);
+    }
+
+    char gname[128], dname[128];
+    snprintf(gname, sizeof gname, "qgemv_%s", name);
+    snprintf(dname, sizeof dname, "qdequant_%s", name);
+    if (!gpu_init()) {
+        th_skip(gname, gpu_why);
+        th_skip(dname, gpu_why);
+        qc_qweight_free_host(&h);
+        free(ref);
+        free(unp);
+        return;
+    }
+#ifdef QC_HAVE_CUDA
+    qk_qweight d;
+    rc = qc_qweight_upload(&h, &d, &err);
+    if (rc) {
+        CHECK(gname, 0, "upload: %s", err.msg);
+        qc_qweight_free_host(&h);
+        free(ref);
+        free(unp);
+        return;
+    }
+    /* x: bf16 in [-1, 1]; the reference uses the same rounded values. */
+    uint16_t *xb = malloc((size_t)K * 2);
+    float *xf = malloc((size_t)K * sizeof *xf);
+    for (int64_t k = 0; k < K; k++) {
+        xb[k] = qc_f32_to_bf16((float)((double)(urand() >> 11) / 4503599627370496.0 - 1.0));
+        xf[k] = qc_bf16_to_f32(xb[k]);
+    }
+    double *yr = malloc((size_t)N * sizeof *yr);
+    for (int64_t n = 0; n < N; n++) {
+        double s = 0;
+        for (int64_t k = 0; k < K; k++) s += (double)ref[n * K + k] * xf[k];
+        yr[n] = s;
+    }
+    uint16_t *dx;
+    float *dy, *y = malloc((size_t)N * sizeof *y);
+    uint16_t *dq, *hq;
+    const int64_t ld = K + 8;
+    cudaMalloc((void **)&dx, (size_t)K * 2);
+    cudaMalloc((void **)&dy, (size_t)N * 4);
+    cudaMalloc((void **)&dq, (size_t)(N * ld) * 2);
+    hq = malloc((size_t)(N * ld) * 2);
+    cudaMemcpy(dx, xb, (size_t)K * 2, cudaMemcpyHostToDevice);
+    cudaMemset(dy, 0xff, (size_t)N * 4); /* NaN: an unwritten row fails */
+    int krc = qk_gemv_q(&d, dx, dy, 0, NULL);
+    int src = (int)cudaDeviceSynchronize();
+    cudaMemcpy(y, dy, (size_t)N * 4, cudaMemcpyDeviceToHost);
+    double e1 = rel_l2(y, yr, N);
+    /* Accumulating form: y = 1 + W x. */
+    for (int64_t n = 0; n < N; n++) y[n] = 1.0f;
+    cudaMemcpy(dy, y, (size_t)N * 4, cudaMemcpyHostToDevice);
+    int krc2 = qk_gemv_q(&d, dx, dy, 1, NULL);
+    cudaDeviceSynchronize();
+    cudaMemcpy(y, dy, (size_t)N * 4, cudaMemcpyDeviceToHost);
+    for (int64_t n = 0; n < N; n++) yr[n] += 1.0;
+    double e2 = rel_l2(y, yr, N);
+    printf("# %s: rel_l2 %.3g (accumulate %.3g)\n", gname, e1, e2);
+    CHECK(gname, krc == 0 && krc2 == 0 && src == 0 && e1 < 1e-5 && e2 < 1e-5,
+          "launch %d/%d sync %d, rel_l2 %.3g, accumulate rel_l2 %.3g", krc, krc2, src, e1, e2);
+
+    cudaMemset(dq, 0xff, (size_t)(N * ld) * 2);
+    krc = qk_dequant_q_bf16(&d, dq, (int)ld, NULL);
+    src = (int)cudaDeviceSynchronize();
+    cudaMemcpy(hq, dq, (size_t)(N * ld) * 2, cudaMemcpyDeviceToHost);
+    int64_t dbad = 0, inexact = 0, padbad = 0;
+    for (int64_t n = 0; n < N; n++) {
+        for (int64_t k = 0; k < K; k++) {
+            uint16_t want = qc_f32_to_bf16(ref[n * K + k]), got = hq[n * ld + k];
+            if (got == want)
+                continue;
+            inexact++;
+            double a = qc_bf16_to_f32(got), b = qc_bf16_to_f32(want);
+            if (!(fabs(a - b) <= fabs(b) * (1.0 / 128))) /* one bf16 step */
+                dbad++;
+        }
+        for (int64_t k = K; k < ld; k++) padbad += hq[n * ld + k] != 0xffff;
+    }
+    printf("# %s: %lld of %lld differ from round(dequant) by one bf16 step\n", dname, (long long)inexact,
+           (long long)(N * K));
+    CHECK(dname, krc == 0 && src == 0 && dbad == 0 && padbad == 0,
+          "launch %d sync %d, %lld values off by more than one bf16 step, %lld padding writes", krc, src,
+          (long long)dbad, (long long)padbad);
+    cudaFree(dx);
+    cudaFree(dy);
+    cudaFree(dq);
+    free(hq);
+    free(xb);
+    free(xf);
+    free(yr);
+    free(y);
+    qc_qweight_free_dev(&d);
+#endif
+    qc_qweight_free_host(&h);
+    free(ref);
+    free(unp);
+}
+
+/* The GPU kernels' per-code decoding, transcribed to C, applied to the packed
+ * host layout: checks the bit tricks themselves (the INT4 2^23 magic with
+ * its 16q odd nibbles, the FP4 f16x2 masks) without a GPU. Returns the
+ * number of weights whose emulated value differs from ref by more than
+ * 1e-6 relative; -1 when the kind has no emulation (FP8 uses a hardware cvt). */
+static float f32_of(uint32_t u)
+{
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+static int64_t emulate_decode(const qk_qweight *q, const float *ref)
+{
+    const int64_t N = q->n, K = q->k, kw = q->k_pad / 8;
+    int64_t bad = 0;
+    if (q->kind != QK_QW_INT4 && q->kind != QK_QW_NVFP4 && q->kind != QK_QW_MXFP4)
+        return -1;
+    for (int64_t n = 0; n < N; n++) {
+        const uint32_t *w = (const uint32_t *)q->w + n * kw;
+        for (int64_t p = 0; p < q->k_pad; p++) {
+            int64_t k = q->perm ? q->perm[p] : p;
+            if (k < 0 || k >= K)
+                continue;
+            const uint32_t word = w[p / 8];
+            const int j = (int)(p % 8);
+            float v;
+            if (q->kind == QK_QW_INT4) {
+                uint32_t m = ((const uint32_t *)q->s)[n * q->ngroups + p / q->group];
+                float s = q->scale_f16 ? qc_f16_to_f32((uint16_t)m) : qc_bf16_to_f32((uint16_t)m);
+                uint32_t z = (m >> 16) & 0xffu, b = word >> (8 * (j / 2));
+                if (j % 2 == 0)
+                    v = f32_of((b & 0x0fu) | 0x4b000000u) - f32_of(0x4b000000u | z);
+                else
+                    v = (f32_of((b & 0xf0u) | 0x4b000000u) - f32_of(0x4b000000u | (z << 4))) * 0.0625f;
+                v *= s;
+            } else {
+                uint32_t h[4] = {word & 0x8e008e00u, (word << 3) & 0x8e008e00u,
+                                 ((word << 9) & 0x0e000e00u) | ((word << 2) & 0x80008000u),
+                                 ((word << 6) & 0x0e000e00u) | ((word << 1) & 0x80008000u)};
+                uint32_t hp = h[j / 2];
+                float e = qc_f16_to_f32((uint16_t)(j % 2 ? hp >> 16 : hp & 0xffffu)) * 16384.0f;
+                const uint8_t *sb = (const uint8_t *)q->s;
+                float s;
+                if (q->kind == QK_QW_MXFP4)
+                    s = ldexpf(1.0f, (int)sb[n * (q->k_pad / 32) + k / 32] - 127);
+                else
+                    s = qc_e4m3_to_f32(sb[n * (q->k_pad / 16) + k / 16]);
+                v = e * (s * q->gmul);
+            }
+            double r = ref[n * K + k], d = fabs((double)v - r);
+            if (!(d <= 1e-6 * fabs(r)))
+                bad++;
+        }
+    }
+    return bad;
+}
+
+/* A format that has no GPU layout must be refused with a message. */
+static void test_refusals(void)
+{
+    pub p;
+    qc_err err = {0};
+    qk_qweight h;
+    build_ct(&p, "ct_g16", 64, 256, 16, 0, 0);
+    int rc = qc_qweight_pack(&p.l, &h, &err);
+    CHECK("repack_refuse_group16", rc == QC_EXIT_CHECKPOINT && strstr(err.msg, "multiple of 32"),
+          "rc %d msg '%s'", rc, err.msg);
+    pub_free(&p);
+    build_fp8(&p, "fp8_bad", QC_FMT_FP8_BLOCK, 64, 256, 128, 128, QC_DT_BF16);
+    qc_tensor *w = &p.t[0];
+    w->dtype = QC_DT_U8; /* not a float8 weight: validation must refuse it */
+    rc = qc_qweight_pack(&p.l, &h, &err);
+    CHECK("repack_refuse_invalid", rc == QC_EXIT_CHECKPOINT, "rc %d", rc);
+    pub_free(&p);
+}
+
+/* ---- bandwidth at the 27B shapes -------------------------------------------- */
+
+#ifdef QC_HAVE_CUDA
+typedef struct shape {
+    const char *what;
+    int n, k;
+    int per_token; /* how many such matmuls one 27B decode step runs */
+} shape;
+
+/* The 27B's quantizable decode matmuls (qwen35-model.md: D 5120, MLP 17408,
+ * 24 q heads / 4 kv heads of 256, GDN 16 k heads / 48 v heads of 128; 48 GDN
+ * + 16 attention layers). q_proj holds query and gate (2 * 24 * 256 rows). */
+static const shape shapes27[] = {
+    {"mlp.gate/up", 17408, 5120, 128}, {"mlp.down", 5120, 17408, 64}, {"attn.q+gate", 12288, 5120, 16},
+    {"attn.k/v", 1024, 5120, 32},      {"attn.o", 5120, 6144, 16},    {"gdn.in_qkv", 10240, 5120, 48},
+    {"gdn.in_z", 6144, 5120, 48},      {"gdn.out", 5120, 6144, 48},
+};
+
+static double copy_gbs(void *pool, size_t bytes)
+{
+    cudaEvent_t a, b;
+    cudaEventCreate(&a);
+    cudaEventCreate(&b);
+    size_t half = bytes / 2;
+    cudaMemcpy((char *)pool + half, pool, half, cudaMemcpyDeviceToDevice);
+    cudaEventRecord(a, NULL);
+    for (int i = 0; i < 10; i++) cudaMemcpyAsync((char *)pool + half, pool, half, cudaMemcpyDeviceToDevice, NULL);
+    cudaEventRecord(b, NULL);
+    cudaEventSynchronize(b);
+    float ms = 0;
+    cudaEventElapsedTime(&ms, a, b);
+    cudaEventDestroy(a);
+    cudaEventDestroy(b);
+    return 2.0 * (double)half * 10 / (ms * 1e-3) / 1e9;
+}
+
+/* Descriptor of one random weight of kind at (n, k) with its buffers at base. */
+static size_t bench_desc(int kind, int n, int k, char *base, qk_qweight *q)
+{
+    memset(q, 0, sizeof *q);
+    q->kind = kind;
+    q->n = n;
+    q->k = k;
+    q->n_pad = (n + QK_QROWS - 1) / QK_QROWS * QK_QROWS;
+    q->k_pad = (k + 31) / 32 * 32;
+    switch (kind) {
+    case QK_QW_FP8:
+        q->blk_n = q->blk_k = 128;
+        q->nkb = q->k_pad / 128 + (q->k_pad % 128 != 0);
+        q->w_bytes = (size_t)q->n_pad * q->k_pad;
+        q->s_bytes = (size_t)((q->n_pad + 127) / 128) * q->nkb * 4;
+        break;
+    case QK_QW_INT4:
+        q->group = 128;
+        q->ngroups = (q->k_pad + 127) / 128;
+        q->scale_f16 = 1;
+        q->w_bytes = (size_t)q->n_pad * q->k_pad / 2;
+        q->s_bytes = (size_t)q->n_pad * q->ngroups * 4;
+        break;
+    case QK_QW_NVFP4:
+    case QK_QW_MXFP4:
+        q->gmul = 1e-3f;
+        q->w_bytes = (size_t)q->n_pad * q->k_pad / 2;
+        q->s_bytes = (size_t)q->n_pad * q->k_pad / (kind == QK_QW_MXFP4 ? 32 : 16);
+        break;
+    default: /* bf16 baseline: w only */
+        q->w_bytes = (size_t)n * k * 2;
+        break;
+    }
+    size_t wb = (q->w_bytes + 255) & ~(size_t)255, sb = (q->s_bytes + 255) & ~(size_t)255;
+    q->w = base;
+    q->s = q->s_bytes ? base + wb : NULL;
+    return wb + sb;
+}
+
+static void bench_all(void)
+{
+    const size_t pool_bytes = (size_t)768 << 20; /* ~15x the H100's 50 MB L2 */
+    char *pool = NULL;
+    uint16_t *dx = NULL;
+    float *dy = NULL;
+    if (cudaMalloc((void **)&pool, pool_bytes) != cudaSuccess || cudaMalloc((void **)&dx, 17408 * 2) ||
+        cudaMalloc((void **)&dy, 17408 * 4)) {
+        CHECK("qbench_alloc", 0, "cannot allocate %zu bytes on the device", pool_bytes);
+        return;
+    }
+    int frc = qk_fill_random_bf16((uint16_t *)pool, (int64_t)(pool_bytes / 2), 7, 1.0f, NULL);
+    frc |= qk_fill_random_bf16(dx, 17408, 9, 1.0f, NULL);
+    cudaDeviceSynchronize();
+    const double copy = copy_gbs(pool, pool_bytes);
+    struct cudaDeviceProp prop;
+    cudaGetDeviceProperties(&prop, 0);
+    printf("# qbench device: %s, %d SMs, L2 %d MB; device-to-device copy %.0f GB/s (read+write)\n", prop.name,
+           prop.multiProcessorCount, prop.l2CacheSize >> 20, copy);
+    static const struct {
+        int kind;
+        const char *name;
+    } kinds[] = {{QK_QW_FP8, "fp8-block"}, {QK_QW_INT4, "int4-g128"}, {QK_QW_NVFP4, "nvfp4"},
+                 {QK_QW_MXFP4, "mxfp4"},   {0, "bf16(ref)"}};
+    printf("# qbench %-10s %-12s %6s %6s %9s %8s %7s\n", "format", "shape", "N", "K", "MB", "us", "GB/s");
+    for (size_t f = 0; f < sizeof kinds / sizeof kinds[0]; f++) {
+        double tot_bytes = 0, tot_us = 0;
+        int bad = frc;
+        for (size_t si = 0; si < sizeof shapes27 / sizeof shapes27[0]; si++) {
+            const shape *sh = &shapes27[si];
+            qk_qweight q[64];
+            int nc = 0;
+            size_t off = 0;
+            /* Enough copies to cover > 300 MB, so every launch streams from HBM. */
+            while (nc < 64 && off < ((size_t)300 << 20)) {
+                size_t need = bench_desc(kinds[f].kind, sh->n, sh->k, pool + off, &q[nc]);
+                if (off + need > pool_bytes)
+                    break;
+                off += need;
+                nc++;
+            }
+            if (nc == 0) {
+                bad = 1;
+                continue;
+            }
+            /* 60 launches captured in one CUDA graph (as decode runs them), so
+             * small shapes are not measured as launch overhead. */
+            const int iters = 60;
+            cudaStream_t st;
+            cudaGraph_t graph = NULL;
+            cudaGraphExec_t exec = NULL;
+            cudaEvent_t a, b;
+            cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking);
+            cudaEventCreate(&a);
+            cudaEventCreate(&b);
+            bad |= (int)cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal);
+            for (int i = 0; i < iters; i++)
+                bad |= kinds[f].kind ? qk_gemv_q(&q[i % nc], dx, dy, 0, st)
+                                     : qk_gemv_bf16((const uint16_t *)q[i % nc].w, dx, dy, sh->n, sh->k, 0, st);
+            bad |= (int)cudaStreamEndCapture(st, &graph);
+            if (!bad)
+                bad |= (int)cudaGraphInstantiate(&exec, graph, 0);
+            float ms = 0;
+            if (!bad) {
+                bad |= (int)cudaGraphLaunch(exec, st); /* warm-up */
+                cudaEventRecord(a, st);
+                bad |= (int)cudaGraphLaunch(exec, st);
+                cudaEventRecord(b, st);
+                bad |= (int)cudaEventSynchronize(b);
+                cudaEventElapsedTime(&ms, a, b);
+            }
+            if (exec)
+                cudaGraphExecDestroy(exec);
+            if (graph)
+                cudaGraphDestroy(graph);
+            cudaEventDestroy(a);
+            cudaEventDestroy(b);
+            cudaStreamDestroy(st);
+            double us = ms * 1e3 / iters;
+            double bytes = (double)qk_qweight_bytes(&q[0]) + 2.0 * sh->k + 4.0 * sh->n;
+            printf("# qbench %-10s %-12s %6d %6d %9.2f %8.2f %7.0f  (%.0f%% of copy)\n", kinds[f].name, sh->what,
+                   sh->n, sh->k, bytes / 1e6, us, bytes / (us * 1e-6) / 1e9, 100.0 * bytes / (us * 1e-6) / 1e9 / copy);
+            tot_bytes += bytes * sh->per_token;
+            tot_us += us * sh->per_token;
+        }
+        char nm[64];
+        snprintf(nm, sizeof nm, "qbench_%s", kinds[f].name);
+        printf("# qbench %-10s 27B decode matmuls (no lm_head/embeddings/in_proj_a,b): %.2f GB in %.3f ms = "
+               "%.0f GB/s (%.0f%% of copy)\n",
+               kinds[f].name, tot_bytes / 1e9, tot_us / 1e3, tot_bytes / (tot_us * 1e-6) / 1e9,
+               100.0 * tot_bytes / (tot_us * 1e-6) / 1e9 / copy);
+        CHECK(nm, bad == 0 && tot_us > 0, "a launch failed (%d)", bad);
+    }
+    cudaFree(pool);
+    cudaFree(dx);
+    cudaFree(dy);
+}
+#endif
+
+int main(void)
+{
+    pub p;
+    /* FP8 */
+    build_fp8(&p, "fp8_block_partial", QC_FMT_FP8_BLOCK, 300, 400, 128, 128, QC_DT_BF16);
+    run_case("fp8_block_300x400", &p);
+    pub_free(&p);
+    build_fp8(&p, "fp8_block_f32", QC_FMT_FP8_BLOCK, 1000, 5120, 128, 128, QC_DT_F32);
+    run_case("fp8_block_1000x5120_f32scale", &p);
+    pub_free(&p);
+    build_fp8(&p, "fp8_tensor", QC_FMT_FP8_TENSOR, 130, 272, 0, 0, QC_DT_F32);
+    run_case("fp8_tensor_130x272", &p);
+    pub_free(&p);
+    build_fp8(&p, "fp8_channel", QC_FMT_FP8_CHANNEL, 200, 200, 0, 0, QC_DT_BF16);
+    run_case("fp8_channel_200x200", &p);
+    pub_free(&p);
+    /* INT4: gptq */
+    build_gptq(&p, "gptq_v1_sym", 200, 1000, 128, 1, 1, 0);
+    run_case("gptq_v1_sym_g128_200x1000", &p);
+    pub_free(&p);
+    build_gptq(&p, "gptq_v2_asym", 136, 200, 32, 0, 0, 0);
+    run_case("gptq_v2_asym_g32_136x200", &p);
+    pub_free(&p);
+    build_gptq(&p, "gptq_v1_asym", 1000, 5120, 64, 1, 0, 0);
+    run_case("gptq_v1_asym_g64_1000x5120", &p);
+    pub_free(&p);
+    build_gptq(&p, "gptq_actorder", 96, 512, 128, 1, 1, 1);
+    run_case("gptq_gidx_actorder_g128_96x512", &p);
+    pub_free(&p);
+    build_gptq(&p, "gptq_uneven", 72, 320, 64, 0, 0, 2);
+    run_case("gptq_gidx_uneven_g64_72x320", &p);
+    pub_free(&p);
+    /* INT4: awq */
+    build_awq(&p, "awq_g128", 200, 520, 128);
+    run_case("awq_g128_200x520", &p);
+    pub_free(&p);
+    build_awq(&p, "awq_g64", 64, 256, 64);
+    run_case("awq_g64_64x256", &p);
+    pub_free(&p);
+    /* INT4: compressed-tensors */
+    build_ct(&p, "ct_sym", 300, 1000, 128, 0, 0);
+    run_case("ct_int_sym_g128_300x1000", &p);
+    pub_free(&p);
+    build_ct(&p, "ct_asym", 100, 200, 32, 1, 0);
+    run_case("ct_int_asym_g32_100x200", &p);
+    pub_free(&p);
+    build_ct(&p, "ct_asym_gidx", 50, 256, 32, 1, 1);
+    run_case("ct_int_asym_gidx_g32_50x256", &p);
+    pub_free(&p);
+    build_ct(&p, "ct_k_odd8", 40, 100, 32, 0, 0);
+    run_case("ct_int_sym_g32_40x100", &p);
+    pub_free(&p);
+    /* NVFP4 (both global conventions) and MXFP4 */
+    build_fp4(&p, "nvfp4_ct", QC_FMT_NVFP4_CT, 300, 200, 1234.567f);
+    run_case("nvfp4_ct_300x200", &p);
+    pub_free(&p);
+    build_fp4(&p, "nvfp4_ct_big", QC_FMT_NVFP4_CT, 1000, 5120, 2688.0f / 3.7f);
+    run_case("nvfp4_ct_1000x5120", &p);
+    pub_free(&p);
+    build_fp4(&p, "nvfp4_modelopt", QC_FMT_NVFP4_MODELOPT, 130, 512, 1.0f / 1234.567f);
+    run_case("nvfp4_modelopt_130x512", &p);
+    pub_free(&p);
+    build_fp4(&p, "mxfp4", QC_FMT_MXFP4_CT, 200, 200, 0);
+    run_case("mxfp4_200x200", &p);
+    pub_free(&p);
+
+    test_refusals();
+
+    if (!gpu_init()) {
+        th_skip("qbench", gpu_why);
+        return th_exit();
+    }
+#ifdef QC_HAVE_CUDA
+    bench_all();
+#endif
+    return th_exit();
+}
