@@ -27,6 +27,7 @@
 #include "chat.h"
 #include "cmd.h"
 #include "config.h"
+#include "demo.h"
 #include "qchat.h"
 #include "reply.h"
 #include "sampler.h"
@@ -201,8 +202,13 @@ static int parse_args(int argc, char **argv, run_opts *o)
             return usage("more than one checkpoint directory");
         o->dir = a;
     }
-    if (!o->dir)
-        return usage("CHECKPOINT_DIR is required");
+    if (!o->dir) {
+        /* No checkpoint: the shipped demo model (BF16), as the TUI does. */
+        static char demo[4][QC_DEMO_PATH_MAX];
+        if (qc_demo_find(demo, 4) == 0)
+            return usage("CHECKPOINT_DIR is required (no demo model found in demo/)");
+        o->dir = demo[0];
+    }
     if (!o->prompt)
         return usage("-p PROMPT (or -p - for stdin) is required");
     return QC_OK;

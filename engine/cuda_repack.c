@@ -19,10 +19,11 @@
  *    g128 like the published files). The kernel turns a nibble into
  *    (2^23 + q) with one AND/OR and subtracts (2^23 + z): exact (q - z).
  *    g_idx is handled by permuting K here (each group's inputs contiguous, a
- *    fixed-length segment per group, padded to 32) and gathering x through a
- *    perm table in the kernel, instead of a per-k group index: the common
- *    no-g_idx case then pays nothing, and the scale is still loaded once per
- *    32 values.
+ *    segment per group padded to a multiple of 32) and gathering x through a
+ *    perm table in the kernel, plus one group index per 32-position chunk,
+ *    instead of a group index per k: the common no-g_idx case pays nothing,
+ *    act-order files (exactly G inputs per group) need no padding, and the
+ *    scale is still loaded once per 32 values.
  *  - NVFP4/MXFP4: the 8 codes of a 32-bit word are re-laid bit by bit so that
  *    each pair of elements becomes an f16x2 (sign at bit 15, magnitude at bits
  *    9-11, i.e. the value * 2^-14 with E2M1's subnormal mapping onto f16's)
@@ -37,6 +38,7 @@
  * CPU-only test suite checks it (pack, then unpack == qc_linear_dequant_rows);
  * only the upload needs QC_HAVE_CUDA. */
 #include <math.h>
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
@@ -271,7 +273,6 @@ static int pack_int4(const qc_linear *l, qk_qweight *q, qc_err *err)
             free(pos);
             return err ? err->code : QC_EXIT_RUNTIME;
         }
-        int64_t mx = 1;
         for (int64_t k = 0; k < K; k++) {
             int64_t g = tensor_i64(l->g_idx, k);
             if (g < 0 || g >= ng) {
@@ -279,19 +280,23 @@ static int pack_int4(const qc_linear *l, qk_qweight *q, qc_err *err)
                 free(pos);
                 return pack_fail(l, err, "g_idx value outside the groups");
             }
-            if (++cnt[g] > mx)
-                mx = cnt[g];
+            cnt[g]++;
         }
-        q->group = (int)round_up(mx, 32);
+        /* Group g's inputs become the segment [start_g, start_g + cnt_g) of
+         * packed K; each segment is padded to a multiple of 32 so a chunk
+         * never spans two groups. */
+        int64_t kp = 0;
+        for (int64_t g = 0; g < ng; g++) {
+            int64_t c = cnt[g];
+            cnt[g] = kp; /* now: next free position of group g */
+            kp += round_up(c, 32);
+        }
+        q->k_pad = (int)kp;
+        q->group = 32;
         q->ngroups = (int)ng;
-        q->k_pad = (int)(ng * q->group);
-        memset(cnt, 0, (size_t)ng * sizeof *cnt);
-        for (int64_t k = 0; k < K; k++) {
-            int64_t g = tensor_i64(l->g_idx, k);
-            pos[k] = g * q->group + cnt[g]++;
-        }
+        for (int64_t k = 0; k < K; k++) pos[k] = cnt[tensor_i64(l->g_idx, k)]++;
         free(cnt);
-        q->perm_bytes = (size_t)q->k_pad * sizeof(int32_t);
+        q->perm_bytes = (size_t)(q->k_pad + q->k_pad / 32) * sizeof(int32_t);
     } else {
         if (G < K && G % 32)
             return pack_fail(l, err, "int4 group size is not a multiple of 32");
@@ -307,8 +312,13 @@ static int pack_int4(const qc_linear *l, qk_qweight *q, qc_err *err)
         return err ? err->code : QC_EXIT_RUNTIME;
     }
     if (pos) {
+        int32_t *cg = q->perm + q->k_pad; /* group of each 32-position chunk */
         for (int64_t p = 0; p < q->k_pad; p++) q->perm[p] = -1;
-        for (int64_t k = 0; k < K; k++) q->perm[pos[k]] = (int32_t)k;
+        for (int64_t c = 0; c < q->k_pad / 32; c++) cg[c] = 0;
+        for (int64_t k = 0; k < K; k++) {
+            q->perm[pos[k]] = (int32_t)k;
+            cg[pos[k] / 32] = (int32_t)tensor_i64(l->g_idx, k);
+        }
     }
     /* Scale/zero words; F32 scales must be exactly 16-bit values. */
     uint32_t *sw = q->s;
@@ -363,9 +373,26 @@ static int pack_int4(const qc_linear *l, qk_qweight *q, qc_err *err)
                 row[pos[k] / 8] |= int4_code(l, n, k) << (4 * (pos[k] % 8));
         }
     } else if (l->format == QC_FMT_GPTQ && K % 8 == 0) {
-        const void *d = l->weight->data; /* [K/8, N]: a transpose of words */
+        const void *d = l->weight->data; /* [K/8, N]: a transpose of words, in tiles */
+        for (int64_t i0 = 0; i0 < K / 8; i0 += 64)
+            for (int64_t n0 = 0; n0 < N; n0 += 64)
+                for (int64_t n = n0; n < N && n < n0 + 64; n++)
+                    for (int64_t i = i0; i < K / 8 && i < i0 + 64; i++) w[n * kw + i] = ld_u32(d, i * N + n);
+    } else if (l->format == QC_FMT_AWQ && K % 8 == 0) {
+        /* [K, N/8] interleaved: an 8 (k) x 8 (n) nibble transpose per word column. */
+        const void *d = l->weight->data;
+        const int64_t nw = N / 8;
         for (int64_t i = 0; i < K / 8; i++)
-            for (int64_t n = 0; n < N; n++) w[n * kw + i] = ld_u32(d, i * N + n);
+            for (int64_t c = 0; c < nw; c++) {
+                uint32_t in[8];
+                for (int j = 0; j < 8; j++) in[j] = ld_u32(d, (8 * i + j) * nw + c);
+                for (int t = 0; t < 8; t++) { /* column 8c + t sits in slot awq_slot[t] */
+                    const int sh = 4 * awq_slot[t];
+                    uint32_t o = 0;
+                    for (int j = 0; j < 8; j++) o |= ((in[j] >> sh) & 15u) << (4 * j);
+                    w[(8 * c + t) * kw + i] = o;
+                }
+            }
     } else if (l->format == QC_FMT_CT_INT && K % 8 == 0) {
         const unsigned char *d = l->weight->data;
         for (int64_t n = 0; n < N; n++) memcpy(w + n * kw, d + 4 * n * (K / 8), (size_t)(K / 8) * 4);
@@ -403,6 +430,21 @@ static uint8_t fp4_unshuffle(uint32_t w, int j)
     return (uint8_t)(((w >> fp4_mag_bit[j]) & 7u) | ((w >> fp4_sign_bit[j]) & 1u) << 3);
 }
 
+/* fp4_lut[b][v]: the bits byte v (elements 2b, 2b+1) contributes to a
+ * repacked word, so a word is four lookups ORed (load-time speed). */
+static uint32_t fp4_lut[4][256];
+static pthread_once_t fp4_lut_once = PTHREAD_ONCE_INIT;
+static void fp4_lut_build(void)
+{
+    for (int b = 0; b < 4; b++)
+        for (int v = 0; v < 256; v++) {
+            uint8_t c[8] = {0};
+            c[2 * b] = (uint8_t)(v & 15);
+            c[2 * b + 1] = (uint8_t)(v >> 4);
+            fp4_lut[b][v] = fp4_shuffle(c);
+        }
+}
+
 static int pack_fp4(const qc_linear *l, qk_qweight *q, qc_err *err)
 {
     const int64_t N = l->n, K = l->k;
@@ -426,15 +468,22 @@ static int pack_fp4(const qc_linear *l, qk_qweight *q, qc_err *err)
     uint32_t *w = q->w;
     uint8_t *s = q->s;
     const int64_t kw = q->k_pad / 8;
+    pthread_once(&fp4_lut_once, fp4_lut_build);
+    const int64_t full = K / 8; /* words with 8 real elements */
     for (int64_t n = 0; n < N; n++) {
         const uint8_t *row = src + n * (K / 2);
-        for (int64_t i = 0; i < kw; i++) {
+        uint32_t *out = w + n * kw;
+        for (int64_t i = 0; i < full; i++) {
+            const uint8_t *b = row + 4 * i;
+            out[i] = fp4_lut[0][b[0]] | fp4_lut[1][b[1]] | fp4_lut[2][b[2]] | fp4_lut[3][b[3]];
+        }
+        for (int64_t i = full; i < kw; i++) {
             uint8_t c[8] = {0};
             for (int j = 0; j < 8 && 8 * i + j < K; j++) {
                 int64_t k = 8 * i + j;
                 c[j] = (uint8_t)((row[k / 2] >> (4 * (k & 1))) & 15u);
             }
-            w[n * kw + i] = fp4_shuffle(c);
+            out[i] = fp4_shuffle(c);
         }
         memcpy(s + n * nb, ss + n * nb_src, (size_t)nb_src);
     }
@@ -498,7 +547,7 @@ void qc_qweight_unpack_rows(const qk_qweight *q, int64_t row0, int64_t nrows, fl
                 int64_t k = q->perm ? q->perm[p] : p;
                 if (k < 0 || k >= K)
                     continue;
-                uint32_t m = sw[p / q->group];
+                uint32_t m = sw[q->perm ? q->perm[q->k_pad + p / 32] : p / q->group];
                 float s = q->scale_f16 ? qc_f16_to_f32((uint16_t)m) : qc_bf16_to_f32((uint16_t)m);
                 int32_t qv = (int32_t)((w[p / 8] >> (4 * (p % 8))) & 15u);
                 o[k] = s * (float)(qv - (int32_t)(m >> 16 & 255u));

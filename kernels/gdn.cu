@@ -112,8 +112,12 @@ static size_t align256(size_t n) { return (n + 255) & ~(size_t)255; }
  * the scan needs of that chunk, laid out exactly as the scan's shared memory
  * so it is copied with 16-byte loads:
  *   W [64][dk] | Q [64][dk] | Kd [64][dk] = K e^{gamma_last - gamma} |
- *   P [64][64] | eg [64] = e^{gamma} | glast, padding [64]. */
-__host__ __device__ static inline size_t gdn_rec_floats(int dk) { return (size_t)3 * GDN_C * dk + GDN_C * GDN_C + 2 * GDN_C; }
+ *   P [64][GDN_PLD] | eg [64] = e^{gamma} | glast, padding [64]. */
+#define GDN_PLD 68 /* P row pitch: 68 = 4 mod 32 banks, so rows 4m+q land in distinct banks */
+__host__ __device__ static inline size_t gdn_rec_floats(int dk)
+{
+    return (size_t)3 * GDN_C * dk + GDN_C * GDN_PLD + 2 * GDN_C;
+}
 
 struct gdn_scratch {
     float *U, *rec;
@@ -151,7 +155,7 @@ __global__ void __launch_bounds__(256) k_gdn_prep(const float *c, int ld_c, cons
     int t0 = ch * GDN_C;
     int qoff = kh * DK, koff = Hk * DK + kh * DK, voff = 2 * Hk * DK + h * DV;
     float *rec = s.rec + ((int64_t)ch * Hv + h) * gdn_rec_floats(DK);
-    float *rW = rec, *rQ = rW + GDN_C * DK, *rK = rQ + GDN_C * DK, *rP = rK + GDN_C * DK, *reg = rP + GDN_C * GDN_C;
+    float *rW = rec, *rQ = rW + GDN_C * DK, *rK = rQ + GDN_C * DK, *rP = rK + GDN_C * DK, *reg = rP + GDN_C * GDN_PLD;
 
     for (int e = tid; e < GDN_C * DK; e += blockDim.x) {
         int i = e / DK, r = e % DK, t = t0 + i;
@@ -194,15 +198,18 @@ __global__ void __launch_bounds__(256) k_gdn_prep(const float *c, int ld_c, cons
             if (i > j) a = bet[i] * kk * d;
         }
         A[i * (GDN_C + 1) + j] = a;
-        rP[e] = p;
+        rP[i * GDN_PLD + j] = p;
     }
     for (int e = tid; e < GDN_C * DK; e += blockDim.x) {
         int i = e / DK, r = e % DK;
         rQ[e] = Qs[i * (DK + 1) + r];
         rK[e] = Ks[i * (DK + 1) + r] * expf(glast - gam[i]);
     }
-    if (tid < GDN_C) reg[tid] = expf(gam[tid]);
-    if (tid == 0) reg[GDN_C] = glast;
+    if (tid < GDN_C) {
+        reg[tid] = expf(gam[tid]);
+        reg[GDN_C + tid] = tid == 0 ? glast : 0.0f;
+        for (int p = GDN_C; p < GDN_PLD; p++) rP[tid * GDN_PLD + p] = 0.0f; /* pitch padding */
+    }
     __syncthreads();
     /* Forward substitution, one column per thread: columns [0, DV) of V
      * give U, columns [DV, DV+DK) of K give W. */
@@ -248,7 +255,7 @@ __global__ void __launch_bounds__((DK < 64 ? DK : 64) / 2 * SCAN_Q) k_gdn_scan(i
     const int REC = (int)gdn_rec_floats(DK);
     extern __shared__ float4 sm4[];
     float *sm = (float *)sm4;
-    float *Ws = sm, *Qs = Ws + GDN_C * DK, *Kd = Qs + GDN_C * DK, *Ps = Kd + GDN_C * DK, *eg = Ps + GDN_C * GDN_C;
+    float *Ws = sm, *Qs = Ws + GDN_C * DK, *Kd = Qs + GDN_C * DK, *Ps = Kd + GDN_C * DK, *eg = Ps + GDN_C * GDN_PLD;
     float *Us = sm + REC;               /* [64][COLS] */
     float *Vp = Us + GDN_C * COLS;      /* [64][COLS] */
     float *Os = Vp + GDN_C * COLS;      /* [64][COLS] */
@@ -273,7 +280,8 @@ __global__ void __launch_bounds__((DK < 64 ? DK : 64) / 2 * SCAN_Q) k_gdn_scan(i
         int nvalid = min(GDN_C, T - t0);
         __syncthreads();
         const float4 *rec4 = (const float4 *)(s.rec + ((int64_t)ch * Hv + h) * REC);
-#pragma unroll 4
+        /* many 16-byte loads in flight per thread: this copy is latency-bound */
+#pragma unroll 16
         for (int e = tid; e < REC / 4; e += NT) sm4[e] = rec4[e];
         for (int e = tid; e < GDN_C * COLS / 4; e += NT) {
             int i = e / (COLS / 4), c4 = e % (COLS / 4);
@@ -310,24 +318,19 @@ __global__ void __launch_bounds__((DK < 64 ? DK : 64) / 2 * SCAN_Q) k_gdn_scan(i
                 *(float2 *)(Os + i * COLS + c0) = make_float2(eg[i] * qq0, eg[i] * qq1);
             }
         }
-        __syncwarp();
-        for (int i = 0; i < nvalid; i++) {
+        __syncwarp(); /* Vp and Os rows of this column pair come from lanes of this warp */
+        /* O rows i = 4m + q: each thread sums its own rows over l <= i */
+        for (int i = q; i < nvalid; i += SCAN_Q) {
             float p0 = 0.0f, p1 = 0.0f;
-            for (int l = q; l <= i; l += SCAN_Q) {
-                float pw = Ps[i * GDN_C + l];
+            const float *pr = Ps + i * GDN_PLD;
+            for (int l = 0; l <= i; l++) {
+                float pw = pr[l];
                 float2 v = *(const float2 *)(Vp + l * COLS + c0);
                 p0 = fmaf(pw, v.x, p0);
                 p1 = fmaf(pw, v.y, p1);
             }
-#pragma unroll
-            for (int o = 1; o < SCAN_Q; o <<= 1) {
-                p0 += __shfl_xor_sync(0xffffffffu, p0, o);
-                p1 += __shfl_xor_sync(0xffffffffu, p1, o);
-            }
-            if (q == 0) {
-                float2 ov = *(const float2 *)(Os + i * COLS + c0);
-                *(float2 *)(out + (int64_t)(t0 + i) * Hv * DV + (int64_t)h * DV + j) = make_float2(ov.x + p0, ov.y + p1);
-            }
+            float2 ov = *(const float2 *)(Os + i * COLS + c0);
+            *(float2 *)(out + (int64_t)(t0 + i) * Hv * DV + (int64_t)h * DV + j) = make_float2(ov.x + p0, ov.y + p1);
         }
         float el = expf(eg[GDN_C]); /* eg[64] holds gamma_last itself */
 #pragma unroll

@@ -28,7 +28,7 @@ __global__ void __launch_bounds__(QG_THREADS)
         uint32_t m[QK_QROWS];
 #pragma unroll
         for (int r = 0; r < QK_QROWS; r++) wv[r] = __ldcs(wr + (size_t)r * kc + c);
-        const int g = c / cpg;
+        const int g = PERM ? __ldg(perm + (size_t)kc * 32 + c) : c / cpg;
 #pragma unroll
         for (int r = 0; r < QK_QROWS; r++) m[r] = __ldg(sr + (size_t)r * ng + g);
         float xf[32];
@@ -79,7 +79,7 @@ extern "C" int qk_gemv_int4(const qk_qweight *w, const uint16_t *x, float *y, in
 {
     int rc = qg_check(w, x, y, QK_QW_INT4);
     if (rc) return rc;
-    if (w->group <= 0 || w->group % 32 || w->ngroups * w->group < w->k_pad ||
+    if (w->group <= 0 || w->group % 32 || (!w->perm && w->ngroups * w->group < w->k_pad) ||
         (w->perm && ((uintptr_t)w->perm & 15)))
         return (int)cudaErrorInvalidValue;
     const int kc = w->k_pad / 32, cpg = w->group / 32, grid = w->n_pad / QK_QROWS;
@@ -111,7 +111,8 @@ __global__ void k_dequant_int4_bf16(const uint32_t *__restrict__ W, const uint32
     const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (int64_t)N * kw) return;
     const int n = (int)(i / kw), p0 = (int)(i % kw) * 8;
-    const uint32_t w = W[i], m = S[(size_t)n * ng + p0 / group];
+    const int g = perm ? perm[(size_t)kw * 8 + p0 / 32] : p0 / group;
+    const uint32_t w = W[i], m = S[(size_t)n * ng + g];
     const float s = f16 ? __half2float(__ushort_as_half((unsigned short)(m & 0xffffu)))
                         : __uint_as_float(m << 16);
     const int z = (int)((m >> 16) & 0xffu);

@@ -17,10 +17,11 @@
  *       s: uint32 per (row, group) [n_pad][ngroups]: bits 0-15 the scale (f16
  *          when scale_f16, else bf16 — the published dtype, kept exact), bits
  *          16-23 the zero z (0..16); W = scale * (q - z).
- *       perm: NULL, or int32 [k_pad]: packed position -> original k (-1 = pad).
- *          Set for g_idx (act-order) checkpoints: K is permuted at repack time so
- *          each group's inputs are contiguous (a segment of `group` positions per
- *          group); the kernel gathers x through perm.
+ *       perm: NULL, or int32 [k_pad + k_pad/32]: packed position -> original k
+ *          (-1 = pad), then the group of each 32-position chunk. Set for g_idx
+ *          (act-order) checkpoints: K is permuted at repack time so each group's
+ *          inputs are contiguous (one segment per group, padded to a multiple of
+ *          32); the kernel gathers x through perm. `group` is then 32.
  *   QK_QW_NVFP4  nvfp4-ct, nvfp4-modelopt;  QK_QW_MXFP4  mxfp4-ct
  *       w: uint32 words row-major [n_pad][k_pad/8]; word i holds elements
  *          8i..8i+7 in the pre-shuffled bit order described in cuda_repack.c
@@ -65,7 +66,7 @@ typedef struct qk_qweight {
     size_t w_bytes;
     void *s;
     size_t s_bytes;
-    int32_t *perm;     /* int4 with g_idx: [k_pad], else NULL */
+    int32_t *perm;     /* int4 with g_idx: [k_pad + k_pad/32], else NULL */
     size_t perm_bytes;
 } qk_qweight;
 

@@ -17,12 +17,10 @@ value() { # the number after the last '=' of the JSON answer field
 }
 reasoning() { sed -n 's/^.*"reasoning":"\([^"]*\)".*$/\1/p' | head -1; }
 
-# `qchat run` without a directory must open demo/bf16; until it does, say so
-# and check the same questions with the directory named.
+# `qchat run` without a directory opens demo/bf16.
 nodir=( )
 if ! "$QCHAT_BIN" run -p "What is 2 + 3?" --json --temperature 0 --device cpu >"$TMP/probe" 2>"$TMP/probe.err"; then
-    skip demo_run_without_directory "qchat run without a checkpoint directory fails: $(head -1 "$TMP/probe.err" | head -c 200)"
-    nodir=( demo/bf16 )
+    fail demo_run_without_directory "qchat run without a checkpoint directory fails: $(head -1 "$TMP/probe.err" | head -c 200)"
 elif [ "$(value <"$TMP/probe")" = 5 ]; then
     ok demo_run_without_directory
 else

@@ -318,7 +318,9 @@ static void run_case(const char *name, pub *p)
     float *ref = malloc((size_t)(N * K) * sizeof *ref), *unp = malloc((size_t)(N * K) * sizeof *unp);
     qc_linear_dequant_rows(l, 0, N, ref);
     qk_qweight h;
+    double t0 = qc_now();
     rc = qc_qweight_pack(l, &h, &err);
+    double pack_s = qc_now() - t0;
     if (rc) {
         CHECK(cname, 0, "pack failed: %s", err.msg);
         free(ref);
@@ -336,9 +338,11 @@ static void run_case(const char *name, pub *p)
         if (r > maxrel || r != r)
             maxrel = r;
     }
-    printf("# %s: %s N=%lld K=%lld n_pad=%d k_pad=%d packed %zu+%zu+%zu bytes, max rel diff %.3g\n",
+    printf("# %s: %s N=%lld K=%lld n_pad=%d k_pad=%d packed %zu+%zu+%zu bytes in %.1f ms (%.0f MB/s), "
+           "max rel diff %.3g\n",
            cname, qc_format_name(l->format), (long long)N, (long long)K, h.n_pad, h.k_pad, h.w_bytes,
-           h.s_bytes, h.perm_bytes, maxrel);
+           h.s_bytes, h.perm_bytes, pack_s * 1e3, (double)qk_qweight_bytes(&h) / (pack_s > 0 ? pack_s : 1e-9) / 1e6,
+           maxrel);
     CHECK(cname, bad == 0, "%lld of %lld weights differ after repacking (max rel %.3g)", (long long)bad,
           (long long)(N * K), maxrel);
 
@@ -472,7 +476,8 @@ static int64_t emulate_decode(const qk_qweight *q, const float *ref)
             const int j = (int)(p % 8);
             float v;
             if (q->kind == QK_QW_INT4) {
-                uint32_t m = ((const uint32_t *)q->s)[n * q->ngroups + p / q->group];
+                int64_t g = q->perm ? q->perm[q->k_pad + p / 32] : p / q->group;
+                uint32_t m = ((const uint32_t *)q->s)[n * q->ngroups + g];
                 float s = q->scale_f16 ? qc_f16_to_f32((uint16_t)m) : qc_bf16_to_f32((uint16_t)m);
                 uint32_t z = (m >> 16) & 0xffu, b = word >> (8 * (j / 2));
                 if (j % 2 == 0)

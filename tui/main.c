@@ -10,6 +10,7 @@
 
 #include "app.h"
 #include "commands.h"
+#include "demo.h"
 #include "tui.h"
 
 static void usage(FILE *f)
@@ -37,38 +38,6 @@ static int is_dir(const char *p)
 
 /* The demo checkpoints: demo/{bf16,fp8,int4,nvfp4} next to the executable
  * (or one level up, for a build tree), else in the current directory. */
-static int find_demo(char paths[][4200], int max)
-{
-    char exe[4096] = "";
-    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
-    if (n > 0) {
-        exe[n] = 0;
-        char *sl = strrchr(exe, '/');
-        if (sl)
-            *sl = 0;
-    }
-    char bases[3][4200];
-    snprintf(bases[0], sizeof bases[0], "%s/demo", exe);
-    snprintf(bases[1], sizeof bases[1], "%s/../share/qchat/demo", exe);
-    snprintf(bases[2], sizeof bases[2], "demo");
-    static const char *const fmts[] = {"bf16", "fp8", "int4", "nvfp4"};
-    for (int b = 0; b < 3; b++) {
-        if (!exe[0] && b < 2)
-            continue;
-        int k = 0;
-        for (int f = 0; f < 4 && k < max; f++) {
-            snprintf(paths[k], 4200, "%.4000s/%s", bases[b], fmts[f]);
-            char cfg[4300];
-            snprintf(cfg, sizeof cfg, "%s/config.json", paths[k]);
-            if (access(cfg, R_OK) == 0)
-                k++;
-        }
-        if (k)
-            return k;
-    }
-    return 0;
-}
-
 static int parse_int(const char *opt, const char *v, long lo, long hi, long *out)
 {
     char *end;
@@ -176,9 +145,9 @@ int tui_main(int argc, char **argv)
             dirs[nd++] = a;
         }
     }
-    static char demo[4][4200];
+    static char demo[4][QC_DEMO_PATH_MAX];
     if (nd == 0) {
-        int k = find_demo(demo, 4);
+        int k = qc_demo_find(demo, 4);
         if (k == 0) {
             fprintf(stderr,
                     "qchat: no checkpoint given and no demo model found (demo/bf16 next to the executable or in "
