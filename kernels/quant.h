@@ -22,6 +22,8 @@
  *          (act-order) checkpoints: K is permuted at repack time so each group's
  *          inputs are contiguous (one segment per group, padded to a multiple of
  *          32); the kernel gathers x through perm. `group` is then 32.
+ *   QK_QW_BF16   bf16 (so 16-bit projections can share a fused launch)
+ *       w: bf16 row-major [n_pad][k_pad]; no scales.
  *   QK_QW_NVFP4  nvfp4-ct, nvfp4-modelopt;  QK_QW_MXFP4  mxfp4-ct
  *       w: uint32 words row-major [n_pad][k_pad/8]; word i holds elements
  *          8i..8i+7 in the pre-shuffled bit order described in cuda_repack.c
@@ -44,9 +46,10 @@ extern "C" {
 
 struct CUstream_st;
 
-#define QK_QROWS 4 /* rows per thread block of the quantized GEMVs; n_pad % QK_QROWS == 0 */
+#define QK_QROWS 4          /* rows per thread block of the quantized GEMVs; n_pad % QK_QROWS == 0 */
+#define QK_GEMV_MAX_PARTS 4 /* weights one fused launch can read */
 
-typedef enum qk_qkind { QK_QW_NONE = 0, QK_QW_FP8, QK_QW_INT4, QK_QW_NVFP4, QK_QW_MXFP4 } qk_qkind;
+typedef enum qk_qkind { QK_QW_NONE = 0, QK_QW_FP8, QK_QW_INT4, QK_QW_NVFP4, QK_QW_MXFP4, QK_QW_BF16 } qk_qkind;
 
 /* A weight in the kernel-native layout. Pointers are device pointers once
  * uploaded (qc_qweight_upload) and host pointers while packed on the host
@@ -76,47 +79,30 @@ static inline size_t qk_qweight_bytes(const qk_qweight *w)
     return w->w_bytes + w->s_bytes + w->perm_bytes;
 }
 
-/* ---- kernels (kernels/gemv_*.cu); every pointer a device pointer ---- */
+/* ---- kernels (kernels/gemv_multi.cu, gemv_{fp8,int4,nvfp4}.cu); device pointers ---- */
 
 /* Decode GEMV: y[n] (+)= sum_k W[n,k] x[k] for n < w->n. x bf16 [w->k], 16-byte
- * aligned; fp32 dequantization and accumulation, y fp32. accumulate != 0 adds
- * to y (fused residual). Returns 0 or the CUDA error code. */
-int qk_gemv_fp8(const qk_qweight *w, const uint16_t *x, float *y, int accumulate,
-                struct CUstream_st *st);
-int qk_gemv_int4(const qk_qweight *w, const uint16_t *x, float *y, int accumulate,
-                 struct CUstream_st *st);
-int qk_gemv_fp4(const qk_qweight *w, const uint16_t *x, float *y, int accumulate,
-                struct CUstream_st *st); /* NVFP4 and MXFP4 */
+ * aligned; dequantization in registers, fp32 accumulation, y fp32.
+ * accumulate != 0 adds to y (fused residual). Returns 0 or the CUDA error
+ * code (cudaErrorInvalidValue = 1 for a descriptor it cannot run). */
+int qk_gemv_q(const qk_qweight *w, const uint16_t *x, float *y, int accumulate, struct CUstream_st *st);
+
+/* Fused GEMV: nparts (1..QK_GEMV_MAX_PARTS) weights with the same K, any mix
+ * of layouts, read the same x in ONE launch: y[i][n] (+)= W_i x. Used for
+ * q/k/v, gate/up, and GDN qkv/z/a/b (quantized and BF16 together). Each part
+ * keeps its own scales and global multiplier, so parts whose NVFP4 global
+ * scales differ fuse without rescaling. */
+int qk_gemv_multi(const qk_qweight *const *w, float *const *y, int nparts, const uint16_t *x,
+                  int accumulate, struct CUstream_st *st);
 
 /* Prefill helper: out bf16 [w->n][ld] (ld >= w->k) = W rounded to bf16 (round
  * to nearest even from the exact fp32 dequantized value), for a cuBLAS BF16
- * GEMM. Rows n < w->n, columns k < w->k are written. */
+ * GEMM. Rows n < w->n, columns k < w->k are written; others untouched. */
+int qk_dequant_q_bf16(const qk_qweight *w, uint16_t *out, int ld, struct CUstream_st *st);
+/* Per layout (qk_dequant_q_bf16 dispatches on w->kind). */
 int qk_dequant_fp8_bf16(const qk_qweight *w, uint16_t *out, int ld, struct CUstream_st *st);
 int qk_dequant_int4_bf16(const qk_qweight *w, uint16_t *out, int ld, struct CUstream_st *st);
 int qk_dequant_fp4_bf16(const qk_qweight *w, uint16_t *out, int ld, struct CUstream_st *st);
-
-/* Dispatch on w->kind. */
-static inline int qk_gemv_q(const qk_qweight *w, const uint16_t *x, float *y, int accumulate,
-                            struct CUstream_st *st)
-{
-    switch (w->kind) {
-    case QK_QW_FP8: return qk_gemv_fp8(w, x, y, accumulate, st);
-    case QK_QW_INT4: return qk_gemv_int4(w, x, y, accumulate, st);
-    case QK_QW_NVFP4:
-    case QK_QW_MXFP4: return qk_gemv_fp4(w, x, y, accumulate, st);
-    default: return 1; /* cudaErrorInvalidValue */
-    }
-}
-static inline int qk_dequant_q_bf16(const qk_qweight *w, uint16_t *out, int ld, struct CUstream_st *st)
-{
-    switch (w->kind) {
-    case QK_QW_FP8: return qk_dequant_fp8_bf16(w, out, ld, st);
-    case QK_QW_INT4: return qk_dequant_int4_bf16(w, out, ld, st);
-    case QK_QW_NVFP4:
-    case QK_QW_MXFP4: return qk_dequant_fp4_bf16(w, out, ld, st);
-    default: return 1;
-    }
-}
 
 /* ---- host side (engine/cuda_repack.c) ---- */
 
@@ -124,7 +110,9 @@ struct qc_linear;
 struct qc_err;
 
 /* True when the format has a kernel-native layout here (fp8-*, gptq, awq,
- * ct-int 4-bit, nvfp4-*, mxfp4-ct). */
+ * ct-int, nvfp4-*, mxfp4-ct, bf16). Packing still refuses what the kernels
+ * cannot run exactly (8-bit or 2-bit integers, int4 groups that are not a
+ * multiple of 32, non-16-bit int4 scales, E5M2 weights, F16/F32 "bf16"). */
 int qc_qweight_supported(int qc_format);
 
 /* Packs a validated qc_linear into the kernel-native layout in host memory

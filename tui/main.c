@@ -54,7 +54,8 @@ static int parse_int(const char *opt, const char *v, long lo, long hi, long *out
 int tui_main(int argc, char **argv)
 {
     app_opts o = {.colors = 0, .device = QC_DEVICE_AUTO, .ctx = 8192, .think = -1, .temperature = -1, .seed = -1};
-    const char **dirs = calloc((size_t)argc + 1, sizeof *dirs);
+    /* The directories of argv, or the (at most 4) demo formats when none is given. */
+    const char **dirs = calloc((size_t)argc + 5, sizeof *dirs);
     if (!dirs)
         return QC_EXIT_RUNTIME;
     int nd = 0, rc = QC_EXIT_USAGE;
