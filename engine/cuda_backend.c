@@ -708,10 +708,10 @@ static int mm(qc_cuda_model *cm, const uint16_t *W, const uint16_t *X, float *Y,
  * multi-token forward is bracketed by events and synchronised, and the time
  * per category is printed to stderr after the chunk. Slows prefill down;
  * for finding where prefill time goes, never on by default. */
-enum { P_EMBED, P_NORM, P_GEMM_IN, P_CONV, P_GATES, P_GDN, P_GNORM, P_APREP, P_ATTN, P_GEMM_OUT, P_GEMM_GU,
+enum { P_EMBED, P_NORM, P_GEMM_IN, P_CONV, P_GATES, P_GDNPREP, P_GDN, P_GNORM, P_APREP, P_ATTN, P_GEMM_OUT, P_GEMM_GU,
        P_SWIGLU, P_GEMM_DOWN, P_HEAD, P_COUNT };
 static const char *const prof_names[P_COUNT] = {
-    "embed", "rmsnorm", "gemm in-proj", "conv+silu", "gdn gates+l2", "gdn chunked", "gdn out-norm",
+    "embed", "rmsnorm", "gemm in-proj", "conv+silu", "gdn gates+l2", "gdn chunk prep", "gdn chunk scan", "gdn out-norm",
     "attn prep", "attention", "gemm out-proj", "gemm gate|up", "swiglu", "gemm down", "final norm+lm_head"};
 
 #define OP(cat, call)                                                                              \
@@ -763,8 +763,9 @@ static int run_layers(qc_cuda_sess *cs, int T, int pos0, bool all_rows, qc_err *
             } else {
                 OP(P_GATES, qk_gdn_gates(b, a, ld, L->nexpa, L->dt_bias, T, Hv, cs->beta, cs->g, st));
                 OP(P_GATES, qk_l2norm_qk(cs->cbuf, C, T, sh->Hk, sh->dk, st));
-                OP(P_GDN, qk_gdn_prefill(cs->cbuf, C, cs->beta, cs->g, cs->S[li], T, sh->Hk, Hv, sh->dk, dv, cs->gdn_scr,
-                                  cs->o, st));
+                OP(P_GDNPREP, qk_gdn_prefill_prep(cs->cbuf, C, cs->beta, cs->g, T, sh->Hk, Hv, sh->dk, dv, cs->gdn_scr,
+                                                  st));
+                OP(P_GDN, qk_gdn_prefill_scan(cs->S[li], T, sh->Hk, Hv, sh->dk, dv, cs->gdn_scr, cs->o, st));
                 OP(P_GNORM, qk_gated_norm(cs->o, z, ld, L->gdn_norm, sh->eps, T, Hv, dv, cs->yb, st));
             }
         } else {
@@ -782,8 +783,9 @@ static int run_layers(qc_cuda_sess *cs, int T, int pos0, bool all_rows, qc_err *
         if (T == 1) {
             OP(P_GEMM_GU, qk_gemv_swiglu_bf16(L->w_gu, cs->xb, cs->yb, sh->I, D, st));
         } else {
-            OP(P_GEMM_GU, mm(cm, L->w_gu, cs->xb, cs->proj, T, 2 * sh->I, D, 0));
-            OP(P_SWIGLU, qk_swiglu(cs->proj, 2 * sh->I, T, sh->I, cs->yb, st));
+            /* bf16 gate|up: its only reader is the SwiGLU (half the traffic of fp32) */
+            OP(P_GEMM_GU, qk_gemm_bf16_out16(cm->blas, L->w_gu, cs->xb, (uint16_t *)cs->proj, 2 * sh->I, T, 2 * sh->I, D));
+            OP(P_SWIGLU, qk_swiglu_b16((const uint16_t *)cs->proj, 2 * sh->I, T, sh->I, cs->yb, st));
         }
         OP(P_GEMM_DOWN, mm(cm, L->w_down, cs->yb, cs->h, T, D, sh->I, 1));
     }

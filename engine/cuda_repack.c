@@ -33,6 +33,7 @@
  *    ModelOpt), block scales stay as the published bytes.
  *  - FP8: the published bytes as they are (padded), scales as one fp32 grid
  *    covering per-block, per-channel (1 x K blocks) and per-tensor (one block).
+ *  - BF16: rows padded, so 16-bit projections join fused launches.
  *
  * The host-side packing is plain C and is compiled in every build, so the
  * CPU-only test suite checks it (pack, then unpack == qc_linear_dequant_rows);
@@ -128,7 +129,8 @@ int qc_qweight_supported(int f)
     case QC_FMT_CT_INT:
     case QC_FMT_NVFP4_CT:
     case QC_FMT_NVFP4_MODELOPT:
-    case QC_FMT_MXFP4_CT: return 1;
+    case QC_FMT_MXFP4_CT:
+    case QC_FMT_BF16: return 1;
     default: return 0;
     }
 }
@@ -490,6 +492,24 @@ static int pack_fp4(const qc_linear *l, qk_qweight *q, qc_err *err)
     return QC_OK;
 }
 
+/* ---- BF16 ----------------------------------------------------------------- */
+
+/* BF16 rows padded like the others, so a 16-bit projection can join a fused
+ * launch with quantized ones (GDN in_proj_a/b next to in_proj_qkv/z). */
+static int pack_bf16(const qc_linear *l, qk_qweight *q, qc_err *err)
+{
+    if (l->weight->dtype != QC_DT_BF16)
+        return pack_fail(l, err, "only BF16 weights (not F16/F32) have this layout");
+    q->kind = QK_QW_BF16;
+    q->w_bytes = (size_t)q->n_pad * (size_t)q->k_pad * 2;
+    if (!alloc_bufs(q, err, l->name))
+        return err ? err->code : QC_EXIT_RUNTIME;
+    const unsigned char *src = l->weight->data;
+    for (int64_t n = 0; n < l->n; n++)
+        memcpy((uint16_t *)q->w + n * q->k_pad, src + 2 * n * l->k, (size_t)l->k * 2);
+    return QC_OK;
+}
+
 /* ---- entry points --------------------------------------------------------- */
 
 int qc_qweight_pack(const qc_linear *l, qk_qweight *q, qc_err *err)
@@ -514,6 +534,7 @@ int qc_qweight_pack(const qc_linear *l, qk_qweight *q, qc_err *err)
     case QC_FMT_GPTQ:
     case QC_FMT_AWQ:
     case QC_FMT_CT_INT: rc = pack_int4(l, q, err); break;
+    case QC_FMT_BF16: rc = pack_bf16(l, q, err); break;
     default: rc = pack_fp4(l, q, err); break;
     }
     if (rc)
@@ -552,6 +573,11 @@ void qc_qweight_unpack_rows(const qk_qweight *q, int64_t row0, int64_t nrows, fl
                 int32_t qv = (int32_t)((w[p / 8] >> (4 * (p % 8))) & 15u);
                 o[k] = s * (float)(qv - (int32_t)(m >> 16 & 255u));
             }
+            break;
+        }
+        case QK_QW_BF16: {
+            const uint16_t *w = (const uint16_t *)q->w + n * q->k_pad;
+            for (int64_t k = 0; k < K; k++) o[k] = qc_bf16_to_f32(w[k]);
             break;
         }
         default: {

@@ -361,35 +361,66 @@ __global__ void __launch_bounds__((DK < 64 ? DK : 64) / 2 * SCAN_Q) k_gdn_scan(i
         }
 }
 
+static size_t gdn_sm1(int dk) { return (size_t)(2 * GDN_C * (dk + 1) + GDN_C * (GDN_C + 1) + 2 * GDN_C) * 4; }
+static size_t gdn_sm2(int dk)
+{
+    int cols = dk < 64 ? dk : 64;
+    return (gdn_rec_floats(dk) + (size_t)3 * GDN_C * cols) * 4;
+}
+
 template <int DK>
-static int gdn_prefill_dk(const float *c, int ld_c, const float *beta, const float *g, float *state, int T, int Hk,
-                          int Hv, void *scratch, float *out, qk_stream st)
+static int gdn_prep_dk(const float *c, int ld_c, const float *beta, const float *g, int T, int Hk, int Hv,
+                       void *scratch, qk_stream st)
+{
+    gdn_scratch s = gdn_scratch_split(scratch, T, Hv, DK);
+    cudaError_t e = cudaFuncSetAttribute(k_gdn_prep<DK>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)gdn_sm1(DK));
+    if (e != cudaSuccess) return (int)e;
+    k_gdn_prep<DK><<<dim3(qk_cdiv(T, GDN_C), Hv), 256, gdn_sm1(DK), st>>>(c, ld_c, beta, g, T, Hk, Hv, s);
+    return qk_launch_status();
+}
+
+template <int DK>
+static int gdn_scan_dk(float *state, int T, int Hv, void *scratch, float *out, qk_stream st)
 {
     const int COLS = DK < 64 ? DK : 64;
     gdn_scratch s = gdn_scratch_split(scratch, T, Hv, DK);
-    int nch = qk_cdiv(T, GDN_C);
-    size_t sm1 = (size_t)(2 * GDN_C * (DK + 1) + GDN_C * (GDN_C + 1) + 2 * GDN_C) * 4;
-    size_t sm2 = (gdn_rec_floats(DK) + (size_t)3 * GDN_C * COLS) * 4;
-    cudaError_t e = cudaFuncSetAttribute(k_gdn_prep<DK>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sm1);
-    if (e == cudaSuccess)
-        e = cudaFuncSetAttribute(k_gdn_scan<DK>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sm2);
+    cudaError_t e = cudaFuncSetAttribute(k_gdn_scan<DK>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)gdn_sm2(DK));
     if (e != cudaSuccess) return (int)e;
-    k_gdn_prep<DK><<<dim3(nch, Hv), 256, sm1, st>>>(c, ld_c, beta, g, T, Hk, Hv, s);
-    k_gdn_scan<DK><<<dim3(Hv, DK / COLS), COLS / 2 * SCAN_Q, sm2, st>>>(T, Hv, s, state, out);
+    k_gdn_scan<DK><<<dim3(Hv, DK / COLS), COLS / 2 * SCAN_Q, gdn_sm2(DK), st>>>(T, Hv, s, state, out);
     return qk_launch_status();
+}
+
+extern "C" int qk_gdn_prefill_prep(const float *c, int ld_c, const float *beta, const float *g, int T, int Hk, int Hv,
+                                   int dk, int dv, void *scratch, qk_stream st)
+{
+    if (T <= 0) return 0;
+    if (dk != dv || Hk <= 0 || Hv % Hk) return (int)cudaErrorInvalidValue;
+    switch (dk) {
+    case 32: return gdn_prep_dk<32>(c, ld_c, beta, g, T, Hk, Hv, scratch, st);
+    case 64: return gdn_prep_dk<64>(c, ld_c, beta, g, T, Hk, Hv, scratch, st);
+    case 128: return gdn_prep_dk<128>(c, ld_c, beta, g, T, Hk, Hv, scratch, st);
+    default: return (int)cudaErrorInvalidValue;
+    }
+}
+
+extern "C" int qk_gdn_prefill_scan(float *state, int T, int Hk, int Hv, int dk, int dv, void *scratch, float *out,
+                                   qk_stream st)
+{
+    if (T <= 0) return 0;
+    if (dk != dv || Hk <= 0 || Hv % Hk) return (int)cudaErrorInvalidValue;
+    switch (dk) {
+    case 32: return gdn_scan_dk<32>(state, T, Hv, scratch, out, st);
+    case 64: return gdn_scan_dk<64>(state, T, Hv, scratch, out, st);
+    case 128: return gdn_scan_dk<128>(state, T, Hv, scratch, out, st);
+    default: return (int)cudaErrorInvalidValue;
+    }
 }
 
 extern "C" int qk_gdn_prefill(const float *c, int ld_c, const float *beta, const float *g, float *state, int T,
                               int Hk, int Hv, int dk, int dv, void *scratch, float *out, qk_stream st)
 {
-    if (T <= 0) return 0;
-    if (dk != dv || Hk <= 0 || Hv % Hk) return (int)cudaErrorInvalidValue;
-    switch (dk) {
-    case 32: return gdn_prefill_dk<32>(c, ld_c, beta, g, state, T, Hk, Hv, scratch, out, st);
-    case 64: return gdn_prefill_dk<64>(c, ld_c, beta, g, state, T, Hk, Hv, scratch, out, st);
-    case 128: return gdn_prefill_dk<128>(c, ld_c, beta, g, state, T, Hk, Hv, scratch, out, st);
-    default: return (int)cudaErrorInvalidValue;
-    }
+    int rc = qk_gdn_prefill_prep(c, ld_c, beta, g, T, Hk, Hv, dk, dv, scratch, st);
+    return rc ? rc : qk_gdn_prefill_scan(state, T, Hk, Hv, dk, dv, scratch, out, st);
 }
 
 /* ---- fused single-token step: one block per V head, one thread per state

@@ -80,6 +80,15 @@ size_t qk_blas_workspace_bytes(const qk_blas *b);
 int qk_gemm_bf16(qk_blas *b, const uint16_t *W, const uint16_t *X, float *Y, int ldy, int T,
                  int N, int K, float beta);
 
+/* The same with a bf16 output (Y bf16 [T, ldy], beta 0): the prefill gate|up
+ * projection, whose only reader is the SwiGLU, so the fp32 round trip is
+ * traffic for nothing. */
+int qk_gemm_bf16_out16(qk_blas *b, const uint16_t *W, const uint16_t *X, uint16_t *Y, int ldy, int T,
+                       int N, int K);
+
+/* qk_swiglu over a bf16 gate|up input. */
+int qk_swiglu_b16(const uint16_t *gu, int ld, int T, int I, uint16_t *out, qk_stream st);
+
 /* ---- Gated DeltaNet (kernels/gdn.cu) ---- */
 
 /* Causal depthwise conv (width 4) + SiLU over C channels for T tokens:
@@ -109,6 +118,12 @@ size_t qk_gdn_prefill_scratch(int T, int Hv, int dk, int dv);
  * Hv*dv]. dk == dv, one of 32, 64, 128; Hv % Hk == 0. */
 int qk_gdn_prefill(const float *c, int ld_c, const float *beta, const float *g, float *state,
                    int T, int Hk, int Hv, int dk, int dv, void *scratch, float *out, qk_stream st);
+/* qk_gdn_prefill in its two launches (same arguments): prep is parallel over
+ * chunks and heads, scan runs the chunks in order. */
+int qk_gdn_prefill_prep(const float *c, int ld_c, const float *beta, const float *g, int T, int Hk,
+                        int Hv, int dk, int dv, void *scratch, qk_stream st);
+int qk_gdn_prefill_scan(float *state, int T, int Hk, int Hv, int dk, int dv, void *scratch, float *out,
+                        qk_stream st);
 
 /* One decode step, fused: gates from b/a, L2 norms of q/k, the delta rule on
  * the fp32 state, then the output norm * silu(z). c: conv output [conv_dim]

@@ -68,6 +68,8 @@ extern "C" int qk_gated_norm(const float *o, const float *z, int ld_z, const flo
     return qk_launch_status();
 }
 
+static int grid_for(int64_t n) { int64_t b = (n + 255) / 256; return (int)(b > 65535 ? 65535 : (b < 1 ? 1 : b)); }
+
 __global__ void k_swiglu(const float *gu, int ld, int T, int I, uint16_t *out)
 {
     int64_t n = (int64_t)T * I;
@@ -78,12 +80,28 @@ __global__ void k_swiglu(const float *gu, int ld, int T, int I, uint16_t *out)
     }
 }
 
-static int grid_for(int64_t n) { int64_t b = (n + 255) / 256; return (int)(b > 65535 ? 65535 : (b < 1 ? 1 : b)); }
 
 extern "C" int qk_swiglu(const float *gu, int ld, int T, int I, uint16_t *out, qk_stream st)
 {
     if (T <= 0) return 0;
     k_swiglu<<<grid_for((int64_t)T * I), 256, 0, st>>>(gu, ld, T, I, out);
+    return qk_launch_status();
+}
+
+__global__ void k_swiglu_b16(const uint16_t *gu, int ld, int T, int I, uint16_t *out)
+{
+    int64_t n = (int64_t)T * I;
+    for (int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; e < n; e += (int64_t)gridDim.x * blockDim.x) {
+        int64_t t = e / I, i = e % I;
+        float g = qk_bf(gu[t * ld + i]), u = qk_bf(gu[t * ld + I + i]);
+        out[e] = qk_to_bf(qk_silu(g) * u);
+    }
+}
+
+extern "C" int qk_swiglu_b16(const uint16_t *gu, int ld, int T, int I, uint16_t *out, qk_stream st)
+{
+    if (T <= 0) return 0;
+    k_swiglu_b16<<<grid_for((int64_t)T * I), 256, 0, st>>>(gu, ld, T, I, out);
     return qk_launch_status();
 }
 

@@ -2,7 +2,7 @@
  * of every published 4/8-bit format, the decode GEMV per layout family and the
  * dequantize-to-BF16 kernel for prefill. C-includable (extern "C").
  *
- * Four layout families; every published format is converted at load time by
+ * Five layouts; every published format is converted at load time by
  * engine/cuda_repack.c into one of them, with no change to what is computed:
  *
  *   QK_QW_FP8    fp8-block, fp8-tensor, fp8-channel
@@ -16,7 +16,7 @@
  *          low nibble holds the lower k, exactly as ct-int publishes it).
  *       s: uint32 per (row, group) [n_pad][ngroups]: bits 0-15 the scale (f16
  *          when scale_f16, else bf16 — the published dtype, kept exact), bits
- *          16-23 the zero z (0..16); W = scale * (q - z).
+ *          16-23 the zero z (0..16 in every published convention); W = scale * (q - z).
  *       perm: NULL, or int32 [k_pad + k_pad/32]: packed position -> original k
  *          (-1 = pad), then the group of each 32-position chunk. Set for g_idx
  *          (act-order) checkpoints: K is permuted at repack time so each group's

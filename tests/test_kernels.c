@@ -205,6 +205,19 @@ static void test_glue(void)
         ok &= cmp(nm, got, ref, (size_t)T * I, 5e-3);
         cudaFree(dg); cudaFree(dout); free(gu); free(ref); free(got);
     }
+    {
+        int T = 5, I = 1000, ld = 2 * I + 8;
+        float *gu = rnd((size_t)T * ld, 4), *ref = malloc((size_t)T * I * 4);
+        uint16_t *gub = to_bf(gu, (size_t)T * ld);
+        for (int t = 0; t < T; t++)
+            for (int i = 0; i < I; i++)
+                ref[(size_t)t * I + i] = cpu_silu(gu[(size_t)t * ld + i]) * gu[(size_t)t * ld + I + i];
+        uint16_t *dg = dput(gub, (size_t)T * ld * 2), *dout = dput(NULL, (size_t)T * I * 2);
+        ok &= launch_ok(qk_swiglu_b16(dg, ld, T, I, dout, 0), "swiglu_b16");
+        float *got = dget_bf(dout, (size_t)T * I);
+        ok &= cmp("swiglu bf16-in T=5 I=1000", got, ref, (size_t)T * I, 5e-3);
+        cudaFree(dg); cudaFree(dout); free(gu); free(gub); free(ref); free(got);
+    }
     CHECK("kern_swiglu", ok, "SwiGLU differs");
 
     ok = 1;
@@ -328,6 +341,28 @@ static void test_gemm(void)
             cudaFree(dW); cudaFree(dX); cudaFree(dY);
             free(W); free(X); free(Y0); free(Wb); free(Xb); free(ref); free(Y); free(got);
         }
+    }
+    /* bf16 output (prefill gate|up) */
+    int os[][3] = {{7, 96, 136}, {200, 1024, 256}};
+    for (int s = 0; s < 2; s++) {
+        int T = os[s][0], N = os[s][1], K = os[s][2], ldy = N + 8;
+        float *W = rnd((size_t)N * K, 0.05f), *X = rnd((size_t)T * K, 1), *ref = malloc((size_t)T * N * 4);
+        uint16_t *Wb = to_bf(W, (size_t)N * K), *Xb = to_bf(X, (size_t)T * K);
+        for (int t = 0; t < T; t++)
+            for (int n = 0; n < N; n++) {
+                double a = 0;
+                for (int k = 0; k < K; k++) a += (double)W[(size_t)n * K + k] * X[(size_t)t * K + k];
+                ref[(size_t)t * N + n] = (float)a;
+            }
+        uint16_t *dW = dput(Wb, (size_t)N * K * 2), *dX = dput(Xb, (size_t)T * K * 2), *dY = dput(NULL, (size_t)T * ldy * 2);
+        ok &= launch_ok(qk_gemm_bf16_out16(b, dW, dX, dY, ldy, T, N, K), "gemm_out16");
+        float *Y = dget_bf(dY, (size_t)T * ldy), *got = malloc((size_t)T * N * 4);
+        for (int t = 0; t < T; t++) memcpy(got + (size_t)t * N, Y + (size_t)t * ldy, N * 4);
+        char nm[80];
+        snprintf(nm, sizeof nm, "gemm bf16-out T=%d N=%d K=%d", T, N, K);
+        ok &= cmp(nm, got, ref, (size_t)T * N, 5e-3);
+        cudaFree(dW); cudaFree(dX); cudaFree(dY);
+        free(W); free(X); free(ref); free(Wb); free(Xb); free(Y); free(got);
     }
     qk_blas_free(b);
     CHECK("kern_gemm", ok, "cuBLAS GEMM differs from the double reference");

@@ -259,6 +259,16 @@ static void build_fp4(pub *p, const char *name, qc_format f, int64_t N, int64_t 
     }
 }
 
+static void build_bf16(pub *p, const char *name, int64_t N, int64_t K)
+{
+    lin_init(p, name, QC_FMT_BF16, N, K);
+    p->l.bits = 16;
+    p->l.symmetric = true;
+    qc_tensor *w = mk(p, "weight", QC_DT_BF16, 2, N, K);
+    for (int64_t i = 0; i < N * K; i++) put_f(w, i, (float)((double)(urand() >> 11) / 4503599627370496.0 - 1.0));
+    p->l.weight = w;
+}
+
 /* ---- GPU plumbing ----------------------------------------------------------- */
 
 static int gpu_ok = -1; /* 1 usable, 0 not */
@@ -507,6 +517,91 @@ static int64_t emulate_decode(const qk_qweight *q, const float *ref)
     return bad;
 }
 
+/* One launch over four weights of different layouts sharing x (the GDN
+ * in_proj_qkv/z/a/b pattern, plus an act-order INT4 part): each part's
+ * output against its own reference. */
+static void test_fused(void)
+{
+    const char *name = "qgemv_fused_nvfp4_fp8_bf16_gptq";
+    if (!gpu_init()) {
+        th_skip(name, gpu_why);
+        return;
+    }
+#ifdef QC_HAVE_CUDA
+    const int64_t K = 1040;
+    pub p[4];
+    build_fp4(&p[0], "fused.nvfp4", QC_FMT_NVFP4_CT, 300, K, 987.25f);
+    build_fp8(&p[1], "fused.fp8", QC_FMT_FP8_BLOCK, 130, K, 128, 128, QC_DT_BF16);
+    build_bf16(&p[2], "fused.bf16", 48, K);
+    build_gptq(&p[3], "fused.gptq", 72, K, 32, 1, 0, 1);
+    qk_qweight d[4];
+    const qk_qweight *dp[4];
+    float *dy[4];
+    double *yr[4];
+    uint16_t *xb = malloc((size_t)K * 2), *dx;
+    float *xf = malloc((size_t)K * sizeof *xf);
+    for (int64_t k = 0; k < K; k++) {
+        xb[k] = qc_f32_to_bf16((float)((double)(urand() >> 11) / 4503599627370496.0 - 1.0));
+        xf[k] = qc_bf16_to_f32(xb[k]);
+    }
+    cudaMalloc((void **)&dx, (size_t)K * 2);
+    cudaMemcpy(dx, xb, (size_t)K * 2, cudaMemcpyHostToDevice);
+    int ok = 1;
+    char why[256] = "";
+    for (int i = 0; i < 4; i++) {
+        qc_err err = {0};
+        qk_qweight h;
+        const int64_t N = p[i].l.n;
+        float *ref = malloc((size_t)(N * K) * sizeof *ref);
+        qc_linear_dequant_rows(&p[i].l, 0, N, ref);
+        yr[i] = malloc((size_t)N * sizeof *yr[i]);
+        for (int64_t n = 0; n < N; n++) {
+            double acc = 0;
+            for (int64_t k = 0; k < K; k++) acc += (double)ref[n * K + k] * xf[k];
+            yr[i][n] = acc;
+        }
+        free(ref);
+        if (qc_qweight_pack(&p[i].l, &h, &err) || qc_qweight_upload(&h, &d[i], &err)) {
+            ok = 0;
+            snprintf(why, sizeof why, "part %d: %.200s", i, err.msg);
+            memset(&d[i], 0, sizeof d[i]);
+        }
+        qc_qweight_free_host(&h);
+        dp[i] = &d[i];
+        cudaMalloc((void **)&dy[i], (size_t)N * 4);
+        cudaMemset(dy[i], 0xff, (size_t)N * 4);
+    }
+    if (ok) {
+        int krc = qk_gemv_multi(dp, dy, 4, dx, 0, NULL);
+        int src = (int)cudaDeviceSynchronize();
+        double worst = 0;
+        for (int i = 0; i < 4; i++) {
+            const int64_t N = p[i].l.n;
+            float *y = malloc((size_t)N * sizeof *y);
+            cudaMemcpy(y, dy[i], (size_t)N * 4, cudaMemcpyDeviceToHost);
+            double e = rel_l2(y, yr[i], N);
+            printf("# %s: part %d (%s, N=%lld) rel_l2 %.3g\n", name, i, qc_format_name(p[i].l.format),
+                   (long long)N, e);
+            if (!(e <= worst))
+                worst = e;
+            free(y);
+        }
+        ok = krc == 0 && src == 0 && worst < 1e-5;
+        snprintf(why, sizeof why, "launch %d sync %d worst rel_l2 %.3g", krc, src, worst);
+    }
+    CHECK(name, ok, "%s", why);
+    for (int i = 0; i < 4; i++) {
+        qc_qweight_free_dev(&d[i]);
+        cudaFree(dy[i]);
+        free(yr[i]);
+        pub_free(&p[i]);
+    }
+    cudaFree(dx);
+    free(xb);
+    free(xf);
+#endif
+}
+
 /* A format that has no GPU layout must be refused with a message. */
 static void test_refusals(void)
 {
@@ -591,7 +686,10 @@ static size_t bench_desc(int kind, int n, int k, char *base, qk_qweight *q)
         q->w_bytes = (size_t)q->n_pad * q->k_pad / 2;
         q->s_bytes = (size_t)q->n_pad * q->k_pad / (kind == QK_QW_MXFP4 ? 32 : 16);
         break;
-    default: /* bf16 baseline: w only */
+    case QK_QW_BF16:
+        q->w_bytes = (size_t)q->n_pad * q->k_pad * 2;
+        break;
+    default: /* bf16 baseline (qk_gemv_bf16): w only, unpadded */
         q->w_bytes = (size_t)n * k * 2;
         break;
     }
@@ -601,6 +699,78 @@ static size_t bench_desc(int kind, int n, int k, char *base, qk_qweight *q)
     return wb + sb;
 }
 
+/* Microseconds per launch of nc rotating copies of one launch of np parts
+ * (copy i uses q[i*np .. i*np+np-1]); 60 launches captured in one CUDA graph
+ * (as decode runs them), so small shapes are not timed as launch overhead.
+ * bf16ref: the parts are plain BF16 [n,k] run through qk_gemv_bf16. */
+static double bench_time(const qk_qweight *q, int nc, int np, int bf16ref, const uint16_t *dx, float *dy, int *bad)
+{
+    const int iters = 60;
+    cudaStream_t st;
+    cudaGraph_t graph = NULL;
+    cudaGraphExec_t exec = NULL;
+    cudaEvent_t a, b;
+    cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking);
+    cudaEventCreate(&a);
+    cudaEventCreate(&b);
+    *bad |= (int)cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal);
+    for (int i = 0; i < iters; i++) {
+        const qk_qweight *set = q + (size_t)(i % nc) * np;
+        if (bf16ref) {
+            *bad |= qk_gemv_bf16((const uint16_t *)set[0].w, dx, dy, set[0].n, set[0].k, 0, st);
+        } else {
+            const qk_qweight *pp[QK_GEMV_MAX_PARTS];
+            float *yy[QK_GEMV_MAX_PARTS];
+            for (int j = 0; j < np; j++) {
+                pp[j] = &set[j];
+                yy[j] = dy + 17408 * j;
+            }
+            *bad |= qk_gemv_multi(pp, yy, np, dx, 0, st);
+        }
+    }
+    *bad |= (int)cudaStreamEndCapture(st, &graph);
+    if (!*bad)
+        *bad |= (int)cudaGraphInstantiate(&exec, graph, 0);
+    float ms = 0;
+    if (!*bad) {
+        *bad |= (int)cudaGraphLaunch(exec, st); /* warm-up */
+        cudaEventRecord(a, st);
+        *bad |= (int)cudaGraphLaunch(exec, st);
+        cudaEventRecord(b, st);
+        *bad |= (int)cudaEventSynchronize(b);
+        cudaEventElapsedTime(&ms, a, b);
+    }
+    if (exec)
+        cudaGraphExecDestroy(exec);
+    if (graph)
+        cudaGraphDestroy(graph);
+    cudaEventDestroy(a);
+    cudaEventDestroy(b);
+    cudaStreamDestroy(st);
+    return ms * 1e3 / iters;
+}
+
+/* Lays out copies of a launch of np parts (kinds[j], shapes n[j] x k) in the
+ * pool until they cover > 300 MB, so every launch streams from HBM. Returns
+ * the number of copies; *bytes = what one launch reads (weights, scales, x, y). */
+static int bench_layout(char *pool, size_t pool_bytes, int np, const int *kinds, const int *n, int k,
+                        qk_qweight *q, double *bytes)
+{
+    int nc = 0;
+    size_t off = 0;
+    while (nc < 64 && off < ((size_t)300 << 20)) {
+        size_t need = 0;
+        for (int j = 0; j < np; j++) need += bench_desc(kinds[j], n[j], k, pool + off + need, &q[nc * np + j]);
+        if (off + need > pool_bytes)
+            break;
+        off += need;
+        nc++;
+    }
+    *bytes = 2.0 * k;
+    for (int j = 0; j < np; j++) *bytes += (double)qk_qweight_bytes(&q[j]) + 4.0 * n[j];
+    return nc;
+}
+
 static void bench_all(void)
 {
     const size_t pool_bytes = (size_t)768 << 20; /* ~15x the H100's 50 MB L2 */
@@ -608,7 +778,7 @@ static void bench_all(void)
     uint16_t *dx = NULL;
     float *dy = NULL;
     if (cudaMalloc((void **)&pool, pool_bytes) != cudaSuccess || cudaMalloc((void **)&dx, 17408 * 2) ||
-        cudaMalloc((void **)&dy, 17408 * 4)) {
+        cudaMalloc((void **)&dy, 4 * 17408 * 4)) {
         CHECK("qbench_alloc", 0, "cannot allocate %zu bytes on the device", pool_bytes);
         return;
     }
@@ -625,73 +795,52 @@ static void bench_all(void)
         const char *name;
     } kinds[] = {{QK_QW_FP8, "fp8-block"}, {QK_QW_INT4, "int4-g128"}, {QK_QW_NVFP4, "nvfp4"},
                  {QK_QW_MXFP4, "mxfp4"},   {0, "bf16(ref)"}};
-    printf("# qbench %-10s %-12s %6s %6s %9s %8s %7s\n", "format", "shape", "N", "K", "MB", "us", "GB/s");
+    static qk_qweight q[64 * QK_GEMV_MAX_PARTS];
+    printf("# qbench %-10s %-22s %6s %6s %9s %8s %7s\n", "format", "shape", "N", "K", "MB", "us", "GB/s");
     for (size_t f = 0; f < sizeof kinds / sizeof kinds[0]; f++) {
-        double tot_bytes = 0, tot_us = 0;
+        double tot_bytes = 0, tot_us = 0, bytes;
         int bad = frc;
+        const int kind = kinds[f].kind;
         for (size_t si = 0; si < sizeof shapes27 / sizeof shapes27[0]; si++) {
             const shape *sh = &shapes27[si];
-            qk_qweight q[64];
-            int nc = 0;
-            size_t off = 0;
-            /* Enough copies to cover > 300 MB, so every launch streams from HBM. */
-            while (nc < 64 && off < ((size_t)300 << 20)) {
-                size_t need = bench_desc(kinds[f].kind, sh->n, sh->k, pool + off, &q[nc]);
-                if (off + need > pool_bytes)
-                    break;
-                off += need;
-                nc++;
-            }
+            int nc = bench_layout(pool, pool_bytes, 1, &kind, &sh->n, sh->k, q, &bytes);
             if (nc == 0) {
                 bad = 1;
                 continue;
             }
-            /* 60 launches captured in one CUDA graph (as decode runs them), so
-             * small shapes are not measured as launch overhead. */
-            const int iters = 60;
-            cudaStream_t st;
-            cudaGraph_t graph = NULL;
-            cudaGraphExec_t exec = NULL;
-            cudaEvent_t a, b;
-            cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking);
-            cudaEventCreate(&a);
-            cudaEventCreate(&b);
-            bad |= (int)cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal);
-            for (int i = 0; i < iters; i++)
-                bad |= kinds[f].kind ? qk_gemv_q(&q[i % nc], dx, dy, 0, st)
-                                     : qk_gemv_bf16((const uint16_t *)q[i % nc].w, dx, dy, sh->n, sh->k, 0, st);
-            bad |= (int)cudaStreamEndCapture(st, &graph);
-            if (!bad)
-                bad |= (int)cudaGraphInstantiate(&exec, graph, 0);
-            float ms = 0;
-            if (!bad) {
-                bad |= (int)cudaGraphLaunch(exec, st); /* warm-up */
-                cudaEventRecord(a, st);
-                bad |= (int)cudaGraphLaunch(exec, st);
-                cudaEventRecord(b, st);
-                bad |= (int)cudaEventSynchronize(b);
-                cudaEventElapsedTime(&ms, a, b);
-            }
-            if (exec)
-                cudaGraphExecDestroy(exec);
-            if (graph)
-                cudaGraphDestroy(graph);
-            cudaEventDestroy(a);
-            cudaEventDestroy(b);
-            cudaStreamDestroy(st);
-            double us = ms * 1e3 / iters;
-            double bytes = (double)qk_qweight_bytes(&q[0]) + 2.0 * sh->k + 4.0 * sh->n;
-            printf("# qbench %-10s %-12s %6d %6d %9.2f %8.2f %7.0f  (%.0f%% of copy)\n", kinds[f].name, sh->what,
+            double us = bench_time(q, nc, 1, kind == 0, dx, dy, &bad);
+            printf("# qbench %-10s %-22s %6d %6d %9.2f %8.2f %7.0f  (%.0f%% of copy)\n", kinds[f].name, sh->what,
                    sh->n, sh->k, bytes / 1e6, us, bytes / (us * 1e-6) / 1e9, 100.0 * bytes / (us * 1e-6) / 1e9 / copy);
             tot_bytes += bytes * sh->per_token;
             tot_us += us * sh->per_token;
         }
-        char nm[64];
-        snprintf(nm, sizeof nm, "qbench_%s", kinds[f].name);
         printf("# qbench %-10s 27B decode matmuls (no lm_head/embeddings/in_proj_a,b): %.2f GB in %.3f ms = "
                "%.0f GB/s (%.0f%% of copy)\n",
                kinds[f].name, tot_bytes / 1e9, tot_us / 1e3, tot_bytes / (tot_us * 1e-6) / 1e9,
                100.0 * tot_bytes / (tot_us * 1e-6) / 1e9 / copy);
+        if (kind) { /* fused launches: GDN qkv|z|a|b (a, b BF16), attention q|k|v, MLP gate|up */
+            static const struct {
+                const char *what;
+                int np, n[4], k, bf16_tail;
+            } fused[] = {{"fused gdn qkv+z+a+b", 4, {10240, 6144, 48, 48}, 5120, 2},
+                         {"fused attn q+k+v", 3, {12288, 1024, 1024, 0}, 5120, 0},
+                         {"fused mlp gate+up", 2, {17408, 17408, 0, 0}, 5120, 0}};
+            for (size_t u = 0; u < sizeof fused / sizeof fused[0]; u++) {
+                int fk[4];
+                for (int j = 0; j < fused[u].np; j++) fk[j] = j >= fused[u].np - fused[u].bf16_tail ? QK_QW_BF16 : kind;
+                int nc = bench_layout(pool, pool_bytes, fused[u].np, fk, fused[u].n, fused[u].k, q, &bytes);
+                if (nc == 0) {
+                    bad = 1;
+                    continue;
+                }
+                double us = bench_time(q, nc, fused[u].np, 0, dx, dy, &bad);
+                printf("# qbench %-10s %-22s %6d %6d %9.2f %8.2f %7.0f  (%.0f%% of copy)\n", kinds[f].name,
+                       fused[u].what, fused[u].n[0] + fused[u].n[1] + fused[u].n[2] + fused[u].n[3], fused[u].k,
+                       bytes / 1e6, us, bytes / (us * 1e-6) / 1e9, 100.0 * bytes / (us * 1e-6) / 1e9 / copy);
+            }
+        }
+        char nm[64];
+        snprintf(nm, sizeof nm, "qbench_%s", kinds[f].name);
         CHECK(nm, bad == 0 && tot_us > 0, "a launch failed (%d)", bad);
     }
     cudaFree(pool);
@@ -766,6 +915,11 @@ int main(void)
     run_case("mxfp4_200x200", &p);
     pub_free(&p);
 
+    build_bf16(&p, "bf16", 48, 5120);
+    run_case("bf16_48x5120", &p);
+    pub_free(&p);
+
+    test_fused();
     test_refusals();
 
     if (!gpu_init()) {
