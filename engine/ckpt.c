@@ -994,3 +994,21 @@ void qc_ckpt_memory(const qc_ckpt *ck, int64_t ctx, qc_ckpt_mem *mem)
     mem->total_bytes = mem->weights_total + ctx * (mem->kv_bytes_per_token + mem->mtp_kv_bytes_per_token) +
                        mem->gdn_state_bytes + mem->gdn_conv_bytes;
 }
+
+/* The family holding most Linear bytes in the decoder layers ("BF16" when
+ * nothing is quantized); the embedding and lm_head stay 16-bit everywhere. */
+const char *qc_ckpt_dominant_family(const qc_ckpt *ck)
+{
+    int64_t bytes[QC_FAM_COUNT] = {0};
+    for (size_t i = 0; i < qc_ckpt_module_count(ck); i++) {
+        const qc_module *mod = qc_ckpt_module_at(ck, i);
+        if (mod->kind == QC_MOD_LM_HEAD || mod->mtp)
+            continue;
+        bytes[qc_format_to_family(mod->lin.format)] += mod->lin.bytes;
+    }
+    int best = QC_FAM_BF16;
+    for (int f = 1; f < QC_FAM_COUNT; f++)
+        if (bytes[f] > 0 && (best == QC_FAM_BF16 || bytes[f] > bytes[best]))
+            best = f;
+    return qc_family_name((qc_family)best);
+}

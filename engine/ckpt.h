@@ -76,6 +76,9 @@ typedef enum qc_family {
 } qc_family;
 const char *qc_family_name(qc_family f); /* same spelling as qc_format_family */
 qc_family qc_format_to_family(qc_format f);
+/* The family holding most Linear bytes of the decoder layers ("BF16" when
+ * nothing is quantized): how the format bar and reply tags name a checkpoint. */
+const char *qc_ckpt_dominant_family(const qc_ckpt *ck);
 
 typedef struct qc_ckpt_mem {
     int64_t weights_bytes[QC_FAM_COUNT]; /* resident: language model + lm_head + MTP */

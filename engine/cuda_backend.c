@@ -2,12 +2,20 @@
  * on one GPU with the kernels of kernels/ (host code only; CUDA C++ stays in
  * kernels/).
  *
- * Weights are resident as BF16 [N, K] matrices. Linears stored in another
- * format are dequantized exactly (dequant.c) and rounded to BF16 at load for
- * now. The small projections that read the same input are fused into one
- * matrix at load, so each is one GEMV/GEMM: GDN [qkv; z; b; a], attention
- * [q(+gate); k; v], MLP [gate; up]. Residual adds are fused into the output
- * projections (GEMV accumulate / GEMM beta = 1).
+ * Weights stay resident in the format they were published in. BF16 Linears
+ * are BF16 [N, K] matrices; quantized ones (FP8, INT4, NVFP4, MXFP4) are
+ * repacked at load into the kernel-native layouts of kernels/quant.h
+ * (engine/cuda_repack.c) and read by the quantized GEMVs, which dequantize in
+ * registers (decode reads only the packed bytes). The small projections that
+ * read the same input are one launch: GDN [qkv; z; b; a], attention
+ * [q(+gate); k; v], MLP [gate; up] — stacked into one BF16 matrix when all
+ * parts are BF16, else one qk_gemv_multi over the parts, whatever mix of
+ * formats they have (cu_mat). Prefill dequantizes each quantized projection
+ * into one reusable BF16 scratch (sized for the largest fused group, so no
+ * BF16 copy of the model ever exists) and runs the cuBLAS GEMM on it.
+ * Residual adds are fused into the output projections (GEMV accumulate /
+ * GEMM beta = 1). BF16 tensors are read from the checkpoint through a pinned
+ * staging ring (2 x 64 MiB) whose async copies overlap reading the next chunk.
  *
  * Session: K/V caches (bf16 [KV][cap][hd]) for the full-attention layers only,
  * conv state and fp32 recurrent state per linear-attention layer, one scratch
@@ -31,6 +39,7 @@
 
 #include "config.h"
 #include "dequant.h"
+#include "quant.h"
 
 #define CU_BLAS_WS (32u << 20)
 #define CU_DEFAULT_CTX 4096
@@ -90,10 +99,34 @@ typedef struct cu_prof {
     double ms[16];
 } cu_prof;
 
+/* One projection, or several fused ones that read the same input, stacked
+ * row-wise: part i's outputs are rows off[i].. of the stacked output. When
+ * every part is BF16 the group is one stacked bf16 matrix `bf` [n][k] (the
+ * BF16 GEMV / cuBLAS path); otherwise np parts in their kernel-native layouts
+ * (BF16 parts of a mixed group as QK_QW_BF16) decode in one qk_gemv_multi
+ * launch and prefill through the dequantization scratch. */
+typedef struct cu_mat {
+    uint16_t *bf;
+    int np;
+    qk_qweight q[QK_GEMV_MAX_PARTS];
+    int off[QK_GEMV_MAX_PARTS];
+    int n, k;
+} cu_mat;
+
+/* The pinned staging ring of the loader: host -> pinned memcpy of chunk i+1
+ * overlaps the async pinned -> device copy of chunk i. */
+#define CU_STAGE_BYTES ((size_t)64 << 20)
+typedef struct cu_stage {
+    void *buf[2];
+    cudaEvent_t ev[2];
+    int next;
+    bool ok;
+} cu_stage;
+
 typedef struct cu_layer {
     bool full;
     float *in_norm, *post_norm;
-    uint16_t *w_in, *w_out, *w_gu, *w_down;
+    cu_mat in, out, gu, down;
     int n_in, k_out;
     float *conv_w, *dt_bias, *nexpa, *gdn_norm; /* GDN */
     float *q_norm, *k_norm;                     /* attention */
@@ -104,11 +137,18 @@ struct qc_cuda_model {
     int conv_dim, n_max; /* widest fused projection */
     cudaStream_t st;
     qk_blas *blas;
-    uint16_t *embed, *lm_head;
+    uint16_t *embed;
+    cu_mat head; /* lm_head (head.bf == embed when tied) */
     float *final_norm;
     cu_layer *L;
     cu_pool pool;
     int64_t weight_bytes; /* bytes of the matrices one decode step reads */
+    qk_qweight **qdev;    /* weights uploaded by qc_linear_to_qweight (freed with qc_qweight_free_dev) */
+    int nqdev, capqdev;
+    uint64_t scale_bytes; /* scales + g_idx permutations of the quantized weights */
+    uint16_t *dq;         /* prefill dequantization scratch (bf16), allocated on the first prefill */
+    size_t dq_bytes, dq_need;
+    cu_stage stage;
     int n_sm;
     char name[256];
     cu_prof prof;
@@ -172,6 +212,11 @@ void qc_cuda_model_free(qc_cuda_model *cm)
     cudaStreamSynchronize(cm->st);
     qk_blas_free(cm->blas);
     cu_pool_free(&cm->pool);
+    for (int i = 0; i < cm->nqdev; i++) {
+        qc_qweight_free_dev(cm->qdev[i]);
+        free(cm->qdev[i]);
+    }
+    free(cm->qdev);
     if (cm->prof.ok) {
         cudaEventDestroy(cm->prof.ev[0]);
         cudaEventDestroy(cm->prof.ev[1]);

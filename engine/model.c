@@ -266,24 +266,6 @@ static int resolve_weights(qc_model *m, qc_err *err)
     return ld.rc;
 }
 
-/* The family holding most Linear bytes in the decoder layers ("BF16" when
- * nothing is quantized); the embedding and lm_head stay 16-bit everywhere. */
-static const char *dominant_family(const qc_ckpt *ck)
-{
-    int64_t bytes[QC_FAM_COUNT] = {0};
-    for (size_t i = 0; i < qc_ckpt_module_count(ck); i++) {
-        const qc_module *mod = qc_ckpt_module_at(ck, i);
-        if (mod->kind == QC_MOD_LM_HEAD || mod->mtp)
-            continue;
-        bytes[qc_format_to_family(mod->lin.format)] += mod->lin.bytes;
-    }
-    int best = QC_FAM_BF16;
-    for (int f = 1; f < QC_FAM_COUNT; f++)
-        if (bytes[f] > 0 && (best == QC_FAM_BF16 || bytes[f] > bytes[best]))
-            best = f;
-    return qc_family_name((qc_family)best);
-}
-
 /* ---- public API ---------------------------------------------------------------- */
 
 void qc_model_free(qc_model *m)
@@ -339,7 +321,7 @@ int qc_model_load(const char *dir, const qc_load_opts *opts, qc_model **out, qc_
         goto fail;
     }
     m->thinking_default = tpl.thinking_default;
-    m->family = dominant_family(m->ck);
+    m->family = qc_ckpt_dominant_family(m->ck);
     rc = resolve_weights(m, err);
     if (rc)
         goto fail;

@@ -19,6 +19,7 @@ struct qc_sampler {
     int32_t *seen;  /* distinct accepted ids, in first-seen order */
     int nseen;
     float *work;    /* [n_tokens] penalised logits */
+    int32_t *cid;   /* [n_tokens] ids of a candidate row */
     cand *cands;    /* [n_tokens] */
 };
 
@@ -105,7 +106,9 @@ int qc_sampler_new(const qc_sample_params *p, int n_tokens, qc_sampler **out, qc
     s->work = s->seen ? qc_malloc((size_t)n_tokens * sizeof *s->work, err, "sampler logits") : NULL;
     s->cands = s->work ? qc_malloc((size_t)n_tokens * sizeof *s->cands, err, "sampler candidates")
                        : NULL;
-    if (!s->cands) {
+    s->cid = s->cands ? qc_malloc((size_t)n_tokens * sizeof *s->cid, err, "sampler candidate ids")
+                      : NULL;
+    if (!s->cid) {
         qc_sampler_free(s);
         return QC_EXIT_RUNTIME;
     }
@@ -122,6 +125,7 @@ void qc_sampler_free(qc_sampler *s)
     free(s->seen);
     free(s->work);
     free(s->cands);
+    free(s->cid);
     free(s);
 }
 
@@ -211,51 +215,67 @@ static int32_t penalise(qc_sampler *s, const float *logits, int V)
     return best;
 }
 
-/* Builds the kept candidates (s->cands[0..*nkept)) and their total mass.
- * Returns -1 when nothing can be drawn. */
-static int build(qc_sampler *s, const float *logits, int vocab, double *mass)
+/* Builds the kept candidates (s->cands[0..*nkept)) and their total mass
+ * from penalised logits l[0..n) of ids ids[0..n) (NULL: id j is j), in
+ * increasing id order, whose largest finite entry (lowest id on ties) is
+ * l[best]. partial: the row holds only the largest entries of the full
+ * vocabulary (ranked by logit, then id) and every id left out has a logit
+ * <= lmin; the result is then the full row's when it can be proved so, else
+ * -2 is returned (nothing consumed). Returns -1 when nothing can be drawn. */
+static int build_rows(qc_sampler *s, const float *l, const int32_t *ids, int n_in, int32_t best,
+                      bool partial, float lmin, double *mass)
 {
-    int V = vocab < s->n_tokens ? vocab : s->n_tokens;
-    if (V <= 0)
-        return -1;
-    int32_t best = penalise(s, logits, V);
+#define ID_OF(j) (ids ? ids[j] : (int32_t)(j))
     if (best < 0)
         return -1;
     cand *c = s->cands;
     if (s->p.temperature <= 0.0f || s->p.top_k == 1) {
+        /* The largest entry of a top set is the full row's largest. */
         c[0].p = 1.0f;
-        c[0].id = best;
+        c[0].id = ID_OF(best);
         *mass = 1.0;
         return 1;
     }
-    const float *l = s->work;
     const float mx = l[best];
     const double invt = 1.0 / (double)s->p.temperature;
     /* Unnormalised probabilities; the max token has exactly 1. */
     int n = 0;
     double total = 0.0;
-    for (int i = 0; i < V; i++) {
+    for (int i = 0; i < n_in; i++) {
         if (!(l[i] > -INFINITY))
             continue;
         float p = (float)exp(((double)l[i] - (double)mx) * invt);
         if (p > 0.0f) {
             c[n].p = p;
-            c[n].id = i;
+            c[n].id = ID_OF(i);
             total += p;
             n++;
         }
     }
+    /* A partial row is the full row's answer when every id left out has
+     * probability 0 (then the kept ids and their id order are the same), or
+     * when top-k applies and its k-th probability exceeds the left-out ids'
+     * bound pmin strictly (then no left-out id can enter the top k, ties by id
+     * included, and everything after top-k works on the same k). */
+    float pmin = 0.0f;
+    if (partial)
+        pmin = (float)exp(((double)lmin - (double)mx) * invt);
     /* top-k: the k most probable, sorted. */
     bool sorted = false;
     int k = s->p.top_k;
+    if (partial && pmin > 0.0f && !(k > 0 && k < n))
+        return -2;
     if (k > 0 && k < n) {
         cand_select(c, n, k);
         n = k;
         qsort(c, (size_t)n, sizeof *c, cand_cmp);
+        if (partial && pmin > 0.0f && !(c[k - 1].p > pmin))
+            return -2;
         sorted = true;
         total = 0.0;
         for (int i = 0; i < n; i++) total += c[i].p;
     }
+#undef ID_OF
     /* top-p: the smallest sorted prefix with mass >= top_p. Only the tokens
      * above a threshold need sorting once they alone hold that mass: every
      * token below it comes later in the order. */
@@ -306,10 +326,19 @@ static int build(qc_sampler *s, const float *logits, int vocab, double *mass)
     return n;
 }
 
-int32_t qc_sampler_sample(qc_sampler *s, const float *logits, int vocab)
+/* The full-row pipeline: penalties, then build_rows over ids [0, V). */
+static int build(qc_sampler *s, const float *logits, int vocab, double *mass)
 {
-    double mass;
-    int n = build(s, logits, vocab, &mass);
+    int V = vocab < s->n_tokens ? vocab : s->n_tokens;
+    if (V <= 0)
+        return -1;
+    int32_t best = penalise(s, logits, V);
+    return build_rows(s, s->work, NULL, V, best, false, 0.0f, mass);
+}
+
+/* Draws from s->cands[0..n) of total mass (n from build_rows). */
+static int32_t draw(qc_sampler *s, int n, double mass)
+{
     if (n < 0)
         return -1;
     if (s->p.temperature <= 0.0f || s->p.top_k == 1)
@@ -323,6 +352,84 @@ int32_t qc_sampler_sample(qc_sampler *s, const float *logits, int vocab)
             return s->cands[i].id;
     }
     return s->cands[n - 1].id; /* rounding at the very top */
+}
+
+int32_t qc_sampler_sample(qc_sampler *s, const float *logits, int vocab)
+{
+    double mass;
+    int n = build(s, logits, vocab, &mass);
+    return draw(s, n, mass);
+}
+
+const qc_sample_params *qc_sampler_params(const qc_sampler *s) { return &s->p; }
+int qc_sampler_n_tokens(const qc_sampler *s) { return s->n_tokens; }
+
+int qc_sampler_history(const qc_sampler *s, const int32_t **ids, const int32_t **counts)
+{
+    *ids = s->seen;
+    *counts = s->count;
+    return s->nseen;
+}
+
+bool qc_sampler_has_penalties(const qc_sampler *s)
+{
+    return s->nseen > 0 && (s->p.repetition_penalty != 1.0f || s->p.presence_penalty != 0.0f ||
+                            s->p.frequency_penalty != 0.0f);
+}
+
+int qc_sampler_candidates_wanted(const qc_sampler *s)
+{
+    if (s->p.temperature <= 0.0f || s->p.top_k == 1)
+        return 1;
+    if (s->p.top_k <= 0 || s->p.top_k > QC_SAMPLER_MAX_TOPK)
+        return 0;
+    /* Room beyond k, so that the k-th probability usually exceeds every
+     * left-out one strictly (build_rows' proof of exactness). */
+    int c = 2 * s->p.top_k;
+    return c < 64 ? 64 : c;
+}
+
+static int cand_id_cmp(const void *x, const void *y)
+{
+    const cand *a = x, *b = y;
+    return (a->id > b->id) - (a->id < b->id);
+}
+
+int qc_sampler_sample_candidates(qc_sampler *s, const float *vals, const int32_t *ids, int n,
+                                 bool partial, int32_t *out)
+{
+    *out = -1;
+    if (n < 0 || n > s->n_tokens)
+        return QC_SAMPLER_UNDECIDED;
+    if (n == 0)
+        return partial ? QC_SAMPLER_UNDECIDED : QC_OK;
+    /* Into increasing id order (build_rows' contract), through s->cands. */
+    cand *c = s->cands;
+    for (int i = 0; i < n; i++) {
+        if (ids[i] < 0 || ids[i] >= s->n_tokens)
+            return QC_SAMPLER_UNDECIDED;
+        c[i].p = isnan(vals[i]) ? -INFINITY : vals[i];
+        c[i].id = ids[i];
+    }
+    qsort(c, (size_t)n, sizeof *c, cand_id_cmp);
+    float *l = s->work, lmin = INFINITY;
+    int32_t *cid = s->cid, best = -1;
+    for (int i = 0; i < n; i++) {
+        l[i] = c[i].p;
+        cid[i] = c[i].id;
+        if (l[i] < lmin)
+            lmin = l[i];
+        if (l[i] > -INFINITY && (best < 0 || l[i] > l[best]))
+            best = i;
+    }
+    if (best < 0 && partial)
+        return QC_SAMPLER_UNDECIDED;
+    double mass;
+    int kept = build_rows(s, l, cid, n, best, partial, lmin, &mass);
+    if (kept == -2)
+        return QC_SAMPLER_UNDECIDED;
+    *out = draw(s, kept, mass);
+    return QC_OK;
 }
 
 int32_t qc_sampler_next(qc_sampler *s, const float *logits, int vocab)

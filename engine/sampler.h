@@ -72,4 +72,39 @@ int32_t qc_sampler_next(qc_sampler *s, const float *logits, int vocab);
  * probability, or -1 as qc_sampler_sample. For tests and `--json` details. */
 int qc_sampler_probs(qc_sampler *s, const float *logits, int vocab, float *probs);
 
+/* ---- sampling from a candidate set (device sampling, engine/session.c) ----
+ * A GPU keeps the logits row on the device, applies the penalties there,
+ * selects the largest penalised logits (ties: lower id first) and copies
+ * back only those; the draw then runs here on that set and gives the token
+ * qc_sampler_sample would give on the full row. */
+
+#include <stdbool.h>
+
+#define QC_SAMPLER_MAX_TOPK 1024
+#define QC_SAMPLER_UNDECIDED 1000 /* the candidate set cannot prove the full row's answer */
+
+const qc_sample_params *qc_sampler_params(const qc_sampler *s);
+int qc_sampler_n_tokens(const qc_sampler *s);
+/* The generated-token history the penalties use: *ids the distinct ids (the
+ * return value is their number), (*counts)[id] how often each was accepted. */
+int qc_sampler_history(const qc_sampler *s, const int32_t **ids, const int32_t **counts);
+/* True when the penalties change any logit now. */
+bool qc_sampler_has_penalties(const qc_sampler *s);
+/* How many of the largest logits the next draw needs: 1 when greedy, else
+ * max(64, 2 * top_k) when 1 < top_k <= QC_SAMPLER_MAX_TOPK, else 0 (top-k
+ * off or very wide: every nonzero probability may matter, so the full row is
+ * needed). */
+int qc_sampler_candidates_wanted(const qc_sampler *s);
+/* Draws (without recording) from vals[0..n), the penalised logits of ids
+ * ids[0..n) (distinct, any order; NaN counts as -inf). partial: these are the
+ * n largest of the full row (by value, then lower id), every other id's value
+ * being <= their smallest; false: they are all its finite entries. Returns
+ * QC_OK with *out the id (-1 when nothing can be drawn) — the one
+ * qc_sampler_sample draws from the full row, random stream included — or
+ * QC_SAMPLER_UNDECIDED, consuming nothing, when a partial set cannot prove
+ * that answer (ties at its edge; top-k not narrower than the set): then
+ * sample from the full row. */
+int qc_sampler_sample_candidates(qc_sampler *s, const float *vals, const int32_t *ids, int n,
+                                 bool partial, int32_t *out);
+
 #endif

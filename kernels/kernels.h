@@ -57,6 +57,13 @@ int qk_f32_to_bf16(const float *x, int ld, int T, int n, uint16_t *out, qk_strea
 int qk_fill_random_bf16(uint16_t *p, int64_t n, uint64_t seed, float scale, qk_stream st);
 int qk_fill_random_f32(float *p, int64_t n, uint64_t seed, float lo, float hi, qk_stream st);
 
+/* Random weights in a quantized kernel-native layout (kernels/fill_q.cu):
+ * w's descriptor (quant.h) is complete and its device buffers allocated; the
+ * weight, the scales (finite, positive) and, for NVFP4/MXFP4, w->gmul are set
+ * so W is spread like a uniform +-wscale (deterministic in seed). */
+struct qk_qweight;
+int qk_fill_random_qweight(struct qk_qweight *w, uint64_t seed, float wscale, qk_stream st);
+
 /* ---- matmul (kernels/gemv.cu, kernels/gemm.cu) ---- */
 
 /* Decode GEMV: y[n] (+)= sum_k W[n,k] x[k]; W bf16 [N,K] (K % 8 == 0, rows
@@ -179,6 +186,18 @@ typedef struct qk_sample_params {
  * writes it to *out_id (device). Greedy ties pick the lowest id. */
 int qk_sample(const float *logits, int n_valid, qk_sample_params p, int32_t *out_id,
               qk_stream st);
+
+/* Support for the engine's host sampler (engine/sampler.c), so that decode
+ * copies a few candidates instead of the logits row. qk_sample_penalise
+ * applies sampler.c's penalties in place to logits[ids[j]] (n distinct ids,
+ * counts[j] times generated; ids >= n_valid skipped), bit for bit as
+ * sampler.c does. qk_sample_topc writes the C largest finite entries of
+ * logits[0, n_valid) (ties: lower ids) to out: out[0] = how many (fewer than
+ * C only when fewer are finite), out[1..1+C) their ids, then C floats, their
+ * values, in no particular order; C == 1 is the argmax. */
+int qk_sample_penalise(float *logits, int n_valid, const int32_t *ids, const int32_t *counts, int n,
+                       float rep, float pres, float freq, qk_stream st);
+int qk_sample_topc(const float *logits, int n_valid, int C, int32_t *out, qk_stream st);
 
 #ifdef __cplusplus
 }

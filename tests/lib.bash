@@ -8,3 +8,20 @@ fail() { echo "FAIL $1: $2"; }
 skip() { echo "skip $1: $2"; }
 # check NAME CONDITION-COMMAND... : ok when the command succeeds.
 check() { local n=$1; shift; if "$@"; then ok "$n"; else fail "$n" "command failed: $*"; fi; }
+
+# tmux helpers for the TUI tests. The script defines T() (tmux on its own
+# socket) and runs qchat in a session named q.
+screen() { T capture-pane -p -t q 2>/dev/null; }
+# wait_for REGEX [SECONDS]: polls the screen until an extended regex matches.
+# QC_TIME_SCALE stretches every timeout (the sanitizer build runs slower).
+wait_for() {
+    local re=$1 end=$((SECONDS + ${2:-10} * ${QC_TIME_SCALE:-1}))
+    while [ $SECONDS -le "$end" ]; do
+        screen | grep -Eq -- "$re" && return 0
+        sleep 0.1
+    done
+    echo "--- screen while waiting for: $re"; screen | sed 's/^/    /'
+    return 1
+}
+send() { T send-keys -t q "$@"; }
+line() { send -l -- "$1"; send Enter; }

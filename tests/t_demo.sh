@@ -57,22 +57,17 @@ done
 if command -v tmux >/dev/null; then
     S=qchat-demo-$$
     T() { tmux -L "$S" -f /dev/null "$@"; }
-    wait_screen() { # REGEX SECONDS
-        local end=$((SECONDS + $2 * ${QC_TIME_SCALE:-1}))
-        while [ $SECONDS -le $end ]; do T capture-pane -p -t q 2>/dev/null | grep -Eq -- "$1" && return 0; sleep 0.2; done
-        T capture-pane -p -t q 2>/dev/null | sed 's/^/    /'; return 1
-    }
     export XDG_STATE_HOME=$TMP/state XDG_CONFIG_HOME=$TMP/config
     T new-session -d -s q -x 120 -y 32 "env TERM=tmux-256color LC_ALL=C.UTF-8 $QCHAT_BIN --device cpu; sleep 30"
-    check demo_tui_four_formats wait_screen '\[BF16\] +FP8 +INT4 +NVFP4' 20
+    check demo_tui_four_formats wait_for '\[BF16\] +FP8 +INT4 +NVFP4' 20
     T send-keys -t q -l "What is 738 + 496?"; T send-keys -t q Enter
-    check demo_tui_answer wait_screen '738 \+ 496 = 1234' 20
-    check demo_tui_reasoning_visible wait_screen 'answer 1234' 5
+    check demo_tui_answer wait_for '738 \+ 496 = 1234' 20
+    check demo_tui_reasoning_visible wait_for 'answer 1234' 5
     T send-keys -t q F3
-    check demo_tui_swap_fp8 wait_screen 'BF16 +\[FP8\]' 20
+    check demo_tui_swap_fp8 wait_for 'BF16 +\[FP8\]' 20
     T send-keys -t q -l "What is 9051 - 2877?"; T send-keys -t q Enter
-    check demo_tui_fp8_answer wait_screen 'qwen · FP8 · [0-9]+\+[0-9]+ tok' 20
-    check demo_tui_fp8_correct wait_screen '9051 - 2877 = 6174' 5
+    check demo_tui_fp8_answer wait_for 'qwen · FP8 · [0-9]+\+[0-9]+ tok' 20
+    check demo_tui_fp8_correct wait_for '9051 - 2877 = 6174' 5
     T kill-server 2>/dev/null
 else
     skip demo_tui "tmux not installed"

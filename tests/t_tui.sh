@@ -14,20 +14,6 @@ N=0
 SOCK=qchat-test-$$-$N
 T() { tmux -L "$SOCK" -f /dev/null "$@"; }
 trap 'for i in $(seq 0 $N); do tmux -L qchat-test-$$-$i kill-server 2>/dev/null; done; rm -rf "$TMP"' EXIT
-screen() { T capture-pane -p -t q 2>/dev/null; }
-# wait_for REGEX [SECONDS]: polls the screen until an extended regex matches.
-wait_for() {
-    # QC_TIME_SCALE stretches every timeout (the sanitizer build runs slower).
-    local re=$1 end=$((SECONDS + ${2:-10} * ${QC_TIME_SCALE:-1}))
-    while [ $SECONDS -le "$end" ]; do
-        screen | grep -Eq -- "$re" && return 0
-        sleep 0.1
-    done
-    echo "--- screen while waiting for: $re"; screen | sed 's/^/    /'
-    return 1
-}
-send() { T send-keys -t q "$@"; }
-line() { send -l -- "$1"; send Enter; }
 start() { # start W H ENV... -- ARGS...: qchat in a fresh tmux window
     local w=$1 h=$2; shift 2
     T kill-server 2>/dev/null

@@ -13,18 +13,6 @@ export LC_ALL=C.UTF-8 XDG_STATE_HOME=$TMP/state XDG_CONFIG_HOME=$TMP/config
 SOCK=qchat-cmp-$$
 T() { tmux -L "$SOCK" -f /dev/null "$@"; }
 trap 'T kill-server 2>/dev/null; rm -rf "$TMP"' EXIT
-screen() { T capture-pane -p -t q 2>/dev/null; }
-wait_for() {
-    local re=$1 end=$((SECONDS + ${2:-10} * ${QC_TIME_SCALE:-1}))
-    while [ $SECONDS -le "$end" ]; do
-        screen | grep -Eq -- "$re" && return 0
-        sleep 0.1
-    done
-    echo "--- screen while waiting for: $re"; screen | sed 's/^/    /'
-    return 1
-}
-send() { T send-keys -t q "$@"; }
-line() { send -l -- "$1"; send Enter; }
 absent() { ! screen | grep -Eq -- "$1"; }
 
 T new-session -d -s q -x 120 -y 40 "env TERM=tmux-256color $QCHAT_BIN --device cpu --threads 1 --seed 1 \

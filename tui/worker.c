@@ -42,24 +42,6 @@ void worker_job_free(worker_job *job)
     memset(job, 0, sizeof *job);
 }
 
-/* Dominant weight family of a checkpoint, the way the engine names it: the
- * family holding most Linear bytes of the decoder layers. */
-static const char *ckpt_family(const qc_ckpt *ck)
-{
-    int64_t bytes[QC_FAM_COUNT] = {0};
-    for (size_t i = 0; i < qc_ckpt_module_count(ck); i++) {
-        const qc_module *mod = qc_ckpt_module_at(ck, i);
-        if (mod->kind == QC_MOD_LM_HEAD || mod->mtp)
-            continue;
-        bytes[qc_format_to_family(mod->lin.format)] += mod->lin.bytes;
-    }
-    int best = QC_FAM_BF16;
-    for (int f = 1; f < QC_FAM_COUNT; f++)
-        if (bytes[f] > 0 && (best == QC_FAM_BF16 || bytes[f] > bytes[best]))
-            best = f;
-    return qc_family_name((qc_family)best);
-}
-
 int worker_add_ckpt(worker *w, const char *dir, qc_err *err)
 {
     if (w->n_ck >= WORKER_MAX_CKPT)
@@ -76,7 +58,7 @@ int worker_add_ckpt(worker *w, const char *dir, qc_err *err)
         return qc_err_set(err, QC_EXIT_RUNTIME, "out of memory");
     }
     char fam[16];
-    snprintf(fam, sizeof fam, "%s", ckpt_family(ck));
+    snprintf(fam, sizeof fam, "%s", qc_ckpt_dominant_family(ck));
     memcpy(c->family, fam, sizeof fam);
     qc_ckpt_mem mem;
     qc_ckpt_memory(ck, 0, &mem);
