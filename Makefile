@@ -63,7 +63,7 @@ all: $(BIN)
 
 $(BIN): $(CLI_OBJ) $(TUI_OBJ) $(LIB)
 	$(CC) $(LDFLAGS) -o $@ $(CLI_OBJ) $(TUI_OBJ) $(LIB) $(LDLIBS)
-	@test "$(CUDA)" = 1 || echo "note: no CUDA toolkit found (nvcc): built a CPU-only qchat"
+	@test "$(CUDA)" = 1 || echo "note: built a CPU-only qchat (no CUDA toolkit found, or CUDA=0)"
 
 $(LIB): $(ENGINE_OBJ) $(CU_OBJ)
 	@rm -f $@

@@ -18,6 +18,7 @@
 #include "config.h"
 #include "format.h"
 #include "qchat.h"
+#include "sampler.h"
 #include "tokenizer.h"
 
 /* One decoder layer's weights. Unused groups are NULL. */
@@ -73,6 +74,7 @@ struct qc_session {
     float *logits;             /* [V] of the last fed position */
     float *final_norm;         /* [D] of the last fed position */
     bool have_logits;
+    bool logits_on_device;     /* s->logits is stale: the backend holds the row (qc_backend_sampling) */
     qc_event_fn ev_fn;
     void *ev_user;
     void *be_sess;
@@ -89,8 +91,10 @@ struct qc_backend {
     /* Back to an empty sequence: KV length 0, GDN conv and recurrent state 0. */
     void (*session_reset)(qc_session *s);
     /* Runs ids[0..n) at positions pos0 .. pos0+n-1 (pos0 = tokens already in
-     * the state). Always writes the last row's logits and final-normed state
-     * into s->logits / s->final_norm; logits (n x V) and norm (n x D) receive
+     * the state). Writes the last row's final-normed state into
+     * s->final_norm and its logits into s->logits — or, for a backend with
+     * qc_backend_sampling, may keep that row on its device and set
+     * s->logits_on_device instead; logits (n x V) and norm (n x D) receive
      * every row when not NULL. */
     int (*forward)(qc_session *s, const int32_t *ids, int n, int pos0, float *logits,
                    float *norm, qc_err *err);
@@ -99,5 +103,18 @@ struct qc_backend {
 };
 
 extern const qc_backend qc_cpu_backend;
+
+/* Optional operations of a backend that keeps the last logits row on its
+ * device after forward() (session.c uses them; NULL table: none).
+ *   fetch_logits  copies that row into s->logits;
+ *   sample_next   draws the next id from it as qc_sampler_sample(smp, row,
+ *                 vocab_size) would (not recording it), copying back only
+ *                 what the draw needs; *copied_row set when the whole row
+ *                 came back into s->logits on the way. */
+typedef struct qc_backend_sampling {
+    int (*fetch_logits)(qc_session *s, qc_err *err);
+    int (*sample_next)(qc_session *s, qc_sampler *smp, int32_t *next, bool *copied_row, qc_err *err);
+} qc_backend_sampling;
+const qc_backend_sampling *qc_backend_sampling_of(const qc_backend *be);
 
 #endif

@@ -213,8 +213,7 @@ void qc_cuda_model_free(qc_cuda_model *cm)
     qk_blas_free(cm->blas);
     cu_pool_free(&cm->pool);
     for (int i = 0; i < cm->nqdev; i++) {
-        qc_qweight_free_dev(cm->qdev[i]);
-        free(cm->qdev[i]);
+        qc_qweight_free_dev(cm->qdev[i]); /* points into cm->L / cm->head */
     }
     free(cm->qdev);
     if (cm->prof.ok) {
@@ -566,6 +565,7 @@ struct qc_cuda_sess {
     cudaGraphExec_t graph;
     bool have_graph;
     int eager_steps;
+    qc_cuda_sampling *smp; /* device sampling buffers, made on first use */
 };
 
 static int sess_alloc_state(qc_cuda_sess *cs, int cap, qc_err *err)
@@ -731,6 +731,7 @@ void qc_cuda_sess_free(qc_cuda_sess *cs)
     if (!cs) return;
     cudaStreamSynchronize(cs->cm->st);
     if (cs->graph) cudaGraphExecDestroy(cs->graph);
+    qc_cuda_sampling_free(cs->smp);
     cu_pool_free(&cs->scratch);
     cu_pool_free(&cs->state);
     if (cs->h_io) cudaFreeHost(cs->h_io);
@@ -1085,13 +1086,152 @@ static int cuda_forward(qc_session *s, const int32_t *ids, int n, int pos0, floa
     cudaStream_t st = cs->cm->st;
     size_t V = (size_t)sh->vocab, D = (size_t)sh->D;
     size_t lrow = all ? (size_t)(n - 1) : 0;
-    cudaError_t e = cudaMemcpyAsync(s->logits, cs->logits + lrow * V, V * 4, cudaMemcpyDeviceToHost, st);
+    /* The last row stays on the device (fetched on demand: qc_backend_sampling)
+     * unless every row is copied anyway. */
+    s->logits_on_device = !all;
+    cudaError_t e = all ? cudaMemcpyAsync(s->logits, cs->logits + lrow * V, V * 4, cudaMemcpyDeviceToHost, st)
+                        : cudaSuccess;
     if (!e) e = cudaMemcpyAsync(s->final_norm, cs->fn + (size_t)(n - 1) * D, D * 4, cudaMemcpyDeviceToHost, st);
     if (!e && logits) e = cudaMemcpyAsync(logits, cs->logits, (size_t)n * V * 4, cudaMemcpyDeviceToHost, st);
     if (!e && norm) e = cudaMemcpyAsync(norm, cs->fn, (size_t)n * D * 4, cudaMemcpyDeviceToHost, st);
     if (e) return qc_err_set(err, QC_EXIT_RUNTIME, "CUDA: copying logits failed: %s", cudaGetErrorString(e));
     return sync_check(cs, err, "forward");
 }
+
+/* ==== device sampling for qc_session_sample (engine/sampler.c on a
+ * candidate set; owner: sampling) ========================================
+ * The logits row stays on the device after a decode step. The sampler's
+ * penalties are applied to a device copy, the largest entries selected there
+ * (kernels/sample.cu) and only they come back (12 bytes when greedy, 8 per
+ * candidate otherwise); sampler.c draws from them exactly the token it would
+ * draw from the full row. Top-k off (or wider than QC_SAMPLER_MAX_TOPK), or a
+ * candidate set that cannot prove the answer (ties at its edge), falls back
+ * to copying the whole row. */
+
+#define CU_SMP_CMAX (2 * QC_SAMPLER_MAX_TOPK)
+
+struct qc_cuda_sampling {
+    cu_pool pool;   /* tagged scratch */
+    int vocab, n_tokens;
+    qk_stream st;
+    float *work;    /* [vocab] penalised copy of the row */
+    int32_t *hist;  /* [2 * n_tokens]: history ids, then their counts */
+    int32_t *out;   /* [1 + 2 * CU_SMP_CMAX] (qk_sample_topc) */
+    int32_t *h_hist, *h_out; /* pinned host mirrors */
+};
+
+int qc_cuda_sampling_new(int vocab, int n_tokens, qk_stream st, qc_cuda_sampling **out, qc_err *err)
+{
+    *out = NULL;
+    qc_cuda_sampling *ds = calloc(1, sizeof *ds);
+    if (!ds) return qc_err_set(err, QC_EXIT_RUNTIME, "out of memory for device sampling");
+    ds->vocab = vocab;
+    ds->n_tokens = n_tokens;
+    ds->st = st;
+    size_t nh = 2 * (size_t)n_tokens * sizeof(int32_t), no = (1 + 2 * (size_t)CU_SMP_CMAX) * sizeof(int32_t);
+    int rc = cu_alloc(&ds->pool, (size_t)vocab * sizeof(float), QC_MEM_SCRATCH, (void **)&ds->work, err,
+                      "sampling row");
+    if (!rc) rc = cu_alloc(&ds->pool, nh, QC_MEM_SCRATCH, (void **)&ds->hist, err, "sampling history");
+    if (!rc) rc = cu_alloc(&ds->pool, no, QC_MEM_SCRATCH, (void **)&ds->out, err, "sampling candidates");
+    if (!rc && (cudaMallocHost((void **)&ds->h_hist, nh) != cudaSuccess ||
+                cudaMallocHost((void **)&ds->h_out, no) != cudaSuccess))
+        rc = qc_err_set(err, QC_EXIT_RUNTIME, "CUDA: cannot allocate pinned memory for sampling");
+    if (rc) {
+        qc_cuda_sampling_free(ds);
+        return rc;
+    }
+    *out = ds;
+    return QC_OK;
+}
+
+void qc_cuda_sampling_free(qc_cuda_sampling *ds)
+{
+    if (!ds) return;
+    cudaStreamSynchronize((cudaStream_t)ds->st);
+    cu_pool_free(&ds->pool);
+    if (ds->h_hist) cudaFreeHost(ds->h_hist);
+    if (ds->h_out) cudaFreeHost(ds->h_out);
+    free(ds);
+}
+
+uint64_t qc_cuda_sampling_bytes(const qc_cuda_sampling *ds) { return ds ? ds->pool.bytes[QC_MEM_SCRATCH] : 0; }
+
+int qc_cuda_sampling_draw(qc_cuda_sampling *ds, const float *d_logits, int vocab, qc_sampler *smp, float *host_row,
+                          int32_t *next, bool *copied_row, qc_err *err)
+{
+    cudaStream_t st = (cudaStream_t)ds->st;
+    *next = -1;
+    *copied_row = false;
+    int nv = vocab < qc_sampler_n_tokens(smp) ? vocab : qc_sampler_n_tokens(smp);
+    if (nv > ds->vocab || nv > ds->n_tokens)
+        return qc_err_set(err, QC_EXIT_RUNTIME, "device sampling: row of %d ids exceeds its buffers", nv);
+    int C = qc_sampler_candidates_wanted(smp);
+    if (C > 0 && nv > 0) {
+        const float *row = d_logits;
+        if (qc_sampler_has_penalties(smp)) {
+            const qc_sample_params *p = qc_sampler_params(smp);
+            const int32_t *seen, *count;
+            int ns = qc_sampler_history(smp, &seen, &count);
+            for (int j = 0; j < ns; j++) {
+                ds->h_hist[j] = seen[j];
+                ds->h_hist[ns + j] = count[seen[j]];
+            }
+            if (cudaMemcpyAsync(ds->work, d_logits, (size_t)nv * sizeof(float), cudaMemcpyDeviceToDevice, st) ||
+                cudaMemcpyAsync(ds->hist, ds->h_hist, 2 * (size_t)ns * sizeof(int32_t), cudaMemcpyHostToDevice, st))
+                return qc_err_set(err, QC_EXIT_RUNTIME, "CUDA: copying the sampling history failed");
+            CK(qk_sample_penalise(ds->work, nv, ds->hist, ds->hist + ns, ns, p->repetition_penalty,
+                                  p->presence_penalty, p->frequency_penalty, ds->st));
+            row = ds->work;
+        }
+        if (C > nv) C = nv;
+        CK(qk_sample_topc(row, nv, C, ds->out, ds->st));
+        size_t nb = (1 + 2 * (size_t)C) * sizeof(int32_t);
+        if (cudaMemcpyAsync(ds->h_out, ds->out, nb, cudaMemcpyDeviceToHost, st) != cudaSuccess)
+            return qc_err_set(err, QC_EXIT_RUNTIME, "CUDA: copying the sampling candidates failed");
+        cudaError_t e = cudaStreamSynchronize(st);
+        if (e == cudaSuccess) e = cudaGetLastError();
+        if (e != cudaSuccess) return qc_err_set(err, QC_EXIT_RUNTIME, "CUDA: sampling failed: %s", cudaGetErrorString(e));
+        int m = ds->h_out[0];
+        if (m < 0 || m > C) return qc_err_set(err, QC_EXIT_RUNTIME, "device sampling: bad candidate count %d", m);
+        /* m == C < nv: the largest C of the row; fewer: all its finite entries. */
+        bool partial = m == C && C < nv;
+        int rc = qc_sampler_sample_candidates(smp, (const float *)(ds->h_out + 1 + C), ds->h_out + 1, m, partial, next);
+        if (rc != QC_SAMPLER_UNDECIDED) return rc;
+    }
+    /* Top-k off: any id may be drawn, so the whole row is needed. */
+    if (cudaMemcpyAsync(host_row, d_logits, (size_t)vocab * sizeof(float), cudaMemcpyDeviceToHost, st) != cudaSuccess ||
+        cudaStreamSynchronize(st) != cudaSuccess)
+        return qc_err_set(err, QC_EXIT_RUNTIME, "CUDA: copying logits failed");
+    *copied_row = true;
+    *next = qc_sampler_sample(smp, host_row, vocab);
+    return QC_OK;
+}
+
+/* qc_backend_sampling for sessions: the last row is row 0 of cs->logits
+ * whenever cuda_forward left it on the device. */
+static int cuda_fetch_logits(qc_session *s, qc_err *err)
+{
+    qc_cuda_sess *cs = s->be_sess;
+    cudaStream_t st = cs->cm->st;
+    if (cudaMemcpyAsync(s->logits, cs->logits, (size_t)cs->cm->sh.vocab * sizeof(float), cudaMemcpyDeviceToHost, st) !=
+        cudaSuccess)
+        return qc_err_set(err, QC_EXIT_RUNTIME, "CUDA: copying logits failed");
+    return sync_check(cs, err, "copying logits");
+}
+
+static int cuda_sample_next(qc_session *s, qc_sampler *smp, int32_t *next, bool *copied_row, qc_err *err)
+{
+    qc_cuda_sess *cs = s->be_sess;
+    if (!cs->smp) {
+        int rc = qc_cuda_sampling_new(cs->cm->sh.vocab, cs->cm->sh.n_tokens, cs->cm->st, &cs->smp, err);
+        if (rc) return rc;
+    }
+    return qc_cuda_sampling_draw(cs->smp, cs->logits, cs->cm->sh.vocab, smp, s->logits, next, copied_row, err);
+}
+
+const qc_backend_sampling qc_cuda_backend_sampling = {cuda_fetch_logits, cuda_sample_next};
+
+/* ==== end of device sampling ============================================ */
 
 int64_t qc_cuda_decode_bytes(const qc_cuda_model *cm, int ctx)
 {
@@ -1111,6 +1251,7 @@ void qc_cuda_mem(const qc_cuda_model *cm, const qc_cuda_sess *cs, qc_mem_report 
         rep->bytes[i] += cm->pool.bytes[i];
         if (cs) rep->bytes[i] += cs->state.bytes[i] + cs->scratch.bytes[i];
     }
+    if (cs) rep->bytes[QC_MEM_SCRATCH] += qc_cuda_sampling_bytes(cs->smp);
     size_t fr = 0, tot = 0;
     if (cudaMemGetInfo(&fr, &tot) != cudaSuccess) {
         cudaGetLastError();

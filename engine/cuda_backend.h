@@ -63,6 +63,21 @@ int qc_cuda_decode(qc_cuda_sess *cs, int32_t id, int pos, const qk_sample_params
 /* Samples from the last logits row of the latest prefill/decode (device). */
 int qc_cuda_sample(qc_cuda_sess *cs, const qk_sample_params *sp, int32_t *next, qc_err *err);
 
+/* Device sampling (the qc_sampler of sampler.h on a device row of logits):
+ * buffers for rows of up to vocab floats and histories of n_tokens ids, used
+ * on stream st. qc_cuda_sampling_draw returns in *next the id
+ * qc_sampler_sample(smp, row, vocab) would return (without recording it),
+ * copying back only the top candidates when top-k allows, else the row into
+ * host_row ([vocab] floats; *copied_row tells). */
+typedef struct qc_cuda_sampling qc_cuda_sampling;
+int qc_cuda_sampling_new(int vocab, int n_tokens, qk_stream st, qc_cuda_sampling **out, qc_err *err);
+void qc_cuda_sampling_free(qc_cuda_sampling *ds);
+int qc_cuda_sampling_draw(qc_cuda_sampling *ds, const float *d_logits, int vocab, qc_sampler *smp, float *host_row,
+                          int32_t *next, bool *copied_row, qc_err *err);
+uint64_t qc_cuda_sampling_bytes(const qc_cuda_sampling *ds);
+/* The session hooks (backend.h) of the CUDA backend. */
+extern const qc_backend_sampling qc_cuda_backend_sampling;
+
 /* Per-kernel timing of one decode step at context ctx: each launch of the
  * step timed alone (events, median of reps) on the model's real matrices and
  * the session's state. Fills up to max rows. Leaves

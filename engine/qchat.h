@@ -98,7 +98,18 @@ int qc_session_prefill_full(qc_session *s, const int32_t *ids, int n, int chunk,
                             float *all_norm, qc_err *err);
 /* One token; logits of the next position available from qc_session_logits. */
 int qc_session_step(qc_session *s, int32_t id, qc_err *err);
+/* The last fed position's logits row (vocab_size floats), NULL before any
+ * token or when it cannot be read. On a GPU the row stays on the device after
+ * a step or prefill and is copied here only when this is called. */
 const float *qc_session_logits(const qc_session *s);
+/* Draws the next token from the last fed position with the sampler
+ * (sampler.h) and records it there, exactly as
+ * qc_sampler_next(smp, qc_session_logits(s), vocab_size); on a GPU the
+ * penalties and the candidate selection run on the device and only the
+ * candidates come back (the whole row only when top-k is off). *next is -1
+ * when no id has a finite logit. */
+struct qc_sampler;
+int qc_session_sample(qc_session *s, struct qc_sampler *smp, int32_t *next, qc_err *err);
 /* The final-normed hidden state of the last fed position (D floats). */
 const float *qc_session_final_norm(const qc_session *s);
 int qc_session_len(const qc_session *s);

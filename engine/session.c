@@ -6,6 +6,9 @@
 #include <string.h>
 
 #include "backend.h"
+#ifdef QC_HAVE_CUDA
+#include "cuda_backend.h"
+#endif
 
 #define QC_DEFAULT_CHUNK 256
 
@@ -146,7 +149,57 @@ int qc_session_step(qc_session *s, int32_t id, qc_err *err)
     return QC_OK;
 }
 
-const float *qc_session_logits(const qc_session *s) { return s->have_logits ? s->logits : NULL; }
+const qc_backend_sampling *qc_backend_sampling_of(const qc_backend *be)
+{
+#ifdef QC_HAVE_CUDA
+    if (be == &qc_cuda_backend)
+        return &qc_cuda_backend_sampling;
+#else
+    (void)be;
+#endif
+    return NULL;
+}
+
+const float *qc_session_logits(const qc_session *s)
+{
+    if (!s->have_logits)
+        return NULL;
+    if (s->logits_on_device) {
+        /* Fetched on demand: decode that only samples never copies the row.
+         * The session is not const-defined; only the cache state changes. */
+        qc_session *ms = (qc_session *)s;
+        const qc_backend_sampling *bs = qc_backend_sampling_of(s->m->be);
+        qc_err err;
+        if (!bs || bs->fetch_logits(ms, &err))
+            return NULL;
+        ms->logits_on_device = false;
+    }
+    return s->logits;
+}
+
+int qc_session_sample(qc_session *s, qc_sampler *smp, int32_t *next, qc_err *err)
+{
+    *next = -1;
+    if (!s->have_logits)
+        return qc_err_set(err, QC_EXIT_USAGE, "nothing to sample from: the session has no logits yet");
+    const qc_backend_sampling *bs = qc_backend_sampling_of(s->m->be);
+    if (s->logits_on_device && bs) {
+        bool copied = false;
+        int rc = bs->sample_next(s, smp, next, &copied, err);
+        if (rc)
+            return rc;
+        if (copied)
+            s->logits_on_device = false;
+    } else {
+        const float *lg = qc_session_logits(s);
+        if (!lg)
+            return qc_err_set(err, QC_EXIT_RUNTIME, "the session's logits could not be read");
+        *next = qc_sampler_sample(smp, lg, s->m->cfg->vocab_size);
+    }
+    if (*next >= 0)
+        qc_sampler_accept(smp, *next);
+    return QC_OK;
+}
 const float *qc_session_final_norm(const qc_session *s) { return s->have_logits ? s->final_norm : NULL; }
 int qc_session_len(const qc_session *s) { return s->n; }
 const int32_t *qc_session_tokens(const qc_session *s) { return s->tokens; }
@@ -155,6 +208,7 @@ void qc_session_reset(qc_session *s)
 {
     s->n = 0;
     s->have_logits = false;
+    s->logits_on_device = false;
     s->m->be->session_reset(s);
 }
 
