@@ -1,4 +1,4 @@
-/* cmd_bench.c — `qchat bench DIR | --synthetic SIZE:bf16 [--json] [--quick]
+/* cmd_bench.c — `qchat bench DIR | --synthetic SIZE:FMT [--json] [--quick]
  * [--steps N] [--no-profile]`: the speed of the CUDA engine.
  *
  * Reports, in one run: the achievable bandwidth (a 1 GiB device-to-device
@@ -8,8 +8,10 @@
  * step = the captured CUDA graph + on-device sampling + a 4-byte copy);
  * bytes one decode step must read and the achieved fraction of the copy
  * bandwidth; a per-kernel profile of one decode step; the VRAM split.
- * --synthetic makes random BF16 weights of a real shape (0.8b, 2b, 4b, 9b,
- * 27b) directly on the GPU. Needs a CUDA build and a GPU. */
+ * --synthetic makes random weights of a real shape (0.8b, 2b, 4b, 9b, 27b)
+ * directly on the GPU, in one of the published format mixes (FMT: bf16, fp8,
+ * int4, nvfp4, nvfp4-mixed; see qc_cuda_model_synthetic_fmt) with the
+ * quantized weights in the kernels' layouts. Needs a CUDA build and a GPU. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,8 +28,8 @@
 static int usage(const char *msg)
 {
     if (msg) fprintf(stderr, "qchat bench: %s\n", msg);
-    fprintf(stderr, "usage: qchat bench CHECKPOINT_DIR | --synthetic SIZE:bf16 [--json] [--quick] [--steps N] "
-                    "[--no-profile]\n       SIZE: 0.8b, 2b, 4b, 9b, 27b\n");
+    fprintf(stderr, "usage: qchat bench CHECKPOINT_DIR | --synthetic SIZE:FMT [--json] [--quick] [--steps N] "
+                    "[--no-profile]\n       SIZE: 0.8b, 2b, 4b, 9b, 27b; FMT: bf16, fp8, int4, nvfp4, nvfp4-mixed\n");
     return QC_EXIT_USAGE;
 }
 
@@ -71,7 +73,7 @@ static int prefill_n(qc_cuda_sess *cs, const int32_t *ids, int n, int chunk, qc_
 }
 
 static const char *mem_names[QC_MEM_COUNT] = {"weights_bf16", "weights_fp8", "weights_int4", "weights_nvfp4",
-                                              "weights_other", "kv_cache", "gdn_state", "scratch",
+                                              "weights_mxfp4_other", "kv_cache", "gdn_state", "scratch",
                                               "runtime_other", "free"};
 
 int cmd_bench(int argc, char **argv)
@@ -109,7 +111,7 @@ int cmd_bench(int argc, char **argv)
             return usage("more than one checkpoint directory");
         }
     }
-    if (!!dir == !!synth) return usage("give CHECKPOINT_DIR or --synthetic SIZE:bf16");
+    if (!!dir == !!synth) return usage("give CHECKPOINT_DIR or --synthetic SIZE:FMT");
     if (!steps) steps = quick ? 16 : 64;
 
     qc_err err = {0};
@@ -118,8 +120,8 @@ int cmd_bench(int argc, char **argv)
     qc_cuda_shape sh;
     if (synth) {
         const char *colon = strchr(synth, ':');
-        if (!colon || strcmp(colon + 1, "bf16") || (size_t)(colon - synth) >= sizeof size)
-            return usage("--synthetic wants SIZE:bf16 (only bf16 so far)");
+        if (!colon || !colon[1] || (size_t)(colon - synth) >= sizeof size)
+            return usage("--synthetic wants SIZE:FMT, e.g. 27b:fp8");
         memcpy(size, synth, (size_t)(colon - synth));
         if ((rc = qc_cuda_shape_by_name(size, &sh, &err))) {
             fprintf(stderr, "qchat bench: %s\n", err.msg);
@@ -142,7 +144,7 @@ int cmd_bench(int argc, char **argv)
     qc_cuda_model *cm = NULL, *own = NULL;
     double t0 = qc_now();
     if (synth) {
-        rc = qc_cuda_model_synthetic(&sh, 1, &own, &err);
+        rc = qc_cuda_model_synthetic_fmt(&sh, strchr(synth, ':') + 1, 1, &own, &err);
         cm = own;
     } else {
         qc_load_opts lo = {QC_DEVICE_CUDA, 0, 0};
@@ -188,6 +190,16 @@ int cmd_bench(int argc, char **argv)
     fprintf(log, "device %s, model %s%s\n", qc_cuda_device_name(cm), synth ? synth : dir, synth ? " (synthetic)" : "");
     fprintf(log, "copy bandwidth %.0f GB/s (1 GiB D2D, read + write)\n", copy_bw / 1e9);
     fprintf(log, "load %.2f s, %.2f GB weights, %.2f GB/s\n", t_load, wbytes / 1e9, wbytes / t_load / 1e9);
+    double t_up = qc_cuda_load_seconds(cm);
+    if (t_up > 0) {
+        /* the upload alone (parsing and validation of the checkpoint excluded) */
+        cJSON_AddNumberToObject(jl, "upload_seconds", t_up);
+        cJSON_AddNumberToObject(jl, "upload_GBps", wbytes / t_up / 1e9);
+        fprintf(log, "weight upload %.2f s, %.2f GB/s\n", t_up, wbytes / t_up / 1e9);
+    }
+    uint64_t sbytes = qc_cuda_scale_bytes(cm);
+    cJSON_AddNumberToObject(jl, "scale_bytes", (double)sbytes);
+    if (sbytes) fprintf(log, "quantization scales %.3f GB (inside the weight families below)\n", sbytes / 1e9);
 
     /* prefill + TTFT */
     qk_sample_params greedy = {0, 0, 1.0f, 1, 0};

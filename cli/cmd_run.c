@@ -401,7 +401,9 @@ int cmd_run(int argc, char **argv)
             stop = "interrupted";
             break;
         }
-        int32_t id = qc_sampler_next(smp, qc_session_logits(s), info.vocab_size);
+        int32_t id = -1;
+        if ((rc = qc_session_sample(s, smp, &id, &err)))
+            break;
         if (id < 0) {
             rc = qc_err_set(&err, QC_EXIT_RUNTIME, "no finite logit to sample from (position %d)",
                             qc_session_len(s));

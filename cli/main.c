@@ -23,7 +23,8 @@ static const subcommand subcommands[] = {
     {"run", cmd_run, "run CHECKPOINT_DIR -p PROMPT|- [--json] [--no-think] [--max-tokens N] [--seed N] [sampling flags] [--device cpu|cuda]"},
     {"score", cmd_score, "score CHECKPOINT_DIR --ids FILE --out FILE.safetensors [--chunk N] [--device cpu|cuda]"},
     {"drift", cmd_drift, "drift REF_DIR DIR --ids FILE [--json] [--chunk N] [--device cpu|cuda]"},
-    {"bench", cmd_bench, "bench CHECKPOINT_DIR | --synthetic SIZE:bf16 [--json] [--quick] [--steps N] [--no-profile]"},
+    {"synth", cmd_synth, "synth OUTDIR --size tiny|0.8b|9b|27b --format bf16|fp8|int4-gptq|int4-ct|nvfp4|nvfp4-modelopt [--asym] [--shard-size N] [--seed N] [--force] [--dry-run]"},
+    {"bench", cmd_bench, "bench CHECKPOINT_DIR | --synthetic SIZE:FMT [--json] [--quick] [--steps N] [--no-profile]"},
 };
 
 static void print_usage(FILE *f)

@@ -149,6 +149,7 @@ struct qc_cuda_model {
     uint16_t *dq;         /* prefill dequantization scratch (bf16), allocated on the first prefill */
     size_t dq_bytes, dq_need;
     cu_stage stage;
+    double load_s; /* seconds the weight upload took (bench: load GB/s) */
     int n_sm;
     char name[256];
     cu_prof prof;
@@ -239,17 +240,6 @@ bool qc_cuda_available(void)
     return n > 0;
 }
 
-static int tag_of_format(qc_format f)
-{
-    switch (qc_format_to_family(f)) {
-    case QC_FAM_BF16: return QC_MEM_W_BF16;
-    case QC_FAM_FP8: return QC_MEM_W_FP8;
-    case QC_FAM_INT4: return QC_MEM_W_INT4;
-    case QC_FAM_NVFP4: return QC_MEM_W_NVFP4;
-    default: return QC_MEM_W_OTHER;
-    }
-}
-
 static int upload_f32(qc_cuda_model *cm, const float *h, size_t n, float **out, qc_err *err, const char *what)
 {
     int rc = cu_alloc(&cm->pool, n * sizeof(float), QC_MEM_W_BF16, (void **)out, err, what);
@@ -259,15 +249,64 @@ static int upload_f32(qc_cuda_model *cm, const float *h, size_t n, float **out, 
     return QC_OK;
 }
 
-/* Rows of l into dst (bf16 [l->n, l->k] at device address dst): straight copy
- * of BF16 weights, else exact dequantization rounded to BF16. */
-static int upload_linear(const qc_linear *l, uint16_t *dst, qc_err *err)
+/* ---- loading ---- */
+
+static void stage_open(cu_stage *s)
 {
-    if (l->format == QC_FMT_BF16 && l->weight && l->weight->dtype == QC_DT_BF16) {
-        if (cudaMemcpy(dst, l->weight->data, (size_t)l->n * l->k * 2, cudaMemcpyHostToDevice) != cudaSuccess)
-            return qc_err_set(err, QC_EXIT_RUNTIME, "CUDA: upload of %s failed", l->name);
+    memset(s, 0, sizeof *s);
+    for (int i = 0; i < 2; i++)
+        if (cudaHostAlloc(&s->buf[i], CU_STAGE_BYTES, cudaHostAllocDefault) != cudaSuccess ||
+            cudaEventCreateWithFlags(&s->ev[i], cudaEventDisableTiming) != cudaSuccess) {
+            cudaGetLastError();
+            return; /* ok stays false: plain synchronous copies */
+        }
+    s->ok = true;
+}
+
+static void stage_close(cu_stage *s)
+{
+    for (int i = 0; i < 2; i++) {
+        if (s->ev[i]) {
+            cudaEventSynchronize(s->ev[i]);
+            cudaEventDestroy(s->ev[i]);
+        }
+        if (s->buf[i]) cudaFreeHost(s->buf[i]);
+    }
+    memset(s, 0, sizeof *s);
+}
+
+/* n bytes from host memory (usually the mmap'ed checkpoint) to dst on the
+ * device through the staging ring: the next chunk is read into the other
+ * pinned buffer while this one's DMA runs. Asynchronous on cm->st. */
+static int stage_copy(qc_cuda_model *cm, void *dst, const void *src, size_t n, qc_err *err, const char *what)
+{
+    cu_stage *s = &cm->stage;
+    if (!s->ok) {
+        if (cudaMemcpy(dst, src, n, cudaMemcpyHostToDevice) != cudaSuccess)
+            return qc_err_set(err, QC_EXIT_RUNTIME, "CUDA: upload of %s failed", what);
         return QC_OK;
     }
+    for (size_t off = 0; off < n;) {
+        size_t c = n - off < CU_STAGE_BYTES ? n - off : CU_STAGE_BYTES;
+        int i = s->next;
+        s->next ^= 1;
+        if (cudaEventSynchronize(s->ev[i]) != cudaSuccess) /* this buffer's previous DMA is done */
+            return qc_err_set(err, QC_EXIT_RUNTIME, "CUDA: upload of %s failed", what);
+        memcpy(s->buf[i], (const char *)src + off, c);
+        if (cudaMemcpyAsync((char *)dst + off, s->buf[i], c, cudaMemcpyHostToDevice, cm->st) != cudaSuccess ||
+            cudaEventRecord(s->ev[i], cm->st) != cudaSuccess)
+            return qc_err_set(err, QC_EXIT_RUNTIME, "CUDA: upload of %s failed", what);
+        off += c;
+    }
+    return QC_OK;
+}
+
+/* Rows of l into dst (bf16 [l->n, l->k] at device address dst): straight copy
+ * of BF16 weights, else exact dequantization rounded to BF16. */
+static int upload_linear(qc_cuda_model *cm, const qc_linear *l, uint16_t *dst, qc_err *err)
+{
+    if (l->format == QC_FMT_BF16 && l->weight && l->weight->dtype == QC_DT_BF16)
+        return stage_copy(cm, dst, l->weight->data, (size_t)l->n * l->k * 2, err, l->name);
     int64_t rows = l->k > 0 ? (int64_t)((16u << 20) / (size_t)(l->k * 4)) : 1;
     if (rows < 1) rows = 1;
     float *f = malloc((size_t)rows * l->k * 4);
@@ -290,26 +329,114 @@ static int upload_linear(const qc_linear *l, uint16_t *dst, qc_err *err)
     return rc;
 }
 
-/* Several Linears with the same K stacked row-wise into one bf16 matrix. */
-static int upload_fused(qc_cuda_model *cm, const qc_linear *const *ls, int n, uint16_t **out, int *n_rows, qc_err *err)
+static int tag_of_kind(int kind)
+{
+    switch (kind) {
+    case QK_QW_FP8: return QC_MEM_W_FP8;
+    case QK_QW_INT4: return QC_MEM_W_INT4;
+    case QK_QW_NVFP4: return QC_MEM_W_NVFP4;
+    case QK_QW_MXFP4: return QC_MEM_W_OTHER; /* the report's "other" family is MXFP4 */
+    default: return QC_MEM_W_BF16;
+    }
+}
+
+static int64_t mat_bytes(const cu_mat *M)
+{
+    if (!M->np) return (int64_t)M->n * M->k * 2;
+    int64_t b = 0;
+    for (int i = 0; i < M->np; i++) b += (int64_t)qk_qweight_bytes(&M->q[i]);
+    return b;
+}
+
+/* A part the quantized kernels have no layout for (8-bit or 2-bit integers,
+ * F16/F32 Linears in a mixed group, ...): dequantized exactly on the host,
+ * rounded to BF16 and kept as a QK_QW_BF16 part, so the group still fuses. */
+static int load_part_bf16(qc_cuda_model *cm, const qc_linear *l, qk_qweight *q, qc_err *err)
+{
+    memset(q, 0, sizeof *q);
+    q->kind = QK_QW_BF16;
+    q->fmt = QC_FMT_BF16;
+    q->n = (int)l->n;
+    q->k = (int)l->k;
+    q->n_pad = (q->n + QK_QROWS - 1) / QK_QROWS * QK_QROWS;
+    q->k_pad = (q->k + 31) / 32 * 32;
+    q->w_bytes = (size_t)q->n_pad * q->k_pad * 2;
+    int rc = cu_alloc(&cm->pool, q->w_bytes, QC_MEM_W_BF16, &q->w, err, l->name);
+    if (rc) return rc;
+    if (cudaMemset(q->w, 0, q->w_bytes) != cudaSuccess)
+        return qc_err_set(err, QC_EXIT_RUNTIME, "CUDA: clearing %s failed", l->name);
+    if (q->k_pad == q->k) return upload_linear(cm, l, q->w, err);
+    uint16_t *tmp;
+    if (cudaMalloc((void **)&tmp, (size_t)q->n * q->k * 2) != cudaSuccess) {
+        cudaGetLastError();
+        return qc_err_set(err, QC_EXIT_RUNTIME, "CUDA: no memory staging %s", l->name);
+    }
+    rc = upload_linear(cm, l, tmp, err);
+    if (!rc && (cudaStreamSynchronize(cm->st) != cudaSuccess ||
+                cudaMemcpy2D(q->w, (size_t)q->k_pad * 2, tmp, (size_t)q->k * 2, (size_t)q->k * 2, (size_t)q->n,
+                             cudaMemcpyDeviceToDevice) != cudaSuccess))
+        rc = qc_err_set(err, QC_EXIT_RUNTIME, "CUDA: upload of %s failed", l->name);
+    cudaFree(tmp);
+    return rc;
+}
+
+/* One part of a mixed group in its kernel-native layout (repacked on the host
+ * by cuda_repack.c, then uploaded). */
+static int load_part(qc_cuda_model *cm, const qc_linear *l, qk_qweight *q, qc_err *err)
+{
+    if (!qc_qweight_supported(l->format) || (l->format == QC_FMT_BF16 && (!l->weight || l->weight->dtype != QC_DT_BF16)))
+        return load_part_bf16(cm, l, q, err);
+    if (cm->nqdev == cm->capqdev) {
+        int nc = cm->capqdev ? 2 * cm->capqdev : 256;
+        qk_qweight **np = realloc(cm->qdev, (size_t)nc * sizeof *np);
+        if (!np) return qc_err_set(err, QC_EXIT_RUNTIME, "out of host memory loading %s", l->name);
+        cm->qdev = np;
+        cm->capqdev = nc;
+    }
+    int rc = qc_linear_to_qweight(l, q, err);
+    if (rc == QC_EXIT_CHECKPOINT) return load_part_bf16(cm, l, q, err); /* a layout the kernels cannot run */
+    if (rc) return rc;
+    cm->qdev[cm->nqdev++] = q;
+    int tag = tag_of_kind(q->kind);
+    cm->pool.bytes[tag] += q->w_bytes + q->s_bytes + q->perm_bytes;
+    cm->scale_bytes += q->s_bytes + q->perm_bytes;
+    return QC_OK;
+}
+
+/* Several Linears with the same K as one cu_mat (see there). */
+static int upload_fused(qc_cuda_model *cm, const qc_linear *const *ls, int n, cu_mat *M, qc_err *err)
 {
     int64_t N = 0, K = ls[0]->k;
+    bool all_bf16 = true;
     for (int i = 0; i < n; i++) {
         if (ls[i]->k != K)
             return qc_err_set(err, QC_EXIT_CHECKPOINT, "%s: K %lld differs from %s", ls[i]->name, (long long)ls[i]->k,
                               ls[0]->name);
+        if (qc_format_to_family(ls[i]->format) != QC_FAM_BF16) all_bf16 = false;
         N += ls[i]->n;
     }
     if (K % 8) return qc_err_set(err, QC_EXIT_CHECKPOINT, "%s: K %lld not a multiple of 8 (CUDA GEMV)", ls[0]->name, (long long)K);
-    int rc = cu_alloc(&cm->pool, (size_t)(N * K) * 2, tag_of_format(ls[0]->format), (void **)out, err, ls[0]->name);
-    if (rc) return rc;
-    int64_t r = 0;
-    for (int i = 0; i < n && !rc; i++) {
-        rc = upload_linear(ls[i], *out + r * K, err);
-        r += ls[i]->n;
+    memset(M, 0, sizeof *M);
+    M->n = (int)N;
+    M->k = (int)K;
+    int rc = QC_OK;
+    if (all_bf16) {
+        rc = cu_alloc(&cm->pool, (size_t)(N * K) * 2, QC_MEM_W_BF16, (void **)&M->bf, err, ls[0]->name);
+        int64_t r = 0;
+        for (int i = 0; i < n && !rc; i++) {
+            rc = upload_linear(cm, ls[i], M->bf + r * K, err);
+            r += ls[i]->n;
+        }
+    } else {
+        int r = 0;
+        for (int i = 0; i < n && !rc; i++) {
+            M->off[i] = r;
+            rc = load_part(cm, ls[i], &M->q[i], err);
+            M->np = i + 1;
+            r += (int)ls[i]->n;
+        }
     }
-    *n_rows = (int)N;
-    cm->weight_bytes += N * K * 2;
+    if (!rc) cm->weight_bytes += mat_bytes(M);
     return rc;
 }
 
@@ -318,11 +445,7 @@ static int upload_embed(qc_cuda_model *cm, const qc_tensor *t, uint16_t **out, q
     size_t n = (size_t)t->numel;
     int rc = cu_alloc(&cm->pool, n * 2, QC_MEM_W_BF16, (void **)out, err, t->name);
     if (rc) return rc;
-    if (t->dtype == QC_DT_BF16) {
-        if (cudaMemcpy(*out, t->data, n * 2, cudaMemcpyHostToDevice) != cudaSuccess)
-            return qc_err_set(err, QC_EXIT_RUNTIME, "CUDA: upload of %s failed", t->name);
-        return QC_OK;
-    }
+    if (t->dtype == QC_DT_BF16) return stage_copy(cm, *out, t->data, n * 2, err, t->name);
     size_t chunk = 1u << 22;
     uint16_t *b = malloc(chunk * 2);
     if (!b) return qc_err_set(err, QC_EXIT_RUNTIME, "out of memory converting %s", t->name);
@@ -339,6 +462,24 @@ static int upload_embed(qc_cuda_model *cm, const qc_tensor *t, uint16_t **out, q
     }
     free(b);
     return rc;
+}
+
+/* Bytes of the prefill dequantization scratch: the largest quantized group
+ * of a layer (gate|up: 2 I x D), and room for row tiles of a quantized
+ * lm_head (which is never dequantized whole). */
+static void plan_dq(qc_cuda_model *cm)
+{
+    size_t need = 0;
+    for (int li = 0; li < cm->sh.n_layers; li++) {
+        const cu_mat *ms[] = {&cm->L[li].in, &cm->L[li].out, &cm->L[li].gu, &cm->L[li].down};
+        for (int j = 0; j < 4; j++)
+            if (ms[j]->np && (size_t)ms[j]->n * ms[j]->k * 2 > need) need = (size_t)ms[j]->n * ms[j]->k * 2;
+    }
+    if (cm->head.np) {
+        size_t tile = (size_t)4096 * cm->head.k * 2;
+        if (tile > need) need = tile;
+    }
+    cm->dq_need = need;
 }
 
 static int cuda_model_init(qc_model *m, const qc_load_opts *opts, qc_err *err)
@@ -372,17 +513,20 @@ static int cuda_model_init(qc_model *m, const qc_load_opts *opts, qc_err *err)
     if (rc) return rc;
     const qc_model_weights *w = &m->w;
     const int D = sh.D;
+    double t_load = qc_now();
+    stage_open(&cm->stage);
     rc = upload_embed(cm, w->embed, &cm->embed, err);
     sh.tied = w->lm_head->weight == w->embed || (w->lm_head->weight && w->lm_head->weight->data == w->embed->data &&
                                                   w->embed->dtype == QC_DT_BF16);
     cm->sh.tied = sh.tied;
     if (!rc && sh.tied) {
-        cm->lm_head = cm->embed;
+        cm->head.bf = cm->embed;
+        cm->head.n = sh.vocab;
+        cm->head.k = D;
         cm->weight_bytes += (int64_t)sh.vocab * D * 2;
     } else if (!rc) {
-        int nr;
         const qc_linear *lh[] = {w->lm_head};
-        rc = upload_fused(cm, lh, 1, &cm->lm_head, &nr, err);
+        rc = upload_fused(cm, lh, 1, &cm->head, err);
     }
     if (!rc) rc = upload_f32(cm, w->final_norm, D, &cm->final_norm, err, "final norm");
     for (int li = 0; li < sh.n_layers && !rc; li++) {
@@ -393,10 +537,10 @@ static int cuda_model_init(qc_model *m, const qc_load_opts *opts, qc_err *err)
         if (!rc) rc = upload_f32(cm, L->post_norm, D, &G->post_norm, err, "post_attention_layernorm");
         if (!rc && !L->full) {
             const qc_linear *in[] = {L->qkv, L->z, L->b, L->a};
-            rc = upload_fused(cm, in, 4, &G->w_in, &G->n_in, err);
+            rc = upload_fused(cm, in, 4, &G->in, err);
+            G->n_in = G->in.n;
             const qc_linear *o[] = {L->out};
-            int nr;
-            if (!rc) rc = upload_fused(cm, o, 1, &G->w_out, &nr, err);
+            if (!rc) rc = upload_fused(cm, o, 1, &G->out, err);
             G->k_out = sh.Hv * sh.dv;
             if (!rc) rc = upload_f32(cm, L->conv_w, (size_t)cm->conv_dim * 4, &G->conv_w, err, "conv1d");
             if (!rc) rc = upload_f32(cm, L->dt_bias, sh.Hv, &G->dt_bias, err, "dt_bias");
@@ -404,26 +548,30 @@ static int cuda_model_init(qc_model *m, const qc_load_opts *opts, qc_err *err)
             if (!rc) rc = upload_f32(cm, L->gdn_norm, sh.dv, &G->gdn_norm, err, "linear_attn.norm");
         } else if (!rc) {
             const qc_linear *in[] = {L->q, L->k, L->v};
-            rc = upload_fused(cm, in, 3, &G->w_in, &G->n_in, err);
+            rc = upload_fused(cm, in, 3, &G->in, err);
+            G->n_in = G->in.n;
             const qc_linear *o[] = {L->o};
-            int nr;
-            if (!rc) rc = upload_fused(cm, o, 1, &G->w_out, &nr, err);
+            if (!rc) rc = upload_fused(cm, o, 1, &G->out, err);
             G->k_out = sh.H * sh.hd;
             if (!rc) rc = upload_f32(cm, L->q_norm, sh.hd, &G->q_norm, err, "q_norm");
             if (!rc) rc = upload_f32(cm, L->k_norm, sh.hd, &G->k_norm, err, "k_norm");
         }
         if (!rc) {
             const qc_linear *gu[] = {L->gate, L->up};
-            int nr;
-            rc = upload_fused(cm, gu, 2, &G->w_gu, &nr, err);
+            rc = upload_fused(cm, gu, 2, &G->gu, err);
             const qc_linear *dn[] = {L->down};
-            if (!rc) rc = upload_fused(cm, dn, 1, &G->w_down, &nr, err);
+            if (!rc) rc = upload_fused(cm, dn, 1, &G->down, err);
         }
     }
+    if (!rc && cudaStreamSynchronize(cm->st) != cudaSuccess)
+        rc = qc_err_set(err, QC_EXIT_RUNTIME, "CUDA: uploading the weights failed");
+    stage_close(&cm->stage);
     if (rc) {
         qc_cuda_model_free(cm);
         return rc;
     }
+    plan_dq(cm);
+    cm->load_s = qc_now() - t_load;
     m->be_model = cm;
     snprintf(m->device, sizeof m->device, "cuda:%.80s", cm->name);
     return QC_OK;
@@ -477,12 +625,102 @@ int qc_cuda_shape_by_name(const char *name, qc_cuda_shape *sh, qc_err *err)
     return qc_err_set(err, QC_EXIT_USAGE, "unknown model size '%s' (0.8b, 2b, 4b, 9b, 27b)", name);
 }
 
-static int synth_mat(qc_cuda_model *cm, int64_t N, int64_t K, uint64_t seed, uint16_t **out, qc_err *err)
+/* The format mixes of `qchat bench --synthetic SIZE:FMT`, as published
+ * checkpoints use them (lm_head and the embedding stay BF16 in all):
+ *   bf16         everything BF16;
+ *   fp8          Qwen FP8: fp8-block 128x128 Linears, in_proj_a/b BF16;
+ *   int4         GPTQ g128 symmetric, in_proj_a/b BF16;
+ *   nvfp4        compressed-tensors NVFP4 everywhere, GDN included;
+ *   nvfp4-mixed  NVIDIA style: NVFP4 MLP, FP8 attention and GDN, in_proj_a/b BF16. */
+enum { SY_QKV, SY_Z, SY_B, SY_A, SY_GOUT, SY_Q, SY_K, SY_V, SY_O, SY_GATE, SY_UP, SY_DOWN };
+static const char *const synth_mixes[] = {"bf16", "fp8", "int4", "nvfp4", "nvfp4-mixed"};
+
+static int synth_kind(int mix, int role)
 {
-    int rc = cu_alloc(&cm->pool, (size_t)(N * K) * 2, QC_MEM_W_BF16, (void **)out, err, "synthetic weight");
+    bool ab = role == SY_B || role == SY_A, mlp = role == SY_GATE || role == SY_UP || role == SY_DOWN;
+    switch (mix) {
+    case 1: return ab ? QK_QW_BF16 : QK_QW_FP8;
+    case 2: return ab ? QK_QW_BF16 : QK_QW_INT4;
+    case 3: return QK_QW_NVFP4;
+    case 4: return ab ? QK_QW_BF16 : mlp ? QK_QW_NVFP4 : QK_QW_FP8;
+    default: return QK_QW_BF16;
+    }
+}
+
+/* A random weight of `kind` in its kernel-native layout, made on the GPU. */
+static int synth_qw(qc_cuda_model *cm, int kind, int n, int k, uint64_t seed, qk_qweight *q, qc_err *err)
+{
+    memset(q, 0, sizeof *q);
+    q->kind = kind;
+    q->n = n;
+    q->k = k;
+    q->n_pad = (n + QK_QROWS - 1) / QK_QROWS * QK_QROWS;
+    q->k_pad = (k + 31) / 32 * 32;
+    size_t np = (size_t)q->n_pad, kp = (size_t)q->k_pad;
+    switch (kind) {
+    case QK_QW_FP8:
+        q->fmt = QC_FMT_FP8_BLOCK;
+        q->blk_n = q->blk_k = 128;
+        q->nkb = (q->k_pad + 127) / 128;
+        q->w_bytes = np * kp;
+        q->s_bytes = (np + 127) / 128 * (size_t)q->nkb * 4;
+        break;
+    case QK_QW_INT4:
+        q->fmt = QC_FMT_GPTQ;
+        q->group = 128;
+        q->ngroups = (q->k_pad + 127) / 128;
+        q->w_bytes = np * kp / 2;
+        q->s_bytes = np * (size_t)q->ngroups * 4;
+        break;
+    case QK_QW_NVFP4:
+        q->fmt = QC_FMT_NVFP4_CT;
+        q->w_bytes = np * kp / 2;
+        q->s_bytes = np * kp / 16;
+        break;
+    default:
+        q->kind = QK_QW_BF16;
+        q->fmt = QC_FMT_BF16;
+        q->w_bytes = np * kp * 2;
+        break;
+    }
+    int tag = tag_of_kind(q->kind);
+    int rc = cu_alloc(&cm->pool, q->w_bytes, tag, &q->w, err, "synthetic weight");
+    if (!rc && q->s_bytes) {
+        rc = cu_alloc(&cm->pool, q->s_bytes, tag, &q->s, err, "synthetic scales");
+        cm->scale_bytes += q->s_bytes;
+    }
     if (rc) return rc;
-    CK(qk_fill_random_bf16(*out, N * K, seed, sqrtf(3.0f / (float)K), cm->st));
-    cm->weight_bytes += N * K * 2;
+    CK(qk_fill_random_qweight(q, seed, sqrtf(3.0f / (float)k), cm->st));
+    return QC_OK;
+}
+
+/* A fused group of random weights: one stacked BF16 matrix when every part
+ * is BF16 in this mix, else its parts in their layouts. */
+static int synth_group(qc_cuda_model *cm, int mix, const int *roles, const int *ns, int np, int K, uint64_t seed,
+                       cu_mat *M, qc_err *err)
+{
+    memset(M, 0, sizeof *M);
+    M->k = K;
+    bool all_bf16 = true;
+    for (int i = 0; i < np; i++) {
+        M->n += ns[i];
+        if (synth_kind(mix, roles[i]) != QK_QW_BF16) all_bf16 = false;
+    }
+    if (all_bf16) {
+        int rc = cu_alloc(&cm->pool, (size_t)M->n * K * 2, QC_MEM_W_BF16, (void **)&M->bf, err, "synthetic weight");
+        if (rc) return rc;
+        CK(qk_fill_random_bf16(M->bf, (int64_t)M->n * K, seed, sqrtf(3.0f / (float)K), cm->st));
+    } else {
+        int r = 0;
+        for (int i = 0; i < np; i++) {
+            M->off[i] = r;
+            r += ns[i];
+            int rc = synth_qw(cm, synth_kind(mix, roles[i]), ns[i], K, seed * 16 + (uint64_t)i, &M->q[i], err);
+            M->np = i + 1;
+            if (rc) return rc;
+        }
+    }
+    cm->weight_bytes += mat_bytes(M);
     return QC_OK;
 }
 
@@ -494,8 +732,14 @@ static int synth_vec(qc_cuda_model *cm, int64_t n, uint64_t seed, float lo, floa
     return QC_OK;
 }
 
-int qc_cuda_model_synthetic(const qc_cuda_shape *sh, uint64_t seed, qc_cuda_model **out, qc_err *err)
+int qc_cuda_model_synthetic_fmt(const qc_cuda_shape *sh, const char *fmt, uint64_t seed, qc_cuda_model **out,
+                                qc_err *err)
 {
+    int mix = -1;
+    for (int i = 0; i < (int)(sizeof synth_mixes / sizeof synth_mixes[0]); i++)
+        if (!strcmp(fmt, synth_mixes[i])) mix = i;
+    if (mix < 0)
+        return qc_err_set(err, QC_EXIT_USAGE, "unknown synthetic format '%s' (bf16, fp8, int4, nvfp4, nvfp4-mixed)", fmt);
     qc_cuda_model *cm;
     int rc = cu_model_new(sh, &cm, err);
     if (rc) return rc;
@@ -504,10 +748,13 @@ int qc_cuda_model_synthetic(const qc_cuda_shape *sh, uint64_t seed, qc_cuda_mode
     rc = cu_alloc(&cm->pool, (size_t)sh->vocab * D * 2, QC_MEM_W_BF16, (void **)&cm->embed, err, "embedding");
     if (!rc) rc = qk_fill_random_bf16(cm->embed, (int64_t)sh->vocab * D, s++, 1.0f, cm->st) ? QC_EXIT_RUNTIME : 0;
     if (!rc && sh->tied) {
-        cm->lm_head = cm->embed;
+        cm->head.bf = cm->embed;
+        cm->head.n = sh->vocab;
+        cm->head.k = D;
         cm->weight_bytes += (int64_t)sh->vocab * D * 2;
     } else if (!rc) {
-        rc = synth_mat(cm, sh->vocab, D, s++, &cm->lm_head, err);
+        int role = -1, n = sh->vocab; /* role -1: BF16 in every mix */
+        rc = synth_group(cm, 0, &role, &n, 1, D, s++, &cm->head, err);
     }
     if (!rc) rc = synth_vec(cm, D, s++, -0.1f, 0.1f, &cm->final_norm, err);
     for (int li = 0; li < sh->n_layers && !rc; li++) {
@@ -516,24 +763,29 @@ int qc_cuda_model_synthetic(const qc_cuda_shape *sh, uint64_t seed, qc_cuda_mode
         rc = synth_vec(cm, D, s++, -0.1f, 0.1f, &G->in_norm, err);
         if (!rc) rc = synth_vec(cm, D, s++, -0.1f, 0.1f, &G->post_norm, err);
         if (!rc && !G->full) {
+            int roles[] = {SY_QKV, SY_Z, SY_B, SY_A}, ns[] = {cm->conv_dim, sh->Hv * sh->dv, sh->Hv, sh->Hv};
+            int ro = SY_GOUT;
             G->n_in = cm->conv_dim + sh->Hv * sh->dv + 2 * sh->Hv;
             G->k_out = sh->Hv * sh->dv;
-            rc = synth_mat(cm, G->n_in, D, s++, &G->w_in, err);
-            if (!rc) rc = synth_mat(cm, D, G->k_out, s++, &G->w_out, err);
+            rc = synth_group(cm, mix, roles, ns, 4, D, s++, &G->in, err);
+            if (!rc) rc = synth_group(cm, mix, &ro, &D, 1, G->k_out, s++, &G->out, err);
             if (!rc) rc = synth_vec(cm, (int64_t)cm->conv_dim * 4, s++, -0.5f, 0.5f, &G->conv_w, err);
             if (!rc) rc = synth_vec(cm, sh->Hv, s++, -1.0f, 1.0f, &G->dt_bias, err);
             if (!rc) rc = synth_vec(cm, sh->Hv, s++, -2.0f, -0.05f, &G->nexpa, err);
             if (!rc) rc = synth_vec(cm, sh->dv, s++, 0.5f, 1.5f, &G->gdn_norm, err);
         } else if (!rc) {
+            int roles[] = {SY_Q, SY_K, SY_V}, ns[] = {2 * sh->H * sh->hd, sh->KV * sh->hd, sh->KV * sh->hd};
+            int ro = SY_O;
             G->n_in = 2 * sh->H * sh->hd + 2 * sh->KV * sh->hd;
             G->k_out = sh->H * sh->hd;
-            rc = synth_mat(cm, G->n_in, D, s++, &G->w_in, err);
-            if (!rc) rc = synth_mat(cm, D, G->k_out, s++, &G->w_out, err);
+            rc = synth_group(cm, mix, roles, ns, 3, D, s++, &G->in, err);
+            if (!rc) rc = synth_group(cm, mix, &ro, &D, 1, G->k_out, s++, &G->out, err);
             if (!rc) rc = synth_vec(cm, sh->hd, s++, -0.1f, 0.1f, &G->q_norm, err);
             if (!rc) rc = synth_vec(cm, sh->hd, s++, -0.1f, 0.1f, &G->k_norm, err);
         }
-        if (!rc) rc = synth_mat(cm, 2 * (int64_t)sh->I, D, s++, &G->w_gu, err);
-        if (!rc) rc = synth_mat(cm, D, sh->I, s++, &G->w_down, err);
+        int rgu[] = {SY_GATE, SY_UP}, ngu[] = {sh->I, sh->I}, rd = SY_DOWN;
+        if (!rc) rc = synth_group(cm, mix, rgu, ngu, 2, D, s++, &G->gu, err);
+        if (!rc) rc = synth_group(cm, mix, &rd, &D, 1, sh->I, s++, &G->down, err);
     }
     if (!rc && cudaStreamSynchronize(cm->st) != cudaSuccess)
         rc = qc_err_set(err, QC_EXIT_RUNTIME, "CUDA: filling synthetic weights failed");
@@ -541,9 +793,18 @@ int qc_cuda_model_synthetic(const qc_cuda_shape *sh, uint64_t seed, qc_cuda_mode
         qc_cuda_model_free(cm);
         return rc;
     }
+    plan_dq(cm);
     *out = cm;
     return QC_OK;
 }
+
+int qc_cuda_model_synthetic(const qc_cuda_shape *sh, uint64_t seed, qc_cuda_model **out, qc_err *err)
+{
+    return qc_cuda_model_synthetic_fmt(sh, "bf16", seed, out, err);
+}
+
+double qc_cuda_load_seconds(const qc_cuda_model *cm) { return cm->load_s; }
+uint64_t qc_cuda_scale_bytes(const qc_cuda_model *cm) { return cm->scale_bytes; }
 
 /* ---- session ---- */
 
@@ -639,6 +900,13 @@ static size_t al256(size_t n) { return (n + 255) & ~(size_t)255; }
 /* (Re)builds the scratch arena for T tokens and lrows logits rows. */
 static int sess_arena(qc_cuda_sess *cs, int T, int lrows, qc_err *err)
 {
+    qc_cuda_model *cm0 = cs->cm;
+    if (T > 1 && cm0->dq_need > cm0->dq_bytes) {
+        /* the model's prefill dequantization scratch, made on the first prefill */
+        int rc = cu_alloc(&cm0->pool, cm0->dq_need, QC_MEM_SCRATCH, (void **)&cm0->dq, err, "dequantization scratch");
+        if (rc) return rc;
+        cm0->dq_bytes = cm0->dq_need;
+    }
     if (T <= cs->tmax && lrows <= cs->lrows) return QC_OK;
     if (T < cs->tmax) T = cs->tmax;
     if (lrows < cs->lrows) lrows = cs->lrows;
@@ -744,10 +1012,91 @@ void qc_cuda_sess_free(qc_cuda_sess *cs)
 
 /* ---- the forward pass ---- */
 
-static int mm(qc_cuda_model *cm, const uint16_t *W, const uint16_t *X, float *Y, int T, int N, int K, int acc)
+/* Decode: y (+)= M x, one launch for all of M's parts. */
+static int mat_gemv(qc_cuda_model *cm, const cu_mat *M, const uint16_t *x, float *y, int acc)
 {
-    if (T == 1) return qk_gemv_bf16(W, X, Y, N, K, acc, cm->st);
-    return qk_gemm_bf16(cm->blas, W, X, Y, N, T, N, K, acc ? 1.0f : 0.0f);
+    if (!M->np) return qk_gemv_bf16(M->bf, x, y, M->n, M->k, acc, cm->st);
+    const qk_qweight *w[QK_GEMV_MAX_PARTS];
+    float *ys[QK_GEMV_MAX_PARTS];
+    for (int i = 0; i < M->np; i++) {
+        w[i] = &M->q[i];
+        ys[i] = y + M->off[i];
+    }
+    return qk_gemv_multi(w, ys, M->np, x, acc, cm->st);
+}
+
+/* Rows [r0, r0 + nr) of a packed weight as a descriptor of their own, for
+ * dequantizing a weight larger than the scratch in row tiles (r0 a multiple
+ * of 512, so of every FP8 scale block height except a per-tensor one, which
+ * stays one block). Follows the layouts of quant.h. */
+static bool qw_rows(const qk_qweight *w, int r0, int nr, qk_qweight *v)
+{
+    *v = *w;
+    v->n = nr;
+    v->n_pad = (nr + QK_QROWS - 1) / QK_QROWS * QK_QROWS;
+    if (r0 + v->n_pad > w->n_pad) return false;
+    size_t r = (size_t)r0, kp = (size_t)w->k_pad;
+    switch (w->kind) {
+    case QK_QW_FP8:
+        v->w = (uint8_t *)w->w + r * kp;
+        if (w->blk_n < w->n_pad) {
+            if (r0 % w->blk_n) return false;
+            v->s = (float *)w->s + (r / (size_t)w->blk_n) * (size_t)w->nkb;
+        }
+        return true;
+    case QK_QW_INT4:
+        v->w = (uint8_t *)w->w + r * kp / 2;
+        v->s = (uint32_t *)w->s + r * (size_t)w->ngroups;
+        return true;
+    case QK_QW_NVFP4:
+    case QK_QW_MXFP4:
+        v->w = (uint8_t *)w->w + r * kp / 2;
+        v->s = (uint8_t *)w->s + r * kp / (w->kind == QK_QW_MXFP4 ? 32 : 16);
+        return true;
+    case QK_QW_BF16: v->w = (uint16_t *)w->w + r * kp; return true;
+    default: return false;
+    }
+}
+
+/* Prefill: Y[t, :] (= or +=) M X[t, :] for T tokens (Y fp32 [T][ldy], or
+ * bf16 when out16). Quantized groups are dequantized into the scratch
+ * (stacked like the BF16 ones) and go through the same cuBLAS GEMM; a group
+ * too large for the scratch (only a quantized lm_head) goes in row tiles. */
+static int mat_gemm(qc_cuda_model *cm, const cu_mat *M, const uint16_t *X, void *Y, int ldy, int T, float beta,
+                    bool out16)
+{
+    const int K = M->k;
+    const uint16_t *W = M->bf;
+    if (M->np) {
+        if ((size_t)M->n * K * 2 > cm->dq_bytes) {
+            int tr = (int)(cm->dq_bytes / ((size_t)K * 2)) / 512 * 512;
+            if (out16 || tr < 512) return (int)cudaErrorInvalidValue;
+            for (int i = 0; i < M->np; i++)
+                for (int r0 = 0; r0 < M->q[i].n; r0 += tr) {
+                    int nr = M->q[i].n - r0 < tr ? M->q[i].n - r0 : tr;
+                    qk_qweight v;
+                    if (!qw_rows(&M->q[i], r0, nr, &v)) return (int)cudaErrorInvalidValue;
+                    int rc = qk_dequant_q_bf16(&v, cm->dq, K, cm->st);
+                    if (!rc)
+                        rc = qk_gemm_bf16(cm->blas, cm->dq, X, (float *)Y + M->off[i] + r0, ldy, T, nr, K, beta);
+                    if (rc) return rc;
+                }
+            return 0;
+        }
+        for (int i = 0; i < M->np; i++) {
+            int rc = qk_dequant_q_bf16(&M->q[i], cm->dq + (size_t)M->off[i] * K, K, cm->st);
+            if (rc) return rc;
+        }
+        W = cm->dq;
+    }
+    if (out16) return qk_gemm_bf16_out16(cm->blas, W, X, (uint16_t *)Y, ldy, T, M->n, K);
+    return qk_gemm_bf16(cm->blas, W, X, (float *)Y, ldy, T, M->n, K, beta);
+}
+
+static int mm(qc_cuda_model *cm, const cu_mat *M, const uint16_t *X, float *Y, int T, int acc)
+{
+    if (T == 1) return mat_gemv(cm, M, X, Y, acc);
+    return mat_gemm(cm, M, X, Y, M->n, T, acc ? 1.0f : 0.0f, false);
 }
 
 /* Optional prefill profile (QCHAT_CUDA_PROFILE=1 or qc_cuda_set_profile): every launch of a
@@ -798,7 +1147,7 @@ static int run_layers(qc_cuda_sess *cs, int T, int pos0, bool all_rows, qc_err *
     for (int li = 0; li < sh->n_layers; li++) {
         const cu_layer *L = &cm->L[li];
         OP(P_NORM, qk_rmsnorm1p(cs->h, L->in_norm, sh->eps, T, D, cs->xb, NULL, st));
-        OP(P_GEMM_IN, mm(cm, L->w_in, cs->xb, cs->proj, T, L->n_in, D, 0));
+        OP(P_GEMM_IN, mm(cm, &L->in, cs->xb, cs->proj, T, 0));
         if (!L->full) {
             const int ld = L->n_in, C = cm->conv_dim;
             float *z = cs->proj + C, *b = z + Hv * dv, *a = b + Hv;
@@ -824,24 +1173,27 @@ static int run_layers(qc_cuda_sess *cs, int T, int pos0, bool all_rows, qc_err *
                 OP(P_ATTN, qk_attn(cs->q, cs->gate, cs->kc[li], cs->vc[li], cs->cap, T, sh->H, sh->KV, sh->hd, pos,
                            T == 1 ? cs->nsplit : 1, cs->attn_scr, cs->yb, st));
         }
-        OP(P_GEMM_OUT, mm(cm, L->w_out, cs->yb, cs->h, T, D, L->k_out, 1));
+        OP(P_GEMM_OUT, mm(cm, &L->out, cs->yb, cs->h, T, 1));
         OP(P_NORM, qk_rmsnorm1p(cs->h, L->post_norm, sh->eps, T, D, cs->xb, NULL, st));
-        if (T == 1) {
-            OP(P_GEMM_GU, qk_gemv_swiglu_bf16(L->w_gu, cs->xb, cs->yb, sh->I, D, st));
+        if (T == 1 && !L->gu.np) {
+            OP(P_GEMM_GU, qk_gemv_swiglu_bf16(L->gu.bf, cs->xb, cs->yb, sh->I, D, st));
+        } else if (T == 1) {
+            OP(P_GEMM_GU, mat_gemv(cm, &L->gu, cs->xb, cs->proj, 0));
+            OP(P_SWIGLU, qk_swiglu(cs->proj, 2 * sh->I, 1, sh->I, cs->yb, st));
         } else {
             /* bf16 gate|up: its only reader is the SwiGLU (half the traffic of fp32) */
-            OP(P_GEMM_GU, qk_gemm_bf16_out16(cm->blas, L->w_gu, cs->xb, (uint16_t *)cs->proj, 2 * sh->I, T, 2 * sh->I, D));
+            OP(P_GEMM_GU, mat_gemm(cm, &L->gu, cs->xb, cs->proj, 2 * sh->I, T, 0.0f, true));
             OP(P_SWIGLU, qk_swiglu_b16((const uint16_t *)cs->proj, 2 * sh->I, T, sh->I, cs->yb, st));
         }
-        OP(P_GEMM_DOWN, mm(cm, L->w_down, cs->yb, cs->h, T, D, sh->I, 1));
+        OP(P_GEMM_DOWN, mm(cm, &L->down, cs->yb, cs->h, T, 1));
     }
     if (all_rows) {
         OP(P_HEAD, qk_rmsnorm1p(cs->h, cm->final_norm, sh->eps, T, D, cs->xb, cs->fn, st));
-        OP(P_HEAD, mm(cm, cm->lm_head, cs->xb, cs->logits, T, sh->vocab, D, 0));
+        OP(P_HEAD, mm(cm, &cm->head, cs->xb, cs->logits, T, 0));
     } else {
         size_t last = (size_t)(T - 1) * D;
         OP(P_HEAD, qk_rmsnorm1p(cs->h + last, cm->final_norm, sh->eps, 1, D, cs->xb, cs->fn + last, st));
-        OP(P_HEAD, qk_gemv_bf16(cm->lm_head, cs->xb, cs->logits, sh->vocab, D, 0, st));
+        OP(P_HEAD, mat_gemv(cm, &cm->head, cs->xb, cs->logits, 0));
     }
     return QC_OK;
 }
@@ -999,36 +1351,37 @@ static int profile_run(prof_ctx *pc, int ctx, qc_err *err)
         const cu_layer *L = &cm->L[lin];
         const int ld = L->n_in, C = cm->conv_dim;
         float *z = cs->proj + C, *b = z + Hv * dv, *a = b + Hv;
-        PROF(pc, "gemv gdn in (qkv|z|b|a)", n_lin, (double)L->n_in * D * 2,
-             qk_gemv_bf16(L->w_in, cs->xb, cs->proj, L->n_in, D, 0, st));
+        PROF(pc, "gemv gdn in (qkv|z|b|a)", n_lin, (double)mat_bytes(&L->in), mat_gemv(cm, &L->in, cs->xb, cs->proj, 0));
         PROF(pc, "conv+silu (1 token)", n_lin, (double)C * 12 * 2,
              qk_conv_silu(cs->proj, ld, L->conv_w, cs->conv[lin], 1, C, cs->cbuf, st));
         PROF(pc, "gdn step (fused)", n_lin, (double)Hv * sh->dk * dv * 4 * 2,
              qk_gdn_step(cs->cbuf, b, a, L->nexpa, L->dt_bias, z, L->gdn_norm, sh->eps, cs->S[lin], sh->Hk, Hv,
                          sh->dk, dv, cs->yb, st));
-        PROF(pc, "gemv gdn out", n_lin, (double)D * L->k_out * 2,
-             qk_gemv_bf16(L->w_out, cs->yb, cs->h, D, L->k_out, 1, st));
+        PROF(pc, "gemv gdn out", n_lin, (double)mat_bytes(&L->out), mat_gemv(cm, &L->out, cs->yb, cs->h, 1));
     }
     if (full >= 0) {
         const cu_layer *L = &cm->L[full];
-        PROF(pc, "gemv attn in (q|gate|k|v)", n_full, (double)L->n_in * D * 2,
-             qk_gemv_bf16(L->w_in, cs->xb, cs->proj, L->n_in, D, 0, st));
+        PROF(pc, "gemv attn in (q|gate|k|v)", n_full, (double)mat_bytes(&L->in),
+             mat_gemv(cm, &L->in, cs->xb, cs->proj, 0));
         PROF(pc, "attn prep (norm+rope+cache)", n_full, 0,
              qk_attn_prep(cs->proj, L->n_in, 1, sh->H, sh->KV, sh->hd, sh->rot, sh->theta, L->q_norm, L->k_norm,
                           sh->eps, pos, cs->kc[full], cs->vc[full], cs->cap, cs->q, cs->gate, st));
         PROF(pc, "attn decode (split-KV)", n_full, 2.0 * sh->KV * sh->hd * 2 * (ctx + 1),
              qk_attn(cs->q, cs->gate, cs->kc[full], cs->vc[full], cs->cap, 1, sh->H, sh->KV, sh->hd, pos, cs->nsplit,
                      cs->attn_scr, cs->yb, st));
-        PROF(pc, "gemv attn out", n_full, (double)D * L->k_out * 2,
-             qk_gemv_bf16(L->w_out, cs->yb, cs->h, D, L->k_out, 1, st));
+        PROF(pc, "gemv attn out", n_full, (double)mat_bytes(&L->out), mat_gemv(cm, &L->out, cs->yb, cs->h, 1));
     }
     const cu_layer *L0 = &cm->L[0];
-    PROF(pc, "gemv mlp gate|up + swiglu", sh->n_layers, 2.0 * sh->I * D * 2,
-         qk_gemv_swiglu_bf16(L0->w_gu, cs->xb, cs->yb, sh->I, D, st));
-    PROF(pc, "gemv mlp down", sh->n_layers, (double)D * sh->I * 2,
-         qk_gemv_bf16(L0->w_down, cs->yb, cs->h, D, sh->I, 1, st));
-    PROF(pc, "gemv lm_head", 1, (double)sh->vocab * D * 2,
-         qk_gemv_bf16(cm->lm_head, cs->xb, cs->logits, sh->vocab, D, 0, st));
+    if (!L0->gu.np) {
+        PROF(pc, "gemv mlp gate|up + swiglu", sh->n_layers, (double)mat_bytes(&L0->gu),
+             qk_gemv_swiglu_bf16(L0->gu.bf, cs->xb, cs->yb, sh->I, D, st));
+    } else {
+        PROF(pc, "gemv mlp gate|up", sh->n_layers, (double)mat_bytes(&L0->gu), mat_gemv(cm, &L0->gu, cs->xb, cs->proj, 0));
+        PROF(pc, "swiglu (1 token)", sh->n_layers, 2.0 * sh->I * 4 + sh->I * 2,
+             qk_swiglu(cs->proj, 2 * sh->I, 1, sh->I, cs->yb, st));
+    }
+    PROF(pc, "gemv mlp down", sh->n_layers, (double)mat_bytes(&L0->down), mat_gemv(cm, &L0->down, cs->yb, cs->h, 1));
+    PROF(pc, "gemv lm_head", 1, (double)mat_bytes(&cm->head), mat_gemv(cm, &cm->head, cs->xb, cs->logits, 0));
     qk_sample_params sp = {0, 0, 1, 0, 0};
     PROF(pc, "sample (greedy)", 1, (double)sh->n_tokens * 4, qk_sample(cs->logits, sh->n_tokens, sp, cs->d_io + 2, st));
     return sync_check(cs, err, "decode profile");

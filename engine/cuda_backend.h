@@ -38,6 +38,18 @@ typedef struct qc_cuda_sess qc_cuda_sess;
 
 /* Random BF16 weights of shape sh, generated on the GPU. */
 int qc_cuda_model_synthetic(const qc_cuda_shape *sh, uint64_t seed, qc_cuda_model **out, qc_err *err);
+/* The same in a published format mix, the quantized weights made directly in
+ * the kernels' layouts: fmt "bf16", "fp8" (Qwen FP8: fp8-block, in_proj_a/b
+ * BF16), "int4" (GPTQ g128 sym, same mix), "nvfp4" (compressed-tensors NVFP4
+ * everywhere), "nvfp4-mixed" (NVFP4 MLP, FP8 attention/GDN); lm_head and the
+ * embedding BF16 in all. */
+int qc_cuda_model_synthetic_fmt(const qc_cuda_shape *sh, const char *fmt, uint64_t seed, qc_cuda_model **out,
+                                qc_err *err);
+/* Seconds the weight upload of a checkpoint load took (0 for synthetic). */
+double qc_cuda_load_seconds(const qc_cuda_model *cm);
+/* Device bytes of quantization scales (and g_idx permutations); the memory
+ * report counts them inside their weight family. */
+uint64_t qc_cuda_scale_bytes(const qc_cuda_model *cm);
 void qc_cuda_model_free(qc_cuda_model *cm);
 /* The CUDA model behind a loaded qc_model (NULL when it runs on the CPU). */
 qc_cuda_model *qc_cuda_model_of(qc_model *m);

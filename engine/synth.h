@@ -7,8 +7,11 @@
  * (text_config nesting, prefix model.language_model.), generation_config.json,
  * shards of at most --shard-size bytes with model.safetensors.index.json (one
  * model.safetensors when everything fits), and a minimal byte-level tokenizer
- * (256 byte tokens + the Qwen chat tokens at their real ids; vocab_size stays
- * the model's). It has no vision tower. Formats and their mixes:
+ * (256 byte tokens, merge-less filler tokens up to <|endoftext|>, then the
+ * Qwen chat tokens at their real ids, contiguous as Hugging Face requires;
+ * vocab_size stays the model's, ids past </think> are embedding padding): good
+ * for load, inspect, bench and test runs, not for chatting. It has no vision
+ * tower. Formats and their mixes:
  *
  *   bf16            everything BF16 (A_log, linear_attn.norm F32 as Qwen3.5); MTP BF16
  *   fp8             Qwen official *-FP8: fp8-block [128,128], BF16 weight_scale_inv; MTP FP8
@@ -73,6 +76,7 @@ typedef struct qc_synth_opts {
     int64_t shard_bytes; /* largest shard's tensor bytes; 0 = 5e9 (as save_pretrained's "5GB") */
     uint64_t seed;       /* 0 = a fixed default */
     FILE *progress;      /* progress lines (NULL: silent) */
+    size_t buffer_bytes; /* each of the two write buffers; 0 = 64 MiB (tests use odd sizes) */
 } qc_synth_opts;
 
 /* The file plan: what would be written, without writing it. */

@@ -1,6 +1,6 @@
 /* gemv_fp8.cu — BF16 dequantization of the FP8 layout of quant.h (fp8-block,
  * fp8-tensor, fp8-channel after repacking), for prefill through a cuBLAS BF16
- * GEMM. The decode GEMV body is qg_rows_fp8 in gemv_q.cuh (launched by
+ * GEMM. The decode GEMV body is qg_fp8_step in gemv_q.cuh (launched by
  * gemv_multi.cu). */
 #include "gemv_q.cuh"
 

@@ -1,6 +1,6 @@
 /* gemv_int4.cu — BF16 dequantization of the INT4 layout of quant.h (gptq,
  * awq, ct-int after repacking), for prefill through a cuBLAS BF16 GEMM. The
- * decode GEMV body is qg_rows_int4 in gemv_q.cuh (launched by gemv_multi.cu). */
+ * decode GEMV body is qg_int4_step in gemv_q.cuh (launched by gemv_multi.cu). */
 #include "gemv_q.cuh"
 
 /* One thread per packed word (8 codes): out[n][perm(p)] = bf16(s * (q - z)). */

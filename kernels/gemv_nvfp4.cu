@@ -1,6 +1,6 @@
 /* gemv_nvfp4.cu — BF16 dequantization of the FP4 layouts of quant.h (NVFP4:
  * nvfp4-ct and nvfp4-modelopt after repacking; MXFP4), for prefill through a
- * cuBLAS BF16 GEMM. The decode GEMV body is qg_rows_fp4 in gemv_q.cuh
+ * cuBLAS BF16 GEMM. The decode GEMV body is qg_fp4_step in gemv_q.cuh
  * (launched by gemv_multi.cu). */
 #include "gemv_q.cuh"
 

@@ -2,16 +2,22 @@
  * (FP8, INT4, NVFP4/MXFP4, BF16), shared by the fused launcher (gemv_multi.cu)
  * and the BF16-dequantize kernels (gemv_fp8.cu, gemv_int4.cu, gemv_nvfp4.cu).
  *
- * Shape of every body: a block owns QK_QROWS output rows of one weight; its
- * threads walk the rows together, thread t taking chunks t, t + blockDim.x,
- * ... (a chunk = one 16-byte load per row). A warp thus reads 512 contiguous
- * bytes of each row per step, and the x chunk a thread loads (through L1: x
- * is re-read by every block) serves all QK_QROWS rows. Per chunk a thread
- * issues QK_QROWS independent 16-byte weight loads (streaming hint, so weights
- * do not evict x) before any arithmetic. The block size is picked per K
- * (qg_threads) so every thread does the same number of steps. Partial sums
- * are reduced with warp shuffles, then across warps in shared memory.
- * Dequantization happens in registers, fp32 accumulate, x bf16, y fp32. */
+ * Shape of every body: a warp owns a row group (QK_QROWS rows of one weight)
+ * and its lanes walk the rows together, lane l taking chunks l, l + 32, ...
+ * (a chunk = one 16-byte load per row; a warp reads 512 contiguous bytes of
+ * each row per step). When a launch has too few row groups to fill the GPU,
+ * S warps share a row group (lane chunks strided by 32 * S) and meet in
+ * shared memory (gemv_multi.cu picks S). The x slice a lane loads (through
+ * L1: every warp re-reads x) serves all QK_QROWS rows. Each lane issues the
+ * loads of two chunks (2 x QK_QROWS independent 16-byte weight loads,
+ * streaming hint so weights do not evict x) before the arithmetic of either.
+ * No block-wide barrier when S = 1: warp shuffles reduce the rows.
+ * Dequantization happens in registers, fp32 accumulate, x bf16, y fp32.
+ *
+ * Measured on the H100 (BENCHMARKS.md "Quantized GEMV (H100)"): bandwidth
+ * is bound by instruction issue, not by loads in flight (splitting K or
+ * prefetching more did not move it; fewer instructions per code did), so
+ * the per-code instruction count of each body is what to cut next. */
 #ifndef QC_GEMV_Q_CUH
 #define QC_GEMV_Q_CUH
 
@@ -21,18 +27,11 @@
 #include "common.cuh"
 #include "quant.h"
 
-#define QG_THREADS 256 /* most threads per block */
+#define QG_THREADS 256 /* threads per block */
 #define QG_WARPS (QG_THREADS / 32)
-
-/* Host: threads per block for kc chunks per row: the fewest steps per thread
- * (at most QG_THREADS threads), then the fewest warps that cover kc in that
- * many steps. E.g. kc 160 -> 160 threads x 1 step, 544 -> 192 x 3. */
-static inline int qg_threads(int kc)
-{
-    int steps = (kc + QG_THREADS - 1) / QG_THREADS;
-    int warps = (kc + 32 * steps - 1) / (32 * steps);
-    return 32 * (warps > 0 ? warps : 1);
-}
+#ifndef QG_MINB
+#define QG_MINB 2 /* blocks per SM the register budget must allow */
+#endif
 
 /* One weight of a (possibly fused) launch, flattened for the device. */
 struct qg_part {
@@ -52,28 +51,6 @@ struct qg_parts {
     qg_part p[QK_GEMV_MAX_PARTS];
     int count;
 };
-
-/* x[k0 .. k0+NV) (bf16, NV = 8, 16 or 32) as floats; zeros at k >= K. */
-template <int NV>
-__device__ __forceinline__ void qg_load_x(const uint16_t *__restrict__ x, int k0, int K, float *xf)
-{
-    if (k0 + NV <= K) {
-        const uint4 *xv = (const uint4 *)(x + k0);
-#pragma unroll
-        for (int v = 0; v < NV / 8; v++) {
-            uint4 u = __ldg(xv + v);
-            const uint32_t a[4] = {u.x, u.y, u.z, u.w};
-#pragma unroll
-            for (int i = 0; i < 4; i++) {
-                xf[8 * v + 2 * i] = __uint_as_float(a[i] << 16);
-                xf[8 * v + 2 * i + 1] = __uint_as_float(a[i] & 0xffff0000u);
-            }
-        }
-    } else {
-#pragma unroll
-        for (int i = 0; i < NV; i++) xf[i] = k0 + i < K ? qk_bf(__ldg(x + k0 + i)) : 0.0f;
-    }
-}
 
 /* An f16x2 held in a 32-bit word as two exact floats. Written as PTX cvt
  * without .ftz so f16 subnormals (the E2M1 value 0.5 maps to one) survive
@@ -116,30 +93,74 @@ __device__ __forceinline__ float qg_int4_scale(uint32_t m, bool f16)
     return f16 ? __half2float(__ushort_as_half((unsigned short)(m & 0xffffu))) : __uint_as_float(m << 16);
 }
 
-/* ---- bodies: acc[r] += this thread's share of row row0 + r ---- */
+/* x[k0 .. k0+NV) as NV/2 raw bf16x2 words (lower k in the low half); zeros
+ * at k >= K. Kept packed until the arithmetic so two steps in flight cost
+ * half the registers. */
+template <int NV>
+__device__ __forceinline__ void qg_load_xraw(const uint16_t *__restrict__ x, int k0, int K, uint32_t *xr)
+{
+    if (k0 + NV <= K) {
+        const uint4 *xv = (const uint4 *)(x + k0);
+#pragma unroll
+        for (int v = 0; v < NV / 8; v++) {
+            const uint4 u = __ldg(xv + v);
+            xr[4 * v + 0] = u.x;
+            xr[4 * v + 1] = u.y;
+            xr[4 * v + 2] = u.z;
+            xr[4 * v + 3] = u.w;
+        }
+    } else {
+#pragma unroll
+        for (int i = 0; i < NV / 2; i++) {
+            const uint32_t lo = k0 + 2 * i < K ? __ldg(x + k0 + 2 * i) : 0u;
+            const uint32_t hi = k0 + 2 * i + 1 < K ? __ldg(x + k0 + 2 * i + 1) : 0u;
+            xr[i] = lo | (hi << 16);
+        }
+    }
+}
+
+template <int NV>
+__device__ __forceinline__ void qg_unpack_x(const uint32_t *xr, float *xf)
+{
+#pragma unroll
+    for (int i = 0; i < NV / 2; i++) {
+        xf[2 * i] = __uint_as_float(xr[i] << 16);
+        xf[2 * i + 1] = __uint_as_float(xr[i] & 0xffff0000u);
+    }
+}
+
+/* ---- bodies: acc[r] += this thread's share of row row0 + r ----
+ *
+ * Each layout is a step type with load() (every global load of one chunk:
+ * QK_QROWS 16-byte weight vectors, their scales, the x slice) and dot()
+ * (the arithmetic). qg_walk issues the loads of two chunks before the
+ * arithmetic of either, so each thread keeps 2 x QK_QROWS 16-byte weight
+ * loads in flight and its own math overlaps its next loads. */
 
 /* FP8: 16 E4M3 codes per chunk, one cvt per pair to f16x2 (exact), one scale
  * per chunk (blk_k is a multiple of 16). */
-__device__ __forceinline__ void qg_rows_fp8(const qg_part &p, int row0, const uint16_t *__restrict__ x,
-                                            float *acc)
-{
-    const uint4 *wr = (const uint4 *)p.w + (size_t)row0 * p.kc;
-    const float *sr[QK_QROWS];
+struct qg_fp8_step {
+    uint4 w[QK_QROWS];
+    float s[QK_QROWS];
+    uint32_t xr[8];
+    __device__ __forceinline__ void load(const qg_part &p, int row0, const uint16_t *__restrict__ x, int c)
+    {
+        const uint4 *wr = (const uint4 *)p.w + (size_t)row0 * p.kc + c;
 #pragma unroll
-    for (int r = 0; r < QK_QROWS; r++) sr[r] = (const float *)p.s + (size_t)((row0 + r) / p.blk_n) * p.nkb;
-    for (int c = threadIdx.x; c < p.kc; c += blockDim.x) {
-        uint4 wv[QK_QROWS];
-        float s[QK_QROWS];
-#pragma unroll
-        for (int r = 0; r < QK_QROWS; r++) wv[r] = __ldcs(wr + (size_t)r * p.kc + c);
+        for (int r = 0; r < QK_QROWS; r++) w[r] = __ldcs(wr + (size_t)r * p.kc);
         const int b = c / p.cpb;
 #pragma unroll
-        for (int r = 0; r < QK_QROWS; r++) s[r] = __ldg(sr[r] + b);
+        for (int r = 0; r < QK_QROWS; r++)
+            s[r] = __ldg((const float *)p.s + (size_t)((row0 + r) / p.blk_n) * p.nkb + b);
+        qg_load_xraw<16>(x, c * 16, p.k, xr);
+    }
+    __device__ __forceinline__ void dot(const qg_part &, float *acc) const
+    {
         float xf[16];
-        qg_load_x<16>(x, c * 16, p.k, xf);
+        qg_unpack_x<16>(xr, xf);
 #pragma unroll
         for (int r = 0; r < QK_QROWS; r++) {
-            const uint32_t wa[4] = {wv[r].x, wv[r].y, wv[r].z, wv[r].w};
+            const uint32_t wa[4] = {w[r].x, w[r].y, w[r].z, w[r].w};
             float a0 = 0.0f, a1 = 0.0f;
 #pragma unroll
             for (int j = 0; j < 4; j++) {
@@ -153,88 +174,111 @@ __device__ __forceinline__ void qg_rows_fp8(const qg_part &p, int row0, const ui
             acc[r] = fmaf(s[r], a0 + a1, acc[r]);
         }
     }
-}
+};
 
 /* INT4: 32 codes per chunk, one group per chunk (scale|zero word loaded
- * once). Per code one AND+OR builds the float 2^23 + q (even nibbles) or
- * 2^23 + 16q (odd nibbles, no shift needed), one FADD subtracts 2^23 + z
- * (or 2^23 + 16z) giving the exact q - z (times 16), one FFMA accumulates.
- * Odd nibbles have their own accumulator, scaled by 1/16 once per chunk. With
+ * once). Nibble j of a word is decoded where it lies, without a shift: one
+ * LOP3 ((w & 0xf<<4j) | 0x4b000000) builds the float 2^23 + q*16^j, one FADD
+ * subtracts 2^23 + z*16^j giving the exact (q - z)*16^j, one FFMA accumulates
+ * into the accumulator of that power of 16. Nibbles 5-7 would reach the
+ * exponent, so they come from w >> 12 (the only shift per word). The five
+ * accumulators are brought to scale 1 once per chunk (exact powers of two).
+ * 3.1 instructions per code (was 4.4: separate AND/OR, three shifts). With
  * PERM, x is gathered through perm and the group comes from the chunk table. */
-template <bool F16, bool PERM>
-__device__ __forceinline__ void qg_rows_int4(const qg_part &p, int row0, const uint16_t *__restrict__ x,
-                                             float *acc)
+__device__ __forceinline__ float qg_magic(uint32_t w, uint32_t mask)
 {
-    const uint4 *wr = (const uint4 *)p.w + (size_t)row0 * p.kc;
-    const uint32_t *sr = (const uint32_t *)p.s + (size_t)row0 * p.ng;
-    for (int c = threadIdx.x; c < p.kc; c += blockDim.x) {
-        uint4 wv[QK_QROWS];
-        uint32_t m[QK_QROWS];
+    uint32_t d;
+    asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(d) : "r"(w), "r"(mask), "r"(0x4b000000u));
+    return __uint_as_float(d);
+}
+
+template <bool F16, bool PERM>
+struct qg_int4_step {
+    uint4 w[QK_QROWS];
+    uint32_t m[QK_QROWS];
+    uint32_t xr[16];
+    __device__ __forceinline__ void load(const qg_part &p, int row0, const uint16_t *__restrict__ x, int c)
+    {
+        const uint4 *wr = (const uint4 *)p.w + (size_t)row0 * p.kc + c;
 #pragma unroll
-        for (int r = 0; r < QK_QROWS; r++) wv[r] = __ldcs(wr + (size_t)r * p.kc + c);
+        for (int r = 0; r < QK_QROWS; r++) w[r] = __ldcs(wr + (size_t)r * p.kc);
         const int g = PERM ? __ldg(p.perm + (size_t)p.kc * 32 + c) : c / p.cpg;
+        const uint32_t *sr = (const uint32_t *)p.s + (size_t)row0 * p.ng + g;
 #pragma unroll
-        for (int r = 0; r < QK_QROWS; r++) m[r] = __ldg(sr + (size_t)r * p.ng + g);
-        float xf[32];
+        for (int r = 0; r < QK_QROWS; r++) m[r] = __ldg(sr + (size_t)r * p.ng);
         if (PERM) {
             const int4 *pp = (const int4 *)(p.perm + (size_t)c * 32);
 #pragma unroll
             for (int v = 0; v < 8; v++) {
-                int4 id = __ldg(pp + v);
-                xf[4 * v + 0] = id.x >= 0 ? qk_bf(__ldg(x + id.x)) : 0.0f;
-                xf[4 * v + 1] = id.y >= 0 ? qk_bf(__ldg(x + id.y)) : 0.0f;
-                xf[4 * v + 2] = id.z >= 0 ? qk_bf(__ldg(x + id.z)) : 0.0f;
-                xf[4 * v + 3] = id.w >= 0 ? qk_bf(__ldg(x + id.w)) : 0.0f;
+                const int4 id = __ldg(pp + v);
+                const uint32_t e0 = id.x >= 0 ? __ldg(x + id.x) : 0u, e1 = id.y >= 0 ? __ldg(x + id.y) : 0u;
+                const uint32_t e2 = id.z >= 0 ? __ldg(x + id.z) : 0u, e3 = id.w >= 0 ? __ldg(x + id.w) : 0u;
+                xr[2 * v] = e0 | (e1 << 16);
+                xr[2 * v + 1] = e2 | (e3 << 16);
             }
         } else {
-            qg_load_x<32>(x, c * 32, p.k, xf);
+            qg_load_xraw<32>(x, c * 32, p.k, xr);
         }
+    }
+    __device__ __forceinline__ void dot(const qg_part &, float *acc) const
+    {
+        float xf[32];
+        qg_unpack_x<32>(xr, xf);
 #pragma unroll
         for (int r = 0; r < QK_QROWS; r++) {
             const float s = qg_int4_scale(m[r], F16);
-            const uint32_t z = (m[r] >> 16) & 0xffu;
-            const float clo = __uint_as_float(0x4b000000u | z);
-            const float chi = __uint_as_float(0x4b000000u | (z << 4));
-            const uint32_t wa[4] = {wv[r].x, wv[r].y, wv[r].z, wv[r].w};
-            float alo = 0.0f, ahi = 0.0f;
+            const uint32_t z = (m[r] >> 16) & 0xffu; /* <= 16: z << 16 stays below the exponent */
+            float c[5], a[5];
+#pragma unroll
+            for (int e = 0; e < 5; e++) {
+                c[e] = __uint_as_float(0x4b000000u | (z << (4 * e)));
+                a[e] = 0.0f;
+            }
+            const uint32_t wa[4] = {w[r].x, w[r].y, w[r].z, w[r].w};
 #pragma unroll
             for (int j = 0; j < 4; j++) {
+                const uint32_t u = wa[j] >> 12;
+                const float *xj = xf + 8 * j;
 #pragma unroll
-                for (int i = 0; i < 4; i++) {
-                    const uint32_t b = wa[j] >> (8 * i);
-                    alo = fmaf(__uint_as_float((b & 0x0fu) | 0x4b000000u) - clo, xf[8 * j + 2 * i], alo);
-                    ahi = fmaf(__uint_as_float((b & 0xf0u) | 0x4b000000u) - chi, xf[8 * j + 2 * i + 1], ahi);
-                }
+                for (int e = 0; e < 5; e++) a[e] = fmaf(qg_magic(wa[j], 0xfu << (4 * e)) - c[e], xj[e], a[e]);
+#pragma unroll
+                for (int e = 2; e < 5; e++) a[e] = fmaf(qg_magic(u, 0xfu << (4 * e)) - c[e], xj[e + 3], a[e]);
             }
-            acc[r] = fmaf(s, fmaf(ahi, 0.0625f, alo), acc[r]);
+            const float t = fmaf(a[4], 1.0f / 65536.0f,
+                                 fmaf(a[3], 1.0f / 4096.0f, fmaf(a[2], 1.0f / 256.0f, fmaf(a[1], 0.0625f, a[0]))));
+            acc[r] = fmaf(s, t, acc[r]);
         }
     }
-}
+};
 
 /* NVFP4 / MXFP4: 32 codes per chunk; 11 integer ops turn a word into four
  * f16x2 (value * 2^-14), then one cvt and one FFMA per code. Block scales
  * per 16 (E4M3, two per chunk) or 32 (E8M0); 2^14 * gmul is part.post. */
 template <bool MX>
-__device__ __forceinline__ void qg_rows_fp4(const qg_part &p, int row0, const uint16_t *__restrict__ x,
-                                            float *acc)
-{
-    const uint4 *wr = (const uint4 *)p.w + (size_t)row0 * p.kc;
-    const int nb = MX ? p.kc : 2 * p.kc; /* scale bytes per row */
-    const uint8_t *sr = (const uint8_t *)p.s + (size_t)row0 * nb;
-    for (int c = threadIdx.x; c < p.kc; c += blockDim.x) {
-        uint4 wv[QK_QROWS];
-        uint32_t sb[QK_QROWS];
+struct qg_fp4_step {
+    uint4 w[QK_QROWS];
+    uint32_t sb[QK_QROWS];
+    uint32_t xr[16];
+    __device__ __forceinline__ void load(const qg_part &p, int row0, const uint16_t *__restrict__ x, int c)
+    {
+        const uint4 *wr = (const uint4 *)p.w + (size_t)row0 * p.kc + c;
 #pragma unroll
-        for (int r = 0; r < QK_QROWS; r++) wv[r] = __ldcs(wr + (size_t)r * p.kc + c);
+        for (int r = 0; r < QK_QROWS; r++) w[r] = __ldcs(wr + (size_t)r * p.kc);
+        const int nb = MX ? p.kc : 2 * p.kc; /* scale bytes per row */
+        const uint8_t *sr = (const uint8_t *)p.s + (size_t)row0 * nb;
 #pragma unroll
         for (int r = 0; r < QK_QROWS; r++)
             sb[r] = MX ? (uint32_t)__ldg(sr + (size_t)r * nb + c)
                        : (uint32_t)__ldg((const uint16_t *)(sr + (size_t)r * nb) + c);
+        qg_load_xraw<32>(x, c * 32, p.k, xr);
+    }
+    __device__ __forceinline__ void dot(const qg_part &, float *acc) const
+    {
         float xf[32];
-        qg_load_x<32>(x, c * 32, p.k, xf);
+        qg_unpack_x<32>(xr, xf);
 #pragma unroll
         for (int r = 0; r < QK_QROWS; r++) {
-            const uint32_t wa[4] = {wv[r].x, wv[r].y, wv[r].z, wv[r].w};
+            const uint32_t wa[4] = {w[r].x, w[r].y, w[r].z, w[r].w};
             float a[2] = {0.0f, 0.0f};
 #pragma unroll
             for (int j = 0; j < 4; j++) {
@@ -255,23 +299,27 @@ __device__ __forceinline__ void qg_rows_fp4(const qg_part &p, int row0, const ui
             }
         }
     }
-}
+};
 
 /* BF16 (for fusing 16-bit projections such as GDN in_proj_a/b with quantized
  * ones): 8 values per chunk. */
-__device__ __forceinline__ void qg_rows_bf16(const qg_part &p, int row0, const uint16_t *__restrict__ x,
-                                             float *acc)
-{
-    const uint4 *wr = (const uint4 *)p.w + (size_t)row0 * p.kc;
-    for (int c = threadIdx.x; c < p.kc; c += blockDim.x) {
-        uint4 wv[QK_QROWS];
+struct qg_bf16_step {
+    uint4 w[QK_QROWS];
+    uint32_t xr[4];
+    __device__ __forceinline__ void load(const qg_part &p, int row0, const uint16_t *__restrict__ x, int c)
+    {
+        const uint4 *wr = (const uint4 *)p.w + (size_t)row0 * p.kc + c;
 #pragma unroll
-        for (int r = 0; r < QK_QROWS; r++) wv[r] = __ldcs(wr + (size_t)r * p.kc + c);
+        for (int r = 0; r < QK_QROWS; r++) w[r] = __ldcs(wr + (size_t)r * p.kc);
+        qg_load_xraw<8>(x, c * 8, p.k, xr);
+    }
+    __device__ __forceinline__ void dot(const qg_part &, float *acc) const
+    {
         float xf[8];
-        qg_load_x<8>(x, c * 8, p.k, xf);
+        qg_unpack_x<8>(xr, xf);
 #pragma unroll
         for (int r = 0; r < QK_QROWS; r++) {
-            const uint32_t wa[4] = {wv[r].x, wv[r].y, wv[r].z, wv[r].w};
+            const uint32_t wa[4] = {w[r].x, w[r].y, w[r].z, w[r].w};
             float a = 0.0f;
 #pragma unroll
             for (int j = 0; j < 4; j++) {
@@ -281,26 +329,27 @@ __device__ __forceinline__ void qg_rows_bf16(const qg_part &p, int row0, const u
             acc[r] += a;
         }
     }
-}
+};
 
-/* Block reduction of QK_QROWS partial sums; thread r < QK_QROWS gets row r's
- * total in the return value (others: unspecified). red: QG_WARPS*QK_QROWS floats. */
-__device__ __forceinline__ float qg_block_reduce(float *s, float *red)
+/* Chunks c0, c0 + stride, ... of rows row0 .. row0 + QK_QROWS - 1, two
+ * chunks' loads issued before either's arithmetic. */
+template <class STEP>
+__device__ __forceinline__ void qg_walk(const qg_part &p, int row0, const uint16_t *__restrict__ x, float *acc,
+                                        int c0, int stride)
 {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
-#pragma unroll
-    for (int r = 0; r < QK_QROWS; r++) s[r] = qk_warp_sum(s[r]);
-    if (lane == 0) {
-#pragma unroll
-        for (int r = 0; r < QK_QROWS; r++) red[warp * QK_QROWS + r] = s[r];
+    int c = c0;
+    for (; c + stride < p.kc; c += 2 * stride) {
+        STEP a, b;
+        a.load(p, row0, x, c);
+        b.load(p, row0, x, c + stride);
+        a.dot(p, acc);
+        b.dot(p, acc);
     }
-    __syncthreads();
-    float t = 0.0f;
-    if (threadIdx.x < QK_QROWS) {
-#pragma unroll 1
-        for (int w = 0; w < nw; w++) t += red[w * QK_QROWS + threadIdx.x];
+    if (c < p.kc) {
+        STEP a;
+        a.load(p, row0, x, c);
+        a.dot(p, acc);
     }
-    return t;
 }
 
 #endif

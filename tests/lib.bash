@@ -24,4 +24,13 @@ wait_for() {
     return 1
 }
 send() { T send-keys -t q "$@"; }
-line() { send -l -- "$1"; send Enter; }
+# idle: the title bar carries a dot (●) while the engine is busy.
+idle() { ! screen | head -1 | grep -q '●'; }
+# line TEXT: types a line once the engine is idle (a reply, or a live-drift pass
+# after it, may still be running under load). Not fatal: sends anyway after
+# the timeout, and the check that follows reports what went wrong.
+line() {
+    local end=$((SECONDS + 20 * ${QC_TIME_SCALE:-1}))
+    while [ $SECONDS -le "$end" ] && ! idle; do sleep 0.1; done
+    send -l -- "$1"; send Enter
+}

@@ -461,7 +461,7 @@ static void run_case(const char *name, pub *p)
 
 /* The GPU kernels' per-code decoding, transcribed to C, applied to the packed
  * host layout: checks the bit tricks themselves (the INT4 2^23 magic with
- * its 16q odd nibbles, the FP4 f16x2 masks) without a GPU. Returns the
+ * its in-place nibbles scaled by 16^e, the FP4 f16x2 masks) without a GPU. Returns the
  * number of weights whose emulated value differs from ref by more than
  * 1e-6 relative; -1 when the kind has no emulation (FP8 uses a hardware cvt). */
 static float f32_of(uint32_t u)
@@ -489,12 +489,11 @@ static int64_t emulate_decode(const qk_qweight *q, const float *ref)
                 int64_t g = q->perm ? q->perm[q->k_pad + p / 32] : p / q->group;
                 uint32_t m = ((const uint32_t *)q->s)[n * q->ngroups + g];
                 float s = q->scale_f16 ? qc_f16_to_f32((uint16_t)m) : qc_bf16_to_f32((uint16_t)m);
-                uint32_t z = (m >> 16) & 0xffu, b = word >> (8 * (j / 2));
-                if (j % 2 == 0)
-                    v = f32_of((b & 0x0fu) | 0x4b000000u) - f32_of(0x4b000000u | z);
-                else
-                    v = (f32_of((b & 0xf0u) | 0x4b000000u) - f32_of(0x4b000000u | (z << 4))) * 0.0625f;
-                v *= s;
+                /* nibbles 0-4 in place, 5-7 from word >> 12: (q - z) * 16^e exactly */
+                uint32_t z = (m >> 16) & 0xffu, b = j < 5 ? word : word >> 12;
+                int e = j < 5 ? j : j - 3;
+                v = f32_of((b & (0xfu << (4 * e))) | 0x4b000000u) - f32_of(0x4b000000u | (z << (4 * e)));
+                v = ldexpf(v, -4 * e) * s;
             } else {
                 uint32_t h[4] = {word & 0x8e008e00u, (word << 3) & 0x8e008e00u,
                                  ((word << 9) & 0x0e000e00u) | ((word << 2) & 0x80008000u),

@@ -5,10 +5,14 @@ For one model directory: scores the 200 golden tokens with the given prefill
 chunk sizes, and reports the relative L2 error of the logits and of the
 final-normed states against golden.safetensors; then scores tokens[:16] +
 greedy_tokens (teacher-forced) and checks that the argmax at each greedy step
-equals the golden greedy token wherever the golden margin exceeds 0.05.
+equals the golden greedy token wherever the golden margin exceeds 0.05, and
+(unless --no-cpu) equals the CPU engine's argmax wherever the CPU engine's
+top-1 minus top-2 logit margin exceeds 0.05. Goldens without greedy tokens
+(the quantized fixtures) get a greedy continuation of 24 tokens from the CPU
+engine instead (tokens[:16] as the prompt), checked the same way.
 Prints one `ok NAME` / `FAIL NAME: why` line per check (tests/harness style).
 
-    tools/cuda_score_check.py QCHAT_BIN MODEL_DIR [--device cuda] [--chunks 200,1,37] [--tol 3e-2]
+    tools/cuda_score_check.py QCHAT_BIN MODEL_DIR [--device cuda] [--chunks 200,1,37] [--tol 3e-2] [--no-cpu]
 
 Needs numpy only (safetensors files are read directly). Exit status 1 when a
 check failed."""
@@ -58,15 +62,34 @@ def score(qchat, model, ids, chunk, device, tmp):
     return read_st(out), None
 
 
+def cpu_greedy(qchat, model, prompt, n, tmp):
+    """n greedy tokens after prompt from the CPU engine (one score per step:
+    the fixtures are tiny)."""
+    seq = [int(t) for t in prompt]
+    out = []
+    for _ in range(n):
+        o, e = score(qchat, model, seq, len(seq), "cpu", tmp)
+        if e:
+            return None, e
+        t = int(np.argmax(o["logits"][-1]))
+        out.append(t)
+        seq.append(t)
+    return np.array(out, dtype=np.int64), None
+
+
 def main():
     args = sys.argv[1:]
     if len(args) < 2:
         print(__doc__)
         return 2
     qchat, model = args[0], args[1]
-    device, chunks, tol = "cuda", [200, 1, 37], 3e-2
+    device, chunks, tol, vs_cpu = "cuda", [200, 1, 37], 3e-2, True
     i = 2
     while i < len(args):
+        if args[i] == "--no-cpu":
+            vs_cpu = False
+            i += 1
+            continue
         if args[i] == "--device":
             device = args[i + 1]
         elif args[i] == "--chunks":
@@ -92,10 +115,32 @@ def main():
             ok = rl <= tol and (rn != rn or rn <= tol)
             print(("ok %s" % tag) if ok else ("FAIL %s: rel_l2 %.3g > %.0e" % (tag, max(rl, rn), tol)))
             failed += not ok
+        golden_greedy = "greedy_tokens" in g
+        if not golden_greedy and vs_cpu and device != "cpu":
+            gt, e = cpu_greedy(qchat, model, g["tokens"][:16], 24, tmp)
+            if e:
+                print("FAIL cpu_%s_greedy: %s" % (name, e))
+                failed += 1
+            else:
+                g = dict(g)
+                g["greedy_prompt_len"] = np.array([16])
+                g["greedy_tokens"] = gt
+                g["greedy_margins"] = np.full(len(gt), -1.0)  # no golden margins: only the CPU check counts
         if "greedy_tokens" in g:
             pl = int(g["greedy_prompt_len"][0])
             gt, gm = g["greedy_tokens"], g["greedy_margins"]
             seq = np.concatenate([g["tokens"][:pl], gt[:-1]])
+            cpu_pred = cpu_clear = None
+            if vs_cpu and device != "cpu":
+                o, e = score(qchat, model, seq, pl, "cpu", tmp)
+                if e:
+                    print("FAIL cpu_%s_greedy: %s" % (name, e))
+                    failed += 1
+                else:
+                    lg = o["logits"][pl - 1:].astype(np.float64)
+                    top2 = np.sort(lg, -1)[:, -2:]
+                    cpu_pred = np.argmax(lg, -1)
+                    cpu_clear = (top2[:, 1] - top2[:, 0]) > 0.05
             for c in (1, pl):
                 tag = "%s_%s_greedy_chunk%d" % (device, name, c)
                 o, e = score(qchat, model, seq, c, device, tmp)
@@ -106,9 +151,17 @@ def main():
                 pred = np.argmax(o["logits"][pl - 1:], -1)
                 clear = gm > 0.05
                 bad = [int(j) for j in np.nonzero((pred != gt) & clear)[0]]
-                print("# %s: %d/%d clear-margin steps match" % (tag, int(np.sum((pred == gt) & clear)), int(clear.sum())))
-                print(("ok %s" % tag) if not bad else ("FAIL %s: steps %s differ" % (tag, bad)))
-                failed += bool(bad)
+                if golden_greedy:
+                    print("# %s: %d/%d clear-margin steps match" % (tag, int(np.sum((pred == gt) & clear)), int(clear.sum())))
+                    print(("ok %s" % tag) if not bad else ("FAIL %s: steps %s differ" % (tag, bad)))
+                    failed += bool(bad)
+                if cpu_pred is not None:
+                    tag = "%s_%s_greedy_vs_cpu_chunk%d" % (device, name, c)
+                    bad = [int(j) for j in np.nonzero((pred != cpu_pred) & cpu_clear)[0]]
+                    print("# %s: %d/%d clear-margin (CPU) steps match the CPU engine" %
+                          (tag, int(np.sum((pred == cpu_pred) & cpu_clear)), int(cpu_clear.sum())))
+                    print(("ok %s" % tag) if not bad else ("FAIL %s: steps %s differ" % (tag, bad)))
+                    failed += bool(bad)
     return 1 if failed else 0
 
 

@@ -6,7 +6,7 @@
 # the machine only runs. Results: $OUT/summary.txt and $OUT/logs.tgz (default
 # OUT=/tmp/gpu_check).
 #
-#   tools/gpu_check.sh [kernels] [score] [sanitize] [bench] [bench-quick]   (default: all but bench-quick)
+#   tools/gpu_check.sh [kernels] [score] [sanitize] [bench] [bench-quick] [bench-q]   (default: the first four)
 #
 # Environment: BENCH_SIZES (default "0.8b 9b 27b"), QCHAT_FIXTURES (default .gpu/fixtures: copy the BF16 fixture
 # models there), LD_LIBRARY_PATH gets .gpu/lib (cJSON for the GPU machine).
@@ -28,8 +28,12 @@ note() { echo "$*" | tee -a "$summary"; }
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.mem --format=csv >"$LOGS/gpu.txt" 2>&1
 note "# $(tail -1 "$LOGS/gpu.txt")"
 
-# The BF16 fixtures with goldens the CUDA backend must match.
+# The dense fixtures with goldens the CUDA backend must match: BF16, and every
+# quantized one (kept quantized on the GPU, decoded by the quantized GEMVs).
+# The MoE fixtures run on the CPU only (the CUDA backend has no MoE path).
 BF16_MODELS="tiny-qwen35 tiny-qwen36-text"
+QUANT_MODELS="tiny-qwen35-fp8 tiny-qwen35-int4-autoround tiny-qwen35-int4-awq tiny-qwen35-nvfp4
+              tiny-qwen35-nvfp4-modelopt tiny-qwen36-text-fp8"
 
 for sec in $sections; do
     case $sec in
@@ -39,8 +43,9 @@ for sec in $sections; do
         grep '^FAIL ' "$LOGS/kernels.log" | tee -a "$summary"
         ;;
     score)
-        # BF16 fixtures must meet 3e-2; the FP8 one (dequantized to BF16 at load) is reported too.
-        for m in $BF16_MODELS tiny-qwen35-fp8; do
+        # Every dense fixture must meet 3e-2 with --chunk 200, 1, 37, and greedy
+        # tokens must match the goldens and the CPU engine where the margin > 0.05.
+        for m in $BF16_MODELS $QUANT_MODELS; do
             d=$QCHAT_FIXTURES/models/$m
             [ -d "$d" ] || { note "skip score $m: $d missing"; continue; }
             python3 tools/cuda_score_check.py ./qchat "$d" --device cuda --chunks 200,1,37 >"$LOGS/score_$m.log" 2>&1
@@ -72,6 +77,14 @@ for sec in $sections; do
         ./qchat bench --synthetic 27b:bf16 --quick >"$LOGS/bench_quick.txt" 2>&1
         note "bench-quick: rc=$?"
         cat "$LOGS/bench_quick.txt" >>"$summary"
+        ;;
+    bench-q)
+        # every format mix at 27B, quick (BENCH_FORMATS to choose)
+        for f in ${BENCH_FORMATS:-fp8 int4 nvfp4 nvfp4-mixed bf16}; do
+            ./qchat bench --synthetic "27b:$f" --quick --no-profile >"$LOGS/bench_q_$f.txt" 2>&1
+            note "bench-q 27b:$f: rc=$?"
+            cat "$LOGS/bench_q_$f.txt" >>"$summary"
+        done
         ;;
     *) note "unknown section $sec" ;;
     esac

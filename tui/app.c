@@ -323,7 +323,9 @@ static void draw_bar(app *a)
     fill_row(a, r.y, 0, r.w, TH_BAR, " ");
     int x = 1, end = r.w - 1;
     char right[160];
-    snprintf(right, sizeof right, "%s", a->device);
+    /* A dot while the engine works (a reply, a swap, a compare or drift pass):
+     * the one place that always says whether input will be taken now. */
+    snprintf(right, sizeof right, "%s%s", engine_busy(a) ? "\xe2\x97\x8f " : "", a->device);
     int rw = wrap_width(right, strlen(right));
     int avail = end - x - rw - 2;
     x += putf(a, r.y, x, avail, TH_BAR, "qchat \xc2\xb7 %s \xc2\xb7 ", a->model_name);

@@ -431,7 +431,8 @@ static int job_generate(worker *w, worker_job *job, qc_err *err)
     int n_gen = 0;
     double t_prev = qc_now(), t_mem = t_prev;
     for (;;) {
-        const float *lg = qc_session_logits(w->sess);
+        /* Only drift needs the row itself; sampling alone stays on the device. */
+        const float *lg = drift ? qc_session_logits(w->sess) : NULL;
         if (drift) {
             /* The reference's view of this very position, before sampling. */
             int had = ds.first_div;
@@ -450,7 +451,11 @@ static int job_generate(worker *w, worker_job *job, qc_err *err)
             }
             pthread_mutex_unlock(&w->mu);
         }
-        int32_t id = qc_sampler_next(smp, lg, info.vocab_size);
+        int32_t id = -1;
+        if (drift)
+            id = qc_sampler_next(smp, lg, info.vocab_size);
+        else if ((rc = qc_session_sample(w->sess, smp, &id, err)) != 0)
+            break;
         double t = qc_now();
         if (id < 0) {
             rc = qc_err_set(err, QC_EXIT_RUNTIME, "the model produced no finite logit");
@@ -678,7 +683,9 @@ static int compare_column(worker *w, const worker_job *job, int c, qc_err *err)
     uint64_t peak = mem_in_use(m, s);
     double t_mem = qc_now();
     for (int n_gen = 1;; n_gen++) {
-        int32_t id = qc_sampler_next(smp, qc_session_logits(s), info.vocab_size);
+        int32_t id = -1;
+        if ((rc = qc_session_sample(s, smp, &id, err)) != 0)
+            break;
         double t = qc_now();
         if (id < 0) {
             rc = qc_err_set(err, QC_EXIT_RUNTIME, "%s produced no finite logit", w->ck[ck].label);
