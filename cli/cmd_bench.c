@@ -11,10 +11,15 @@
  * --synthetic makes random weights of a real shape (0.8b, 2b, 4b, 9b, 27b)
  * directly on the GPU, in one of the published format mixes (FMT: bf16, fp8,
  * int4, nvfp4, nvfp4-mixed; see qc_cuda_model_synthetic_fmt) with the
- * quantized weights in the kernels' layouts. Needs a CUDA build and a GPU. */
+ * quantized weights in the kernels' layouts. --load-only stops after the
+ * load and reports where its time went (checkpoint bytes on disk per second,
+ * the loader's threads and per-phase seconds, the pinned host-to-device
+ * bandwidth). Needs a CUDA build and a GPU. */
+#include <dirent.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include <cjson/cJSON.h>
 
@@ -29,7 +34,7 @@ static int usage(const char *msg)
 {
     if (msg) fprintf(stderr, "qchat bench: %s\n", msg);
     fprintf(stderr, "usage: qchat bench CHECKPOINT_DIR | --synthetic SIZE:FMT [--json] [--quick] [--steps N] "
-                    "[--no-profile]\n       SIZE: 0.8b, 2b, 4b, 9b, 27b; FMT: bf16, fp8, int4, nvfp4, nvfp4-mixed\n");
+                    "[--no-profile] [--load-only]\n       SIZE: 0.8b, 2b, 4b, 9b, 27b; FMT: bf16, fp8, int4, nvfp4, nvfp4-mixed\n");
     return QC_EXIT_USAGE;
 }
 
@@ -72,6 +77,25 @@ static int prefill_n(qc_cuda_sess *cs, const int32_t *ids, int n, int chunk, qc_
     return QC_OK;
 }
 
+/* Bytes of the checkpoint's .safetensors files (what a load reads). */
+static double ckpt_file_bytes(const char *dir)
+{
+    DIR *d = opendir(dir);
+    if (!d) return 0;
+    double total = 0;
+    struct dirent *e;
+    char path[4096];
+    while ((e = readdir(d))) {
+        size_t n = strlen(e->d_name);
+        if (n < 12 || strcmp(e->d_name + n - 12, ".safetensors")) continue;
+        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+        struct stat sb;
+        if (!stat(path, &sb)) total += (double)sb.st_size;
+    }
+    closedir(d);
+    return total;
+}
+
 static const char *mem_names[QC_MEM_COUNT] = {"weights_bf16", "weights_fp8", "weights_int4", "weights_nvfp4",
                                               "weights_mxfp4_other", "kv_cache", "gdn_state", "scratch",
                                               "runtime_other", "free"};
@@ -79,7 +103,7 @@ static const char *mem_names[QC_MEM_COUNT] = {"weights_bf16", "weights_fp8", "we
 int cmd_bench(int argc, char **argv)
 {
     const char *dir = NULL, *synth = NULL;
-    bool json = false, quick = false, profile = true;
+    bool json = false, quick = false, profile = true, load_only = false;
     int steps = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -98,6 +122,8 @@ int cmd_bench(int argc, char **argv)
             json = true;
         } else if (!strcmp(a, "--quick")) {
             quick = true;
+        } else if (!strcmp(a, "--load-only")) {
+            load_only = true;
         } else if (!strcmp(a, "--no-profile")) {
             profile = false;
         } else if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
@@ -169,7 +195,7 @@ int cmd_bench(int argc, char **argv)
         rc = qc_err_set(&err, QC_EXIT_RUNTIME, "out of memory");
         goto done;
     }
-    if ((rc = qc_cuda_sess_new(cm, max_ctx, &cs, &err))) goto done;
+    if (!load_only && (rc = qc_cuda_sess_new(cm, max_ctx, &cs, &err))) goto done;
     uint64_t seed = 12345;
     random_ids(ids, max_ctx, sh.n_tokens, &seed);
     qc_mem_report mr;
@@ -196,7 +222,37 @@ int cmd_bench(int argc, char **argv)
         cJSON_AddNumberToObject(jl, "upload_seconds", t_up);
         cJSON_AddNumberToObject(jl, "upload_GBps", wbytes / t_up / 1e9);
         fprintf(log, "weight upload %.2f s, %.2f GB/s\n", t_up, wbytes / t_up / 1e9);
+        double plan_s, h2d = 0;
+        qc_load_stats ls;
+        qc_cuda_load_report(cm, &plan_s, &ls);
+        double fbytes = synth ? 0 : ckpt_file_bytes(dir), nt = ls.threads > 0 ? ls.threads : 1;
+        qc_err herr;
+        if (qc_cuda_h2d_bandwidth(&h2d, &herr)) h2d = 0;
+        cJSON_AddNumberToObject(jl, "file_bytes", fbytes);
+        cJSON_AddNumberToObject(jl, "file_GBps", fbytes / t_load / 1e9);
+        cJSON_AddNumberToObject(jl, "plan_seconds", plan_s);
+        cJSON_AddNumberToObject(jl, "pool_seconds", ls.wall_s);
+        cJSON_AddNumberToObject(jl, "threads", ls.threads);
+        cJSON_AddNumberToObject(jl, "staging_buffers", ls.buffers);
+        cJSON_AddNumberToObject(jl, "jobs", (double)ls.jobs);
+        cJSON_AddNumberToObject(jl, "read_seconds_per_thread", ls.read_s / nt);
+        cJSON_AddNumberToObject(jl, "repack_seconds_per_thread", ls.fill_s / nt);
+        cJSON_AddNumberToObject(jl, "ring_wait_seconds_per_thread", ls.wait_s / nt);
+        cJSON_AddNumberToObject(jl, "copy_queue_seconds_per_thread", ls.copy_s / nt);
+        cJSON_AddNumberToObject(jl, "h2d_pinned_GBps", h2d / 1e9);
+        if (fbytes > 0)
+            fprintf(log, "checkpoint files %.2f GB read in %.2f s: %.2f GB/s\n", fbytes / 1e9, t_load,
+                    fbytes / t_load / 1e9);
+        fprintf(log,
+                "  before the backend (parse, validate) %.2f s; planning + cudaMalloc %.2f s; pool %.2f s: %d threads, "
+                "%d x %.0f MiB pinned, %llu jobs, %.2f GB staged\n",
+                t_load - t_up, plan_s, ls.wall_s, ls.threads, ls.buffers, ls.buffer_bytes / 1048576.0,
+                (unsigned long long)ls.jobs, ls.bytes / 1e9);
+        fprintf(log, "  per thread: pre-fault (read) %.2f s, repack/copy into pinned %.2f s, waiting for a free buffer "
+                     "(H2D) %.2f s, queueing copies %.2f s; pinned H2D alone %.1f GB/s\n",
+                ls.read_s / nt, ls.fill_s / nt, ls.wait_s / nt, ls.copy_s / nt, h2d / 1e9);
     }
+    if (load_only) goto done_json;
     uint64_t sbytes = qc_cuda_scale_bytes(cm);
     cJSON_AddNumberToObject(jl, "scale_bytes", (double)sbytes);
     if (sbytes) fprintf(log, "quantization scales %.3f GB (inside the weight families below)\n", sbytes / 1e9);

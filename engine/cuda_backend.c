@@ -14,8 +14,7 @@
  * into one reusable BF16 scratch (sized for the largest fused group, so no
  * BF16 copy of the model ever exists) and runs the cuBLAS GEMM on it.
  * Residual adds are fused into the output projections (GEMV accumulate /
- * GEMM beta = 1). BF16 tensors are read from the checkpoint through a pinned
- * staging ring (2 x 64 MiB) whose async copies overlap reading the next chunk.
+ * GEMM beta = 1). Loading runs on every core: see "loading" below.
  *
  * Session: K/V caches (bf16 [KV][cap][hd]) for the full-attention layers only,
  * conv state and fp32 recurrent state per linear-attention layer, one scratch
@@ -38,6 +37,8 @@
 #include <string.h>
 
 #include "config.h"
+#include "cuda_load.h"
+#include "cuda_repack.h"
 #include "dequant.h"
 #include "quant.h"
 
@@ -113,15 +114,7 @@ typedef struct cu_mat {
     int n, k;
 } cu_mat;
 
-/* The pinned staging ring of the loader: host -> pinned memcpy of chunk i+1
- * overlaps the async pinned -> device copy of chunk i. */
-#define CU_STAGE_BYTES ((size_t)64 << 20)
-typedef struct cu_stage {
-    void *buf[2];
-    cudaEvent_t ev[2];
-    int next;
-    bool ok;
-} cu_stage;
+struct cu_loader;
 
 typedef struct cu_layer {
     bool full;
@@ -143,13 +136,13 @@ struct qc_cuda_model {
     cu_layer *L;
     cu_pool pool;
     int64_t weight_bytes; /* bytes of the matrices one decode step reads */
-    qk_qweight **qdev;    /* weights uploaded by qc_linear_to_qweight (freed with qc_qweight_free_dev) */
-    int nqdev, capqdev;
     uint64_t scale_bytes; /* scales + g_idx permutations of the quantized weights */
     uint16_t *dq;         /* prefill dequantization scratch (bf16), allocated on the first prefill */
     size_t dq_bytes, dq_need;
-    cu_stage stage;
-    double load_s; /* seconds the weight upload took (bench: load GB/s) */
+    struct cu_loader *ld; /* during cuda_model_init only */
+    double load_s;        /* seconds the weight upload took (bench: load GB/s) */
+    double load_plan_s;   /* of which planning and device allocation */
+    qc_load_stats load_st;
     int n_sm;
     char name[256];
     cu_prof prof;
@@ -213,10 +206,6 @@ void qc_cuda_model_free(qc_cuda_model *cm)
     cudaStreamSynchronize(cm->st);
     qk_blas_free(cm->blas);
     cu_pool_free(&cm->pool);
-    for (int i = 0; i < cm->nqdev; i++) {
-        qc_qweight_free_dev(cm->qdev[i]); /* points into cm->L / cm->head */
-    }
-    free(cm->qdev);
     if (cm->prof.ok) {
         cudaEventDestroy(cm->prof.ev[0]);
         cudaEventDestroy(cm->prof.ev[1]);
@@ -251,54 +240,97 @@ static int upload_f32(qc_cuda_model *cm, const float *h, size_t n, float **out, 
 
 /* ---- loading ---- */
 
-static void stage_open(cu_stage *s)
+/* The weights go up in two steps (engine/cuda_load.c): first, on this thread,
+ * every destination is allocated (so running out of device memory is found
+ * before any work, with the tensor named) and the copies and repacks become a
+ * list of jobs of at most 16 MiB; then a pool of CPU threads (one per core)
+ * pre-faults the mapped checkpoint, repacks/copies each job into a ring of
+ * pinned staging buffers (two per thread) and queues cudaMemcpyAsync on two
+ * streams, so page-cache reads, repacking and the DMA all overlap. */
+typedef struct cu_loader {
+    qc_load_plan plan;
+    qk_qweight **hq; /* host descriptors of the planned qweights (the jobs read them) */
+    int nhq, caphq;
+} cu_loader;
+
+static void loader_free(cu_loader *ld)
 {
-    memset(s, 0, sizeof *s);
+    for (int i = 0; i < ld->nhq; i++) {
+        free(ld->hq[i]->perm);
+        free(ld->hq[i]);
+    }
+    free(ld->hq);
+    qc_load_plan_free(&ld->plan);
+}
+
+#define CU_RING_MAX 32
+typedef struct cu_ring {
+    cudaStream_t st[2];
+    cudaEvent_t ev[CU_RING_MAX];
+} cu_ring;
+
+static void *ring_host_alloc(void *ctx, size_t n)
+{
+    (void)ctx;
+    void *p = NULL;
+    if (cudaHostAlloc(&p, n, cudaHostAllocDefault) != cudaSuccess) {
+        cudaGetLastError();
+        return NULL;
+    }
+    return p;
+}
+static void ring_host_free(void *ctx, void *p)
+{
+    (void)ctx;
+    cudaFreeHost(p);
+}
+static int ring_copy(void *ctx, int slot, void *dst, const void *src, size_t n)
+{
+    cu_ring *r = ctx;
+    cudaStream_t st = r->st[slot & 1];
+    return cudaMemcpyAsync(dst, src, n, cudaMemcpyHostToDevice, st) != cudaSuccess ||
+           cudaEventRecord(r->ev[slot], st) != cudaSuccess;
+}
+static int ring_wait(void *ctx, int slot)
+{
+    cu_ring *r = ctx;
+    return cudaEventSynchronize(r->ev[slot]) != cudaSuccess;
+}
+static int ring_copy_sync(void *ctx, void *dst, const void *src, size_t n)
+{
+    (void)ctx;
+    return cudaMemcpy(dst, src, n, cudaMemcpyHostToDevice) != cudaSuccess;
+}
+
+/* Runs the planned jobs; the ring's events block (no spinning) so waiting
+ * threads leave the cores to the ones packing. */
+static int loader_run(cu_loader *ld, qc_load_stats *st, qc_err *err)
+{
+    cu_ring r;
+    memset(&r, 0, sizeof r);
+    int threads = qc_load_default_threads(), nbuf = 2 * threads > CU_RING_MAX ? CU_RING_MAX : 2 * threads;
+    bool ok = cudaStreamCreateWithFlags(&r.st[0], cudaStreamNonBlocking) == cudaSuccess &&
+              cudaStreamCreateWithFlags(&r.st[1], cudaStreamNonBlocking) == cudaSuccess;
+    for (int i = 0; ok && i < nbuf; i++)
+        ok = cudaEventCreateWithFlags(&r.ev[i], cudaEventDisableTiming | cudaEventBlockingSync) == cudaSuccess;
+    int rc = QC_OK;
+    if (!ok) {
+        cudaGetLastError();
+        rc = qc_err_set(err, QC_EXIT_RUNTIME, "CUDA: cannot create the loader's streams and events");
+    }
+    if (!rc) {
+        qc_load_ops ops = {&r, ring_host_alloc, ring_host_free, ring_copy, ring_wait, ring_copy_sync};
+        rc = qc_load_run(&ld->plan, threads, nbuf, &ops, st, err);
+    }
     for (int i = 0; i < 2; i++)
-        if (cudaHostAlloc(&s->buf[i], CU_STAGE_BYTES, cudaHostAllocDefault) != cudaSuccess ||
-            cudaEventCreateWithFlags(&s->ev[i], cudaEventDisableTiming) != cudaSuccess) {
-            cudaGetLastError();
-            return; /* ok stays false: plain synchronous copies */
+        if (r.st[i]) {
+            if (cudaStreamSynchronize(r.st[i]) != cudaSuccess && !rc)
+                rc = qc_err_set(err, QC_EXIT_RUNTIME, "CUDA: uploading the weights failed");
+            cudaStreamDestroy(r.st[i]);
         }
-    s->ok = true;
-}
-
-static void stage_close(cu_stage *s)
-{
-    for (int i = 0; i < 2; i++) {
-        if (s->ev[i]) {
-            cudaEventSynchronize(s->ev[i]);
-            cudaEventDestroy(s->ev[i]);
-        }
-        if (s->buf[i]) cudaFreeHost(s->buf[i]);
-    }
-    memset(s, 0, sizeof *s);
-}
-
-/* n bytes from host memory (usually the mmap'ed checkpoint) to dst on the
- * device through the staging ring: the next chunk is read into the other
- * pinned buffer while this one's DMA runs. Asynchronous on cm->st. */
-static int stage_copy(qc_cuda_model *cm, void *dst, const void *src, size_t n, qc_err *err, const char *what)
-{
-    cu_stage *s = &cm->stage;
-    if (!s->ok) {
-        if (cudaMemcpy(dst, src, n, cudaMemcpyHostToDevice) != cudaSuccess)
-            return qc_err_set(err, QC_EXIT_RUNTIME, "CUDA: upload of %s failed", what);
-        return QC_OK;
-    }
-    for (size_t off = 0; off < n;) {
-        size_t c = n - off < CU_STAGE_BYTES ? n - off : CU_STAGE_BYTES;
-        int i = s->next;
-        s->next ^= 1;
-        if (cudaEventSynchronize(s->ev[i]) != cudaSuccess) /* this buffer's previous DMA is done */
-            return qc_err_set(err, QC_EXIT_RUNTIME, "CUDA: upload of %s failed", what);
-        memcpy(s->buf[i], (const char *)src + off, c);
-        if (cudaMemcpyAsync((char *)dst + off, s->buf[i], c, cudaMemcpyHostToDevice, cm->st) != cudaSuccess ||
-            cudaEventRecord(s->ev[i], cm->st) != cudaSuccess)
-            return qc_err_set(err, QC_EXIT_RUNTIME, "CUDA: upload of %s failed", what);
-        off += c;
-    }
-    return QC_OK;
+    for (int i = 0; i < CU_RING_MAX; i++)
+        if (r.ev[i]) cudaEventDestroy(r.ev[i]);
+    return rc;
 }
 
 /* Rows of l into dst (bf16 [l->n, l->k] at device address dst): straight copy
@@ -306,27 +338,8 @@ static int stage_copy(qc_cuda_model *cm, void *dst, const void *src, size_t n, q
 static int upload_linear(qc_cuda_model *cm, const qc_linear *l, uint16_t *dst, qc_err *err)
 {
     if (l->format == QC_FMT_BF16 && l->weight && l->weight->dtype == QC_DT_BF16)
-        return stage_copy(cm, dst, l->weight->data, (size_t)l->n * l->k * 2, err, l->name);
-    int64_t rows = l->k > 0 ? (int64_t)((16u << 20) / (size_t)(l->k * 4)) : 1;
-    if (rows < 1) rows = 1;
-    float *f = malloc((size_t)rows * l->k * 4);
-    uint16_t *b = malloc((size_t)rows * l->k * 2);
-    if (!f || !b) {
-        free(f);
-        free(b);
-        return qc_err_set(err, QC_EXIT_RUNTIME, "out of memory dequantizing %s", l->name);
-    }
-    int rc = QC_OK;
-    for (int64_t r0 = 0; r0 < l->n && !rc; r0 += rows) {
-        int64_t nr = l->n - r0 < rows ? l->n - r0 : rows;
-        qc_linear_dequant_rows(l, r0, nr, f);
-        for (int64_t i = 0; i < nr * l->k; i++) b[i] = qc_f32_to_bf16(f[i]);
-        if (cudaMemcpy(dst + r0 * l->k, b, (size_t)(nr * l->k) * 2, cudaMemcpyHostToDevice) != cudaSuccess)
-            rc = qc_err_set(err, QC_EXIT_RUNTIME, "CUDA: upload of %s failed", l->name);
-    }
-    free(f);
-    free(b);
-    return rc;
+        return qc_load_add_bytes(&cm->ld->plan, dst, l->weight->data, (size_t)l->n * l->k * 2, l->name, err);
+    return qc_load_add_bf16_rows(&cm->ld->plan, l, l->n, l->k, dst, err);
 }
 
 static int tag_of_kind(int kind)
@@ -350,7 +363,8 @@ static int64_t mat_bytes(const cu_mat *M)
 
 /* A part the quantized kernels have no layout for (8-bit or 2-bit integers,
  * F16/F32 Linears in a mixed group, ...): dequantized exactly on the host,
- * rounded to BF16 and kept as a QK_QW_BF16 part, so the group still fuses. */
+ * rounded to BF16 and kept as a QK_QW_BF16 part, so the group still fuses.
+ * The jobs write the padding zeros too. */
 static int load_part_bf16(qc_cuda_model *cm, const qc_linear *l, qk_qweight *q, qc_err *err)
 {
     memset(q, 0, sizeof *q);
@@ -363,43 +377,44 @@ static int load_part_bf16(qc_cuda_model *cm, const qc_linear *l, qk_qweight *q, 
     q->w_bytes = (size_t)q->n_pad * q->k_pad * 2;
     int rc = cu_alloc(&cm->pool, q->w_bytes, QC_MEM_W_BF16, &q->w, err, l->name);
     if (rc) return rc;
-    if (cudaMemset(q->w, 0, q->w_bytes) != cudaSuccess)
-        return qc_err_set(err, QC_EXIT_RUNTIME, "CUDA: clearing %s failed", l->name);
-    if (q->k_pad == q->k) return upload_linear(cm, l, q->w, err);
-    uint16_t *tmp;
-    if (cudaMalloc((void **)&tmp, (size_t)q->n * q->k * 2) != cudaSuccess) {
-        cudaGetLastError();
-        return qc_err_set(err, QC_EXIT_RUNTIME, "CUDA: no memory staging %s", l->name);
-    }
-    rc = upload_linear(cm, l, tmp, err);
-    if (!rc && (cudaStreamSynchronize(cm->st) != cudaSuccess ||
-                cudaMemcpy2D(q->w, (size_t)q->k_pad * 2, tmp, (size_t)q->k * 2, (size_t)q->k * 2, (size_t)q->n,
-                             cudaMemcpyDeviceToDevice) != cudaSuccess))
-        rc = qc_err_set(err, QC_EXIT_RUNTIME, "CUDA: upload of %s failed", l->name);
-    cudaFree(tmp);
-    return rc;
+    return qc_load_add_bf16_rows(&cm->ld->plan, l, q->n_pad, q->k_pad, q->w, err);
 }
 
-/* One part of a mixed group in its kernel-native layout (repacked on the host
- * by cuda_repack.c, then uploaded). */
+/* One part of a mixed group in its kernel-native layout: planned here
+ * (cuda_repack.h), device memory allocated, repacked by the loader's jobs. */
 static int load_part(qc_cuda_model *cm, const qc_linear *l, qk_qweight *q, qc_err *err)
 {
     if (!qc_qweight_supported(l->format) || (l->format == QC_FMT_BF16 && (!l->weight || l->weight->dtype != QC_DT_BF16)))
         return load_part_bf16(cm, l, q, err);
-    if (cm->nqdev == cm->capqdev) {
-        int nc = cm->capqdev ? 2 * cm->capqdev : 256;
-        qk_qweight **np = realloc(cm->qdev, (size_t)nc * sizeof *np);
+    cu_loader *ld = cm->ld;
+    if (ld->nhq == ld->caphq) {
+        int nc = ld->caphq ? 2 * ld->caphq : 256;
+        qk_qweight **np = realloc(ld->hq, (size_t)nc * sizeof *np);
         if (!np) return qc_err_set(err, QC_EXIT_RUNTIME, "out of host memory loading %s", l->name);
-        cm->qdev = np;
-        cm->capqdev = nc;
+        ld->hq = np;
+        ld->caphq = nc;
     }
-    int rc = qc_linear_to_qweight(l, q, err);
-    if (rc == QC_EXIT_CHECKPOINT) return load_part_bf16(cm, l, q, err); /* a layout the kernels cannot run */
+    qk_qweight *h = calloc(1, sizeof *h);
+    if (!h) return qc_err_set(err, QC_EXIT_RUNTIME, "out of host memory loading %s", l->name);
+    int rc = qc_qweight_plan(l, h, err);
+    if (rc) {
+        free(h);
+        if (rc == QC_EXIT_CHECKPOINT) return load_part_bf16(cm, l, q, err); /* a layout the kernels cannot run */
+        return rc;
+    }
+    ld->hq[ld->nhq++] = h; /* owned by the loader from here */
+    *q = *h;
+    q->w = q->s = NULL;
+    q->perm = NULL;
+    int tag = tag_of_kind(h->kind);
+    void *perm = NULL;
+    rc = cu_alloc(&cm->pool, h->w_bytes, tag, &q->w, err, l->name);
+    if (!rc && h->s_bytes) rc = cu_alloc(&cm->pool, h->s_bytes, tag, &q->s, err, l->name);
+    if (!rc && h->perm_bytes) rc = cu_alloc(&cm->pool, h->perm_bytes, tag, &perm, err, l->name);
+    q->perm = perm;
+    if (!rc) rc = qc_load_add_qweight(&ld->plan, l, h, q->w, q->s, q->perm, err);
     if (rc) return rc;
-    cm->qdev[cm->nqdev++] = q;
-    int tag = tag_of_kind(q->kind);
-    cm->pool.bytes[tag] += q->w_bytes + q->s_bytes + q->perm_bytes;
-    cm->scale_bytes += q->s_bytes + q->perm_bytes;
+    cm->scale_bytes += h->s_bytes + h->perm_bytes;
     return QC_OK;
 }
 
@@ -445,23 +460,7 @@ static int upload_embed(qc_cuda_model *cm, const qc_tensor *t, uint16_t **out, q
     size_t n = (size_t)t->numel;
     int rc = cu_alloc(&cm->pool, n * 2, QC_MEM_W_BF16, (void **)out, err, t->name);
     if (rc) return rc;
-    if (t->dtype == QC_DT_BF16) return stage_copy(cm, *out, t->data, n * 2, err, t->name);
-    size_t chunk = 1u << 22;
-    uint16_t *b = malloc(chunk * 2);
-    if (!b) return qc_err_set(err, QC_EXIT_RUNTIME, "out of memory converting %s", t->name);
-    for (size_t i0 = 0; i0 < n && !rc; i0 += chunk) {
-        size_t m = n - i0 < chunk ? n - i0 : chunk;
-        for (size_t i = 0; i < m; i++) {
-            float v = t->dtype == QC_DT_F32   ? ((const float *)t->data)[i0 + i]
-                      : t->dtype == QC_DT_F16 ? qc_f16_to_f32(((const uint16_t *)t->data)[i0 + i])
-                                              : 0.0f;
-            b[i] = qc_f32_to_bf16(v);
-        }
-        if (cudaMemcpy(*out + i0, b, m * 2, cudaMemcpyHostToDevice) != cudaSuccess)
-            rc = qc_err_set(err, QC_EXIT_RUNTIME, "CUDA: upload of %s failed", t->name);
-    }
-    free(b);
-    return rc;
+    return qc_load_add_to_bf16(&cm->ld->plan, t, *out, err);
 }
 
 /* Bytes of the prefill dequantization scratch: the largest quantized group
@@ -514,7 +513,10 @@ static int cuda_model_init(qc_model *m, const qc_load_opts *opts, qc_err *err)
     const qc_model_weights *w = &m->w;
     const int D = sh.D;
     double t_load = qc_now();
-    stage_open(&cm->stage);
+    cu_loader ld;
+    memset(&ld, 0, sizeof ld);
+    qc_load_plan_init(&ld.plan, QC_LOAD_CHUNK);
+    cm->ld = &ld;
     rc = upload_embed(cm, w->embed, &cm->embed, err);
     sh.tied = w->lm_head->weight == w->embed || (w->lm_head->weight && w->lm_head->weight->data == w->embed->data &&
                                                   w->embed->dtype == QC_DT_BF16);
@@ -563,9 +565,12 @@ static int cuda_model_init(qc_model *m, const qc_load_opts *opts, qc_err *err)
             if (!rc) rc = upload_fused(cm, dn, 1, &G->down, err);
         }
     }
+    cm->load_plan_s = qc_now() - t_load;
+    if (!rc) rc = loader_run(&ld, &cm->load_st, err);
     if (!rc && cudaStreamSynchronize(cm->st) != cudaSuccess)
         rc = qc_err_set(err, QC_EXIT_RUNTIME, "CUDA: uploading the weights failed");
-    stage_close(&cm->stage);
+    cm->ld = NULL;
+    loader_free(&ld);
     if (rc) {
         qc_cuda_model_free(cm);
         return rc;
@@ -804,6 +809,41 @@ int qc_cuda_model_synthetic(const qc_cuda_shape *sh, uint64_t seed, qc_cuda_mode
 }
 
 double qc_cuda_load_seconds(const qc_cuda_model *cm) { return cm->load_s; }
+
+void qc_cuda_load_report(const qc_cuda_model *cm, double *plan_s, qc_load_stats *st)
+{
+    *plan_s = cm->load_plan_s;
+    *st = cm->load_st;
+}
+
+int qc_cuda_h2d_bandwidth(double *bytes_per_s, qc_err *err)
+{
+    const size_t n = (size_t)256 << 20;
+    void *h = NULL, *d = NULL;
+    cudaEvent_t a = NULL, b = NULL;
+    *bytes_per_s = 0;
+    int rc = QC_OK;
+    if (cudaHostAlloc(&h, n, cudaHostAllocDefault) != cudaSuccess || cudaMalloc(&d, n) != cudaSuccess ||
+        cudaEventCreate(&a) != cudaSuccess || cudaEventCreate(&b) != cudaSuccess) {
+        cudaGetLastError();
+        rc = qc_err_set(err, QC_EXIT_RUNTIME, "CUDA: cannot set up the host-to-device bandwidth test");
+    }
+    if (!rc) {
+        memset(h, 1, n);
+        float ms = 0;
+        for (int rep = 0; rep < 2 && !rc; rep++) /* the first warms up */
+            if (cudaEventRecord(a, 0) != cudaSuccess || cudaMemcpyAsync(d, h, n, cudaMemcpyHostToDevice, 0) != cudaSuccess ||
+                cudaEventRecord(b, 0) != cudaSuccess || cudaEventSynchronize(b) != cudaSuccess ||
+                cudaEventElapsedTime(&ms, a, b) != cudaSuccess)
+                rc = qc_err_set(err, QC_EXIT_RUNTIME, "CUDA: host-to-device bandwidth test failed");
+        if (!rc && ms > 0) *bytes_per_s = (double)n / (ms * 1e-3);
+    }
+    if (a) cudaEventDestroy(a);
+    if (b) cudaEventDestroy(b);
+    if (d) cudaFree(d);
+    if (h) cudaFreeHost(h);
+    return rc;
+}
 uint64_t qc_cuda_scale_bytes(const qc_cuda_model *cm) { return cm->scale_bytes; }
 
 /* ---- session ---- */

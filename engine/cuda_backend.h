@@ -14,6 +14,7 @@
 #include <stdint.h>
 
 #include "backend.h"
+#include "cuda_load.h"
 #include "kernels.h"
 
 extern const qc_backend qc_cuda_backend;
@@ -47,6 +48,12 @@ int qc_cuda_model_synthetic_fmt(const qc_cuda_shape *sh, const char *fmt, uint64
                                 qc_err *err);
 /* Seconds the weight upload of a checkpoint load took (0 for synthetic). */
 double qc_cuda_load_seconds(const qc_cuda_model *cm);
+/* Where the load's time went: planning and device allocation (one thread),
+ * then the loader pool's run (cuda_load.h: threads, buffers, summed per-thread
+ * seconds of pre-faulting, repacking, waiting for the ring and queueing). */
+void qc_cuda_load_report(const qc_cuda_model *cm, double *plan_s, qc_load_stats *st);
+/* Pinned host -> device copy bandwidth (256 MiB, one stream). */
+int qc_cuda_h2d_bandwidth(double *bytes_per_s, qc_err *err);
 /* Device bytes of quantization scales (and g_idx permutations); the memory
  * report counts them inside their weight family. */
 uint64_t qc_cuda_scale_bytes(const qc_cuda_model *cm);

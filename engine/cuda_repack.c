@@ -44,6 +44,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cuda_repack.h"
 #include "dequant.h"
 #include "format.h"
 #include "quant.h"
@@ -150,19 +151,18 @@ static int pack_fail(const qc_linear *l, qc_err *err, const char *what)
                       l->name[0] ? l->name : "linear", qc_format_name(l->format), what);
 }
 
-static bool alloc_bufs(qk_qweight *q, qc_err *err, const char *name)
-{
-    q->w = q->w_bytes ? qc_calloc(1, q->w_bytes, err, name) : NULL;
-    q->s = q->s_bytes ? qc_calloc(1, q->s_bytes, err, name) : NULL;
-    q->perm = q->perm_bytes ? qc_calloc(1, q->perm_bytes, err, name) : NULL;
-    return (!q->w_bytes || q->w) && (!q->s_bytes || q->s) && (!q->perm_bytes || q->perm);
-}
+/* Packing is split in two so that a loader can run it on many threads, one
+ * range of output rows at a time (cuda_repack.h): qc_qweight_plan fixes the
+ * descriptor, the byte sizes and the small g_idx permutation on one thread;
+ * pack_*_rows then produce any row range of the weight and scale arrays
+ * independently, writing every byte of it (padding zeros included), so the
+ * result does not depend on how the rows were split or in which order. */
 
 /* ---- FP8 ------------------------------------------------------------------ */
 
-static int pack_fp8(const qc_linear *l, qk_qweight *q, qc_err *err)
+static int plan_fp8(const qc_linear *l, qk_qweight *q, qc_err *err)
 {
-    const int64_t N = l->n, K = l->k;
+    const int64_t K = l->k;
     if (l->weight->dtype != QC_DT_F8_E4M3)
         return pack_fail(l, err, "only E4M3 weights have a GPU kernel");
     q->kind = QK_QW_FP8;
@@ -182,12 +182,28 @@ static int pack_fp8(const qc_linear *l, qk_qweight *q, qc_err *err)
     int64_t nbn = ceil_div(q->n_pad, q->blk_n);
     q->w_bytes = (size_t)q->n_pad * (size_t)q->k_pad;
     q->s_bytes = (size_t)(nbn * q->nkb) * sizeof(float);
-    if (!alloc_bufs(q, err, l->name))
-        return err ? err->code : QC_EXIT_RUNTIME;
-    uint8_t *w = q->w;
+    return QC_OK;
+}
+
+static void fp8_w_rows(const qc_linear *l, const qk_qweight *q, int64_t r0, int64_t nr, uint8_t *w)
+{
+    const int64_t N = l->n, K = l->k;
     const uint8_t *src = l->weight->data;
-    for (int64_t n = 0; n < N; n++) memcpy(w + n * q->k_pad, src + n * K, (size_t)K);
-    float *s = q->s;
+    for (int64_t r = 0; r < nr; r++) {
+        uint8_t *row = w + r * q->k_pad;
+        const int64_t n = r0 + r;
+        int64_t have = n < N ? K : 0;
+        if (have)
+            memcpy(row, src + n * K, (size_t)K);
+        memset(row + have, 0, (size_t)(q->k_pad - have));
+    }
+}
+
+/* The whole scale grid (small: one float per block). */
+static void fp8_scales(const qc_linear *l, const qk_qweight *q, float *s)
+{
+    const int64_t N = l->n, K = l->k;
+    memset(s, 0, q->s_bytes);
     if (l->format == QC_FMT_FP8_BLOCK) {
         int64_t sbn = ceil_div(N, l->block_n), sbk = ceil_div(K, l->block_k);
         for (int64_t bn = 0; bn < sbn; bn++)
@@ -198,7 +214,6 @@ static int pack_fp8(const qc_linear *l, qk_qweight *q, qc_err *err)
     } else {
         for (int64_t n = 0; n < N; n++) s[n] = qc_tensor_get_f32(l->scale, n);
     }
-    return QC_OK;
 }
 
 /* ---- INT4 ----------------------------------------------------------------- */
@@ -245,12 +260,27 @@ static int64_t int4_zero(const qc_linear *l, int64_t n, int64_t g, int64_t ng)
     }
 }
 
+/* False when some zero point may fall outside 0..255 (then the plan checks
+ * them all, so that a file the layout cannot hold is refused before any row
+ * is packed): only unpacked compressed-tensors zeros and an unusual GPTQ
+ * zero bias can. */
+static bool int4_zeros_in_range(const qc_linear *l)
+{
+    if (!l->zeros || l->format == QC_FMT_AWQ)
+        return true;
+    if (l->format == QC_FMT_GPTQ)
+        return l->zero_bias >= 0 && l->zero_bias <= 240;
+    const qc_tensor *z = l->zeros;
+    return (z->dtype == QC_DT_I32 || z->dtype == QC_DT_U32) && z->ndim == 2 && z->shape[0] == ceil_div(l->n, 8) &&
+           (z->shape[0] != l->n || l->n == 1);
+}
+
 static int64_t int4_scale_index(const qc_linear *l, int64_t n, int64_t g, int64_t ng)
 {
     return l->format == QC_FMT_CT_INT ? n * ng + g : g * l->n + n;
 }
 
-static int pack_int4(const qc_linear *l, qk_qweight *q, qc_err *err)
+static int plan_int4(const qc_linear *l, qk_qweight *q, qc_err *err)
 {
     const int64_t N = l->n, K = l->k, ng = int4_ngroups(l);
     const int64_t G = l->group_size > 0 ? l->group_size : K;
@@ -266,20 +296,14 @@ static int pack_int4(const qc_linear *l, qk_qweight *q, qc_err *err)
         return pack_fail(l, err, "scales are not F16, BF16 or F32");
 
     /* Packed K: identity with group length G, or grouped segments for g_idx. */
-    int64_t *pos = NULL; /* original k -> packed position (g_idx only) */
     if (l->g_idx) {
         int64_t *cnt = qc_calloc((size_t)ng, sizeof *cnt, err, l->name);
-        pos = qc_malloc((size_t)K * sizeof *pos, err, l->name);
-        if (!cnt || !pos) {
-            free(cnt);
-            free(pos);
+        if (!cnt)
             return err ? err->code : QC_EXIT_RUNTIME;
-        }
         for (int64_t k = 0; k < K; k++) {
             int64_t g = tensor_i64(l->g_idx, k);
             if (g < 0 || g >= ng) {
                 free(cnt);
-                free(pos);
                 return pack_fail(l, err, "g_idx value outside the groups");
             }
             cnt[g]++;
@@ -296,9 +320,23 @@ static int pack_int4(const qc_linear *l, qk_qweight *q, qc_err *err)
         q->k_pad = (int)kp;
         q->group = 32;
         q->ngroups = (int)ng;
-        for (int64_t k = 0; k < K; k++) pos[k] = cnt[tensor_i64(l->g_idx, k)]++;
-        free(cnt);
         q->perm_bytes = (size_t)(q->k_pad + q->k_pad / 32) * sizeof(int32_t);
+        q->perm = qc_malloc(q->perm_bytes, err, l->name);
+        if (!q->perm) {
+            free(cnt);
+            return err ? err->code : QC_EXIT_RUNTIME;
+        }
+        /* perm[p]: the original k at packed position p (-1: padding);
+         * perm[k_pad + c]: the group of 32-position chunk c. */
+        int32_t *cg = q->perm + q->k_pad;
+        for (int64_t p = 0; p < q->k_pad; p++) q->perm[p] = -1;
+        for (int64_t c = 0; c < q->k_pad / 32; c++) cg[c] = 0;
+        for (int64_t k = 0; k < K; k++) {
+            int64_t g = tensor_i64(l->g_idx, k), p = cnt[g]++;
+            q->perm[p] = (int32_t)k;
+            cg[p / 32] = (int32_t)g;
+        }
+        free(cnt);
     } else {
         if (G < K && G % 32)
             return pack_fail(l, err, "int4 group size is not a multiple of 32");
@@ -309,21 +347,7 @@ static int pack_int4(const qc_linear *l, qk_qweight *q, qc_err *err)
     }
     q->w_bytes = (size_t)q->n_pad * (size_t)(q->k_pad / 8) * 4;
     q->s_bytes = (size_t)q->n_pad * (size_t)q->ngroups * 4;
-    if (!alloc_bufs(q, err, l->name)) {
-        free(pos);
-        return err ? err->code : QC_EXIT_RUNTIME;
-    }
-    if (pos) {
-        int32_t *cg = q->perm + q->k_pad; /* group of each 32-position chunk */
-        for (int64_t p = 0; p < q->k_pad; p++) q->perm[p] = -1;
-        for (int64_t c = 0; c < q->k_pad / 32; c++) cg[c] = 0;
-        for (int64_t k = 0; k < K; k++) {
-            q->perm[pos[k]] = (int32_t)k;
-            cg[pos[k] / 32] = (int32_t)tensor_i64(l->g_idx, k);
-        }
-    }
-    /* Scale/zero words; F32 scales must be exactly 16-bit values. */
-    uint32_t *sw = q->s;
+    /* F32 scales must be exactly 16-bit values (bf16 preferred). */
     if (sdt == QC_DT_F32) {
         bool bf_ok = true, f16_ok = true;
         for (int64_t i = 0; i < l->scale->numel && (bf_ok || f16_ok); i++) {
@@ -334,14 +358,27 @@ static int pack_int4(const qc_linear *l, qk_qweight *q, qc_err *err)
             if (f16_ok && !f32_to_f16_exact(v, &h))
                 f16_ok = false;
         }
-        if (!bf_ok && !f16_ok) {
-            free(pos);
-            qc_qweight_free_host(q);
+        if (!bf_ok && !f16_ok)
             return pack_fail(l, err, "F32 scales that are not exact 16-bit values");
-        }
         q->scale_f16 = !bf_ok;
     }
-    for (int64_t n = 0; n < N; n++) {
+    if (!int4_zeros_in_range(l))
+        for (int64_t n = 0; n < N; n++)
+            for (int64_t g = 0; g < q->ngroups && g < ng; g++) {
+                int64_t z = int4_zero(l, n, g, ng);
+                if (z < 0 || z > 255)
+                    return pack_fail(l, err, "zero point outside 0..255");
+            }
+    return QC_OK;
+}
+
+/* Scale/zero words of rows [r0, r0 + nr): s16 | zero << 16. */
+static int int4_s_rows(const qc_linear *l, const qk_qweight *q, int64_t r0, int64_t nr, uint32_t *sw, qc_err *err)
+{
+    const int64_t N = l->n, ng = int4_ngroups(l);
+    const qc_dtype sdt = l->scale->dtype;
+    memset(sw, 0, (size_t)(nr * q->ngroups) * 4);
+    for (int64_t n = r0; n < r0 + nr && n < N; n++) {
         for (int64_t g = 0; g < q->ngroups && g < ng; g++) {
             int64_t si = int4_scale_index(l, n, g, ng);
             uint32_t s16;
@@ -357,53 +394,62 @@ static int pack_int4(const qc_linear *l, qk_qweight *q, qc_err *err)
                 s16 = ld_u16(l->scale->data, si);
             }
             int64_t z = int4_zero(l, n, g, ng);
-            if (z < 0 || z > 255) {
-                free(pos);
-                qc_qweight_free_host(q);
+            if (z < 0 || z > 255) /* refused by the plan already; kept as a guard */
                 return pack_fail(l, err, "zero point outside 0..255");
-            }
-            sw[n * q->ngroups + g] = s16 | (uint32_t)z << 16;
+            sw[(n - r0) * q->ngroups + g] = s16 | (uint32_t)z << 16;
         }
     }
-    /* Weight words, natural nibble order along packed K. */
-    uint32_t *w = q->w;
-    const int64_t kw = q->k_pad / 8;
-    if (pos) {
-        for (int64_t n = 0; n < N; n++) {
-            uint32_t *row = w + n * kw;
-            for (int64_t k = 0; k < K; k++)
-                row[pos[k] / 8] |= int4_code(l, n, k) << (4 * (pos[k] % 8));
+    return QC_OK;
+}
+
+/* Weight words of rows [r0, r0 + nr), natural nibble order along packed K. */
+static void int4_w_rows(const qc_linear *l, const qk_qweight *q, int64_t r0, int64_t nr, uint32_t *w)
+{
+    const int64_t N = l->n, K = l->k, kw = q->k_pad / 8;
+    const int64_t r1 = r0 + nr < N ? r0 + nr : N; /* rows past N stay zero */
+    memset(w, 0, (size_t)(nr * kw) * 4);
+    if (q->perm) {
+        for (int64_t n = r0; n < r1; n++) {
+            uint32_t *row = w + (n - r0) * kw;
+            for (int64_t p = 0; p < q->k_pad; p++) {
+                int64_t k = q->perm[p];
+                if (k >= 0)
+                    row[p / 8] |= int4_code(l, n, k) << (4 * (p % 8));
+            }
         }
     } else if (l->format == QC_FMT_GPTQ && K % 8 == 0) {
         const void *d = l->weight->data; /* [K/8, N]: a transpose of words, in tiles */
         for (int64_t i0 = 0; i0 < K / 8; i0 += 64)
-            for (int64_t n0 = 0; n0 < N; n0 += 64)
-                for (int64_t n = n0; n < N && n < n0 + 64; n++)
-                    for (int64_t i = i0; i < K / 8 && i < i0 + 64; i++) w[n * kw + i] = ld_u32(d, i * N + n);
+            for (int64_t n0 = r0; n0 < r1; n0 += 64)
+                for (int64_t n = n0; n < r1 && n < n0 + 64; n++)
+                    for (int64_t i = i0; i < K / 8 && i < i0 + 64; i++)
+                        w[(n - r0) * kw + i] = ld_u32(d, i * N + n);
     } else if (l->format == QC_FMT_AWQ && K % 8 == 0) {
         /* [K, N/8] interleaved: an 8 (k) x 8 (n) nibble transpose per word column. */
         const void *d = l->weight->data;
-        const int64_t nw = N / 8;
+        const int64_t nw = N / 8, c0 = r0 / 8, c1 = ceil_div(r1, 8) < nw ? ceil_div(r1, 8) : nw;
         for (int64_t i = 0; i < K / 8; i++)
-            for (int64_t c = 0; c < nw; c++) {
+            for (int64_t c = c0; c < c1; c++) {
                 uint32_t in[8];
                 for (int j = 0; j < 8; j++) in[j] = ld_u32(d, (8 * i + j) * nw + c);
                 for (int t = 0; t < 8; t++) { /* column 8c + t sits in slot awq_slot[t] */
+                    const int64_t n = 8 * c + t;
+                    if (n < r0 || n >= r1)
+                        continue;
                     const int sh = 4 * awq_slot[t];
                     uint32_t o = 0;
                     for (int j = 0; j < 8; j++) o |= ((in[j] >> sh) & 15u) << (4 * j);
-                    w[(8 * c + t) * kw + i] = o;
+                    w[(n - r0) * kw + i] = o;
                 }
             }
     } else if (l->format == QC_FMT_CT_INT && K % 8 == 0) {
         const unsigned char *d = l->weight->data;
-        for (int64_t n = 0; n < N; n++) memcpy(w + n * kw, d + 4 * n * (K / 8), (size_t)(K / 8) * 4);
+        for (int64_t n = r0; n < r1; n++)
+            memcpy(w + (n - r0) * kw, d + 4 * n * (K / 8), (size_t)(K / 8) * 4);
     } else {
-        for (int64_t n = 0; n < N; n++)
-            for (int64_t k = 0; k < K; k++) w[n * kw + k / 8] |= int4_code(l, n, k) << (4 * (k % 8));
+        for (int64_t n = r0; n < r1; n++)
+            for (int64_t k = 0; k < K; k++) w[(n - r0) * kw + k / 8] |= int4_code(l, n, k) << (4 * (k % 8));
     }
-    free(pos);
-    return QC_OK;
 }
 
 /* ---- NVFP4 / MXFP4 -------------------------------------------------------- */
@@ -447,11 +493,10 @@ static void fp4_lut_build(void)
         }
 }
 
-static int pack_fp4(const qc_linear *l, qk_qweight *q, qc_err *err)
+static int plan_fp4(const qc_linear *l, qk_qweight *q, qc_err *err)
 {
-    const int64_t N = l->n, K = l->k;
     const bool mx = l->format == QC_FMT_MXFP4_CT;
-    const int64_t bs = mx ? 32 : 16, nb_src = ceil_div(K, bs), nb = q->k_pad / bs;
+    const int64_t bs = mx ? 32 : 16, nb = q->k_pad / bs;
     q->kind = mx ? QK_QW_MXFP4 : QK_QW_NVFP4;
     qc_dtype sdt = l->scale->dtype;
     if (mx ? (sdt != QC_DT_U8 && sdt != QC_DT_F8_E8M0) : sdt != QC_DT_F8_E4M3)
@@ -464,17 +509,22 @@ static int pack_fp4(const qc_linear *l, qk_qweight *q, qc_err *err)
     }
     q->w_bytes = (size_t)q->n_pad * (size_t)(q->k_pad / 8) * 4;
     q->s_bytes = (size_t)q->n_pad * (size_t)nb;
-    if (!alloc_bufs(q, err, l->name))
-        return err ? err->code : QC_EXIT_RUNTIME;
-    const uint8_t *src = l->weight->data, *ss = l->scale->data;
-    uint32_t *w = q->w;
-    uint8_t *s = q->s;
-    const int64_t kw = q->k_pad / 8;
+    return QC_OK;
+}
+
+static void fp4_w_rows(const qc_linear *l, const qk_qweight *q, int64_t r0, int64_t nr, uint32_t *w)
+{
+    const int64_t N = l->n, K = l->k, kw = q->k_pad / 8, full = K / 8; /* words with 8 real elements */
+    const uint8_t *src = l->weight->data;
     pthread_once(&fp4_lut_once, fp4_lut_build);
-    const int64_t full = K / 8; /* words with 8 real elements */
-    for (int64_t n = 0; n < N; n++) {
+    for (int64_t r = 0; r < nr; r++) {
+        const int64_t n = r0 + r;
+        uint32_t *out = w + r * kw;
+        if (n >= N) {
+            memset(out, 0, (size_t)kw * 4);
+            continue;
+        }
         const uint8_t *row = src + n * (K / 2);
-        uint32_t *out = w + n * kw;
         for (int64_t i = 0; i < full; i++) {
             const uint8_t *b = row + 4 * i;
             out[i] = fp4_lut[0][b[0]] | fp4_lut[1][b[1]] | fp4_lut[2][b[2]] | fp4_lut[3][b[3]];
@@ -487,32 +537,51 @@ static int pack_fp4(const qc_linear *l, qk_qweight *q, qc_err *err)
             }
             out[i] = fp4_shuffle(c);
         }
-        memcpy(s + n * nb, ss + n * nb_src, (size_t)nb_src);
     }
-    return QC_OK;
+}
+
+static void fp4_s_rows(const qc_linear *l, const qk_qweight *q, int64_t r0, int64_t nr, uint8_t *s)
+{
+    const bool mx = l->format == QC_FMT_MXFP4_CT;
+    const int64_t bs = mx ? 32 : 16, nb_src = ceil_div(l->k, bs), nb = q->k_pad / bs;
+    const uint8_t *ss = l->scale->data;
+    for (int64_t r = 0; r < nr; r++) {
+        const int64_t n = r0 + r;
+        int64_t have = n < l->n ? nb_src : 0;
+        if (have)
+            memcpy(s + r * nb, ss + n * nb_src, (size_t)nb_src);
+        memset(s + r * nb + have, 0, (size_t)(nb - have));
+    }
 }
 
 /* ---- BF16 ----------------------------------------------------------------- */
 
 /* BF16 rows padded like the others, so a 16-bit projection can join a fused
  * launch with quantized ones (GDN in_proj_a/b next to in_proj_qkv/z). */
-static int pack_bf16(const qc_linear *l, qk_qweight *q, qc_err *err)
+static int plan_bf16(const qc_linear *l, qk_qweight *q, qc_err *err)
 {
     if (l->weight->dtype != QC_DT_BF16)
         return pack_fail(l, err, "only BF16 weights (not F16/F32) have this layout");
     q->kind = QK_QW_BF16;
     q->w_bytes = (size_t)q->n_pad * (size_t)q->k_pad * 2;
-    if (!alloc_bufs(q, err, l->name))
-        return err ? err->code : QC_EXIT_RUNTIME;
-    const unsigned char *src = l->weight->data;
-    for (int64_t n = 0; n < l->n; n++)
-        memcpy((uint16_t *)q->w + n * q->k_pad, src + 2 * n * l->k, (size_t)l->k * 2);
     return QC_OK;
+}
+
+static void bf16_w_rows(const qc_linear *l, const qk_qweight *q, int64_t r0, int64_t nr, uint16_t *w)
+{
+    const unsigned char *src = l->weight->data;
+    for (int64_t r = 0; r < nr; r++) {
+        const int64_t n = r0 + r;
+        int64_t have = n < l->n ? l->k : 0;
+        if (have)
+            memcpy(w + r * q->k_pad, src + 2 * n * l->k, (size_t)l->k * 2);
+        memset(w + r * q->k_pad + have, 0, (size_t)(q->k_pad - have) * 2);
+    }
 }
 
 /* ---- entry points --------------------------------------------------------- */
 
-int qc_qweight_pack(const qc_linear *l, qk_qweight *q, qc_err *err)
+int qc_qweight_plan(const qc_linear *l, qk_qweight *q, qc_err *err)
 {
     memset(q, 0, sizeof *q);
     if (!qc_qweight_supported(l->format))
@@ -530,13 +599,68 @@ int qc_qweight_pack(const qc_linear *l, qk_qweight *q, qc_err *err)
     switch (l->format) {
     case QC_FMT_FP8_BLOCK:
     case QC_FMT_FP8_TENSOR:
-    case QC_FMT_FP8_CHANNEL: rc = pack_fp8(l, q, err); break;
+    case QC_FMT_FP8_CHANNEL: rc = plan_fp8(l, q, err); break;
     case QC_FMT_GPTQ:
     case QC_FMT_AWQ:
-    case QC_FMT_CT_INT: rc = pack_int4(l, q, err); break;
-    case QC_FMT_BF16: rc = pack_bf16(l, q, err); break;
-    default: rc = pack_fp4(l, q, err); break;
+    case QC_FMT_CT_INT: rc = plan_int4(l, q, err); break;
+    case QC_FMT_BF16: rc = plan_bf16(l, q, err); break;
+    default: rc = plan_fp4(l, q, err); break;
     }
+    if (rc) {
+        free(q->perm);
+        q->perm = NULL;
+    }
+    return rc;
+}
+
+size_t qc_qweight_row_bytes(const qk_qweight *q) { return q->n_pad ? q->w_bytes / (size_t)q->n_pad : 0; }
+
+size_t qc_qweight_srow_bytes(const qk_qweight *q)
+{
+    if (q->kind == QK_QW_FP8 || !q->n_pad)
+        return 0; /* one grid of blocks: packed whole */
+    return q->s_bytes / (size_t)q->n_pad;
+}
+
+int qc_qweight_pack_rows(const qc_linear *l, const qk_qweight *q, int what, int64_t r0, int64_t nr, void *dst,
+                         qc_err *err)
+{
+    if (r0 < 0 || nr < 0 || r0 + nr > q->n_pad)
+        return pack_fail(l, err, "row range outside the packed weight");
+    if (what == QC_QW_WEIGHT) {
+        switch (q->kind) {
+        case QK_QW_FP8: fp8_w_rows(l, q, r0, nr, dst); break;
+        case QK_QW_INT4: int4_w_rows(l, q, r0, nr, dst); break;
+        case QK_QW_BF16: bf16_w_rows(l, q, r0, nr, dst); break;
+        default: fp4_w_rows(l, q, r0, nr, dst); break;
+        }
+        return QC_OK;
+    }
+    switch (q->kind) {
+    case QK_QW_FP8:
+        if (r0 != 0 || nr != q->n_pad)
+            return pack_fail(l, err, "FP8 scales are packed whole");
+        fp8_scales(l, q, dst);
+        return QC_OK;
+    case QK_QW_INT4: return int4_s_rows(l, q, r0, nr, dst, err);
+    case QK_QW_BF16: return QC_OK;
+    default: fp4_s_rows(l, q, r0, nr, dst); return QC_OK;
+    }
+}
+
+int qc_qweight_pack(const qc_linear *l, qk_qweight *q, qc_err *err)
+{
+    int rc = qc_qweight_plan(l, q, err);
+    if (rc)
+        return rc;
+    q->w = q->w_bytes ? qc_malloc(q->w_bytes, err, l->name) : NULL;
+    q->s = q->s_bytes ? qc_malloc(q->s_bytes, err, l->name) : NULL;
+    if ((q->w_bytes && !q->w) || (q->s_bytes && !q->s))
+        rc = err ? err->code : QC_EXIT_RUNTIME;
+    if (!rc)
+        rc = qc_qweight_pack_rows(l, q, QC_QW_WEIGHT, 0, q->n_pad, q->w, err);
+    if (!rc && q->s_bytes)
+        rc = qc_qweight_pack_rows(l, q, QC_QW_SCALES, 0, q->n_pad, q->s, err);
     if (rc)
         qc_qweight_free_host(q);
     return rc;

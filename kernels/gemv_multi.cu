@@ -33,6 +33,9 @@ __global__ void __launch_bounds__(QG_THREADS, QG_MINB)
             if (p.perm) {
                 if (p.f16) qg_walk<qg_int4_step<true, true>>(p, row0, x, acc, c0, stride);
                 else qg_walk<qg_int4_step<false, true>>(p, row0, x, acc, c0, stride);
+            } else if (p.cpg % 4 == 0) { /* groups of 128, 256, ...: tensor cores */
+                if (p.f16) qg_walk_mma<qg_int4_mma_step<true>>(p, row0, x, acc, c0, stride);
+                else qg_walk_mma<qg_int4_mma_step<false>>(p, row0, x, acc, c0, stride);
             } else {
                 if (p.f16) qg_walk<qg_int4_step<true, false>>(p, row0, x, acc, c0, stride);
                 else qg_walk<qg_int4_step<false, false>>(p, row0, x, acc, c0, stride);

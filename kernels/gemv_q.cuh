@@ -14,10 +14,12 @@
  * No block-wide barrier when S = 1: warp shuffles reduce the rows.
  * Dequantization happens in registers, fp32 accumulate, x bf16, y fp32.
  *
- * Measured on the H100 (BENCHMARKS.md "Quantized GEMV (H100)"): bandwidth
- * is bound by instruction issue, not by loads in flight (splitting K or
- * prefetching more did not move it; fewer instructions per code did), so
- * the per-code instruction count of each body is what to cut next. */
+ * Measured on the H100 (BENCHMARKS.md "Quantized GEMV (H100)"): INT4 went
+ * from 47 to 54 % of copy bandwidth when its FFMA body fell from 4.4 to 3.1
+ * instructions per code, but the tensor-core body (qg_int4_mma_step, ~1.7
+ * per code) runs at the same 54 %: the remaining limit is not instruction
+ * issue. Suspects, untested: the load -> math -> load rhythm of each warp
+ * (no prefetch across iterations) and the grid's wave tail. */
 #ifndef QC_GEMV_Q_CUH
 #define QC_GEMV_Q_CUH
 
@@ -330,6 +332,140 @@ struct qg_bf16_step {
         }
     }
 };
+
+/* ---- tensor-core bodies (mma.sync m16n8k16, fp32 accumulate) ----
+ *
+ * The FFMA bodies above are bound by instruction issue; these hand the
+ * multiply-adds to the tensor cores and keep only the bit decoding on the
+ * ALUs. No layout change: lane (g, t) = (lane / 4, lane % 4) still holds its
+ * own 16-byte chunk of each of the QK_QROWS rows and puts rows (0, 1) or
+ * (2, 3) in A rows g and g + 8, its x values (the same k, in the same pair
+ * order) in column g of B. Only the diagonal D[g][g], D[g + 8][g] is used:
+ * it sums the four lanes of quad g (four consecutive chunks of the same two
+ * rows, since every chunk base is a multiple of 4), in any k order — the
+ * reduction does not care. The other 7/8 of each mma is wasted, which the
+ * tensor cores can afford. Lane (g, t) holds the diagonal when t == g / 2
+ * (register d[g & 1] / d[2 + (g & 1)]). All lanes run every mma (warp-wide
+ * instruction), so the walk is warp-uniform and lanes past the row end feed
+ * zeros. */
+__device__ __forceinline__ void qg_mma_bf16(float *d, const uint32_t *a, uint32_t b0, uint32_t b1)
+{
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ uint32_t qg_prmt(uint32_t a, uint32_t b, uint32_t sel)
+{
+    uint32_t d;
+    asm("prmt.b32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(sel));
+    return d;
+}
+
+/* (a - b) on bf16x2 words as b * -1 + a: exact here (small integers). */
+__device__ __forceinline__ uint32_t qg_bsub2(uint32_t a, uint32_t b)
+{
+    uint32_t d;
+    asm("fma.rn.bf16x2 %0, %1, %2, %3;" : "=r"(d) : "r"(b), "r"(0xbf80bf80u), "r"(a));
+    return d;
+}
+
+/* INT4 (groups a multiple of 128, no g_idx: a quad's four chunks share one
+ * group). Word j of a chunk gives the bf16 pairs (q_p, q_{p+4}) - z for
+ * p = 0..3: (w >> 4p) & 0x000f000f | 0x43004300 is 128 + q in each half
+ * (one LOP3 + one shift), minus 128 + z (one bf16x2 FMA, exact). x pairs in
+ * the same order are one PRMT of the raw bf16 words. Per chunk and row pair
+ * 8 mmas into a fresh D, then the group scale on the fp32 accumulator. */
+template <bool F16>
+struct qg_int4_mma_step {
+    uint4 w[QK_QROWS];
+    uint32_t m[QK_QROWS];
+    uint32_t xr[16];
+    __device__ __forceinline__ void load(const qg_part &p, int row0, const uint16_t *__restrict__ x, int c)
+    {
+        if (c < p.kc) {
+            const uint4 *wr = (const uint4 *)p.w + (size_t)row0 * p.kc + c;
+#pragma unroll
+            for (int r = 0; r < QK_QROWS; r++) w[r] = __ldcs(wr + (size_t)r * p.kc);
+            const uint32_t *sr = (const uint32_t *)p.s + (size_t)row0 * p.ng + c / p.cpg;
+#pragma unroll
+            for (int r = 0; r < QK_QROWS; r++) m[r] = __ldg(sr + (size_t)r * p.ng);
+            qg_load_xraw<32>(x, c * 32, p.k, xr);
+        } else {
+            /* Past the row end: zero weights, but the quad's group scale,
+             * since this lane may be the one that holds the quad's sum. */
+            const int cq = c & ~3;
+#pragma unroll
+            for (int r = 0; r < QK_QROWS; r++) {
+                w[r] = make_uint4(0u, 0u, 0u, 0u);
+                m[r] = cq < p.kc ? __ldg((const uint32_t *)p.s + (size_t)(row0 + r) * p.ng + cq / p.cpg) : 0u;
+            }
+#pragma unroll
+            for (int i = 0; i < 16; i++) xr[i] = 0u;
+        }
+    }
+    __device__ __forceinline__ void dot(const qg_part &, float *acc) const
+    {
+        uint32_t b[16]; /* b[4j + p]: x pair (8j + p, 8j + p + 4) */
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+#pragma unroll
+            for (int q = 0; q < 4; q++)
+                b[4 * j + q] = qg_prmt(xr[4 * j + (q >> 1)], xr[4 * j + 2 + (q >> 1)], (q & 1) ? 0x7632u : 0x5410u);
+        const int lane = (int)threadIdx.x & 31;
+        const bool hi = (lane >> 2) & 1;
+#pragma unroll
+        for (int rp = 0; rp < QK_QROWS; rp += 2) {
+            uint32_t zz[2];
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                const uint32_t z = 0x4300u + ((m[rp + h] >> 16) & 0xffu); /* bf16 128 + z (z <= 16: mantissa) */
+                zz[h] = z | (z << 16);
+            }
+            float d[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+            const uint32_t w0[4] = {w[rp].x, w[rp].y, w[rp].z, w[rp].w};
+            const uint32_t w1[4] = {w[rp + 1].x, w[rp + 1].y, w[rp + 1].z, w[rp + 1].w};
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+#pragma unroll
+                for (int q = 0; q < 4; q += 2) {
+                    uint32_t a[4];
+                    a[0] = qg_bsub2(((w0[j] >> (4 * q)) & 0x000f000fu) | 0x43004300u, zz[0]);
+                    a[1] = qg_bsub2(((w1[j] >> (4 * q)) & 0x000f000fu) | 0x43004300u, zz[1]);
+                    a[2] = qg_bsub2(((w0[j] >> (4 * q + 4)) & 0x000f000fu) | 0x43004300u, zz[0]);
+                    a[3] = qg_bsub2(((w1[j] >> (4 * q + 4)) & 0x000f000fu) | 0x43004300u, zz[1]);
+                    qg_mma_bf16(d, a, b[4 * j + q], b[4 * j + q + 1]);
+                }
+            }
+            const float d0 = hi ? d[1] : d[0], d1 = hi ? d[3] : d[2];
+            acc[rp] = fmaf(qg_int4_scale(m[rp], F16), d0, acc[rp]);
+            acc[rp + 1] = fmaf(qg_int4_scale(m[rp + 1], F16), d1, acc[rp + 1]);
+        }
+    }
+};
+
+/* Warp-uniform walk for the mma steps: chunks (c0 - lane) + lane, + stride,
+ * ...; a lane past the row end loads zeros but still runs the mmas. At the
+ * end only the diagonal lanes keep their sums (the others hold products of
+ * rows with another quad's x). */
+template <class STEP>
+__device__ __forceinline__ void qg_walk_mma(const qg_part &p, int row0, const uint16_t *__restrict__ x, float *acc,
+                                            int c0, int stride)
+{
+    const int lane = (int)threadIdx.x & 31;
+    for (int cb = c0 - lane; cb < p.kc; cb += 2 * stride) {
+        STEP a, b;
+        a.load(p, row0, x, cb + lane);
+        b.load(p, row0, x, cb + stride + lane);
+        a.dot(p, acc);
+        if (cb + stride < p.kc) b.dot(p, acc);
+    }
+    if ((lane & 3) != (lane >> 3)) {
+#pragma unroll
+        for (int r = 0; r < QK_QROWS; r++) acc[r] = 0.0f;
+    }
+}
 
 /* Chunks c0, c0 + stride, ... of rows row0 .. row0 + QK_QROWS - 1, two
  * chunks' loads issued before either's arithmetic. */

@@ -900,6 +900,14 @@ int main(void)
     build_ct(&p, "ct_k_odd8", 40, 100, 32, 0, 0);
     run_case("ct_int_sym_g32_40x100", &p);
     pub_free(&p);
+    /* INT4 g128 runs on the tensor cores: long K with few rows takes the
+     * split-K launch (several warps per row group) with a partial last step. */
+    build_ct(&p, "ct_sym_splitk", 40, 8200, 128, 0, 0);
+    run_case("ct_int_sym_g128_splitk_40x8200", &p);
+    pub_free(&p);
+    build_gptq(&p, "gptq_asym_splitk", 72, 4200, 128, 0, 0, 0);
+    run_case("gptq_v2_asym_g128_splitk_72x4200", &p);
+    pub_free(&p);
     /* NVFP4 (both global conventions) and MXFP4 */
     build_fp4(&p, "nvfp4_ct", QC_FMT_NVFP4_CT, 300, 200, 1234.567f);
     run_case("nvfp4_ct_300x200", &p);

@@ -6,15 +6,27 @@ attention, Gated DeltaNet with Hv/Hk = 2, zero-centred norms, tied embeddings),
 about 5 M parameters, trained from scratch on tools/demo_task.py's arithmetic
 with visible reasoning. Everything random derives from --seed.
 
+Training is bit-reproducible on one kind of machine: fixed seeds (python, numpy,
+torch), the data stream drawn from its own seeded RNG in one producer process,
+torch.use_deterministic_algorithms(True) with CUBLAS_WORKSPACE_CONFIG set before
+CUDA starts, eager attention (its backward is plain matmuls; SDPA's fused
+backward is not deterministic), and transformers' torch reference path for the
+Gated DeltaNet and its conv (the optional fla / causal-conv1d kernels are blocked).
+
 Reproduce the shipped model (on the GPU machine: torch 2.11, transformers 5.17):
-    python3 tools/train_demo.py --out demo/bf16 --seed 1234 --steps <N from demo/TRAINING.md>
-With --steps 0 the script measures its step time and picks the number of steps that
-fits --budget-s, and records it in the log so the run can be repeated exactly.
+    python3 tools/train_demo.py --out demo/bf16 --seed 1234 --steps <N from the README>
+With --steps 0 the script measures its step time during warm-up (steps 20-80,
+where the learning rate does not depend on the total yet) and picks the number of
+steps that fits --budget-s (at most --max-steps), records it in the log, and the
+run equals one with --steps N exactly. --steps-file shares that choice between
+concurrent runs (tools/demo_repro.sh): the first run to decide writes it, the
+others read it.
 
 Writes OUT/{config.json, model.safetensors, tokenizer.json, tokenizer_config.json,
 chat_template.jinja, generation_config.json, train_log.txt}.
 """
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -23,7 +35,17 @@ import shutil
 import sys
 import time
 
-import torch
+# cuBLAS reduces deterministically only with a fixed workspace, and reads this
+# when CUDA starts: it must be set before torch touches the GPU.
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+# The optional fast kernels (fla's Triton GDN, causal-conv1d) have no
+# determinism guarantee; blocking their import makes transformers use its torch
+# reference path whatever is installed.
+for _mod in ("fla", "causal_conv1d"):
+    sys.modules.setdefault(_mod, None)
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -81,6 +103,39 @@ def _producer(tok_path, seed, exclude, batch, q):
     while True:
         ids, lab = b(batch)
         q.put((ids.numpy(), lab.numpy()))
+
+
+def params_digest(model):
+    """sha256 of every parameter's bytes in name order (16 hex digits): logged
+    during training so two runs can be compared step by step."""
+    h = hashlib.sha256()
+    for k, p in model.named_parameters():
+        h.update(k.encode())
+        h.update(p.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def file_sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def shared_total(path, mine):
+    """The step count of concurrent runs: the first to decide links its choice
+    into place atomically; the others read it."""
+    tmp = f"{path}.{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(f"{mine}\n")
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        pass
+    finally:
+        os.unlink(tmp)
+    return int(open(path).read())
 
 
 def greedy(model, tok, prompts, device, max_new=160, stop=(402, 400)):
@@ -220,7 +275,12 @@ def main():
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--steps", type=int, default=0, help="0: fit --budget-s")
     ap.add_argument("--budget-s", type=float, default=300)
-    ap.add_argument("--batch", type=int, default=384)
+    ap.add_argument("--max-steps", type=int, default=1302, help="cap of --steps 0")
+    ap.add_argument("--steps-file", default="", help="share the --steps 0 choice")
+    ap.add_argument("--nondeterministic-ok", action="store_true",
+                    help="warn instead of failing on an op without a deterministic kernel")
+    ap.add_argument("--digest-every", type=int, default=100)
+    ap.add_argument("--batch", type=int, default=512)
     ap.add_argument("--lr", type=float, default=1.5e-3)
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--eval-n", type=int, default=200)
@@ -255,12 +315,17 @@ def main():
     ids = {a["content"]: a["id"] for a in j["added_tokens"]}
     assert ids["<|endoftext|>"] == 400 and ids["<|im_end|>"] == 402 and ids["</think>"] == 404, ids
 
-    torch.manual_seed(args.seed)
     random.seed(args.seed)
-    if args.device == "cuda":
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cuda.matmul.allow_tf32 = False
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)  # CPU and every CUDA device
+    torch.use_deterministic_algorithms(True, warn_only=args.nondeterministic_ok)
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    log(f"deterministic: algorithms {'warn-only' if args.nondeterministic_ok else 'strict'}, "
+        f"CUBLAS_WORKSPACE_CONFIG={os.environ.get('CUBLAS_WORKSPACE_CONFIG')}, eager attention, "
+        f"GDN torch path (fla/causal_conv1d blocked)")
     problems = demo_task.heldout(args.eval_n)
     exclude = demo_task.heldout_keys(args.eval_n)
     # batches come from a worker process started before CUDA is initialised,
@@ -272,7 +337,9 @@ def main():
         args=(os.path.join(tok_dir, "tokenizer.json"), args.seed + 1, exclude, args.batch, bq))
     worker.start()
     cfg = make_config()
+    cfg._attn_implementation = "eager"  # deterministic backward (see the docstring)
     model = Qwen3_5ForCausalLM(cfg).to(args.device)
+    assert model.config._attn_implementation == "eager", model.config._attn_implementation
     nparam = sum(p.numel() for p in model.parameters())
     log(f"parameters {nparam} ({nparam / 1e6:.2f} M)")
 
@@ -286,13 +353,18 @@ def main():
     step = 0
     ema = None
     t_probe = None
+    # the step count is chosen before warm-up ends, so that the learning rate of
+    # every step is the one a --steps N run gives it
+    assert total is not None or args.warmup > 80, "--steps 0 needs --warmup > 80"
     while total is None or step < total:
-        if total is None and step == 60:
+        if total is None and step == 20:
             t_probe = time.time()
-        if total is None and step == 160:
-            per = (time.time() - t_probe) / 100
-            total = max(step + 1, int(args.budget_s / per))
-            log(f"measured {per * 1000:.1f} ms/step: training for {total} steps")
+        if total is None and step == 80:
+            per = (time.time() - t_probe) / 60
+            mine = max(step + 1, min(args.max_steps, int(args.budget_s / per)))
+            total = shared_total(args.steps_file, mine) if args.steps_file else mine
+            log(f"measured {per * 1000:.1f} ms/step: training for {total} steps"
+                + (f" (this run chose {mine})" if total != mine else ""))
         lr_scale = min(1.0, (step + 1) / args.warmup)
         if total is not None and step >= args.warmup:
             frac = (step - args.warmup) / max(1, total - args.warmup)
@@ -314,6 +386,8 @@ def main():
         if step % 50 == 0 or step == 1:
             log(f"step {step} loss {li:.4f} ema {ema:.4f} lr {args.lr * lr_scale:.2e} "
                 f"t {time.time() - t0:.0f}s")
+        if args.digest_every and (step % args.digest_every == 0 or step == 1):
+            log(f"step {step} params {params_digest(model)}")
     worker.terminate()
     log(f"trained {step} steps in {time.time() - t0:.0f}s; reproduce with --steps {step}")
 
@@ -326,6 +400,7 @@ def main():
                 p.copy_(p.to(torch.bfloat16).float())
     save_checkpoint(model, cfg, tok_dir, args.out)
     shutil.rmtree(tok_dir)
+    log(f"model.safetensors sha256 {file_sha256(os.path.join(args.out, 'model.safetensors'))}")
     evaluate(model, tok, args.device, problems, log)
     log(f"total time {time.time() - t0:.0f}s")
 

@@ -16,9 +16,10 @@
 
 #define PREFILL_CHUNK 128 /* tokens between stop checks and progress updates */
 
-static void wake(worker *w)
+void worker_wake(worker *w)
 {
-    /* One pending byte is enough: the UI reads everything new when it wakes. */
+    /* One pending byte is enough: the UI reads everything new when it wakes.
+     * wake_pending true means "a byte is in the pipe or about to be". */
     if (!atomic_exchange(&w->wake_pending, true)) {
         char b = 1;
         ssize_t r = write(w->wake_fd[1], &b, 1);
@@ -28,10 +29,17 @@ static void wake(worker *w)
 
 void worker_drain_wake(worker *w)
 {
+    /* Empty the pipe first, clear the flag second. The other order loses
+     * wakeups for good: a worker_wake() between the clear and the read sets
+     * the flag and writes a byte, the read swallows that byte, and the flag
+     * stays set over an empty pipe, so every later wake skips its write and
+     * the UI never polls awake again (a reply frozen after its first token).
+     * In this order a wake that finds the flag still set has published its
+     * data before the caller takes the mutex, so nothing is missed. */
     char buf[64];
-    atomic_store(&w->wake_pending, false);
     while (read(w->wake_fd[0], buf, sizeof buf) > 0) {
     }
+    atomic_store(&w->wake_pending, false);
 }
 
 void worker_job_free(worker_job *job)
@@ -182,7 +190,7 @@ static void on_event(void *user, const qc_event *ev)
     w->live.prefill_done = pc->base + ev->done;
     w->live.prefill_total = pc->total;
     pthread_mutex_unlock(&w->mu);
-    wake(w);
+    worker_wake(w);
 }
 
 static void set_phase(worker *w, worker_phase ph)
@@ -193,7 +201,7 @@ static void set_phase(worker *w, worker_phase ph)
     if (ph == WPH_PREFILL)
         w->live.prefill_done = 0;
     pthread_mutex_unlock(&w->mu);
-    wake(w);
+    worker_wake(w);
 }
 
 /* Prefills ids in chunks, reporting progress and honouring stop. Returns 0,
@@ -218,7 +226,7 @@ static int prefill(worker *w, qc_session *s, const int32_t *ids, int n, qc_err *
         pthread_mutex_lock(&w->mu);
         w->live.prefill_done = i + k;
         pthread_mutex_unlock(&w->mu);
-        wake(w);
+        worker_wake(w);
     }
     qc_session_set_events(s, NULL, NULL);
     return rc;
@@ -497,7 +505,7 @@ static int job_generate(worker *w, worker_job *job, qc_err *err)
             L->user_stopped = stop;
         }
         pthread_mutex_unlock(&w->mu);
-        wake(w);
+        worker_wake(w);
         t_prev = t;
         if (piece.end || limit || stop)
             break;
@@ -643,7 +651,7 @@ static int compare_column(worker *w, const worker_job *job, int c, qc_err *err)
     pthread_mutex_lock(&w->mu);
     col->state = WCMP_RUNNING;
     pthread_mutex_unlock(&w->mu);
-    wake(w);
+    worker_wake(w);
     int rc = ensure_resident(w, ck, -1, err);
     if (rc)
         return rc;
@@ -714,7 +722,7 @@ static int compare_column(worker *w, const worker_job *job, int c, qc_err *err)
         col->n_answer = reply.n_answer;
         col->peak_mem = peak;
         pthread_mutex_unlock(&w->mu);
-        wake(w);
+        worker_wake(w);
         if (stop) {
             rc = -1;
             break;
@@ -775,7 +783,7 @@ static void on_drift_progress(void *user, int done, int n)
     w->live.prefill_done = done;
     w->live.prefill_total = n;
     pthread_mutex_unlock(&w->mu);
-    wake(w);
+    worker_wake(w);
 }
 
 /* Teacher-forced drift of the last reply: the reference and the checkpoint
@@ -931,7 +939,7 @@ static void *worker_main(void *arg)
         L->done_seq++;
         atomic_store(&w->stop, false);
         pthread_mutex_unlock(&w->mu);
-        wake(w);
+        worker_wake(w);
     }
     return NULL;
 }

@@ -168,6 +168,9 @@ void worker_set_live_drift(worker *w, int ref);
 void worker_shutdown(worker *w);
 /* Reads (and clears) the wake pipe. */
 void worker_drain_wake(worker *w);
+/* Worker side: makes wake_fd[0] readable unless a wake is already pending
+ * (call after publishing under mu). */
+void worker_wake(worker *w);
 /* Finds a checkpoint by family/label (case-insensitive), 1-based number or
  * directory; -1 when none. */
 int worker_find_ckpt(const worker *w, const char *spec);

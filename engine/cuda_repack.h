@@ -1,0 +1,40 @@
+/* cuda_repack.h — the row-range interface of the load-time repacking
+ * (engine/cuda_repack.c), for loaders that pack on many threads straight
+ * into staging buffers (engine/cuda_load.c). The whole-tensor entry points
+ * (qc_qweight_pack, qc_linear_to_qweight) are declared in kernels/quant.h
+ * and are built on these.
+ *
+ * Every function here is plain C and compiled in every build. */
+#ifndef QC_CUDA_REPACK_H
+#define QC_CUDA_REPACK_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "format.h"
+#include "quant.h"
+#include "util.h"
+
+enum { QC_QW_WEIGHT = 0, QC_QW_SCALES = 1 };
+
+/* Fills *q (w and s NULL) with the layout of l: kind, padding, groups, byte
+ * sizes. For int4 with g_idx it also builds the permutation in q->perm
+ * (malloc'ed: free(q->perm), or qc_qweight_free_host). Everything that can
+ * refuse a file (QC_EXIT_CHECKPOINT: a layout the kernels cannot hold) is
+ * checked here, before any row is packed. */
+int qc_qweight_plan(const qc_linear *l, qk_qweight *q, qc_err *err);
+
+/* Bytes of one packed weight row (w_bytes / n_pad), and of one row of scales,
+ * or 0 where the scales are one grid packed whole (FP8) or absent (BF16). */
+size_t qc_qweight_row_bytes(const qk_qweight *q);
+size_t qc_qweight_srow_bytes(const qk_qweight *q);
+
+/* Packs rows [r0, r0 + nr) of the weight (what = QC_QW_WEIGHT: nr x
+ * row_bytes) or of the scales (QC_QW_SCALES: nr x srow_bytes; FP8 only whole,
+ * r0 = 0 and nr = n_pad, s_bytes) into dst, every byte written (padding
+ * zero). Thread-safe; any split of the rows gives the same bytes as one call
+ * over all of them. */
+int qc_qweight_pack_rows(const qc_linear *l, const qk_qweight *q, int what, int64_t r0, int64_t nr, void *dst,
+                         qc_err *err);
+
+#endif
