@@ -12,6 +12,7 @@
 
 #include "cmd.h"
 #include "qchat.h"
+#include "st_write.h"
 
 static int usage(const char *msg)
 {
@@ -101,59 +102,41 @@ typedef struct out_tensor {
     int64_t rows, cols;
 } out_tensor;
 
-/* A safetensors file: u64 little-endian header length, JSON header padded
- * with spaces to a multiple of 8, then the raw little-endian data. */
+typedef struct score_body {
+    const out_tensor *t;
+    int n;
+} score_body;
+
+static int write_score_body(qc_stw_sink *s, void *ctx, qc_err *err)
+{
+    const score_body *b = ctx;
+    int rc = QC_OK;
+    for (int i = 0; !rc && i < b->n; i++) /* x86-64/arm64: little-endian floats */
+        rc = qc_stw_put_bytes(s, b->t[i].data, (size_t)(b->t[i].rows * b->t[i].cols) * 4, err);
+    return rc;
+}
+
+/* The tensors as F32 [rows, cols], written atomically through st_write. */
 static int write_safetensors(const char *path, const out_tensor *t, int n, qc_err *err)
 {
-    char hdr[2048];
-    size_t hl = 0;
-    uint64_t off = 0;
-    hl += (size_t)snprintf(hdr + hl, sizeof hdr - hl, "{\"__metadata__\":{\"format\":\"pt\"}");
+    qc_stw_entry e[2];
+    int64_t shapes[2][2];
+    if (n > 2)
+        return qc_err_set(err, QC_EXIT_RUNTIME, "%s: too many tensors", path);
     for (int i = 0; i < n; i++) {
-        uint64_t bytes = (uint64_t)t[i].rows * (uint64_t)t[i].cols * 4;
-        hl += (size_t)snprintf(hdr + hl, sizeof hdr - hl,
-                               ",\"%s\":{\"dtype\":\"F32\",\"shape\":[%lld,%lld],\"data_offsets\":[%llu,%llu]}",
-                               t[i].name, (long long)t[i].rows, (long long)t[i].cols,
-                               (unsigned long long)off, (unsigned long long)(off + bytes));
-        off += bytes;
+        shapes[i][0] = t[i].rows;
+        shapes[i][1] = t[i].cols;
+        e[i] = (qc_stw_entry){t[i].name, "F32", 2, shapes[i], t[i].rows * t[i].cols * 4};
     }
-    hl += (size_t)snprintf(hdr + hl, sizeof hdr - hl, "}");
-    while (hl % 8)
-        hdr[hl++] = ' ';
-
-    size_t pl = strlen(path);
-    char *tmp = malloc(pl + 16);
-    if (!tmp)
-        return qc_err_set(err, QC_EXIT_RUNTIME, "out of memory");
-    snprintf(tmp, pl + 16, "%s.tmp.XXXXXX", path);
-    int fd = mkstemp(tmp);
-    if (fd < 0) {
-        int rc = qc_err_set(err, QC_EXIT_RUNTIME, "%s: cannot create: %s", path, strerror(errno));
-        free(tmp);
-        return rc;
-    }
-    FILE *f = fdopen(fd, "wb");
-    uint8_t lenb[8];
-    for (int i = 0; i < 8; i++)
-        lenb[i] = (uint8_t)((uint64_t)hl >> (8 * i));
-    bool ok = f && fwrite(lenb, 1, 8, f) == 8 && fwrite(hdr, 1, hl, f) == hl;
-    for (int i = 0; ok && i < n; i++) {
-        size_t cnt = (size_t)(t[i].rows * t[i].cols);
-        ok = fwrite(t[i].data, sizeof(float), cnt, f) == cnt; /* x86-64/arm64: little-endian floats */
-    }
-    ok = ok && fflush(f) == 0 && fsync(fileno(f)) == 0;
-    if (f)
-        ok = (fclose(f) == 0) && ok;
-    else
-        close(fd);
-    if (!ok || rename(tmp, path) != 0) {
-        int rc = qc_err_set(err, QC_EXIT_RUNTIME, "%s: cannot write: %s", path, strerror(errno));
-        unlink(tmp);
-        free(tmp);
-        return rc;
-    }
-    free(tmp);
-    return QC_OK;
+    static const char *const meta[] = {"format", "pt", NULL};
+    size_t hl;
+    char *hdr = qc_stw_build_header(e, (size_t)n, meta, &hl, err);
+    if (!hdr)
+        return QC_EXIT_RUNTIME;
+    score_body b = {t, n};
+    int rc = qc_stw_write_file(path, hdr, hl, write_score_body, &b, err);
+    free(hdr);
+    return rc;
 }
 
 int cmd_score(int argc, char **argv)

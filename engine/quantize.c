@@ -18,6 +18,7 @@
 
 #include "format.h"
 #include "safetensors.h"
+#include "st_write.h"
 
 /* ------------------------------------------------------------------------ */
 /* scalar conversions                                                        */
@@ -451,65 +452,13 @@ static int pick_group(const qc_st *st)
 /* ------------------------------------------------------------------------ */
 /* writing                                                                   */
 
-typedef struct writer {
-    FILE *f;
-    const char *path;
-    int64_t written;
-} writer;
-
-static int wr(writer *w, const void *p, size_t n, qc_err *err)
-{
-    if (n && fwrite(p, 1, n, w->f) != n)
-        return qc_err_set(err, QC_EXIT_RUNTIME, "%s: write failed: %s", w->path, strerror(errno));
-    w->written += (int64_t)n;
-    return QC_OK;
-}
-
-static char *build_header(const plan *p, qc_err *err, size_t *len)
-{
-    cJSON *root = cJSON_CreateObject();
-    cJSON *meta = cJSON_AddObjectToObject(root, "__metadata__");
-    cJSON_AddStringToObject(meta, "format", "pt");
-    int64_t off = 0;
-    for (size_t i = 0; i < p->nouts; i++) {
-        const out_tensor *o = &p->outs[i];
-        cJSON *e = cJSON_AddObjectToObject(root, o->name);
-        cJSON_AddStringToObject(e, "dtype", o->dtype);
-        cJSON *sh = cJSON_AddArrayToObject(e, "shape");
-        for (int d = 0; d < o->ndim; d++)
-            cJSON_AddItemToArray(sh, cJSON_CreateNumber((double)o->shape[d]));
-        cJSON *of = cJSON_AddArrayToObject(e, "data_offsets");
-        cJSON_AddItemToArray(of, cJSON_CreateNumber((double)off));
-        cJSON_AddItemToArray(of, cJSON_CreateNumber((double)(off + o->nbytes)));
-        off += o->nbytes;
-    }
-    char *s = cJSON_PrintUnformatted(root);
-    cJSON_Delete(root);
-    if (!s) {
-        qc_err_set(err, QC_EXIT_RUNTIME, "out of memory building the safetensors header");
-        return NULL;
-    }
-    /* pad with spaces to a multiple of 8 so the data region is aligned */
-    size_t n = strlen(s), padded = (n + 7) & ~(size_t)7;
-    char *h = realloc(s, padded + 1);
-    if (!h) {
-        free(s);
-        qc_err_set(err, QC_EXIT_RUNTIME, "out of memory building the safetensors header");
-        return NULL;
-    }
-    memset(h + n, ' ', padded - n);
-    h[padded] = 0;
-    *len = padded;
-    return h;
-}
-
 typedef struct err_acc {
     double num, den, worst;
     char worst_name[200];
 } err_acc;
 
 /* Quantizes one Linear job and writes its tensors in plan order. */
-static int write_linear(writer *w, const job *j, qc_quant_to to, int group, err_acc *acc,
+static int write_linear(qc_stw_sink *w, const job *j, qc_quant_to to, int group, err_acc *acc,
                         qc_err *err)
 {
     int64_t n = j->n, k = j->k;
@@ -534,7 +483,8 @@ static int write_linear(writer *w, const job *j, qc_quant_to to, int group, err_
             for (int64_t cc = 0; cc < k; cc++)
                 dq[r * k + cc] = qc_e4m3_to_f32(q[r * k + cc]) *
                                  qc_bf16_to_f32(s[(r / 128) * kb + cc / 128]);
-        if ((rc = wr(w, a, (size_t)(n * k), err)) || (rc = wr(w, b, (size_t)(nb * kb) * 2, err)))
+        if ((rc = qc_stw_put_bytes(w, a, (size_t)(n * k), err)) ||
+            (rc = qc_stw_put_bytes(w, b, (size_t)(nb * kb) * 2, err)))
             goto done;
     } else if (to == QC_QUANT_INT4) {
         int64_t ng = k / group;
@@ -551,9 +501,9 @@ static int write_linear(writer *w, const job *j, qc_quant_to to, int group, err_
                 int q = (int)((qw[(kk / 8) * n + r] >> (4 * (kk % 8))) & 15);
                 dq[r * k + kk] = qc_f16_to_f32(s[(kk / group) * n + r]) * (float)(q - 8);
             }
-        if ((rc = wr(w, a, (size_t)(k / 8 * n) * 4, err)) ||
-            (rc = wr(w, b, (size_t)(ng * (n / 8)) * 4, err)) ||
-            (rc = wr(w, c, (size_t)(ng * n) * 2, err)))
+        if ((rc = qc_stw_put_bytes(w, a, (size_t)(k / 8 * n) * 4, err)) ||
+            (rc = qc_stw_put_bytes(w, b, (size_t)(ng * (n / 8)) * 4, err)) ||
+            (rc = qc_stw_put_bytes(w, c, (size_t)(ng * n) * 2, err)))
             goto done;
     } else {
         float gs;
@@ -570,8 +520,9 @@ static int write_linear(writer *w, const job *j, qc_quant_to to, int group, err_
                 dq[r * k + kk] =
                     e2m1_value(code) * (qc_e4m3_to_f32(sc[r * (k / 16) + kk / 16]) / gs);
             }
-        if ((rc = wr(w, &gs, 4, err)) || (rc = wr(w, a, (size_t)(n * k / 2), err)) ||
-            (rc = wr(w, b, (size_t)(n * k / 16), err)))
+        if ((rc = qc_stw_put_bytes(w, &gs, 4, err)) ||
+            (rc = qc_stw_put_bytes(w, a, (size_t)(n * k / 2), err)) ||
+            (rc = qc_stw_put_bytes(w, b, (size_t)(n * k / 16), err)))
             goto done;
     }
     double num = 0, den = 0;
@@ -597,41 +548,55 @@ done:
     return rc;
 }
 
+typedef struct model_body {
+    const plan *p;
+    qc_quant_to to;
+    int group;
+    err_acc *acc;
+    int64_t *bytes_out;
+} model_body;
+
+/* Streams the tensor data in plan order, quantizing one Linear at a time. */
+static int write_model_body(qc_stw_sink *w, void *ctx, qc_err *err)
+{
+    const model_body *m = ctx;
+    int64_t data0 = w->written;
+    int rc = QC_OK;
+    for (size_t i = 0; i < m->p->njobs && !rc; i++) {
+        const job *j = &m->p->jobs[i];
+        if (j->kind == JOB_COPY)
+            rc = qc_stw_put_bytes(w, j->src->data, j->src->nbytes, err);
+        else if (j->kind == JOB_KEEP)
+            rc = qc_stw_put_bytes(w, (const uint8_t *)j->src->data +
+                                         j->offset * qc_dtype_size(j->src->dtype),
+                                  (size_t)(j->n * j->k) * qc_dtype_size(j->src->dtype), err);
+        else
+            rc = write_linear(w, j, m->to, m->group, m->acc, err);
+    }
+    *m->bytes_out = w->written - data0;
+    return rc;
+}
+
+/* Writes path atomically: header from the plan's outputs, then the data. */
 static int write_model(const char *path, const plan *p, qc_quant_to to, int group, err_acc *acc,
                        int64_t *bytes_out, qc_err *err)
 {
+    qc_stw_entry *ents = qc_calloc(p->nouts ? p->nouts : 1, sizeof *ents, err, "header");
+    if (!ents)
+        return QC_EXIT_RUNTIME;
+    for (size_t i = 0; i < p->nouts; i++) {
+        const out_tensor *o = &p->outs[i];
+        ents[i] = (qc_stw_entry){o->name, o->dtype, o->ndim, o->shape, o->nbytes};
+    }
+    static const char *const meta[] = {"format", "pt", NULL};
     size_t hlen;
-    char *hdr = build_header(p, err, &hlen);
+    char *hdr = qc_stw_build_header(ents, p->nouts, meta, &hlen, err);
+    free(ents);
     if (!hdr)
         return QC_EXIT_RUNTIME;
-    writer w = {fopen(path, "wb"), path, 0};
-    if (!w.f) {
-        free(hdr);
-        return qc_err_set(err, QC_EXIT_RUNTIME, "%s: %s", path, strerror(errno));
-    }
-    uint8_t len8[8];
-    for (int i = 0; i < 8; i++)
-        len8[i] = (uint8_t)((uint64_t)hlen >> (8 * i));
-    int rc = wr(&w, len8, 8, err);
-    if (!rc)
-        rc = wr(&w, hdr, hlen, err);
+    model_body m = {p, to, group, acc, bytes_out};
+    int rc = qc_stw_write_file(path, hdr, hlen, write_model_body, &m, err);
     free(hdr);
-    int64_t data0 = w.written;
-    for (size_t i = 0; i < p->njobs && !rc; i++) {
-        const job *j = &p->jobs[i];
-        if (j->kind == JOB_COPY)
-            rc = wr(&w, j->src->data, j->src->nbytes, err);
-        else if (j->kind == JOB_KEEP)
-            rc = wr(&w, (const uint8_t *)j->src->data + j->offset * qc_dtype_size(j->src->dtype),
-                    (size_t)(j->n * j->k) * qc_dtype_size(j->src->dtype), err);
-        else
-            rc = write_linear(&w, j, to, group, acc, err);
-    }
-    if (!rc && (fflush(w.f) != 0 || fsync(fileno(w.f)) != 0))
-        rc = qc_err_set(err, QC_EXIT_RUNTIME, "%s: flush failed: %s", path, strerror(errno));
-    if (fclose(w.f) != 0 && !rc)
-        rc = qc_err_set(err, QC_EXIT_RUNTIME, "%s: close failed: %s", path, strerror(errno));
-    *bytes_out = w.written - data0;
     return rc;
 }
 
@@ -641,26 +606,10 @@ static int write_model(const char *path, const plan *p, qc_quant_to to, int grou
 static int write_text_atomic(const char *dir, const char *name, const char *text, qc_err *err)
 {
     char *path = qc_path_join(dir, name);
-    size_t n = strlen(path) + 5;
-    char *tmp = malloc(n);
-    if (!path || !tmp) {
-        free(path);
-        free(tmp);
+    if (!path)
         return qc_err_set(err, QC_EXIT_RUNTIME, "out of memory");
-    }
-    snprintf(tmp, n, "%s.tmp", path);
-    int rc = QC_OK;
-    FILE *f = fopen(tmp, "wb");
-    if (!f || fputs(text, f) < 0 || fflush(f) != 0 || fsync(fileno(f)) != 0)
-        rc = qc_err_set(err, QC_EXIT_RUNTIME, "%s: write failed: %s", tmp, strerror(errno));
-    if (f && fclose(f) != 0 && !rc)
-        rc = qc_err_set(err, QC_EXIT_RUNTIME, "%s: close failed: %s", tmp, strerror(errno));
-    if (!rc && rename(tmp, path) != 0)
-        rc = qc_err_set(err, QC_EXIT_RUNTIME, "%s: rename failed: %s", path, strerror(errno));
-    if (rc)
-        unlink(tmp);
+    int rc = qc_stw_write_file(path, text, strlen(text), NULL, NULL, err);
     free(path);
-    free(tmp);
     return rc;
 }
 
@@ -902,7 +851,7 @@ int qc_quantize_checkpoint(const char *src, const char *dst, const qc_quant_opts
     }
     plan p = {0};
     err_acc acc = {0};
-    char *mpath = NULL, *tmp = NULL;
+    char *mpath = NULL;
     if ((rc = plan_build(&p, st, opts->to, group, err)))
         goto done;
     for (size_t i = 0; i < p.njobs && !rc; i++) {
@@ -929,21 +878,12 @@ int qc_quantize_checkpoint(const char *src, const char *dst, const qc_quant_opts
     if ((rc = prepare_dst(dst, opts->force, err)))
         goto done;
     mpath = qc_path_join(dst, "model.safetensors");
-    tmp = mpath ? malloc(strlen(mpath) + 5) : NULL;
-    if (!tmp) {
+    if (!mpath) {
         rc = qc_err_set(err, QC_EXIT_RUNTIME, "out of memory");
         goto done;
     }
-    sprintf(tmp, "%s.tmp", mpath);
-    if ((rc = write_model(tmp, &p, opts->to, group, &acc, &rep->bytes_out, err))) {
-        unlink(tmp);
+    if ((rc = write_model(mpath, &p, opts->to, group, &acc, &rep->bytes_out, err)))
         goto done;
-    }
-    if (rename(tmp, mpath) != 0) {
-        rc = qc_err_set(err, QC_EXIT_RUNTIME, "%s: rename failed: %s", mpath, strerror(errno));
-        unlink(tmp);
-        goto done;
-    }
     if ((rc = write_config(src, dst, opts->to, group, st, &p, err)) ||
         (rc = copy_side_files(src, dst, err)))
         goto done;
@@ -955,7 +895,6 @@ int qc_quantize_checkpoint(const char *src, const char *dst, const qc_quant_opts
     snprintf(rep->worst, sizeof rep->worst, "%s", acc.worst_name);
 done:
     free(mpath);
-    free(tmp);
     free(p.jobs);
     free(p.outs);
     qc_st_free(st);

@@ -26,6 +26,7 @@
 #include <unistd.h>
 
 #include "quantize.h" /* qc_f32_to_f16 */
+#include "st_write.h"
 
 /* ------------------------------------------------------------------------ */
 /* formats and sizes                                                         */
@@ -257,7 +258,7 @@ typedef enum lin_kind { LK_ATTN, LK_GDN, LK_GDN_GATE, LK_MLP, LK_HEAD } lin_kind
 
 typedef struct syn_shard {
     char name[64];
-    char *header; /* padded JSON */
+    char *header; /* u64 length + padded JSON, as written */
     size_t header_len;
     int64_t data_bytes;
     size_t first, count; /* tensor range */
@@ -440,36 +441,20 @@ static void add_layer(qc_synth_plan *p, const char *lp, bool full, bool mtp)
 #undef PRE
 }
 
-static int64_t pad8(size_t n) { return (int64_t)((n + 7) & ~(size_t)7); }
-
+/* The shard's header (length prefix included); its tensors are contiguous
+ * from offset 0, as the plan laid them out. */
 static char *shard_header(const qc_synth_plan *p, const syn_shard *sh, size_t *len)
 {
-    cJSON *root = cJSON_CreateObject();
-    cJSON_AddStringToObject(cJSON_AddObjectToObject(root, "__metadata__"), "format", "pt");
-    for (size_t i = sh->first; i < sh->first + sh->count; i++) {
-        const syn_tensor *t = &p->t[i];
-        cJSON *e = cJSON_AddObjectToObject(root, t->name);
-        cJSON_AddStringToObject(e, "dtype", t->dtype);
-        cJSON *a = cJSON_AddArrayToObject(e, "shape");
-        for (int d = 0; d < t->ndim; d++)
-            cJSON_AddItemToArray(a, cJSON_CreateNumber((double)t->shape[d]));
-        a = cJSON_AddArrayToObject(e, "data_offsets");
-        cJSON_AddItemToArray(a, cJSON_CreateNumber((double)t->off));
-        cJSON_AddItemToArray(a, cJSON_CreateNumber((double)(t->off + t->nbytes)));
-    }
-    char *s = cJSON_PrintUnformatted(root);
-    cJSON_Delete(root);
-    if (!s)
+    qc_stw_entry *e = calloc(sh->count ? sh->count : 1, sizeof *e);
+    if (!e)
         return NULL;
-    size_t n = strlen(s), padded = (size_t)pad8(n); /* data region 8-aligned */
-    char *h = realloc(s, padded + 1);
-    if (!h) {
-        free(s);
-        return NULL;
+    for (size_t i = 0; i < sh->count; i++) {
+        const syn_tensor *t = &p->t[sh->first + i];
+        e[i] = (qc_stw_entry){t->name, t->dtype, t->ndim, t->shape, t->nbytes};
     }
-    memset(h + n, ' ', padded - n);
-    h[padded] = 0;
-    *len = padded;
+    static const char *const meta[] = {"format", "pt", NULL};
+    char *h = qc_stw_build_header(e, sh->count, meta, len, NULL);
+    free(e);
     return h;
 }
 
@@ -553,7 +538,7 @@ int qc_synth_plan_build(const qc_synth_opts *o, qc_synth_plan **out, qc_err *err
             qc_synth_plan_free(p);
             return qc_err_set(err, QC_EXIT_RUNTIME, "out of memory building headers");
         }
-        p->file_bytes += 8 + (int64_t)sh->header_len + sh->data_bytes;
+        p->file_bytes += (int64_t)sh->header_len + sh->data_bytes;
     }
     p->err = NULL;
     *out = p;
@@ -578,7 +563,7 @@ size_t qc_synth_plan_shard_count(const qc_synth_plan *p) { return p->nsh; }
 const char *qc_synth_plan_shard_name(const qc_synth_plan *p, size_t i) { return p->sh[i].name; }
 int64_t qc_synth_plan_shard_file_bytes(const qc_synth_plan *p, size_t i)
 {
-    return 8 + (int64_t)p->sh[i].header_len + p->sh[i].data_bytes;
+    return (int64_t)p->sh[i].header_len + p->sh[i].data_bytes;
 }
 size_t qc_synth_plan_shard_tensors(const qc_synth_plan *p, size_t i) { return p->sh[i].count; }
 
@@ -1249,24 +1234,18 @@ static int write_shards(const qc_synth_plan *p, const char *dir, qc_err *err)
         int64_t foff = 0;
         size_t pos = 0;
         /* item 0 is the 8-byte length + JSON header, then the tensors in order */
-        uint8_t *hdr = malloc(8 + sh->header_len);
-        if (!hdr || !pipe_acquire(&w, b)) {
-            if (!hdr)
-                rc = qc_err_set(err, QC_EXIT_RUNTIME, "out of memory");
-            free(hdr);
+        const char *hdr = sh->header;
+        if (!pipe_acquire(&w, b)) {
             close(fd);
             break;
         }
-        for (int i = 0; i < 8; i++)
-            hdr[i] = (uint8_t)((uint64_t)sh->header_len >> (8 * i));
-        memcpy(hdr + 8, sh->header, sh->header_len);
         size_t nitems = sh->count + 1;
         for (size_t it = 0; it < nitems && !rc; it++) {
             const syn_tensor *t = it ? &p->t[sh->first + it - 1] : NULL;
             gen_state gs;
             if (t)
                 gen_init(&gs, t, seed);
-            int64_t left = t ? t->nbytes : (int64_t)(8 + sh->header_len), src = 0;
+            int64_t left = t ? t->nbytes : (int64_t)sh->header_len, src = 0;
             while (left > 0) {
                 size_t take = cap - pos;
                 if ((int64_t)take > left)
@@ -1293,7 +1272,6 @@ static int write_shards(const qc_synth_plan *p, const char *dir, qc_err *err)
                 }
             }
         }
-        free(hdr);
         if (!rc && !handed) {
             pipe_submit(&w, (wjob){fd, foff, pos, b, true, paths[si]});
             handed = true;
