@@ -636,7 +636,10 @@ static void draw_vram(app *a)
     for (int k = 0; k <= QC_MEM_W_OTHER; k++)
         if (m->bytes[k]) {
             meter_fmt_bytes(m->bytes[k], t, sizeof t);
-            o += (size_t)snprintf(buf + o, sizeof buf - o, "%s%s %s", first ? "" : ", ", fam_name[k], t);
+            /* The CPU engine keeps float32 copies of dequantized weights; they are
+             * what W_OTHER holds there (qchat.h), so name them. */
+            const char *fam = k == QC_MEM_W_OTHER && !strncmp(a->device, "cpu", 3) ? "f32 copies" : fam_name[k];
+            o += (size_t)snprintf(buf + o, sizeof buf - o, "%s%s %s", first ? "" : ", ", fam, t);
             first = 0;
         }
     static const char *const rest_long[] = {"KV", "GDN state", "scratch", "runtime", "free"};
