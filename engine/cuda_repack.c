@@ -57,18 +57,6 @@
 static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 static int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
 
-static inline uint32_t ld_u32(const void *base, int64_t i)
-{
-    uint32_t v;
-    memcpy(&v, (const unsigned char *)base + 4 * i, 4);
-    return v;
-}
-static inline uint16_t ld_u16(const void *base, int64_t i)
-{
-    uint16_t v;
-    memcpy(&v, (const unsigned char *)base + 2 * i, 2);
-    return v;
-}
 
 static int64_t tensor_i64(const qc_tensor *t, int64_t i)
 {
@@ -76,10 +64,10 @@ static int64_t tensor_i64(const qc_tensor *t, int64_t i)
     switch (t->dtype) {
     case QC_DT_U8: return d[i];
     case QC_DT_I8: return (int8_t)d[i];
-    case QC_DT_U16: return ld_u16(d, i);
-    case QC_DT_I16: return (int16_t)ld_u16(d, i);
-    case QC_DT_U32: return ld_u32(d, i);
-    case QC_DT_I32: return (int32_t)ld_u32(d, i);
+    case QC_DT_U16: return qc_ld_u16(d, i);
+    case QC_DT_I16: return (int16_t)qc_ld_u16(d, i);
+    case QC_DT_U32: return qc_ld_u32(d, i);
+    case QC_DT_I32: return (int32_t)qc_ld_u32(d, i);
     case QC_DT_U64:
     case QC_DT_I64: {
         int64_t v;
@@ -225,9 +213,9 @@ static inline uint32_t int4_code(const qc_linear *l, int64_t n, int64_t k)
 {
     const void *d = l->weight->data;
     switch (l->format) {
-    case QC_FMT_GPTQ: return (ld_u32(d, (k / 8) * l->n + n) >> (4 * (k % 8))) & 15u;
-    case QC_FMT_AWQ: return (ld_u32(d, k * (l->n / 8) + n / 8) >> (4 * awq_slot[n % 8])) & 15u;
-    default: return (ld_u32(d, n * ceil_div(l->k, 8) + k / 8) >> (4 * (k % 8))) & 15u;
+    case QC_FMT_GPTQ: return (qc_ld_u32(d, (k / 8) * l->n + n) >> (4 * (k % 8))) & 15u;
+    case QC_FMT_AWQ: return (qc_ld_u32(d, k * (l->n / 8) + n / 8) >> (4 * awq_slot[n % 8])) & 15u;
+    default: return (qc_ld_u32(d, n * ceil_div(l->k, 8) + k / 8) >> (4 * (k % 8))) & 15u;
     }
 }
 
@@ -245,9 +233,9 @@ static int64_t int4_zero(const qc_linear *l, int64_t n, int64_t g, int64_t ng)
     case QC_FMT_GPTQ:
         if (!z)
             return 8;
-        return (int64_t)((ld_u32(z->data, g * z->shape[1] + n / 8) >> (4 * (n % 8))) & 15u) +
+        return (int64_t)((qc_ld_u32(z->data, g * z->shape[1] + n / 8) >> (4 * (n % 8))) & 15u) +
                l->zero_bias;
-    case QC_FMT_AWQ: return (ld_u32(z->data, g * (l->n / 8) + n / 8) >> (4 * awq_slot[n % 8])) & 15u;
+    case QC_FMT_AWQ: return (qc_ld_u32(z->data, g * (l->n / 8) + n / 8) >> (4 * awq_slot[n % 8])) & 15u;
     default:
         if (!z)
             return 8;
@@ -255,7 +243,7 @@ static int64_t int4_zero(const qc_linear *l, int64_t n, int64_t g, int64_t ng)
          * one signed value per [n, g] (dequant.c's ct_zeros_packed rule). */
         if ((z->dtype == QC_DT_I32 || z->dtype == QC_DT_U32) && z->ndim == 2 &&
             z->shape[0] == ceil_div(l->n, 8) && (z->shape[0] != l->n || l->n == 1))
-            return (ld_u32(z->data, (n / 8) * ng + g) >> (4 * (n % 8))) & 15u;
+            return (qc_ld_u32(z->data, (n / 8) * ng + g) >> (4 * (n % 8))) & 15u;
         return tensor_i64(z, n * ng + g) + 8;
     }
 }
@@ -391,7 +379,7 @@ static int int4_s_rows(const qc_linear *l, const qk_qweight *q, int64_t r0, int6
                     h = qc_f32_to_bf16(v);
                 s16 = h;
             } else {
-                s16 = ld_u16(l->scale->data, si);
+                s16 = qc_ld_u16(l->scale->data, si);
             }
             int64_t z = int4_zero(l, n, g, ng);
             if (z < 0 || z > 255) /* refused by the plan already; kept as a guard */
@@ -423,7 +411,7 @@ static void int4_w_rows(const qc_linear *l, const qk_qweight *q, int64_t r0, int
             for (int64_t n0 = r0; n0 < r1; n0 += 64)
                 for (int64_t n = n0; n < r1 && n < n0 + 64; n++)
                     for (int64_t i = i0; i < K / 8 && i < i0 + 64; i++)
-                        w[(n - r0) * kw + i] = ld_u32(d, i * N + n);
+                        w[(n - r0) * kw + i] = qc_ld_u32(d, i * N + n);
     } else if (l->format == QC_FMT_AWQ && K % 8 == 0) {
         /* [K, N/8] interleaved: an 8 (k) x 8 (n) nibble transpose per word column. */
         const void *d = l->weight->data;
@@ -431,7 +419,7 @@ static void int4_w_rows(const qc_linear *l, const qk_qweight *q, int64_t r0, int
         for (int64_t i = 0; i < K / 8; i++)
             for (int64_t c = c0; c < c1; c++) {
                 uint32_t in[8];
-                for (int j = 0; j < 8; j++) in[j] = ld_u32(d, (8 * i + j) * nw + c);
+                for (int j = 0; j < 8; j++) in[j] = qc_ld_u32(d, (8 * i + j) * nw + c);
                 for (int t = 0; t < 8; t++) { /* column 8c + t sits in slot awq_slot[t] */
                     const int64_t n = 8 * c + t;
                     if (n < r0 || n >= r1)

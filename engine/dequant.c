@@ -44,24 +44,6 @@ static void lut_build(void)
 }
 static void lut_init(void) { pthread_once(&lut_once, lut_build); }
 
-static inline uint16_t ld_u16(const void *base, int64_t i)
-{
-    uint16_t v;
-    memcpy(&v, (const unsigned char *)base + 2 * i, 2);
-    return v;
-}
-static inline uint32_t ld_u32(const void *base, int64_t i)
-{
-    uint32_t v;
-    memcpy(&v, (const unsigned char *)base + 4 * i, 4);
-    return v;
-}
-static inline uint64_t ld_u64(const void *base, int64_t i)
-{
-    uint64_t v;
-    memcpy(&v, (const unsigned char *)base + 8 * i, 8);
-    return v;
-}
 static inline uint8_t ld_u8(const void *base, int64_t i) { return ((const uint8_t *)base)[i]; }
 
 /* Inline twins of util.c's converters (same results) for the inner loops. */
@@ -92,16 +74,16 @@ float qc_tensor_get_f32(const qc_tensor *t, int64_t i)
 {
     const void *d = t->data;
     switch (t->dtype) {
-    case QC_DT_BF16: return qc_bf16_to_f32(ld_u16(d, i));
-    case QC_DT_F16: return qc_f16_to_f32(ld_u16(d, i));
+    case QC_DT_BF16: return qc_bf16_to_f32(qc_ld_u16(d, i));
+    case QC_DT_F16: return qc_f16_to_f32(qc_ld_u16(d, i));
     case QC_DT_F32: {
-        uint32_t u = ld_u32(d, i);
+        uint32_t u = qc_ld_u32(d, i);
         float f;
         memcpy(&f, &u, 4);
         return f;
     }
     case QC_DT_F64: {
-        uint64_t u = ld_u64(d, i);
+        uint64_t u = qc_ld_u64(d, i);
         double f;
         memcpy(&f, &u, 8);
         return (float)f;
@@ -112,12 +94,12 @@ float qc_tensor_get_f32(const qc_tensor *t, int64_t i)
     case QC_DT_BOOL:
     case QC_DT_U8: return (float)ld_u8(d, i);
     case QC_DT_I8: return (float)(int8_t)ld_u8(d, i);
-    case QC_DT_U16: return (float)ld_u16(d, i);
-    case QC_DT_I16: return (float)(int16_t)ld_u16(d, i);
-    case QC_DT_U32: return (float)ld_u32(d, i);
-    case QC_DT_I32: return (float)(int32_t)ld_u32(d, i);
-    case QC_DT_U64: return (float)ld_u64(d, i);
-    case QC_DT_I64: return (float)(int64_t)ld_u64(d, i);
+    case QC_DT_U16: return (float)qc_ld_u16(d, i);
+    case QC_DT_I16: return (float)(int16_t)qc_ld_u16(d, i);
+    case QC_DT_U32: return (float)qc_ld_u32(d, i);
+    case QC_DT_I32: return (float)(int32_t)qc_ld_u32(d, i);
+    case QC_DT_U64: return (float)qc_ld_u64(d, i);
+    case QC_DT_I64: return (float)(int64_t)qc_ld_u64(d, i);
     default: return NAN;
     }
 }
@@ -129,12 +111,12 @@ static int64_t tensor_get_i64(const qc_tensor *t, int64_t i)
     switch (t->dtype) {
     case QC_DT_U8: return ld_u8(d, i);
     case QC_DT_I8: return (int8_t)ld_u8(d, i);
-    case QC_DT_U16: return ld_u16(d, i);
-    case QC_DT_I16: return (int16_t)ld_u16(d, i);
-    case QC_DT_U32: return ld_u32(d, i);
-    case QC_DT_I32: return (int32_t)ld_u32(d, i);
-    case QC_DT_U64: return (int64_t)ld_u64(d, i);
-    case QC_DT_I64: return (int64_t)ld_u64(d, i);
+    case QC_DT_U16: return qc_ld_u16(d, i);
+    case QC_DT_I16: return (int16_t)qc_ld_u16(d, i);
+    case QC_DT_U32: return qc_ld_u32(d, i);
+    case QC_DT_I32: return (int32_t)qc_ld_u32(d, i);
+    case QC_DT_U64: return (int64_t)qc_ld_u64(d, i);
+    case QC_DT_I64: return (int64_t)qc_ld_u64(d, i);
     default: return -1;
     }
 }
@@ -146,10 +128,10 @@ static void load_f32_run(const qc_tensor *t, int64_t off, int64_t n, float *dst)
     switch (t->dtype) {
     case QC_DT_F32: memcpy(dst, d + 4 * off, (size_t)n * 4); return;
     case QC_DT_BF16:
-        for (int64_t j = 0; j < n; j++) dst[j] = bf16_f32(ld_u16(d, off + j));
+        for (int64_t j = 0; j < n; j++) dst[j] = bf16_f32(qc_ld_u16(d, off + j));
         return;
     case QC_DT_F16:
-        for (int64_t j = 0; j < n; j++) dst[j] = f16_f32(ld_u16(d, off + j));
+        for (int64_t j = 0; j < n; j++) dst[j] = f16_f32(qc_ld_u16(d, off + j));
         return;
     case QC_DT_F8_E4M3:
         for (int64_t j = 0; j < n; j++) dst[j] = lut_e4m3[d[off + j]];
@@ -167,8 +149,8 @@ static void load_f32_run(const qc_tensor *t, int64_t off, int64_t n, float *dst)
 static inline float scale_at(const qc_tensor *t, int64_t i)
 {
     switch (t->dtype) {
-    case QC_DT_BF16: return bf16_f32(ld_u16(t->data, i));
-    case QC_DT_F16: return f16_f32(ld_u16(t->data, i));
+    case QC_DT_BF16: return bf16_f32(qc_ld_u16(t->data, i));
+    case QC_DT_F16: return f16_f32(qc_ld_u16(t->data, i));
     case QC_DT_F8_E4M3: return lut_e4m3[ld_u8(t->data, i)];
     default: return qc_tensor_get_f32(t, i);
     }
@@ -287,7 +269,7 @@ static void dq_gptq(const qc_linear *l, int64_t row0, int64_t nr, float *out)
         float *o = out + r * K;
         for (int64_t g = 0; g < gr.ng; g++) {
             gr.s[g] = scale_at(l->scale, g * N + n);
-            gr.z[g] = l->zeros ? (int32_t)((ld_u32(l->zeros->data, g * zw + n / pf) >>
+            gr.z[g] = l->zeros ? (int32_t)((qc_ld_u32(l->zeros->data, g * zw + n / pf) >>
                                             (bits * (n % pf))) & mask) + l->zero_bias
                                : 1 << (bits - 1); /* symmetric without stored zeros */
         }
@@ -296,12 +278,12 @@ static void dq_gptq(const qc_linear *l, int64_t row0, int64_t nr, float *out)
                 int_lut(gr.s[g], gr.z[g], bits, val);
                 int64_t i1 = ((g + 1) * G < K ? (g + 1) * G : K) / pf;
                 for (int64_t i = g * G / pf; i < i1; i++) {
-                    uint32_t w = ld_u32(qw, i * N + n);
+                    uint32_t w = qc_ld_u32(qw, i * N + n);
                     for (int j = 0; j < pf; j++) o[i * pf + j] = val[(w >> (bits * j)) & mask];
                 }
             }
         } else {
-            DQ_ROW_GENERIC((ld_u32(qw, (k / pf) * N + n) >> (bits * (k % pf))) & mask);
+            DQ_ROW_GENERIC((qc_ld_u32(qw, (k / pf) * N + n) >> (bits * (k % pf))) & mask);
         }
     }
     grp_free(&gr);
@@ -328,12 +310,12 @@ static void dq_awq(const qc_linear *l, int64_t row0, int64_t nr, float *out)
             o[t] = out + (n0 + t - row0) * K;
         }
         for (int64_t g = 0; g * G < K; g++) {
-            uint32_t zword = ld_u32(l->zeros->data, g * nw + c);
+            uint32_t zword = qc_ld_u32(l->zeros->data, g * nw + c);
             for (int t = 0; t < cnt; t++)
                 int_lut(scale_at(l->scale, g * N + n0 + t), (int32_t)((zword >> sh[t]) & 15u), 4, val[t]);
             int64_t k1 = (g + 1) * G < K ? (g + 1) * G : K;
             for (int64_t k = g * G; k < k1; k++) {
-                uint32_t w = ld_u32(qw, k * nw + c);
+                uint32_t w = qc_ld_u32(qw, k * nw + c);
                 for (int t = 0; t < cnt; t++) o[t][k] = val[t][(w >> sh[t]) & 15u];
             }
         }
@@ -379,7 +361,7 @@ static void dq_ct_int(const qc_linear *l, int64_t row0, int64_t nr, float *out)
             if (!l->zeros)
                 gr.z[g] = off;
             else if (packed)
-                gr.z[g] = (int32_t)((ld_u32(l->zeros->data, (n / pf) * gr.ng + g) >> (bits * (n % pf))) &
+                gr.z[g] = (int32_t)((qc_ld_u32(l->zeros->data, (n / pf) * gr.ng + g) >> (bits * (n % pf))) &
                                     mask);
             else
                 gr.z[g] = (int32_t)tensor_get_i64(l->zeros, n * gr.ng + g) + off;
@@ -389,12 +371,12 @@ static void dq_ct_int(const qc_linear *l, int64_t row0, int64_t nr, float *out)
                 int_lut(gr.s[g], gr.z[g], bits, val);
                 int64_t i1 = ((g + 1) * G < K ? (g + 1) * G : K) / pf;
                 for (int64_t i = g * G / pf; i < i1; i++) {
-                    uint32_t w = ld_u32(wr, i);
+                    uint32_t w = qc_ld_u32(wr, i);
                     for (int j = 0; j < pf; j++) o[i * pf + j] = val[(w >> (bits * j)) & mask];
                 }
             }
         } else {
-            DQ_ROW_GENERIC((ld_u32(wr, k / pf) >> (bits * (k % pf))) & mask);
+            DQ_ROW_GENERIC((qc_ld_u32(wr, k / pf) >> (bits * (k % pf))) & mask);
         }
     }
     grp_free(&gr);

@@ -8,6 +8,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 enum {
     QC_OK = 0,
@@ -37,6 +38,27 @@ char *qc_path_join(const char *dir, const char *name);
 
 /* Monotonic time in seconds. */
 double qc_now(void);
+
+/* Unaligned little-endian loads of element i from packed tensor data (the
+ * mmap'ed checkpoint gives no alignment guarantee beyond the file's). */
+static inline uint16_t qc_ld_u16(const void *base, int64_t i)
+{
+    uint16_t v;
+    memcpy(&v, (const unsigned char *)base + 2 * i, 2);
+    return v;
+}
+static inline uint32_t qc_ld_u32(const void *base, int64_t i)
+{
+    uint32_t v;
+    memcpy(&v, (const unsigned char *)base + 4 * i, 4);
+    return v;
+}
+static inline uint64_t qc_ld_u64(const void *base, int64_t i)
+{
+    uint64_t v;
+    memcpy(&v, (const unsigned char *)base + 8 * i, 8);
+    return v;
+}
 
 /* bf16 / f16 / e4m3 scalar conversions (exact). */
 float qc_bf16_to_f32(uint16_t v);
