@@ -16,6 +16,7 @@
 #include "backend.h"
 #include "cpu_ops.h"
 #include "dequant.h"
+#include "shared_tensors.h"
 
 /* A Linear dequantized once to float32 at load (owned by the backend). */
 typedef struct f32_linear {
@@ -23,13 +24,17 @@ typedef struct f32_linear {
     qc_tensor t;
     float *data;
     const qc_linear *src;
+    /* data is a registry buffer (shared_tensors.h): released, never freed
+     * here. acquired: another model made it (nothing to dequantize). */
+    bool registered, acquired;
+    qc_shared_key key;
 } f32_linear;
 
 typedef struct cpu_model {
     cpu_pool *pool;
     f32_linear *cache; /* [ncache] */
     int ncache;
-    int64_t cache_bytes;
+    int64_t cache_bytes; /* private copies only; registry buffers are counted by the registry */
 } cpu_model;
 
 typedef struct cpu_layer_state {
@@ -81,13 +86,24 @@ static void dequant_task(void *ctx, int i, int worker)
 {
     (void)worker;
     f32_linear *f = (f32_linear *)ctx + i;
-    qc_linear_dequant(f->src, f->data);
+    if (!f->acquired)
+        qc_linear_dequant(f->src, f->data);
 }
 
 static int64_t default_budget(void)
 {
     long pages = sysconf(_SC_AVPHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
     return pages > 0 && psz > 0 ? (int64_t)pages * psz / 2 : 0;
+}
+
+/* A Linear whose float32 copy depends only on its weight bytes (BF16/F16,
+ * no scales), so identical bytes in another checkpoint give the same copy. */
+static bool shareable(const qc_linear *l)
+{
+    const qc_tensor *w = l->weight;
+    return (l->format == QC_FMT_BF16 || l->format == QC_FMT_F16) && w && !l->scale && !l->zeros &&
+           !l->g_idx && (w->dtype == QC_DT_BF16 || w->dtype == QC_DT_F16) &&
+           w->nbytes == (size_t)(l->n * l->k) * 2;
 }
 
 /* Dequantizes Linears to float32 copies, in model order, while they fit in
@@ -110,12 +126,27 @@ static int build_cache(qc_model *m, cpu_model *cm, int64_t budget, qc_err *err)
     for (int i = 0; i < n; i++) {
         const qc_linear *l = *slots[i];
         int64_t bytes = l->n * l->k * (int64_t)sizeof(float);
-        if (l->format == QC_FMT_F32 || cm->cache_bytes + bytes > budget)
+        if (l->format == QC_FMT_F32)
             continue;
         f32_linear *f = &cm->cache[cm->ncache];
-        f->data = malloc((size_t)bytes);
-        if (!f->data)
-            break; /* keep what fits; the rest dequantizes on the fly */
+        if (shareable(l)) {
+            /* The same bytes already resident for another model (e.g. the
+             * BF16 lm_head of the FP8 and INT4 checkpoints of one model):
+             * take that copy; it costs no memory, so no budget either. */
+            int64_t shp[2] = {l->n, l->k};
+            qc_shared_key_make(&f->key, QC_SHARED_CPU, l->weight->dtype, 2, shp, l->weight->data,
+                               l->weight->nbytes);
+            f->data = qc_shared_acquire(&f->key, l->weight->data, cm);
+            f->registered = f->acquired = f->data != NULL;
+        }
+        if (!f->data) {
+            if (cm->cache_bytes + bytes > budget)
+                continue;
+            f->data = malloc((size_t)bytes);
+            if (!f->data)
+                break; /* keep what fits; the rest dequantizes on the fly */
+            cm->cache_bytes += bytes;
+        }
         f->src = l;
         f->lin = *l;
         f->lin.format = QC_FMT_F32;
@@ -129,10 +160,22 @@ static int build_cache(qc_model *m, cpu_model *cm, int64_t budget, qc_err *err)
                            .shape = {l->n, l->k}, .numel = l->n * l->k, .data = f->data,
                            .nbytes = (size_t)bytes, .shard = -1};
         f->lin.weight = &f->t;
-        cm->cache_bytes += bytes;
         cm->ncache++;
     }
     cpu_pool_run(cm->pool, cm->ncache, dequant_task, cm->cache);
+    /* Offer the new copies of shareable Linears to later models (only once
+     * filled, so no other loader can see a half-made buffer). From here the
+     * registry owns them and their bytes. */
+    for (int j = 0; j < cm->ncache; j++) {
+        f32_linear *f = &cm->cache[j];
+        if (f->acquired || !shareable(f->src))
+            continue;
+        if (qc_shared_publish(&f->key, f->src->weight->data, cm, f->data, f->t.nbytes, QC_MEM_W_OTHER, free,
+                              NULL) == QC_OK) {
+            f->registered = true;
+            cm->cache_bytes -= (int64_t)f->t.nbytes;
+        }
+    }
     /* Repoint the slots (a Linear may sit in more than one slot). */
     for (int i = 0; i < n; i++)
         for (int j = 0; j < cm->ncache; j++)
@@ -185,8 +228,12 @@ static void cpu_model_free(qc_model *m)
     cpu_model *cm = m->be_model;
     if (cm) {
         cpu_pool_free(cm->pool);
-        for (int i = 0; i < cm->ncache; i++)
-            free(cm->cache[i].data);
+        for (int i = 0; i < cm->ncache; i++) {
+            if (cm->cache[i].registered)
+                qc_shared_release(cm->cache[i].data, cm);
+            else
+                free(cm->cache[i].data);
+        }
         free(cm->cache);
     }
     free(cm);
@@ -488,7 +535,11 @@ static void cpu_mem(const qc_model *m, const qc_session *s, qc_mem_report *rep)
 {
     const cpu_model *cm = m->be_model;
     rep->bytes[QC_MEM_SCRATCH] += cpu_pool_scratch_bytes(cm->pool);
-    rep->bytes[QC_MEM_W_OTHER] += (uint64_t)cm->cache_bytes;
+    /* Private float32 copies, plus the shared ones attributed to this model:
+     * a copy held by several resident models counts for exactly one of them
+     * (its first holder while that one lives), so the TUI's sum over the
+     * resident models counts it once. */
+    rep->bytes[QC_MEM_W_OTHER] += (uint64_t)cm->cache_bytes + qc_shared_owned_bytes(cm, QC_MEM_W_OTHER);
     if (!s)
         return;
     const qc_config *c = m->cfg;

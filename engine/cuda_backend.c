@@ -41,6 +41,7 @@
 #include "cuda_repack.h"
 #include "dequant.h"
 #include "quant.h"
+#include "shared_tensors.h"
 
 #define CU_BLAS_WS (32u << 20)
 #define CU_DEFAULT_CTX 4096
@@ -75,6 +76,18 @@ static int cu_alloc(cu_pool *pl, size_t bytes, int tag, void **out, qc_err *err,
     pl->p[pl->n++] = *out;
     pl->bytes[tag] += bytes;
     return QC_OK;
+}
+
+/* Takes p (of bytes, under tag) out of the pool: its owner is now the shared
+ * tensor registry, which frees it and counts it (once, shared_tensors.h). */
+static void cu_pool_detach(cu_pool *pl, void *p, size_t bytes, int tag)
+{
+    for (int i = pl->n - 1; i >= 0; i--)
+        if (pl->p[i] == p) {
+            pl->p[i] = pl->p[--pl->n];
+            pl->bytes[tag] -= bytes;
+            return;
+        }
 }
 
 static void cu_pool_free(cu_pool *pl)
@@ -140,6 +153,12 @@ struct qc_cuda_model {
     uint16_t *dq;         /* prefill dequantization scratch (bf16), allocated on the first prefill */
     size_t dq_bytes, dq_need;
     struct cu_loader *ld; /* during cuda_model_init only */
+    /* Device buffers held through the shared tensor registry (released on
+     * free), and those made by this load, published once uploaded. */
+    void **shared;
+    int n_shared, cap_shared;
+    struct cu_pend { qc_shared_key key; const void *src; void *buf; size_t bytes; } *pend;
+    int n_pend;
     double load_s;        /* seconds the weight upload took (bench: load GB/s) */
     double load_plan_s;   /* of which planning and device allocation */
     qc_load_stats load_st;
@@ -206,6 +225,9 @@ void qc_cuda_model_free(qc_cuda_model *cm)
     cudaStreamSynchronize(cm->st);
     qk_blas_free(cm->blas);
     cu_pool_free(&cm->pool);
+    for (int i = 0; i < cm->n_shared; i++) qc_shared_release(cm->shared[i], cm);
+    free(cm->shared);
+    free(cm->pend);
     if (cm->prof.ok) {
         cudaEventDestroy(cm->prof.ev[0]);
         cudaEventDestroy(cm->prof.ev[1]);
@@ -229,12 +251,79 @@ bool qc_cuda_available(void)
     return n > 0;
 }
 
+/* ---- sharing identical tensors between resident models (shared_tensors.h) ----
+ * The embedding, a BF16 lm_head and the small f32 vectors (norms, ...) are
+ * looked up by their source bytes before allocating; a hit reuses another
+ * model's device buffer. What this load makes is published only after the
+ * whole upload finished (cu_shared_publish_all), so no other model can see a
+ * half-copied buffer. Tagged accounting: a published buffer leaves this
+ * model's pool and is counted by the registry for one holder only. */
+
+static void cu_shared_free(void *p) { cudaFree(p); }
+
+static bool cu_shared_room(qc_cuda_model *cm)
+{
+    if (cm->n_shared < cm->cap_shared) return true;
+    int nc = cm->cap_shared ? 2 * cm->cap_shared : 16;
+    void **np = realloc(cm->shared, (size_t)nc * sizeof *np);
+    if (!np) return false;
+    cm->shared = np;
+    cm->cap_shared = nc;
+    return true;
+}
+
+/* A device buffer with the same source bytes held by another model, or NULL
+ * (then k is the key to offer this load's copy under). */
+static void *cu_shared_find(qc_cuda_model *cm, qc_shared_key *k, int dtype, int ndim, const int64_t *shape,
+                            const void *src, size_t n)
+{
+    qc_shared_key_make(k, QC_SHARED_CUDA, dtype, ndim, shape, src, n);
+    if (!cu_shared_room(cm)) return NULL;
+    void *p = qc_shared_acquire(k, src, cm);
+    if (p) cm->shared[cm->n_shared++] = p;
+    return p;
+}
+
+/* Remembers buf (in the pool, bytes under W_BF16) for publishing after the upload. */
+static void cu_shared_offer(qc_cuda_model *cm, const qc_shared_key *k, const void *src, void *buf, size_t bytes)
+{
+    struct cu_pend *np = realloc(cm->pend, (size_t)(cm->n_pend + 1) * sizeof *np);
+    if (!np) return; /* stays private to this model: correct, only not shared */
+    cm->pend = np;
+    cm->pend[cm->n_pend++] = (struct cu_pend){*k, src, buf, bytes};
+}
+
+static void cu_shared_publish_all(qc_cuda_model *cm)
+{
+    /* The f32 vectors went up with cudaMemcpy from pageable memory, which may
+     * return before the device has the bytes: wait for everything. */
+    if (cm->n_pend && cudaDeviceSynchronize() != cudaSuccess) {
+        cudaGetLastError();
+        cm->n_pend = 0;
+    }
+    for (int i = 0; i < cm->n_pend; i++) {
+        struct cu_pend *p = &cm->pend[i];
+        if (!cu_shared_room(cm) ||
+            qc_shared_publish(&p->key, p->src, cm, p->buf, p->bytes, QC_MEM_W_BF16, cu_shared_free, NULL))
+            continue;
+        cu_pool_detach(&cm->pool, p->buf, p->bytes, QC_MEM_W_BF16);
+        cm->shared[cm->n_shared++] = p->buf;
+    }
+    free(cm->pend);
+    cm->pend = NULL;
+    cm->n_pend = 0;
+}
+
 static int upload_f32(qc_cuda_model *cm, const float *h, size_t n, float **out, qc_err *err, const char *what)
 {
+    qc_shared_key k;
+    int64_t shp[1] = {(int64_t)n};
+    if ((*out = cu_shared_find(cm, &k, QC_DT_F32, 1, shp, h, n * sizeof(float)))) return QC_OK;
     int rc = cu_alloc(&cm->pool, n * sizeof(float), QC_MEM_W_BF16, (void **)out, err, what);
     if (rc) return rc;
     if (cudaMemcpy(*out, h, n * sizeof(float), cudaMemcpyHostToDevice) != cudaSuccess)
         return qc_err_set(err, QC_EXIT_RUNTIME, "CUDA: upload of %s failed", what);
+    cu_shared_offer(cm, &k, h, *out, n * sizeof(float));
     return QC_OK;
 }
 
@@ -458,9 +547,14 @@ static int upload_fused(qc_cuda_model *cm, const qc_linear *const *ls, int n, cu
 static int upload_embed(qc_cuda_model *cm, const qc_tensor *t, uint16_t **out, qc_err *err)
 {
     size_t n = (size_t)t->numel;
+    qc_shared_key k;
+    bool share = t->dtype == QC_DT_BF16 && t->nbytes == n * 2; /* the device copy is the source bytes */
+    if (share && (*out = cu_shared_find(cm, &k, t->dtype, t->ndim, t->shape, t->data, t->nbytes))) return QC_OK;
     int rc = cu_alloc(&cm->pool, n * 2, QC_MEM_W_BF16, (void **)out, err, t->name);
     if (rc) return rc;
-    return qc_load_add_to_bf16(&cm->ld->plan, t, *out, err);
+    rc = qc_load_add_to_bf16(&cm->ld->plan, t, *out, err);
+    if (!rc && share) cu_shared_offer(cm, &k, t->data, *out, n * 2);
+    return rc;
 }
 
 /* Bytes of the prefill dequantization scratch: the largest quantized group
@@ -526,6 +620,13 @@ static int cuda_model_init(qc_model *m, const qc_load_opts *opts, qc_err *err)
         cm->head.n = sh.vocab;
         cm->head.k = D;
         cm->weight_bytes += (int64_t)sh.vocab * D * 2;
+    } else if (!rc && w->lm_head->format == QC_FMT_BF16 && w->lm_head->weight &&
+               w->lm_head->weight->dtype == QC_DT_BF16 && w->lm_head->k % 8 == 0) {
+        /* A BF16 head goes up as its bytes, like the embedding, so it can be shared too. */
+        rc = upload_embed(cm, w->lm_head->weight, &cm->head.bf, err);
+        cm->head.n = (int)w->lm_head->n;
+        cm->head.k = (int)w->lm_head->k;
+        if (!rc) cm->weight_bytes += (int64_t)cm->head.n * cm->head.k * 2;
     } else if (!rc) {
         const qc_linear *lh[] = {w->lm_head};
         rc = upload_fused(cm, lh, 1, &cm->head, err);
@@ -575,6 +676,7 @@ static int cuda_model_init(qc_model *m, const qc_load_opts *opts, qc_err *err)
         qc_cuda_model_free(cm);
         return rc;
     }
+    cu_shared_publish_all(cm);
     plan_dq(cm);
     cm->load_s = qc_now() - t_load;
     m->be_model = cm;
@@ -1641,7 +1743,10 @@ void qc_cuda_mem(const qc_cuda_model *cm, const qc_cuda_sess *cs, qc_mem_report 
 {
     memset(rep, 0, sizeof *rep);
     for (int i = 0; i < QC_MEM_COUNT; i++) {
-        rep->bytes[i] += cm->pool.bytes[i];
+        /* Shared buffers (embedding, BF16 head, norms identical to another
+         * resident model's) count for one holder only: the first, or when it
+         * is gone the oldest left (shared_tensors.h). */
+        rep->bytes[i] += cm->pool.bytes[i] + qc_shared_owned_bytes(cm, i);
         if (cs) rep->bytes[i] += cs->state.bytes[i] + cs->scratch.bytes[i];
     }
     if (cs) rep->bytes[QC_MEM_SCRATCH] += qc_cuda_sampling_bytes(cs->smp);

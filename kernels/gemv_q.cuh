@@ -47,6 +47,7 @@ struct qg_part {
     int blk_n, cpb, nkb; /* fp8: block rows, chunks per block, blocks per block-row */
     float post;         /* applied to each finished dot (fp4: gmul * 2^14) */
     int first_block;    /* first blockIdx.x of this part */
+    int first_group;    /* persistent launch: first global row group of this part */
 };
 
 struct qg_parts {

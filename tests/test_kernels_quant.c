@@ -848,7 +848,11 @@ static void bench_all(void)
 }
 #endif
 
-int main(void)
+/* Experiment switch of gemv_multi.cu: 0 block-per-row-group launch,
+ * 1 persistent pipelined, 2 the same with 1 block/SM, 3 persistent plain. */
+extern int qk_gemv_persist_mode;
+
+static void run_cases(void)
 {
     pub p;
     /* FP8 */
@@ -926,7 +930,28 @@ int main(void)
     run_case("bf16_48x5120", &p);
     pub_free(&p);
 
+    /* Tall shapes: several rounds of the persistent launch plus a leftover
+     * phase (S = 1 and S = 2). */
+    build_ct(&p, "ct_sym_tall", 17000, 512, 128, 0, 0);
+    run_case("ct_int_sym_g128_tall_17000x512", &p);
+    pub_free(&p);
+    build_fp8(&p, "fp8_tall", QC_FMT_FP8_BLOCK, 17000, 256, 128, 128, QC_DT_BF16);
+    run_case("fp8_block_tall_17000x256", &p);
+    pub_free(&p);
+    build_fp4(&p, "nvfp4_tall", QC_FMT_NVFP4_CT, 9000, 2048, 1234.567f);
+    run_case("nvfp4_ct_tall_9000x2048", &p);
+    pub_free(&p);
+
     test_fused();
+}
+
+int main(void)
+{
+    for (int m = 1; m <= 3; m++) {
+        qk_gemv_persist_mode = m;
+        printf("# mode %d\n", m);
+        run_cases();
+    }
     test_refusals();
 
     if (!gpu_init()) {
@@ -934,7 +959,12 @@ int main(void)
         return th_exit();
     }
 #ifdef QC_HAVE_CUDA
-    bench_all();
+    for (int m = 0; m <= 3; m++) {
+        qk_gemv_persist_mode = m;
+        printf("# qbench mode %d\n", m);
+        bench_all();
+    }
+    qk_gemv_persist_mode = 1;
 #endif
     return th_exit();
 }

@@ -1,0 +1,202 @@
+/* shared_tensors.c — see shared_tensors.h. A linked list under one mutex:
+ * the entries are few (an embedding, a head, some norms per model), and
+ * lookups happen only while a model loads. */
+#include "shared_tensors.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct sh_holder {
+    const void *holder;
+    const void *src; /* that holder's source bytes, for confirming later matches */
+} sh_holder;
+
+typedef struct sh_entry {
+    struct sh_entry *next;
+    qc_shared_key key;
+    void *buf;
+    size_t buf_bytes;
+    int tag;
+    void (*free_fn)(void *);
+    sh_holder *h; /* [nh], oldest first; h[0] is the one the bytes are attributed to */
+    int nh, caph;
+} sh_entry;
+
+static pthread_mutex_t g_mu = PTHREAD_MUTEX_INITIALIZER;
+static sh_entry *g_list;
+
+static inline uint64_t rd64(const unsigned char *p)
+{
+    uint64_t v;
+    memcpy(&v, p, 8);
+    return v;
+}
+
+static inline uint64_t mix(uint64_t h)
+{
+    h ^= h >> 33;
+    h *= 0xff51afd7ed558ccdull;
+    h ^= h >> 33;
+    h *= 0xc4ceb9fe1a85ec53ull;
+    h ^= h >> 33;
+    return h;
+}
+
+/* Four independent multiply-rotate lanes over 32-byte blocks (several GB/s,
+ * so hashing a 2.5 GB embedding costs well under a second), then the tail. */
+uint64_t qc_shared_hash(const void *p, size_t n)
+{
+    const unsigned char *b = p;
+    const uint64_t M = 0x9e3779b97f4a7c15ull;
+    uint64_t a0 = M, a1 = M ^ 1, a2 = M ^ 2, a3 = M ^ 3;
+    size_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        a0 = ((a0 ^ rd64(b + i)) * M);
+        a1 = ((a1 ^ rd64(b + i + 8)) * M);
+        a2 = ((a2 ^ rd64(b + i + 16)) * M);
+        a3 = ((a3 ^ rd64(b + i + 24)) * M);
+        a0 = (a0 << 31) | (a0 >> 33);
+        a1 = (a1 << 29) | (a1 >> 35);
+        a2 = (a2 << 27) | (a2 >> 37);
+        a3 = (a3 << 25) | (a3 >> 39);
+    }
+    uint64_t h = mix(a0) ^ mix(a1 + 1) ^ mix(a2 + 2) ^ mix(a3 + 3) ^ (uint64_t)n;
+    for (; i < n; i++)
+        h = (h ^ b[i]) * 0x100000001b3ull;
+    return mix(h);
+}
+
+void qc_shared_key_make(qc_shared_key *k, int kind, int dtype, int ndim, const int64_t *shape, const void *src,
+                        size_t nbytes)
+{
+    memset(k, 0, sizeof *k);
+    k->kind = kind;
+    k->dtype = dtype;
+    k->ndim = ndim < 0 ? 0 : ndim > 4 ? 4 : ndim;
+    for (int i = 0; i < k->ndim; i++)
+        k->shape[i] = shape[i];
+    k->nbytes = nbytes;
+    k->hash = qc_shared_hash(src, nbytes);
+}
+
+static int key_eq(const qc_shared_key *a, const qc_shared_key *b)
+{
+    if (a->kind != b->kind || a->dtype != b->dtype || a->ndim != b->ndim || a->nbytes != b->nbytes ||
+        a->hash != b->hash)
+        return 0;
+    for (int i = 0; i < a->ndim; i++)
+        if (a->shape[i] != b->shape[i])
+            return 0;
+    return 1;
+}
+
+static int holder_add(sh_entry *e, const void *holder, const void *src)
+{
+    if (e->nh == e->caph) {
+        int nc = e->caph ? 2 * e->caph : 4;
+        sh_holder *nh = realloc(e->h, (size_t)nc * sizeof *nh);
+        if (!nh)
+            return 0;
+        e->h = nh;
+        e->caph = nc;
+    }
+    e->h[e->nh++] = (sh_holder){holder, src};
+    return 1;
+}
+
+void *qc_shared_acquire(const qc_shared_key *k, const void *src, const void *holder)
+{
+    void *out = NULL;
+    pthread_mutex_lock(&g_mu);
+    for (sh_entry *e = g_list; e && !out; e = e->next) {
+        if (!key_eq(&e->key, k) || !e->nh)
+            continue;
+        /* Same key: share only if the bytes really are the same. Any holder's
+         * source is alive (it has not released), the oldest will do. */
+        if (src != e->h[0].src && memcmp(src, e->h[0].src, k->nbytes) != 0)
+            continue;
+        if (holder_add(e, holder, src))
+            out = e->buf;
+    }
+    pthread_mutex_unlock(&g_mu);
+    return out;
+}
+
+int qc_shared_publish(const qc_shared_key *k, const void *src, const void *holder, void *buf, size_t buf_bytes,
+                      int tag, void (*free_fn)(void *), qc_err *err)
+{
+    sh_entry *e = calloc(1, sizeof *e);
+    if (!e || !holder_add(e, holder, src)) {
+        free(e);
+        return qc_err_set(err, QC_EXIT_RUNTIME, "out of memory registering a shared tensor");
+    }
+    e->key = *k;
+    e->buf = buf;
+    e->buf_bytes = buf_bytes;
+    e->tag = tag;
+    e->free_fn = free_fn;
+    pthread_mutex_lock(&g_mu);
+    e->next = g_list;
+    g_list = e;
+    pthread_mutex_unlock(&g_mu);
+    return QC_OK;
+}
+
+void qc_shared_release(void *buf, const void *holder)
+{
+    sh_entry *dead = NULL;
+    pthread_mutex_lock(&g_mu);
+    for (sh_entry **pp = &g_list; *pp; pp = &(*pp)->next) {
+        sh_entry *e = *pp;
+        if (e->buf != buf)
+            continue;
+        int i = e->nh - 1; /* the newest reference of this holder: keeps attribution with the oldest */
+        while (i >= 0 && e->h[i].holder != holder)
+            i--;
+        if (i < 0)
+            break;
+        memmove(&e->h[i], &e->h[i + 1], (size_t)(e->nh - i - 1) * sizeof *e->h);
+        e->nh--;
+        if (!e->nh) {
+            *pp = e->next;
+            dead = e;
+        }
+        break;
+    }
+    pthread_mutex_unlock(&g_mu);
+    if (dead) {
+        if (dead->free_fn)
+            dead->free_fn(dead->buf);
+        free(dead->h);
+        free(dead);
+    }
+}
+
+uint64_t qc_shared_owned_bytes(const void *holder, int tag)
+{
+    uint64_t b = 0;
+    pthread_mutex_lock(&g_mu);
+    for (sh_entry *e = g_list; e; e = e->next)
+        if (e->nh && e->h[0].holder == holder && e->tag == tag)
+            b += e->buf_bytes;
+    pthread_mutex_unlock(&g_mu);
+    return b;
+}
+
+void qc_shared_stats(int kind, int *entries, uint64_t *bytes)
+{
+    int n = 0;
+    uint64_t b = 0;
+    pthread_mutex_lock(&g_mu);
+    for (sh_entry *e = g_list; e; e = e->next)
+        if (e->key.kind == kind) {
+            n++;
+            b += e->buf_bytes;
+        }
+    pthread_mutex_unlock(&g_mu);
+    if (entries)
+        *entries = n;
+    if (bytes)
+        *bytes = b;
+}
