@@ -3,7 +3,8 @@
  * mix of FP8, INT4, NVFP4, MXFP4 and BF16 layouts) reading the same x. Each
  * block holds row groups (QK_QROWS rows) of one part only and runs that
  * part's body from gemv_q.cuh, so the branch on the format is uniform per
- * block. A lone weight is a launch of one part. */
+ * block. A lone weight is a launch of one part. When every part runs the
+ * same body, a persistent grid (k_gemv_qp, below) replaces it. */
 #include "gemv_q.cuh"
 
 /* Block of QG_WARPS warps. Each row group (QK_QROWS rows of one part) is
@@ -68,185 +69,118 @@ __global__ void __launch_bounds__(QG_THREADS, QG_MINB)
     if (lane < QK_QROWS && row < p.n) p.y[row] = accumulate ? p.y[row] + t : t;
 }
 
-/* ---- persistent launch (one body for every part) ----
+/* ---- persistent launch (every part with the same body) ----
  *
- * The grid holds exactly what the GPU runs at once (SMs x resident blocks),
- * and each virtual warp (S warps sharing a row group) walks its row groups
- * as one flat sequence of steps (group, chunk block), loading step t + 1
- * before the arithmetic of step t, across group boundaries: a warp always
- * has weight loads in flight. Phase 1: R whole rounds of V virtual warps.
- * Phase 2: the L < V leftover groups are spread over all blocks, each split
- * over more warps (S2 >= S), so the tail is short instead of a partial
- * wave of whole groups. */
-#define QG_PRMAX 4 /* phase-1 rounds that can meet in shared memory (S > 1) */
+ * The one-block-per-row-groups launch above leaves a partial last wave:
+ * mlp.gate/up at 27B has 544 blocks for 264 resident slots, so its third
+ * "wave" is 16 blocks of whole row groups, each walking all of K while the
+ * rest of the GPU idles. Here the grid is exactly what the GPU holds at once
+ * (SMs x resident blocks) and V = blocks x QG_WARPS / S virtual warps (S
+ * warps sharing a row group, as above) loop over the row groups: phase 1 is
+ * R = G / V whole rounds; phase 2 spreads the L = G % V leftover groups over
+ * all blocks, each over S2 >= S warps (shared-memory sum), so the tail is
+ * ~1/S2 of a row walk instead of a whole one. Measured on the H100
+ * (BENCHMARKS.md): +2-7 % on the 27B decode totals. A variant that also
+ * software-pipelined the walk across groups (next step's loads before this
+ * step's math) spilled at 128 registers and was slower (-2 to -17 %). */
+#define QG_PRMAX 4 /* phase-1 rounds whose partial sums fit in shared memory (S > 1) */
 
-struct qg_cursor {
-    int g, s, nst, row0;
-    const qg_part *p;
-};
-
-__device__ __forceinline__ void qg_locate(const qg_parts &ps, int g, int ks, int S, bool mma, qg_cursor &c)
+/* Global row group g: its part and first row. */
+__device__ __forceinline__ const qg_part &qg_locate(const qg_parts &ps, int g, int &row0)
 {
     int i = 0;
 #pragma unroll
     for (int j = 1; j < QK_GEMV_MAX_PARTS; j++)
         if (j < ps.count && g >= ps.p[j].first_group) i = j;
-    c.p = &ps.p[i];
-    c.g = g;
-    c.s = 0;
-    c.row0 = (g - c.p->first_group) * QK_QROWS;
-    const int rest = c.p->kc - ks * 32;
-    c.nst = rest > 0 ? (rest + 32 * S - 1) / (32 * S) : 0;
-    if (c.nst == 0) c.nst = 1; /* one empty step still finishes the group */
-    (void)mma;
+    row0 = (g - ps.p[i].first_group) * QK_QROWS;
+    return ps.p[i];
 }
 
-template <class STEP, bool MMA>
-__device__ __forceinline__ void qg_pissue(STEP &st, const qg_cursor &c, const uint16_t *__restrict__ x, int ks, int S,
-                                          int lane)
+/* Row sums of one group: to y when S = 1, else to red[slot][warp][row]. */
+__device__ __forceinline__ void qg_pfinish(const qg_part &p, int row0, float *acc, int S, int accumulate,
+                                           float *red, int slot)
 {
-    const int ch = c.s * 32 * S + ks * 32 + lane;
-    if (MMA || ch < c.p->kc) st.load(*c.p, c.row0, x, ch);
-}
-
-struct qg_pctx {
-    const qg_parts *ps;
-    const uint16_t *x;
-    int ks, S, lane, warp, accumulate, gstep, gend, r;
-    float *red; /* S > 1: partial sums [round][warp][row] */
-};
-
-/* End of a group: row sums to y (S = 1) or to shared memory (S > 1). */
-template <bool MMA>
-__device__ __forceinline__ void qg_pfinish(qg_pctx &k, const qg_cursor &cur, float *acc)
-{
-    if (MMA && (k.lane & 3) != (k.lane >> 3)) {
-#pragma unroll
-        for (int r = 0; r < QK_QROWS; r++) acc[r] = 0.0f;
-    }
+    const int warp = (int)threadIdx.x >> 5, lane = (int)threadIdx.x & 31;
     float t = 0.0f;
 #pragma unroll
     for (int r = 0; r < QK_QROWS; r++) {
         const float v = qk_warp_sum(acc[r]);
-        if (k.lane == r) t = v;
+        if (lane == r) t = v;
         acc[r] = 0.0f;
     }
-    if (k.S == 1) {
-        const qg_part &p = *cur.p;
-        const int row = cur.row0 + k.lane;
+    if (S == 1) {
+        const int row = row0 + lane;
         t *= p.post;
-        if (k.lane < QK_QROWS && row < p.n) p.y[row] = k.accumulate ? p.y[row] + t : t;
-    } else if (k.lane < QK_QROWS) {
-        k.red[(k.r * QG_WARPS + k.warp) * QK_QROWS + k.lane] = t;
+        if (lane < QK_QROWS && row < p.n) p.y[row] = accumulate ? p.y[row] + t : t;
+    } else if (lane < QK_QROWS) {
+        red[(slot * QG_WARPS + warp) * QK_QROWS + lane] = t;
     }
-    k.r++;
 }
 
-/* Step of cur with `use` (loaded earlier) after issuing the next step's
- * loads into `fill`; finishes the group on its last step. */
+/* Groups g0, g0 + gstep, ... (count of them) of one virtual warp, split
+ * over S warps (this one is ks). */
 template <class STEP, bool MMA>
-__device__ __forceinline__ bool qg_pstep(STEP &use, STEP &fill, qg_cursor &cur, qg_pctx &k, float *acc)
+__device__ __forceinline__ void qg_pwalk(const qg_parts &ps, const uint16_t *__restrict__ x, int g0, int gstep,
+                                         int count, int ks, int S, int accumulate, float *red)
 {
-    qg_cursor nx = cur;
-    bool more = true;
-    if (++nx.s == nx.nst) {
-        const int g = cur.g + k.gstep;
-        more = g < k.gend;
-        if (more) qg_locate(*k.ps, g, k.ks, k.S, MMA, nx);
-    }
-    if (more) qg_pissue<STEP, MMA>(fill, nx, k.x, k.ks, k.S, k.lane);
-    const int ch = cur.s * 32 * k.S + k.ks * 32 + k.lane;
-    if (MMA || ch < cur.p->kc) use.dot(*cur.p, acc);
-    if (cur.s + 1 == cur.nst) qg_pfinish<MMA>(k, cur, acc);
-    cur = nx;
-    return more;
-}
-
-/* Groups g0, g0 + gstep, ... < gend of one virtual warp, pipelined. */
-template <class STEP, bool MMA, bool PIPE>
-__device__ __forceinline__ void qg_pwalk(qg_pctx &k, int g0)
-{
-    if (g0 >= k.gend) return;
+    const int lane = (int)threadIdx.x & 31;
     float acc[QK_QROWS];
 #pragma unroll
     for (int r = 0; r < QK_QROWS; r++) acc[r] = 0.0f;
-    if (!PIPE) { /* experiment: the plain two-chunk walk per group */
-        for (int g = g0; g < k.gend; g += k.gstep) {
-            qg_cursor c;
-            qg_locate(*k.ps, g, k.ks, k.S, MMA, c);
-            if (MMA) qg_walk_mma<STEP>(*c.p, c.row0, k.x, acc, k.ks * 32 + k.lane, 32 * k.S);
-            else qg_walk<STEP>(*c.p, c.row0, k.x, acc, k.ks * 32 + k.lane, 32 * k.S);
-            qg_pfinish<MMA>(k, c, acc);
-        }
-        return;
-    }
-    qg_cursor cur;
-    qg_locate(*k.ps, g0, k.ks, k.S, MMA, cur);
-    STEP a, b;
-    qg_pissue<STEP, MMA>(a, cur, k.x, k.ks, k.S, k.lane);
-    while (qg_pstep<STEP, MMA>(a, b, cur, k, acc) && qg_pstep<STEP, MMA>(b, a, cur, k, acc)) {
+    for (int i = 0; i < count; i++) {
+        int row0;
+        const qg_part &p = qg_locate(ps, g0 + i * gstep, row0);
+        if (MMA) qg_walk_mma<STEP>(p, row0, x, acc, ks * 32 + lane, 32 * S);
+        else qg_walk<STEP>(p, row0, x, acc, ks * 32 + lane, 32 * S);
+        qg_pfinish(p, row0, acc, S, accumulate, red, i);
     }
 }
 
-/* S > 1: warps ks == 0 add the S partial sums of each of their rounds. */
-__device__ __forceinline__ void qg_pmeet(const qg_parts &ps, const float *red, int rounds, int g0, int gstep, int S,
-                                         int warp, int lane, int accumulate)
+/* S > 1: the first warp of each virtual warp adds the S partial sums of
+ * each of its count groups. Every thread of the block calls this. */
+__device__ __forceinline__ void qg_pmeet(const qg_parts &ps, const float *red, int g0, int gstep, int count, int S,
+                                         int accumulate)
 {
+    const int warp = (int)threadIdx.x >> 5, lane = (int)threadIdx.x & 31;
     __syncthreads();
     if (warp % S == 0 && lane < QK_QROWS) {
-        for (int r = 0; r < rounds; r++) {
-            qg_cursor c;
-            qg_locate(ps, g0 + r * gstep, 0, S, false, c);
+        for (int i = 0; i < count; i++) {
+            int row0;
+            const qg_part &p = qg_locate(ps, g0 + i * gstep, row0);
             float t = 0.0f;
-            for (int j = 0; j < S; j++) t += red[(r * QG_WARPS + warp + j) * QK_QROWS + lane];
-            const qg_part &p = *c.p;
-            const int row = c.row0 + lane;
+            for (int j = 0; j < S; j++) t += red[(i * QG_WARPS + warp + j) * QK_QROWS + lane];
+            const int row = row0 + lane;
             t *= p.post;
             if (row < p.n) p.y[row] = accumulate ? p.y[row] + t : t;
         }
     }
-    __syncthreads();
+    __syncthreads(); /* red is reused by phase 2 */
 }
 
-template <class STEP, bool MMA, bool PIPE>
+template <class STEP, bool MMA>
 __device__ __forceinline__ void qg_persist(const qg_parts &ps, const uint16_t *__restrict__ x, int accumulate, int S,
                                            int G, float *red)
 {
-    const int warp = (int)threadIdx.x >> 5, lane = (int)threadIdx.x & 31;
+    const int warp = (int)threadIdx.x >> 5;
     const int B = (int)gridDim.x, gpb = QG_WARPS / S, V = B * gpb, R = G / V, L = G - R * V;
-    qg_pctx k;
-    k.ps = &ps;
-    k.x = x;
-    k.lane = lane;
-    k.warp = warp;
-    k.accumulate = accumulate;
-    k.red = red;
-    /* phase 1 */
-    k.S = S;
-    k.ks = warp % S;
-    k.gstep = V;
-    k.gend = R * V;
-    k.r = 0;
+    /* phase 1: virtual warp v takes groups v, v + V, ... (R of them) */
     const int v = (int)blockIdx.x * gpb + warp / S;
-    qg_pwalk<STEP, MMA, PIPE>(k, v);
-    if (S > 1) qg_pmeet(ps, red, R, v, V, S, warp, lane, accumulate);
+    qg_pwalk<STEP, MMA>(ps, x, v, V, R, warp % S, S, accumulate, red);
+    if (S > 1) qg_pmeet(ps, red, v, V, R, S, accumulate);
     if (L == 0) return;
-    /* phase 2: leftover j = (warp / S2) * B + block, S2 warps per group */
+    /* phase 2: leftover j = (warp / S2) * B + block, so every block gets
+     * some; gpb2 groups per block, the fewest that cover L */
     int gpb2 = 1;
     while (B * gpb2 < L) gpb2 *= 2;
     const int S2 = QG_WARPS / gpb2;
-    const int j = (warp / S2) * B + (int)blockIdx.x;
-    k.S = S2;
-    k.ks = warp % S2;
-    k.gstep = G; /* one group */
-    k.gend = G;
-    k.r = 0;
-    if (j < L) qg_pwalk<STEP, MMA, PIPE>(k, R * V + j);
-    if (S2 > 1) qg_pmeet(ps, red, j < L ? 1 : 0, R * V + j, G, S2, warp, lane, accumulate);
+    const int j = (warp / S2) * B + (int)blockIdx.x, n2 = j < L ? 1 : 0;
+    qg_pwalk<STEP, MMA>(ps, x, R * V + j, 0, n2, warp % S2, S2, accumulate, red);
+    if (S2 > 1) qg_pmeet(ps, red, R * V + j, 0, n2, S2, accumulate);
 }
 
-enum { QG_B_FP8, QG_B_I4PH, QG_B_I4P, QG_B_I4MH, QG_B_I4M, QG_B_I4H, QG_B_I4, QG_B_NV, QG_B_MX, QG_B_BF16 };
+enum { QG_B_FP8, QG_B_I4PH, QG_B_I4P, QG_B_I4MH, QG_B_I4M, QG_B_I4H, QG_B_I4, QG_B_NV, QG_B_MX, QG_B_BF16, QG_NBODY };
 
+/* Which body of gemv_q.cuh a part runs (the same choice as k_gemv_q). */
 static int part_body(const qg_part *p)
 {
     switch (p->kind) {
@@ -261,34 +195,30 @@ static int part_body(const qg_part *p)
     }
 }
 
-template <int BODY, int MINB, bool PIPE>
-__global__ void __launch_bounds__(QG_THREADS, MINB)
+/* One kernel per body, so each gets its own register allocation. */
+template <int BODY>
+__global__ void __launch_bounds__(QG_THREADS, QG_MINB)
     k_gemv_qp(const __grid_constant__ qg_parts ps, const uint16_t *__restrict__ x, int accumulate, int S, int G)
 {
     __shared__ float red[QG_PRMAX * QG_WARPS * QK_QROWS];
     switch (BODY) {
-    case QG_B_FP8: qg_persist<qg_fp8_step, false, PIPE>(ps, x, accumulate, S, G, red); break;
-    case QG_B_I4PH: qg_persist<qg_int4_step<true, true>, false, PIPE>(ps, x, accumulate, S, G, red); break;
-    case QG_B_I4P: qg_persist<qg_int4_step<false, true>, false, PIPE>(ps, x, accumulate, S, G, red); break;
-    case QG_B_I4MH: qg_persist<qg_int4_mma_step<true>, true, PIPE>(ps, x, accumulate, S, G, red); break;
-    case QG_B_I4M: qg_persist<qg_int4_mma_step<false>, true, PIPE>(ps, x, accumulate, S, G, red); break;
-    case QG_B_I4H: qg_persist<qg_int4_step<true, false>, false, PIPE>(ps, x, accumulate, S, G, red); break;
-    case QG_B_I4: qg_persist<qg_int4_step<false, false>, false, PIPE>(ps, x, accumulate, S, G, red); break;
-    case QG_B_NV: qg_persist<qg_fp4_step<false>, false, PIPE>(ps, x, accumulate, S, G, red); break;
-    case QG_B_MX: qg_persist<qg_fp4_step<true>, false, PIPE>(ps, x, accumulate, S, G, red); break;
-    default: qg_persist<qg_bf16_step, false, PIPE>(ps, x, accumulate, S, G, red); break;
+    case QG_B_FP8: qg_persist<qg_fp8_step, false>(ps, x, accumulate, S, G, red); break;
+    case QG_B_I4PH: qg_persist<qg_int4_step<true, true>, false>(ps, x, accumulate, S, G, red); break;
+    case QG_B_I4P: qg_persist<qg_int4_step<false, true>, false>(ps, x, accumulate, S, G, red); break;
+    case QG_B_I4MH: qg_persist<qg_int4_mma_step<true>, true>(ps, x, accumulate, S, G, red); break;
+    case QG_B_I4M: qg_persist<qg_int4_mma_step<false>, true>(ps, x, accumulate, S, G, red); break;
+    case QG_B_I4H: qg_persist<qg_int4_step<true, false>, false>(ps, x, accumulate, S, G, red); break;
+    case QG_B_I4: qg_persist<qg_int4_step<false, false>, false>(ps, x, accumulate, S, G, red); break;
+    case QG_B_NV: qg_persist<qg_fp4_step<false>, false>(ps, x, accumulate, S, G, red); break;
+    case QG_B_MX: qg_persist<qg_fp4_step<true>, false>(ps, x, accumulate, S, G, red); break;
+    default: qg_persist<qg_bf16_step, false>(ps, x, accumulate, S, G, red); break;
     }
 }
 
 typedef void (*qg_pkernel)(qg_parts, const uint16_t *, int, int, int);
-static const qg_pkernel qg_pkernels[3][10] = {
-    {k_gemv_qp<0, 2, true>, k_gemv_qp<1, 2, true>, k_gemv_qp<2, 2, true>, k_gemv_qp<3, 2, true>, k_gemv_qp<4, 2, true>, k_gemv_qp<5, 2, true>, k_gemv_qp<6, 2, true>, k_gemv_qp<7, 2, true>, k_gemv_qp<8, 2, true>, k_gemv_qp<9, 2, true>},
-    {k_gemv_qp<0, 1, true>, k_gemv_qp<1, 1, true>, k_gemv_qp<2, 1, true>, k_gemv_qp<3, 1, true>, k_gemv_qp<4, 1, true>, k_gemv_qp<5, 1, true>, k_gemv_qp<6, 1, true>, k_gemv_qp<7, 1, true>, k_gemv_qp<8, 1, true>, k_gemv_qp<9, 1, true>},
-    {k_gemv_qp<0, 2, false>, k_gemv_qp<1, 2, false>, k_gemv_qp<2, 2, false>, k_gemv_qp<3, 2, false>, k_gemv_qp<4, 2, false>, k_gemv_qp<5, 2, false>, k_gemv_qp<6, 2, false>, k_gemv_qp<7, 2, false>, k_gemv_qp<8, 2, false>, k_gemv_qp<9, 2, false>}};
-
-/* Experiment switch for the A/B benchmark (tests/test_kernels_quant.c). */
-extern "C" int qk_gemv_persist_mode;
-int qk_gemv_persist_mode = 1;
+static const qg_pkernel qg_pkernels[QG_NBODY] = {k_gemv_qp<0>, k_gemv_qp<1>, k_gemv_qp<2>, k_gemv_qp<3>,
+                                                 k_gemv_qp<4>, k_gemv_qp<5>, k_gemv_qp<6>, k_gemv_qp<7>,
+                                                 k_gemv_qp<8>, k_gemv_qp<9>};
 
 /* Flattens one descriptor; 0 or cudaErrorInvalidValue. */
 static int part_fill(const qk_qweight *w, float *y, qg_part *p)
@@ -361,25 +291,26 @@ extern "C" int qk_gemv_multi(const qk_qweight *const *w, float *const *y, int np
     int S = 1;
     while (S < QG_WARPS && groups * S < nsm * 32 && kc_min >= 64 * S) S *= 2;
     const int gpb = QG_WARPS / S;
-    if (qk_gemv_persist_mode) {
-        static int occs[3][10];
-        const int body = part_body(&ps.p[0]), mv = qk_gemv_persist_mode - 1;
-        int &occ = occs[mv][body];
-        if (!occ && (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, qg_pkernels[mv][body], QG_THREADS, 0) !=
-                         cudaSuccess ||
-                     occ <= 0))
-            occ = 1;
-        int same = 1, g = 0;
-        for (int i = 0; i < nparts; i++) {
-            same &= part_body(&ps.p[i]) == body;
-            ps.p[i].first_group = g;
-            g += w[i]->n_pad / QK_QROWS;
-        }
-        const int pb = (int)((groups + gpb - 1) / gpb), B = pb < nsm * occ ? pb : nsm * occ;
-        if (same && (S == 1 || groups / (B * gpb) <= QG_PRMAX)) {
-            qg_pkernels[mv][body]<<<B, QG_THREADS, 0, st>>>(ps, x, accumulate, S, groups);
-            return qk_launch_status();
-        }
+    /* Persistent launch when every part runs the same body (the usual
+     * case; mixed launches, e.g. GDN with BF16 in_proj_a/b, take the plain
+     * one) and, for S > 1, its rounds fit QG_PRMAX. */
+    static int occ[QG_NBODY];
+    const int body = part_body(&ps.p[0]);
+    int same = 1, g = 0;
+    for (int i = 0; i < nparts; i++) {
+        same &= part_body(&ps.p[i]) == body;
+        ps.p[i].first_group = g;
+        g += w[i]->n_pad / QK_QROWS;
+    }
+    if (!occ[body] &&
+        (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ[body], qg_pkernels[body], QG_THREADS, 0) !=
+             cudaSuccess ||
+         occ[body] <= 0))
+        occ[body] = 1;
+    const int pb = (groups + gpb - 1) / gpb, B = pb < nsm * occ[body] ? pb : nsm * occ[body];
+    if (same && (S == 1 || groups / (B * gpb) <= QG_PRMAX)) {
+        qg_pkernels[body]<<<B, QG_THREADS, 0, st>>>(ps, x, accumulate, S, groups);
+        return qk_launch_status();
     }
     int blocks = 0;
     for (int i = 0; i < nparts; i++) {

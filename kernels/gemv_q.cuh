@@ -18,8 +18,9 @@
  * from 47 to 54 % of copy bandwidth when its FFMA body fell from 4.4 to 3.1
  * instructions per code, but the tensor-core body (qg_int4_mma_step, ~1.7
  * per code) runs at the same 54 %: the remaining limit is not instruction
- * issue. Suspects, untested: the load -> math -> load rhythm of each warp
- * (no prefetch across iterations) and the grid's wave tail. */
+ * issue. The grid's wave tail was one cause (the persistent launch in
+ * gemv_multi.cu: +2-7 %); prefetching the next step across iterations into
+ * a second register set spilled at 128 registers and lost 2-17 %. */
 #ifndef QC_GEMV_Q_CUH
 #define QC_GEMV_Q_CUH
 

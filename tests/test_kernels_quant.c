@@ -848,11 +848,7 @@ static void bench_all(void)
 }
 #endif
 
-/* Experiment switch of gemv_multi.cu: 0 block-per-row-group launch,
- * 1 persistent pipelined, 2 the same with 1 block/SM, 3 persistent plain. */
-extern int qk_gemv_persist_mode;
-
-static void run_cases(void)
+int main(void)
 {
     pub p;
     /* FP8 */
@@ -930,8 +926,9 @@ static void run_cases(void)
     run_case("bf16_48x5120", &p);
     pub_free(&p);
 
-    /* Tall shapes: several rounds of the persistent launch plus a leftover
-     * phase (S = 1 and S = 2). */
+    /* Tall shapes: several rounds of the persistent launch (gemv_multi.cu)
+     * plus its leftover phase, with one (INT4, FP8) and two (NVFP4) warps
+     * per row group in the rounds and eight in the leftovers. */
     build_ct(&p, "ct_sym_tall", 17000, 512, 128, 0, 0);
     run_case("ct_int_sym_g128_tall_17000x512", &p);
     pub_free(&p);
@@ -943,15 +940,6 @@ static void run_cases(void)
     pub_free(&p);
 
     test_fused();
-}
-
-int main(void)
-{
-    for (int m = 1; m <= 3; m++) {
-        qk_gemv_persist_mode = m;
-        printf("# mode %d\n", m);
-        run_cases();
-    }
     test_refusals();
 
     if (!gpu_init()) {
@@ -959,12 +947,7 @@ int main(void)
         return th_exit();
     }
 #ifdef QC_HAVE_CUDA
-    for (int m = 0; m <= 3; m++) {
-        qk_gemv_persist_mode = m;
-        printf("# qbench mode %d\n", m);
-        bench_all();
-    }
-    qk_gemv_persist_mode = 1;
+    bench_all();
 #endif
     return th_exit();
 }

@@ -16,8 +16,13 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 
 build/tests/test_gpu_sample >"$OUT/gpu_sample.log" 2>&1
 echo "test_gpu_sample rc=$?"; grep -E '^(ok|FAIL|skip|#)' "$OUT/gpu_sample.log"
+if [ -x build/tests/test_shared_tensors ]; then
+    QCHAT_FIXTURES=${QCHAT_FIXTURES:-$PWD/.gpu2/fixtures} build/tests/test_shared_tensors >"$OUT/shared.log" 2>&1
+    echo "test_shared_tensors rc=$?"; grep -E '^(FAIL|skip)|cuda' "$OUT/shared.log"
+fi
 
-for m in tiny-qwen35 tiny-qwen36-text tiny-qwen35-nvfp4; do
+for m in tiny-qwen35 tiny-qwen36-text tiny-qwen35-nvfp4 tiny-qwen35-fp8; do
+    [ -d "$FX/$m" ] || { echo "score $m: not carried, skipped"; continue; }
     python3 tools/cuda_score_check.py ./qchat "$FX/$m" --device cuda --chunks 200,1,37 >"$OUT/score_$m.log" 2>&1
     echo "score $m rc=$? ok=$(grep -c '^ok' "$OUT/score_$m.log") fail=$(grep -c '^FAIL' "$OUT/score_$m.log")"
     grep -E '^(FAIL|# )' "$OUT/score_$m.log" | head -8
