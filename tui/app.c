@@ -1141,14 +1141,14 @@ static int resolve_ckpt(app *a, const char *spec, const char *what)
         return -1;
     }
     qc_err err = {0};
-    pthread_mutex_lock(&a->w.mu);
+    /* Not under a->w.mu: opening the checkpoint reads the disk, and
+     * worker_add_ckpt takes the mutex itself just to publish the entry. */
     int rc = worker_add_ckpt(&a->w, spec, &err);
-    pthread_mutex_unlock(&a->w.mu);
     if (rc) {
         set_status(a, true, "%s failed, still on %s: %s", what, a->w.ck[a->snap.active].label, err.msg);
         return -1;
     }
-    return a->w.n_ck - 1;
+    return a->w.n_ck - 1; /* this thread is the list's only writer */
 }
 
 static void do_swap(app *a, const char *spec)

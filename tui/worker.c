@@ -50,38 +50,47 @@ void worker_job_free(worker_job *job)
     memset(job, 0, sizeof *job);
 }
 
-int worker_add_ckpt(worker *w, const char *dir, qc_err *err)
+void worker_init_sync(worker *w)
 {
-    if (w->n_ck >= WORKER_MAX_CKPT)
-        return qc_err_set(err, QC_EXIT_USAGE, "%s: at most %d checkpoints", dir, WORKER_MAX_CKPT);
+    if (w->started_sync)
+        return;
+    pthread_mutex_init(&w->mu, NULL);
+    pthread_cond_init(&w->cv, NULL);
+    w->started_sync = true;
+}
+
+int worker_ckpt_count(worker *w)
+{
+    /* Before worker_init_sync there is no other thread to race with. */
+    if (!w->started_sync)
+        return w->n_ck;
+    pthread_mutex_lock(&w->mu);
+    int n = w->n_ck;
+    pthread_mutex_unlock(&w->mu);
+    return n;
+}
+
+/* The slow half of worker_add_ckpt: reads the checkpoint's config and
+ * tensor headers into *c (label left empty). Touches nothing shared, so it
+ * runs without the mutex. */
+static int describe_ckpt(const char *dir, worker_ckpt *c, qc_err *err)
+{
     qc_ckpt *ck = NULL;
     int rc = qc_ckpt_open(dir, &ck, err);
     if (rc)
         return rc;
-    worker_ckpt *c = &w->ck[w->n_ck];
     memset(c, 0, sizeof *c);
     c->dir = strdup(dir);
     if (!c->dir) {
         qc_ckpt_free(ck);
         return qc_err_set(err, QC_EXIT_RUNTIME, "out of memory");
     }
-    char fam[16];
-    snprintf(fam, sizeof fam, "%s", qc_ckpt_dominant_family(ck));
-    memcpy(c->family, fam, sizeof fam);
+    snprintf(c->family, sizeof c->family, "%s", qc_ckpt_dominant_family(ck));
     qc_ckpt_mem mem;
     qc_ckpt_memory(ck, 0, &mem);
     for (int f = 0; f < QC_FAM_COUNT; f++)
         c->weight_bytes += (uint64_t)mem.weights_bytes[f];
     qc_ckpt_free(ck);
-    int same = 0;
-    for (int i = 0; i < w->n_ck; i++)
-        same += !strcmp(w->ck[i].family, c->family);
-    char label[24];
-    if (same)
-        snprintf(label, sizeof label, "%.12s#%d", fam, (same + 1) % 100);
-    else
-        snprintf(label, sizeof label, "%s", fam);
-    memcpy(c->label, label, sizeof label);
     size_t l = strlen(dir);
     while (l > 1 && dir[l - 1] == '/')
         l--;
@@ -89,7 +98,42 @@ int worker_add_ckpt(worker *w, const char *dir, qc_err *err)
     while (b > 0 && dir[b - 1] != '/')
         b--;
     snprintf(c->name, sizeof c->name, "%.*s", (int)(l - b), dir + b);
+    return 0;
+}
+
+int worker_add_ckpt(worker *w, const char *dir, qc_err *err)
+{
+    /* Only the adding (UI) thread writes n_ck, so this early read needs no
+     * lock; it spares a disk read when the list is already full. */
+    if (w->n_ck >= WORKER_MAX_CKPT)
+        return qc_err_set(err, QC_EXIT_USAGE, "%s: at most %d checkpoints", dir, WORKER_MAX_CKPT);
+    worker_ckpt c;
+    int rc = describe_ckpt(dir, &c, err);
+    if (rc)
+        return rc;
+    /* Publish: fill the slot past n_ck, then count it, both under the mutex,
+     * so a worker that reads n_ck under the mutex sees a complete entry. The
+     * array never moves, and entries below n_ck are never rewritten here. */
+    bool locked = w->started_sync;
+    if (locked)
+        pthread_mutex_lock(&w->mu);
+    if (w->n_ck >= WORKER_MAX_CKPT) {
+        if (locked)
+            pthread_mutex_unlock(&w->mu);
+        free(c.dir);
+        return qc_err_set(err, QC_EXIT_USAGE, "%s: at most %d checkpoints", dir, WORKER_MAX_CKPT);
+    }
+    int same = 0;
+    for (int i = 0; i < w->n_ck; i++)
+        same += !strcmp(w->ck[i].family, c.family);
+    if (same)
+        snprintf(c.label, sizeof c.label, "%.12s#%d", c.family, (same + 1) % 100);
+    else
+        snprintf(c.label, sizeof c.label, "%s", c.family);
+    w->ck[w->n_ck] = c;
     w->n_ck++;
+    if (locked)
+        pthread_mutex_unlock(&w->mu);
     return 0;
 }
 
@@ -124,8 +168,10 @@ static void update_mem(worker *w)
         return;
     qc_mem_report rep;
     qc_model_mem(w->ck[a].model, w->sess, &rep);
-    /* Weights of the other resident checkpoints count too (their families). */
-    for (int i = 0; i < w->n_ck; i++) {
+    /* Weights of the other resident checkpoints count too (their families).
+     * The UI thread may append checkpoints meanwhile: count them under mu. */
+    int n_ck = worker_ckpt_count(w);
+    for (int i = 0; i < n_ck; i++) {
         if (i == a || !w->ck[i].model)
             continue;
         qc_mem_report o;
@@ -136,7 +182,7 @@ static void update_mem(worker *w)
     pthread_mutex_lock(&w->mu);
     w->live.mem = rep;
     w->live.mem_valid = true;
-    for (int i = 0; i < w->n_ck; i++)
+    for (int i = 0; i < n_ck; i++)
         w->live.resident[i] = w->ck[i].model != NULL;
     w->live.ctx_len = w->sess ? qc_session_len(w->sess) : 0;
     pthread_mutex_unlock(&w->mu);
@@ -148,10 +194,11 @@ static void update_mem(worker *w)
 static int evict(worker *w, int keep, int keep2, bool force)
 {
     int evicted = 0;
+    int n_ck = worker_ckpt_count(w); /* ones added meanwhile are not resident */
     for (;;) {
         uint64_t total = 0;
         int lru = -1;
-        for (int i = 0; i < w->n_ck; i++) {
+        for (int i = 0; i < n_ck; i++) {
             if (!w->ck[i].model)
                 continue;
             total += w->ck[i].weight_bytes;
@@ -409,7 +456,7 @@ static int job_generate(worker *w, worker_job *job, qc_err *err)
         }
         goto out;
     }
-    bool drift = dref >= 0 && dref != act && dref < w->n_ck && live_drift_begin(w, dref, ids, (int)nids);
+    bool drift = dref >= 0 && dref != act && dref < worker_ckpt_count(w) && live_drift_begin(w, dref, ids, (int)nids);
     drift_stats ds;
     drift_stats_init(&ds);
     int32_t eos[QC_REPLY_MAX_EOS];
@@ -549,7 +596,8 @@ static int ensure_resident(worker *w, int idx, int keep2, qc_err *err)
     set_phase(w, WPH_LOADING);
     /* Make room first when the budget is already exceeded with it. */
     uint64_t total = c->weight_bytes;
-    for (int i = 0; i < w->n_ck; i++)
+    int n_ck = worker_ckpt_count(w);
+    for (int i = 0; i < n_ck; i++)
         if (w->ck[i].model)
             total += w->ck[i].weight_bytes;
     if (total > w->budget)
@@ -955,9 +1003,7 @@ int worker_start(worker *w, int first, const qc_load_opts *lo, int max_ctx, uint
         return qc_err_set(err, QC_EXIT_RUNTIME, "pipe: %s", strerror(errno));
     for (int i = 0; i < 2; i++)
         fcntl(w->wake_fd[i], F_SETFL, fcntl(w->wake_fd[i], F_GETFL) | O_NONBLOCK);
-    pthread_mutex_init(&w->mu, NULL);
-    pthread_cond_init(&w->cv, NULL);
-    w->started_sync = true;
+    worker_init_sync(w);
     int rc = qc_model_load(w->ck[first].dir, &w->lopts, &w->ck[first].model, err);
     if (rc)
         return rc;

@@ -135,9 +135,15 @@ typedef struct worker {
     atomic_bool wake_pending;
     int wake_fd[2];
     worker_live live;
-    /* owned by the worker thread while running */
+    /* The checkpoint list. Fixed capacity, so an entry never moves. Only the
+     * UI thread appends (worker_add_ckpt): it fills ck[n_ck] and bumps n_ck
+     * under mu. An entry's dir/label/family/name/weight_bytes never change
+     * once counted; model and last_used belong to the worker thread while it
+     * runs. The worker reads n_ck only under mu (worker_ckpt_count), the UI
+     * thread, its only writer, reads it freely. */
     worker_ckpt ck[WORKER_MAX_CKPT];
     int n_ck;
+    /* owned by the worker thread while running */
     qc_session *sess;
     qc_load_opts lopts;
     int max_ctx;
@@ -151,10 +157,18 @@ typedef struct worker {
     int ref_sess_ck;
 } worker;
 
-/* Describes checkpoint dirs (reads their config and tensor headers, loads
- * nothing). Fills ck[] labels. QC_EXIT_CHECKPOINT with a message naming the
- * directory when one is unusable. */
+/* Describes a checkpoint dir (reads its config and tensor headers, loads
+ * nothing) and appends it to ck[] with its label. QC_EXIT_CHECKPOINT with a
+ * message naming the directory when it is unusable; the list is then
+ * unchanged. Call from the UI thread WITHOUT holding mu: the disk reads run
+ * unlocked and only the append takes mu. */
 int worker_add_ckpt(worker *w, const char *dir, qc_err *err);
+/* Initialises mu and cv once (worker_start calls it; worker_shutdown
+ * destroys them). */
+void worker_init_sync(worker *w);
+/* n_ck read under mu: what code on the worker thread (or any thread other
+ * than the one adding checkpoints) uses to bound a walk of ck[]. */
+int worker_ckpt_count(worker *w);
 /* Loads checkpoint `first`, creates the session, starts the thread. */
 int worker_start(worker *w, int first, const qc_load_opts *lo, int max_ctx, uint64_t budget,
                  qc_err *err);
