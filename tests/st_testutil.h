@@ -16,6 +16,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "harness.h"
+#include "util.h"
+
 /* snprintf through a va_list: test paths are short, and a truncated one
  * simply fails the test that uses it. */
 static inline int tu_fmt(char *dst, size_t n, const char *fmt, ...)
@@ -189,6 +192,48 @@ static inline int tu_run_qchat(const char *args, char **out, char **err)
         *err = calloc(1, 1);
     tu_rm_rf(dir);
     return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+/* Opens one corpus file; returns the reader's status and fills err. */
+typedef int (*tu_corpus_fn)(const uint8_t *buf, size_t len, const char *name, qc_err *err);
+
+/* Replays a fuzz corpus directory as one check: ok-* files must be accepted,
+ * bad-* rejected cleanly (QC_EXIT_CHECKPOINT with a one-line message), and the
+ * fuzzer's finds (hash names) may go either way, but only cleanly. */
+static inline void tu_corpus_replay(const char *check, const char *cdir, tu_corpus_fn open_fn)
+{
+    DIR *d = opendir(cdir);
+    if (!d) {
+        char why[300];
+        snprintf(why, sizeof why, "%s not found (run from the project root)", cdir);
+        th_skip(check, why);
+        return;
+    }
+    int n = 0, bad = 0;
+    char why[1500] = "";
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (e->d_name[0] == '.')
+            continue;
+        char p[1400];
+        snprintf(p, sizeof p, "%s/%s", cdir, e->d_name);
+        size_t len = 0;
+        uint8_t *buf = tu_slurp(p, &len);
+        if (!buf)
+            continue;
+        n++;
+        qc_err err = {0};
+        int rc = open_fn(buf, len, e->d_name, &err);
+        int clean_reject = rc == QC_EXIT_CHECKPOINT && err.msg[0] && !strchr(err.msg, '\n');
+        int ok = !strncmp(e->d_name, "ok-", 3)    ? rc == 0
+                 : !strncmp(e->d_name, "bad-", 4) ? clean_reject
+                                                  : rc == 0 || clean_reject;
+        if (!ok && !bad++)
+            snprintf(why, sizeof why, "%s: rc=%d %s", e->d_name, rc, err.msg);
+        free(buf);
+    }
+    closedir(d);
+    CHECK(check, !bad && n > 0, "%d of %d files: %s", bad, n, why);
 }
 
 #endif
