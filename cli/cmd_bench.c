@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <sys/stat.h>
 
 #include <cjson/cJSON.h>
@@ -263,26 +264,41 @@ int cmd_bench(int argc, char **argv)
     if ((rc = prefill_n(cs, ids, 512, chunk, &err))) goto done_json; /* warm-up: kernels, cuBLAS heuristics */
     if ((rc = prefill_n(cs, ids, chunk, chunk, &err))) goto done_json;
     cJSON *jp = cJSON_AddArrayToObject(root, "prefill");
-    fprintf(log, "\nprefill   tokens   seconds   tok/s     TTFT ms\n");
+    /* Two conditions per length. "idle": the prompt arrives at a GPU that
+     * has been idle for half a second, as in a chat (the user was typing) —
+     * the TTFT a user sees. "busy": the same prefill again at once, the GPU
+     * hot from the previous one; under sustained tensor-core load the H100
+     * settles near its power limit at lower clocks (measured: ~1455 MHz,
+     * 575 W, against 1980 MHz boost), so back-to-back prefills run up to
+     * ~25 % slower. Throughput (seconds, tok/s) is the busy figure. */
+    fprintf(log, "\nprefill   tokens   seconds   tok/s   TTFT ms (idle GPU)  TTFT ms (busy)\n");
     for (int i = 0; i < npre; i++) {
         int n = pre[i], reps = quick || n >= 8192 ? 1 : 3;
-        double best = 1e30, best_ttft = 1e30;
-        for (int r = 0; r < reps; r++) {
+        double best = 1e30, best_ttft = 1e30, best_idle = 1e30;
+        for (int r = 0; r < 2 * reps; r++) {
+            bool idle = r % 2 == 0;
+            if (idle) nanosleep(&(struct timespec){0, 500 * 1000 * 1000}, NULL);
             double a = qc_now();
             if ((rc = prefill_n(cs, ids, n, chunk, &err))) goto done_json;
             double b = qc_now();
             if ((rc = qc_cuda_sample(cs, &greedy, &tok, &err))) goto done_json;
             double c = qc_now();
-            if (b - a < best) best = b - a;
-            if (c - a < best_ttft) best_ttft = c - a;
+            if (idle) {
+                if (c - a < best_idle) best_idle = c - a;
+            } else {
+                if (b - a < best) best = b - a;
+                if (c - a < best_ttft) best_ttft = c - a;
+            }
         }
         cJSON *o = cJSON_CreateObject();
         cJSON_AddNumberToObject(o, "tokens", n);
         cJSON_AddNumberToObject(o, "seconds", best);
         cJSON_AddNumberToObject(o, "tok_per_s", n / best);
-        cJSON_AddNumberToObject(o, "ttft_ms", best_ttft * 1e3);
+        cJSON_AddNumberToObject(o, "ttft_ms", best_idle * 1e3);
+        cJSON_AddNumberToObject(o, "ttft_busy_ms", best_ttft * 1e3);
         cJSON_AddItemToArray(jp, o);
-        fprintf(log, "          %6d   %7.3f   %7.0f   %8.1f\n", n, best, n / best, best_ttft * 1e3);
+        fprintf(log, "          %6d   %7.3f   %7.0f   %12.1f   %14.1f\n", n, best, n / best, best_idle * 1e3,
+                best_ttft * 1e3);
     }
 
     /* decode */

@@ -44,8 +44,16 @@
 #include "shared_tensors.h"
 
 #define CU_BLAS_WS (32u << 20)
+/* Prefill of FP8 weights on the FP8 tensor cores (qk_gemm_q_lt: activations
+ * quantized to e4m3 per token and 128 inputs) for chunks this long; shorter
+ * chunks and decode stay exact. Off unless QCHAT_FP8_PREFILL asks for it
+ * (CU_LT_DEFAULT 0): on the FP8 fixtures it moves the logits 7.6e-2 / 8.9e-2
+ * rel L2 from the goldens (exact path 8e-3 / 1e-2; limit 3e-2), measured H100
+ * 2026-11-22; 27B prefill of 8192 tokens 0.61 s instead of 0.84 s. */
+#define CU_LT_MIN_T 64
+#define CU_LT_DEFAULT 0
 #define CU_DEFAULT_CTX 4096
-#define CU_GEMM_ATTN_MIN 64 /* chunks this long use the cuBLAS attention */
+#define CU_GEMM_ATTN_MIN 64 /* chunks this long use tensor-core attention (flash, else cuBLAS) */
 
 /* ---- allocations with tags ---- */
 
@@ -107,9 +115,13 @@ static void cu_pool_free(cu_pool *pl)
 
 /* ---- model ---- */
 
+#define CU_PROF_EV 4096 /* events of one profiled chunk (~15 per layer) */
+
 typedef struct cu_prof {
     bool ok, on;
-    cudaEvent_t ev[2];
+    cudaEvent_t *ev; /* [CU_PROF_EV], made on first use */
+    int cat[CU_PROF_EV];
+    int n;
     double ms[16];
 } cu_prof;
 
@@ -143,6 +155,8 @@ struct qc_cuda_model {
     int conv_dim, n_max; /* widest fused projection */
     cudaStream_t st;
     qk_blas *blas;
+    qk_lt *lt;    /* prefill in the weights' precision (gemm_lt.cu), or NULL */
+    int lt_min_t; /* ... for chunks of at least this many tokens */
     uint16_t *embed;
     cu_mat head; /* lm_head (head.bf == embed when tied) */
     float *final_norm;
@@ -210,11 +224,20 @@ static int cu_model_new(const qc_cuda_shape *sh, qc_cuda_model **out, qc_err *er
         return qc_err_set(err, QC_EXIT_RUNTIME, "CUDA backend: stream/cuBLAS setup failed: %s", qk_error_string(rc));
     }
     cm->pool.bytes[QC_MEM_SCRATCH] += CU_BLAS_WS; /* the cuBLAS workspace */
-    if (cudaEventCreate(&cm->prof.ev[0]) == cudaSuccess && cudaEventCreate(&cm->prof.ev[1]) == cudaSuccess) {
-        cm->prof.ok = true;
-        const char *pe = getenv("QCHAT_CUDA_PROFILE");
-        cm->prof.on = pe && *pe && strcmp(pe, "0");
-    }
+    /* Prefill in the weights' precision through cuBLASLt (kernels/gemm_lt.cu):
+     * FP8 on sm_90 (block scaling), NVFP4 on Blackwell (untested there), for
+     * chunks of at least CU_LT_MIN_T tokens. QCHAT_FP8_PREFILL=1 turns it on,
+     * =N (N >= 2) on for chunks of N tokens or more, =0 off (the exact
+     * dequantizing path, as on other GPUs); unset: CU_LT_DEFAULT. */
+    const char *fe = getenv("QCHAT_FP8_PREFILL");
+    const int lt_on = fe && *fe ? atoi(fe) != 0 : CU_LT_DEFAULT;
+    cm->lt_min_t = fe && atoi(fe) >= 2 ? atoi(fe) : CU_LT_MIN_T;
+    if ((prop.major == 9 || prop.major == 10 || prop.major == 12) && lt_on &&
+        qk_lt_create(&cm->lt, cm->blas, prop.major * 10 + prop.minor))
+        cm->lt = NULL;
+    cm->prof.ok = true;
+    const char *pe = getenv("QCHAT_CUDA_PROFILE");
+    cm->prof.on = pe && *pe && strcmp(pe, "0");
     *out = cm;
     return QC_OK;
 }
@@ -223,14 +246,15 @@ void qc_cuda_model_free(qc_cuda_model *cm)
 {
     if (!cm) return;
     cudaStreamSynchronize(cm->st);
+    qk_lt_free(cm->lt);
     qk_blas_free(cm->blas);
     cu_pool_free(&cm->pool);
     for (int i = 0; i < cm->n_shared; i++) qc_shared_release(cm->shared[i], cm);
     free(cm->shared);
     free(cm->pend);
-    if (cm->prof.ok) {
-        cudaEventDestroy(cm->prof.ev[0]);
-        cudaEventDestroy(cm->prof.ev[1]);
+    if (cm->prof.ev) {
+        for (int i = 0; i < CU_PROF_EV; i++) cudaEventDestroy(cm->prof.ev[i]);
+        free(cm->prof.ev);
     }
     cudaStreamDestroy(cm->st);
     free(cm->L);
@@ -1078,9 +1102,12 @@ static int sess_arena(qc_cuda_sess *cs, int T, int lrows, qc_err *err)
     };
     size_t total = 0;
     for (size_t i = 0; i < sizeof sz / sizeof sz[0] - 1; i++) total += al256(sz[i]);
-    /* Long chunks run attention through cuBLAS in blocks of query rows: room
-     * for all T rows over the current cache, at most 1 GiB. */
-    size_t ag = T >= CU_GEMM_ATTN_MIN ? t * sh->H * (((size_t)cs->cap + 8) * 6 + (size_t)sh->hd * 6) + (1u << 20) : 0;
+    /* Long chunks run attention through cuBLAS in blocks of query rows (when
+     * the flash kernel does not serve the shape): room for all T rows over the
+     * current cache, at most 1 GiB. */
+    size_t ag = T >= CU_GEMM_ATTN_MIN && !qk_attn_flash_ok(sh->H, sh->KV, sh->hd)
+                    ? t * sh->H * (((size_t)cs->cap + 8) * 6 + (size_t)sh->hd * 6) + (1u << 20)
+                    : 0;
     cs->attn_gemm_bytes = sz[sizeof sz / sizeof sz[0] - 1] = ag < ((size_t)1 << 30) ? ag : ((size_t)1 << 30);
     total += al256(cs->attn_gemm_bytes);
     char *base;
@@ -1122,8 +1149,10 @@ int qc_cuda_sess_new(qc_cuda_model *cm, int max_ctx, qc_cuda_sess **out, qc_err 
      * splits for long caches were measured slower (H100, 27B: 59 vs 41 us per
      * layer at 4096 keys with 128 splits instead of 64). */
     int cap0 = max_ctx > 0 ? max_ctx : CU_DEFAULT_CTX;
-    cs->nsplit = 2 * cm->n_sm / cm->sh.KV;
-    if (cs->nsplit > 64) cs->nsplit = 64;
+    /* Split-KV decode: about 4 blocks per SM at long contexts (the kernel
+     * uses only the splits it needs at short ones). */
+    cs->nsplit = 4 * cm->n_sm / cm->sh.KV;
+    if (cs->nsplit > 256) cs->nsplit = 256;
     if (cs->nsplit < 1) cs->nsplit = 1;
     if (!rc) rc = sess_alloc_state(cs, cap0, err);
     if (!rc) rc = sess_arena(cs, 1, 1, err);
@@ -1200,8 +1229,33 @@ static bool qw_rows(const qk_qweight *w, int r0, int nr, qk_qweight *v)
     }
 }
 
+/* The parts of M the FP8 path left (bit i of done clear), one exact GEMM
+ * each: BF16 parts read in place when unpadded, others dequantized. */
+static int mat_gemm_rest(qc_cuda_model *cm, const cu_mat *M, const uint16_t *X, void *Y, int ldy, int T, float beta,
+                         bool out16, unsigned done)
+{
+    const int K = M->k;
+    for (int i = 0; i < M->np; i++) {
+        if (done >> i & 1) continue;
+        const qk_qweight *q = &M->q[i];
+        const uint16_t *W = q->w;
+        int rc = 0;
+        if (q->kind != QK_QW_BF16 || q->k_pad != K) {
+            if ((size_t)q->n * K * 2 > cm->dq_bytes) return (int)cudaErrorInvalidValue;
+            rc = qk_dequant_q_bf16(q, cm->dq, K, cm->st);
+            W = cm->dq;
+        }
+        if (!rc)
+            rc = out16 ? qk_gemm_bf16_out16(cm->blas, W, X, (uint16_t *)Y + M->off[i], ldy, T, q->n, K)
+                       : qk_gemm_bf16(cm->blas, W, X, (float *)Y + M->off[i], ldy, T, q->n, K, beta);
+        if (rc) return rc;
+    }
+    return 0;
+}
+
 /* Prefill: Y[t, :] (= or +=) M X[t, :] for T tokens (Y fp32 [T][ldy], or
- * bf16 when out16). Quantized groups are dequantized into the scratch
+ * bf16 when out16). FP8 parts go through cuBLASLt in FP8 when the GPU has
+ * block scaling and the chunk is long (above). Quantized groups are dequantized into the scratch
  * (stacked like the BF16 ones) and go through the same cuBLAS GEMM; a group
  * too large for the scratch (only a quantized lm_head) goes in row tiles. */
 static int mat_gemm(qc_cuda_model *cm, const cu_mat *M, const uint16_t *X, void *Y, int ldy, int T, float beta,
@@ -1209,6 +1263,13 @@ static int mat_gemm(qc_cuda_model *cm, const cu_mat *M, const uint16_t *X, void 
 {
     const int K = M->k;
     const uint16_t *W = M->bf;
+    if (M->np && cm->lt && T >= cm->lt_min_t) {
+        const qk_qweight *w[QK_GEMV_MAX_PARTS];
+        for (int i = 0; i < M->np; i++) w[i] = &M->q[i];
+        unsigned done = 0;
+        int rc = qk_gemm_q_lt(cm->lt, w, M->off, M->np, X, Y, ldy, T, beta, out16, &done);
+        if (rc || done) return rc ? rc : mat_gemm_rest(cm, M, X, Y, ldy, T, beta, out16, done);
+    }
     if (M->np) {
         if ((size_t)M->n * K * 2 > cm->dq_bytes) {
             int tr = (int)(cm->dq_bytes / ((size_t)K * 2)) / 512 * 512;
@@ -1241,10 +1302,13 @@ static int mm(qc_cuda_model *cm, const cu_mat *M, const uint16_t *X, float *Y, i
     return mat_gemm(cm, M, X, Y, M->n, T, acc ? 1.0f : 0.0f, false);
 }
 
-/* Optional prefill profile (QCHAT_CUDA_PROFILE=1 or qc_cuda_set_profile): every launch of a
- * multi-token forward is bracketed by events and synchronised, and the time
- * per category is printed to stderr after the chunk. Slows prefill down;
- * for finding where prefill time goes, never on by default. */
+/* Optional prefill profile (QCHAT_CUDA_PROFILE=1 or qc_cuda_set_profile): an
+ * event is recorded before every launch of a multi-token forward (and one
+ * after the last); after the chunk the time between consecutive events is
+ * summed per category and printed to stderr. No synchronisation between
+ * launches, so the GPU runs back to back as without the profile (the first
+ * version synchronised each launch, which added ~20 % to a 1000-token
+ * chunk). Never on by default. */
 enum { P_EMBED, P_NORM, P_GEMM_IN, P_CONV, P_GATES, P_GDNPREP, P_GDN, P_GNORM, P_APREP, P_ATTN, P_GEMM_OUT, P_GEMM_GU,
        P_SWIGLU, P_GEMM_DOWN, P_HEAD, P_COUNT };
 static const char *const prof_names[P_COUNT] = {
@@ -1253,19 +1317,41 @@ static const char *const prof_names[P_COUNT] = {
 
 #define OP(cat, call)                                                                              \
     do {                                                                                           \
-        if (P) cudaEventRecord(P->ev[0], st);                                                      \
+        if (P) prof_mark(P, cat, st);                                                              \
         CK(call);                                                                                  \
-        if (P) {                                                                                   \
-            float ms_ = 0;                                                                         \
-            cudaEventRecord(P->ev[1], st);                                                         \
-            cudaEventSynchronize(P->ev[1]);                                                        \
-            cudaEventElapsedTime(&ms_, P->ev[0], P->ev[1]);                                        \
-            P->ms[cat] += ms_;                                                                     \
-        }                                                                                          \
     } while (0)
+
+/* Records the start of a launch of category cat (-1: the end of the chunk).
+ * Turns the profile off if the events cannot be made. */
+static void prof_mark(cu_prof *P, int cat, cudaStream_t st)
+{
+    if (!P->ev) {
+        P->ev = calloc(CU_PROF_EV, sizeof *P->ev);
+        for (int i = 0; P->ev && i < CU_PROF_EV; i++)
+            if (cudaEventCreate(&P->ev[i]) != cudaSuccess) {
+                while (i--) cudaEventDestroy(P->ev[i]);
+                free(P->ev);
+                P->ev = NULL;
+            }
+        if (!P->ev) {
+            P->ok = P->on = false;
+            return;
+        }
+    }
+    if (P->n >= CU_PROF_EV) return;
+    P->cat[P->n] = cat;
+    cudaEventRecord(P->ev[P->n++], st);
+}
 
 static void prof_print(cu_prof *P, int T, int pos0)
 {
+    if (!P->ev || P->n < 2) return;
+    cudaEventSynchronize(P->ev[P->n - 1]);
+    for (int i = 0; i + 1 < P->n; i++) {
+        float ms = 0;
+        if (P->cat[i] >= 0 && cudaEventElapsedTime(&ms, P->ev[i], P->ev[i + 1]) == cudaSuccess) P->ms[P->cat[i]] += ms;
+    }
+    P->n = 0;
     double tot = 0;
     for (int i = 0; i < P_COUNT; i++) tot += P->ms[i];
     fprintf(stderr, "prefill profile T=%d pos0=%d: %.1f ms |", T, pos0, tot);
@@ -1285,6 +1371,7 @@ static int run_layers(qc_cuda_sess *cs, int T, int pos0, bool all_rows, qc_err *
     const int D = sh->D, Hv = sh->Hv, dv = sh->dv;
     const int32_t *ids = cs->d_io + 4, *pos = cs->d_io + 1;
     cu_prof *P = T > 1 && cm->prof.on ? &cm->prof : NULL;
+    if (P) P->n = 0;
     OP(P_EMBED, qk_embed(cm->embed, ids, T, D, sh->vocab, cs->h, st));
     for (int li = 0; li < sh->n_layers; li++) {
         const cu_layer *L = &cm->L[li];
@@ -1308,7 +1395,10 @@ static int run_layers(qc_cuda_sess *cs, int T, int pos0, bool all_rows, qc_err *
         } else {
             OP(P_APREP, qk_attn_prep(cs->proj, L->n_in, T, sh->H, sh->KV, sh->hd, sh->rot, sh->theta, L->q_norm, L->k_norm,
                             sh->eps, pos, cs->kc[li], cs->vc[li], cs->cap, cs->q, cs->gate, st));
-            if (T >= CU_GEMM_ATTN_MIN && cs->attn_gemm_bytes)
+            if (T >= CU_GEMM_ATTN_MIN && qk_attn_flash_ok(sh->H, sh->KV, sh->hd))
+                OP(P_ATTN, qk_attn_flash(cs->q, cs->gate, cs->kc[li], cs->vc[li], cs->cap, T, sh->H, sh->KV, sh->hd,
+                                         pos0, cs->yb, st));
+            else if (T >= CU_GEMM_ATTN_MIN && cs->attn_gemm_bytes)
                 OP(P_ATTN, qk_attn_prefill_gemm(cm->blas, cs->q, cs->gate, cs->kc[li], cs->vc[li], cs->cap, T, sh->H, sh->KV,
                                         sh->hd, pos0, cs->attn_gemm, cs->attn_gemm_bytes, cs->yb));
             else
@@ -1337,6 +1427,7 @@ static int run_layers(qc_cuda_sess *cs, int T, int pos0, bool all_rows, qc_err *
         OP(P_HEAD, qk_rmsnorm1p(cs->h + last, cm->final_norm, sh->eps, 1, D, cs->xb, cs->fn + last, st));
         OP(P_HEAD, mat_gemv(cm, &cm->head, cs->xb, cs->logits, 0));
     }
+    if (P) prof_mark(P, -1, st);
     return QC_OK;
 }
 
@@ -1397,9 +1488,16 @@ int qc_cuda_prefill(qc_cuda_sess *cs, const int32_t *ids, int n, int pos0, qc_er
     int rc = sess_grow_kv(cs, pos0 + n, err);
     if (!rc) rc = sess_arena(cs, n, 1, err);
     if (!rc) rc = put_ids(cs, ids, n, pos0, err);
+    double t0 = qc_now();
     if (!rc) rc = n == 1 ? step_graph(cs, err) : run_layers(cs, n, pos0, false, err);
+    double t_enq = qc_now() - t0;
     if (!rc) rc = sync_check(cs, err, "prefill");
-    if (!rc && n > 1 && cs->cm->prof.on) prof_print(&cs->cm->prof, n, pos0);
+    if (!rc && n > 1 && cs->cm->prof.on) {
+        /* host time to enqueue the chunk vs its wall time: equal means the
+         * host, not the GPU, sets the pace */
+        fprintf(stderr, "prefill T=%d: enqueue %.1f ms, wall %.1f ms\n", n, t_enq * 1e3, (qc_now() - t0) * 1e3);
+        prof_print(&cs->cm->prof, n, pos0);
+    }
     return rc;
 }
 

@@ -1,15 +1,11 @@
 /* gdn.cu — Gated DeltaNet: conv + SiLU, gates, L2 norms, the chunked prefill
  * (chunk 64, qwen35-model.md §3.2) and the fused single-token step.
  *
- * Chunked prefill, two launches:
- *   prep (parallel over chunks x V heads): gamma = cumsum(g); A and P from
- *     K K^T / Q K^T with e^{gamma_i - gamma_j} (i >= j, so every exponent is
- *     <= 0); U = (I+A)^{-1} diag(beta) V and W = (I+A)^{-1} diag(beta e^gamma) K
- *     by forward substitution, one thread per column (no division by e^gamma);
- *   scan (sequential over chunks, parallel over V heads and state columns):
- *     the state's columns S[:, j] are independent, so each thread keeps one
- *     column in registers: V' = U - W S; O = diag(e^gamma) Q S + P V';
- *     S = e^{gamma_last} S + (diag(e^{gamma_last - gamma}) K)^T V'. */
+ * Chunked prefill, two launches (details at "chunked prefill" below): prep,
+ * parallel over chunks x V heads, forms everything a chunk needs that does
+ * not depend on the state (A, P, U, W); scan walks the chunks in order with
+ * the state slice of each (V head, 64 columns) block in registers, all
+ * products on the tensor cores in 3xTF32 (fp32-level accuracy). */
 #include "common.cuh"
 
 #define GDN_C 64
@@ -46,11 +42,58 @@ __global__ void k_conv_state(const float *x, int ld_x, float *state, int T, int 
     for (int m = 0; m < 3; m++) state[ch * 3 + m] = s[m];
 }
 
+/* Prefill form: a thread takes 4 channels (16-byte loads) over a run of
+ * CONV_RUN tokens and slides the window in registers, so each input is read
+ * once (k_conv_silu reads it four times, 4 bytes at a time: ~1.1 TB/s on a
+ * 1000-token 27B layer). Same products in the same order, so the same
+ * values as k_conv_silu. Needs C % 4 == 0, ld_x % 4 == 0, aligned x/out. */
+#define CONV_RUN 16
+
+__global__ void __launch_bounds__(256) k_conv_silu_run(const float *x, int ld_x, const float4 *w, const float *state,
+                                                       int T, int C, float *out)
+{
+    const int c4 = blockIdx.x * 256 + threadIdx.x; /* 4 channels: 4 c4 .. 4 c4 + 3 */
+    if (4 * c4 >= C) return;
+    const int t0 = blockIdx.y * CONV_RUN;
+    float4 wc[4]; /* wc[c] = the 4 taps of channel 4 c4 + c */
+#pragma unroll
+    for (int c = 0; c < 4; c++) wc[c] = w[4 * c4 + c];
+    float4 win[3]; /* inputs at t0 - 3, t0 - 2, t0 - 1 */
+#pragma unroll
+    for (int m = 0; m < 3; m++) {
+        const int tt = t0 - 3 + m;
+        if (tt >= 0) {
+            win[m] = *(const float4 *)(x + (int64_t)tt * ld_x + 4 * c4);
+        } else {
+            const float *sr = state + (int64_t)(4 * c4) * 3 + (tt + 3);
+            win[m] = make_float4(sr[0], sr[3], sr[6], sr[9]);
+        }
+    }
+    const int t1 = min(T, t0 + CONV_RUN);
+    for (int t = t0; t < t1; t++) {
+        const float4 cur = *(const float4 *)(x + (int64_t)t * ld_x + 4 * c4);
+        float4 o;
+        o.x = qk_silu(fmaf(wc[0].w, cur.x, fmaf(wc[0].z, win[2].x, fmaf(wc[0].y, win[1].x, fmaf(wc[0].x, win[0].x, 0.0f)))));
+        o.y = qk_silu(fmaf(wc[1].w, cur.y, fmaf(wc[1].z, win[2].y, fmaf(wc[1].y, win[1].y, fmaf(wc[1].x, win[0].y, 0.0f)))));
+        o.z = qk_silu(fmaf(wc[2].w, cur.z, fmaf(wc[2].z, win[2].z, fmaf(wc[2].y, win[1].z, fmaf(wc[2].x, win[0].z, 0.0f)))));
+        o.w = qk_silu(fmaf(wc[3].w, cur.w, fmaf(wc[3].z, win[2].w, fmaf(wc[3].y, win[1].w, fmaf(wc[3].x, win[0].w, 0.0f)))));
+        *(float4 *)(out + (int64_t)t * C + 4 * c4) = o;
+        win[0] = win[1];
+        win[1] = win[2];
+        win[2] = cur;
+    }
+}
+
 extern "C" int qk_conv_silu(const float *x, int ld_x, const float *w, float *state, int T, int C, float *out,
                             qk_stream st)
 {
     if (T <= 0) return 0;
-    k_conv_silu<<<qk_cdiv((int64_t)T * C, 256), 256, 0, st>>>(x, ld_x, w, state, T, C, out);
+    if (T > 1 && C % 4 == 0 && ld_x % 4 == 0 && ((uintptr_t)x & 15) == 0 && ((uintptr_t)out & 15) == 0 &&
+        ((uintptr_t)w & 15) == 0 && qk_cdiv(T, CONV_RUN) <= 65535)
+        k_conv_silu_run<<<dim3(qk_cdiv(C / 4, 256), qk_cdiv(T, CONV_RUN)), 256, 0, st>>>(x, ld_x, (const float4 *)w,
+                                                                                       state, T, C, out);
+    else
+        k_conv_silu<<<qk_cdiv((int64_t)T * C, 256), 256, 0, st>>>(x, ld_x, w, state, T, C, out);
     k_conv_state<<<qk_cdiv(C, 256), 256, 0, st>>>(x, ld_x, state, T, C);
     return qk_launch_status();
 }
@@ -104,64 +147,215 @@ extern "C" int qk_l2norm_qk(float *c, int ld_c, int T, int Hk, int dk, qk_stream
     return qk_launch_status();
 }
 
-/* ---- chunked prefill ---- */
+/* ---- chunked prefill ----
+ *
+ * Every product runs on the tensor cores as mma.sync m16n8k8 TF32 with the
+ * 3xTF32 split (x = hi + lo, hi the top 10 mantissa bits, lo the rounded
+ * rest; hi*hi + hi*lo + lo*hi), which keeps fp32-level accuracy (measured
+ * rel_l2 ~2e-6 against the CPU recurrence at T = 1000; one plain TF32 pass
+ * rounds every operand to 2^-11, an estimated ~5e-4, over the 2e-4 the
+ * tests allow) at 3x the mma count.
+ *
+ * prep, one block per (chunk, V head), 8 warps: G = K K^T and H = Q K^T as
+ * mma; A and P with e^{gamma_i - gamma_j} (i >= j only); then
+ * X = (I+A)^{-1} [diag(beta) V | diag(beta e^gamma) K] blockwise over four
+ * 16-row blocks: X_b = L_bb^{-1} (R_b - sum_{k<b} A_bk X_k), the 16x16
+ * diagonal inverses by forward substitution, the rest as mma; each warp owns
+ * 1/8 of the columns of X, so the blockwise solve needs only __syncwarp.
+ *
+ * scan, one block per (V head, 64 state columns), chunks in order; the
+ * block keeps its state slice S [dk][64] in the accumulators of the warps
+ * (and a copy in shared memory as the B operand): X = W S and Y = Q S,
+ * V' = U - X, O = diag(e^gamma) Y + P V', S = e^{gamma_last} S + K^T
+ * diag(e^{gamma_last - gamma}) V'. The next chunk's W|Q|U and this chunk's
+ * P|K stream in with cp.async under the other half of the step's math. */
+
+#define GDN_PLD 68 /* pitch of 64-wide row-major operands (P, A, L^-1): 4 mod 32 banks */
+
+/* Pitches (in floats) chosen so every fragment load below is free of bank
+ * conflicts: row-major A operands 4 mod 32, column-major A and row-major B
+ * operands 8 mod 32. */
+__host__ __device__ constexpr int gdn_pa(int dk) { return dk + 4; } /* W, Q (row-major A) */
+__host__ __device__ constexpr int gdn_pk(int dk) { return dk + 8; } /* K (column-major A of the state update) */
+/* Record per (chunk, V head): W [64][pa] | vec [192] = e^gamma, e^{gamma_last
+ * - gamma}, gamma_last | U [64][dk] | P [64][GDN_PLD]. W|vec is one copy. */
+__host__ __device__ constexpr int gdn_rec_floats(int dk) { return GDN_C * gdn_pa(dk) + 192 + GDN_C * dk + GDN_C * GDN_PLD; }
+/* Record per (chunk, K head), shared by its Hv/Hk V heads: Q [64][pa] | K [64][pk]. */
+__host__ __device__ constexpr int gdn_qk_floats(int dk) { return GDN_C * gdn_pa(dk) + GDN_C * gdn_pk(dk); }
 
 static size_t align256(size_t n) { return (n + 255) & ~(size_t)255; }
 
-/* Scratch: U [Tp][Hv][dv] and one record per (chunk, V head) holding what
- * the scan needs of that chunk, laid out exactly as the scan's shared memory
- * so it is copied with 16-byte loads:
- *   W [64][dk] | Q [64][dk] | Kd [64][dk] = K e^{gamma_last - gamma} |
- *   P [64][GDN_PLD] | eg [64] = e^{gamma} | glast, padding [64]. */
-#define GDN_PLD 68 /* P row pitch: 68 = 4 mod 32 banks, so rows 4m+q land in distinct banks */
-__host__ __device__ static inline size_t gdn_rec_floats(int dk)
-{
-    return (size_t)3 * GDN_C * dk + GDN_C * GDN_PLD + 2 * GDN_C;
-}
-
 struct gdn_scratch {
-    float *U, *rec;
+    float *rec, *qk;
 };
 
-static gdn_scratch gdn_scratch_split(void *base, int T, int Hv, int dv)
+static gdn_scratch gdn_scratch_split(void *base, int T, int Hv, int dk)
 {
-    size_t Tp = (size_t)qk_cdiv(T, GDN_C) * GDN_C;
-    char *p = (char *)base;
+    size_t nch = (size_t)qk_cdiv(T, GDN_C);
     gdn_scratch s;
-    s.U = (float *)p;
-    p += align256(Tp * Hv * dv * 4);
-    s.rec = (float *)p;
+    s.rec = (float *)base;
+    s.qk = (float *)((char *)base + align256(nch * Hv * gdn_rec_floats(dk) * 4));
     return s;
 }
 
+/* The K-head records are sized for Hv heads: the scratch query has no Hk
+ * (Hk <= Hv always). */
 extern "C" size_t qk_gdn_prefill_scratch(int T, int Hv, int dk, int dv)
 {
-    size_t Tp = (size_t)qk_cdiv(T, GDN_C) * GDN_C, nch = Tp / GDN_C;
-    return align256(Tp * Hv * dv * 4) + align256(nch * Hv * gdn_rec_floats(dk) * 4);
+    (void)dv;
+    size_t nch = (size_t)qk_cdiv(T, GDN_C);
+    return align256(nch * Hv * gdn_rec_floats(dk) * 4) + align256(nch * Hv * gdn_qk_floats(dk) * 4);
 }
 
-template <int DK>
-__global__ void __launch_bounds__(256) k_gdn_prep(const float *c, int ld_c, const float *beta, const float *g, int T,
-                                                  int Hk, int Hv, gdn_scratch s)
-{
-    const int DV = DK;
-    extern __shared__ float sm[];
-    float *Ks = sm;                       /* [64][DK+1] */
-    float *Qs = Ks + GDN_C * (DK + 1);    /* [64][DK+1] */
-    float *A = Qs + GDN_C * (DK + 1);     /* [64][65] */
-    float *gam = A + GDN_C * (GDN_C + 1); /* [64] */
-    float *bet = gam + GDN_C;             /* [64] */
-    int ch = blockIdx.x, h = blockIdx.y, kh = h / (Hv / Hk), tid = threadIdx.x;
-    int t0 = ch * GDN_C;
-    int qoff = kh * DK, koff = Hk * DK + kh * DK, voff = 2 * Hk * DK + h * DV;
-    float *rec = s.rec + ((int64_t)ch * Hv + h) * gdn_rec_floats(DK);
-    float *rW = rec, *rQ = rW + GDN_C * DK, *rK = rQ + GDN_C * DK, *rP = rK + GDN_C * DK, *reg = rP + GDN_C * GDN_PLD;
+struct tf32_a {
+    uint32_t hi[4], lo[4];
+};
+struct tf32_b {
+    uint32_t hi[2], lo[2];
+};
 
-    for (int e = tid; e < GDN_C * DK; e += blockDim.x) {
-        int i = e / DK, r = e % DK, t = t0 + i;
-        bool ok = t < T;
-        Ks[i * (DK + 1) + r] = ok ? c[(int64_t)t * ld_c + koff + r] : 0.0f;
-        Qs[i * (DK + 1) + r] = ok ? c[(int64_t)t * ld_c + qoff + r] : 0.0f;
+__device__ __forceinline__ void tf32_split(float x, uint32_t *hi, uint32_t *lo)
+{
+    uint32_t h = __float_as_uint(x) & 0xffffe000u; /* exact tf32; x - h is exact in fp32 */
+    float r = x - __uint_as_float(h);
+    uint32_t l;
+    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(l) : "f"(r));
+    *hi = h;
+    *lo = l;
+}
+
+/* Fragments of mma.m16n8k8 tf32 (g = lane / 4, t = lane % 4): A (16x8) a0
+ * (g, t), a1 (g+8, t), a2 (g, t+4), a3 (g+8, t+4); B (8x8) b0 (k=t, n=g),
+ * b1 (k=t+4, n=g); C c0 (g, 2t), c1 (g, 2t+1), c2 (g+8, 2t), c3 (g+8, 2t+1).
+ * p points at the tile's (0, 0) element. */
+__device__ __forceinline__ tf32_a tf32_lda_row(const float *p, int ld) /* A(m, k) = p[m*ld + k] */
+{
+    int g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3;
+    tf32_a a;
+    tf32_split(p[g * ld + t], &a.hi[0], &a.lo[0]);
+    tf32_split(p[(g + 8) * ld + t], &a.hi[1], &a.lo[1]);
+    tf32_split(p[g * ld + t + 4], &a.hi[2], &a.lo[2]);
+    tf32_split(p[(g + 8) * ld + t + 4], &a.hi[3], &a.lo[3]);
+    return a;
+}
+
+__device__ __forceinline__ tf32_a tf32_lda_col(const float *p, int ld) /* A(m, k) = p[k*ld + m] */
+{
+    int g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3;
+    tf32_a a;
+    tf32_split(p[t * ld + g], &a.hi[0], &a.lo[0]);
+    tf32_split(p[t * ld + g + 8], &a.hi[1], &a.lo[1]);
+    tf32_split(p[(t + 4) * ld + g], &a.hi[2], &a.lo[2]);
+    tf32_split(p[(t + 4) * ld + g + 8], &a.hi[3], &a.lo[3]);
+    return a;
+}
+
+__device__ __forceinline__ tf32_b tf32_ldb_row(const float *p, int ld) /* B(k, n) = p[k*ld + n] */
+{
+    int g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3;
+    tf32_b b;
+    tf32_split(p[t * ld + g], &b.hi[0], &b.lo[0]);
+    tf32_split(p[(t + 4) * ld + g], &b.hi[1], &b.lo[1]);
+    return b;
+}
+
+__device__ __forceinline__ tf32_b tf32_ldb_col(const float *p, int ld) /* B(k, n) = p[n*ld + k] */
+{
+    int g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3;
+    tf32_b b;
+    tf32_split(p[g * ld + t], &b.hi[0], &b.lo[0]);
+    tf32_split(p[g * ld + t + 4], &b.hi[1], &b.lo[1]);
+    return b;
+}
+
+__device__ __forceinline__ void mma_tf32(float *c, const uint32_t *a, const uint32_t *b)
+{
+    asm("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+/* c += a b with the 3xTF32 split (small terms first). */
+__device__ __forceinline__ void mma3(float *c, const tf32_a &a, const tf32_b &b)
+{
+    mma_tf32(c, a.lo, b.hi);
+    mma_tf32(c, a.hi, b.lo);
+    mma_tf32(c, a.hi, b.hi);
+}
+
+__device__ __forceinline__ void gdn_cp16(float *dst, const float *src)
+{
+    unsigned d = (unsigned)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(d), "l"(src));
+}
+__device__ __forceinline__ void gdn_cp_commit(void) { asm volatile("cp.async.commit_group;\n" ::); }
+__device__ __forceinline__ void gdn_cp_wait_all(void) { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
+
+#define GDN_WARPS 8 /* prep */
+/* Scan warps per block. Measured on the 27B shape at T = 8192 (H100): 8
+ * warps 1.16-1.17 ms, 16 warps 1.23-1.29 ms; an L2 prefetch of the next
+ * chunk's records (1.23 ms with 8 warps) and a fully unrolled W S / Q S loop
+ * (1.22 ms with 16) did not pay either: the step (~9 us) is bound neither by
+ * warp latency nor by DRAM; the 3xTF32 mma work alone is ~4 us of it.
+ * Overridable only to measure variants (16 works for dk >= 64). */
+#ifndef GDN_SCAN_W
+#define GDN_SCAN_W 8
+#endif
+#define GDN_SCAN_WARPS(dk) ((dk) >= 64 ? GDN_SCAN_W : 8)
+
+template <int DK>
+__global__ void __launch_bounds__(GDN_WARPS * 32, 2) k_gdn_prep(const float *c, int ld_c, const float *beta,
+                                                                const float *g, int T, int Hk, int Hv, gdn_scratch s)
+{
+    constexpr int PA = gdn_pa(DK), PK = gdn_pk(DK), PX = 2 * DK + 8, PP = GDN_PLD, NT = GDN_WARPS * 32;
+    constexpr int NTW = 2 * DK / GDN_WARPS / 8; /* n-tiles of X per warp */
+    static_assert(NTW >= 1 && 2 * DK == NTW * 8 * GDN_WARPS, "X columns split evenly over the warps");
+    extern __shared__ float4 sm4[];
+    float *sm = (float *)sm4;
+    float *Ks = sm, *Qs = sm + GDN_C * PA; /* [64][PA] each, until the right-hand side replaces them */
+    float *X = sm;                         /* [64][PX]: [beta V | beta e^gamma K], solved in place */
+    float *Am = sm + GDN_C * PX;           /* [64][PP] strictly lower A */
+    float *Li = Am + GDN_C * PP;           /* [64][PP] inverses of the 16x16 diagonal blocks of I + A */
+    float *gam = Li + GDN_C * PP, *bet = gam + GDN_C;
+    const int ch = blockIdx.x, h = blockIdx.y, grp = Hv / Hk, kh = h / grp, tid = threadIdx.x;
+    const int lane = tid & 31, w = tid >> 5, gq = lane >> 2, tq = lane & 3;
+    const int t0 = ch * GDN_C;
+    const int qoff = kh * DK, koff = Hk * DK + kh * DK, voff = 2 * Hk * DK + h * DK;
+    float *rec = s.rec + ((int64_t)ch * Hv + h) * gdn_rec_floats(DK);
+    float *rW = rec, *rvec = rW + GDN_C * PA, *rU = rvec + 192, *rP = rU + GDN_C * DK;
+    float *rQ = s.qk + ((int64_t)ch * Hk + kh) * gdn_qk_floats(DK), *rK = rQ + GDN_C * PA;
+
+    /* The engine's rows are 16-byte aligned: then all K/Q loads of a thread
+     * are float4 and in flight together (the scalar loop was latency-bound);
+     * V, needed after the K K^T products, is pulled into L2 meanwhile. */
+    const bool vec4 = (ld_c & 3) == 0 && ((uintptr_t)c & 15) == 0;
+    if (tid < GDN_C * DK / 32 && t0 + tid / (DK / 32) < T)
+        asm volatile("prefetch.global.L2 [%0];" ::"l"(c + (int64_t)(t0 + tid / (DK / 32)) * ld_c + voff +
+                                                        32 * (tid % (DK / 32))));
+    if (vec4) {
+        constexpr int NV = GDN_C * DK / 4 / NT;
+        float4 kv[NV], qv[NV];
+#pragma unroll
+        for (int m = 0; m < NV; m++) {
+            int e = tid + NT * m, i = e / (DK / 4), r = 4 * (e % (DK / 4)), t = t0 + i;
+            const float *row = c + (int64_t)t * ld_c;
+            kv[m] = t < T ? *(const float4 *)(row + koff + r) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            qv[m] = t < T ? *(const float4 *)(row + qoff + r) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        }
+#pragma unroll
+        for (int m = 0; m < NV; m++) {
+            int e = tid + NT * m, i = e / (DK / 4), r = 4 * (e % (DK / 4));
+            *(float4 *)(Ks + i * PA + r) = kv[m];
+            *(float4 *)(Qs + i * PA + r) = qv[m];
+        }
+    } else {
+        for (int e = tid; e < GDN_C * DK; e += NT) {
+            int i = e / DK, r = e % DK, t = t0 + i;
+            bool ok = t < T;
+            Ks[i * PA + r] = ok ? c[(int64_t)t * ld_c + koff + r] : 0.0f;
+            Qs[i * PA + r] = ok ? c[(int64_t)t * ld_c + qoff + r] : 0.0f;
+        }
     }
     if (tid < 32) {
         /* Inclusive scan of g over the chunk by one warp (two values per lane);
@@ -181,191 +375,315 @@ __global__ void __launch_bounds__(256) k_gdn_prep(const float *c, int ld_c, cons
         bet[i1] = t0 + i1 < T ? beta[(int64_t)(t0 + i1) * Hv + h] : 0.0f;
     }
     __syncthreads();
-    const float glast = gam[GDN_C - 1];
-    for (int e = tid; e < GDN_C * GDN_C; e += blockDim.x) {
-        int i = e / GDN_C, j = e % GDN_C;
-        float a = 0.0f, p = 0.0f;
-        if (i >= j) {
-            float kk = 0.0f, qk = 0.0f;
-#pragma unroll 8
-            for (int r = 0; r < DK; r++) {
-                float kj = Ks[j * (DK + 1) + r];
-                kk = fmaf(Ks[i * (DK + 1) + r], kj, kk);
-                qk = fmaf(Qs[i * (DK + 1) + r], kj, qk);
+
+    /* G = K K^T and H = Q K^T: warp w takes rows 16 (w%4).. and column
+     * tiles 4 (w/4)..+3 of both; tiles wholly above the diagonal are skipped.
+     * (Dealing the 20 lower tiles evenly over the SM sub-partitions measured
+     * no faster: prep 0.78 ms either way at T = 8192.) */
+    {
+        const int m0 = 16 * (w & 3), nb = 4 * (w >> 2);
+        float G[4][4], H[4][4];
+#pragma unroll
+        for (int n = 0; n < 4; n++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) G[n][e] = H[n][e] = 0.0f;
+#pragma unroll 2
+        for (int ks = 0; ks < DK / 8; ks++) {
+            tf32_a ak = tf32_lda_row(Ks + m0 * PA + 8 * ks, PA), aq = tf32_lda_row(Qs + m0 * PA + 8 * ks, PA);
+#pragma unroll
+            for (int n = 0; n < 4; n++) {
+                if (8 * (nb + n) > m0 + 15) continue;
+                tf32_b b = tf32_ldb_col(Ks + 8 * (nb + n) * PA + 8 * ks, PA); /* B(k=r, n=j) = K[j][r] */
+                mma3(G[n], ak, b);
+                mma3(H[n], aq, b);
             }
-            float d = expf(gam[i] - gam[j]);
-            p = qk * d;
-            if (i > j) a = bet[i] * kk * d;
         }
-        A[i * (GDN_C + 1) + j] = a;
-        rP[i * GDN_PLD + j] = p;
+#pragma unroll
+        for (int n = 0; n < 4; n++)
+#pragma unroll
+            for (int hf = 0; hf < 2; hf++) {
+                int i = m0 + gq + 8 * hf, j = 8 * (nb + n) + 2 * tq;
+                float a2[2], p2[2];
+#pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    int jj = j + e;
+                    float d = i >= jj ? expf(gam[i] - gam[jj]) : 0.0f; /* exponent <= 0 only */
+                    p2[e] = H[n][2 * hf + e] * d;
+                    a2[e] = i > jj ? bet[i] * G[n][2 * hf + e] * d : 0.0f;
+                }
+                *(float2 *)(Am + i * PP + j) = make_float2(a2[0], a2[1]);
+                *(float2 *)(rP + i * PP + j) = make_float2(p2[0], p2[1]);
+            }
     }
-    for (int e = tid; e < GDN_C * DK; e += blockDim.x) {
-        int i = e / DK, r = e % DK;
-        rQ[e] = Qs[i * (DK + 1) + r];
-        rK[e] = Ks[i * (DK + 1) + r] * expf(glast - gam[i]);
-    }
+    const float glast = gam[GDN_C - 1];
+    if (h % grp == 0) /* one V head of the group writes the shared Q|K record */
+        for (int e = tid; e < GDN_C * DK; e += NT) {
+            int i = e / DK, r = e % DK;
+            rQ[i * PA + r] = Qs[i * PA + r];
+            rK[i * PK + r] = Ks[i * PA + r];
+        }
     if (tid < GDN_C) {
-        reg[tid] = expf(gam[tid]);
-        reg[GDN_C + tid] = tid == 0 ? glast : 0.0f;
-        for (int p = GDN_C; p < GDN_PLD; p++) rP[tid * GDN_PLD + p] = 0.0f; /* pitch padding */
+        rvec[tid] = expf(gam[tid]);
+        rvec[GDN_C + tid] = expf(glast - gam[tid]);
+        rvec[2 * GDN_C + tid] = tid == 0 ? glast : 0.0f;
+    }
+    /* the K half of the right-hand side goes through registers: X overwrites K|Q */
+    constexpr int NKR = GDN_C * DK / NT;
+    float kr[NKR];
+#pragma unroll
+    for (int m = 0; m < NKR; m++) {
+        int e = tid + NT * m, i = e / DK, r = e % DK;
+        kr[m] = bet[i] * expf(gam[i]) * Ks[i * PA + r];
     }
     __syncthreads();
-    /* Forward substitution, one column per thread: columns [0, DV) of V
-     * give U, columns [DV, DV+DK) of K give W. */
-    if (tid >= DV + DK) return;
-    bool isv = tid < DV;
-    int col = isv ? tid : tid - DV;
-    float x[GDN_C];
 #pragma unroll
-    for (int i = 0; i < GDN_C; i++) {
-        int t = t0 + i;
-        float r;
-        if (isv) r = t < T ? bet[i] * c[(int64_t)t * ld_c + voff + col] : 0.0f;
-        else r = bet[i] * expf(gam[i]) * Ks[i * (DK + 1) + col];
-#pragma unroll
-        for (int j = 0; j < i; j++) r = fmaf(-A[i * (GDN_C + 1) + j], x[j], r);
-        x[i] = r;
+    for (int m = 0; m < NKR; m++) {
+        int e = tid + NT * m, i = e / DK, r = e % DK;
+        X[i * PX + DK + r] = kr[m];
     }
-    if (isv) {
+    if (vec4) {
+        constexpr int NV = GDN_C * DK / 4 / NT;
+        float4 vv[NV];
 #pragma unroll
-        for (int i = 0; i < GDN_C; i++) s.U[((int64_t)(t0 + i) * Hv + h) * DV + col] = x[i];
+        for (int m = 0; m < NV; m++) {
+            int e = tid + NT * m, i = e / (DK / 4), r = 4 * (e % (DK / 4)), t = t0 + i;
+            vv[m] = t < T ? *(const float4 *)(c + (int64_t)t * ld_c + voff + r) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        }
+#pragma unroll
+        for (int m = 0; m < NV; m++) {
+            int e = tid + NT * m, i = e / (DK / 4), r = 4 * (e % (DK / 4));
+            float b = bet[i];
+            *(float4 *)(X + i * PX + r) = make_float4(b * vv[m].x, b * vv[m].y, b * vv[m].z, b * vv[m].w);
+        }
     } else {
+        for (int e = tid; e < GDN_C * DK; e += NT) {
+            int i = e / DK, r = e % DK, t = t0 + i;
+            X[i * PX + r] = t < T ? bet[i] * c[(int64_t)t * ld_c + voff + r] : 0.0f;
+        }
+    }
+    if (tid < GDN_C) {
+        /* (I + A_bb)^{-1} of the four 16x16 diagonal blocks, one column per thread */
+        const int base = 16 * (tid >> 4), col = tid & 15;
+        float x[16];
 #pragma unroll
-        for (int i = 0; i < GDN_C; i++) rW[i * DK + col] = x[i];
+        for (int i = 0; i < 16; i++) {
+            float r = i == col ? 1.0f : 0.0f;
+#pragma unroll
+            for (int j = 0; j < i; j++) r = fmaf(-Am[(base + i) * PP + base + j], x[j], r);
+            x[i] = r;
+        }
+#pragma unroll
+        for (int i = 0; i < 16; i++) Li[(base + i) * PP + base + col] = x[i];
+    }
+    __syncthreads();
+
+    /* Blockwise forward substitution on this warp's columns of X. */
+    const int c0 = w * NTW * 8;
+#pragma unroll
+    for (int b = 0; b < 4; b++) {
+        const int r0 = 16 * b;
+        float acc[NTW][4];
+#pragma unroll
+        for (int n = 0; n < NTW; n++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) acc[n][e] = 0.0f;
+#pragma unroll
+        for (int ks = 0; ks < 2 * b; ks++) {
+            tf32_a a = tf32_lda_row(Am + r0 * PP + 8 * ks, PP);
+#pragma unroll
+            for (int n = 0; n < NTW; n++) mma3(acc[n], a, tf32_ldb_row(X + 8 * ks * PX + c0 + 8 * n, PX));
+        }
+#pragma unroll
+        for (int n = 0; n < NTW; n++)
+#pragma unroll
+            for (int hf = 0; hf < 2; hf++) {
+                float2 *px = (float2 *)(X + (r0 + gq + 8 * hf) * PX + c0 + 8 * n + 2 * tq);
+                float2 v = *px;
+                v.x -= acc[n][2 * hf];
+                v.y -= acc[n][2 * hf + 1];
+                *px = v;
+            }
+        __syncwarp();
+#pragma unroll
+        for (int n = 0; n < NTW; n++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) acc[n][e] = 0.0f;
+#pragma unroll
+        for (int ks = 0; ks < 2; ks++) {
+            tf32_a a = tf32_lda_row(Li + r0 * PP + r0 + 8 * ks, PP);
+#pragma unroll
+            for (int n = 0; n < NTW; n++) mma3(acc[n], a, tf32_ldb_row(X + (r0 + 8 * ks) * PX + c0 + 8 * n, PX));
+        }
+        __syncwarp();
+#pragma unroll
+        for (int n = 0; n < NTW; n++)
+#pragma unroll
+            for (int hf = 0; hf < 2; hf++) {
+                int row = r0 + gq + 8 * hf, col = c0 + 8 * n + 2 * tq;
+                float2 v = make_float2(acc[n][2 * hf], acc[n][2 * hf + 1]);
+                *(float2 *)(X + row * PX + col) = v;
+                if (col < DK) *(float2 *)(rU + row * DK + col) = v;
+                else *(float2 *)(rW + row * PA + col - DK) = v;
+            }
+        __syncwarp();
     }
 }
-
-/* Scan: COLS state columns per block. A thread owns two adjacent columns and
- * a quarter of their rows, interleaved as float4 groups q, q+4, q+8, ... so
- * that the four quarter-threads of a column pair read four consecutive
- * 16-byte words (no bank conflicts), and every W/Q/K value loaded from
- * shared memory feeds two columns. The dot products over dk are summed
- * across the quarter-threads (adjacent lanes) with shuffles. Per chunk: the
- * record is copied to shared memory with 16-byte loads; then V' = U - W S
- * and Q S for all 64 rows (independent), O = diag(eg) Q S + P V' (independent
- * rows), and the state update. */
-#define SCAN_Q 4
 
 template <int DK>
-__global__ void __launch_bounds__((DK < 64 ? DK : 64) / 2 * SCAN_Q) k_gdn_scan(int T, int Hv, gdn_scratch s,
-                                                                              float *state, float *out)
+__device__ __forceinline__ void gdn_scan_load_wq(const gdn_scratch &s, int ch, int h, int kh, int Hv, int Hk, int j0,
+                                                 float *Ws, float *Qs, float *Us)
 {
-    const int DV = DK, NF = DK / 4 / SCAN_Q, COLS = DK < 64 ? DK : 64, NT = COLS / 2 * SCAN_Q;
-    const int REC = (int)gdn_rec_floats(DK);
+    constexpr int PA = gdn_pa(DK), BV = DK < 64 ? DK : 64, PV = BV + 8, NT = GDN_SCAN_WARPS(DK) * 32;
+    const float *rec = s.rec + ((int64_t)ch * Hv + h) * gdn_rec_floats(DK);
+    const float *rU = rec + GDN_C * PA + 192;
+    const float *rQ = s.qk + ((int64_t)ch * Hk + kh) * gdn_qk_floats(DK);
+    for (int e = threadIdx.x; e < (GDN_C * PA + 192) / 4; e += NT) gdn_cp16(Ws + 4 * e, rec + 4 * e);
+    for (int e = threadIdx.x; e < GDN_C * PA / 4; e += NT) gdn_cp16(Qs + 4 * e, rQ + 4 * e);
+    for (int e = threadIdx.x; e < GDN_C * BV / 4; e += NT) {
+        int i = e / (BV / 4), c4 = e % (BV / 4);
+        gdn_cp16(Us + i * PV + 4 * c4, rU + i * DK + j0 + 4 * c4);
+    }
+    gdn_cp_commit();
+}
+
+template <int DK>
+__device__ __forceinline__ void gdn_scan_load_kp(const gdn_scratch &s, int ch, int h, int kh, int Hv, int Hk,
+                                                 float *Kt, float *Ps)
+{
+    constexpr int PA = gdn_pa(DK), PK = gdn_pk(DK), NT = GDN_SCAN_WARPS(DK) * 32;
+    const float *rP = s.rec + ((int64_t)ch * Hv + h) * gdn_rec_floats(DK) + GDN_C * PA + 192 + GDN_C * DK;
+    const float *rK = s.qk + ((int64_t)ch * Hk + kh) * gdn_qk_floats(DK) + GDN_C * PA;
+    for (int e = threadIdx.x; e < GDN_C * GDN_PLD / 4; e += NT) gdn_cp16(Ps + 4 * e, rP + 4 * e);
+    for (int e = threadIdx.x; e < GDN_C * PK / 4; e += NT) gdn_cp16(Kt + 4 * e, rK + 4 * e);
+    gdn_cp_commit();
+}
+
+template <int DK>
+__global__ void __launch_bounds__(GDN_SCAN_WARPS(DK) * 32, 1) k_gdn_scan(int T, int Hk, int Hv, gdn_scratch s, float *state,
+                                                                float *out)
+{
+    constexpr int PA = gdn_pa(DK), PK = gdn_pk(DK), PP = GDN_PLD, BV = DK < 64 ? DK : 64, PV = BV + 8;
+    constexpr int NW = GDN_SCAN_WARPS(DK), NTW = BV / 8 / (NW / 4); /* n-tiles per warp of the 64-row products */
+    constexpr int MTS = DK / 16, WPM = NW / MTS, NSW = BV / 8 / WPM; /* state tiles per warp */
+    static_assert(NTW >= 1 && NTW * 8 * (NW / 4) == BV && NSW >= 1 && MTS * WPM == NW && NSW * WPM * 8 == BV,
+                  "tile split");
     extern __shared__ float4 sm4[];
     float *sm = (float *)sm4;
-    float *Ws = sm, *Qs = Ws + GDN_C * DK, *Kd = Qs + GDN_C * DK, *Ps = Kd + GDN_C * DK, *eg = Ps + GDN_C * GDN_PLD;
-    float *Us = sm + REC;               /* [64][COLS] */
-    float *Vp = Us + GDN_C * COLS;      /* [64][COLS] */
-    float *Os = Vp + GDN_C * COLS;      /* [64][COLS] */
-    int h = blockIdx.x, tid = threadIdx.x;
-    int cp = tid / SCAN_Q, q = tid % SCAN_Q;
-    int j0 = blockIdx.y * COLS, c0 = 2 * cp, j = j0 + c0;
-    /* S0/S1: columns j, j+1; element 4k+e is row 4*(q + SCAN_Q*k) + e */
-    float S0[4 * NF], S1[4 * NF];
-    float *Sg = state + (int64_t)h * DK * DV;
+    float *Ws = sm;                          /* [64][PA] W, then vec [192] */
+    float *vec = Ws + GDN_C * PA;
+    float *Qs = vec + 192;                   /* [64][PA] */
+    float *Us = Qs + GDN_C * PA;             /* [64][PV] this block's columns of U */
+    float *Kt = Us + GDN_C * PV;             /* [64][PK] */
+    float *Ps = Kt + GDN_C * PK;             /* [64][PP] */
+    float *Ss = Ps + GDN_C * PP;             /* [DK][PV] state slice (B operand) */
+    float *Vp = Ss + DK * PV;                /* [64][PV] V' */
+    float *Vs = Vp + GDN_C * PV;             /* [64][PV] diag(e^{gamma_last - gamma}) V' */
+    const int h = blockIdx.y, j0 = blockIdx.x * BV, kh = h / (Hv / Hk);
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, gq = lane >> 2, tq = lane & 3;
+    const int ms = w / WPM, ns0 = (w % WPM) * NSW; /* this warp's state tiles: rows 16 ms.., n-tiles ns0.. */
+    /* this warp's tiles of X, Y, O; the row tile is rotated so that each SM
+     * sub-partition (warps w, w+4, ...) gets every row tile: P V' costs
+     * 2 (mt + 1) k-steps and would otherwise pile up on one of them */
+    const int mt = (w + (w >> 2)) & 3, n0 = (w >> 2) * NTW;
+    float *Sg = state + (int64_t)h * DK * DK;
+    float Sacc[NSW][4];
 #pragma unroll
-    for (int k = 0; k < NF; k++)
+    for (int n = 0; n < NSW; n++)
 #pragma unroll
-        for (int e = 0; e < 4; e++) {
-            int r = 4 * (q + SCAN_Q * k) + e;
-            float2 v = *(const float2 *)(Sg + r * DV + j);
-            S0[4 * k + e] = v.x;
-            S1[4 * k + e] = v.y;
+        for (int hf = 0; hf < 2; hf++) {
+            int row = 16 * ms + gq + 8 * hf, col = 8 * (ns0 + n) + 2 * tq;
+            float2 v = *(const float2 *)(Sg + row * DK + j0 + col);
+            Sacc[n][2 * hf] = v.x;
+            Sacc[n][2 * hf + 1] = v.y;
+            *(float2 *)(Ss + row * PV + col) = v;
         }
-    int nch = qk_cdiv(T, GDN_C);
+    const int nch = qk_cdiv(T, GDN_C);
+    gdn_scan_load_wq<DK>(s, 0, h, kh, Hv, Hk, j0, Ws, Qs, Us);
     for (int ch = 0; ch < nch; ch++) {
-        int t0 = ch * GDN_C;
-        int nvalid = min(GDN_C, T - t0);
-        __syncthreads();
-        const float4 *rec4 = (const float4 *)(s.rec + ((int64_t)ch * Hv + h) * REC);
-        /* many 16-byte loads in flight per thread: this copy is latency-bound */
-#pragma unroll 16
-        for (int e = tid; e < REC / 4; e += NT) sm4[e] = rec4[e];
-        for (int e = tid; e < GDN_C * COLS / 4; e += NT) {
-            int i = e / (COLS / 4), c4 = e % (COLS / 4);
-            ((float4 *)Us)[e] = *(const float4 *)(s.U + ((int64_t)(t0 + i) * Hv + h) * DV + j0 + 4 * c4);
-        }
-        __syncthreads();
-        for (int i = 0; i < nvalid; i++) {
-            const float4 *w4 = (const float4 *)(Ws + i * DK), *q4 = (const float4 *)(Qs + i * DK);
-            float w0a = 0.0f, w0b = 0.0f, w1a = 0.0f, w1b = 0.0f, q0a = 0.0f, q0b = 0.0f, q1a = 0.0f, q1b = 0.0f;
+        const int t0 = ch * GDN_C, nvalid = min(GDN_C, T - t0);
+        gdn_cp_wait_all();
+        __syncthreads(); /* W|vec|Q|U of this chunk and the state slice are in shared memory */
+        gdn_scan_load_kp<DK>(s, ch, h, kh, Hv, Hk, Kt, Ps);
+        float X[NTW][4], Y[NTW][4];
 #pragma unroll
-            for (int k = 0; k < NF; k++) {
-                float4 a = w4[q + SCAN_Q * k], b = q4[q + SCAN_Q * k];
-                const float *x0 = S0 + 4 * k, *x1 = S1 + 4 * k;
-                w0a = fmaf(a.x, x0[0], w0a); w0b = fmaf(a.y, x0[1], w0b);
-                w0a = fmaf(a.z, x0[2], w0a); w0b = fmaf(a.w, x0[3], w0b);
-                w1a = fmaf(a.x, x1[0], w1a); w1b = fmaf(a.y, x1[1], w1b);
-                w1a = fmaf(a.z, x1[2], w1a); w1b = fmaf(a.w, x1[3], w1b);
-                q0a = fmaf(b.x, x0[0], q0a); q0b = fmaf(b.y, x0[1], q0b);
-                q0a = fmaf(b.z, x0[2], q0a); q0b = fmaf(b.w, x0[3], q0b);
-                q1a = fmaf(b.x, x1[0], q1a); q1b = fmaf(b.y, x1[1], q1b);
-                q1a = fmaf(b.z, x1[2], q1a); q1b = fmaf(b.w, x1[3], q1b);
-            }
-            float w0 = w0a + w0b, w1 = w1a + w1b, qq0 = q0a + q0b, qq1 = q1a + q1b;
+        for (int n = 0; n < NTW; n++)
 #pragma unroll
-            for (int o = 1; o < SCAN_Q; o <<= 1) {
-                w0 += __shfl_xor_sync(0xffffffffu, w0, o);
-                w1 += __shfl_xor_sync(0xffffffffu, w1, o);
-                qq0 += __shfl_xor_sync(0xffffffffu, qq0, o);
-                qq1 += __shfl_xor_sync(0xffffffffu, qq1, o);
-            }
-            if (q == 0) {
-                float2 u = *(const float2 *)(Us + i * COLS + c0);
-                *(float2 *)(Vp + i * COLS + c0) = make_float2(u.x - w0, u.y - w1);
-                *(float2 *)(Os + i * COLS + c0) = make_float2(eg[i] * qq0, eg[i] * qq1);
-            }
-        }
-        __syncwarp(); /* Vp and Os rows of this column pair come from lanes of this warp */
-        /* O rows i = 4m + q: each thread sums its own rows over l <= i */
-        for (int i = q; i < nvalid; i += SCAN_Q) {
-            float p0 = 0.0f, p1 = 0.0f;
-            const float *pr = Ps + i * GDN_PLD;
-            for (int l = 0; l <= i; l++) {
-                float pw = pr[l];
-                float2 v = *(const float2 *)(Vp + l * COLS + c0);
-                p0 = fmaf(pw, v.x, p0);
-                p1 = fmaf(pw, v.y, p1);
-            }
-            float2 ov = *(const float2 *)(Os + i * COLS + c0);
-            *(float2 *)(out + (int64_t)(t0 + i) * Hv * DV + (int64_t)h * DV + j) = make_float2(ov.x + p0, ov.y + p1);
-        }
-        float el = expf(eg[GDN_C]); /* eg[64] holds gamma_last itself */
+            for (int e = 0; e < 4; e++) X[n][e] = Y[n][e] = 0.0f;
+#pragma unroll 4
+        for (int ks = 0; ks < DK / 8; ks++) {
+            tf32_a aw = tf32_lda_row(Ws + 16 * mt * PA + 8 * ks, PA), aq = tf32_lda_row(Qs + 16 * mt * PA + 8 * ks, PA);
 #pragma unroll
-        for (int r = 0; r < 4 * NF; r++) {
-            S0[r] *= el;
-            S1[r] *= el;
-        }
-        for (int i = 0; i < nvalid; i++) {
-            float2 v = *(const float2 *)(Vp + i * COLS + c0);
-            const float4 *k4 = (const float4 *)(Kd + i * DK);
-#pragma unroll
-            for (int k = 0; k < NF; k++) {
-                float4 a = k4[q + SCAN_Q * k];
-                float *x0 = S0 + 4 * k, *x1 = S1 + 4 * k;
-                x0[0] = fmaf(a.x, v.x, x0[0]); x0[1] = fmaf(a.y, v.x, x0[1]);
-                x0[2] = fmaf(a.z, v.x, x0[2]); x0[3] = fmaf(a.w, v.x, x0[3]);
-                x1[0] = fmaf(a.x, v.y, x1[0]); x1[1] = fmaf(a.y, v.y, x1[1]);
-                x1[2] = fmaf(a.z, v.y, x1[2]); x1[3] = fmaf(a.w, v.y, x1[3]);
+            for (int n = 0; n < NTW; n++) {
+                tf32_b b = tf32_ldb_row(Ss + 8 * ks * PV + 8 * (n0 + n), PV);
+                mma3(X[n], aw, b);
+                mma3(Y[n], aq, b);
             }
         }
+        const float el = expf(vec[2 * GDN_C]); /* read before the next chunk's W|vec lands */
+#pragma unroll
+        for (int n = 0; n < NTW; n++)
+#pragma unroll
+            for (int hf = 0; hf < 2; hf++) {
+                int row = 16 * mt + gq + 8 * hf, col = 8 * (n0 + n) + 2 * tq;
+                float2 u = *(const float2 *)(Us + row * PV + col);
+                float vx = u.x - X[n][2 * hf], vy = u.y - X[n][2 * hf + 1], ed = vec[GDN_C + row], eg = vec[row];
+                *(float2 *)(Vp + row * PV + col) = make_float2(vx, vy);
+                *(float2 *)(Vs + row * PV + col) = make_float2(vx * ed, vy * ed);
+                Y[n][2 * hf] *= eg;
+                Y[n][2 * hf + 1] *= eg;
+            }
+        gdn_cp_wait_all();
+        __syncthreads(); /* V' complete; P|K of this chunk landed; W|Q|U free */
+        if (ch + 1 < nch) gdn_scan_load_wq<DK>(s, ch + 1, h, kh, Hv, Hk, j0, Ws, Qs, Us);
+        /* O = diag(e^gamma) Q S + P V' (P is lower triangular: k < 16 (mt+1)) */
+        for (int ks = 0; ks < 2 * (mt + 1); ks++) {
+            tf32_a ap = tf32_lda_row(Ps + 16 * mt * PP + 8 * ks, PP);
+#pragma unroll
+            for (int n = 0; n < NTW; n++) mma3(Y[n], ap, tf32_ldb_row(Vp + 8 * ks * PV + 8 * (n0 + n), PV));
+        }
+#pragma unroll
+        for (int n = 0; n < NTW; n++)
+#pragma unroll
+            for (int hf = 0; hf < 2; hf++) {
+                int row = 16 * mt + gq + 8 * hf, col = 8 * (n0 + n) + 2 * tq;
+                if (row < nvalid)
+                    *(float2 *)(out + ((int64_t)(t0 + row) * Hv + h) * DK + j0 + col) =
+                        make_float2(Y[n][2 * hf], Y[n][2 * hf + 1]);
+            }
+        /* S = e^{gamma_last} S + K^T diag(e^{gamma_last - gamma}) V' */
+#pragma unroll
+        for (int n = 0; n < NSW; n++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) Sacc[n][e] *= el;
+#pragma unroll 2
+        for (int ks = 0; ks < GDN_C / 8; ks++) {
+            tf32_a ak = tf32_lda_col(Kt + 8 * ks * PK + 16 * ms, PK); /* A(m=r, k=i) = K[i][r] */
+#pragma unroll
+            for (int n = 0; n < NSW; n++) mma3(Sacc[n], ak, tf32_ldb_row(Vs + 8 * ks * PV + 8 * (ns0 + n), PV));
+        }
+#pragma unroll
+        for (int n = 0; n < NSW; n++)
+#pragma unroll
+            for (int hf = 0; hf < 2; hf++) {
+                int row = 16 * ms + gq + 8 * hf, col = 8 * (ns0 + n) + 2 * tq;
+                *(float2 *)(Ss + row * PV + col) = make_float2(Sacc[n][2 * hf], Sacc[n][2 * hf + 1]);
+            }
     }
 #pragma unroll
-    for (int k = 0; k < NF; k++)
+    for (int n = 0; n < NSW; n++)
 #pragma unroll
-        for (int e = 0; e < 4; e++) {
-            int r = 4 * (q + SCAN_Q * k) + e;
-            *(float2 *)(Sg + r * DV + j) = make_float2(S0[4 * k + e], S1[4 * k + e]);
+        for (int hf = 0; hf < 2; hf++) {
+            int row = 16 * ms + gq + 8 * hf, col = 8 * (ns0 + n) + 2 * tq;
+            *(float2 *)(Sg + row * DK + j0 + col) = make_float2(Sacc[n][2 * hf], Sacc[n][2 * hf + 1]);
         }
 }
 
-static size_t gdn_sm1(int dk) { return (size_t)(2 * GDN_C * (dk + 1) + GDN_C * (GDN_C + 1) + 2 * GDN_C) * 4; }
-static size_t gdn_sm2(int dk)
+static size_t gdn_sm_prep(int dk) { return (size_t)(GDN_C * (2 * dk + 8) + 2 * GDN_C * GDN_PLD + 2 * GDN_C) * 4; }
+static size_t gdn_sm_scan(int dk)
 {
-    int cols = dk < 64 ? dk : 64;
-    return (gdn_rec_floats(dk) + (size_t)3 * GDN_C * cols) * 4;
+    int bv = dk < 64 ? dk : 64, pv = bv + 8;
+    return (size_t)(2 * GDN_C * gdn_pa(dk) + 192 + GDN_C * pv + GDN_C * gdn_pk(dk) + GDN_C * GDN_PLD + dk * pv +
+                    2 * GDN_C * pv) * 4;
 }
 
 template <int DK>
@@ -373,20 +691,22 @@ static int gdn_prep_dk(const float *c, int ld_c, const float *beta, const float 
                        void *scratch, qk_stream st)
 {
     gdn_scratch s = gdn_scratch_split(scratch, T, Hv, DK);
-    cudaError_t e = cudaFuncSetAttribute(k_gdn_prep<DK>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)gdn_sm1(DK));
+    cudaError_t e =
+        cudaFuncSetAttribute(k_gdn_prep<DK>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)gdn_sm_prep(DK));
     if (e != cudaSuccess) return (int)e;
-    k_gdn_prep<DK><<<dim3(qk_cdiv(T, GDN_C), Hv), 256, gdn_sm1(DK), st>>>(c, ld_c, beta, g, T, Hk, Hv, s);
+    k_gdn_prep<DK><<<dim3(qk_cdiv(T, GDN_C), Hv), GDN_WARPS * 32, gdn_sm_prep(DK), st>>>(c, ld_c, beta, g, T, Hk, Hv, s);
     return qk_launch_status();
 }
 
 template <int DK>
-static int gdn_scan_dk(float *state, int T, int Hv, void *scratch, float *out, qk_stream st)
+static int gdn_scan_dk(float *state, int T, int Hk, int Hv, void *scratch, float *out, qk_stream st)
 {
-    const int COLS = DK < 64 ? DK : 64;
+    const int BV = DK < 64 ? DK : 64;
     gdn_scratch s = gdn_scratch_split(scratch, T, Hv, DK);
-    cudaError_t e = cudaFuncSetAttribute(k_gdn_scan<DK>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)gdn_sm2(DK));
+    cudaError_t e =
+        cudaFuncSetAttribute(k_gdn_scan<DK>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)gdn_sm_scan(DK));
     if (e != cudaSuccess) return (int)e;
-    k_gdn_scan<DK><<<dim3(Hv, DK / COLS), COLS / 2 * SCAN_Q, gdn_sm2(DK), st>>>(T, Hv, s, state, out);
+    k_gdn_scan<DK><<<dim3(DK / BV, Hv), GDN_SCAN_WARPS(DK) * 32, gdn_sm_scan(DK), st>>>(T, Hk, Hv, s, state, out);
     return qk_launch_status();
 }
 
@@ -409,9 +729,9 @@ extern "C" int qk_gdn_prefill_scan(float *state, int T, int Hk, int Hv, int dk, 
     if (T <= 0) return 0;
     if (dk != dv || Hk <= 0 || Hv % Hk) return (int)cudaErrorInvalidValue;
     switch (dk) {
-    case 32: return gdn_scan_dk<32>(state, T, Hv, scratch, out, st);
-    case 64: return gdn_scan_dk<64>(state, T, Hv, scratch, out, st);
-    case 128: return gdn_scan_dk<128>(state, T, Hv, scratch, out, st);
+    case 32: return gdn_scan_dk<32>(state, T, Hk, Hv, scratch, out, st);
+    case 64: return gdn_scan_dk<64>(state, T, Hk, Hv, scratch, out, st);
+    case 128: return gdn_scan_dk<128>(state, T, Hk, Hv, scratch, out, st);
     default: return (int)cudaErrorInvalidValue;
     }
 }

@@ -15,6 +15,8 @@
 __global__ void __launch_bounds__(QG_THREADS, QG_MINB)
     k_gemv_q(const __grid_constant__ qg_parts ps, const uint16_t *__restrict__ x, int accumulate, int S)
 {
+    qg_pdl_trigger();
+    qg_pdl_wait();
     int i = 0;
 #pragma unroll
     for (int j = 1; j < QK_GEMV_MAX_PARTS; j++)
@@ -82,7 +84,15 @@ __global__ void __launch_bounds__(QG_THREADS, QG_MINB)
  * ~1/S2 of a row walk instead of a whole one. Measured on the H100
  * (BENCHMARKS.md): +2-7 % on the 27B decode totals. A variant that also
  * software-pipelined the walk across groups (next step's loads before this
- * step's math) spilled at 128 registers and was slower (-2 to -17 %). */
+ * step's math) spilled at 128 registers and was slower (-2 to -17 %), and a
+ * cp.async shared-memory pipeline of the same (no spills) was slower still.
+ *
+ * The kernels can be launched with the PDL attribute (sm_90+, a real
+ * stream; qk_gemv_q_mode 2 and 5): they trigger their dependents at entry
+ * and wait for their predecessor before touching x or y, so a GEMV's blocks
+ * are placed while the kernel before it drains. Alone that gained 1-3
+ * points of copy bandwidth on the 27B totals, but in the engine's decode
+ * graph it lost 1 % (int4, fp8), so the default launches are plain. */
 #define QG_PRMAX 4 /* phase-1 rounds whose partial sums fit in shared memory (S > 1) */
 
 /* Global row group g: its part and first row. */
@@ -195,30 +205,138 @@ static int part_body(const qg_part *p)
     }
 }
 
-/* One kernel per body, so each gets its own register allocation. */
-template <int BODY>
+/* Diagnostic body (qk_gemv_q_mode 9, benchmarks only; y is garbage):
+ * the loads of STEP and a 3-input XOR per loaded word instead of its
+ * arithmetic, to time the memory side of a body on its own. */
+__device__ __forceinline__ uint32_t qg_x3(uint32_t a, uint32_t b, uint32_t c)
+{
+    uint32_t d;
+    asm("lop3.b32 %0, %1, %2, %3, 0x96;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+    return d;
+}
+template <class STEP>
+struct qg_loads_only : STEP {
+    __device__ __forceinline__ void dot(const qg_part &, float *acc) const
+    {
+        uint32_t h = 0;
+#pragma unroll
+        for (int r = 0; r < QK_QROWS; r++) h = qg_x3(qg_x3(h, this->w[r].x, this->w[r].y), this->w[r].z, this->w[r].w);
+#pragma unroll
+        for (int i = 0; i + 1 < (int)(sizeof this->xr / 4); i += 2) h = qg_x3(h, this->xr[i], this->xr[i + 1]);
+#pragma unroll
+        for (int r = 0; r < QK_QROWS; r++) h ^= this->scale_word(r);
+        acc[0] += __uint_as_float(h & 0x3f7fffffu);
+    }
+};
+struct qg_int4_mma_lo : qg_int4_mma_step<true> {
+    __device__ __forceinline__ uint32_t scale_word(int r) const { return m[r]; }
+};
+struct qg_fp4_lo : qg_fp4_step<false> {
+    __device__ __forceinline__ uint32_t scale_word(int r) const { return sb[r]; }
+};
+
+/* One kernel per body, so each gets its own register allocation. VAR 0:
+ * x through L1 as loaded by the walk; VAR 2 (XS): the block first copies x
+ * to shared memory (qg_load_xsm's layout, dynamic shared memory of
+ * 16 * P * kc bytes, P = x vectors per chunk); VAR 1: the loads-only
+ * diagnostic of the INT4 g128 f16 and NVFP4 bodies. */
+template <int BODY, int VAR>
 __global__ void __launch_bounds__(QG_THREADS, QG_MINB)
     k_gemv_qp(const __grid_constant__ qg_parts ps, const uint16_t *__restrict__ x, int accumulate, int S, int G)
 {
     __shared__ float red[QG_PRMAX * QG_WARPS * QK_QROWS];
+    qg_pdl_trigger();
+    qg_pdl_wait();
+    if (VAR == 1) {
+        if (BODY == QG_B_I4MH) qg_persist<qg_loads_only<qg_int4_mma_lo>, false>(ps, x, accumulate, S, G, red);
+        else qg_persist<qg_loads_only<qg_fp4_lo>, false>(ps, x, accumulate, S, G, red);
+        return;
+    }
+    const bool XS = VAR == 2;
+    if (XS) {
+        const int P = BODY == QG_B_FP8 ? 2 : 4, kc = ps.p[0].kc, K = ps.p[0].k; /* the launcher checks kc */
+        for (int i = (int)threadIdx.x; i < P * kc; i += QG_THREADS) {
+            const int c = i / P, v = i % P, e0 = c * 8 * P + 8 * v;
+            uint4 u;
+            if (e0 + 8 <= K) {
+                u = __ldg((const uint4 *)(x + e0));
+            } else {
+                uint32_t h[4];
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const uint32_t lo = e0 + 2 * e < K ? __ldg(x + e0 + 2 * e) : 0u;
+                    const uint32_t hi = e0 + 2 * e + 1 < K ? __ldg(x + e0 + 2 * e + 1) : 0u;
+                    h[e] = lo | (hi << 16);
+                }
+                u = make_uint4(h[0], h[1], h[2], h[3]);
+            }
+            qg_xsm[v * kc + c] = u;
+        }
+        __syncthreads();
+    }
     switch (BODY) {
-    case QG_B_FP8: qg_persist<qg_fp8_step, false>(ps, x, accumulate, S, G, red); break;
+    case QG_B_FP8: qg_persist<qg_fp8_step_t<XS>, false>(ps, x, accumulate, S, G, red); break;
     case QG_B_I4PH: qg_persist<qg_int4_step<true, true>, false>(ps, x, accumulate, S, G, red); break;
     case QG_B_I4P: qg_persist<qg_int4_step<false, true>, false>(ps, x, accumulate, S, G, red); break;
-    case QG_B_I4MH: qg_persist<qg_int4_mma_step<true>, true>(ps, x, accumulate, S, G, red); break;
-    case QG_B_I4M: qg_persist<qg_int4_mma_step<false>, true>(ps, x, accumulate, S, G, red); break;
-    case QG_B_I4H: qg_persist<qg_int4_step<true, false>, false>(ps, x, accumulate, S, G, red); break;
-    case QG_B_I4: qg_persist<qg_int4_step<false, false>, false>(ps, x, accumulate, S, G, red); break;
-    case QG_B_NV: qg_persist<qg_fp4_step<false>, false>(ps, x, accumulate, S, G, red); break;
-    case QG_B_MX: qg_persist<qg_fp4_step<true>, false>(ps, x, accumulate, S, G, red); break;
+    case QG_B_I4MH: qg_persist<qg_int4_mma_step<true, XS>, true>(ps, x, accumulate, S, G, red); break;
+    case QG_B_I4M: qg_persist<qg_int4_mma_step<false, XS>, true>(ps, x, accumulate, S, G, red); break;
+    case QG_B_I4H: qg_persist<qg_int4_step<true, false, XS>, false>(ps, x, accumulate, S, G, red); break;
+    case QG_B_I4: qg_persist<qg_int4_step<false, false, XS>, false>(ps, x, accumulate, S, G, red); break;
+    case QG_B_NV: qg_persist<qg_fp4_step<false, XS>, false>(ps, x, accumulate, S, G, red); break;
+    case QG_B_MX: qg_persist<qg_fp4_step<true, XS>, false>(ps, x, accumulate, S, G, red); break;
     default: qg_persist<qg_bf16_step, false>(ps, x, accumulate, S, G, red); break;
     }
 }
 
 typedef void (*qg_pkernel)(qg_parts, const uint16_t *, int, int, int);
-static const qg_pkernel qg_pkernels[QG_NBODY] = {k_gemv_qp<0>, k_gemv_qp<1>, k_gemv_qp<2>, k_gemv_qp<3>,
-                                                 k_gemv_qp<4>, k_gemv_qp<5>, k_gemv_qp<6>, k_gemv_qp<7>,
-                                                 k_gemv_qp<8>, k_gemv_qp<9>};
+static const qg_pkernel qg_pkernels[QG_NBODY] = {k_gemv_qp<0, 0>, k_gemv_qp<1, 0>, k_gemv_qp<2, 0>, k_gemv_qp<3, 0>,
+                                                 k_gemv_qp<4, 0>, k_gemv_qp<5, 0>, k_gemv_qp<6, 0>, k_gemv_qp<7, 0>,
+                                                 k_gemv_qp<8, 0>, k_gemv_qp<9, 0>};
+/* The XS variants (NULL: g_idx bodies gather x, BF16 reads it once per row). */
+static const qg_pkernel qg_pkernels_xs[QG_NBODY] = {k_gemv_qp<0, 2>, NULL, NULL, k_gemv_qp<3, 2>, k_gemv_qp<4, 2>,
+                                                    k_gemv_qp<5, 2>, k_gemv_qp<6, 2>, k_gemv_qp<7, 2>,
+                                                    k_gemv_qp<8, 2>, NULL};
+#define QG_XSMAX (48 << 10) /* staged x per block (K up to 24576), no opt-in needed */
+
+/* Test and benchmark hook (tests/test_kernels_quant.c declares it; not part
+ * of quant.h): 0 = default (plain launches, x staged in shared memory for
+ * NVFP4/MXFP4); 1 = plain launches, x through L1 (the code before both);
+ * 2 = the default with PDL launches where the GPU and stream allow;
+ * 5 = PDL and x staged for every body that has
+ * the variant (FP8, INT4 without g_idx, FP4); 9 = the loads-only
+ * diagnostic for INT4 g128 (f16 scales) and NVFP4 launches (wrong y:
+ * timing only). */
+extern "C" {
+int qk_gemv_q_mode = 0;
+}
+
+/* Whether launches may carry the PDL attribute: compute capability 9.0 or
+ * newer (griddepcontrol), and not the legacy default stream. */
+static bool qg_pdl_ok(cudaStream_t st)
+{
+    static int cc = -1;
+    if (cc < 0) {
+        int dev = 0;
+        cc = 0;
+        if (cudaGetDevice(&dev) != cudaSuccess ||
+            cudaDeviceGetAttribute(&cc, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess)
+            cc = 0;
+    }
+    return cc >= 9 && st != NULL && st != cudaStreamLegacy && st != cudaStreamPerThread;
+}
+
+/* The launch attribute list: PDL when pdl. */
+static void qg_cfg(cudaLaunchConfig_t *cfg, cudaLaunchAttribute *at, int grid, cudaStream_t st, bool pdl)
+{
+    *cfg = cudaLaunchConfig_t{};
+    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    at[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg->gridDim = dim3((unsigned)grid);
+    cfg->blockDim = dim3(QG_THREADS);
+    cfg->stream = st;
+    cfg->attrs = at;
+    cfg->numAttrs = pdl ? 1 : 0;
+}
 
 /* Flattens one descriptor; 0 or cudaErrorInvalidValue. */
 static int part_fill(const qk_qweight *w, float *y, qg_part *p)
@@ -308,17 +426,61 @@ extern "C" int qk_gemv_multi(const qk_qweight *const *w, float *const *y, int np
          occ[body] <= 0))
         occ[body] = 1;
     const int pb = (groups + gpb - 1) / gpb, B = pb < nsm * occ[body] ? pb : nsm * occ[body];
+    const int mode = qk_gemv_q_mode;
+    /* PDL only in modes 2 and 5: in the engine's decode graph, where the
+     * neighbouring kernels do not launch early, it measured slower (27B
+     * decode, mode 1 vs 0 vs plain: int4 97.8 vs 96.9 tok/s, fp8 78.8 vs
+     * 78.2; BENCHMARKS.md), although the GEMV alone gained 1-3 points. */
+    const bool pdl = (mode == 2 || mode == 5) && qg_pdl_ok(st);
+    cudaLaunchConfig_t cfg;
+    cudaLaunchAttribute at[1];
     if (same && (S == 1 || groups / (B * gpb) <= QG_PRMAX)) {
-        qg_pkernels[body]<<<B, QG_THREADS, 0, st>>>(ps, x, accumulate, S, groups);
-        return qk_launch_status();
+        qg_pkernel k = qg_pkernels[body];
+        if (mode == 9 && body == QG_B_I4MH) k = k_gemv_qp<QG_B_I4MH, 1>;
+        if (mode == 9 && body == QG_B_NV) k = k_gemv_qp<QG_B_NV, 1>;
+        int same_kc = 1;
+        for (int i = 0; i < nparts; i++) same_kc &= ps.p[i].kc == ps.p[0].kc;
+        const size_t xs = (size_t)16 * (body == QG_B_FP8 ? 2 : 4) * ps.p[0].kc;
+        /* x staged in shared memory: by default for the FP4 bodies, where
+         * it measured +4 points of copy bandwidth on the 27B decode total
+         * (FP8 +-0, INT4 -1: BENCHMARKS.md "Quantized GEMV (H100)") */
+        const bool xs_default = body == QG_B_NV || body == QG_B_MX;
+        bool use_xs = (mode == 5 || (mode == 0 && xs_default)) && same_kc && qg_pkernels_xs[body] && xs <= QG_XSMAX;
+        if (use_xs) { /* only with the same resident blocks as the plain kernel (B above) */
+            static int xs_occ[QG_NBODY], xs_set[QG_NBODY];
+            static size_t xs_at[QG_NBODY];
+            k = qg_pkernels_xs[body];
+            if (!xs_set[body]) {
+                xs_set[body] = 1;
+                if (cudaFuncSetAttribute((const void *)k, cudaFuncAttributePreferredSharedMemoryCarveout,
+                                         (int)cudaSharedmemCarveoutMaxShared) != cudaSuccess)
+                    cudaGetLastError();
+            }
+            if (xs_at[body] != xs) {
+                xs_at[body] = xs;
+                if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&xs_occ[body], k, QG_THREADS, xs) != cudaSuccess) {
+                    cudaGetLastError();
+                    xs_occ[body] = 0;
+                }
+            }
+            if (xs_occ[body] < occ[body]) {
+                use_xs = false;
+                k = qg_pkernels[body];
+            }
+        }
+        qg_cfg(&cfg, at, B, st, pdl);
+        cfg.dynamicSmemBytes = use_xs ? xs : 0;
+        const int rc = (int)cudaLaunchKernelEx(&cfg, k, ps, x, accumulate, S, groups);
+        return rc ? rc : qk_launch_status();
     }
     int blocks = 0;
     for (int i = 0; i < nparts; i++) {
         ps.p[i].first_block = blocks;
         blocks += (w[i]->n_pad / QK_QROWS + gpb - 1) / gpb;
     }
-    k_gemv_q<<<blocks, QG_THREADS, 0, st>>>(ps, x, accumulate, S);
-    return qk_launch_status();
+    qg_cfg(&cfg, at, blocks, st, pdl);
+    const int rc = (int)cudaLaunchKernelEx(&cfg, k_gemv_q, ps, x, accumulate, S);
+    return rc ? rc : qk_launch_status();
 }
 
 extern "C" int qk_gemv_q(const qk_qweight *w, const uint16_t *x, float *y, int accumulate, struct CUstream_st *st)

@@ -20,7 +20,13 @@
  * per code) runs at the same 54 %: the remaining limit is not instruction
  * issue. The grid's wave tail was one cause (the persistent launch in
  * gemv_multi.cu: +2-7 %); prefetching the next step across iterations into
- * a second register set spilled at 128 registers and lost 2-17 %. */
+ * a second register set spilled at 128 registers and lost 2-17 %.
+ * Keeping the next 2-3 steps in flight in shared memory instead (cp.async,
+ * per lane, no spills) lost 5-25 %, and so did staging each row group's
+ * scales there; the loads alone without the arithmetic reach 81 % (INT4,
+ * NVFP4) of copy bandwidth on the 27B total. What paid: PDL launches and,
+ * for FP4, x staged once per block in shared memory (qg_load_xsm), see
+ * BENCHMARKS.md "Quantized GEMV (H100)". */
 #ifndef QC_GEMV_Q_CUH
 #define QC_GEMV_Q_CUH
 
@@ -123,6 +129,25 @@ __device__ __forceinline__ void qg_load_xraw(const uint16_t *__restrict__ x, int
     }
 }
 
+/* The same NV/2 words from the block's staged copy of x (XS launches of
+ * gemv_multi.cu): 16-byte piece v of chunk c at qg_xsm[v * kc + c], so a
+ * warp's lanes (consecutive chunks) read consecutive vectors, one shared-
+ * memory wavefront per 8 lanes, where their global loads of x, 32-64 bytes
+ * apart, touch a separate L1 line every 2-4 lanes. Zeros past K. */
+extern __shared__ uint4 qg_xsm[];
+template <int NV>
+__device__ __forceinline__ void qg_load_xsm(int kc, int c, uint32_t *xr)
+{
+#pragma unroll
+    for (int v = 0; v < NV / 8; v++) {
+        const uint4 u = qg_xsm[v * kc + c];
+        xr[4 * v + 0] = u.x;
+        xr[4 * v + 1] = u.y;
+        xr[4 * v + 2] = u.z;
+        xr[4 * v + 3] = u.w;
+    }
+}
+
 template <int NV>
 __device__ __forceinline__ void qg_unpack_x(const uint32_t *xr, float *xf)
 {
@@ -143,7 +168,8 @@ __device__ __forceinline__ void qg_unpack_x(const uint32_t *xr, float *xf)
 
 /* FP8: 16 E4M3 codes per chunk, one cvt per pair to f16x2 (exact), one scale
  * per chunk (blk_k is a multiple of 16). */
-struct qg_fp8_step {
+template <bool XS = false>
+struct qg_fp8_step_t {
     uint4 w[QK_QROWS];
     float s[QK_QROWS];
     uint32_t xr[8];
@@ -156,7 +182,8 @@ struct qg_fp8_step {
 #pragma unroll
         for (int r = 0; r < QK_QROWS; r++)
             s[r] = __ldg((const float *)p.s + (size_t)((row0 + r) / p.blk_n) * p.nkb + b);
-        qg_load_xraw<16>(x, c * 16, p.k, xr);
+        if (XS) qg_load_xsm<16>(p.kc, c, xr);
+        else qg_load_xraw<16>(x, c * 16, p.k, xr);
     }
     __device__ __forceinline__ void dot(const qg_part &, float *acc) const
     {
@@ -179,6 +206,7 @@ struct qg_fp8_step {
         }
     }
 };
+typedef qg_fp8_step_t<false> qg_fp8_step;
 
 /* INT4: 32 codes per chunk, one group per chunk (scale|zero word loaded
  * once). Nibble j of a word is decoded where it lies, without a shift: one
@@ -196,7 +224,7 @@ __device__ __forceinline__ float qg_magic(uint32_t w, uint32_t mask)
     return __uint_as_float(d);
 }
 
-template <bool F16, bool PERM>
+template <bool F16, bool PERM, bool XS = false>
 struct qg_int4_step {
     uint4 w[QK_QROWS];
     uint32_t m[QK_QROWS];
@@ -220,6 +248,8 @@ struct qg_int4_step {
                 xr[2 * v] = e0 | (e1 << 16);
                 xr[2 * v + 1] = e2 | (e3 << 16);
             }
+        } else if (XS) {
+            qg_load_xsm<32>(p.kc, c, xr);
         } else {
             qg_load_xraw<32>(x, c * 32, p.k, xr);
         }
@@ -258,7 +288,7 @@ struct qg_int4_step {
 /* NVFP4 / MXFP4: 32 codes per chunk; 11 integer ops turn a word into four
  * f16x2 (value * 2^-14), then one cvt and one FFMA per code. Block scales
  * per 16 (E4M3, two per chunk) or 32 (E8M0); 2^14 * gmul is part.post. */
-template <bool MX>
+template <bool MX, bool XS = false>
 struct qg_fp4_step {
     uint4 w[QK_QROWS];
     uint32_t sb[QK_QROWS];
@@ -274,7 +304,8 @@ struct qg_fp4_step {
         for (int r = 0; r < QK_QROWS; r++)
             sb[r] = MX ? (uint32_t)__ldg(sr + (size_t)r * nb + c)
                        : (uint32_t)__ldg((const uint16_t *)(sr + (size_t)r * nb) + c);
-        qg_load_xraw<32>(x, c * 32, p.k, xr);
+        if (XS) qg_load_xsm<32>(p.kc, c, xr);
+        else qg_load_xraw<32>(x, c * 32, p.k, xr);
     }
     __device__ __forceinline__ void dot(const qg_part &, float *acc) const
     {
@@ -379,7 +410,7 @@ __device__ __forceinline__ uint32_t qg_bsub2(uint32_t a, uint32_t b)
  * (one LOP3 + one shift), minus 128 + z (one bf16x2 FMA, exact). x pairs in
  * the same order are one PRMT of the raw bf16 words. Per chunk and row pair
  * 8 mmas into a fresh D, then the group scale on the fp32 accumulator. */
-template <bool F16>
+template <bool F16, bool XS = false>
 struct qg_int4_mma_step {
     uint4 w[QK_QROWS];
     uint32_t m[QK_QROWS];
@@ -393,7 +424,8 @@ struct qg_int4_mma_step {
             const uint32_t *sr = (const uint32_t *)p.s + (size_t)row0 * p.ng + c / p.cpg;
 #pragma unroll
             for (int r = 0; r < QK_QROWS; r++) m[r] = __ldg(sr + (size_t)r * p.ng);
-            qg_load_xraw<32>(x, c * 32, p.k, xr);
+            if (XS) qg_load_xsm<32>(p.kc, c, xr);
+            else qg_load_xraw<32>(x, c * 32, p.k, xr);
         } else {
             /* Past the row end: zero weights, but the quad's group scale,
              * since this lane may be the one that holds the quad's sum. */
@@ -488,6 +520,27 @@ __device__ __forceinline__ void qg_walk(const qg_part &p, int row0, const uint16
         a.load(p, row0, x, c);
         a.dot(p, acc);
     }
+}
+
+/* Programmatic dependent launch (sm_90+; no-ops elsewhere and when the
+ * launch has no PDL attribute), used by gemv_multi.cu. trigger: the next
+ * kernel of the stream may place its blocks as this one's leave the SMs
+ * (it still waits for all of this kernel before it reads anything);
+ * wait: returns once the previous kernel has finished and its writes are
+ * visible. A kernel calls wait before its first load of x or y and its
+ * first store. */
+__device__ __forceinline__ void qg_pdl_trigger(void)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void qg_pdl_wait(void)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
 }
 
 #endif

@@ -93,6 +93,51 @@ int qk_gemm_bf16(qk_blas *b, const uint16_t *W, const uint16_t *X, float *Y, int
 int qk_gemm_bf16_out16(qk_blas *b, const uint16_t *W, const uint16_t *X, uint16_t *Y, int ldy, int T,
                        int N, int K);
 
+/* ---- FP8 prefill GEMMs in FP8 through cuBLASLt (kernels/gemm_lt.cu) ---- */
+
+/* cuBLASLt handle sharing b's stream and workspace; cc = compute capability
+ * major*10+minor. Block-scaled FP8 runs only where cc is 9.x (Hopper), FP4
+ * only on Blackwell (10.x, 12.x). */
+typedef struct qk_lt qk_lt;
+int qk_lt_create(qk_lt **out, qk_blas *b, int cc);
+void qk_lt_free(qk_lt *lt);
+size_t qk_lt_device_bytes(const qk_lt *lt); /* activation/scale buffers held */
+
+/* Whether qk_gemm_q_lt runs this weight in FP8: QK_QW_FP8 with 128x128
+ * blocks and K a multiple of 128, on sm_90. */
+int qk_lt_fp8_eligible(const qk_lt *lt, const struct qk_qweight *w);
+
+/* Prefill through the FP8 tensor cores: X bf16 [T, K] is quantized once to
+ * e4m3 per token and 128 inputs (scale amax/448), then for every eligible part
+ * i: Y[t, off[i] + n] = beta*Y + sum_k W_i[n,k] Xq[t,k] (Y fp32, or bf16 when
+ * out16 with beta 0; row stride ldy). *done gets bit i for each part it ran;
+ * the caller runs the others (exact dequantizing path). All parts share K. */
+int qk_gemm_q_lt(qk_lt *lt, const struct qk_qweight *const *w, const int *off, int np, const uint16_t *X,
+                 void *Y, int ldy, int T, float beta, int out16, unsigned *done);
+
+/* The pieces, for tests: the activation quantizer (Q e4m3 [T][ldq], columns
+ * K..ldq zero; scale of token t, group g at S[t*s_t + g*s_g]) and one
+ * block-scaled GEMM on raw operands (W e4m3 [N][ldw], ws its 128x128 scale
+ * grid with rows of ceil(K/128) rounded up to 4; Xq e4m3 [T][ldx], xs
+ * [ceil(K/128)][T]). qk_lt_fp8_raw returns cudaErrorNotSupported when
+ * cuBLASLt has no algorithm (or the GPU is not sm_90). */
+int qk_quant_act_fp8(const uint16_t *X, int T, int K, int ldq, uint8_t *Q, float *S, int s_t, int s_g,
+                     qk_stream st);
+int qk_lt_fp8_raw(qk_lt *lt, const uint8_t *W, int ldw, const float *ws, const uint8_t *Xq, int ldx,
+                  const float *xs, void *Y, int ldy, int N, int T, int K, float beta, int out16);
+
+/* NVFP4 weights on Blackwell (cc 10.x / 12.x) through cuBLASLt e2m1 with
+ * VEC16_UE4M3 scales: qk_gemm_q_lt takes that path there (UNTESTED: no such
+ * card has run it). Its pieces run on any GPU and are tested: the activation
+ * quantizer (X -> e2m1 Q [T][Kq/2] + e4m3 scale per 16 in cuBLAS's 128x4
+ * tiles, sf of qk_fp4_sf_bytes(T, Kq) bytes; f4 device floats: [0] amax,
+ * [1] tensor multiplier amax/2688) and the weight rearrangement (repacked
+ * words -> published e2m1 bytes [n_pad][k_pad/2], scales -> tiles). */
+int qk_lt_fp4_eligible(const qk_lt *lt, const struct qk_qweight *w);
+size_t qk_fp4_sf_bytes(int rows, int K);
+int qk_quant_act_nvfp4(const uint16_t *X, int T, int K, int Kq, uint8_t *Q, uint8_t *sf, float *f4, qk_stream st);
+int qk_fp4_weight_unpack(const struct qk_qweight *w, uint8_t *wq, uint8_t *sf, qk_stream st);
+
 /* qk_swiglu over a bf16 gate|up input. */
 int qk_swiglu_b16(const uint16_t *gu, int ld, int T, int I, uint16_t *out, qk_stream st);
 
@@ -171,6 +216,20 @@ int qk_attn_prefill_gemm(qk_blas *b, const float *q, const float *gate, const ui
                          void *scratch, size_t scratch_bytes, uint16_t *out);
 /* Query rows one block of qk_attn_prefill_gemm can hold in scratch_bytes. */
 size_t qk_attn_gemm_rows(size_t scratch_bytes, int n_keys, int H, int hd);
+
+/* Prefill attention, flash style on the tensor cores (kernels/attn_flash.cu):
+ * the same causal GQA attention as qk_attn (nsplit 1) for T queries at
+ * positions pos0 + t (pos0 on the host, pos0 + T <= max_ctx), no scratch.
+ * Q and the probabilities are rounded to bf16 (error ~3e-3 relative).
+ * qk_attn_flash_ok says whether the shape is served (hd 32, 64, 128 or 256;
+ * H % KV == 0); for others qk_attn_flash returns cudaErrorInvalidValue.
+ * qk_attn_flash_cfg picks the tiling (bm query rows 64 or 128, bn keys 32 or
+ * 64; 0 = default) for tests and timing. */
+int qk_attn_flash_ok(int H, int KV, int hd);
+int qk_attn_flash(const float *q, const float *gate, const uint16_t *kc, const uint16_t *vc, int max_ctx,
+                  int T, int H, int KV, int hd, int pos0, uint16_t *out, qk_stream st);
+int qk_attn_flash_cfg(const float *q, const float *gate, const uint16_t *kc, const uint16_t *vc, int max_ctx,
+                      int T, int H, int KV, int hd, int pos0, uint16_t *out, qk_stream st, int bm, int bn);
 
 /* ---- sampling (kernels/sample.cu) ---- */
 

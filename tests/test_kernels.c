@@ -145,8 +145,10 @@ static void test_embed(void)
 static void test_norms(void)
 {
     int ok = 1;
-    int shapes[][2] = {{1, 5120}, {5, 1024}, {3, 257}, {2, 64}};
-    for (int s = 0; s < 4; s++) {
+    /* 5120/1024/2560/8192/64: the vector kernel (2560: a partial last float4
+     * pass); 257: the generic one. */
+    int shapes[][2] = {{1, 5120}, {5, 1024}, {3, 257}, {2, 64}, {4, 2560}, {2, 8192}};
+    for (int s = 0; s < 6; s++) {
         int T = shapes[s][0], D = shapes[s][1];
         float *x = rnd((size_t)T * D, 3), *w = rnd(D, 0.5f), *ref = malloc((size_t)T * D * 4);
         cpu_norm1p(x, w, T, D, 1e-6f, ref);
@@ -165,9 +167,10 @@ static void test_norms(void)
     CHECK("kern_rmsnorm1p", ok, "zero-centred RMSNorm differs from cpu_norm1p");
 
     ok = 1;
-    int gs[][3] = {{1, 48, 128}, {5, 6, 64}, {3, 2, 32}};
-    for (int s = 0; s < 3; s++) {
-        int T = gs[s][0], H = gs[s][1], dv = gs[s][2], ldz = H * dv + 7;
+    /* ld_z % 4 == 0: the warp-per-head kernel; + 7: the block-per-head one. */
+    int gs[][4] = {{1, 48, 128, 7}, {5, 6, 64, 7}, {3, 2, 32, 7}, {9, 48, 128, 96}, {5, 6, 64, 2}, {3, 5, 32, 0}};
+    for (int s = 0; s < 6; s++) {
+        int T = gs[s][0], H = gs[s][1], dv = gs[s][2], ldz = H * dv + gs[s][3];
         size_t n = (size_t)T * H * dv;
         float *o = rnd(n, 2), *z = rnd((size_t)T * ldz, 3), *w = rnd(dv, 1), *ref = malloc(n * 4);
         cpu_norm_mul(o, w, T * H, dv, 1e-6f, ref);
@@ -189,9 +192,10 @@ static void test_norms(void)
 static void test_glue(void)
 {
     int ok = 1;
-    int ss[][2] = {{1, 17408}, {7, 3584}, {3, 33}};
-    for (int s = 0; s < 3; s++) {
-        int T = ss[s][0], I = ss[s][1], ld = 2 * I + 3;
+    /* pad 3: the scalar kernel; pad 0 / 8 with I % 8 == 0: the vector one. */
+    int ss[][3] = {{1, 17408, 3}, {7, 3584, 3}, {3, 33, 3}, {1, 17408, 0}, {6, 3584, 8}, {2, 1000, 0}};
+    for (int s = 0; s < 6; s++) {
+        int T = ss[s][0], I = ss[s][1], ld = 2 * I + ss[s][2];
         float *gu = rnd((size_t)T * ld, 4), *ref = malloc((size_t)T * I * 4);
         for (int t = 0; t < T; t++)
             for (int i = 0; i < I; i++)
@@ -205,8 +209,8 @@ static void test_glue(void)
         ok &= cmp(nm, got, ref, (size_t)T * I, 5e-3);
         cudaFree(dg); cudaFree(dout); free(gu); free(ref); free(got);
     }
-    {
-        int T = 5, I = 1000, ld = 2 * I + 8;
+    for (int pad = 0; pad <= 9; pad += 9) { /* ld % 8 == 0: vector kernel; 2I + 9: scalar */
+        int T = 5, I = 1000, ld = 2 * I + 8 + pad;
         float *gu = rnd((size_t)T * ld, 4), *ref = malloc((size_t)T * I * 4);
         uint16_t *gub = to_bf(gu, (size_t)T * ld);
         for (int t = 0; t < T; t++)
@@ -215,7 +219,7 @@ static void test_glue(void)
         uint16_t *dg = dput(gub, (size_t)T * ld * 2), *dout = dput(NULL, (size_t)T * I * 2);
         ok &= launch_ok(qk_swiglu_b16(dg, ld, T, I, dout, 0), "swiglu_b16");
         float *got = dget_bf(dout, (size_t)T * I);
-        ok &= cmp("swiglu bf16-in T=5 I=1000", got, ref, (size_t)T * I, 5e-3);
+        ok &= cmp(pad ? "swiglu bf16-in T=5 I=1000 scalar" : "swiglu bf16-in T=5 I=1000", got, ref, (size_t)T * I, 5e-3);
         cudaFree(dg); cudaFree(dout); free(gu); free(gub); free(ref); free(got);
     }
     CHECK("kern_swiglu", ok, "SwiGLU differs");
@@ -386,8 +390,10 @@ static void ref_conv(const float *x, int ld, const float *w, float *state, int T
 static void test_conv(void)
 {
     int ok = 1;
-    int ss[][2] = {{1, 10240}, {2, 384}, {5, 384}, {130, 129}};
-    for (int s = 0; s < 4; s++) {
+    /* T > 1 with C % 4 == 0: the token-run kernel (runs of 16, state for the
+     * first 3); C = 129 and T = 1: the per-element one */
+    int ss[][2] = {{1, 10240}, {2, 384}, {5, 384}, {130, 129}, {1000, 10240}, {37, 1024}, {17, 388}};
+    for (int s = 0; s < 7; s++) {
         int T = ss[s][0], C = ss[s][1], ld = C + 100;
         float *x = rnd((size_t)T * ld, 2), *w = rnd(C * 4, 1), *st = rnd(C * 3, 1);
         float *rst = malloc(C * 12), *ref = malloc((size_t)T * C * 4);
@@ -480,10 +486,12 @@ static void l2norm_host(float *c, int ldc, int T, int Hk, int dk)
 }
 
 /* Chunked prefill on the GPU vs the CPU token-by-token recurrence, from a
- * random initial state; optionally continued by n_dec fused decode steps. */
-static int gdn_case(int T, int Hk, int Hv, int dk, int n_dec)
+ * random initial state; optionally continued by n_dec fused decode steps.
+ * Rows of c are 2*Hk*dk + Hv*dk + pad floats: pad % 4 == 0 takes the prep's
+ * float4 path (the engine's layout), an odd pad the scalar one. */
+static int gdn_case_ld(int T, int Hk, int Hv, int dk, int n_dec, int pad)
 {
-    int ldc = 2 * Hk * dk + Hv * dk + 3, Tall = T + n_dec;
+    int ldc = 2 * Hk * dk + Hv * dk + pad, Tall = T + n_dec;
     float *c = rnd((size_t)Tall * ldc, 1.5f);
     l2norm_host(c, ldc, T, Hk, dk); /* decode rows get normalised inside the step kernel */
     float *beta = malloc((size_t)Tall * Hv * 4), *g = malloc((size_t)Tall * Hv * 4);
@@ -514,7 +522,7 @@ static int gdn_case(int T, int Hk, int Hv, int dk, int n_dec)
     char nm[96];
     if (T > 0) {
         float *got = dget_f(dout, (size_t)T * Hv * dk);
-        snprintf(nm, sizeof nm, "gdn prefill out T=%d Hk=%d Hv=%d dk=%d", T, Hk, Hv, dk);
+        snprintf(nm, sizeof nm, "gdn prefill out T=%d Hk=%d Hv=%d dk=%d pad=%d", T, Hk, Hv, dk, pad);
         ok &= cmp(nm, got, oref, (size_t)T * Hv * dk, 2e-4);
         free(got);
     }
@@ -553,7 +561,7 @@ static int gdn_case(int T, int Hk, int Hv, int dk, int n_dec)
         free(z); free(nw); free(ref);
     }
     float *gS = dget_f(dS, sn);
-    snprintf(nm, sizeof nm, "gdn final state T=%d+%d Hv=%d dk=%d", T, n_dec, Hv, dk);
+    snprintf(nm, sizeof nm, "gdn final state T=%d+%d Hv=%d dk=%d pad=%d", T, n_dec, Hv, dk, pad);
     ok &= cmp(nm, gS, Sref, sn, 2e-4);
     cudaFree(dc); cudaFree(dbeta); cudaFree(dg); cudaFree(dS); cudaFree(dout); cudaFree(scr);
     free(c); free(beta); free(g); free(braw); free(araw); free(Al); free(dtb); free(S0); free(Sref);
@@ -561,14 +569,74 @@ static int gdn_case(int T, int Hk, int Hv, int dk, int n_dec)
     return ok;
 }
 
+static int gdn_case(int T, int Hk, int Hv, int dk, int n_dec) { return gdn_case_ld(T, Hk, Hv, dk, n_dec, 3); }
+
+/* Times prep and scan of the chunked prefill for the 27B shape (Hk 16, Hv
+ * 48, dk = dv = 128) at T tokens; the engine runs it once per GDN layer (48
+ * layers). Inputs are random but shaped like the model's: unit-norm q/k,
+ * sigmoid beta, g from the softplus gate. */
+static void bench_gdn_prefill(const int *Ts, int nT)
+{
+    const int Hk = 16, Hv = 48, dk = 128, ldc = 2 * Hk * dk + Hv * dk;
+    int Tmax = 0;
+    for (int i = 0; i < nT; i++) Tmax = Ts[i] > Tmax ? Ts[i] : Tmax;
+    float *c = rnd((size_t)Tmax * ldc, 1.5f), *beta = malloc((size_t)Tmax * Hv * 4), *g = malloc((size_t)Tmax * Hv * 4);
+    for (size_t e = 0; e < (size_t)Tmax * Hv; e++) {
+        beta[e] = cpu_sigmoid(3 * frand());
+        g[e] = -expf(0.5f * frand()) * cpu_softplus(3 * frand());
+    }
+    float *dc = dput(c, (size_t)Tmax * ldc * 4), *dbeta = dput(beta, (size_t)Tmax * Hv * 4);
+    float *dg = dput(g, (size_t)Tmax * Hv * 4), *dS = dput(NULL, (size_t)Hv * dk * dk * 4);
+    float *dout = dput(NULL, (size_t)Tmax * Hv * dk * 4);
+    void *scr = dput(NULL, qk_gdn_prefill_scratch(Tmax, Hv, dk, dk));
+    int ok = launch_ok(qk_l2norm_qk(dc, ldc, Tmax, Hk, dk, 0), "l2norm");
+    cudaEvent_t ev[3];
+    for (int i = 0; i < 3; i++) cudaEventCreate(&ev[i]);
+    for (int i = 0; ok && i < nT; i++) {
+        int T = Ts[i], reps = T > 2000 ? 5 : 20;
+        float tp = 0, ts = 0;
+        cudaMemset(dS, 0, (size_t)Hv * dk * dk * 4);
+        ok &= launch_ok(qk_gdn_prefill(dc, ldc, dbeta, dg, dS, T, Hk, Hv, dk, dk, scr, dout, 0), "warm-up");
+        for (int r = 0; ok && r < reps; r++) {
+            float a, b;
+            cudaEventRecord(ev[0], 0);
+            ok &= qk_gdn_prefill_prep(dc, ldc, dbeta, dg, T, Hk, Hv, dk, dk, scr, 0) == 0;
+            cudaEventRecord(ev[1], 0);
+            ok &= qk_gdn_prefill_scan(dS, T, Hk, Hv, dk, dk, scr, dout, 0) == 0;
+            cudaEventRecord(ev[2], 0);
+            ok &= launch_ok(0, "bench");
+            cudaEventElapsedTime(&a, ev[0], ev[1]);
+            cudaEventElapsedTime(&b, ev[1], ev[2]);
+            tp += a;
+            ts += b;
+        }
+        if (!ok) break;
+        printf("# gdn_prefill T=%d Hv=%d dk=%d part=prep ms=%.3f\n", T, Hv, dk, tp / reps);
+        printf("# gdn_prefill T=%d Hv=%d dk=%d part=scan ms=%.3f\n", T, Hv, dk, ts / reps);
+        printf("# gdn_prefill T=%d Hv=%d dk=%d ms=%.3f (x48 layers: %.1f ms)\n", T, Hv, dk, (tp + ts) / reps,
+               48 * (tp + ts) / reps);
+    }
+    if (!ok) printf("# gdn_prefill bench: launch failed\n");
+    for (int i = 0; i < 3; i++) cudaEventDestroy(ev[i]);
+    cudaFree(dc); cudaFree(dbeta); cudaFree(dg); cudaFree(dS); cudaFree(dout); cudaFree(scr);
+    free(c); free(beta); free(g);
+}
+
 static void test_gdn(void)
 {
     int ok = 1;
-    int ts[] = {1, 63, 64, 65, 130};
-    for (int i = 0; i < 5; i++) ok &= gdn_case(ts[i], 2, 6, 64, 0);
+    int ts[] = {1, 63, 64, 65, 130, 1000};
+    for (int i = 0; i < 6; i++) ok &= gdn_case(ts[i], 2, 6, 64, 0);
     ok &= gdn_case(65, 2, 2, 32, 0);
-    ok &= gdn_case(70, 16, 48, 128, 0);
+    ok &= gdn_case(130, 2, 2, 32, 0);
+    int t27[] = {1, 63, 70, 130, 1000}; /* 27B head counts */
+    for (int i = 0; i < 5; i++) ok &= gdn_case(t27[i], 16, 48, 128, 0);
+    ok &= gdn_case_ld(1000, 16, 48, 128, 0, 0); /* aligned rows, as in the engine */
+    ok &= gdn_case_ld(130, 2, 6, 64, 0, 4);
+    ok &= gdn_case_ld(65, 2, 2, 32, 0, 0);
     CHECK("kern_gdn_prefill", ok, "chunked GDN differs from the CPU recurrence");
+    int tb[] = {1000, 8192};
+    bench_gdn_prefill(tb, 2);
     ok = 1;
     ok &= gdn_case(65, 2, 6, 64, 5);
     ok &= gdn_case(3, 16, 48, 128, 3);
@@ -584,7 +652,8 @@ static void test_gdn(void)
  * CPU (cpu_norm1p, cpu_rope), cache beyond pos0 pre-filled with random keys. */
 static int attn_case(int T, int pos0, int H, int KV, int hd, int rot, int nsplit, int *prep_ok)
 {
-    int max_ctx = pos0 + T + 3, ld = 2 * H * hd + 2 * KV * hd + 5;
+    /* odd T: an unaligned row stride (attn_prep's scalar loads); even T: aligned (vector loads) */
+    int max_ctx = pos0 + T + 3, ld = 2 * H * hd + 2 * KV * hd + (T % 2 ? 5 : 8);
     float theta = 1e7f, eps = 1e-6f;
     float *qkv = rnd((size_t)T * ld, 2), *qn = rnd(hd, 0.5f), *kn = rnd(hd, 0.5f);
     size_t cn = (size_t)KV * max_ctx * hd;
@@ -687,6 +756,12 @@ static void test_attn(void)
     sok &= attn_case(1, 999, 24, 4, 256, 64, 32, &pok);
     sok &= attn_case(1, 40000, 24, 4, 256, 64, 64, &pok);
     sok &= attn_case(3, 77, 8, 2, 256, 64, 5, &pok);
+    /* the one-token decode kernel: splits unused at short contexts, every
+     * head dim, G = 1 .. 12, more splits than keys */
+    sok &= attn_case(1, 5000, 24, 4, 256, 64, 132, &pok);
+    sok &= attn_case(1, 129, 16, 4, 128, 64, 33, &pok);
+    sok &= attn_case(1, 300, 4, 1, 32, 8, 7, &pok);
+    sok &= attn_case(1, 2, 12, 1, 64, 16, 256, &pok);
     CHECK("kern_attn_splitkv", sok, "split-KV decode attention differs");
     int gok = 1;
     gok &= attn_case(300, 50, 24, 4, 256, 64, 0, &pok);

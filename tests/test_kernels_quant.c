@@ -36,6 +36,11 @@
 #include <cuda_runtime_api.h>
 
 #include "kernels.h"
+
+/* gemv_multi.cu's path switch (tests and benchmarks only, not in quant.h):
+ * 0 = default, 1 = plain launches (no PDL, x through L1), 5 = x staged in
+ * shared memory for every body, 9 = loads-only diagnostic (timing only). */
+extern int qk_gemv_q_mode;
 #endif
 
 /* ---- random ---------------------------------------------------------------- */
@@ -390,11 +395,11 @@ static void run_case(const char *name, pub *p)
         xb[k] = qc_f32_to_bf16((float)((double)(urand() >> 11) / 4503599627370496.0 - 1.0));
         xf[k] = qc_bf16_to_f32(xb[k]);
     }
-    double *yr = malloc((size_t)N * sizeof *yr);
+    double *yr = malloc((size_t)N * sizeof *yr), *yr0 = malloc((size_t)N * sizeof *yr0);
     for (int64_t n = 0; n < N; n++) {
         double s = 0;
         for (int64_t k = 0; k < K; k++) s += (double)ref[n * K + k] * xf[k];
-        yr[n] = s;
+        yr0[n] = s;
     }
     uint16_t *dx;
     float *dy, *y = malloc((size_t)N * sizeof *y);
@@ -405,22 +410,42 @@ static void run_case(const char *name, pub *p)
     cudaMalloc((void **)&dq, (size_t)(N * ld) * 2);
     hq = malloc((size_t)(N * ld) * 2);
     cudaMemcpy(dx, xb, (size_t)K * 2, cudaMemcpyHostToDevice);
-    cudaMemset(dy, 0xff, (size_t)N * 4); /* NaN: an unwritten row fails */
-    int krc = qk_gemv_q(&d, dx, dy, 0, NULL);
-    int src = (int)cudaDeviceSynchronize();
-    cudaMemcpy(y, dy, (size_t)N * 4, cudaMemcpyDeviceToHost);
-    double e1 = rel_l2(y, yr, N);
-    /* Accumulating form: y = 1 + W x. */
-    for (int64_t n = 0; n < N; n++) y[n] = 1.0f;
-    cudaMemcpy(dy, y, (size_t)N * 4, cudaMemcpyHostToDevice);
-    int krc2 = qk_gemv_q(&d, dx, dy, 1, NULL);
-    cudaDeviceSynchronize();
-    cudaMemcpy(y, dy, (size_t)N * 4, cudaMemcpyDeviceToHost);
-    for (int64_t n = 0; n < N; n++) yr[n] += 1.0;
-    double e2 = rel_l2(y, yr, N);
-    printf("# %s: rel_l2 %.3g (accumulate %.3g)\n", gname, e1, e2);
-    CHECK(gname, krc == 0 && krc2 == 0 && src == 0 && e1 < 1e-5 && e2 < 1e-5,
-          "launch %d/%d sync %d, rel_l2 %.3g, accumulate rel_l2 %.3g", krc, krc2, src, e1, e2);
+    /* Each launch path of gemv_multi.cu (qk_gemv_q_mode): the default
+     * (plain launches, x staged in shared memory for FP4), x through L1,
+     * PDL launches, PDL with x staged for every body that can. */
+    static const struct {
+        int mode;
+        const char *tag;
+    } paths[] = {{0, ""}, {1, "plain_"}, {2, "pdl_"}, {5, "xs_"}};
+    int krc = 0, src = 0;
+    cudaStream_t qs; /* not the legacy stream: PDL launches need a real one */
+    cudaStreamCreateWithFlags(&qs, cudaStreamNonBlocking);
+    for (size_t m = 0; m < sizeof paths / sizeof paths[0]; m++) {
+        char mname[160];
+        snprintf(mname, sizeof mname, "qgemv_%s%s", paths[m].tag, name);
+        qk_gemv_q_mode = paths[m].mode;
+        for (int64_t n = 0; n < N; n++) yr[n] = yr0[n];
+        cudaMemset(dy, 0xff, (size_t)N * 4); /* NaN: an unwritten row fails */
+        cudaDeviceSynchronize();             /* qs does not wait for the legacy stream */
+        krc = qk_gemv_q(&d, dx, dy, 0, qs);
+        src = (int)cudaStreamSynchronize(qs);
+        cudaMemcpy(y, dy, (size_t)N * 4, cudaMemcpyDeviceToHost);
+        double e1 = rel_l2(y, yr, N);
+        /* Accumulating form: y = 1 + W x. */
+        for (int64_t n = 0; n < N; n++) y[n] = 1.0f;
+        cudaMemcpy(dy, y, (size_t)N * 4, cudaMemcpyHostToDevice);
+        cudaDeviceSynchronize();
+        int krc2 = qk_gemv_q(&d, dx, dy, 1, qs);
+        cudaStreamSynchronize(qs);
+        cudaMemcpy(y, dy, (size_t)N * 4, cudaMemcpyDeviceToHost);
+        for (int64_t n = 0; n < N; n++) yr[n] += 1.0;
+        double e2 = rel_l2(y, yr, N);
+        printf("# %s: rel_l2 %.3g (accumulate %.3g)\n", mname, e1, e2);
+        CHECK(mname, krc == 0 && krc2 == 0 && src == 0 && e1 < 1e-5 && e2 < 1e-5,
+              "launch %d/%d sync %d, rel_l2 %.3g, accumulate rel_l2 %.3g", krc, krc2, src, e1, e2);
+    }
+    qk_gemv_q_mode = 0;
+    cudaStreamDestroy(qs);
 
     cudaMemset(dq, 0xff, (size_t)(N * ld) * 2);
     krc = qk_dequant_q_bf16(&d, dq, (int)ld, NULL);
@@ -451,6 +476,7 @@ static void run_case(const char *name, pub *p)
     free(xb);
     free(xf);
     free(yr);
+    free(yr0);
     free(y);
     qc_qweight_free_dev(&d);
 #endif
@@ -516,27 +542,21 @@ static int64_t emulate_decode(const qk_qweight *q, const float *ref)
     return bad;
 }
 
-/* One launch over four weights of different layouts sharing x (the GDN
- * in_proj_qkv/z/a/b pattern, plus an act-order INT4 part): each part's
- * output against its own reference. */
-static void test_fused(void)
+/* One launch over np weights sharing x (K inputs): each part's output
+ * against its own reference, on every launch path (see run_case). Frees
+ * the parts. */
+static void fused_check(const char *name, pub *p, int np, int64_t K)
 {
-    const char *name = "qgemv_fused_nvfp4_fp8_bf16_gptq";
     if (!gpu_init()) {
         th_skip(name, gpu_why);
+        for (int i = 0; i < np; i++) pub_free(&p[i]);
         return;
     }
 #ifdef QC_HAVE_CUDA
-    const int64_t K = 1040;
-    pub p[4];
-    build_fp4(&p[0], "fused.nvfp4", QC_FMT_NVFP4_CT, 300, K, 987.25f);
-    build_fp8(&p[1], "fused.fp8", QC_FMT_FP8_BLOCK, 130, K, 128, 128, QC_DT_BF16);
-    build_bf16(&p[2], "fused.bf16", 48, K);
-    build_gptq(&p[3], "fused.gptq", 72, K, 32, 1, 0, 1);
-    qk_qweight d[4];
-    const qk_qweight *dp[4];
-    float *dy[4];
-    double *yr[4];
+    qk_qweight d[QK_GEMV_MAX_PARTS];
+    const qk_qweight *dp[QK_GEMV_MAX_PARTS];
+    float *dy[QK_GEMV_MAX_PARTS];
+    double *yr[QK_GEMV_MAX_PARTS];
     uint16_t *xb = malloc((size_t)K * 2), *dx;
     float *xf = malloc((size_t)K * sizeof *xf);
     for (int64_t k = 0; k < K; k++) {
@@ -547,7 +567,7 @@ static void test_fused(void)
     cudaMemcpy(dx, xb, (size_t)K * 2, cudaMemcpyHostToDevice);
     int ok = 1;
     char why[256] = "";
-    for (int i = 0; i < 4; i++) {
+    for (int i = 0; i < np; i++) {
         qc_err err = {0};
         qk_qweight h;
         const int64_t N = p[i].l.n;
@@ -568,28 +588,35 @@ static void test_fused(void)
         qc_qweight_free_host(&h);
         dp[i] = &d[i];
         cudaMalloc((void **)&dy[i], (size_t)N * 4);
-        cudaMemset(dy[i], 0xff, (size_t)N * 4);
     }
-    if (ok) {
-        int krc = qk_gemv_multi(dp, dy, 4, dx, 0, NULL);
-        int src = (int)cudaDeviceSynchronize();
+    static const int modes[] = {0, 1, 5};
+    cudaStream_t qs;
+    cudaStreamCreateWithFlags(&qs, cudaStreamNonBlocking);
+    for (size_t m = 0; ok && m < sizeof modes / sizeof modes[0]; m++) {
+        qk_gemv_q_mode = modes[m];
+        for (int i = 0; i < np; i++) cudaMemset(dy[i], 0xff, (size_t)p[i].l.n * 4);
+        cudaDeviceSynchronize();
+        int krc = qk_gemv_multi(dp, dy, np, dx, 0, qs);
+        int src = (int)cudaStreamSynchronize(qs);
         double worst = 0;
-        for (int i = 0; i < 4; i++) {
+        for (int i = 0; i < np; i++) {
             const int64_t N = p[i].l.n;
             float *y = malloc((size_t)N * sizeof *y);
             cudaMemcpy(y, dy[i], (size_t)N * 4, cudaMemcpyDeviceToHost);
             double e = rel_l2(y, yr[i], N);
-            printf("# %s: part %d (%s, N=%lld) rel_l2 %.3g\n", name, i, qc_format_name(p[i].l.format),
-                   (long long)N, e);
+            printf("# %s (path %d): part %d (%s, N=%lld) rel_l2 %.3g\n", name, modes[m], i,
+                   qc_format_name(p[i].l.format), (long long)N, e);
             if (!(e <= worst))
                 worst = e;
             free(y);
         }
         ok = krc == 0 && src == 0 && worst < 1e-5;
-        snprintf(why, sizeof why, "launch %d sync %d worst rel_l2 %.3g", krc, src, worst);
+        snprintf(why, sizeof why, "path %d: launch %d sync %d worst rel_l2 %.3g", modes[m], krc, src, worst);
     }
+    qk_gemv_q_mode = 0;
+    cudaStreamDestroy(qs);
     CHECK(name, ok, "%s", why);
-    for (int i = 0; i < 4; i++) {
+    for (int i = 0; i < np; i++) {
         qc_qweight_free_dev(&d[i]);
         cudaFree(dy[i]);
         free(yr[i]);
@@ -598,7 +625,41 @@ static void test_fused(void)
     cudaFree(dx);
     free(xb);
     free(xf);
+#else
+    for (int i = 0; i < np; i++) pub_free(&p[i]);
 #endif
+}
+
+/* Fused launches: four weights of different layouts (the GDN
+ * in_proj_qkv/z/a/b pattern, plus an act-order INT4 part: the plain grid),
+ * and parts of one layout with different N (attention q/k/v, MLP gate/up:
+ * the persistent grid and its cp.async pipeline). */
+static void test_fused(void)
+{
+    pub p[4];
+    int64_t K = 1040;
+    build_fp4(&p[0], "fused.nvfp4", QC_FMT_NVFP4_CT, 300, K, 987.25f);
+    build_fp8(&p[1], "fused.fp8", QC_FMT_FP8_BLOCK, 130, K, 128, 128, QC_DT_BF16);
+    build_bf16(&p[2], "fused.bf16", 48, K);
+    build_gptq(&p[3], "fused.gptq", 72, K, 32, 1, 0, 1);
+    fused_check("qgemv_fused_nvfp4_fp8_bf16_gptq", p, 4, K);
+    K = 1000;
+    build_ct(&p[0], "fused.q", 300, K, 128, 0, 0);
+    build_ct(&p[1], "fused.k", 72, K, 128, 0, 0);
+    build_ct(&p[2], "fused.v", 72, K, 128, 0, 0);
+    fused_check("qgemv_fused_ct_int_g128_qkv", p, 3, K);
+    K = 1000; /* one body, different scale rows (g128: 32 bytes, g256: 16) */
+    build_ct(&p[0], "fused.g128", 100, K, 128, 1, 0);
+    build_ct(&p[1], "fused.g256", 60, K, 256, 1, 0);
+    fused_check("qgemv_fused_ct_int_g128_g256", p, 2, K);
+    K = 2000;
+    build_fp8(&p[0], "fused.gate", QC_FMT_FP8_BLOCK, 1100, K, 128, 128, QC_DT_BF16);
+    build_fp8(&p[1], "fused.up", QC_FMT_FP8_BLOCK, 1100, K, 128, 128, QC_DT_BF16);
+    fused_check("qgemv_fused_fp8_gate_up", p, 2, K);
+    K = 520;
+    build_fp4(&p[0], "fused.mx0", QC_FMT_MXFP4_CT, 96, K, 0);
+    build_fp4(&p[1], "fused.mx1", QC_FMT_MXFP4_CT, 44, K, 0);
+    fused_check("qgemv_fused_mxfp4_2parts", p, 2, K);
 }
 
 /* A format that has no GPU layout must be refused with a message. */
@@ -796,10 +857,27 @@ static void bench_all(void)
                  {QK_QW_MXFP4, "mxfp4"},   {0, "bf16(ref)"}};
     static qk_qweight q[64 * QK_GEMV_MAX_PARTS];
     printf("# qbench %-10s %-22s %6s %6s %9s %8s %7s\n", "format", "shape", "N", "K", "MB", "us", "GB/s");
-    for (size_t f = 0; f < sizeof kinds / sizeof kinds[0]; f++) {
+    /* A/B in one run (gemv_multi.cu's qk_gemv_q_mode): plain launches
+     * ("/old", the code before), x staged in shared memory for every body
+     * ("/xs"), the loads alone without the arithmetic ("/ldonly": INT4 and
+     * NVFP4 only, a diagnostic whose y is wrong), the default (plain
+     * name: x staged for FP4). */
+    static const struct {
+        int mode;
+        const char *tag;
+    } paths[] = {{1, "/old"}, {5, "/xs"}, {9, "/ldonly"}, {0, ""}};
+    const size_t nkinds = sizeof kinds / sizeof kinds[0];
+    for (size_t mf = 0; mf < nkinds * (sizeof paths / sizeof paths[0]); mf++) {
+        const size_t m = mf / nkinds, f = mf % nkinds;
+        const int kind = kinds[f].kind;
+        if ((kind == 0 && paths[m].mode != 0) ||
+            (paths[m].mode == 9 && kind != QK_QW_INT4 && kind != QK_QW_NVFP4))
+            continue;
+        char label[40];
+        snprintf(label, sizeof label, "%s%s", kinds[f].name, paths[m].tag);
+        qk_gemv_q_mode = paths[m].mode;
         double tot_bytes = 0, tot_us = 0, bytes;
         int bad = frc;
-        const int kind = kinds[f].kind;
         for (size_t si = 0; si < sizeof shapes27 / sizeof shapes27[0]; si++) {
             const shape *sh = &shapes27[si];
             int nc = bench_layout(pool, pool_bytes, 1, &kind, &sh->n, sh->k, q, &bytes);
@@ -808,14 +886,14 @@ static void bench_all(void)
                 continue;
             }
             double us = bench_time(q, nc, 1, kind == 0, dx, dy, &bad);
-            printf("# qbench %-10s %-22s %6d %6d %9.2f %8.2f %7.0f  (%.0f%% of copy)\n", kinds[f].name, sh->what,
+            printf("# qbench %-10s %-22s %6d %6d %9.2f %8.2f %7.0f  (%.0f%% of copy)\n", label, sh->what,
                    sh->n, sh->k, bytes / 1e6, us, bytes / (us * 1e-6) / 1e9, 100.0 * bytes / (us * 1e-6) / 1e9 / copy);
             tot_bytes += bytes * sh->per_token;
             tot_us += us * sh->per_token;
         }
         printf("# qbench %-10s 27B decode matmuls (no lm_head/embeddings/in_proj_a,b): %.2f GB in %.3f ms = "
                "%.0f GB/s (%.0f%% of copy)\n",
-               kinds[f].name, tot_bytes / 1e9, tot_us / 1e3, tot_bytes / (tot_us * 1e-6) / 1e9,
+               label, tot_bytes / 1e9, tot_us / 1e3, tot_bytes / (tot_us * 1e-6) / 1e9,
                100.0 * tot_bytes / (tot_us * 1e-6) / 1e9 / copy);
         if (kind) { /* fused launches: GDN qkv|z|a|b (a, b BF16), attention q|k|v, MLP gate|up */
             static const struct {
@@ -833,15 +911,16 @@ static void bench_all(void)
                     continue;
                 }
                 double us = bench_time(q, nc, fused[u].np, 0, dx, dy, &bad);
-                printf("# qbench %-10s %-22s %6d %6d %9.2f %8.2f %7.0f  (%.0f%% of copy)\n", kinds[f].name,
+                printf("# qbench %-10s %-22s %6d %6d %9.2f %8.2f %7.0f  (%.0f%% of copy)\n", label,
                        fused[u].what, fused[u].n[0] + fused[u].n[1] + fused[u].n[2] + fused[u].n[3], fused[u].k,
                        bytes / 1e6, us, bytes / (us * 1e-6) / 1e9, 100.0 * bytes / (us * 1e-6) / 1e9 / copy);
             }
         }
         char nm[64];
-        snprintf(nm, sizeof nm, "qbench_%s", kinds[f].name);
+        snprintf(nm, sizeof nm, "qbench_%s", label);
         CHECK(nm, bad == 0 && tot_us > 0, "a launch failed (%d)", bad);
     }
+    qk_gemv_q_mode = 0;
     cudaFree(pool);
     cudaFree(dx);
     cudaFree(dy);
@@ -937,6 +1016,34 @@ int main(void)
     pub_free(&p);
     build_fp4(&p, "nvfp4_tall", QC_FMT_NVFP4_CT, 9000, 2048, 1234.567f);
     run_case("nvfp4_ct_tall_9000x2048", &p);
+    pub_free(&p);
+
+    /* Short K (one step per row group, a partial chunk of x). */
+    build_fp8(&p, "fp8_shortk", QC_FMT_FP8_BLOCK, 72, 32, 128, 128, QC_DT_BF16);
+    run_case("fp8_block_shortk_72x32", &p);
+    pub_free(&p);
+    build_ct(&p, "ct_shortk", 40, 32, 32, 1, 0);
+    run_case("ct_int_asym_g32_shortk_40x32", &p);
+    pub_free(&p);
+    build_ct(&p, "ct_shortk_g128", 24, 96, 128, 0, 0);
+    run_case("ct_int_sym_g128_shortk_24x96", &p);
+    pub_free(&p);
+    build_fp4(&p, "nvfp4_shortk", QC_FMT_NVFP4_CT, 36, 48, 321.5f);
+    run_case("nvfp4_ct_shortk_36x48", &p);
+    pub_free(&p);
+    build_fp4(&p, "mxfp4_shortk", QC_FMT_MXFP4_CT, 20, 64, 0);
+    run_case("mxfp4_shortk_20x64", &p);
+    pub_free(&p);
+    build_bf16(&p, "bf16_shortk", 12, 24);
+    run_case("bf16_shortk_12x24", &p);
+    pub_free(&p);
+    /* Long K (mlp.down's 17408: 34 KB of staged x) with a split-K grid
+     * (few rows). */
+    build_fp4(&p, "nvfp4_longk", QC_FMT_NVFP4_CT, 64, 17408, 77.0f);
+    run_case("nvfp4_ct_longk_64x17408", &p);
+    pub_free(&p);
+    build_gptq(&p, "gptq_longk", 40, 17408, 128, 0, 0, 0);
+    run_case("gptq_v2_asym_g128_longk_40x17408", &p);
     pub_free(&p);
 
     test_fused();
