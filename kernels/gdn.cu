@@ -5,8 +5,9 @@
  * parallel over chunks x V heads, forms everything a chunk needs that does
  * not depend on the state (A, P, U, W); scan walks the chunks in order with
  * the state slice of each (V head, 64 columns) block in registers, all
- * products on the tensor cores in 3xTF32 (fp32-level accuracy). */
+ * products on the tensor cores in a 3-term bf16 split (~1e-5 accuracy). */
 #include "common.cuh"
+#include <cuda_bf16.h>
 
 #define GDN_C 64
 
@@ -149,12 +150,17 @@ extern "C" int qk_l2norm_qk(float *c, int ld_c, int T, int Hk, int dk, qk_stream
 
 /* ---- chunked prefill ----
  *
- * Every product runs on the tensor cores as mma.sync m16n8k8 TF32 with the
- * 3xTF32 split (x = hi + lo, hi the top 10 mantissa bits, lo the rounded
- * rest; hi*hi + hi*lo + lo*hi), which keeps fp32-level accuracy (measured
- * rel_l2 ~2e-6 against the CPU recurrence at T = 1000; one plain TF32 pass
- * rounds every operand to 2^-11, an estimated ~5e-4, over the 2e-4 the
- * tests allow) at 3x the mma count.
+ * Every product runs on the tensor cores as mma.sync m16n8k16 bf16 with a
+ * 3-term split (x = hi + lo, hi = bf16(x), lo = bf16(x - hi): 16 mantissa
+ * bits; hi*hi + hi*lo + lo*hi, the dropped lo*lo and the rounding of lo are
+ * ~2^-17 of each product). It replaced 3xTF32 (m16n8k8, hi/lo tf32 split,
+ * rel_l2 ~2e-6 vs the CPU recurrence): the same three mma per k step but
+ * k 16 instead of 8, so half the mma instructions and half the A-operand
+ * loads (pairs of consecutive k are one float2). Measured rel_l2 ~7e-6 vs
+ * the CPU recurrence (T = 1000, 27B heads); 27B layer on H100: T = 1000
+ * 0.257 -> 0.213 ms, T = 8192 1.94 -> 1.60 ms (prep + scan). One plain TF32
+ * pass rounds every operand to 2^-11, an estimated ~5e-4, over the 2e-4 the
+ * tests allow.
  *
  * prep, one block per (chunk, V head), 8 warps: G = K K^T and H = Q K^T as
  * mma; A and P with e^{gamma_i - gamma_j} (i >= j only); then
@@ -170,13 +176,13 @@ extern "C" int qk_l2norm_qk(float *c, int ld_c, int T, int Hk, int dk, qk_stream
  * diag(e^{gamma_last - gamma}) V'. The next chunk's W|Q|U and this chunk's
  * P|K stream in with cp.async under the other half of the step's math. */
 
-#define GDN_PLD 68 /* pitch of 64-wide row-major operands (P, A, L^-1): 4 mod 32 banks */
+#define GDN_PLD 72 /* pitch of 64-wide row-major A operands (P, A, L^-1): 8 mod 32 banks */
 
 /* Pitches (in floats) chosen so every fragment load below is free of bank
- * conflicts: row-major A operands 4 mod 32, column-major A and row-major B
- * operands 8 mod 32. */
-__host__ __device__ constexpr int gdn_pa(int dk) { return dk + 4; } /* W, Q (row-major A) */
-__host__ __device__ constexpr int gdn_pk(int dk) { return dk + 8; } /* K (column-major A of the state update) */
+ * conflicts: float2 loads of row-major A / column-major B operands 8 mod 32,
+ * scalar loads of column-major A / row-major B operands 4 mod 32. */
+__host__ __device__ constexpr int gdn_pa(int dk) { return dk + 8; } /* W, Q (row-major A) */
+__host__ __device__ constexpr int gdn_pk(int dk) { return dk + 4; } /* K (column-major A of the state update) */
 /* Record per (chunk, V head): W [64][pa] | vec [192] = e^gamma, e^{gamma_last
  * - gamma}, gamma_last | U [64][dk] | P [64][GDN_PLD]. W|vec is one copy. */
 __host__ __device__ constexpr int gdn_rec_floats(int dk) { return GDN_C * gdn_pa(dk) + 192 + GDN_C * dk + GDN_C * GDN_PLD; }
@@ -207,81 +213,97 @@ extern "C" size_t qk_gdn_prefill_scratch(int T, int Hv, int dk, int dv)
     return align256(nch * Hv * gdn_rec_floats(dk) * 4) + align256(nch * Hv * gdn_qk_floats(dk) * 4);
 }
 
-struct tf32_a {
+struct bf3_a {
     uint32_t hi[4], lo[4];
 };
-struct tf32_b {
+struct bf3_b {
     uint32_t hi[2], lo[2];
 };
 
-__device__ __forceinline__ void tf32_split(float x, uint32_t *hi, uint32_t *lo)
+__device__ __forceinline__ uint32_t bf3_bits(__nv_bfloat162 v)
 {
-    uint32_t h = __float_as_uint(x) & 0xffffe000u; /* exact tf32; x - h is exact in fp32 */
-    float r = x - __uint_as_float(h);
-    uint32_t l;
-    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(l) : "f"(r));
-    *hi = h;
-    *lo = l;
+    uint32_t u;
+    memcpy(&u, &v, 4);
+    return u;
 }
 
-/* Fragments of mma.m16n8k8 tf32 (g = lane / 4, t = lane % 4): A (16x8) a0
- * (g, t), a1 (g+8, t), a2 (g, t+4), a3 (g+8, t+4); B (8x8) b0 (k=t, n=g),
- * b1 (k=t+4, n=g); C c0 (g, 2t), c1 (g, 2t+1), c2 (g+8, 2t), c3 (g+8, 2t+1).
+/* Split two fp32 values (x0 at the lower k) into packed bf16 hi and lo pairs;
+ * x - float(hi) is exact in fp32. */
+__device__ __forceinline__ void bf3_split(float x0, float x1, uint32_t *hi, uint32_t *lo)
+{
+    __nv_bfloat162 h = __floats2bfloat162_rn(x0, x1);
+    float2 hf = __bfloat1622float2(h);
+    *hi = bf3_bits(h);
+    *lo = bf3_bits(__floats2bfloat162_rn(x0 - hf.x, x1 - hf.y));
+}
+
+/* Fragments of mma.m16n8k16 bf16 (g = lane / 4, t = lane % 4), each register
+ * a pair of consecutive k: A (16x16) a0 (g, 2t..), a1 (g+8, 2t..), a2 (g,
+ * 2t+8..), a3 (g+8, 2t+8..); B (16x8) b0 (k=2t.., n=g), b1 (k=2t+8.., n=g);
+ * C c0 (g, 2t), c1 (g, 2t+1), c2 (g+8, 2t), c3 (g+8, 2t+1).
  * p points at the tile's (0, 0) element. */
-__device__ __forceinline__ tf32_a tf32_lda_row(const float *p, int ld) /* A(m, k) = p[m*ld + k] */
+__device__ __forceinline__ bf3_a bf3_lda_row(const float *p, int ld) /* A(m, k) = p[m*ld + k] */
 {
     int g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3;
-    tf32_a a;
-    tf32_split(p[g * ld + t], &a.hi[0], &a.lo[0]);
-    tf32_split(p[(g + 8) * ld + t], &a.hi[1], &a.lo[1]);
-    tf32_split(p[g * ld + t + 4], &a.hi[2], &a.lo[2]);
-    tf32_split(p[(g + 8) * ld + t + 4], &a.hi[3], &a.lo[3]);
+    bf3_a a;
+#pragma unroll
+    for (int r = 0; r < 4; r++) {
+        float2 v = *(const float2 *)(p + (g + 8 * (r & 1)) * ld + 2 * t + 8 * (r >> 1));
+        bf3_split(v.x, v.y, &a.hi[r], &a.lo[r]);
+    }
     return a;
 }
 
-__device__ __forceinline__ tf32_a tf32_lda_col(const float *p, int ld) /* A(m, k) = p[k*ld + m] */
+__device__ __forceinline__ bf3_a bf3_lda_col(const float *p, int ld) /* A(m, k) = p[k*ld + m] */
 {
     int g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3;
-    tf32_a a;
-    tf32_split(p[t * ld + g], &a.hi[0], &a.lo[0]);
-    tf32_split(p[t * ld + g + 8], &a.hi[1], &a.lo[1]);
-    tf32_split(p[(t + 4) * ld + g], &a.hi[2], &a.lo[2]);
-    tf32_split(p[(t + 4) * ld + g + 8], &a.hi[3], &a.lo[3]);
+    bf3_a a;
+#pragma unroll
+    for (int r = 0; r < 4; r++) {
+        const float *q = p + (2 * t + 8 * (r >> 1)) * ld + g + 8 * (r & 1);
+        bf3_split(q[0], q[ld], &a.hi[r], &a.lo[r]);
+    }
     return a;
 }
 
-__device__ __forceinline__ tf32_b tf32_ldb_row(const float *p, int ld) /* B(k, n) = p[k*ld + n] */
+__device__ __forceinline__ bf3_b bf3_ldb_row(const float *p, int ld) /* B(k, n) = p[k*ld + n] */
 {
     int g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3;
-    tf32_b b;
-    tf32_split(p[t * ld + g], &b.hi[0], &b.lo[0]);
-    tf32_split(p[(t + 4) * ld + g], &b.hi[1], &b.lo[1]);
+    bf3_b b;
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        const float *q = p + (2 * t + 8 * r) * ld + g;
+        bf3_split(q[0], q[ld], &b.hi[r], &b.lo[r]);
+    }
     return b;
 }
 
-__device__ __forceinline__ tf32_b tf32_ldb_col(const float *p, int ld) /* B(k, n) = p[n*ld + k] */
+__device__ __forceinline__ bf3_b bf3_ldb_col(const float *p, int ld) /* B(k, n) = p[n*ld + k] */
 {
     int g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3;
-    tf32_b b;
-    tf32_split(p[g * ld + t], &b.hi[0], &b.lo[0]);
-    tf32_split(p[g * ld + t + 4], &b.hi[1], &b.lo[1]);
+    bf3_b b;
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        float2 v = *(const float2 *)(p + g * ld + 2 * t + 8 * r);
+        bf3_split(v.x, v.y, &b.hi[r], &b.lo[r]);
+    }
     return b;
 }
 
-__device__ __forceinline__ void mma_tf32(float *c, const uint32_t *a, const uint32_t *b)
+__device__ __forceinline__ void mma_bf16(float *c, const uint32_t *a, const uint32_t *b)
 {
-    asm("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
         "{%0, %1, %2, %3};\n"
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
 
-/* c += a b with the 3xTF32 split (small terms first). */
-__device__ __forceinline__ void mma3(float *c, const tf32_a &a, const tf32_b &b)
+/* c += a b with the 3-term split (small terms first). */
+__device__ __forceinline__ void mma3(float *c, const bf3_a &a, const bf3_b &b)
 {
-    mma_tf32(c, a.lo, b.hi);
-    mma_tf32(c, a.hi, b.lo);
-    mma_tf32(c, a.hi, b.hi);
+    mma_bf16(c, a.lo, b.hi);
+    mma_bf16(c, a.hi, b.lo);
+    mma_bf16(c, a.hi, b.hi);
 }
 
 __device__ __forceinline__ void gdn_cp16(float *dst, const float *src)
@@ -293,12 +315,17 @@ __device__ __forceinline__ void gdn_cp_commit(void) { asm volatile("cp.async.com
 __device__ __forceinline__ void gdn_cp_wait_all(void) { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
 
 #define GDN_WARPS 8 /* prep */
-/* Scan warps per block. Measured on the 27B shape at T = 8192 (H100): 8
- * warps 1.16-1.17 ms, 16 warps 1.23-1.29 ms; an L2 prefetch of the next
- * chunk's records (1.23 ms with 8 warps) and a fully unrolled W S / Q S loop
- * (1.22 ms with 16) did not pay either: the step (~9 us) is bound neither by
- * warp latency nor by DRAM; the 3xTF32 mma work alone is ~4 us of it.
- * Overridable only to measure variants (16 works for dk >= 64). */
+/* Scan warps per block. Measured on the 27B shape at T = 8192 (H100), with
+ * 3xTF32: 8 warps 1.16-1.17 ms, 16 warps 1.23-1.29 ms; an L2 prefetch of the
+ * next chunk's records (1.23 ms with 8 warps) and a fully unrolled W S / Q S
+ * loop (1.22 ms with 16) did not pay either. With the bf16 split (scan
+ * 0.94 ms, ~7.4 us a step): 16 warps 1.02 ms; operands stored pre-split by
+ * prep ({hi, lo} pairs in place of the fp32 pair, no conversion in the scan)
+ * 0.99 ms for the A operands alone and 1.12 ms with the B operands (state,
+ * V') written pre-split through a lane shuffle as well; loading only the
+ * lower-triangular 16-column blocks of P 0.96 ms. The scan step is not bound
+ * by its conversion work. Overridable only to measure variants (16 works for
+ * dk >= 64). */
 #ifndef GDN_SCAN_W
 #define GDN_SCAN_W 8
 #endif
@@ -308,14 +335,14 @@ template <int DK>
 __global__ void __launch_bounds__(GDN_WARPS * 32, 2) k_gdn_prep(const float *c, int ld_c, const float *beta,
                                                                 const float *g, int T, int Hk, int Hv, gdn_scratch s)
 {
-    constexpr int PA = gdn_pa(DK), PK = gdn_pk(DK), PX = 2 * DK + 8, PP = GDN_PLD, NT = GDN_WARPS * 32;
+    constexpr int PA = gdn_pa(DK), PK = gdn_pk(DK), PX = 2 * DK + 4, PP = GDN_PLD, NT = GDN_WARPS * 32;
     constexpr int NTW = 2 * DK / GDN_WARPS / 8; /* n-tiles of X per warp */
     static_assert(NTW >= 1 && 2 * DK == NTW * 8 * GDN_WARPS, "X columns split evenly over the warps");
     extern __shared__ float4 sm4[];
     float *sm = (float *)sm4;
     float *Ks = sm, *Qs = sm + GDN_C * PA; /* [64][PA] each, until the right-hand side replaces them */
     float *X = sm;                         /* [64][PX]: [beta V | beta e^gamma K], solved in place */
-    float *Am = sm + GDN_C * PX;           /* [64][PP] strictly lower A */
+    float *Am = sm + 2 * GDN_C * PA;       /* [64][PP] strictly lower A (after K|Q, which outsize X) */
     float *Li = Am + GDN_C * PP;           /* [64][PP] inverses of the 16x16 diagonal blocks of I + A */
     float *gam = Li + GDN_C * PP, *bet = gam + GDN_C;
     const int ch = blockIdx.x, h = blockIdx.y, grp = Hv / Hk, kh = h / grp, tid = threadIdx.x;
@@ -388,12 +415,12 @@ __global__ void __launch_bounds__(GDN_WARPS * 32, 2) k_gdn_prep(const float *c, 
 #pragma unroll
             for (int e = 0; e < 4; e++) G[n][e] = H[n][e] = 0.0f;
 #pragma unroll 2
-        for (int ks = 0; ks < DK / 8; ks++) {
-            tf32_a ak = tf32_lda_row(Ks + m0 * PA + 8 * ks, PA), aq = tf32_lda_row(Qs + m0 * PA + 8 * ks, PA);
+        for (int ks = 0; ks < DK / 16; ks++) {
+            bf3_a ak = bf3_lda_row(Ks + m0 * PA + 16 * ks, PA), aq = bf3_lda_row(Qs + m0 * PA + 16 * ks, PA);
 #pragma unroll
             for (int n = 0; n < 4; n++) {
                 if (8 * (nb + n) > m0 + 15) continue;
-                tf32_b b = tf32_ldb_col(Ks + 8 * (nb + n) * PA + 8 * ks, PA); /* B(k=r, n=j) = K[j][r] */
+                bf3_b b = bf3_ldb_col(Ks + 8 * (nb + n) * PA + 16 * ks, PA); /* B(k=r, n=j) = K[j][r] */
                 mma3(G[n], ak, b);
                 mma3(H[n], aq, b);
             }
@@ -488,10 +515,10 @@ __global__ void __launch_bounds__(GDN_WARPS * 32, 2) k_gdn_prep(const float *c, 
 #pragma unroll
             for (int e = 0; e < 4; e++) acc[n][e] = 0.0f;
 #pragma unroll
-        for (int ks = 0; ks < 2 * b; ks++) {
-            tf32_a a = tf32_lda_row(Am + r0 * PP + 8 * ks, PP);
+        for (int ks = 0; ks < b; ks++) {
+            bf3_a a = bf3_lda_row(Am + r0 * PP + 16 * ks, PP);
 #pragma unroll
-            for (int n = 0; n < NTW; n++) mma3(acc[n], a, tf32_ldb_row(X + 8 * ks * PX + c0 + 8 * n, PX));
+            for (int n = 0; n < NTW; n++) mma3(acc[n], a, bf3_ldb_row(X + 16 * ks * PX + c0 + 8 * n, PX));
         }
 #pragma unroll
         for (int n = 0; n < NTW; n++)
@@ -508,11 +535,10 @@ __global__ void __launch_bounds__(GDN_WARPS * 32, 2) k_gdn_prep(const float *c, 
         for (int n = 0; n < NTW; n++)
 #pragma unroll
             for (int e = 0; e < 4; e++) acc[n][e] = 0.0f;
+        {
+            bf3_a a = bf3_lda_row(Li + r0 * PP + r0, PP);
 #pragma unroll
-        for (int ks = 0; ks < 2; ks++) {
-            tf32_a a = tf32_lda_row(Li + r0 * PP + r0 + 8 * ks, PP);
-#pragma unroll
-            for (int n = 0; n < NTW; n++) mma3(acc[n], a, tf32_ldb_row(X + (r0 + 8 * ks) * PX + c0 + 8 * n, PX));
+            for (int n = 0; n < NTW; n++) mma3(acc[n], a, bf3_ldb_row(X + r0 * PX + c0 + 8 * n, PX));
         }
         __syncwarp();
 #pragma unroll
@@ -533,7 +559,7 @@ template <int DK>
 __device__ __forceinline__ void gdn_scan_load_wq(const gdn_scratch &s, int ch, int h, int kh, int Hv, int Hk, int j0,
                                                  float *Ws, float *Qs, float *Us)
 {
-    constexpr int PA = gdn_pa(DK), BV = DK < 64 ? DK : 64, PV = BV + 8, NT = GDN_SCAN_WARPS(DK) * 32;
+    constexpr int PA = gdn_pa(DK), BV = DK < 64 ? DK : 64, PV = BV + 4, NT = GDN_SCAN_WARPS(DK) * 32;
     const float *rec = s.rec + ((int64_t)ch * Hv + h) * gdn_rec_floats(DK);
     const float *rU = rec + GDN_C * PA + 192;
     const float *rQ = s.qk + ((int64_t)ch * Hk + kh) * gdn_qk_floats(DK);
@@ -562,7 +588,7 @@ template <int DK>
 __global__ void __launch_bounds__(GDN_SCAN_WARPS(DK) * 32, 1) k_gdn_scan(int T, int Hk, int Hv, gdn_scratch s, float *state,
                                                                 float *out)
 {
-    constexpr int PA = gdn_pa(DK), PK = gdn_pk(DK), PP = GDN_PLD, BV = DK < 64 ? DK : 64, PV = BV + 8;
+    constexpr int PA = gdn_pa(DK), PK = gdn_pk(DK), PP = GDN_PLD, BV = DK < 64 ? DK : 64, PV = BV + 4;
     constexpr int NW = GDN_SCAN_WARPS(DK), NTW = BV / 8 / (NW / 4); /* n-tiles per warp of the 64-row products */
     constexpr int MTS = DK / 16, WPM = NW / MTS, NSW = BV / 8 / WPM; /* state tiles per warp */
     static_assert(NTW >= 1 && NTW * 8 * (NW / 4) == BV && NSW >= 1 && MTS * WPM == NW && NSW * WPM * 8 == BV,
@@ -583,7 +609,7 @@ __global__ void __launch_bounds__(GDN_SCAN_WARPS(DK) * 32, 1) k_gdn_scan(int T, 
     const int ms = w / WPM, ns0 = (w % WPM) * NSW; /* this warp's state tiles: rows 16 ms.., n-tiles ns0.. */
     /* this warp's tiles of X, Y, O; the row tile is rotated so that each SM
      * sub-partition (warps w, w+4, ...) gets every row tile: P V' costs
-     * 2 (mt + 1) k-steps and would otherwise pile up on one of them */
+     * (mt + 1) k-steps and would otherwise pile up on one of them */
     const int mt = (w + (w >> 2)) & 3, n0 = (w >> 2) * NTW;
     float *Sg = state + (int64_t)h * DK * DK;
     float Sacc[NSW][4];
@@ -610,11 +636,11 @@ __global__ void __launch_bounds__(GDN_SCAN_WARPS(DK) * 32, 1) k_gdn_scan(int T, 
 #pragma unroll
             for (int e = 0; e < 4; e++) X[n][e] = Y[n][e] = 0.0f;
 #pragma unroll 4
-        for (int ks = 0; ks < DK / 8; ks++) {
-            tf32_a aw = tf32_lda_row(Ws + 16 * mt * PA + 8 * ks, PA), aq = tf32_lda_row(Qs + 16 * mt * PA + 8 * ks, PA);
+        for (int ks = 0; ks < DK / 16; ks++) {
+            bf3_a aw = bf3_lda_row(Ws + 16 * mt * PA + 16 * ks, PA), aq = bf3_lda_row(Qs + 16 * mt * PA + 16 * ks, PA);
 #pragma unroll
             for (int n = 0; n < NTW; n++) {
-                tf32_b b = tf32_ldb_row(Ss + 8 * ks * PV + 8 * (n0 + n), PV);
+                bf3_b b = bf3_ldb_row(Ss + 16 * ks * PV + 8 * (n0 + n), PV);
                 mma3(X[n], aw, b);
                 mma3(Y[n], aq, b);
             }
@@ -636,10 +662,10 @@ __global__ void __launch_bounds__(GDN_SCAN_WARPS(DK) * 32, 1) k_gdn_scan(int T, 
         __syncthreads(); /* V' complete; P|K of this chunk landed; W|Q|U free */
         if (ch + 1 < nch) gdn_scan_load_wq<DK>(s, ch + 1, h, kh, Hv, Hk, j0, Ws, Qs, Us);
         /* O = diag(e^gamma) Q S + P V' (P is lower triangular: k < 16 (mt+1)) */
-        for (int ks = 0; ks < 2 * (mt + 1); ks++) {
-            tf32_a ap = tf32_lda_row(Ps + 16 * mt * PP + 8 * ks, PP);
+        for (int ks = 0; ks <= mt; ks++) {
+            bf3_a ap = bf3_lda_row(Ps + 16 * mt * PP + 16 * ks, PP);
 #pragma unroll
-            for (int n = 0; n < NTW; n++) mma3(Y[n], ap, tf32_ldb_row(Vp + 8 * ks * PV + 8 * (n0 + n), PV));
+            for (int n = 0; n < NTW; n++) mma3(Y[n], ap, bf3_ldb_row(Vp + 16 * ks * PV + 8 * (n0 + n), PV));
         }
 #pragma unroll
         for (int n = 0; n < NTW; n++)
@@ -656,10 +682,10 @@ __global__ void __launch_bounds__(GDN_SCAN_WARPS(DK) * 32, 1) k_gdn_scan(int T, 
 #pragma unroll
             for (int e = 0; e < 4; e++) Sacc[n][e] *= el;
 #pragma unroll 2
-        for (int ks = 0; ks < GDN_C / 8; ks++) {
-            tf32_a ak = tf32_lda_col(Kt + 8 * ks * PK + 16 * ms, PK); /* A(m=r, k=i) = K[i][r] */
+        for (int ks = 0; ks < GDN_C / 16; ks++) {
+            bf3_a ak = bf3_lda_col(Kt + 16 * ks * PK + 16 * ms, PK); /* A(m=r, k=i) = K[i][r] */
 #pragma unroll
-            for (int n = 0; n < NSW; n++) mma3(Sacc[n], ak, tf32_ldb_row(Vs + 8 * ks * PV + 8 * (ns0 + n), PV));
+            for (int n = 0; n < NSW; n++) mma3(Sacc[n], ak, bf3_ldb_row(Vs + 16 * ks * PV + 8 * (ns0 + n), PV));
         }
 #pragma unroll
         for (int n = 0; n < NSW; n++)
@@ -678,10 +704,10 @@ __global__ void __launch_bounds__(GDN_SCAN_WARPS(DK) * 32, 1) k_gdn_scan(int T, 
         }
 }
 
-static size_t gdn_sm_prep(int dk) { return (size_t)(GDN_C * (2 * dk + 8) + 2 * GDN_C * GDN_PLD + 2 * GDN_C) * 4; }
+static size_t gdn_sm_prep(int dk) { return (size_t)(2 * GDN_C * gdn_pa(dk) + 2 * GDN_C * GDN_PLD + 2 * GDN_C) * 4; }
 static size_t gdn_sm_scan(int dk)
 {
-    int bv = dk < 64 ? dk : 64, pv = bv + 8;
+    int bv = dk < 64 ? dk : 64, pv = bv + 4;
     return (size_t)(2 * GDN_C * gdn_pa(dk) + 192 + GDN_C * pv + GDN_C * gdn_pk(dk) + GDN_C * GDN_PLD + dk * pv +
                     2 * GDN_C * pv) * 4;
 }

@@ -656,6 +656,21 @@ static void test_fused(void)
     build_fp8(&p[0], "fused.gate", QC_FMT_FP8_BLOCK, 1100, K, 128, 128, QC_DT_BF16);
     build_fp8(&p[1], "fused.up", QC_FMT_FP8_BLOCK, 1100, K, 128, 128, QC_DT_BF16);
     fused_check("qgemv_fused_fp8_gate_up", p, 2, K);
+    /* gate/up-like pairs: INT4 g128 with few rows (split K, S > 1), NVFP4
+     * with many (persistent rounds + leftovers) and two different global
+     * scales, a mixed pair (FP8 + INT4: the plain grid) */
+    K = 4200;
+    build_ct(&p[0], "fused.i4gate", 40, K, 128, 0, 0);
+    build_ct(&p[1], "fused.i4up", 40, K, 128, 1, 0);
+    fused_check("qgemv_fused_int4_pair_splitk", p, 2, K);
+    K = 512;
+    build_fp4(&p[0], "fused.nvgate", QC_FMT_NVFP4_CT, 4356, K, 987.25f);
+    build_fp4(&p[1], "fused.nvup", QC_FMT_NVFP4_CT, 4356, K, 1500.0f);
+    fused_check("qgemv_fused_nvfp4_pair", p, 2, K);
+    K = 1024;
+    build_fp8(&p[0], "fused.mixgate", QC_FMT_FP8_BLOCK, 300, K, 128, 128, QC_DT_BF16);
+    build_gptq(&p[1], "fused.mixup", 300, K, 128, 1, 1, 0);
+    fused_check("qgemv_fused_fp8_int4_pair", p, 2, K);
     K = 520;
     build_fp4(&p[0], "fused.mx0", QC_FMT_MXFP4_CT, 96, K, 0);
     build_fp4(&p[1], "fused.mx1", QC_FMT_MXFP4_CT, 44, K, 0);
