@@ -85,10 +85,31 @@ __global__ void __launch_bounds__(256) k_conv_silu_run(const float *x, int ld_x,
     }
 }
 
+/* One token (decode): output and state update in one launch — each thread
+ * owns its channel's state, so reading and shifting it cannot race (the
+ * two-kernel form cost two ~4 µs launches per GDN layer and step). Same
+ * products in the same order as k_conv_silu. */
+__global__ void k_conv_silu_step(const float *x, const float *w, float *state, int C, float *out)
+{
+    const int ch = blockIdx.x * blockDim.x + threadIdx.x;
+    if (ch >= C) return;
+    float *s = state + ch * 3;
+    const float s0 = s[0], s1 = s[1], s2 = s[2], cur = x[ch];
+    const float *wc = w + ch * 4;
+    out[ch] = qk_silu(fmaf(wc[3], cur, fmaf(wc[2], s2, fmaf(wc[1], s1, fmaf(wc[0], s0, 0.0f)))));
+    s[0] = s1;
+    s[1] = s2;
+    s[2] = cur;
+}
+
 extern "C" int qk_conv_silu(const float *x, int ld_x, const float *w, float *state, int T, int C, float *out,
                             qk_stream st)
 {
     if (T <= 0) return 0;
+    if (T == 1) {
+        k_conv_silu_step<<<qk_cdiv(C, 256), 256, 0, st>>>(x, w, state, C, out);
+        return qk_launch_status();
+    }
     if (T > 1 && C % 4 == 0 && ld_x % 4 == 0 && ((uintptr_t)x & 15) == 0 && ((uintptr_t)out & 15) == 0 &&
         ((uintptr_t)w & 15) == 0 && qk_cdiv(T, CONV_RUN) <= 65535)
         k_conv_silu_run<<<dim3(qk_cdiv(C / 4, 256), qk_cdiv(T, CONV_RUN)), 256, 0, st>>>(x, ld_x, (const float4 *)w,

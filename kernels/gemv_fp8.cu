@@ -21,11 +21,38 @@ __global__ void k_dequant_fp8_bf16(const uint32_t *__restrict__ W, const float *
         if (k0 + j < K) out[(size_t)n * ld + k0 + j] = qk_to_bf(v[j] * s);
 }
 
+/* K % 8 == 0, blk_k % 8 == 0 and 16-byte aligned output rows: grid (8-code
+ * groups / 256, rows), two words -> one 16-byte store, no 64-bit division
+ * (see gemv_int4.cu). Same values as the scalar kernel above. */
+__global__ void k_dequant_fp8_bf16_v(const uint2 *__restrict__ W, const float *__restrict__ S, int K, int kw2,
+                                     int blk_n, int blk_k, int nkb, uint16_t *__restrict__ out, int ld)
+{
+    const int c = blockIdx.x * blockDim.x + threadIdx.x, n = blockIdx.y;
+    if (c * 8 >= K) return;
+    const uint2 w = W[(size_t)n * kw2 + c];
+    const float s = S[(size_t)(n / blk_n) * nkb + c * 8 / blk_k];
+    const uint32_t wa[2] = {w.x, w.y};
+    uint32_t o[4];
+#pragma unroll
+    for (int j = 0; j < 2; j++) {
+        const float2 lo = qg_h2f2(qg_e4m3x2_h2(wa[j])), hi = qg_h2f2(qg_e4m3x2_h2(wa[j] >> 16));
+        o[2 * j] = (uint32_t)qk_to_bf(lo.x * s) | ((uint32_t)qk_to_bf(lo.y * s) << 16);
+        o[2 * j + 1] = (uint32_t)qk_to_bf(hi.x * s) | ((uint32_t)qk_to_bf(hi.y * s) << 16);
+    }
+    *(uint4 *)(out + (size_t)n * ld + c * 8) = make_uint4(o[0], o[1], o[2], o[3]);
+}
+
 extern "C" int qk_dequant_fp8_bf16(const qk_qweight *w, uint16_t *out, int ld, struct CUstream_st *st)
 {
     if (!w || w->kind != QK_QW_FP8 || !out || ld < w->k || w->blk_n <= 0 || w->blk_k <= 0 ||
         w->nkb * w->blk_k < w->k_pad)
         return (int)cudaErrorInvalidValue;
+    if (w->k % 8 == 0 && w->k_pad % 8 == 0 && w->blk_k % 8 == 0 && ld % 8 == 0 && ((uintptr_t)out & 15) == 0 &&
+        ((uintptr_t)w->w & 7) == 0 && w->n <= 65535) {
+        k_dequant_fp8_bf16_v<<<dim3(qk_cdiv(w->k / 8, 256), w->n), 256, 0, st>>>(
+            (const uint2 *)w->w, (const float *)w->s, w->k, w->k_pad / 8, w->blk_n, w->blk_k, w->nkb, out, ld);
+        return qk_launch_status();
+    }
     const int kw = w->k_pad / 4;
     const int64_t total = (int64_t)w->n * kw;
     k_dequant_fp8_bf16<<<(unsigned)((total + 255) / 256), 256, 0, st>>>(
