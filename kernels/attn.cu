@@ -14,122 +14,40 @@
 #define ATT_MAXG 16
 #define ATT_NEG (-1e30f)
 
-/* Grid (T, ceil((H + KV) / PREP_WARPS)): block (t, b) takes PREP_WARPS of
- * the token's heads (the H query heads, then the KV key heads), one per
- * warp, NH = hd / 32 contiguous values per lane (vector loads, a
- * warp-shuffle norm). The token's RoPE angles are computed once per block
- * into shared memory (the trig in double, as before and as the reference
- * does it, but rot / 2 evaluations per block instead of one per (head,
- * rotated dim): the block-per-head version spent ~100 µs per layer on a
- * 1000-token 27B prefill, mostly on pow + sincos). Several blocks per token
- * keep the one-token decode step parallel (a single block per token took
- * 14.5 µs there, against 5.2 before). */
-#define PREP_WARPS 8
-
-/* NH floats at p: vector loads when vec (16-byte aligned rows), else scalar. */
-template <int NH>
-__device__ __forceinline__ void prep_load(const float *p, float *v, bool vec)
+/* grid (T, H + KV), block hd threads. */
+__global__ void k_attn_prep(const float *qkv, int ld, int H, int KV, int hd, int rot, float theta, const float *qn,
+                            const float *kn, float eps, const int32_t *pos, uint16_t *kc, uint16_t *vc, int max_ctx,
+                            float *q_out, float *gate_out)
 {
-    if (!vec) {
-#pragma unroll
-        for (int i = 0; i < NH; i++) v[i] = p[i];
-    } else if constexpr (NH % 4 == 0) {
-#pragma unroll
-        for (int i = 0; i < NH; i += 4) {
-            const float4 u = *(const float4 *)(p + i);
-            v[i] = u.x; v[i + 1] = u.y; v[i + 2] = u.z; v[i + 3] = u.w;
-        }
-    } else if constexpr (NH == 2) {
-        const float2 u = *(const float2 *)p;
-        v[0] = u.x; v[1] = u.y;
-    } else {
-        v[0] = p[0];
-    }
-}
-
-template <int NH>
-__device__ __forceinline__ void prep_store_bf(uint16_t *p, const float *v)
-{
-    if constexpr (NH % 8 == 0) {
-#pragma unroll
-        for (int i = 0; i < NH; i += 8) {
-            uint32_t u[4];
-#pragma unroll
-            for (int k = 0; k < 4; k++) u[k] = (uint32_t)qk_to_bf(v[i + 2 * k]) | ((uint32_t)qk_to_bf(v[i + 2 * k + 1]) << 16);
-            *(uint4 *)(p + i) = make_uint4(u[0], u[1], u[2], u[3]);
-        }
-    } else {
-#pragma unroll
-        for (int i = 0; i < NH; i++) p[i] = qk_to_bf(v[i]);
-    }
-}
-
-template <int NH>
-__global__ void __launch_bounds__(32 * PREP_WARPS) k_attn_prep(const float *qkv, int ld, int H, int KV, int rot,
-                                                               float theta, const float *qn, const float *kn,
-                                                               float eps, const int32_t *pos, uint16_t *kc,
-                                                               uint16_t *vc, int max_ctx, float *q_out,
-                                                               float *gate_out, bool vec)
-{
-    constexpr int hd = 32 * NH;
-    __shared__ float rc[128], rs[128];        /* cos, sin of angle j < rot / 2 */
-    __shared__ float y[PREP_WARPS][hd];       /* a warp's normed head */
-    const int t = blockIdx.x, w = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int p = pos[0] + t, half = rot / 2;
-    for (int j = threadIdx.x; j < half; j += blockDim.x) {
-        const float inv = (float)(1.0 / pow((double)theta, (double)(2 * j) / (double)rot));
-        const float ang = (float)p * inv; /* fp32 angle, as the reference computes it */
+    __shared__ float red[33];
+    __shared__ float y[256];
+    int t = blockIdx.x, hh = blockIdx.y, d = threadIdx.x;
+    int p = pos[0] + t;
+    const float *row = qkv + (int64_t)t * ld;
+    bool isq = hh < H;
+    int kvh = hh - H;
+    float x = isq ? row[(int64_t)hh * 2 * hd + d] : row[(int64_t)H * 2 * hd + (int64_t)kvh * hd + d];
+    float ss = qk_block_sum(x * x, red);
+    float w = isq ? qn[d] : kn[d];
+    y[d] = x * rsqrtf(ss / (float)hd + eps) * (1.0f + w);
+    __syncthreads();
+    float v = y[d];
+    if (d < rot) {
+        int half = rot / 2, j = d < half ? d : d - half;
+        float inv = (float)(1.0 / pow((double)theta, (double)(2 * j) / (double)rot));
+        float ang = (float)p * inv; /* fp32 angle, as the reference computes it */
         double sn, cs;
         sincos((double)ang, &sn, &cs);
-        rc[j] = (float)cs;
-        rs[j] = (float)sn;
+        if (d < half) v = y[d] * (float)cs - y[d + half] * (float)sn;
+        else v = y[d] * (float)cs + y[j] * (float)sn;
     }
-    __syncthreads();
-    const float *row = qkv + (int64_t)t * ld;
-    const int hh = blockIdx.y * PREP_WARPS + w;
-    if (hh < H + KV) {
-        const bool isq = hh < H;
-        const int kvh = hh - H;
-        const float *src = isq ? row + (int64_t)hh * 2 * hd : row + (int64_t)H * 2 * hd + (int64_t)kvh * hd;
-        const float *nw = isq ? qn : kn;
-        float x[NH], g[NH];
-        prep_load<NH>(src + lane * NH, x, vec);
-        prep_load<NH>(nw + lane * NH, g, true);
-        float ss = 0.0f;
-#pragma unroll
-        for (int i = 0; i < NH; i++) ss += x[i] * x[i];
-        const float r = rsqrtf(qk_warp_sum(ss) / (float)hd + eps);
-#pragma unroll
-        for (int i = 0; i < NH; i++) {
-            x[i] = x[i] * r * (1.0f + g[i]);
-            y[w][lane * NH + i] = x[i];
-        }
-        __syncwarp();
-#pragma unroll
-        for (int i = 0; i < NH; i++) {
-            const int d = lane * NH + i;
-            if (d < rot) {
-                if (d < half) x[i] = y[w][d] * rc[d] - y[w][d + half] * rs[d];
-                else x[i] = y[w][d] * rc[d - half] + y[w][d - half] * rs[d - half];
-            }
-        }
-        if (isq) {
-            float *qo = q_out + ((int64_t)t * H + hh) * hd + lane * NH;
-            float *go = gate_out + (int64_t)t * H * hd + (int64_t)hh * hd + lane * NH;
-            float gv[NH];
-            prep_load<NH>(src + hd + lane * NH, gv, vec);
-#pragma unroll
-            for (int i = 0; i < NH; i++) {
-                qo[i] = x[i];
-                go[i] = gv[i];
-            }
-        } else if (p < max_ctx) {
-            const int64_t o = ((int64_t)kvh * max_ctx + p) * hd + lane * NH;
-            float vv[NH];
-            prep_load<NH>(row + (int64_t)H * 2 * hd + (int64_t)KV * hd + (int64_t)kvh * hd + lane * NH, vv, vec);
-            prep_store_bf<NH>(kc + o, x);
-            prep_store_bf<NH>(vc + o, vv);
-        }
+    if (isq) {
+        q_out[((int64_t)t * H + hh) * hd + d] = v;
+        gate_out[(int64_t)t * H * hd + (int64_t)hh * hd + d] = row[(int64_t)hh * 2 * hd + hd + d];
+    } else if (p < max_ctx) {
+        int64_t o = ((int64_t)kvh * max_ctx + p) * hd + d;
+        kc[o] = qk_to_bf(v);
+        vc[o] = qk_to_bf(row[(int64_t)H * 2 * hd + (int64_t)KV * hd + (int64_t)kvh * hd + d]);
     }
 }
 
@@ -138,18 +56,9 @@ extern "C" int qk_attn_prep(const float *qkv, int ld, int T, int H, int KV, int 
                             uint16_t *vc, int max_ctx, float *q_out, float *gate_out, qk_stream st)
 {
     if (T <= 0) return 0;
-    if (hd % 32 || hd > 256 || rot > hd || rot % 2 || ((uintptr_t)q_out & 15) || ((uintptr_t)gate_out & 15) ||
-        ((uintptr_t)qn & 15) || ((uintptr_t)kn & 15) || ((uintptr_t)kc & 15) || ((uintptr_t)vc & 15))
-        return (int)cudaErrorInvalidValue;
-    const bool vec = ld % 4 == 0 && ((uintptr_t)qkv & 15) == 0;
-    const dim3 g(T, qk_cdiv(H + KV, PREP_WARPS)), b(32 * PREP_WARPS);
-    switch (hd / 32) {
-    case 1: k_attn_prep<1><<<g, b, 0, st>>>(qkv, ld, H, KV, rot, theta, qn, kn, eps, pos, kc, vc, max_ctx, q_out, gate_out, vec); break;
-    case 2: k_attn_prep<2><<<g, b, 0, st>>>(qkv, ld, H, KV, rot, theta, qn, kn, eps, pos, kc, vc, max_ctx, q_out, gate_out, vec); break;
-    case 4: k_attn_prep<4><<<g, b, 0, st>>>(qkv, ld, H, KV, rot, theta, qn, kn, eps, pos, kc, vc, max_ctx, q_out, gate_out, vec); break;
-    case 8: k_attn_prep<8><<<g, b, 0, st>>>(qkv, ld, H, KV, rot, theta, qn, kn, eps, pos, kc, vc, max_ctx, q_out, gate_out, vec); break;
-    default: return (int)cudaErrorInvalidValue; /* 96, 160, 192, 224: not a Qwen3.5 head dim */
-    }
+    if (hd % 32 || hd > 256 || rot > hd || rot % 2) return (int)cudaErrorInvalidValue;
+    k_attn_prep<<<dim3(T, H + KV), hd, 0, st>>>(qkv, ld, H, KV, hd, rot, theta, qn, kn, eps, pos, kc, vc, max_ctx,
+                                                q_out, gate_out);
     return qk_launch_status();
 }
 

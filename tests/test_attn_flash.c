@@ -32,64 +32,8 @@ int main(void)
 #include "kernels.h"
 #include "util.h"
 
-static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
-static float frand(void) /* uniform [-1, 1) */
-{
-    rng_state ^= rng_state << 13;
-    rng_state ^= rng_state >> 7;
-    rng_state ^= rng_state << 17;
-    return (float)((rng_state >> 40) * (1.0 / 8388608.0)) - 1.0f;
-}
-
-static void *dalloc(size_t bytes)
-{
-    void *d = NULL;
-    if (cudaMalloc(&d, bytes ? bytes : 4) != cudaSuccess) {
-        fprintf(stderr, "cudaMalloc %zu failed\n", bytes);
-        exit(1);
-    }
-    return d;
-}
-static void *dput(const void *h, size_t bytes)
-{
-    void *d = dalloc(bytes);
-    cudaMemcpy(d, h, bytes, cudaMemcpyHostToDevice);
-    return d;
-}
-static float *dget_bf(const uint16_t *d, size_t n)
-{
-    uint16_t *b = malloc(n * 2);
-    cudaMemcpy(b, d, n * 2, cudaMemcpyDeviceToHost);
-    float *h = malloc(n * sizeof *h);
-    for (size_t i = 0; i < n; i++) h[i] = qc_bf16_to_f32(b[i]);
-    free(b);
-    return h;
-}
-
-static int launch_ok(int rc, const char *what)
-{
-    int e = rc ? rc : (int)cudaDeviceSynchronize();
-    if (e) printf("# %s: CUDA error %s\n", what, qk_error_string(e));
-    return e == 0;
-}
-
-/* Compares, prints the error line, returns 1 when finite and within tol (rel L2). */
-static int cmp(const char *what, const float *got, const float *ref, size_t n, double tol)
-{
-    double num = 0, den = 0, mx = 0;
-    int bad = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (!isfinite(got[i]) || !isfinite(ref[i])) bad = 1;
-        double d = (double)got[i] - ref[i];
-        num += d * d;
-        den += (double)ref[i] * ref[i];
-        if (fabs(d) > mx) mx = fabs(d);
-    }
-    double rel = den > 0 ? sqrt(num / den) : sqrt(num);
-    int ok = !bad && rel <= tol;
-    printf("# %s: n=%zu max_abs=%.3g rel_l2=%.3g tol=%.0e%s\n", what, n, mx, rel, tol, bad ? " NON-FINITE" : "");
-    return ok;
-}
+#define GT_RNG_SEED 0x9e3779b97f4a7c15ull
+#include "gpu_testutil.h"
 
 static const int tilings[][2] = {{64, 64}, {128, 64}, {64, 32}, {128, 32}};
 #define N_TILINGS (int)(sizeof tilings / sizeof tilings[0])
@@ -116,7 +60,7 @@ static void flash_case(int T, int pos0, int H, int KV, int hd, float qscale, int
     float *dq = dput(q, nq * 4), *dg = dput(g, nq * 4);
     uint16_t *dkc = dput(kc, nc * 2), *dvc = dput(vc, nc * 2);
     int32_t *dpos = dput(&pos0, 4);
-    uint16_t *dref = dalloc(nq * 2), *dout = dalloc(nq * 2);
+    uint16_t *dref = dput(NULL, nq * 2), *dout = dput(NULL, nq * 2);
     cudaMemset(dref, 0xff, nq * 2);
     int rok = launch_ok(qk_attn(dq, dg, dkc, dvc, max_ctx, T, H, KV, hd, dpos, 1, NULL, dref, 0), "attn (reference)");
     float *ref = dget_bf(dref, nq);
@@ -164,7 +108,7 @@ static void test_flash(void)
 static void test_refuse(void)
 {
     /* head dims it does not specialise: the caller must be told (and fall back) */
-    uint16_t *dout = dalloc(64);
+    uint16_t *dout = dput(NULL, 64);
     int r1 = qk_attn_flash(NULL, NULL, NULL, NULL, 100, 4, 4, 2, 48, 0, dout, 0);
     int r2 = qk_attn_flash(NULL, NULL, NULL, NULL, 100, 4, 6, 4, 64, 0, dout, 0); /* H % KV */
     int r3 = qk_attn_flash(NULL, NULL, NULL, NULL, 100, 4, 6, 2, 64, 97, dout, 0); /* past max_ctx */
@@ -189,8 +133,8 @@ static void test_27b(void)
     const int H = 24, KV = 4, hd = 256, cap = 8192;
     const int Ts[] = {1000, 8192};
     size_t nq = (size_t)cap * H * hd, nc = (size_t)KV * cap * hd;
-    float *dq = dalloc(nq * 4), *dg = dalloc(nq * 4);
-    uint16_t *dkc = dalloc(nc * 2), *dvc = dalloc(nc * 2), *dflash = dalloc(nq * 2), *dgemm = dalloc(nq * 2);
+    float *dq = dput(NULL, nq * 4), *dg = dput(NULL, nq * 4);
+    uint16_t *dkc = dput(NULL, nc * 2), *dvc = dput(NULL, nc * 2), *dflash = dput(NULL, nq * 2), *dgemm = dput(NULL, nq * 2);
     int ok = 1;
     ok &= launch_ok(qk_fill_random_f32(dq, (int64_t)nq, 1, -3.0f, 3.0f, 0), "fill q");
     ok &= launch_ok(qk_fill_random_f32(dg, (int64_t)nq, 2, -3.0f, 3.0f, 0), "fill gate");
@@ -224,7 +168,7 @@ static void test_27b(void)
         /* cuBLAS path with the scratch the engine's arena gives it (<= 1 GiB) */
         size_t ag = (size_t)T * H * (((size_t)cap + 8) * 6 + (size_t)hd * 6) + (1u << 20);
         if (ag > ((size_t)1 << 30)) ag = (size_t)1 << 30;
-        void *scr = dalloc(ag);
+        void *scr = dput(NULL, ag);
         ok &= launch_ok(qk_attn_prefill_gemm(blas, dq, dg, dkc, dvc, cap, T, H, KV, hd, 0, scr, ag, dgemm),
                         "gemm warm-up");
         cudaEventRecord(e0, 0);

@@ -34,17 +34,10 @@ int main(void)
 #include "cpu_ops.h"
 #include "kernels.h"
 #include "util.h"
+#include "gpu_testutil.h"
 
 /* ---- helpers ---- */
 
-static uint64_t rng_state = 0x1234567887654321ull;
-static float frand(void) /* uniform [-1, 1) */
-{
-    rng_state ^= rng_state << 13;
-    rng_state ^= rng_state >> 7;
-    rng_state ^= rng_state << 17;
-    return (float)((rng_state >> 40) * (1.0 / 8388608.0)) - 1.0f;
-}
 static float *rnd(size_t n, float scale)
 {
     float *p = malloc(n * sizeof *p);
@@ -61,59 +54,7 @@ static uint16_t *to_bf(float *x, size_t n)
     }
     return b;
 }
-static void *dput(const void *h, size_t bytes)
-{
-    void *d = NULL;
-    if (cudaMalloc(&d, bytes ? bytes : 4) != cudaSuccess) {
-        fprintf(stderr, "cudaMalloc %zu failed\n", bytes);
-        exit(1);
-    }
-    if (h) cudaMemcpy(d, h, bytes, cudaMemcpyHostToDevice);
-    else cudaMemset(d, 0xff, bytes); /* NaN poison */
-    return d;
-}
-static void dget(void *h, const void *d, size_t bytes) { cudaMemcpy(h, d, bytes, cudaMemcpyDeviceToHost); }
-static float *dget_f(const float *d, size_t n)
-{
-    float *h = malloc(n * sizeof *h);
-    dget(h, d, n * sizeof *h);
-    return h;
-}
-static float *dget_bf(const uint16_t *d, size_t n)
-{
-    uint16_t *b = malloc(n * 2);
-    dget(b, d, n * 2);
-    float *h = malloc(n * sizeof *h);
-    for (size_t i = 0; i < n; i++) h[i] = qc_bf16_to_f32(b[i]);
-    free(b);
-    return h;
-}
 
-/* Compares, prints the error line, returns 1 when within tol (rel L2). */
-static int cmp(const char *what, const float *got, const float *ref, size_t n, double tol)
-{
-    double num = 0, den = 0, mx = 0;
-    int bad = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (!isfinite(got[i])) bad = 1;
-        double d = (double)got[i] - ref[i];
-        num += d * d;
-        den += (double)ref[i] * ref[i];
-        if (fabs(d) > mx) mx = fabs(d);
-    }
-    double rel = den > 0 ? sqrt(num / den) : sqrt(num);
-    int ok = !bad && rel <= tol;
-    printf("# %s: n=%zu max_abs=%.3g rel_l2=%.3g tol=%.1g%s\n", what, n, mx, rel, tol,
-           bad ? " NON-FINITE" : "");
-    return ok;
-}
-
-static int launch_ok(int rc, const char *what)
-{
-    int e = rc ? rc : (int)cudaDeviceSynchronize();
-    if (e) printf("# %s: CUDA error %s\n", what, qk_error_string(e));
-    return e == 0;
-}
 
 /* ---- tests ---- */
 
