@@ -24,9 +24,10 @@
  * Keeping the next 2-3 steps in flight in shared memory instead (cp.async,
  * per lane, no spills) lost 5-25 %, and so did staging each row group's
  * scales there; the loads alone without the arithmetic reach 81 % (INT4,
- * NVFP4) of copy bandwidth on the 27B total. What paid: PDL launches and,
- * for FP4, x staged once per block in shared memory (qg_load_xsm), see
- * BENCHMARKS.md "Quantized GEMV (H100)". */
+ * NVFP4) of copy bandwidth on the 27B total. What paid: for FP4, x staged
+ * once per block in shared memory (qg_load_xsm); PDL launches paid for the
+ * GEMV alone but lost ~1 % in the engine's decode graph, so they are off by
+ * default. See BENCHMARKS.md "Quantized GEMV (H100)". */
 #ifndef QC_GEMV_Q_CUH
 #define QC_GEMV_Q_CUH
 

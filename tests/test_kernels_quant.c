@@ -626,6 +626,7 @@ static void fused_check(const char *name, pub *p, int np, int64_t K)
     free(xb);
     free(xf);
 #else
+    (void)K;
     for (int i = 0; i < np; i++) pub_free(&p[i]);
 #endif
 }
