@@ -64,14 +64,10 @@ int qc_chat_add(qc_chat *c, qc_role role, const char *content, const char *reaso
     if (reasoning && !qc_utf8_valid(reasoning, strlen(reasoning), &bad))
         return qc_err_set(err, QC_EXIT_USAGE, "%s reasoning is not valid UTF-8 (byte %zu)",
                           qc_role_name(role), bad);
-    if (c->n == c->cap) {
-        size_t nc = c->cap ? c->cap * 2 : 8;
-        qc_chat_msg *nm = realloc(c->msgs, nc * sizeof *nm);
-        if (!nm)
-            return qc_err_set(err, QC_EXIT_RUNTIME, "out of memory adding a message");
-        c->msgs = nm;
-        c->cap = nc;
-    }
+    qc_chat_msg *nm = qc_grow(c->msgs, &c->cap, c->n, sizeof *nm, 8);
+    if (!nm)
+        return qc_err_set(err, QC_EXIT_RUNTIME, "out of memory adding a message");
+    c->msgs = nm;
     qc_chat_msg m = {role, strdup(content), reasoning ? strdup(reasoning) : NULL};
     if (!m.content || (reasoning && !m.reasoning)) {
         msg_free(&m);

@@ -452,16 +452,12 @@ static int ck_classify(qc_ckpt *ck, const char *x, int64_t N, int64_t K, qc_line
 
 static qc_module *ck_new_module(qc_ckpt *ck)
 {
-    if (ck->nmods == ck->cap) {
-        size_t cap = ck->cap ? ck->cap * 2 : 256;
-        qc_module *m = realloc(ck->mods, cap * sizeof *m);
-        if (!m) {
-            qc_err_set(ck->err, QC_EXIT_RUNTIME, "out of memory for the module table");
-            return NULL;
-        }
-        ck->mods = m;
-        ck->cap = cap;
+    qc_module *mods = qc_grow(ck->mods, &ck->cap, ck->nmods, sizeof *mods, 256);
+    if (!mods) {
+        qc_err_set(ck->err, QC_EXIT_RUNTIME, "out of memory for the module table");
+        return NULL;
     }
+    ck->mods = mods;
     qc_module *m = &ck->mods[ck->nmods++];
     memset(m, 0, sizeof *m);
     return m;

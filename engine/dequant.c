@@ -515,6 +515,18 @@ static int vgidx(const qc_linear *l, int64_t ng, qc_err *err)
     return QC_OK;
 }
 
+/* The INT4 group count ng of scale tensor s: every g_idx entry inside it
+ * (act order) or, without g_idx, exactly ceil(K / group). */
+static int vgroups(const qc_linear *l, const qc_tensor *s, int64_t ng, qc_err *err)
+{
+    if (l->g_idx)
+        return vgidx(l, ng, err);
+    if (ng != ceil_div(l->k, int_group(l)))
+        return vfail(l, err, "%s has %lld groups, group size %lld implies %lld", tname(s), (long long)ng,
+                     (long long)int_group(l), (long long)ceil_div(l->k, int_group(l)));
+    return QC_OK;
+}
+
 #define VTRY(x)                                                                                    \
     do {                                                                                           \
         int rc_ = (x);                                                                             \
@@ -579,12 +591,7 @@ int qc_linear_validate(const qc_linear *l, qc_err *err)
         if (!dt_float(s->dtype) || s->ndim != 2)
             return vfail(l, err, "scales %s must be a 2-D float tensor", tname(s));
         int64_t ng = s->shape[0];
-        if (l->g_idx)
-            VTRY(vgidx(l, ng, err));
-        else if (ng != ceil_div(K, int_group(l)))
-            return vfail(l, err, "scales %s has %lld groups, group size %lld implies %lld",
-                         tname(s), (long long)ng, (long long)int_group(l),
-                         (long long)ceil_div(K, int_group(l)));
+        VTRY(vgroups(l, s, ng, err));
         VTRY(vshape2(l, s, "scales", ng, N, err));
         if (l->zeros) {
             VTRY(vpresent(l, l->zeros, "qzeros", err));
@@ -624,12 +631,7 @@ int qc_linear_validate(const qc_linear *l, qc_err *err)
         if (!dt_float(s->dtype) || s->ndim != 2)
             return vfail(l, err, "weight_scale %s must be a 2-D float tensor", tname(s));
         int64_t ng = s->shape[1];
-        if (l->g_idx)
-            VTRY(vgidx(l, ng, err));
-        else if (ng != ceil_div(K, int_group(l)))
-            return vfail(l, err, "weight_scale %s has %lld groups, group size %lld implies %lld",
-                         tname(s), (long long)ng, (long long)int_group(l),
-                         (long long)ceil_div(K, int_group(l)));
+        VTRY(vgroups(l, s, ng, err));
         VTRY(vshape2(l, s, "weight_scale", N, ng, err));
         if (l->zeros) {
             VTRY(vpresent(l, l->zeros, "weight_zero_point", err));

@@ -254,14 +254,10 @@ typedef struct plan {
 
 static int plan_add_job(plan *p, job j, qc_err *err)
 {
-    if (p->njobs == p->capjobs) {
-        size_t cap = p->capjobs ? p->capjobs * 2 : 256;
-        job *nj = realloc(p->jobs, cap * sizeof *nj);
-        if (!nj)
-            return qc_err_set(err, QC_EXIT_RUNTIME, "out of memory planning the quantization");
-        p->jobs = nj;
-        p->capjobs = cap;
-    }
+    job *nj = qc_grow(p->jobs, &p->capjobs, p->njobs, sizeof *nj, 256);
+    if (!nj)
+        return qc_err_set(err, QC_EXIT_RUNTIME, "out of memory planning the quantization");
+    p->jobs = nj;
     p->jobs[p->njobs++] = j;
     return QC_OK;
 }
@@ -269,14 +265,10 @@ static int plan_add_job(plan *p, job j, qc_err *err)
 static int plan_add_out(plan *p, const char *prefix, const char *suffix, const char *dtype,
                         int ndim, const int64_t *shape, size_t elsize, qc_err *err)
 {
-    if (p->nouts == p->capouts) {
-        size_t cap = p->capouts ? p->capouts * 2 : 512;
-        out_tensor *no = realloc(p->outs, cap * sizeof *no);
-        if (!no)
-            return qc_err_set(err, QC_EXIT_RUNTIME, "out of memory planning the quantization");
-        p->outs = no;
-        p->capouts = cap;
-    }
+    out_tensor *no = qc_grow(p->outs, &p->capouts, p->nouts, sizeof *no, 512);
+    if (!no)
+        return qc_err_set(err, QC_EXIT_RUNTIME, "out of memory planning the quantization");
+    p->outs = no;
     out_tensor *o = &p->outs[p->nouts++];
     memset(o, 0, sizeof *o);
     snprintf(o->name, sizeof o->name, "%s%s", prefix, suffix);

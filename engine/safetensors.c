@@ -51,14 +51,10 @@ static const char *st_base(const char *path)
 
 static int st_push(qc_st *st, const qc_tensor *t, qc_err *err)
 {
-    if (st->n == st->cap) {
-        size_t cap = st->cap ? st->cap * 2 : 256;
-        qc_tensor *nt = realloc(st->tensors, cap * sizeof *nt);
-        if (!nt)
-            return qc_err_set(err, QC_EXIT_RUNTIME, "out of memory for the tensor table");
-        st->tensors = nt;
-        st->cap = cap;
-    }
+    qc_tensor *nt = qc_grow(st->tensors, &st->cap, st->n, sizeof *nt, 256);
+    if (!nt)
+        return qc_err_set(err, QC_EXIT_RUNTIME, "out of memory for the tensor table");
+    st->tensors = nt;
     st->tensors[st->n++] = *t;
     return QC_OK;
 }

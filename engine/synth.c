@@ -295,16 +295,12 @@ static syn_tensor *add_t(qc_synth_plan *p, const char *name, const char *suffix,
 {
     if (p->rc)
         return NULL;
-    if (p->n == p->cap) {
-        size_t nc = p->cap ? p->cap * 2 : 1024;
-        syn_tensor *nt = realloc(p->t, nc * sizeof *nt);
-        if (!nt) {
-            p->rc = qc_err_set(p->err, QC_EXIT_RUNTIME, "out of memory planning tensors");
-            return NULL;
-        }
-        p->t = nt;
-        p->cap = nc;
+    syn_tensor *nt = qc_grow(p->t, &p->cap, p->n, sizeof *nt, 1024);
+    if (!nt) {
+        p->rc = qc_err_set(p->err, QC_EXIT_RUNTIME, "out of memory planning tensors");
+        return NULL;
     }
+    p->t = nt;
     syn_tensor *t = &p->t[p->n++];
     memset(t, 0, sizeof *t);
     snprintf(t->name, sizeof t->name, "%s%s", name, suffix);
@@ -504,15 +500,12 @@ int qc_synth_plan_build(const qc_synth_opts *o, qc_synth_plan **out, qc_err *err
     for (size_t i = 0; i < p->n; i++) {
         syn_tensor *t = &p->t[i];
         if (p->nsh == 0 || (cur > 0 && cur + t->nbytes > p->o.shard_bytes)) {
-            if (p->nsh == cap) {
-                cap = cap ? cap * 2 : 16;
-                syn_shard *ns = realloc(p->sh, cap * sizeof *ns);
-                if (!ns) {
-                    qc_synth_plan_free(p);
-                    return qc_err_set(err, QC_EXIT_RUNTIME, "out of memory planning shards");
-                }
-                p->sh = ns;
+            syn_shard *ns = qc_grow(p->sh, &cap, p->nsh, sizeof *ns, 16);
+            if (!ns) {
+                qc_synth_plan_free(p);
+                return qc_err_set(err, QC_EXIT_RUNTIME, "out of memory planning shards");
             }
+            p->sh = ns;
             memset(&p->sh[p->nsh], 0, sizeof p->sh[0]);
             p->sh[p->nsh].first = i;
             p->nsh++;

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
 int qc_err_set(qc_err *err, int code, const char *fmt, ...)
@@ -46,6 +47,12 @@ int qc_read_file(const char *path, char **out, size_t *len, int missing_code, qc
     if (!f)
         return qc_err_set(err, errno == ENOENT ? missing_code : QC_EXIT_RUNTIME, "%s: %s", path,
                           strerror(errno));
+    /* A directory opens for reading on Linux and "seeks" to a huge end. */
+    struct stat sb;
+    if (fstat(fileno(f), &sb) == 0 && S_ISDIR(sb.st_mode)) {
+        fclose(f);
+        return qc_err_set(err, missing_code, "%s: is a directory, not a file", path);
+    }
     if (fseek(f, 0, SEEK_END) != 0) {
         fclose(f);
         return qc_err_set(err, QC_EXIT_RUNTIME, "%s: cannot seek: %s", path, strerror(errno));
@@ -139,4 +146,17 @@ float qc_e4m3_to_f32(uint8_t b)
     else
         v = ldexpf((float)(8u | man), (int)exp - 10);
     return sign ? -v : v;
+}
+
+void *qc_grow(void *arr, size_t *cap, size_t n, size_t elsize, size_t first)
+{
+    if (n < *cap)
+        return arr;
+    size_t nc = *cap ? *cap * 2 : first;
+    if (nc <= n)
+        nc = n + 1;
+    void *p = realloc(arr, nc * elsize);
+    if (p)
+        *cap = nc;
+    return p;
 }

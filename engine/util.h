@@ -39,6 +39,12 @@ char *qc_path_join(const char *dir, const char *name);
 /* Monotonic time in seconds. */
 double qc_now(void);
 
+/* Room for element n of a growing array of elsize-byte elements: returns
+ * arr when n < *cap, else the array reallocated to double the capacity
+ * (first when empty) with *cap updated; NULL when out of memory, arr and
+ * *cap then unchanged. */
+void *qc_grow(void *arr, size_t *cap, size_t n, size_t elsize, size_t first);
+
 /* Unaligned little-endian loads of element i from packed tensor data (the
  * mmap'ed checkpoint gives no alignment guarantee beyond the file's). */
 static inline uint16_t qc_ld_u16(const void *base, int64_t i)

@@ -150,6 +150,8 @@ int main(void)
     convo_free(&b);
     rc = convo_load("/nonexistent/qchat.json", &b, msg, sizeof msg);
     CHECK("load_missing_file", rc != 0 && strstr(msg, "/nonexistent/qchat.json"), "%s", msg);
+    rc = convo_load("/tmp", &b, msg, sizeof msg);
+    CHECK("load_directory", rc != 0 && strstr(msg, "/tmp: is a directory"), "%s", msg);
     convo_free(&a);
 
     /* Meters. */

@@ -10,6 +10,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "util.h"
+
 static char *dupn(const char *s, size_t n)
 {
     char *p = malloc(n + 1);
@@ -333,35 +335,11 @@ out:
 
 int convo_load(const char *path, convo *out, char *msg, int msglen)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        snprintf(msg, (size_t)msglen, "%s: %s", path, strerror(errno));
-        return -1;
-    }
-    size_t cap = 1 << 16, n = 0;
-    char *buf = malloc(cap);
-    while (buf) {
-        size_t r = fread(buf + n, 1, cap - n, f);
-        n += r;
-        if (n < cap)
-            break;
-        if (cap >= ((size_t)1 << 30)) {
-            free(buf);
-            buf = NULL;
-            break;
-        }
-        char *nb = realloc(buf, cap * 2);
-        if (!nb) {
-            free(buf);
-            buf = NULL;
-            break;
-        }
-        buf = nb;
-        cap *= 2;
-    }
-    fclose(f);
-    if (!buf) {
-        snprintf(msg, (size_t)msglen, "%s: too large or out of memory", path);
+    char *buf;
+    size_t n;
+    qc_err err;
+    if (qc_read_file(path, &buf, &n, QC_EXIT_RUNTIME, &err)) {
+        snprintf(msg, (size_t)msglen, "%s", err.msg);
         return -1;
     }
     char inner[400];
