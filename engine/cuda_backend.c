@@ -781,39 +781,11 @@ static int synth_kind(int mix, int role)
 /* A random weight of `kind` in its kernel-native layout, made on the GPU. */
 static int synth_qw(qc_cuda_model *cm, int kind, int n, int k, uint64_t seed, qk_qweight *q, qc_err *err)
 {
-    memset(q, 0, sizeof *q);
-    q->kind = kind;
-    q->n = n;
-    q->k = k;
-    q->n_pad = (n + QK_QROWS - 1) / QK_QROWS * QK_QROWS;
-    q->k_pad = (k + 31) / 32 * 32;
-    size_t np = (size_t)q->n_pad, kp = (size_t)q->k_pad;
-    switch (kind) {
-    case QK_QW_FP8:
-        q->fmt = QC_FMT_FP8_BLOCK;
-        q->blk_n = q->blk_k = 128;
-        q->nkb = (q->k_pad + 127) / 128;
-        q->w_bytes = np * kp;
-        q->s_bytes = (np + 127) / 128 * (size_t)q->nkb * 4;
-        break;
-    case QK_QW_INT4:
-        q->fmt = QC_FMT_GPTQ;
-        q->group = 128;
-        q->ngroups = (q->k_pad + 127) / 128;
-        q->w_bytes = np * kp / 2;
-        q->s_bytes = np * (size_t)q->ngroups * 4;
-        break;
-    case QK_QW_NVFP4:
-        q->fmt = QC_FMT_NVFP4_CT;
-        q->w_bytes = np * kp / 2;
-        q->s_bytes = np * kp / 16;
-        break;
-    default:
-        q->kind = QK_QW_BF16;
-        q->fmt = QC_FMT_BF16;
-        q->w_bytes = np * kp * 2;
-        break;
-    }
+    qc_qweight_plan_random(q, kind == QK_QW_FP8 || kind == QK_QW_INT4 || kind == QK_QW_NVFP4 ? kind : QK_QW_BF16, n, k);
+    q->fmt = q->kind == QK_QW_FP8    ? QC_FMT_FP8_BLOCK
+             : q->kind == QK_QW_INT4  ? QC_FMT_GPTQ
+             : q->kind == QK_QW_NVFP4 ? QC_FMT_NVFP4_CT
+                                      : QC_FMT_BF16;
     int tag = tag_of_kind(q->kind);
     int rc = cu_alloc(&cm->pool, q->w_bytes, tag, &q->w, err, "synthetic weight");
     if (!rc && q->s_bytes) {

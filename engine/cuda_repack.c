@@ -766,3 +766,37 @@ int qc_linear_to_qweight(const qc_linear *l, qk_qweight *dev, qc_err *err)
 }
 
 #endif
+
+void qc_qweight_plan_random(qk_qweight *q, int kind, int n, int k)
+{
+    memset(q, 0, sizeof *q);
+    q->kind = kind;
+    q->n = n;
+    q->k = k;
+    q->n_pad = (n + QK_QROWS - 1) / QK_QROWS * QK_QROWS;
+    q->k_pad = (k + 31) / 32 * 32;
+    const size_t np = (size_t)q->n_pad, kp = (size_t)q->k_pad;
+    switch (kind) {
+    case QK_QW_FP8:
+        q->blk_n = q->blk_k = 128;
+        q->nkb = (q->k_pad + 127) / 128;
+        q->w_bytes = np * kp;
+        q->s_bytes = (np + 127) / 128 * (size_t)q->nkb * 4;
+        break;
+    case QK_QW_INT4:
+        q->group = 128;
+        q->ngroups = (q->k_pad + 127) / 128;
+        q->w_bytes = np * kp / 2;
+        q->s_bytes = np * (size_t)q->ngroups * 4;
+        break;
+    case QK_QW_NVFP4:
+    case QK_QW_MXFP4:
+        q->w_bytes = np * kp / 2;
+        q->s_bytes = np * kp / (kind == QK_QW_MXFP4 ? 32 : 16);
+        break;
+    default:
+        q->kind = QK_QW_BF16;
+        q->w_bytes = np * kp * 2;
+        break;
+    }
+}

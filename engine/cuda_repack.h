@@ -24,6 +24,13 @@ enum { QC_QW_WEIGHT = 0, QC_QW_SCALES = 1 };
  * checked here, before any row is packed. */
 int qc_qweight_plan(const qc_linear *l, qk_qweight *q, qc_err *err);
 
+/* The layout of a random weight of `kind` (QK_QW_*) at [n, k] as the
+ * synthetic models and the GEMV benchmarks make them: padding, FP8 blocks
+ * of 128 x 128, INT4 groups of 128, NVFP4 / MXFP4 scales per 16 / 32, byte
+ * sizes; any other kind is BF16. w, s and the format-specific scalars (fmt,
+ * scale_f16, gmul) are left for the caller. */
+void qc_qweight_plan_random(qk_qweight *q, int kind, int n, int k);
+
 /* Bytes of one packed weight row (w_bytes / n_pad), and of one row of scales,
  * or 0 where the scales are one grid packed whole (FP8) or absent (BF16). */
 size_t qc_qweight_row_bytes(const qk_qweight *q);

@@ -147,23 +147,30 @@ __global__ void k_attn(const float *q, const float *gate, const uint16_t *kc, co
     }
 }
 
+/* Output dim d of one head from its first `used` split records (m, l, acc
+ * [hd]) at pp: the partial softmax sums rescaled to the common maximum. */
+__device__ __forceinline__ float attn_merge(const float *pp, int used, int hd, int d)
+{
+    float M = ATT_NEG;
+    for (int s = 0; s < used; s++) M = fmaxf(M, pp[s * (hd + 2)]);
+    float L = 0.0f, o = 0.0f;
+    for (int s = 0; s < used; s++) {
+        const float *q = pp + s * (hd + 2);
+        if (q[1] <= 0.0f) continue;
+        const float e = __expf(q[0] - M);
+        L += q[1] * e;
+        o += q[2 + d] * e;
+    }
+    return L > 0.0f ? o / L : 0.0f;
+}
+
 /* grid (T, H), block hd: merges the splits' partial softmax sums. */
 __global__ void k_attn_combine(const float *part, const float *gate, int H, int hd, int nsplit, uint16_t *out)
 {
     int t = blockIdx.x, h = blockIdx.y, d = threadIdx.x;
-    const float *pp = part + ((int64_t)t * H + h) * nsplit * (hd + 2);
-    float M = ATT_NEG;
-    for (int s = 0; s < nsplit; s++) M = fmaxf(M, pp[s * (hd + 2)]);
-    float L = 0.0f, o = 0.0f;
-    for (int s = 0; s < nsplit; s++) {
-        const float *q = pp + s * (hd + 2);
-        if (q[1] <= 0.0f) continue;
-        float e = __expf(q[0] - M);
-        L += q[1] * e;
-        o += q[2 + d] * e;
-    }
     int64_t oi = (int64_t)t * H * hd + (int64_t)h * hd + d;
-    out[oi] = qk_to_bf((L > 0.0f ? o / L : 0.0f) * qk_sigmoid(gate[oi]));
+    const float *pp = part + ((int64_t)t * H + h) * nsplit * (hd + 2);
+    out[oi] = qk_to_bf(attn_merge(pp, nsplit, hd, d) * qk_sigmoid(gate[oi]));
 }
 
 /* ---- split-KV decode (one query token) ----
@@ -337,20 +344,9 @@ __global__ void k_attn_dec_combine(const float *part, const float *gate, int H, 
                                    const int32_t *pos, int nsplit, uint16_t *out)
 {
     const int h = blockIdx.x, d = threadIdx.x;
-    const int n = min(pos[0] + 1, max_ctx), used = (n + dec_per(n, nsplit) - 1) / dec_per(n, nsplit);
-    const float *pp = part + (int64_t)h * nsplit * (hd + 2);
-    float M = ATT_NEG;
-    for (int s = 0; s < used; s++) M = fmaxf(M, pp[s * (hd + 2)]);
-    float L = 0.0f, o = 0.0f;
-    for (int s = 0; s < used; s++) {
-        const float *q = pp + s * (hd + 2);
-        if (q[1] <= 0.0f) continue;
-        const float e = __expf(q[0] - M);
-        L += q[1] * e;
-        o += q[2 + d] * e;
-    }
+    const int n = min(pos[0] + 1, max_ctx), per = dec_per(n, nsplit), used = (n + per - 1) / per;
     const int64_t oi = (int64_t)h * hd + d;
-    out[oi] = qk_to_bf((L > 0.0f ? o / L : 0.0f) * qk_sigmoid(gate[oi]));
+    out[oi] = qk_to_bf(attn_merge(part + (int64_t)h * nsplit * (hd + 2), used, hd, d) * qk_sigmoid(gate[oi]));
 }
 
 template <int NH, int GM>

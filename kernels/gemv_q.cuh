@@ -149,6 +149,14 @@ __device__ __forceinline__ void qg_load_xsm(int kc, int c, uint32_t *xr)
     }
 }
 
+/* The x slice of chunk c (NV values): staged in shared memory or from global. */
+template <int NV, bool XS>
+__device__ __forceinline__ void qg_load_x(const uint16_t *__restrict__ x, int K, int kc, int c, uint32_t *xr)
+{
+    if (XS) qg_load_xsm<NV>(kc, c, xr);
+    else qg_load_xraw<NV>(x, c * NV, K, xr);
+}
+
 template <int NV>
 __device__ __forceinline__ void qg_unpack_x(const uint32_t *xr, float *xf)
 {
@@ -157,6 +165,15 @@ __device__ __forceinline__ void qg_unpack_x(const uint32_t *xr, float *xf)
         xf[2 * i] = __uint_as_float(xr[i] << 16);
         xf[2 * i + 1] = __uint_as_float(xr[i] & 0xffff0000u);
     }
+}
+
+/* Chunk c of the QK_QROWS rows from row0 (16 bytes each, streaming: the
+ * weights are read once, so they should not evict x from L1). */
+__device__ __forceinline__ void qg_load_w(const qg_part &p, int row0, int c, uint4 *w)
+{
+    const uint4 *wr = (const uint4 *)p.w + (size_t)row0 * p.kc + c;
+#pragma unroll
+    for (int r = 0; r < QK_QROWS; r++) w[r] = __ldcs(wr + (size_t)r * p.kc);
 }
 
 /* ---- bodies: acc[r] += this thread's share of row row0 + r ----
@@ -176,15 +193,12 @@ struct qg_fp8_step_t {
     uint32_t xr[8];
     __device__ __forceinline__ void load(const qg_part &p, int row0, const uint16_t *__restrict__ x, int c)
     {
-        const uint4 *wr = (const uint4 *)p.w + (size_t)row0 * p.kc + c;
-#pragma unroll
-        for (int r = 0; r < QK_QROWS; r++) w[r] = __ldcs(wr + (size_t)r * p.kc);
+        qg_load_w(p, row0, c, w);
         const int b = c / p.cpb;
 #pragma unroll
         for (int r = 0; r < QK_QROWS; r++)
             s[r] = __ldg((const float *)p.s + (size_t)((row0 + r) / p.blk_n) * p.nkb + b);
-        if (XS) qg_load_xsm<16>(p.kc, c, xr);
-        else qg_load_xraw<16>(x, c * 16, p.k, xr);
+        qg_load_x<16, XS>(x, p.k, p.kc, c, xr);
     }
     __device__ __forceinline__ void dot(const qg_part &, float *acc) const
     {
@@ -232,9 +246,7 @@ struct qg_int4_step {
     uint32_t xr[16];
     __device__ __forceinline__ void load(const qg_part &p, int row0, const uint16_t *__restrict__ x, int c)
     {
-        const uint4 *wr = (const uint4 *)p.w + (size_t)row0 * p.kc + c;
-#pragma unroll
-        for (int r = 0; r < QK_QROWS; r++) w[r] = __ldcs(wr + (size_t)r * p.kc);
+        qg_load_w(p, row0, c, w);
         const int g = PERM ? __ldg(p.perm + (size_t)p.kc * 32 + c) : c / p.cpg;
         const uint32_t *sr = (const uint32_t *)p.s + (size_t)row0 * p.ng + g;
 #pragma unroll
@@ -249,10 +261,8 @@ struct qg_int4_step {
                 xr[2 * v] = e0 | (e1 << 16);
                 xr[2 * v + 1] = e2 | (e3 << 16);
             }
-        } else if (XS) {
-            qg_load_xsm<32>(p.kc, c, xr);
         } else {
-            qg_load_xraw<32>(x, c * 32, p.k, xr);
+            qg_load_x<32, XS>(x, p.k, p.kc, c, xr);
         }
     }
     __device__ __forceinline__ void dot(const qg_part &, float *acc) const
@@ -296,17 +306,14 @@ struct qg_fp4_step {
     uint32_t xr[16];
     __device__ __forceinline__ void load(const qg_part &p, int row0, const uint16_t *__restrict__ x, int c)
     {
-        const uint4 *wr = (const uint4 *)p.w + (size_t)row0 * p.kc + c;
-#pragma unroll
-        for (int r = 0; r < QK_QROWS; r++) w[r] = __ldcs(wr + (size_t)r * p.kc);
+        qg_load_w(p, row0, c, w);
         const int nb = MX ? p.kc : 2 * p.kc; /* scale bytes per row */
         const uint8_t *sr = (const uint8_t *)p.s + (size_t)row0 * nb;
 #pragma unroll
         for (int r = 0; r < QK_QROWS; r++)
             sb[r] = MX ? (uint32_t)__ldg(sr + (size_t)r * nb + c)
                        : (uint32_t)__ldg((const uint16_t *)(sr + (size_t)r * nb) + c);
-        if (XS) qg_load_xsm<32>(p.kc, c, xr);
-        else qg_load_xraw<32>(x, c * 32, p.k, xr);
+        qg_load_x<32, XS>(x, p.k, p.kc, c, xr);
     }
     __device__ __forceinline__ void dot(const qg_part &, float *acc) const
     {
@@ -344,9 +351,7 @@ struct qg_bf16_step {
     uint32_t xr[4];
     __device__ __forceinline__ void load(const qg_part &p, int row0, const uint16_t *__restrict__ x, int c)
     {
-        const uint4 *wr = (const uint4 *)p.w + (size_t)row0 * p.kc + c;
-#pragma unroll
-        for (int r = 0; r < QK_QROWS; r++) w[r] = __ldcs(wr + (size_t)r * p.kc);
+        qg_load_w(p, row0, c, w);
         qg_load_xraw<8>(x, c * 8, p.k, xr);
     }
     __device__ __forceinline__ void dot(const qg_part &, float *acc) const
@@ -419,14 +424,11 @@ struct qg_int4_mma_step {
     __device__ __forceinline__ void load(const qg_part &p, int row0, const uint16_t *__restrict__ x, int c)
     {
         if (c < p.kc) {
-            const uint4 *wr = (const uint4 *)p.w + (size_t)row0 * p.kc + c;
-#pragma unroll
-            for (int r = 0; r < QK_QROWS; r++) w[r] = __ldcs(wr + (size_t)r * p.kc);
+            qg_load_w(p, row0, c, w);
             const uint32_t *sr = (const uint32_t *)p.s + (size_t)row0 * p.ng + c / p.cpg;
 #pragma unroll
             for (int r = 0; r < QK_QROWS; r++) m[r] = __ldg(sr + (size_t)r * p.ng);
-            if (XS) qg_load_xsm<32>(p.kc, c, xr);
-            else qg_load_xraw<32>(x, c * 32, p.k, xr);
+            qg_load_x<32, XS>(x, p.k, p.kc, c, xr);
         } else {
             /* Past the row end: zero weights, but the quad's group scale,
              * since this lane may be the one that holds the quad's sum. */

@@ -1,7 +1,7 @@
 /* gpu_testutil.h — helpers shared by the GPU kernel tests (test_kernels.c,
  * test_attn_flash.c): a deterministic random source, device buffers filled
  * from / read back to the host, launch checks and the rel-L2 comparison that
- * prints the "# name: ... rel_l2=..." lines. Include after cuda_runtime_api.h,
+ * prints the "# name: ... rel_l2=..." lines. Include after harness.h, cuda_runtime_api.h,
  * kernels.h and util.h; define GT_RNG_SEED first for another random stream. */
 #ifndef QC_GPU_TESTUTIL_H
 #define QC_GPU_TESTUTIL_H
@@ -22,6 +22,21 @@ static float frand(void) /* uniform [-1, 1) */
     rng_state ^= rng_state >> 7;
     rng_state ^= rng_state << 17;
     return (float)((rng_state >> 40) * (1.0 / 8388608.0)) - 1.0f;
+}
+
+/* 1 when a CUDA device is present (its name is printed); else every test
+ * name is reported skipped with the reason and 0 is returned. */
+static int gt_device_or_skip(const char *const *names, int n)
+{
+    int ndev = 0;
+    if (cudaGetDeviceCount(&ndev) != cudaSuccess || ndev == 0) {
+        for (int i = 0; i < n; i++) th_skip(names[i], "no CUDA device");
+        return 0;
+    }
+    struct cudaDeviceProp prop;
+    cudaGetDeviceProperties(&prop, 0);
+    printf("# device: %s (sm_%d%d)\n", prop.name, prop.major, prop.minor);
+    return 1;
 }
 
 /* A device copy of h (bytes), or with h NULL a buffer poisoned with NaN

@@ -6,6 +6,7 @@
 #ifndef QC_HARNESS_H
 #define QC_HARNESS_H
 
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -50,6 +51,21 @@ static inline const char *th_model_dir(char *buf, size_t n, const char *model)
 {
     snprintf(buf, n, "%s/models/%s", th_fixtures(), model);
     return buf;
+}
+
+/* ||a - ref|| / ||ref|| over n values (||a - ref|| when ref is all zero);
+ * infinity when anything is NaN. */
+static inline double th_rel_l2(const float *a, const float *ref, size_t n)
+{
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = (double)a[i] - ref[i];
+        num += d * d;
+        den += (double)ref[i] * ref[i];
+    }
+    if (num != num)
+        return INFINITY;
+    return den > 0 ? sqrt(num / den) : sqrt(num);
 }
 
 static inline int th_exit(void) { return th_failed_count ? 1 : 0; }

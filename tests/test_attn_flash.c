@@ -196,14 +196,7 @@ static void test_27b(void)
 
 int main(void)
 {
-    int ndev = 0;
-    if (cudaGetDeviceCount(&ndev) != cudaSuccess || ndev == 0) {
-        for (int i = 0; i < N_TESTS; i++) th_skip(test_names[i], "no CUDA device");
-        return 0;
-    }
-    struct cudaDeviceProp prop;
-    cudaGetDeviceProperties(&prop, 0);
-    printf("# device: %s (sm_%d%d)\n", prop.name, prop.major, prop.minor);
+    if (!gt_device_or_skip(test_names, N_TESTS)) return 0;
     test_flash();
     test_refuse();
     test_27b();

@@ -22,19 +22,6 @@ static float frand(void) /* uniform (0,1) */
 }
 static float nrand(void) { return sqrtf(-2 * logf(frand())) * cosf(6.2831853f * frand()); }
 
-static double rel_l2(const float *a, const float *ref, size_t n)
-{
-    double num = 0, den = 0;
-    for (size_t i = 0; i < n; i++) {
-        double d = (double)a[i] - ref[i];
-        num += d * d;
-        den += (double)ref[i] * ref[i];
-    }
-    if (!(num == num))
-        return INFINITY;
-    return den > 0 ? sqrt(num / den) : sqrt(num);
-}
-
 typedef struct data {
     cpu_gdn_dims d;
     int T;
@@ -141,10 +128,10 @@ int main(void)
         bool okc = cpu_gdn_chunked(pool, d, T, x.q, x.k, x.v, x.g, x.beta, Sc, oc);
         reference(&x, Sd, od);
         char name[96];
-        double eo = rel_l2(oc, orr, no), es = rel_l2(Sc, Sr, ns);
+        double eo = th_rel_l2(oc, orr, no), es = th_rel_l2(Sc, Sr, ns);
         snprintf(name, sizeof name, "gdn_chunked_vs_recurrent_T%d", T);
         CHECK(name, okc && eo < 1e-5 && es < 1e-5, "output rel %.3g state rel %.3g", eo, es);
-        double er = rel_l2(orr, od, no), esr = rel_l2(Sr, Sd, ns);
+        double er = th_rel_l2(orr, od, no), esr = th_rel_l2(Sr, Sd, ns);
         snprintf(name, sizeof name, "gdn_recurrent_vs_direct_T%d", T);
         CHECK(name, er < 1e-5 && esr < 1e-5, "output rel %.3g state rel %.3g", er, esr);
 
@@ -157,8 +144,8 @@ int main(void)
             cpu_gdn_recurrent(d, 1, x.q + t * d->hk * d->dk, x.k + t * d->hk * d->dk,
                               x.v + t * d->hv * d->dv, x.g + t * d->hv, x.beta + t * d->hv, Sc,
                               oc + t * d->hv * d->dv);
-        eo = rel_l2(oc, orr, no);
-        es = rel_l2(Sc, Sr, ns);
+        eo = th_rel_l2(oc, orr, no);
+        es = th_rel_l2(Sc, Sr, ns);
         snprintf(name, sizeof name, "gdn_prefill_to_decode_handoff_T%d", T);
         CHECK(name, eo < 1e-5 && es < 1e-5, "output rel %.3g state rel %.3g", eo, es);
 
@@ -169,7 +156,7 @@ int main(void)
         cpu_gdn_chunked(pool, d, T - a, x.q + a * d->hk * d->dk, x.k + a * d->hk * d->dk,
                         x.v + a * d->hv * d->dv, x.g + a * d->hv, x.beta + a * d->hv, Sc,
                         oc + a * d->hv * d->dv);
-        eo = rel_l2(oc, orr, no);
+        eo = th_rel_l2(oc, orr, no);
         snprintf(name, sizeof name, "gdn_split_prefill_T%d", T);
         CHECK(name, eo < 1e-5, "output rel %.3g", eo);
         free(Sr);
@@ -193,7 +180,7 @@ int main(void)
         memcpy(Sc, x.S0, ns * 4);
         cpu_gdn_recurrent(d, 130, x.q, x.k, x.v, x.g, x.beta, Sr, orr);
         cpu_gdn_chunked(pool, d, 130, x.q, x.k, x.v, x.g, x.beta, Sc, oc);
-        double eo = rel_l2(oc, orr, no), es = rel_l2(Sc, Sr, ns);
+        double eo = th_rel_l2(oc, orr, no), es = th_rel_l2(Sc, Sr, ns);
         CHECK("gdn_strong_decay_finite", isfinite(eo) && eo < 1e-5 && es < 1e-5,
               "output rel %.3g state rel %.3g", eo, es);
         free(Sr);

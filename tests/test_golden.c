@@ -24,19 +24,6 @@ static const char *models[] = {
     "tiny-qwen35-moe",      "tiny-qwen35-moe-fp8",
 };
 
-static double rel_l2(const float *a, const float *ref, size_t n)
-{
-    double num = 0, den = 0;
-    for (size_t i = 0; i < n; i++) {
-        double d = (double)a[i] - ref[i];
-        num += d * d;
-        den += (double)ref[i] * ref[i];
-    }
-    if (num != num)
-        return INFINITY;
-    return den > 0 ? sqrt(num / den) : sqrt(num);
-}
-
 static int argmax(const float *x, int n)
 {
     int b = 0;
@@ -98,8 +85,8 @@ static void test_model(const char *name, const char *qchat_bin, const char *tmpd
     for (int ci = 0; ci < 3 && !rc; ci++) {
         qc_session_reset(s);
         rc = qc_session_prefill_full(s, ids, T, chunks[ci], lg, nm, &err);
-        double el = rc ? INFINITY : rel_l2(lg, ref_l, (size_t)T * V);
-        double en = rc ? INFINITY : rel_l2(nm, ref_n, (size_t)T * D);
+        double el = rc ? INFINITY : th_rel_l2(lg, ref_l, (size_t)T * V);
+        double en = rc ? INFINITY : th_rel_l2(nm, ref_n, (size_t)T * D);
         printf("# %s chunk %d: logits rel L2 %.2e, final_norm %.2e\n", name, chunks[ci], el, en);
         snprintf(cname, sizeof cname, "logits_chunk%d_%s", chunks[ci], name);
         CHECK(cname, el <= 1e-4, "rel L2 %.3g (%s)", el, rc ? err.msg : "");
@@ -127,7 +114,7 @@ static void test_model(const char *name, const char *qchat_bin, const char *tmpd
         rc = qc_session_rewind(s, 100, &err);
         int rc2 = rc ? rc : qc_session_step(s, ids[100], &err);
         const float *l = qc_session_logits(s);
-        double e = rc2 || !l ? INFINITY : rel_l2(l, ref_l + (size_t)100 * V, (size_t)V);
+        double e = rc2 || !l ? INFINITY : th_rel_l2(l, ref_l + (size_t)100 * V, (size_t)V);
         snprintf(cname, sizeof cname, "rewind_step_%s", name);
         CHECK(cname, e <= 1e-4 && qc_session_len(s) == 101, "rel L2 %.3g len %d (%s)", e,
               qc_session_len(s), err.msg);
@@ -177,9 +164,9 @@ static void test_model(const char *name, const char *qchat_bin, const char *tmpd
         if (st == 0 && qc_st_open_file(outf, &o, &err) == 0) {
             const qc_tensor *ol = qc_st_find(o, "logits"), *on = qc_st_find(o, "final_norm");
             if (ol && ol->dtype == QC_DT_F32 && ol->ndim == 2 && ol->shape[0] == T && ol->shape[1] == V)
-                el = rel_l2(ol->data, ref_l, (size_t)T * V);
+                el = th_rel_l2(ol->data, ref_l, (size_t)T * V);
             if (on && on->dtype == QC_DT_F32 && on->numel == (int64_t)T * D)
-                en = rel_l2(on->data, ref_n, (size_t)T * D);
+                en = th_rel_l2(on->data, ref_n, (size_t)T * D);
             qc_st_free(o);
         }
         snprintf(cname, sizeof cname, "qchat_score_%s", name);
@@ -213,7 +200,7 @@ static void test_streamed(const char *name)
         float *lg = malloc(sizeof(float) * (size_t)T * V);
         rc = qc_session_prefill(s, tt->data, T, 37, lg, &err);
         if (!rc)
-            e = rel_l2(lg, tl->data, (size_t)T * V);
+            e = th_rel_l2(lg, tl->data, (size_t)T * V);
         free(lg);
     }
     CHECK(cname, e <= 1e-4, "rel L2 %.3g %s", e, rc ? err.msg : "");

@@ -26,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cuda_repack.h"
 #include "dequant.h"
 #include "format.h"
 #include "harness.h"
@@ -736,39 +737,11 @@ static double copy_gbs(void *pool, size_t bytes)
 /* Descriptor of one random weight of kind at (n, k) with its buffers at base. */
 static size_t bench_desc(int kind, int n, int k, char *base, qk_qweight *q)
 {
-    memset(q, 0, sizeof *q);
+    qc_qweight_plan_random(q, kind, n, k);
     q->kind = kind;
-    q->n = n;
-    q->k = k;
-    q->n_pad = (n + QK_QROWS - 1) / QK_QROWS * QK_QROWS;
-    q->k_pad = (k + 31) / 32 * 32;
-    switch (kind) {
-    case QK_QW_FP8:
-        q->blk_n = q->blk_k = 128;
-        q->nkb = q->k_pad / 128 + (q->k_pad % 128 != 0);
-        q->w_bytes = (size_t)q->n_pad * q->k_pad;
-        q->s_bytes = (size_t)((q->n_pad + 127) / 128) * q->nkb * 4;
-        break;
-    case QK_QW_INT4:
-        q->group = 128;
-        q->ngroups = (q->k_pad + 127) / 128;
-        q->scale_f16 = 1;
-        q->w_bytes = (size_t)q->n_pad * q->k_pad / 2;
-        q->s_bytes = (size_t)q->n_pad * q->ngroups * 4;
-        break;
-    case QK_QW_NVFP4:
-    case QK_QW_MXFP4:
-        q->gmul = 1e-3f;
-        q->w_bytes = (size_t)q->n_pad * q->k_pad / 2;
-        q->s_bytes = (size_t)q->n_pad * q->k_pad / (kind == QK_QW_MXFP4 ? 32 : 16);
-        break;
-    case QK_QW_BF16:
-        q->w_bytes = (size_t)q->n_pad * q->k_pad * 2;
-        break;
-    default: /* bf16 baseline (qk_gemv_bf16): w only, unpadded */
-        q->w_bytes = (size_t)n * k * 2;
-        break;
-    }
+    if (kind == QK_QW_INT4) q->scale_f16 = 1;
+    if (kind == QK_QW_NVFP4 || kind == QK_QW_MXFP4) q->gmul = 1e-3f;
+    if (kind == QK_QW_NONE) q->w_bytes = (size_t)n * k * 2; /* bf16 baseline (qk_gemv_bf16): w only, unpadded */
     size_t wb = (q->w_bytes + 255) & ~(size_t)255, sb = (q->s_bytes + 255) & ~(size_t)255;
     q->w = base;
     q->s = q->s_bytes ? base + wb : NULL;
