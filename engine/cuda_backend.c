@@ -179,6 +179,7 @@ struct qc_cuda_model {
     int n_sm;
     char name[256];
     cu_prof prof;
+    bool fuse_norm; /* decode: RMSNorm folded into the quantized GEMVs after it (mat_gemv_norm) */
 };
 
 static int cu_model_new(const qc_cuda_shape *sh, qc_cuda_model **out, qc_err *err)
@@ -235,6 +236,10 @@ static int cu_model_new(const qc_cuda_shape *sh, qc_cuda_model **out, qc_err *er
     if ((prop.major == 9 || prop.major == 10 || prop.major == 12) && lt_on &&
         qk_lt_create(&cm->lt, cm->blas, prop.major * 10 + prop.minor))
         cm->lt = NULL;
+    const char *ge = getenv("QCHAT_GEMV_MODE"); /* A/B of the quantized GEMV launches (benchmarks) */
+    if (ge && *ge) qk_gemv_q_mode = atoi(ge);
+    const char *fn = getenv("QCHAT_FUSE_NORM"); /* A/B of mat_gemv_norm: 0 = separate norm launches */
+    cm->fuse_norm = !(fn && *fn && atoi(fn) == 0);
     cm->prof.ok = true;
     const char *pe = getenv("QCHAT_CUDA_PROFILE");
     cm->prof.on = pe && *pe && strcmp(pe, "0");
@@ -1189,6 +1194,21 @@ static int mat_gemv(qc_cuda_model *cm, const cu_mat *M, const uint16_t *x, float
     return qk_gemv_multi(w, ys, M->np, x, acc, cm->st);
 }
 
+/* Decode: y = M RMSNorm(h) in one launch where M is quantized and its
+ * layout allows (qk_gemv_multi_norm: the same bf16 x the separate norm
+ * writes); returns QK_GEMV_UNFUSED otherwise, having launched nothing. */
+static int mat_gemv_norm(qc_cuda_model *cm, const cu_mat *M, const float *h, const float *norm_w, float eps, float *y)
+{
+    if (!cm->fuse_norm || !M->np) return QK_GEMV_UNFUSED;
+    const qk_qweight *w[QK_GEMV_MAX_PARTS];
+    float *ys[QK_GEMV_MAX_PARTS];
+    for (int i = 0; i < M->np; i++) {
+        w[i] = &M->q[i];
+        ys[i] = y + M->off[i];
+    }
+    return qk_gemv_multi_norm(w, ys, M->np, h, norm_w, eps, 0, cm->st);
+}
+
 /* Rows [r0, r0 + nr) of a packed weight as a descriptor of their own, for
  * dequantizing a weight larger than the scratch in row tiles (r0 a multiple
  * of 512, so of every FP8 scale block height except a per-tensor one, which
@@ -1368,8 +1388,15 @@ static int run_layers(qc_cuda_sess *cs, int T, int pos0, bool all_rows, qc_err *
     OP(P_EMBED, qk_embed(cm->embed, ids, T, D, sh->vocab, cs->h, st));
     for (int li = 0; li < sh->n_layers; li++) {
         const cu_layer *L = &cm->L[li];
-        OP(P_NORM, qk_rmsnorm1p(cs->h, L->in_norm, sh->eps, T, D, cs->xb, NULL, st));
-        OP(P_GEMM_IN, mm(cm, &L->in, cs->xb, cs->proj, T, 0));
+        /* Decode: the RMSNorm inside the quantized GEMV after it where it can
+         * (mat_gemv_norm), else its own launch. */
+        int frc = T == 1 ? mat_gemv_norm(cm, &L->in, cs->h, L->in_norm, sh->eps, cs->proj) : QK_GEMV_UNFUSED;
+        if (frc != QK_GEMV_UNFUSED) {
+            CK(frc);
+        } else {
+            OP(P_NORM, qk_rmsnorm1p(cs->h, L->in_norm, sh->eps, T, D, cs->xb, NULL, st));
+            OP(P_GEMM_IN, mm(cm, &L->in, cs->xb, cs->proj, T, 0));
+        }
         if (!L->full) {
             const int ld = L->n_in, C = cm->conv_dim;
             float *z = cs->proj + C, *b = z + Hv * dv, *a = b + Hv;
@@ -1399,16 +1426,22 @@ static int run_layers(qc_cuda_sess *cs, int T, int pos0, bool all_rows, qc_err *
                            T == 1 ? cs->nsplit : 1, cs->attn_scr, cs->yb, st));
         }
         OP(P_GEMM_OUT, mm(cm, &L->out, cs->yb, cs->h, T, 1));
-        OP(P_NORM, qk_rmsnorm1p(cs->h, L->post_norm, sh->eps, T, D, cs->xb, NULL, st));
-        if (T == 1 && !L->gu.np) {
-            OP(P_GEMM_GU, qk_gemv_swiglu_bf16(L->gu.bf, cs->xb, cs->yb, sh->I, D, st));
-        } else if (T == 1) {
-            OP(P_GEMM_GU, mat_gemv(cm, &L->gu, cs->xb, cs->proj, 0));
+        frc = T == 1 ? mat_gemv_norm(cm, &L->gu, cs->h, L->post_norm, sh->eps, cs->proj) : QK_GEMV_UNFUSED;
+        if (frc != QK_GEMV_UNFUSED) {
+            CK(frc);
             OP(P_SWIGLU, qk_swiglu(cs->proj, 2 * sh->I, 1, sh->I, cs->yb, st));
         } else {
-            /* bf16 gate|up: its only reader is the SwiGLU (half the traffic of fp32) */
-            OP(P_GEMM_GU, mat_gemm(cm, &L->gu, cs->xb, cs->proj, 2 * sh->I, T, 0.0f, true));
-            OP(P_SWIGLU, qk_swiglu_b16((const uint16_t *)cs->proj, 2 * sh->I, T, sh->I, cs->yb, st));
+            OP(P_NORM, qk_rmsnorm1p(cs->h, L->post_norm, sh->eps, T, D, cs->xb, NULL, st));
+            if (T == 1 && !L->gu.np) {
+                OP(P_GEMM_GU, qk_gemv_swiglu_bf16(L->gu.bf, cs->xb, cs->yb, sh->I, D, st));
+            } else if (T == 1) {
+                OP(P_GEMM_GU, mat_gemv(cm, &L->gu, cs->xb, cs->proj, 0));
+                OP(P_SWIGLU, qk_swiglu(cs->proj, 2 * sh->I, 1, sh->I, cs->yb, st));
+            } else {
+                /* bf16 gate|up: its only reader is the SwiGLU (half the traffic of fp32) */
+                OP(P_GEMM_GU, mat_gemm(cm, &L->gu, cs->xb, cs->proj, 2 * sh->I, T, 0.0f, true));
+                OP(P_SWIGLU, qk_swiglu_b16((const uint16_t *)cs->proj, 2 * sh->I, T, sh->I, cs->yb, st));
+            }
         }
         OP(P_GEMM_DOWN, mm(cm, &L->down, cs->yb, cs->h, T, 1));
     }

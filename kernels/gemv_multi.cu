@@ -140,7 +140,8 @@ __device__ __forceinline__ void qg_pwalk(const qg_parts &ps, const uint16_t *__r
     for (int i = 0; i < count; i++) {
         int row0;
         const qg_part &p = qg_locate(ps, g0 + i * gstep, row0);
-        if (MMA) qg_walk_mma<STEP>(p, row0, x, acc, ks * 32 + lane, 32 * S);
+        if (p.kind == QK_QW_BF16) qg_walk<qg_bf16_step>(p, row0, x, acc, ks * 32 + lane, 32 * S); /* e.g. GDN a|b */
+        else if (MMA) qg_walk_mma<STEP>(p, row0, x, acc, ks * 32 + lane, 32 * S);
         else qg_walk<STEP>(p, row0, x, acc, ks * 32 + lane, 32 * S);
         qg_pfinish(p, row0, acc, S, accumulate, red, i);
     }
@@ -235,14 +236,52 @@ struct qg_fp4_lo : qg_fp4_step<false> {
     __device__ __forceinline__ uint32_t scale_word(int r) const { return sb[r]; }
 };
 
+/* The input RMSNorm folded into the x staging (qk_gemv_multi_norm): every
+ * block computes x = bf16(h * rsqrt(mean(h^2) + eps) * (1 + w)) from the
+ * fp32 residual h, with the same partition, order and operations as
+ * norm.cu's vector kernel (256 threads, qk_sumsq4, qk_block_sum,
+ * qk_rms1p_bf4), so the staged x is bit-identical to what that kernel
+ * writes; zeros past K. K % 4 == 0, K <= 8192 (the launcher checks). */
+struct qg_norm {
+    const float *h, *w;
+    float eps;
+};
+
+__device__ __forceinline__ void qg_stage_norm(const qg_norm &nm, int K, int P, int kc, float *red33)
+{
+    const int D4 = K / 4;
+    const float4 *h4 = (const float4 *)nm.h, *w4 = (const float4 *)nm.w;
+    float4 v[8];
+    float ss = 0.0f;
+#pragma unroll
+    for (int j = 0; j < 8; j++) {
+        const int i = (int)threadIdx.x + QG_THREADS * j;
+        v[j] = i < D4 ? h4[i] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        if (QG_THREADS * j < D4) ss = qk_sumsq4(ss, v[j]);
+    }
+    ss = qk_block_sum(ss, red33);
+    const float r = rsqrtf(ss / (float)(4 * D4) + nm.eps);
+    uint2 *xs2 = (uint2 *)qg_xsm; /* element e: chunk e / 8P, piece (e / 8) % P, half (e / 4) % 2 */
+#pragma unroll
+    for (int j = 0; j < 8; j++) {
+        const int i = (int)threadIdx.x + QG_THREADS * j, e = 4 * i;
+        if (i < D4) xs2[2 * (((e >> 3) % P) * kc + e / (8 * P)) + ((e >> 2) & 1)] = qk_rms1p_bf4(v[j], r, w4[i]);
+    }
+    for (int i = D4 + (int)threadIdx.x; i < 2 * P * kc; i += QG_THREADS) {
+        const int e = 4 * i;
+        xs2[2 * (((e >> 3) % P) * kc + e / (8 * P)) + ((e >> 2) & 1)] = make_uint2(0u, 0u);
+    }
+}
+
 /* One kernel per body, so each gets its own register allocation. VAR 0:
  * x through L1 as loaded by the walk; VAR 2 (XS): the block first copies x
  * to shared memory (qg_load_xsm's layout, dynamic shared memory of
  * 16 * P * kc bytes, P = x vectors per chunk); VAR 1: the loads-only
  * diagnostic of the INT4 g128 f16 and NVFP4 bodies. */
 template <int BODY, int VAR>
-__global__ void __launch_bounds__(QG_THREADS, QG_MINB)
-    k_gemv_qp(const __grid_constant__ qg_parts ps, const uint16_t *__restrict__ x, int accumulate, int S, int G)
+__global__ void __launch_bounds__(QG_THREADS, VAR == 3 ? 3 : QG_MINB)
+    k_gemv_qp(const __grid_constant__ qg_parts ps, const uint16_t *__restrict__ x, int accumulate, int S, int G,
+              const qg_norm nrm)
 {
     __shared__ float red[QG_PRMAX * QG_WARPS * QK_QROWS];
     qg_pdl_trigger();
@@ -252,25 +291,29 @@ __global__ void __launch_bounds__(QG_THREADS, QG_MINB)
         else qg_persist<qg_loads_only<qg_fp4_lo>, false>(ps, x, accumulate, S, G, red);
         return;
     }
-    const bool XS = VAR == 2;
+    const bool XS = VAR >= 2;
     if (XS) {
         const int P = BODY == QG_B_FP8 ? 2 : 4, kc = ps.p[0].kc, K = ps.p[0].k; /* the launcher checks kc */
-        for (int i = (int)threadIdx.x; i < P * kc; i += QG_THREADS) {
-            const int c = i / P, v = i % P, e0 = c * 8 * P + 8 * v;
-            uint4 u;
-            if (e0 + 8 <= K) {
-                u = __ldg((const uint4 *)(x + e0));
-            } else {
-                uint32_t h[4];
+        if (nrm.h) {
+            qg_stage_norm(nrm, K, P, kc, red);
+        } else {
+            for (int i = (int)threadIdx.x; i < P * kc; i += QG_THREADS) {
+                const int c = i / P, v = i % P, e0 = c * 8 * P + 8 * v;
+                uint4 u;
+                if (e0 + 8 <= K) {
+                    u = __ldg((const uint4 *)(x + e0));
+                } else {
+                    uint32_t h[4];
 #pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    const uint32_t lo = e0 + 2 * e < K ? __ldg(x + e0 + 2 * e) : 0u;
-                    const uint32_t hi = e0 + 2 * e + 1 < K ? __ldg(x + e0 + 2 * e + 1) : 0u;
-                    h[e] = lo | (hi << 16);
+                    for (int e = 0; e < 4; e++) {
+                        const uint32_t lo = e0 + 2 * e < K ? __ldg(x + e0 + 2 * e) : 0u;
+                        const uint32_t hi = e0 + 2 * e + 1 < K ? __ldg(x + e0 + 2 * e + 1) : 0u;
+                        h[e] = lo | (hi << 16);
+                    }
+                    u = make_uint4(h[0], h[1], h[2], h[3]);
                 }
-                u = make_uint4(h[0], h[1], h[2], h[3]);
+                qg_xsm[v * kc + c] = u;
             }
-            qg_xsm[v * kc + c] = u;
         }
         __syncthreads();
     }
@@ -288,7 +331,7 @@ __global__ void __launch_bounds__(QG_THREADS, QG_MINB)
     }
 }
 
-typedef void (*qg_pkernel)(qg_parts, const uint16_t *, int, int, int);
+typedef void (*qg_pkernel)(qg_parts, const uint16_t *, int, int, int, qg_norm);
 static const qg_pkernel qg_pkernels[QG_NBODY] = {k_gemv_qp<0, 0>, k_gemv_qp<1, 0>, k_gemv_qp<2, 0>, k_gemv_qp<3, 0>,
                                                  k_gemv_qp<4, 0>, k_gemv_qp<5, 0>, k_gemv_qp<6, 0>, k_gemv_qp<7, 0>,
                                                  k_gemv_qp<8, 0>, k_gemv_qp<9, 0>};
@@ -296,16 +339,22 @@ static const qg_pkernel qg_pkernels[QG_NBODY] = {k_gemv_qp<0, 0>, k_gemv_qp<1, 0
 static const qg_pkernel qg_pkernels_xs[QG_NBODY] = {k_gemv_qp<0, 2>, NULL, NULL, k_gemv_qp<3, 2>, k_gemv_qp<4, 2>,
                                                     k_gemv_qp<5, 2>, k_gemv_qp<6, 2>, k_gemv_qp<7, 2>,
                                                     k_gemv_qp<8, 2>, NULL};
+/* The same with 3 blocks per SM (VAR 3: at most 85 registers; the x words
+ * are read from the staged copy only when a step is decoded, gemv_q.cuh
+ * qg_x_late, so they hold no registers while the weight loads are out). */
+static const qg_pkernel qg_pkernels_xs3[QG_NBODY] = {k_gemv_qp<0, 3>, NULL, NULL, k_gemv_qp<3, 3>, k_gemv_qp<4, 3>,
+                                                     k_gemv_qp<5, 3>, k_gemv_qp<6, 3>, k_gemv_qp<7, 3>,
+                                                     k_gemv_qp<8, 3>, NULL};
 #define QG_XSMAX (48 << 10) /* staged x per block (K up to 24576), no opt-in needed */
 
-/* Test and benchmark hook (tests/test_kernels_quant.c declares it; not part
- * of quant.h): 0 = default (plain launches, x staged in shared memory for
- * NVFP4/MXFP4); 1 = plain launches, x through L1 (the code before both);
- * 2 = the default with PDL launches where the GPU and stream allow;
- * 5 = PDL and x staged for every body that has
- * the variant (FP8, INT4 without g_idx, FP4); 9 = the loads-only
- * diagnostic for INT4 g128 (f16 scales) and NVFP4 launches (wrong y:
- * timing only). */
+/* Launch variants (quant.h; tests and QCHAT_GEMV_MODE for A/B runs):
+ * 0 = default (plain launches; NVFP4/MXFP4 stage x in shared memory and run
+ * 3 blocks per SM); 1 = plain launches, x through L1 (the code before
+ * both); 2 = PDL launches where the GPU and stream allow, x staged for
+ * FP4 (2 blocks per SM); 5 = PDL and x staged for every body that has the
+ * variant (FP8, INT4 without g_idx, FP4); 6 = x staged and 3 blocks per SM
+ * for every such body; 9 = the loads-only diagnostic for INT4 g128 (f16
+ * scales) and NVFP4 launches (wrong y: timing only). */
 extern "C" {
 int qk_gemv_q_mode = 0;
 }
@@ -323,6 +372,33 @@ static bool qg_pdl_ok(cudaStream_t st)
             cc = 0;
     }
     return cc >= 9 && st != NULL && st != cudaStreamLegacy && st != cudaStreamPerThread;
+}
+
+/* Resident blocks per SM of a staged-x kernel with xs bytes of x, cached
+ * per kernel (the carveout preference set once, the count recomputed when
+ * xs changes). */
+struct qg_occ_cache {
+    bool set;
+    size_t at;
+    int occ;
+};
+
+static int qg_xs_occupancy(qg_occ_cache *c, qg_pkernel k, size_t xs)
+{
+    if (!c->set) {
+        c->set = true;
+        if (cudaFuncSetAttribute((const void *)k, cudaFuncAttributePreferredSharedMemoryCarveout,
+                                 (int)cudaSharedmemCarveoutMaxShared) != cudaSuccess)
+            cudaGetLastError();
+    }
+    if (c->at != xs) {
+        c->at = xs;
+        if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&c->occ, k, QG_THREADS, xs) != cudaSuccess) {
+            cudaGetLastError();
+            c->occ = 0;
+        }
+    }
+    return c->occ;
 }
 
 /* The launch attribute list: PDL when pdl. */
@@ -381,10 +457,13 @@ static int part_fill(const qk_qweight *w, float *y, qg_part *p)
     }
 }
 
-extern "C" int qk_gemv_multi(const qk_qweight *const *w, float *const *y, int nparts, const uint16_t *x,
-                             int accumulate, struct CUstream_st *st)
+/* qk_gemv_multi, and with nm qk_gemv_multi_norm (x unused: the staged x is
+ * the RMSNorm of nm->h). */
+static int gemv_launch(const qk_qweight *const *w, float *const *y, int nparts, const uint16_t *x, const qg_norm *nm,
+                       int accumulate, cudaStream_t st)
 {
-    if (nparts < 1 || nparts > QK_GEMV_MAX_PARTS || !x || ((uintptr_t)x & 15)) return (int)cudaErrorInvalidValue;
+    if (nparts < 1 || nparts > QK_GEMV_MAX_PARTS || (!nm && (!x || ((uintptr_t)x & 15))))
+        return (int)cudaErrorInvalidValue;
     qg_parts ps;
     ps = qg_parts{};
     ps.count = nparts;
@@ -413,10 +492,16 @@ extern "C" int qk_gemv_multi(const qk_qweight *const *w, float *const *y, int np
      * case; mixed launches, e.g. GDN with BF16 in_proj_a/b, take the plain
      * one) and, for S > 1, its rounds fit QG_PRMAX. */
     static int occ[QG_NBODY];
-    const int body = part_body(&ps.p[0]);
+    /* BF16 parts ride along in any body's launch (GDN in_proj_a|b next to
+     * the quantized qkv|z, 2 x 48 rows: on the plain grid that launch ran at
+     * 56 % of copy bandwidth for INT4, 61 % for NVFP4; persistent 59 / 69 %,
+     * H100, BENCHMARKS.md). */
+    int body = QG_B_BF16;
+    for (int i = nparts - 1; i >= 0; i--)
+        if (part_body(&ps.p[i]) != QG_B_BF16) body = part_body(&ps.p[i]);
     int same = 1, g = 0;
     for (int i = 0; i < nparts; i++) {
-        same &= part_body(&ps.p[i]) == body;
+        same &= part_body(&ps.p[i]) == body || part_body(&ps.p[i]) == QG_B_BF16;
         ps.p[i].first_group = g;
         g += w[i]->n_pad / QK_QROWS;
     }
@@ -434,43 +519,62 @@ extern "C" int qk_gemv_multi(const qk_qweight *const *w, float *const *y, int np
     const bool pdl = (mode == 2 || mode == 5) && qg_pdl_ok(st);
     cudaLaunchConfig_t cfg;
     cudaLaunchAttribute at[1];
+    const qg_norm nrm = nm ? *nm : qg_norm{};
+    if (nm) { /* the norm needs the staged-x kernels, K = the norm's length */
+        const int P = body == QG_B_FP8 ? 2 : 4, K = ps.p[0].k;
+        bool ok = same && (S == 1 || groups / (B * gpb) <= QG_PRMAX) && qg_pkernels_xs[body] &&
+                  ps.p[0].kind != QK_QW_BF16 && K % 4 == 0 && K <= 8192 && (size_t)16 * P * ps.p[0].kc <= QG_XSMAX &&
+                  nm->h && nm->w && !((uintptr_t)nm->h & 15) && !((uintptr_t)nm->w & 15);
+        for (int i = 0; ok && i < nparts; i++) {
+            if (ps.p[i].kind == QK_QW_BF16) {
+                ok = ps.p[i].kc == P * ps.p[0].kc;
+                ps.p[i].xs_p = P;
+            } else {
+                ok = ps.p[i].kc == ps.p[0].kc;
+            }
+        }
+        if (!ok) return QK_GEMV_UNFUSED;
+    }
     if (same && (S == 1 || groups / (B * gpb) <= QG_PRMAX)) {
         qg_pkernel k = qg_pkernels[body];
         if (mode == 9 && body == QG_B_I4MH) k = k_gemv_qp<QG_B_I4MH, 1>;
         if (mode == 9 && body == QG_B_NV) k = k_gemv_qp<QG_B_NV, 1>;
-        int same_kc = 1;
-        for (int i = 0; i < nparts; i++) same_kc &= ps.p[i].kc == ps.p[0].kc;
+        int same_kc = ps.p[0].kind != QK_QW_BF16; /* staged for p[0]'s layout; BF16 parts read x directly */
+        for (int i = 0; i < nparts; i++) same_kc &= ps.p[i].kc == ps.p[0].kc || ps.p[i].kind == QK_QW_BF16;
         const size_t xs = (size_t)16 * (body == QG_B_FP8 ? 2 : 4) * ps.p[0].kc;
         /* x staged in shared memory: by default for the FP4 bodies, where
          * it measured +4 points of copy bandwidth on the 27B decode total
          * (FP8 +-0, INT4 -1: BENCHMARKS.md "Quantized GEMV (H100)") */
         const bool xs_default = body == QG_B_NV || body == QG_B_MX;
-        bool use_xs = (mode == 5 || (mode == 0 && xs_default)) && same_kc && qg_pkernels_xs[body] && xs <= QG_XSMAX;
+        bool use_xs =
+            (nm || mode == 5 || (mode == 0 && xs_default)) && same_kc && qg_pkernels_xs[body] && xs <= QG_XSMAX;
+        /* 3 blocks per SM (24 warps): by default for the FP4 bodies, where
+         * the 27B decode gained 3-4 % in two A/B runs (nvfp4 105.4 -> 108.3,
+         * 101.3 -> 105.8 tok/s); INT4 lost 3-4 % (its mma body spills at 85
+         * registers) and FP8 did not move, so they keep 2. */
+        if ((mode == 6 || (mode == 0 && xs_default)) && same_kc && qg_pkernels_xs3[body] && xs <= QG_XSMAX) {
+            static qg_occ_cache c3[QG_NBODY];
+            const int o3 = qg_xs_occupancy(&c3[body], qg_pkernels_xs3[body], xs);
+            if (o3 >= 3) {
+                const int grid = pb < nsm * o3 ? pb : nsm * o3;
+                qg_cfg(&cfg, at, grid, st, pdl);
+                cfg.dynamicSmemBytes = xs;
+                const int rc = (int)cudaLaunchKernelEx(&cfg, qg_pkernels_xs3[body], ps, x, accumulate, S, groups, nrm);
+                return rc ? rc : qk_launch_status();
+            }
+        }
         if (use_xs) { /* only with the same resident blocks as the plain kernel (B above) */
-            static int xs_occ[QG_NBODY], xs_set[QG_NBODY];
-            static size_t xs_at[QG_NBODY];
+            static qg_occ_cache c2[QG_NBODY];
             k = qg_pkernels_xs[body];
-            if (!xs_set[body]) {
-                xs_set[body] = 1;
-                if (cudaFuncSetAttribute((const void *)k, cudaFuncAttributePreferredSharedMemoryCarveout,
-                                         (int)cudaSharedmemCarveoutMaxShared) != cudaSuccess)
-                    cudaGetLastError();
-            }
-            if (xs_at[body] != xs) {
-                xs_at[body] = xs;
-                if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&xs_occ[body], k, QG_THREADS, xs) != cudaSuccess) {
-                    cudaGetLastError();
-                    xs_occ[body] = 0;
-                }
-            }
-            if (xs_occ[body] < occ[body]) {
+            if (qg_xs_occupancy(&c2[body], k, xs) < occ[body]) {
+                if (nm) return QK_GEMV_UNFUSED;
                 use_xs = false;
                 k = qg_pkernels[body];
             }
         }
         qg_cfg(&cfg, at, B, st, pdl);
         cfg.dynamicSmemBytes = use_xs ? xs : 0;
-        const int rc = (int)cudaLaunchKernelEx(&cfg, k, ps, x, accumulate, S, groups);
+        const int rc = (int)cudaLaunchKernelEx(&cfg, k, ps, x, accumulate, S, groups, nrm);
         return rc ? rc : qk_launch_status();
     }
     int blocks = 0;
@@ -481,6 +585,19 @@ extern "C" int qk_gemv_multi(const qk_qweight *const *w, float *const *y, int np
     qg_cfg(&cfg, at, blocks, st, pdl);
     const int rc = (int)cudaLaunchKernelEx(&cfg, k_gemv_q, ps, x, accumulate, S);
     return rc ? rc : qk_launch_status();
+}
+
+extern "C" int qk_gemv_multi(const qk_qweight *const *w, float *const *y, int nparts, const uint16_t *x,
+                             int accumulate, struct CUstream_st *st)
+{
+    return gemv_launch(w, y, nparts, x, NULL, accumulate, st);
+}
+
+extern "C" int qk_gemv_multi_norm(const qk_qweight *const *w, float *const *y, int nparts, const float *h,
+                                  const float *norm_w, float eps, int accumulate, struct CUstream_st *st)
+{
+    const qg_norm nm = {h, norm_w, eps};
+    return gemv_launch(w, y, nparts, NULL, &nm, accumulate, st);
 }
 
 extern "C" int qk_gemv_q(const qk_qweight *w, const uint16_t *x, float *y, int accumulate, struct CUstream_st *st)

@@ -54,6 +54,7 @@ struct qg_part {
     int f16;            /* int4: f16 scales */
     int blk_n, cpb, nkb; /* fp8: block rows, chunks per block, blocks per block-row */
     float post;         /* applied to each finished dot (fp4: gmul * 2^14) */
+    int xs_p;           /* bf16 part: x is the block's staged copy, P pieces per chunk (0: global x) */
     int first_block;    /* first blockIdx.x of this part */
     int first_group;    /* persistent launch: first global row group of this part */
 };
@@ -149,12 +150,28 @@ __device__ __forceinline__ void qg_load_xsm(int kc, int c, uint32_t *xr)
     }
 }
 
-/* The x slice of chunk c (NV values): staged in shared memory or from global. */
+/* The x words a step's dot() uses: with XS read from the staged copy only
+ * now, so they do not hold registers while the step's weight loads are in
+ * flight (that is what lets the XS kernels run 3 blocks per SM, see
+ * gemv_multi.cu); zeros for a chunk past the row end (mma walks). */
+template <int NV>
+struct qg_xw {
+    uint32_t v[NV / 2];
+};
 template <int NV, bool XS>
-__device__ __forceinline__ void qg_load_x(const uint16_t *__restrict__ x, int K, int kc, int c, uint32_t *xr)
+__device__ __forceinline__ qg_xw<NV> qg_x_late(const qg_part &p, int c, const uint32_t *xr)
 {
-    if (XS) qg_load_xsm<NV>(kc, c, xr);
-    else qg_load_xraw<NV>(x, c * NV, K, xr);
+    qg_xw<NV> r;
+    if (!XS) {
+#pragma unroll
+        for (int i = 0; i < NV / 2; i++) r.v[i] = xr[i];
+    } else if (c < p.kc) {
+        qg_load_xsm<NV>(p.kc, c, r.v);
+    } else {
+#pragma unroll
+        for (int i = 0; i < NV / 2; i++) r.v[i] = 0u;
+    }
+    return r;
 }
 
 template <int NV>
@@ -191,6 +208,7 @@ struct qg_fp8_step_t {
     uint4 w[QK_QROWS];
     float s[QK_QROWS];
     uint32_t xr[8];
+    int cx; /* XS: the chunk, whose x is read from shared memory in dot() */
     __device__ __forceinline__ void load(const qg_part &p, int row0, const uint16_t *__restrict__ x, int c)
     {
         qg_load_w(p, row0, c, w);
@@ -198,12 +216,13 @@ struct qg_fp8_step_t {
 #pragma unroll
         for (int r = 0; r < QK_QROWS; r++)
             s[r] = __ldg((const float *)p.s + (size_t)((row0 + r) / p.blk_n) * p.nkb + b);
-        qg_load_x<16, XS>(x, p.k, p.kc, c, xr);
+        if (XS) cx = c;
+        else qg_load_xraw<16>(x, c * 16, p.k, xr);
     }
-    __device__ __forceinline__ void dot(const qg_part &, float *acc) const
+    __device__ __forceinline__ void dot(const qg_part &p, float *acc) const
     {
         float xf[16];
-        qg_unpack_x<16>(xr, xf);
+        qg_unpack_x<16>(qg_x_late<16, XS>(p, cx, xr).v, xf);
 #pragma unroll
         for (int r = 0; r < QK_QROWS; r++) {
             const uint32_t wa[4] = {w[r].x, w[r].y, w[r].z, w[r].w};
@@ -244,6 +263,7 @@ struct qg_int4_step {
     uint4 w[QK_QROWS];
     uint32_t m[QK_QROWS];
     uint32_t xr[16];
+    int cx;
     __device__ __forceinline__ void load(const qg_part &p, int row0, const uint16_t *__restrict__ x, int c)
     {
         qg_load_w(p, row0, c, w);
@@ -261,14 +281,16 @@ struct qg_int4_step {
                 xr[2 * v] = e0 | (e1 << 16);
                 xr[2 * v + 1] = e2 | (e3 << 16);
             }
+        } else if (XS) {
+            cx = c;
         } else {
-            qg_load_x<32, XS>(x, p.k, p.kc, c, xr);
+            qg_load_xraw<32>(x, c * 32, p.k, xr);
         }
     }
-    __device__ __forceinline__ void dot(const qg_part &, float *acc) const
+    __device__ __forceinline__ void dot(const qg_part &p, float *acc) const
     {
         float xf[32];
-        qg_unpack_x<32>(xr, xf);
+        qg_unpack_x<32>(qg_x_late<32, XS && !PERM>(p, cx, xr).v, xf);
 #pragma unroll
         for (int r = 0; r < QK_QROWS; r++) {
             const float s = qg_int4_scale(m[r], F16);
@@ -304,6 +326,7 @@ struct qg_fp4_step {
     uint4 w[QK_QROWS];
     uint32_t sb[QK_QROWS];
     uint32_t xr[16];
+    int cx;
     __device__ __forceinline__ void load(const qg_part &p, int row0, const uint16_t *__restrict__ x, int c)
     {
         qg_load_w(p, row0, c, w);
@@ -313,12 +336,13 @@ struct qg_fp4_step {
         for (int r = 0; r < QK_QROWS; r++)
             sb[r] = MX ? (uint32_t)__ldg(sr + (size_t)r * nb + c)
                        : (uint32_t)__ldg((const uint16_t *)(sr + (size_t)r * nb) + c);
-        qg_load_x<32, XS>(x, p.k, p.kc, c, xr);
+        if (XS) cx = c;
+        else qg_load_xraw<32>(x, c * 32, p.k, xr);
     }
-    __device__ __forceinline__ void dot(const qg_part &, float *acc) const
+    __device__ __forceinline__ void dot(const qg_part &p, float *acc) const
     {
         float xf[32];
-        qg_unpack_x<32>(xr, xf);
+        qg_unpack_x<32>(qg_x_late<32, XS>(p, cx, xr).v, xf);
 #pragma unroll
         for (int r = 0; r < QK_QROWS; r++) {
             const uint32_t wa[4] = {w[r].x, w[r].y, w[r].z, w[r].w};
@@ -352,7 +376,15 @@ struct qg_bf16_step {
     __device__ __forceinline__ void load(const qg_part &p, int row0, const uint16_t *__restrict__ x, int c)
     {
         qg_load_w(p, row0, c, w);
-        qg_load_xraw<8>(x, c * 8, p.k, xr);
+        if (p.xs_p) { /* 8 values = piece c % P of staged chunk c / P */
+            const uint4 u = qg_xsm[(c % p.xs_p) * (p.kc / p.xs_p) + c / p.xs_p];
+            xr[0] = u.x;
+            xr[1] = u.y;
+            xr[2] = u.z;
+            xr[3] = u.w;
+        } else {
+            qg_load_xraw<8>(x, c * 8, p.k, xr);
+        }
     }
     __device__ __forceinline__ void dot(const qg_part &, float *acc) const
     {
@@ -421,14 +453,16 @@ struct qg_int4_mma_step {
     uint4 w[QK_QROWS];
     uint32_t m[QK_QROWS];
     uint32_t xr[16];
+    int cx;
     __device__ __forceinline__ void load(const qg_part &p, int row0, const uint16_t *__restrict__ x, int c)
     {
+        cx = c;
         if (c < p.kc) {
             qg_load_w(p, row0, c, w);
             const uint32_t *sr = (const uint32_t *)p.s + (size_t)row0 * p.ng + c / p.cpg;
 #pragma unroll
             for (int r = 0; r < QK_QROWS; r++) m[r] = __ldg(sr + (size_t)r * p.ng);
-            qg_load_x<32, XS>(x, p.k, p.kc, c, xr);
+            if (!XS) qg_load_xraw<32>(x, c * 32, p.k, xr);
         } else {
             /* Past the row end: zero weights, but the quad's group scale,
              * since this lane may be the one that holds the quad's sum. */
@@ -442,14 +476,15 @@ struct qg_int4_mma_step {
             for (int i = 0; i < 16; i++) xr[i] = 0u;
         }
     }
-    __device__ __forceinline__ void dot(const qg_part &, float *acc) const
+    __device__ __forceinline__ void dot(const qg_part &p, float *acc) const
     {
+        const qg_xw<32> xw = qg_x_late<32, XS>(p, cx, xr);
         uint32_t b[16]; /* b[4j + p]: x pair (8j + p, 8j + p + 4) */
 #pragma unroll
         for (int j = 0; j < 4; j++)
 #pragma unroll
             for (int q = 0; q < 4; q++)
-                b[4 * j + q] = qg_prmt(xr[4 * j + (q >> 1)], xr[4 * j + 2 + (q >> 1)], (q & 1) ? 0x7632u : 0x5410u);
+                b[4 * j + q] = qg_prmt(xw.v[4 * j + (q >> 1)], xw.v[4 * j + 2 + (q >> 1)], (q & 1) ? 0x7632u : 0x5410u);
         const int lane = (int)threadIdx.x & 31;
         const bool hi = (lane >> 2) & 1;
 #pragma unroll

@@ -52,7 +52,7 @@ __global__ void __launch_bounds__(256) k_rmsnorm1p_v(const float4 *x, const floa
     for (int j = 0; j < NV; j++) {
         const int i = threadIdx.x + 256 * j;
         v[j] = i < D4 ? xr[i] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-        ss += v[j].x * v[j].x + v[j].y * v[j].y + v[j].z * v[j].z + v[j].w * v[j].w;
+        ss = qk_sumsq4(ss, v[j]);
     }
     ss = qk_block_sum(ss, red);
     const float r = rsqrtf(ss / (float)(4 * D4) + eps);
@@ -61,12 +61,10 @@ __global__ void __launch_bounds__(256) k_rmsnorm1p_v(const float4 *x, const floa
         const int i = threadIdx.x + 256 * j;
         if (i >= D4) break;
         const float4 g = w[i];
-        const float4 y = make_float4(v[j].x * r * (1.0f + g.x), v[j].y * r * (1.0f + g.y), v[j].z * r * (1.0f + g.z),
-                                     v[j].w * r * (1.0f + g.w));
-        if (ob)
-            ob[t * D4 + i] = make_uint2((uint32_t)qk_to_bf(y.x) | ((uint32_t)qk_to_bf(y.y) << 16),
-                                        (uint32_t)qk_to_bf(y.z) | ((uint32_t)qk_to_bf(y.w) << 16));
-        if (of) of[t * D4 + i] = y;
+        if (ob) ob[t * D4 + i] = qk_rms1p_bf4(v[j], r, g);
+        if (of)
+            of[t * D4 + i] = make_float4(v[j].x * r * (1.0f + g.x), v[j].y * r * (1.0f + g.y),
+                                         v[j].z * r * (1.0f + g.z), v[j].w * r * (1.0f + g.w));
     }
 }
 

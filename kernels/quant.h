@@ -95,6 +95,21 @@ int qk_gemv_q(const qk_qweight *w, const uint16_t *x, float *y, int accumulate, 
 int qk_gemv_multi(const qk_qweight *const *w, float *const *y, int nparts, const uint16_t *x,
                   int accumulate, struct CUstream_st *st);
 
+/* qk_gemv_multi with the input RMSNorm folded in: x = bf16(h * rsqrt(mean(h^2)
+ * + eps) * (1 + norm_w)) over the K values of h (fp32), bit-identical to what
+ * qk_rmsnorm1p writes, computed by every block of the launch from h instead
+ * of read from a separate kernel's output (decode: one launch less per
+ * norm). Returns QK_GEMV_UNFUSED, launching nothing, where the launch cannot
+ * (layouts without the staged-x kernels such as g_idx INT4, all-BF16 parts,
+ * K > 8192): the caller then runs the norm and qk_gemv_multi. */
+#define QK_GEMV_UNFUSED (-1)
+int qk_gemv_multi_norm(const qk_qweight *const *w, float *const *y, int nparts, const float *h,
+                       const float *norm_w, float eps, int accumulate, struct CUstream_st *st);
+
+/* Launch variant of the GEMVs above (gemv_multi.cu lists them): 0 = the
+ * default; others for A/B benchmarks and tests (QCHAT_GEMV_MODE). */
+extern int qk_gemv_q_mode;
+
 /* Prefill helper: out bf16 [w->n][ld] (ld >= w->k) = W rounded to bf16 (round
  * to nearest even from the exact fp32 dequantized value), for a cuBLAS BF16
  * GEMM. Rows n < w->n, columns k < w->k are written; others untouched. */

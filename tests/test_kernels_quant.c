@@ -37,11 +37,6 @@
 #include <cuda_runtime_api.h>
 
 #include "kernels.h"
-
-/* gemv_multi.cu's path switch (tests and benchmarks only, not in quant.h):
- * 0 = default, 1 = plain launches (no PDL, x through L1), 5 = x staged in
- * shared memory for every body, 9 = loads-only diagnostic (timing only). */
-extern int qk_gemv_q_mode;
 #endif
 
 /* ---- random ---------------------------------------------------------------- */
@@ -417,7 +412,7 @@ static void run_case(const char *name, pub *p)
     static const struct {
         int mode;
         const char *tag;
-    } paths[] = {{0, ""}, {1, "plain_"}, {2, "pdl_"}, {5, "xs_"}};
+    } paths[] = {{0, ""}, {1, "plain_"}, {2, "pdl_"}, {5, "xs_"}, {6, "xs3_"}};
     int krc = 0, src = 0;
     cudaStream_t qs; /* not the legacy stream: PDL launches need a real one */
     cudaStreamCreateWithFlags(&qs, cudaStreamNonBlocking);
@@ -543,16 +538,49 @@ static int64_t emulate_decode(const qk_qweight *q, const float *ref)
     return bad;
 }
 
+/* A check over np parts starts here: false (the parts freed, a skip
+ * printed) when there is no GPU. */
+static bool parts_gpu_or_skip(const char *name, pub *p, int np)
+{
+    if (gpu_init()) return true;
+    th_skip(name, gpu_why);
+    for (int i = 0; i < np; i++) pub_free(&p[i]);
+    return false;
+}
+
+#ifdef QC_HAVE_CUDA
+/* Packs and uploads part i; false with the reason in why on failure. */
+static bool part_upload(const pub *p, int i, qk_qweight *d, char *why, size_t wn)
+{
+    qc_err err = {0};
+    qk_qweight h;
+    bool ok = true;
+    if (qc_qweight_pack(&p->l, &h, &err) || qc_qweight_upload(&h, d, &err)) {
+        ok = false;
+        snprintf(why, wn, "part %d: %.200s", i, err.msg);
+        memset(d, 0, sizeof *d);
+    }
+    qc_qweight_free_host(&h);
+    return ok;
+}
+
+/* The end of such a check: default launch path, parts freed. */
+static void parts_release(pub *p, qk_qweight *d, int np)
+{
+    qk_gemv_q_mode = 0;
+    for (int i = 0; i < np; i++) {
+        qc_qweight_free_dev(&d[i]);
+        pub_free(&p[i]);
+    }
+}
+#endif
+
 /* One launch over np weights sharing x (K inputs): each part's output
  * against its own reference, on every launch path (see run_case). Frees
  * the parts. */
 static void fused_check(const char *name, pub *p, int np, int64_t K)
 {
-    if (!gpu_init()) {
-        th_skip(name, gpu_why);
-        for (int i = 0; i < np; i++) pub_free(&p[i]);
-        return;
-    }
+    if (!parts_gpu_or_skip(name, p, np)) return;
 #ifdef QC_HAVE_CUDA
     qk_qweight d[QK_GEMV_MAX_PARTS];
     const qk_qweight *dp[QK_GEMV_MAX_PARTS];
@@ -569,8 +597,6 @@ static void fused_check(const char *name, pub *p, int np, int64_t K)
     int ok = 1;
     char why[256] = "";
     for (int i = 0; i < np; i++) {
-        qc_err err = {0};
-        qk_qweight h;
         const int64_t N = p[i].l.n;
         float *ref = malloc((size_t)(N * K) * sizeof *ref);
         qc_linear_dequant_rows(&p[i].l, 0, N, ref);
@@ -581,16 +607,11 @@ static void fused_check(const char *name, pub *p, int np, int64_t K)
             yr[i][n] = acc;
         }
         free(ref);
-        if (qc_qweight_pack(&p[i].l, &h, &err) || qc_qweight_upload(&h, &d[i], &err)) {
-            ok = 0;
-            snprintf(why, sizeof why, "part %d: %.200s", i, err.msg);
-            memset(&d[i], 0, sizeof d[i]);
-        }
-        qc_qweight_free_host(&h);
+        if (!part_upload(&p[i], i, &d[i], why, sizeof why)) ok = 0;
         dp[i] = &d[i];
         cudaMalloc((void **)&dy[i], (size_t)N * 4);
     }
-    static const int modes[] = {0, 1, 5};
+    static const int modes[] = {0, 1, 5, 6};
     cudaStream_t qs;
     cudaStreamCreateWithFlags(&qs, cudaStreamNonBlocking);
     for (size_t m = 0; ok && m < sizeof modes / sizeof modes[0]; m++) {
@@ -614,22 +635,129 @@ static void fused_check(const char *name, pub *p, int np, int64_t K)
         ok = krc == 0 && src == 0 && worst < 1e-5;
         snprintf(why, sizeof why, "path %d: launch %d sync %d worst rel_l2 %.3g", modes[m], krc, src, worst);
     }
-    qk_gemv_q_mode = 0;
     cudaStreamDestroy(qs);
     CHECK(name, ok, "%s", why);
     for (int i = 0; i < np; i++) {
-        qc_qweight_free_dev(&d[i]);
         cudaFree(dy[i]);
         free(yr[i]);
-        pub_free(&p[i]);
     }
+    parts_release(p, d, np);
     cudaFree(dx);
     free(xb);
     free(xf);
 #else
     (void)K;
-    for (int i = 0; i < np; i++) pub_free(&p[i]);
 #endif
+}
+
+/* qk_gemv_multi_norm against qk_rmsnorm1p + qk_gemv_multi: the folded norm
+ * must stage the very bf16 x the norm kernel writes, so y is bit-identical
+ * (on the default path and with every body on 3 blocks per SM); or, where
+ * expect_fused is 0, it must refuse (QK_GEMV_UNFUSED) and launch nothing. */
+static void norm_check(const char *name, pub *p, int np, int64_t K, int expect_fused)
+{
+    if (!parts_gpu_or_skip(name, p, np)) return;
+#ifdef QC_HAVE_CUDA
+    qk_qweight d[QK_GEMV_MAX_PARTS];
+    const qk_qweight *dp[QK_GEMV_MAX_PARTS];
+    float *dyr[QK_GEMV_MAX_PARTS], *dyf[QK_GEMV_MAX_PARTS];
+    float *h = malloc((size_t)K * sizeof *h), *nw = malloc((size_t)K * sizeof *nw), *dh, *dw;
+    uint16_t *dxb;
+    for (int64_t k = 0; k < K; k++) {
+        h[k] = (float)((double)(urand() >> 11) / 2251799813685248.0 - 2.0) * (k % 7 == 0 ? 8.0f : 1.0f);
+        nw[k] = (float)((double)(urand() >> 11) / 9007199254740992.0 - 0.5);
+    }
+    cudaMalloc((void **)&dh, (size_t)K * 4);
+    cudaMalloc((void **)&dw, (size_t)K * 4);
+    cudaMalloc((void **)&dxb, (size_t)K * 2 + 16);
+    cudaMemcpy(dh, h, (size_t)K * 4, cudaMemcpyHostToDevice);
+    cudaMemcpy(dw, nw, (size_t)K * 4, cudaMemcpyHostToDevice);
+    int ok = 1;
+    char why[256] = "";
+    for (int i = 0; i < np; i++) {
+        if (!part_upload(&p[i], i, &d[i], why, sizeof why)) ok = 0;
+        dp[i] = &d[i];
+        cudaMalloc((void **)&dyr[i], (size_t)p[i].l.n * 4);
+        cudaMalloc((void **)&dyf[i], (size_t)p[i].l.n * 4);
+    }
+    static const int modes[] = {0, 6};
+    cudaStream_t qs;
+    cudaStreamCreateWithFlags(&qs, cudaStreamNonBlocking);
+    for (size_t m = 0; ok && m < sizeof modes / sizeof modes[0]; m++) {
+        qk_gemv_q_mode = modes[m];
+        for (int i = 0; i < np; i++) cudaMemset(dyf[i], 0xff, (size_t)p[i].l.n * 4);
+        int rc = qk_rmsnorm1p(dh, dw, 1e-6f, 1, (int)K, dxb, NULL, qs);
+        rc |= qk_gemv_multi(dp, dyr, np, dxb, 0, qs);
+        const int frc = qk_gemv_multi_norm(dp, dyf, np, dh, dw, 1e-6f, 0, qs);
+        rc |= (int)cudaStreamSynchronize(qs);
+        if (!expect_fused) {
+            ok = rc == 0 && frc == QK_GEMV_UNFUSED;
+            snprintf(why, sizeof why, "returned %d (want QK_GEMV_UNFUSED), other launches %d", frc, rc);
+            for (int i = 0; ok && i < np; i++) { /* nothing launched: y untouched (0xff bytes) */
+                uint32_t w0 = 0;
+                cudaMemcpy(&w0, dyf[i], 4, cudaMemcpyDeviceToHost);
+                ok = w0 == 0xffffffffu;
+            }
+            continue;
+        }
+        int64_t diff = 0, tot = 0;
+        for (int i = 0; i < np; i++) {
+            const int64_t N = p[i].l.n;
+            uint32_t *a = malloc((size_t)N * 4), *b = malloc((size_t)N * 4);
+            cudaMemcpy(a, dyr[i], (size_t)N * 4, cudaMemcpyDeviceToHost);
+            cudaMemcpy(b, dyf[i], (size_t)N * 4, cudaMemcpyDeviceToHost);
+            for (int64_t n = 0; n < N; n++) diff += a[n] != b[n];
+            tot += N;
+            free(a);
+            free(b);
+        }
+        printf("# %s (path %d): %lld of %lld outputs differ from norm + GEMV\n", name, modes[m], (long long)diff,
+               (long long)tot);
+        ok = rc == 0 && frc == 0 && diff == 0;
+        snprintf(why, sizeof why, "path %d: launches %d / %d, %lld of %lld outputs not bit-identical", modes[m], rc,
+                 frc, (long long)diff, (long long)tot);
+    }
+    cudaStreamDestroy(qs);
+    CHECK(name, ok, "%s", why);
+    for (int i = 0; i < np; i++) {
+        cudaFree(dyr[i]);
+        cudaFree(dyf[i]);
+    }
+    parts_release(p, d, np);
+    cudaFree(dh);
+    cudaFree(dw);
+    cudaFree(dxb);
+    free(h);
+    free(nw);
+#else
+    (void)K;
+    (void)expect_fused;
+#endif
+}
+
+static void test_norm_fused(void)
+{
+    pub p[4];
+    build_ct(&p[0], "norm.i4a", 600, 5120, 128, 0, 0);
+    build_ct(&p[1], "norm.i4b", 200, 5120, 128, 1, 0);
+    norm_check("qgemv_norm_int4_g128_2parts", p, 2, 5120, 1);
+    build_fp8(&p[0], "norm.fp8", QC_FMT_FP8_BLOCK, 500, 5120, 128, 128, QC_DT_BF16);
+    norm_check("qgemv_norm_fp8_block", p, 1, 5120, 1);
+    build_fp4(&p[0], "norm.nvqkv", QC_FMT_NVFP4_CT, 700, 5120, 321.0f);
+    build_fp4(&p[1], "norm.nvz", QC_FMT_NVFP4_CT, 300, 5120, 99.0f);
+    build_bf16(&p[2], "norm.a", 48, 5120);
+    build_bf16(&p[3], "norm.b", 48, 5120);
+    norm_check("qgemv_norm_nvfp4_bf16_ab", p, 4, 5120, 1);
+    build_fp4(&p[0], "norm.mx", QC_FMT_MXFP4_CT, 300, 2048, 0);
+    norm_check("qgemv_norm_mxfp4", p, 1, 2048, 1);
+    build_gptq(&p[0], "norm.g64", 136, 1000, 64, 1, 0, 0); /* K not a multiple of 32 * P: zeros past K */
+    norm_check("qgemv_norm_gptq_g64_k1000", p, 1, 1000, 1);
+    build_gptq(&p[0], "norm.gidx", 96, 512, 128, 1, 1, 1);
+    norm_check("qgemv_norm_refuses_gidx", p, 1, 512, 0);
+    build_ct(&p[0], "norm.longk", 40, 9216, 128, 0, 0);
+    norm_check("qgemv_norm_refuses_k_over_8192", p, 1, 9216, 0);
+    build_bf16(&p[0], "norm.bf", 64, 1024);
+    norm_check("qgemv_norm_refuses_bf16_only", p, 1, 1024, 0);
 }
 
 /* Fused launches: four weights of different layouts (the GDN
@@ -642,7 +770,7 @@ static void test_fused(void)
     int64_t K = 1040;
     build_fp4(&p[0], "fused.nvfp4", QC_FMT_NVFP4_CT, 300, K, 987.25f);
     build_fp8(&p[1], "fused.fp8", QC_FMT_FP8_BLOCK, 130, K, 128, 128, QC_DT_BF16);
-    build_bf16(&p[2], "fused.bf16", 48, K);
+    build_bf16(&p[2], "fused.wf16", 48, K);
     build_gptq(&p[3], "fused.gptq", 72, K, 32, 1, 0, 1);
     fused_check("qgemv_fused_nvfp4_fp8_bf16_gptq", p, 4, K);
     K = 1000;
@@ -677,6 +805,38 @@ static void test_fused(void)
     build_fp4(&p[0], "fused.mx0", QC_FMT_MXFP4_CT, 96, K, 0);
     build_fp4(&p[1], "fused.mx1", QC_FMT_MXFP4_CT, 44, K, 0);
     fused_check("qgemv_fused_mxfp4_2parts", p, 2, K);
+    /* Parts of different N and scales in one launch, 27B-like K */
+    K = 2048;
+    build_ct(&p[0], "fused.wq", 1200, K, 128, 0, 0);
+    build_ct(&p[1], "fused.wk", 136, K, 128, 0, 0);
+    build_ct(&p[2], "fused.wv", 136, K, 128, 0, 0);
+    fused_check("qgemv_fused_ct_int_g128_qkv_k2048", p, 3, K);
+    K = 1024;
+    build_fp4(&p[0], "fused.wnvgate", QC_FMT_NVFP4_CT, 4356, K, 987.25f);
+    build_fp4(&p[1], "fused.wnvup", QC_FMT_NVFP4_CT, 4356, K, 1500.0f);
+    fused_check("qgemv_fused_nvfp4_pair_k1024", p, 2, K);
+    K = 1536;
+    build_fp8(&p[0], "fused.wgate", QC_FMT_FP8_BLOCK, 1100, K, 128, 128, QC_DT_BF16);
+    build_fp8(&p[1], "fused.wup", QC_FMT_FP8_BLOCK, 900, K, 128, 128, QC_DT_BF16);
+    fused_check("qgemv_fused_fp8_gate_up_k1536", p, 2, K);
+    /* The GDN in-projection pattern: quantized qkv|z with BF16 a|b, one
+     * persistent launch (x staged for the quantized parts) */
+    K = 2048;
+    build_ct(&p[0], "fused.gqkv", 640, K, 128, 0, 0);
+    build_ct(&p[1], "fused.gz", 384, K, 128, 1, 0);
+    build_bf16(&p[2], "fused.ga", 48, K);
+    build_bf16(&p[3], "fused.gb", 48, K);
+    fused_check("qgemv_fused_int4_bf16_ab", p, 4, K);
+    K = 1536;
+    build_fp8(&p[0], "fused.fqkv", QC_FMT_FP8_BLOCK, 700, K, 128, 128, QC_DT_BF16);
+    build_bf16(&p[1], "fused.fa", 12, K);
+    build_bf16(&p[2], "fused.fb", 12, K);
+    fused_check("qgemv_fused_fp8_bf16_ab", p, 3, K);
+    K = 1024;
+    build_fp4(&p[0], "fused.nqkv", QC_FMT_NVFP4_CT, 520, K, 321.0f);
+    build_fp4(&p[1], "fused.nz", QC_FMT_NVFP4_CT, 260, K, 77.0f);
+    build_bf16(&p[2], "fused.na", 16, K);
+    fused_check("qgemv_fused_nvfp4_bf16_a", p, 3, K);
 }
 
 /* A format that has no GPU layout must be refused with a message. */
@@ -854,7 +1014,7 @@ static void bench_all(void)
     static const struct {
         int mode;
         const char *tag;
-    } paths[] = {{1, "/old"}, {5, "/xs"}, {9, "/ldonly"}, {0, ""}};
+    } paths[] = {{1, "/old"}, {5, "/xs"}, {6, "/xs3"}, {0, ""}};
     const size_t nkinds = sizeof kinds / sizeof kinds[0];
     for (size_t mf = 0; mf < nkinds * (sizeof paths / sizeof paths[0]); mf++) {
         const size_t m = mf / nkinds, f = mf % nkinds;
@@ -1035,7 +1195,35 @@ int main(void)
     run_case("gptq_v2_asym_g128_longk_40x17408", &p);
     pub_free(&p);
 
+    /* K a multiple of 1024 like every 27B shape (whole 512-byte steps per
+     * lane group): rounds plus leftovers, split K, every body. */
+    build_ct(&p, "ct", 9000, 2048, 128, 0, 0);
+    run_case("ct_int_sym_g128_9000x2048", &p);
+    pub_free(&p);
+    build_gptq(&p, "gptq", 300, 2048, 256, 0, 0, 0);
+    run_case("gptq_v2_asym_g256_300x2048", &p);
+    pub_free(&p);
+    build_awq(&p, "awq", 200, 1024, 64);
+    run_case("awq_g64_200x1024", &p);
+    pub_free(&p);
+    build_ct(&p, "ct_w_splitk", 24, 16384, 128, 1, 0);
+    run_case("ct_int_asym_g128_splitk_24x16384", &p);
+    pub_free(&p);
+    build_fp8(&p, "fp8", QC_FMT_FP8_BLOCK, 5000, 1536, 128, 128, QC_DT_BF16);
+    run_case("fp8_block_5000x1536", &p);
+    pub_free(&p);
+    build_fp8(&p, "fp8_w_splitk", QC_FMT_FP8_BLOCK, 100, 8192, 128, 128, QC_DT_F32);
+    run_case("fp8_block_splitk_100x8192", &p);
+    pub_free(&p);
+    build_fp4(&p, "nvfp4", QC_FMT_NVFP4_MODELOPT, 4100, 1024, 1.0f / 97.0f);
+    run_case("nvfp4_modelopt_4100x1024", &p);
+    pub_free(&p);
+    build_fp4(&p, "mxfp4", QC_FMT_MXFP4_CT, 300, 3072, 0);
+    run_case("mxfp4_300x3072", &p);
+    pub_free(&p);
+
     test_fused();
+    test_norm_fused();
     test_refusals();
 
     if (!gpu_init()) {
