@@ -236,8 +236,12 @@ static int cu_model_new(const qc_cuda_shape *sh, qc_cuda_model **out, qc_err *er
     if ((prop.major == 9 || prop.major == 10 || prop.major == 12) && lt_on &&
         qk_lt_create(&cm->lt, cm->blas, prop.major * 10 + prop.minor))
         cm->lt = NULL;
-    const char *ge = getenv("QCHAT_GEMV_MODE"); /* A/B of the quantized GEMV launches (benchmarks) */
-    if (ge && *ge) qk_gemv_q_mode = atoi(ge);
+    /* A/B of the quantized GEMV launches (benchmarks; the man page lists the
+     * values): only the variants that compute the same result, never the
+     * loads-only diagnostic of the kernel tests (9). */
+    const char *ge = getenv("QCHAT_GEMV_MODE");
+    const int gm = ge && *ge ? atoi(ge) : 0;
+    if (gm == 1 || gm == 2 || gm == 5 || gm == 6) qk_gemv_q_mode = gm;
     const char *fn = getenv("QCHAT_FUSE_NORM"); /* A/B of mat_gemv_norm: 0 = separate norm launches */
     cm->fuse_norm = !(fn && *fn && atoi(fn) == 0);
     cm->prof.ok = true;

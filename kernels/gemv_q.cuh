@@ -27,7 +27,11 @@
  * NVFP4) of copy bandwidth on the 27B total. What paid: for FP4, x staged
  * once per block in shared memory (qg_load_xsm); PDL launches paid for the
  * GEMV alone but lost ~1 % in the engine's decode graph, so they are off by
- * default. See BENCHMARKS.md "Quantized GEMV (H100)". */
+ * default. Third session (BENCHMARKS.md, "CUDA engine: quantized formats"):
+ * weights through 1-D bulk copies (cp.async.bulk + mbarrier, 3 steps in
+ * flight per warp, no registers) lost 15-18 points; 3 blocks per SM paid
+ * for FP4 only; ncu: ~9 cycles per issued instruction, long-scoreboard and
+ * barrier stalls first. See BENCHMARKS.md "Quantized GEMV (H100)". */
 #ifndef QC_GEMV_Q_CUH
 #define QC_GEMV_Q_CUH
 
