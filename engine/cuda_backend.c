@@ -1201,7 +1201,8 @@ static int mat_gemv(qc_cuda_model *cm, const cu_mat *M, const uint16_t *x, float
 /* Decode: y = M RMSNorm(h) in one launch where M is quantized and its
  * layout allows (qk_gemv_multi_norm: the same bf16 x the separate norm
  * writes); returns QK_GEMV_UNFUSED otherwise, having launched nothing. */
-static int mat_gemv_norm(qc_cuda_model *cm, const cu_mat *M, const float *h, const float *norm_w, float eps, float *y)
+static int mat_gemv_norm(qc_cuda_model *cm, const cu_mat *M, const float *h, const float *norm_w, float eps, float *y,
+                         const qk_conv_epi *conv)
 {
     if (!cm->fuse_norm || !M->np) return QK_GEMV_UNFUSED;
     const qk_qweight *w[QK_GEMV_MAX_PARTS];
@@ -1210,7 +1211,7 @@ static int mat_gemv_norm(qc_cuda_model *cm, const cu_mat *M, const float *h, con
         w[i] = &M->q[i];
         ys[i] = y + M->off[i];
     }
-    return qk_gemv_multi_norm(w, ys, M->np, h, norm_w, eps, 0, cm->st);
+    return qk_gemv_multi_norm(w, ys, M->np, h, norm_w, eps, 0, conv, cm->st);
 }
 
 /* Rows [r0, r0 + nr) of a packed weight as a descriptor of their own, for
@@ -1393,8 +1394,12 @@ static int run_layers(qc_cuda_sess *cs, int T, int pos0, bool all_rows, qc_err *
     for (int li = 0; li < sh->n_layers; li++) {
         const cu_layer *L = &cm->L[li];
         /* Decode: the RMSNorm inside the quantized GEMV after it where it can
-         * (mat_gemv_norm), else its own launch. */
-        int frc = T == 1 ? mat_gemv_norm(cm, &L->in, cs->h, L->in_norm, sh->eps, cs->proj) : QK_GEMV_UNFUSED;
+         * (mat_gemv_norm), and for GDN the one-token conv in its epilogue;
+         * else each its own launch. */
+        const qk_conv_epi ce = {L->conv_w, L->full ? NULL : cs->conv[li], cs->cbuf, cm->conv_dim};
+        int frc = T == 1 ? mat_gemv_norm(cm, &L->in, cs->h, L->in_norm, sh->eps, cs->proj, L->full ? NULL : &ce)
+                         : QK_GEMV_UNFUSED;
+        const bool conv_done = frc != QK_GEMV_UNFUSED && !L->full;
         if (frc != QK_GEMV_UNFUSED) {
             CK(frc);
         } else {
@@ -1404,7 +1409,7 @@ static int run_layers(qc_cuda_sess *cs, int T, int pos0, bool all_rows, qc_err *
         if (!L->full) {
             const int ld = L->n_in, C = cm->conv_dim;
             float *z = cs->proj + C, *b = z + Hv * dv, *a = b + Hv;
-            OP(P_CONV, qk_conv_silu(cs->proj, ld, L->conv_w, cs->conv[li], T, C, cs->cbuf, st));
+            if (!conv_done) OP(P_CONV, qk_conv_silu(cs->proj, ld, L->conv_w, cs->conv[li], T, C, cs->cbuf, st));
             if (T == 1) {
                 OP(P_GDN, qk_gdn_step(cs->cbuf, b, a, L->nexpa, L->dt_bias, z, L->gdn_norm, sh->eps, cs->S[li], sh->Hk, Hv,
                                sh->dk, dv, cs->yb, st));
@@ -1430,7 +1435,7 @@ static int run_layers(qc_cuda_sess *cs, int T, int pos0, bool all_rows, qc_err *
                            T == 1 ? cs->nsplit : 1, cs->attn_scr, cs->yb, st));
         }
         OP(P_GEMM_OUT, mm(cm, &L->out, cs->yb, cs->h, T, 1));
-        frc = T == 1 ? mat_gemv_norm(cm, &L->gu, cs->h, L->post_norm, sh->eps, cs->proj) : QK_GEMV_UNFUSED;
+        frc = T == 1 ? mat_gemv_norm(cm, &L->gu, cs->h, L->post_norm, sh->eps, cs->proj, NULL) : QK_GEMV_UNFUSED;
         if (frc != QK_GEMV_UNFUSED) {
             CK(frc);
             OP(P_SWIGLU, qk_swiglu(cs->proj, 2 * sh->I, 1, sh->I, cs->yb, st));

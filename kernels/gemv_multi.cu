@@ -106,6 +106,24 @@ __device__ __forceinline__ const qg_part &qg_locate(const qg_parts &ps, int g, i
     return ps.p[i];
 }
 
+/* Stores a finished row (t already scaled by post) and runs the part's conv
+ * epilogue on it: the same products in the same order as gdn.cu's
+ * k_conv_silu_step, so out and state are those bits. */
+__device__ __forceinline__ void qg_store_row(const qg_part &p, int row, float t, int accumulate)
+{
+    const float v = accumulate ? p.y[row] + t : t;
+    p.y[row] = v;
+    if (row < p.cC) {
+        float *s = p.cst + row * 3;
+        const float s0 = s[0], s1 = s[1], s2 = s[2];
+        const float *wc = p.cw + row * 4;
+        p.cout[row] = qk_silu(fmaf(wc[3], v, fmaf(wc[2], s2, fmaf(wc[1], s1, fmaf(wc[0], s0, 0.0f)))));
+        s[0] = s1;
+        s[1] = s2;
+        s[2] = v;
+    }
+}
+
 /* Row sums of one group: to y when S = 1, else to red[slot][warp][row]. */
 __device__ __forceinline__ void qg_pfinish(const qg_part &p, int row0, float *acc, int S, int accumulate,
                                            float *red, int slot)
@@ -121,7 +139,7 @@ __device__ __forceinline__ void qg_pfinish(const qg_part &p, int row0, float *ac
     if (S == 1) {
         const int row = row0 + lane;
         t *= p.post;
-        if (lane < QK_QROWS && row < p.n) p.y[row] = accumulate ? p.y[row] + t : t;
+        if (lane < QK_QROWS && row < p.n) qg_store_row(p, row, t, accumulate);
     } else if (lane < QK_QROWS) {
         red[(slot * QG_WARPS + warp) * QK_QROWS + lane] = t;
     }
@@ -162,7 +180,7 @@ __device__ __forceinline__ void qg_pmeet(const qg_parts &ps, const float *red, i
             for (int j = 0; j < S; j++) t += red[(i * QG_WARPS + warp + j) * QK_QROWS + lane];
             const int row = row0 + lane;
             t *= p.post;
-            if (row < p.n) p.y[row] = accumulate ? p.y[row] + t : t;
+            if (row < p.n) qg_store_row(p, row, t, accumulate);
         }
     }
     __syncthreads(); /* red is reused by phase 2 */
@@ -460,7 +478,7 @@ static int part_fill(const qk_qweight *w, float *y, qg_part *p)
 /* qk_gemv_multi, and with nm qk_gemv_multi_norm (x unused: the staged x is
  * the RMSNorm of nm->h). */
 static int gemv_launch(const qk_qweight *const *w, float *const *y, int nparts, const uint16_t *x, const qg_norm *nm,
-                       int accumulate, cudaStream_t st)
+                       const qk_conv_epi *conv, int accumulate, cudaStream_t st)
 {
     if (nparts < 1 || nparts > QK_GEMV_MAX_PARTS || (!nm && (!x || ((uintptr_t)x & 15))))
         return (int)cudaErrorInvalidValue;
@@ -534,6 +552,14 @@ static int gemv_launch(const qk_qweight *const *w, float *const *y, int nparts, 
             }
         }
         if (!ok) return QK_GEMV_UNFUSED;
+        if (conv) { /* part 0 holds the conv channels */
+            if (!conv->w || !conv->state || !conv->out || conv->C <= 0 || conv->C > ps.p[0].n || accumulate)
+                return (int)cudaErrorInvalidValue;
+            ps.p[0].cw = conv->w;
+            ps.p[0].cst = conv->state;
+            ps.p[0].cout = conv->out;
+            ps.p[0].cC = conv->C;
+        }
     }
     if (same && (S == 1 || groups / (B * gpb) <= QG_PRMAX)) {
         qg_pkernel k = qg_pkernels[body];
@@ -590,14 +616,15 @@ static int gemv_launch(const qk_qweight *const *w, float *const *y, int nparts, 
 extern "C" int qk_gemv_multi(const qk_qweight *const *w, float *const *y, int nparts, const uint16_t *x,
                              int accumulate, struct CUstream_st *st)
 {
-    return gemv_launch(w, y, nparts, x, NULL, accumulate, st);
+    return gemv_launch(w, y, nparts, x, NULL, NULL, accumulate, st);
 }
 
 extern "C" int qk_gemv_multi_norm(const qk_qweight *const *w, float *const *y, int nparts, const float *h,
-                                  const float *norm_w, float eps, int accumulate, struct CUstream_st *st)
+                                  const float *norm_w, float eps, int accumulate, const qk_conv_epi *conv,
+                                  struct CUstream_st *st)
 {
     const qg_norm nm = {h, norm_w, eps};
-    return gemv_launch(w, y, nparts, NULL, &nm, accumulate, st);
+    return gemv_launch(w, y, nparts, NULL, &nm, conv, accumulate, st);
 }
 
 extern "C" int qk_gemv_q(const qk_qweight *w, const uint16_t *x, float *y, int accumulate, struct CUstream_st *st)

@@ -59,6 +59,9 @@ struct qg_part {
     int blk_n, cpb, nkb; /* fp8: block rows, chunks per block, blocks per block-row */
     float post;         /* applied to each finished dot (fp4: gmul * 2^14) */
     int xs_p;           /* bf16 part: x is the block's staged copy, P pieces per chunk (0: global x) */
+    const float *cw;    /* conv epilogue (qk_conv_epi) on rows < cC, part 0 only */
+    float *cst, *cout;
+    int cC;
     int first_block;    /* first blockIdx.x of this part */
     int first_group;    /* persistent launch: first global row group of this part */
 };

@@ -103,8 +103,21 @@ int qk_gemv_multi(const qk_qweight *const *w, float *const *y, int nparts, const
  * (layouts without the staged-x kernels such as g_idx INT4, all-BF16 parts,
  * K > 8192): the caller then runs the norm and qk_gemv_multi. */
 #define QK_GEMV_UNFUSED (-1)
+
+/* Optional epilogue of a GDN in-projection (decode, one token): rows c < C of
+ * part 0 (the q|k|v channels) also go through the causal conv + SiLU exactly
+ * as qk_conv_silu with T = 1 does (out[c], state[c][3] shifted; w [C][4]),
+ * by the lane that finishes row c, so the conv needs no launch of its own. */
+typedef struct qk_conv_epi {
+    const float *w;
+    float *state;
+    float *out;
+    int C;
+} qk_conv_epi;
+
 int qk_gemv_multi_norm(const qk_qweight *const *w, float *const *y, int nparts, const float *h,
-                       const float *norm_w, float eps, int accumulate, struct CUstream_st *st);
+                       const float *norm_w, float eps, int accumulate, const qk_conv_epi *conv,
+                       struct CUstream_st *st);
 
 /* Launch variant of the GEMVs above (gemv_multi.cu lists them): 0 = the
  * default; others for A/B benchmarks and tests (QCHAT_GEMV_MODE). */

@@ -653,8 +653,11 @@ static void fused_check(const char *name, pub *p, int np, int64_t K)
 /* qk_gemv_multi_norm against qk_rmsnorm1p + qk_gemv_multi: the folded norm
  * must stage the very bf16 x the norm kernel writes, so y is bit-identical
  * (on the default path and with every body on 3 blocks per SM); or, where
- * expect_fused is 0, it must refuse (QK_GEMV_UNFUSED) and launch nothing. */
-static void norm_check(const char *name, pub *p, int np, int64_t K, int expect_fused)
+ * expect_fused is 0, it must refuse (QK_GEMV_UNFUSED) and launch nothing.
+ * conv_c > 0: with the GDN conv epilogue on part 0's first conv_c rows,
+ * against qk_conv_silu (T = 1) after the separate GEMV: out and the
+ * shifted state bit-identical too. */
+static void norm_check(const char *name, pub *p, int np, int64_t K, int expect_fused, int conv_c)
 {
     if (!parts_gpu_or_skip(name, p, np)) return;
 #ifdef QC_HAVE_CUDA
@@ -663,6 +666,17 @@ static void norm_check(const char *name, pub *p, int np, int64_t K, int expect_f
     float *dyr[QK_GEMV_MAX_PARTS], *dyf[QK_GEMV_MAX_PARTS];
     float *h = malloc((size_t)K * sizeof *h), *nw = malloc((size_t)K * sizeof *nw), *dh, *dw;
     uint16_t *dxb;
+    /* conv: weights [C][4], two copies of one random state [C][3], outputs */
+    const int C = conv_c > 0 ? conv_c : 1;
+    float *cw = malloc((size_t)C * 4 * sizeof *cw), *cs0 = malloc((size_t)C * 3 * sizeof *cs0), *dcw, *dcs[2], *dco[2];
+    for (int i = 0; i < 4 * C; i++) cw[i] = (float)((double)(urand() >> 11) / 9007199254740992.0 - 0.5);
+    for (int i = 0; i < 3 * C; i++) cs0[i] = (float)((double)(urand() >> 11) / 4503599627370496.0 - 1.0);
+    cudaMalloc((void **)&dcw, (size_t)C * 16);
+    cudaMemcpy(dcw, cw, (size_t)C * 16, cudaMemcpyHostToDevice);
+    for (int j = 0; j < 2; j++) {
+        cudaMalloc((void **)&dcs[j], (size_t)C * 12);
+        cudaMalloc((void **)&dco[j], (size_t)C * 4);
+    }
     for (int64_t k = 0; k < K; k++) {
         h[k] = (float)((double)(urand() >> 11) / 2251799813685248.0 - 2.0) * (k % 7 == 0 ? 8.0f : 1.0f);
         nw[k] = (float)((double)(urand() >> 11) / 9007199254740992.0 - 0.5);
@@ -686,9 +700,12 @@ static void norm_check(const char *name, pub *p, int np, int64_t K, int expect_f
     for (size_t m = 0; ok && m < sizeof modes / sizeof modes[0]; m++) {
         qk_gemv_q_mode = modes[m];
         for (int i = 0; i < np; i++) cudaMemset(dyf[i], 0xff, (size_t)p[i].l.n * 4);
+        for (int j = 0; j < 2; j++) cudaMemcpy(dcs[j], cs0, (size_t)C * 12, cudaMemcpyHostToDevice);
         int rc = qk_rmsnorm1p(dh, dw, 1e-6f, 1, (int)K, dxb, NULL, qs);
         rc |= qk_gemv_multi(dp, dyr, np, dxb, 0, qs);
-        const int frc = qk_gemv_multi_norm(dp, dyf, np, dh, dw, 1e-6f, 0, qs);
+        if (conv_c > 0) rc |= qk_conv_silu(dyr[0], (int)p[0].l.n, dcw, dcs[0], 1, C, dco[0], qs);
+        const qk_conv_epi ce = {dcw, dcs[1], dco[1], C};
+        const int frc = qk_gemv_multi_norm(dp, dyf, np, dh, dw, 1e-6f, 0, conv_c > 0 ? &ce : NULL, qs);
         rc |= (int)cudaStreamSynchronize(qs);
         if (!expect_fused) {
             ok = rc == 0 && frc == QK_GEMV_UNFUSED;
@@ -711,6 +728,17 @@ static void norm_check(const char *name, pub *p, int np, int64_t K, int expect_f
             free(a);
             free(b);
         }
+        if (conv_c > 0) { /* conv outputs and states: C + 3C words */
+            uint32_t *a = malloc((size_t)C * 16), *b = malloc((size_t)C * 16);
+            cudaMemcpy(a, dco[0], (size_t)C * 4, cudaMemcpyDeviceToHost);
+            cudaMemcpy(b, dco[1], (size_t)C * 4, cudaMemcpyDeviceToHost);
+            cudaMemcpy(a + C, dcs[0], (size_t)C * 12, cudaMemcpyDeviceToHost);
+            cudaMemcpy(b + C, dcs[1], (size_t)C * 12, cudaMemcpyDeviceToHost);
+            for (int i = 0; i < 4 * C; i++) diff += a[i] != b[i];
+            tot += 4 * C;
+            free(a);
+            free(b);
+        }
         printf("# %s (path %d): %lld of %lld outputs differ from norm + GEMV\n", name, modes[m], (long long)diff,
                (long long)tot);
         ok = rc == 0 && frc == 0 && diff == 0;
@@ -727,11 +755,19 @@ static void norm_check(const char *name, pub *p, int np, int64_t K, int expect_f
     cudaFree(dh);
     cudaFree(dw);
     cudaFree(dxb);
+    cudaFree(dcw);
+    for (int j = 0; j < 2; j++) {
+        cudaFree(dcs[j]);
+        cudaFree(dco[j]);
+    }
     free(h);
     free(nw);
+    free(cw);
+    free(cs0);
 #else
     (void)K;
     (void)expect_fused;
+    (void)conv_c;
 #endif
 }
 
@@ -740,24 +776,37 @@ static void test_norm_fused(void)
     pub p[4];
     build_ct(&p[0], "norm.i4a", 600, 5120, 128, 0, 0);
     build_ct(&p[1], "norm.i4b", 200, 5120, 128, 1, 0);
-    norm_check("qgemv_norm_int4_g128_2parts", p, 2, 5120, 1);
+    norm_check("qgemv_norm_int4_g128_2parts", p, 2, 5120, 1, 0);
     build_fp8(&p[0], "norm.fp8", QC_FMT_FP8_BLOCK, 500, 5120, 128, 128, QC_DT_BF16);
-    norm_check("qgemv_norm_fp8_block", p, 1, 5120, 1);
+    norm_check("qgemv_norm_fp8_block", p, 1, 5120, 1, 0);
     build_fp4(&p[0], "norm.nvqkv", QC_FMT_NVFP4_CT, 700, 5120, 321.0f);
     build_fp4(&p[1], "norm.nvz", QC_FMT_NVFP4_CT, 300, 5120, 99.0f);
     build_bf16(&p[2], "norm.a", 48, 5120);
     build_bf16(&p[3], "norm.b", 48, 5120);
-    norm_check("qgemv_norm_nvfp4_bf16_ab", p, 4, 5120, 1);
+    norm_check("qgemv_norm_nvfp4_bf16_ab", p, 4, 5120, 1, 0);
+    /* the GDN in-projection with its conv epilogue (q|k|v rows of part 0) */
+    build_fp4(&p[0], "conv.nvqkv", QC_FMT_NVFP4_CT, 640, 2048, 321.0f);
+    build_fp4(&p[1], "conv.nvz", QC_FMT_NVFP4_CT, 256, 2048, 99.0f);
+    build_bf16(&p[2], "conv.a", 16, 2048);
+    build_bf16(&p[3], "conv.b", 16, 2048);
+    norm_check("qgemv_norm_conv_nvfp4_gdn_in", p, 4, 2048, 1, 640);
+    build_ct(&p[0], "conv.i4qkv", 1000, 5120, 128, 0, 0);
+    build_ct(&p[1], "conv.i4z", 300, 5120, 128, 0, 0);
+    norm_check("qgemv_norm_conv_int4_first_600_rows", p, 2, 5120, 1, 600);
+    build_fp8(&p[0], "conv.f8qkv", QC_FMT_FP8_BLOCK, 520, 1024, 128, 128, QC_DT_BF16);
+    norm_check("qgemv_norm_conv_fp8", p, 1, 1024, 1, 520); /* the three above: split K (S > 1) */
+    build_ct(&p[0], "conv.i4s1", 2000, 1024, 128, 1, 0);
+    norm_check("qgemv_norm_conv_int4_whole_rows", p, 1, 1024, 1, 2000); /* one warp per row group */
     build_fp4(&p[0], "norm.mx", QC_FMT_MXFP4_CT, 300, 2048, 0);
-    norm_check("qgemv_norm_mxfp4", p, 1, 2048, 1);
+    norm_check("qgemv_norm_mxfp4", p, 1, 2048, 1, 0);
     build_gptq(&p[0], "norm.g64", 136, 1000, 64, 1, 0, 0); /* K not a multiple of 32 * P: zeros past K */
-    norm_check("qgemv_norm_gptq_g64_k1000", p, 1, 1000, 1);
+    norm_check("qgemv_norm_gptq_g64_k1000", p, 1, 1000, 1, 0);
     build_gptq(&p[0], "norm.gidx", 96, 512, 128, 1, 1, 1);
-    norm_check("qgemv_norm_refuses_gidx", p, 1, 512, 0);
+    norm_check("qgemv_norm_refuses_gidx", p, 1, 512, 0, 0);
     build_ct(&p[0], "norm.longk", 40, 9216, 128, 0, 0);
-    norm_check("qgemv_norm_refuses_k_over_8192", p, 1, 9216, 0);
+    norm_check("qgemv_norm_refuses_k_over_8192", p, 1, 9216, 0, 0);
     build_bf16(&p[0], "norm.bf", 64, 1024);
-    norm_check("qgemv_norm_refuses_bf16_only", p, 1, 1024, 0);
+    norm_check("qgemv_norm_refuses_bf16_only", p, 1, 1024, 0, 0);
 }
 
 /* Fused launches: four weights of different layouts (the GDN
