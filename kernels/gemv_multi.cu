@@ -432,6 +432,15 @@ static void qg_cfg(cudaLaunchConfig_t *cfg, cudaLaunchAttribute *at, int grid, c
     cfg->numAttrs = pdl ? 1 : 0;
 }
 
+/* log2 d for a power of two d > 0, else -1 (qg_div). */
+static int qg_log2(int d)
+{
+    if (d <= 0 || (d & (d - 1))) return -1;
+    int s = 0;
+    while ((1 << s) < d) s++;
+    return s;
+}
+
 /* Flattens one descriptor; 0 or cudaErrorInvalidValue. */
 static int part_fill(const qk_qweight *w, float *y, qg_part *p)
 {
@@ -462,6 +471,7 @@ static int part_fill(const qk_qweight *w, float *y, qg_part *p)
         p->kc = w->k_pad / 32;
         p->ng = w->ngroups;
         p->cpg = w->group / 32;
+        p->cpg_sh = qg_log2(p->cpg);
         p->f16 = w->scale_f16;
         p->perm = w->perm;
         return 0;
