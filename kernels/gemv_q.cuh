@@ -542,9 +542,10 @@ struct qg_int4_mma_step {
  * end only the diagonal lanes keep their sums (the others hold products of
  * rows with another quad's x). */
 template <class STEP>
-__device__ __forceinline__ void qg_walk_mma(const qg_part &p, int row0, const uint16_t *__restrict__ x, float *acc,
+__device__ __forceinline__ void qg_walk_mma(const qg_part &pp, int row0, const uint16_t *__restrict__ x, float *acc,
                                             int c0, int stride)
 {
+    const qg_part p = pp; /* registers: the part's fields are not re-read from the parameter bank per step */
     const int lane = (int)threadIdx.x & 31;
     for (int cb = c0 - lane; cb < p.kc; cb += 2 * stride) {
         STEP a, b;
@@ -562,9 +563,10 @@ __device__ __forceinline__ void qg_walk_mma(const qg_part &p, int row0, const ui
 /* Chunks c0, c0 + stride, ... of rows row0 .. row0 + QK_QROWS - 1, two
  * chunks' loads issued before either's arithmetic. */
 template <class STEP>
-__device__ __forceinline__ void qg_walk(const qg_part &p, int row0, const uint16_t *__restrict__ x, float *acc,
+__device__ __forceinline__ void qg_walk(const qg_part &pp, int row0, const uint16_t *__restrict__ x, float *acc,
                                         int c0, int stride)
 {
+    const qg_part p = pp; /* registers: the part's fields are not re-read from the parameter bank per step */
     int c = c0;
     for (; c + stride < p.kc; c += 2 * stride) {
         STEP a, b;
