@@ -18,10 +18,7 @@
 static uint64_t rng_state = GT_RNG_SEED;
 static float frand(void) /* uniform [-1, 1) */
 {
-    rng_state ^= rng_state << 13;
-    rng_state ^= rng_state >> 7;
-    rng_state ^= rng_state << 17;
-    return (float)((rng_state >> 40) * (1.0 / 8388608.0)) - 1.0f;
+    return (float)((th_xorshift(&rng_state) >> 40) * (1.0 / 8388608.0)) - 1.0f;
 }
 
 /* 1 when a CUDA device is present (its name is printed); else every test

@@ -8,6 +8,7 @@
 
 #include <math.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -66,6 +67,23 @@ static inline double th_rel_l2(const float *a, const float *ref, size_t n)
     if (num != num)
         return INFINITY;
     return den > 0 ? sqrt(num / den) : sqrt(num);
+}
+
+/* Every name of a test binary reported skipped with one reason (e.g. a
+ * binary built without CUDA). */
+static inline void th_skip_all(const char *const *names, int n, const char *reason)
+{
+    for (int i = 0; i < n; i++) th_skip(names[i], reason);
+}
+
+/* The xorshift64 step every test's deterministic random stream uses (each
+ * test keeps its own state and seed, so its data stay what they were). */
+static inline uint64_t th_xorshift(uint64_t *s)
+{
+    *s ^= *s << 13;
+    *s ^= *s >> 7;
+    *s ^= *s << 17;
+    return *s;
 }
 
 static inline int th_exit(void) { return th_failed_count ? 1 : 0; }

@@ -22,7 +22,7 @@ static const char *const test_names[] = {"attn_flash", "attn_flash_tilings", "at
 #ifndef QC_HAVE_CUDA
 int main(void)
 {
-    for (int i = 0; i < N_TESTS; i++) th_skip(test_names[i], "built without CUDA");
+    th_skip_all(test_names, N_TESTS, "built without CUDA");
     return 0;
 }
 #else

@@ -19,6 +19,7 @@
 #include "format.h"
 #include "ckpt.h"
 #include "harness.h"
+#include "linear_util.h"
 #include "safetensors.h"
 #include "util.h"
 
@@ -27,41 +28,9 @@
 static uint64_t rng_state = 0x1234567887654321ull;
 static uint32_t rnd(void)
 {
-    rng_state ^= rng_state << 13;
-    rng_state ^= rng_state >> 7;
-    rng_state ^= rng_state << 17;
-    return (uint32_t)(rng_state >> 16);
+    return (uint32_t)(th_xorshift(&rng_state) >> 16);
 }
 static uint32_t rnd_below(uint32_t n) { return rnd() % n; }
-
-static qc_tensor mk(const char *name, qc_dtype dt, int ndim, int64_t d0, int64_t d1, const void *data)
-{
-    qc_tensor t;
-    memset(&t, 0, sizeof t);
-    t.name = name;
-    t.dtype = dt;
-    t.ndim = ndim;
-    t.numel = 1;
-    int64_t d[2] = {d0, d1};
-    for (int i = 0; i < ndim; i++) {
-        t.shape[i] = d[i];
-        t.numel *= d[i];
-    }
-    t.data = data;
-    t.nbytes = (size_t)t.numel * qc_dtype_size(dt);
-    return t;
-}
-
-static qc_linear mkl(const char *name, qc_format f, int64_t n, int64_t k)
-{
-    qc_linear l;
-    memset(&l, 0, sizeof l);
-    snprintf(l.name, sizeof l.name, "%s", name);
-    l.format = f;
-    l.n = n;
-    l.k = k;
-    return l;
-}
 
 /* Independent decoders, straight from the format definitions. */
 static float ref_e4m3(uint8_t b)
@@ -184,8 +153,8 @@ static void test_tables(void)
     /* Scales of any dtype read through the dtype. */
     uint16_t bf = 0x3F80, hf = 0x3C00;
     float f32 = 0.25f;
-    qc_tensor tb = mk("b", QC_DT_BF16, 0, 0, 0, &bf), th = mk("h", QC_DT_F16, 0, 0, 0, &hf),
-              tf = mk("f", QC_DT_F32, 0, 0, 0, &f32);
+    qc_tensor tb = th_tensor("b", QC_DT_BF16, 0, 0, 0, &bf), th = th_tensor("h", QC_DT_F16, 0, 0, 0, &hf),
+              tf = th_tensor("f", QC_DT_F32, 0, 0, 0, &f32);
     CHECK("tensor-get/dtypes",
           qc_tensor_get_f32(&tb, 0) == 1.0f && qc_tensor_get_f32(&th, 0) == 1.0f &&
               qc_tensor_get_f32(&tf, 0) == 0.25f,
@@ -208,15 +177,15 @@ static void test_float(void)
         eb[i] = ref_bf16(b[i]);
         eh[i] = ref_f16(h[i]);
     }
-    qc_tensor tb = mk("x.weight", QC_DT_BF16, 2, N, K, b), th = mk("x.weight", QC_DT_F16, 2, N, K, h),
-              tf = mk("x.weight", QC_DT_F32, 2, N, K, f);
-    qc_linear l = mkl("bf16", QC_FMT_BF16, N, K);
+    qc_tensor tb = th_tensor("x.weight", QC_DT_BF16, 2, N, K, b), th = th_tensor("x.weight", QC_DT_F16, 2, N, K, h),
+              tf = th_tensor("x.weight", QC_DT_F32, 2, N, K, f);
+    qc_linear l = th_linear("bf16", QC_FMT_BF16, N, K);
     l.weight = &tb;
     check_exact("bf16", &l, eb);
-    l = mkl("f16", QC_FMT_F16, N, K);
+    l = th_linear("f16", QC_FMT_F16, N, K);
     l.weight = &th;
     check_exact("f16", &l, eh);
-    l = mkl("f32", QC_FMT_F32, N, K);
+    l = th_linear("f32", QC_FMT_F32, N, K);
     l.weight = &tf;
     check_exact("f32", &l, f);
     free(b), free(h), free(f), free(eb), free(eh);
@@ -246,9 +215,9 @@ static void test_fp8_block(int64_t N, int64_t K, int bn, int bk, qc_dtype sdt)
             w[n * K + k] = c;
             e[n * K + k] = ref_e4m3(c) * sv[(n / bn) * nbk + k / bk];
         }
-    qc_tensor tw = mk("x.weight", QC_DT_F8_E4M3, 2, N, K, w),
-              ts = mk("x.weight_scale_inv", sdt, 2, nbn, nbk, s);
-    qc_linear l = mkl("x", QC_FMT_FP8_BLOCK, N, K);
+    qc_tensor tw = th_tensor("x.weight", QC_DT_F8_E4M3, 2, N, K, w),
+              ts = th_tensor("x.weight_scale_inv", sdt, 2, nbn, nbk, s);
+    qc_linear l = th_linear("x", QC_FMT_FP8_BLOCK, N, K);
     l.bits = 8;
     l.block_n = bn;
     l.block_k = bk;
@@ -278,16 +247,16 @@ static void test_fp8_tensor_channel(void)
             ec[n * K + k] = ref_e4m3(c) * sv;
         }
     }
-    qc_tensor tw = mk("x.weight", QC_DT_F8_E4M3, 2, N, K, w), ts = mk("x.weight_scale", QC_DT_F32, 0, 0, 0, &st),
-              ts1 = mk("x.weight_scale", QC_DT_F32, 1, 1, 0, &st),
-              tc = mk("x.weight_scale", QC_DT_BF16, 2, N, 1, sc);
-    qc_linear l = mkl("x", QC_FMT_FP8_TENSOR, N, K);
+    qc_tensor tw = th_tensor("x.weight", QC_DT_F8_E4M3, 2, N, K, w), ts = th_tensor("x.weight_scale", QC_DT_F32, 0, 0, 0, &st),
+              ts1 = th_tensor("x.weight_scale", QC_DT_F32, 1, 1, 0, &st),
+              tc = th_tensor("x.weight_scale", QC_DT_BF16, 2, N, 1, sc);
+    qc_linear l = th_linear("x", QC_FMT_FP8_TENSOR, N, K);
     l.weight = &tw;
     l.scale = &ts;
     check_exact("fp8-tensor/scalar-scale", &l, e);
     l.scale = &ts1;
     check_exact("fp8-tensor/[1]-scale", &l, e);
-    l = mkl("x", QC_FMT_FP8_CHANNEL, N, K);
+    l = th_linear("x", QC_FMT_FP8_CHANNEL, N, K);
     l.weight = &tw;
     l.scale = &tc;
     check_exact("fp8-channel/bf16-[N,1]", &l, ec);
@@ -335,9 +304,9 @@ static void test_gptq(int64_t N, int64_t K, int64_t G, bool v1, bool gidx, qc_dt
     for (int64_t gg = 0; gg < ng; gg++)
         for (int64_t n = 0; n < N; n++) /* nibble j of qzeros[g][c] is the zero of column 8c+j */
             qz[gg * zw + n / 8] |= (uint32_t)(z[gg * N + n] - (v1 ? 1 : 0)) << (4 * (n % 8));
-    qc_tensor tw = mk("x.qweight", QC_DT_I32, 2, K / 8, N, qw), tz = mk("x.qzeros", QC_DT_I32, 2, ng, zw, qz),
-              ts = mk("x.scales", sdt, 2, ng, N, sc), tg = mk("x.g_idx", QC_DT_I32, 1, K, 0, g);
-    qc_linear l = mkl("x", QC_FMT_GPTQ, N, K);
+    qc_tensor tw = th_tensor("x.qweight", QC_DT_I32, 2, K / 8, N, qw), tz = th_tensor("x.qzeros", QC_DT_I32, 2, ng, zw, qz),
+              ts = th_tensor("x.scales", sdt, 2, ng, N, sc), tg = th_tensor("x.g_idx", QC_DT_I32, 1, K, 0, g);
+    qc_linear l = th_linear("x", QC_FMT_GPTQ, N, K);
     l.bits = 4;
     l.group_size = (int)G;
     l.zero_bias = v1 ? 1 : 0;
@@ -364,9 +333,9 @@ static void test_gptq_hand(void)
     for (int i = 0; i < 8; i++) sc[i] = 0x3C00; /* f16 1.0 */
     for (int64_t n = 0; n < N; n++)
         for (int64_t k = 0; k < K; k++) e[n * K + k] = (float)(k % 8) - 8.0f;
-    qc_tensor tw = mk("h.qweight", QC_DT_I32, 2, 2, 8, qw), tz = mk("h.qzeros", QC_DT_I32, 2, 1, 1, qz),
-              ts = mk("h.scales", QC_DT_F16, 2, 1, 8, sc);
-    qc_linear l = mkl("h", QC_FMT_GPTQ, N, K);
+    qc_tensor tw = th_tensor("h.qweight", QC_DT_I32, 2, 2, 8, qw), tz = th_tensor("h.qzeros", QC_DT_I32, 2, 1, 1, qz),
+              ts = th_tensor("h.scales", QC_DT_F16, 2, 1, 8, sc);
+    qc_linear l = th_linear("h", QC_FMT_GPTQ, N, K);
     l.bits = 4;
     l.group_size = 16;
     l.symmetric = true;
@@ -408,9 +377,9 @@ static void test_awq(int64_t N, int64_t K, int64_t G, qc_dtype sdt)
     for (int64_t n = 0; n < N; n++)
         for (int64_t k = 0; k < K; k++)
             e[n * K + k] = sv[(k / G) * N + n] * (float)((int)q[n * K + k] - (int)z[(k / G) * N + n]);
-    qc_tensor tw = mk("x.qweight", QC_DT_I32, 2, K, nw, qw), tz = mk("x.qzeros", QC_DT_I32, 2, ng, nw, qz),
-              ts = mk("x.scales", sdt, 2, ng, N, sc);
-    qc_linear l = mkl("x", QC_FMT_AWQ, N, K);
+    qc_tensor tw = th_tensor("x.qweight", QC_DT_I32, 2, K, nw, qw), tz = th_tensor("x.qzeros", QC_DT_I32, 2, ng, nw, qz),
+              ts = th_tensor("x.scales", sdt, 2, ng, N, sc);
+    qc_linear l = th_linear("x", QC_FMT_AWQ, N, K);
     l.bits = 4;
     l.group_size = (int)G;
     l.weight = &tw;
@@ -435,9 +404,9 @@ static void test_awq_hand(void)
     for (int i = 0; i < 16; i++) sc[i] = 0x3F80; /* bf16 1.0 */
     for (int64_t n = 0; n < N; n++)
         for (int64_t k = 0; k < K; k++) e[n * K + k] = (float)(n % 8);
-    qc_tensor tw = mk("a.qweight", QC_DT_I32, 2, K, 2, qw), tz = mk("a.qzeros", QC_DT_I32, 2, 1, 2, qz),
-              ts = mk("a.scales", QC_DT_BF16, 2, 1, N, sc);
-    qc_linear l = mkl("a", QC_FMT_AWQ, N, K);
+    qc_tensor tw = th_tensor("a.qweight", QC_DT_I32, 2, K, 2, qw), tz = th_tensor("a.qzeros", QC_DT_I32, 2, 1, 2, qz),
+              ts = th_tensor("a.scales", QC_DT_BF16, 2, 1, N, sc);
+    qc_linear l = th_linear("a", QC_FMT_AWQ, N, K);
     l.bits = 4;
     l.group_size = 4;
     l.weight = &tw;
@@ -472,11 +441,11 @@ static void test_ct_int(int64_t N, int64_t K, int64_t G, int bits, bool asym, bo
     for (int64_t n = 0; n < N; n++)
         for (int64_t gg = 0; gg < ng; gg++) /* nibble j of word r = row pf*r + j */
             zpp[(n / pf) * ng + gg] |= (uint32_t)(zp[n * ng + gg] + off) << (bits * (n % pf));
-    qc_tensor tw = mk("x.weight_packed", QC_DT_I32, 2, N, kw, wp),
-              ts = mk("x.weight_scale", sdt, 2, N, ng, sc),
-              tz = mk("x.weight_zero_point", QC_DT_I32, 2, zr, ng, zpp),
-              tg = mk("x.weight_g_idx", QC_DT_I32, 1, K, 0, g);
-    qc_linear l = mkl("x", QC_FMT_CT_INT, N, K);
+    qc_tensor tw = th_tensor("x.weight_packed", QC_DT_I32, 2, N, kw, wp),
+              ts = th_tensor("x.weight_scale", sdt, 2, N, ng, sc),
+              tz = th_tensor("x.weight_zero_point", QC_DT_I32, 2, zr, ng, zpp),
+              tg = th_tensor("x.weight_g_idx", QC_DT_I32, 1, K, 0, g);
+    qc_linear l = th_linear("x", QC_FMT_CT_INT, N, K);
     l.bits = bits;
     l.group_size = (int)G;
     l.symmetric = !asym;
@@ -492,7 +461,7 @@ static void test_ct_int(int64_t N, int64_t K, int64_t G, int bits, bool asym, bo
     if (asym && bits == 4) {
         int8_t *zu = malloc(N * ng);
         for (int64_t i = 0; i < N * ng; i++) zu[i] = (int8_t)zp[i];
-        qc_tensor tzu = mk("x.weight_zero_point", QC_DT_I8, 2, N, ng, zu);
+        qc_tensor tzu = th_tensor("x.weight_zero_point", QC_DT_I8, 2, N, ng, zu);
         l.zeros = &tzu;
         snprintf(name, sizeof name, "ct-int/unpacked-zero-point-%lldx%lld", (long long)N, (long long)K);
         check_exact(name, &l, e);
@@ -533,11 +502,11 @@ static void test_fp4(qc_format f, int64_t N, int64_t K)
                 scale = ref_e4m3(s) * gs;
             e[n * K + k] = ref_e2m1[cc] * scale;
         }
-    qc_tensor tw = mk("x.weight_packed", QC_DT_U8, 2, N, K / 2, wp),
-              ts = mk("x.weight_scale", mx ? QC_DT_U8 : QC_DT_F8_E4M3, 2, N, nb, sc),
-              tg = mk("x.weight_global_scale", QC_DT_F32, 1, 1, 0, &gs),
-              tg0 = mk("x.weight_scale_2", QC_DT_F32, 0, 0, 0, &gs);
-    qc_linear l = mkl("x", f, N, K);
+    qc_tensor tw = th_tensor("x.weight_packed", QC_DT_U8, 2, N, K / 2, wp),
+              ts = th_tensor("x.weight_scale", mx ? QC_DT_U8 : QC_DT_F8_E4M3, 2, N, nb, sc),
+              tg = th_tensor("x.weight_global_scale", QC_DT_F32, 1, 1, 0, &gs),
+              tg0 = th_tensor("x.weight_scale_2", QC_DT_F32, 0, 0, 0, &gs);
+    qc_linear l = th_linear("x", f, N, K);
     l.bits = 4;
     l.group_size = (int)bs;
     l.weight = &tw;
@@ -555,9 +524,9 @@ static void test_fp4_hand(void)
     uint8_t wp[8] = {0x21, 0xF8, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00};
     uint8_t sc[1] = {0x38}; /* e4m3 1.0 */
     float gs = 2.0f, e[16] = {0.25f, 0.5f, -0.0f, -3.0f};
-    qc_tensor tw = mk("n.weight_packed", QC_DT_U8, 2, 1, 8, wp), ts = mk("n.weight_scale", QC_DT_F8_E4M3, 2, 1, 1, sc),
-              tg = mk("n.weight_global_scale", QC_DT_F32, 1, 1, 0, &gs);
-    qc_linear l = mkl("n", QC_FMT_NVFP4_CT, 1, 16);
+    qc_tensor tw = th_tensor("n.weight_packed", QC_DT_U8, 2, 1, 8, wp), ts = th_tensor("n.weight_scale", QC_DT_F8_E4M3, 2, 1, 1, sc),
+              tg = th_tensor("n.weight_global_scale", QC_DT_F32, 1, 1, 0, &gs);
+    qc_linear l = th_linear("n", QC_FMT_NVFP4_CT, 1, 16);
     l.weight = &tw;
     l.scale = &ts;
     l.global_scale = &tg;
@@ -583,9 +552,9 @@ static void test_validate(void)
     uint16_t sc[2 * 64] = {0};
     int32_t g[256];
     for (int k = 0; k < 256; k++) g[k] = k / 128;
-    qc_tensor tw = mk("m.qweight", QC_DT_I32, 2, 32, 64, qw), tz = mk("m.qzeros", QC_DT_I32, 2, 2, 8, qz),
-              ts = mk("m.scales", QC_DT_F16, 2, 2, 64, sc), tg = mk("m.g_idx", QC_DT_I32, 1, 256, 0, g);
-    qc_linear l = mkl("layers.0.mlp.up_proj", QC_FMT_GPTQ, 64, 256);
+    qc_tensor tw = th_tensor("m.qweight", QC_DT_I32, 2, 32, 64, qw), tz = th_tensor("m.qzeros", QC_DT_I32, 2, 2, 8, qz),
+              ts = th_tensor("m.scales", QC_DT_F16, 2, 2, 64, sc), tg = th_tensor("m.g_idx", QC_DT_I32, 1, 256, 0, g);
+    qc_linear l = th_linear("layers.0.mlp.up_proj", QC_FMT_GPTQ, 64, 256);
     l.bits = 4;
     l.group_size = 128;
     l.zero_bias = 1;
@@ -603,14 +572,14 @@ static void test_validate(void)
     expect_reject("validate/gptq-gidx-out-of-range", &l, "m.g_idx");
     g[77] = 0;
     l.g_idx = NULL;
-    qc_tensor tzbad = mk("m.qzeros", QC_DT_I32, 2, 2, 7, qz);
+    qc_tensor tzbad = th_tensor("m.qzeros", QC_DT_I32, 2, 2, 7, qz);
     l.zeros = &tzbad;
     expect_reject("validate/gptq-qzeros-shape", &l, "m.qzeros");
     l.zeros = &tz;
-    qc_tensor twf = mk("m.qweight", QC_DT_F32, 2, 32, 64, qw);
+    qc_tensor twf = th_tensor("m.qweight", QC_DT_F32, 2, 32, 64, qw);
     l.weight = &twf;
     expect_reject("validate/gptq-qweight-dtype", &l, "m.qweight");
-    qc_tensor twn = mk("m.qweight", QC_DT_I32, 2, 32, 64, NULL);
+    qc_tensor twn = th_tensor("m.qweight", QC_DT_I32, 2, 32, 64, NULL);
     l.weight = &twn;
     expect_reject("validate/no-data", &l, "m.qweight");
     l.weight = NULL;
@@ -618,8 +587,8 @@ static void test_validate(void)
 
     static uint8_t fw[200 * 300];
     uint16_t s1[1] = {0x3F80};
-    qc_tensor tfw = mk("f.weight", QC_DT_F8_E4M3, 2, 200, 300, fw), tfs = mk("f.weight_scale_inv", QC_DT_BF16, 2, 1, 1, s1);
-    qc_linear lf = mkl("layers.3.self_attn.q_proj", QC_FMT_FP8_BLOCK, 200, 300);
+    qc_tensor tfw = th_tensor("f.weight", QC_DT_F8_E4M3, 2, 200, 300, fw), tfs = th_tensor("f.weight_scale_inv", QC_DT_BF16, 2, 1, 1, s1);
+    qc_linear lf = th_linear("layers.3.self_attn.q_proj", QC_FMT_FP8_BLOCK, 200, 300);
     lf.block_n = lf.block_k = 128;
     lf.weight = &tfw;
     lf.scale = &tfs;
@@ -629,9 +598,9 @@ static void test_validate(void)
 
     static uint8_t nw[64 * 32], ns[64 * 4];
     float zero = 0.0f;
-    qc_tensor tnw = mk("v.weight_packed", QC_DT_U8, 2, 64, 32, nw), tns = mk("v.weight_scale", QC_DT_F8_E4M3, 2, 64, 4, ns),
-              tng = mk("v.weight_global_scale", QC_DT_F32, 1, 1, 0, &zero);
-    qc_linear ln = mkl("layers.1.mlp.down_proj", QC_FMT_NVFP4_CT, 64, 64);
+    qc_tensor tnw = th_tensor("v.weight_packed", QC_DT_U8, 2, 64, 32, nw), tns = th_tensor("v.weight_scale", QC_DT_F8_E4M3, 2, 64, 4, ns),
+              tng = th_tensor("v.weight_global_scale", QC_DT_F32, 1, 1, 0, &zero);
+    qc_linear ln = th_linear("layers.1.mlp.down_proj", QC_FMT_NVFP4_CT, 64, 64);
     ln.weight = &tnw;
     ln.scale = &tns;
     ln.global_scale = &tng;
@@ -639,8 +608,8 @@ static void test_validate(void)
     ln.global_scale = NULL;
     expect_reject("validate/nvfp4-missing-global", &ln, "missing");
 
-    qc_tensor taw = mk("a.qweight", QC_DT_I32, 2, 256, 8, qw), tas = mk("a.scales", QC_DT_F16, 2, 2, 64, sc);
-    qc_linear la = mkl("layers.2.mlp.gate_proj", QC_FMT_AWQ, 64, 256);
+    qc_tensor taw = th_tensor("a.qweight", QC_DT_I32, 2, 256, 8, qw), tas = th_tensor("a.scales", QC_DT_F16, 2, 2, 64, sc);
+    qc_linear la = th_linear("layers.2.mlp.gate_proj", QC_FMT_AWQ, 64, 256);
     la.bits = 4;
     la.group_size = 128;
     la.weight = &taw;
@@ -700,8 +669,8 @@ static void test_matmul(void)
         float f = ref_bf16(b[i]);
         memcpy(fbuf + 4 * i, &f, 4);
     }
-    qc_tensor tb = mk("m.weight", QC_DT_BF16, 2, N, K, b);
-    qc_linear l = mkl("m", QC_FMT_BF16, N, K);
+    qc_tensor tb = th_tensor("m.weight", QC_DT_BF16, 2, N, K, b);
+    qc_linear l = th_linear("m", QC_FMT_BF16, N, K);
     l.weight = &tb;
     check_matmul("bf16-37x301-m5", &l, 5);
     check_matmul("bf16-37x301-m1", &l, 1);
@@ -709,8 +678,8 @@ static void test_matmul(void)
     float *fa = malloc(N * K * 4);
     memcpy(fa, fbuf, N * K * 4);
     memmove(fbuf + 1, fbuf, N * K * 4);
-    qc_tensor tfa = mk("m.weight", QC_DT_F32, 2, N, K, fa), tfm = mk("m.weight", QC_DT_F32, 2, N, K, fbuf + 1);
-    qc_linear la = mkl("m", QC_FMT_F32, N, K), lm = la;
+    qc_tensor tfa = th_tensor("m.weight", QC_DT_F32, 2, N, K, fa), tfm = th_tensor("m.weight", QC_DT_F32, 2, N, K, fbuf + 1);
+    qc_linear la = th_linear("m", QC_FMT_F32, N, K), lm = la;
     la.weight = &tfa;
     lm.weight = &tfm;
     check_matmul("f32-aligned", &la, 3);
@@ -728,9 +697,9 @@ static void test_matmul(void)
     for (int i = 0; i < 6; i++) qz[i] = rnd() ^ (rnd() << 16);
     for (int64_t i = 0; i < 2 * gn; i++) rnd_scale16(QC_DT_F16, &sc[i]);
     make_groups(gk, 128, true, g);
-    qc_tensor tw = mk("q.qweight", QC_DT_I32, 2, gk / 8, gn, qw), tz = mk("q.qzeros", QC_DT_I32, 2, 2, 3, qz),
-              ts = mk("q.scales", QC_DT_F16, 2, 2, gn, sc), tg = mk("q.g_idx", QC_DT_I32, 1, gk, 0, g);
-    qc_linear lq = mkl("q", QC_FMT_GPTQ, gn, gk);
+    qc_tensor tw = th_tensor("q.qweight", QC_DT_I32, 2, gk / 8, gn, qw), tz = th_tensor("q.qzeros", QC_DT_I32, 2, 2, 3, qz),
+              ts = th_tensor("q.scales", QC_DT_F16, 2, 2, gn, sc), tg = th_tensor("q.g_idx", QC_DT_I32, 1, gk, 0, g);
+    qc_linear lq = th_linear("q", QC_FMT_GPTQ, gn, gk);
     lq.bits = 4;
     lq.group_size = 128;
     lq.weight = &tw;

@@ -15,10 +15,7 @@
 static uint64_t rng = 0x9E3779B97F4A7C15ull;
 static float frand(void) /* uniform (0,1) */
 {
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return ((rng >> 40) + 0.5f) / 16777216.0f;
+    return ((th_xorshift(&rng) >> 40) + 0.5f) / 16777216.0f;
 }
 static float nrand(void) { return sqrtf(-2 * logf(frand())) * cosf(6.2831853f * frand()); }
 

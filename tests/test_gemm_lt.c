@@ -36,6 +36,7 @@
 
 #include "format.h"
 #include "harness.h"
+#include "linear_util.h"
 #include "quant.h"
 #include "util.h"
 
@@ -48,13 +49,7 @@
 /* ---- CPU references (no GPU needed) ----------------------------------------- */
 
 static uint64_t rng = 0x243f6a8885a308d3ull;
-static uint64_t urand(void)
-{
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return rng;
-}
+static uint64_t urand(void) { return th_xorshift(&rng); }
 static double frand(void) { return (double)(urand() >> 11) / 9007199254740992.0; } /* [0, 1) */
 
 static float bf2f(uint16_t b)
@@ -655,16 +650,9 @@ static void test_quant_fp4(const char *name, int T, int K, int Kq)
  * on the GPU: the published bytes and the tiled published scales. */
 static void test_fp4_weight(const char *name, int N, int K)
 {
-    qc_linear l;
-    qc_tensor tw, ts, tg;
-    memset(&l, 0, sizeof l);
-    memset(&tw, 0, sizeof tw);
-    memset(&ts, 0, sizeof ts);
-    memset(&tg, 0, sizeof tg);
-    snprintf(l.name, sizeof l.name, "test.%s", name);
-    l.format = QC_FMT_NVFP4_CT;
-    l.n = N;
-    l.k = K;
+    char lname[96];
+    snprintf(lname, sizeof lname, "test.%s", name);
+    qc_linear l = th_linear(lname, QC_FMT_NVFP4_CT, N, K);
     l.bits = 4;
     l.group_size = 16;
     l.symmetric = true;
@@ -673,28 +661,9 @@ static void test_fp4_weight(const char *name, int N, int K)
     float g = 1234.5f;
     for (size_t i = 0; i < (size_t)N * K / 2; i++) wb[i] = (uint8_t)urand();
     for (size_t i = 0; i < (size_t)N * nb; i++) sbt[i] = (uint8_t)(0x20 + urand() % 0x40);
-    tw.name = "weight_packed";
-    tw.dtype = QC_DT_U8;
-    tw.ndim = 2;
-    tw.shape[0] = N;
-    tw.shape[1] = K / 2;
-    tw.numel = (int64_t)N * K / 2;
-    tw.nbytes = (size_t)tw.numel;
-    tw.data = wb;
-    ts = tw;
-    ts.name = "weight_scale";
-    ts.dtype = QC_DT_F8_E4M3;
-    ts.shape[1] = nb;
-    ts.numel = (int64_t)N * nb;
-    ts.nbytes = (size_t)ts.numel;
-    ts.data = sbt;
-    tg.name = "weight_global_scale";
-    tg.dtype = QC_DT_F32;
-    tg.ndim = 1;
-    tg.shape[0] = 1;
-    tg.numel = 1;
-    tg.nbytes = 4;
-    tg.data = &g;
+    qc_tensor tw = th_tensor("weight_packed", QC_DT_U8, 2, N, K / 2, wb);
+    qc_tensor ts = th_tensor("weight_scale", QC_DT_F8_E4M3, 2, N, nb, sbt);
+    qc_tensor tg = th_tensor("weight_global_scale", QC_DT_F32, 1, 1, 0, &g);
     l.weight = &tw;
     l.scale = &ts;
     l.global_scale = &tg;
@@ -909,7 +878,7 @@ static void test_gpu(void)
     const char *names[] = {"quant_act_1x128", "quant_act_37x384", "quant_act_5x100_pad128", "quant_act_200x5120",
                            "quant_fp4", "fp4_weight", "lt_raw", "lt_group", "lt_eligible", "ltbench"};
     if (!gpu_init()) {
-        for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) th_skip(names[i], "no CUDA device");
+        th_skip_all(names, (int)(sizeof names / sizeof names[0]), "no CUDA device");
         return;
     }
     test_quant("quant_act_1x128", 1, 128, 128);
@@ -927,7 +896,7 @@ static void test_gpu(void)
     if (cc_major != 9) {
         char why[96];
         snprintf(why, sizeof why, "cuBLASLt FP8 block scaling needs sm_90 (this GPU is sm_%d%d)", cc_major, cc_minor);
-        for (size_t i = 6; i < sizeof names / sizeof names[0]; i++) th_skip(names[i], why);
+        th_skip_all(names + 6, (int)(sizeof names / sizeof names[0]) - 6, why);
         return;
     }
     qk_blas *blas = NULL;

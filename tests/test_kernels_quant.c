@@ -30,6 +30,7 @@
 #include "dequant.h"
 #include "format.h"
 #include "harness.h"
+#include "linear_util.h"
 #include "quant.h"
 #include "util.h"
 
@@ -42,13 +43,7 @@
 /* ---- random ---------------------------------------------------------------- */
 
 static uint64_t rng = 0x9e3779b97f4a7c15ull;
-static uint64_t urand(void)
-{
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return rng;
-}
+static uint64_t urand(void) { return th_xorshift(&rng); }
 static uint32_t rnd(uint32_t n) { return (uint32_t)((urand() >> 20) % n); }
 
 /* ---- published-layout builders ---------------------------------------------- */
@@ -64,14 +59,7 @@ static int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 static qc_tensor *mk(pub *p, const char *name, qc_dtype dt, int ndim, int64_t d0, int64_t d1)
 {
     qc_tensor *t = &p->t[p->nt++];
-    memset(t, 0, sizeof *t);
-    t->name = name;
-    t->dtype = dt;
-    t->ndim = ndim;
-    t->shape[0] = d0;
-    t->shape[1] = d1;
-    t->numel = ndim == 1 ? d0 : d0 * d1;
-    t->nbytes = (size_t)t->numel * qc_dtype_size(dt);
+    *t = th_tensor(name, dt, ndim, d0, d1, NULL);
     t->data = calloc(1, t->nbytes + 16);
     return t;
 }
@@ -115,10 +103,7 @@ static void put_f(const qc_tensor *t, int64_t i, float v)
 static void lin_init(pub *p, const char *name, qc_format f, int64_t n, int64_t k)
 {
     memset(p, 0, sizeof *p);
-    snprintf(p->l.name, sizeof p->l.name, "%s", name);
-    p->l.format = f;
-    p->l.n = n;
-    p->l.k = k;
+    p->l = th_linear(name, f, n, k);
 }
 
 static void build_fp8(pub *p, const char *name, qc_format f, int64_t N, int64_t K, int bn, int bk,

@@ -16,10 +16,7 @@
 static uint64_t rng = 0x243F6A8885A308D3ull;
 static float frand(void)
 {
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return ((rng >> 40) + 0.5f) / 16777216.0f;
+    return ((th_xorshift(&rng) >> 40) + 0.5f) / 16777216.0f;
 }
 static float nrand(void) { return sqrtf(-2 * logf(frand())) * cosf(6.2831853f * frand()); }
 
