@@ -243,7 +243,7 @@ static int cu_model_new(const qc_cuda_shape *sh, qc_cuda_model **out, qc_err *er
     const int gm = ge && *ge ? atoi(ge) : 0;
     if (gm == 1 || gm == 2 || gm == 5 || gm == 6) qk_gemv_q_mode = gm;
     const char *fn = getenv("QCHAT_FUSE_NORM"); /* A/B of mat_gemv_norm: 0 = separate norm launches */
-    cm->fuse_norm = !(fn && *fn && atoi(fn) == 0);
+    cm->fuse_norm = !(fn && strcmp(fn, "0") == 0);
     cm->prof.ok = true;
     const char *pe = getenv("QCHAT_CUDA_PROFILE");
     cm->prof.on = pe && *pe && strcmp(pe, "0");

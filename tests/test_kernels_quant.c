@@ -692,6 +692,12 @@ static void norm_check(const char *name, pub *p, int np, int64_t K, int expect_f
         const qk_conv_epi ce = {dcw, dcs[1], dco[1], C};
         const int frc = qk_gemv_multi_norm(dp, dyf, np, dh, dw, 1e-6f, 0, conv_c > 0 ? &ce : NULL, qs);
         rc |= (int)cudaStreamSynchronize(qs);
+        int bad_rc = 0; /* a conv on more rows than part 0 has, or with accumulate: refused */
+        if (conv_c > 0 && expect_fused) {
+            const qk_conv_epi too_many = {dcw, dcs[1], dco[1], (int)p[0].l.n + 1};
+            bad_rc = qk_gemv_multi_norm(dp, dyf, np, dh, dw, 1e-6f, 0, &too_many, qs) != 1 ||
+                     qk_gemv_multi_norm(dp, dyf, np, dh, dw, 1e-6f, 1, &ce, qs) != 1;
+        }
         if (!expect_fused) {
             ok = rc == 0 && frc == QK_GEMV_UNFUSED;
             snprintf(why, sizeof why, "returned %d (want QK_GEMV_UNFUSED), other launches %d", frc, rc);
@@ -726,9 +732,9 @@ static void norm_check(const char *name, pub *p, int np, int64_t K, int expect_f
         }
         printf("# %s (path %d): %lld of %lld outputs differ from norm + GEMV\n", name, modes[m], (long long)diff,
                (long long)tot);
-        ok = rc == 0 && frc == 0 && diff == 0;
-        snprintf(why, sizeof why, "path %d: launches %d / %d, %lld of %lld outputs not bit-identical", modes[m], rc,
-                 frc, (long long)diff, (long long)tot);
+        ok = rc == 0 && frc == 0 && diff == 0 && !bad_rc;
+        snprintf(why, sizeof why, "path %d: launches %d / %d, %lld of %lld outputs not bit-identical%s", modes[m], rc,
+                 frc, (long long)diff, (long long)tot, bad_rc ? ", a bad conv epilogue was not refused" : "");
     }
     cudaStreamDestroy(qs);
     CHECK(name, ok, "%s", why);
