@@ -522,7 +522,7 @@ static int gemv_launch(const qk_qweight *const *w, float *const *y, int nparts, 
     static int occ[QG_NBODY];
     /* BF16 parts ride along in any body's launch (GDN in_proj_a|b next to
      * the quantized qkv|z, 2 x 48 rows: on the plain grid that launch ran at
-     * 56 % of copy bandwidth for INT4, 61 % for NVFP4; persistent 59 / 69 %,
+     * 56 % of copy bandwidth for INT4, 62 % for NVFP4; persistent 59 / 69 %,
      * H100, BENCHMARKS.md). */
     int body = QG_B_BF16;
     for (int i = nparts - 1; i >= 0; i--)
