@@ -461,10 +461,22 @@ __device__ __forceinline__ uint32_t qg_bsub2(uint32_t a, uint32_t b)
     return d;
 }
 
+/* bf16x2 (128 + nibble 0, 128 + nibble 4) of w: (w & 0x000f000f) | 0x43004300
+ * as ONE LOP3 with the constant in a register. Written in C, the compiler
+ * made it two LOP3s with immediates (SASS), 8 of the 15 instructions that
+ * decode a word; one measured +5.4 % on the 27B INT4 decode (104.7 ->
+ * 110.4 tok/s, H100, two same-session A/B runs). */
+__device__ __forceinline__ uint32_t qg_bf16_nib2(uint32_t w)
+{
+    uint32_t d;
+    asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(d) : "r"(w), "n"(0x000f000fu), "r"(0x43004300u));
+    return d;
+}
+
 /* INT4 (groups a multiple of 128, no g_idx: a quad's four chunks share one
  * group). Word j of a chunk gives the bf16 pairs (q_p, q_{p+4}) - z for
  * p = 0..3: (w >> 4p) & 0x000f000f | 0x43004300 is 128 + q in each half
- * (one LOP3 + one shift), minus 128 + z (one bf16x2 FMA, exact). x pairs in
+ * (one LOP3, qg_bf16_nib2, + one shift), minus 128 + z (one bf16x2 FMA, exact). x pairs in
  * the same order are one PRMT of the raw bf16 words. Per chunk and row pair
  * 8 mmas into a fresh D, then the group scale on the fp32 accumulator. */
 template <bool F16, bool XS = false>
@@ -509,12 +521,9 @@ struct qg_int4_mma_step {
         const bool hi = (lane >> 2) & 1;
 #pragma unroll
         for (int rp = 0; rp < QK_QROWS; rp += 2) {
-            uint32_t zz[2];
-#pragma unroll
-            for (int h = 0; h < 2; h++) {
-                const uint32_t z = 0x4300u + ((m[rp + h] >> 16) & 0xffu); /* bf16 128 + z (z <= 16: mantissa) */
-                zz[h] = z | (z << 16);
-            }
+            /* bf16x2 (128 + z, 128 + z) = bytes (z, 0x43, z, 0x43) of the
+             * scale|zero word (z, byte 2, <= 16: mantissa): one PRMT */
+            const uint32_t zz[2] = {qg_prmt(m[rp], 0x43434343u, 0x4242u), qg_prmt(m[rp + 1], 0x43434343u, 0x4242u)};
             float d[4] = {0.0f, 0.0f, 0.0f, 0.0f};
             const uint32_t w0[4] = {w[rp].x, w[rp].y, w[rp].z, w[rp].w};
             const uint32_t w1[4] = {w[rp + 1].x, w[rp + 1].y, w[rp + 1].z, w[rp + 1].w};
@@ -523,10 +532,10 @@ struct qg_int4_mma_step {
 #pragma unroll
                 for (int q = 0; q < 4; q += 2) {
                     uint32_t a[4];
-                    a[0] = qg_bsub2(((w0[j] >> (4 * q)) & 0x000f000fu) | 0x43004300u, zz[0]);
-                    a[1] = qg_bsub2(((w1[j] >> (4 * q)) & 0x000f000fu) | 0x43004300u, zz[1]);
-                    a[2] = qg_bsub2(((w0[j] >> (4 * q + 4)) & 0x000f000fu) | 0x43004300u, zz[0]);
-                    a[3] = qg_bsub2(((w1[j] >> (4 * q + 4)) & 0x000f000fu) | 0x43004300u, zz[1]);
+                    a[0] = qg_bsub2(qg_bf16_nib2(w0[j] >> (4 * q)), zz[0]);
+                    a[1] = qg_bsub2(qg_bf16_nib2(w1[j] >> (4 * q)), zz[1]);
+                    a[2] = qg_bsub2(qg_bf16_nib2(w0[j] >> (4 * q + 4)), zz[0]);
+                    a[3] = qg_bsub2(qg_bf16_nib2(w1[j] >> (4 * q + 4)), zz[1]);
                     qg_mma_bf16(d, a, b[4 * j + q], b[4 * j + q + 1]);
                 }
             }
