@@ -16,9 +16,11 @@
  *
  * Measured on the H100 (BENCHMARKS.md "Quantized GEMV (H100)"): INT4 went
  * from 47 to 54 % of copy bandwidth when its FFMA body fell from 4.4 to 3.1
- * instructions per code, but the tensor-core body (qg_int4_mma_step, ~1.7
- * per code) runs at the same 54 %: the remaining limit is not instruction
- * issue. The grid's wave tail was one cause (the persistent launch in
+ * instructions per code; the tensor-core body (qg_int4_mma_step) first ran
+ * at the same 54 %, then at 62 % once its word decoding fell from 15 to 11
+ * instructions (fourth session: the cuts in instructions paid, every change
+ * to the bytes in flight per warp lost, so these bodies are limited by
+ * their arithmetic issue). The grid's wave tail was one cause (the persistent launch in
  * gemv_multi.cu: +2-7 %); prefetching the next step across iterations into
  * a second register set spilled at 128 registers and lost 2-17 %.
  * Keeping the next 2-3 steps in flight in shared memory instead (cp.async,
