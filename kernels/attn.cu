@@ -188,6 +188,7 @@ __global__ void k_attn_combine(const float *part, const float *gate, int H, int 
  * record (m, l, acc) k_attn_combine reads. */
 #define DEC_WARPS 4
 #define DEC_MIN_KEYS (32 * DEC_WARPS) /* a split covers at least one round of the block's warps */
+#define DEC_VAHEAD 2 /* V rows loaded ahead in P.V (k_attn_dec) */
 
 /* Keys per split and splits in use for n keys: short contexts use few
  * splits (the rest exit at once and the combine skips them). */
@@ -224,7 +225,7 @@ __device__ __forceinline__ void dec_load_v(const uint16_t *p, float *v)
 
 /* grid (KV, nsplit), block 32 * DEC_WARPS; GM >= G = H / KV. */
 template <int NH, int GM>
-__global__ void __launch_bounds__(32 * DEC_WARPS) k_attn_dec(const float *q, const uint16_t *kc, const uint16_t *vc,
+__global__ void __launch_bounds__(32 * DEC_WARPS, GM <= 8 ? 4 : 1) k_attn_dec(const float *q, const uint16_t *kc, const uint16_t *vc,
                                                              int max_ctx, int H, int KV, const int32_t *pos,
                                                              int nsplit, float *part)
 {
@@ -296,7 +297,29 @@ __global__ void __launch_bounds__(32 * DEC_WARPS) k_attn_dec(const float *q, con
             m[g] = mn;
         }
         const int nk = min(32, k1 - base);
-        for (int j = 0; j < nk; j++) {
+        int j = 0;
+        /* V rows DEC_VAHEAD at a time, their loads issued before the FMAs
+         * (one memory round trip per group instead of per key). The launch
+         * bound keeps 4 blocks per SM (128 registers) for up to 8 query heads
+         * per KV head, which long contexts need: without it the 27B kernel
+         * took 209 registers and lost at 32K keys (BENCHMARKS.md). With it,
+         * 2 rows ahead: 27B int4 ctx 4096 +1 %, 32768 +2 %; 4 rows spilled
+         * more and gained less. */
+        for (; j + DEC_VAHEAD <= nk; j += DEC_VAHEAD) {
+            float v[DEC_VAHEAD][NH];
+#pragma unroll
+            for (int u = 0; u < DEC_VAHEAD; u++) dec_load_v<NH>(vb + (int64_t)(base + j + u) * hd + lane * NH, v[u]);
+#pragma unroll
+            for (int u = 0; u < DEC_VAHEAD; u++)
+#pragma unroll
+                for (int g = 0; g < GM; g++) {
+                    if (g >= G) break;
+                    const float pj = __shfl_sync(0xffffffffu, pr[g], j + u);
+#pragma unroll
+                    for (int i = 0; i < NH; i++) acc[g][i] = fmaf(pj, v[u][i], acc[g][i]);
+                }
+        }
+        for (; j < nk; j++) {
             float v[NH];
             dec_load_v<NH>(vb + (int64_t)(base + j) * hd + lane * NH, v);
 #pragma unroll
