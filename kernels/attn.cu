@@ -225,9 +225,9 @@ __device__ __forceinline__ void dec_load_v(const uint16_t *p, float *v)
 
 /* grid (KV, nsplit), block 32 * DEC_WARPS; GM >= G = H / KV. */
 template <int NH, int GM>
-__global__ void __launch_bounds__(32 * DEC_WARPS, GM <= 8 ? 4 : 1) k_attn_dec(const float *q, const uint16_t *kc, const uint16_t *vc,
-                                                             int max_ctx, int H, int KV, const int32_t *pos,
-                                                             int nsplit, float *part)
+__global__ void __launch_bounds__(32 * DEC_WARPS, GM <= 8 ? 4 : 1)
+    k_attn_dec(const float *q, const uint16_t *kc, const uint16_t *vc, int max_ctx, int H, int KV, const int32_t *pos,
+               int nsplit, float *part)
 {
     constexpr int hd = NH * 32;
     extern __shared__ float sm[];

@@ -20,8 +20,8 @@
  * at the same 54 %, then at 62 % once its word decoding fell from 15 to 11
  * instructions (fourth session: the cuts in instructions paid, every change
  * to the bytes in flight per warp lost, so these bodies are limited by
- * their arithmetic issue). The grid's wave tail was one cause (the persistent launch in
- * gemv_multi.cu: +2-7 %); prefetching the next step across iterations into
+ * their arithmetic issue). The grid's wave tail was one cause (the
+ * persistent launch in gemv_multi.cu: +2-7 %); prefetching the next step across iterations into
  * a second register set spilled at 128 registers and lost 2-17 %.
  * Keeping the next 2-3 steps in flight in shared memory instead (cp.async,
  * per lane, no spills) lost 5-25 %, and so did staging each row group's
@@ -465,8 +465,8 @@ __device__ __forceinline__ uint32_t qg_bsub2(uint32_t a, uint32_t b)
 
 /* bf16x2 (128 + nibble 0, 128 + nibble 4) of w: (w & 0x000f000f) | 0x43004300
  * as ONE LOP3 with the constant in a register. Written in C, the compiler
- * made it two LOP3s with immediates (SASS), 8 of the 15 instructions that
- * decode a word; one measured +5.4 % on the 27B INT4 decode (104.7 ->
+ * made it two LOP3s with immediates (SASS): 8 of the 15 instructions that
+ * decoded a word, now 4 of 11; +5.4 % on the 27B INT4 decode (104.7 ->
  * 110.4 tok/s, H100, two same-session A/B runs). */
 __device__ __forceinline__ uint32_t qg_bf16_nib2(uint32_t w)
 {
@@ -478,8 +478,8 @@ __device__ __forceinline__ uint32_t qg_bf16_nib2(uint32_t w)
 /* INT4 (groups a multiple of 128, no g_idx: a quad's four chunks share one
  * group). Word j of a chunk gives the bf16 pairs (q_p, q_{p+4}) - z for
  * p = 0..3: (w >> 4p) & 0x000f000f | 0x43004300 is 128 + q in each half
- * (one LOP3, qg_bf16_nib2, + one shift), minus 128 + z (one bf16x2 FMA, exact). x pairs in
- * the same order are one PRMT of the raw bf16 words. Per chunk and row pair
+ * (one LOP3, qg_bf16_nib2, + one shift), minus 128 + z (one bf16x2 FMA,
+ * exact). x pairs in the same order are one PRMT of the raw bf16 words. Per chunk and row pair
  * 8 mmas into a fresh D, then the group scale on the fp32 accumulator. */
 template <bool F16, bool XS = false>
 struct qg_int4_mma_step {
