@@ -1186,15 +1186,21 @@ void qc_cuda_sess_free(qc_cuda_sess *cs)
 /* ---- the forward pass ---- */
 
 /* Decode: y (+)= M x, one launch for all of M's parts. */
+/* The parts of a quantized M as qk_gemv_multi's arrays, part i writing y + off[i]. */
+static void mat_parts(const cu_mat *M, float *y, const qk_qweight **w, float **ys)
+{
+    for (int i = 0; i < M->np; i++) {
+        w[i] = &M->q[i];
+        ys[i] = y + M->off[i];
+    }
+}
+
 static int mat_gemv(qc_cuda_model *cm, const cu_mat *M, const uint16_t *x, float *y, int acc)
 {
     if (!M->np) return qk_gemv_bf16(M->bf, x, y, M->n, M->k, acc, cm->st);
     const qk_qweight *w[QK_GEMV_MAX_PARTS];
     float *ys[QK_GEMV_MAX_PARTS];
-    for (int i = 0; i < M->np; i++) {
-        w[i] = &M->q[i];
-        ys[i] = y + M->off[i];
-    }
+    mat_parts(M, y, w, ys);
     return qk_gemv_multi(w, ys, M->np, x, acc, cm->st);
 }
 
@@ -1207,10 +1213,7 @@ static int mat_gemv_norm(qc_cuda_model *cm, const cu_mat *M, const float *h, con
     if (!cm->fuse_norm || !M->np) return QK_GEMV_UNFUSED;
     const qk_qweight *w[QK_GEMV_MAX_PARTS];
     float *ys[QK_GEMV_MAX_PARTS];
-    for (int i = 0; i < M->np; i++) {
-        w[i] = &M->q[i];
-        ys[i] = y + M->off[i];
-    }
+    mat_parts(M, y, w, ys);
     return qk_gemv_multi_norm(w, ys, M->np, h, norm_w, eps, 0, conv, cm->st);
 }
 

@@ -65,13 +65,19 @@ __device__ __forceinline__ float qk_sumsq4(float ss, float4 v)
     return fmaf(v.w, v.w, fmaf(v.z, v.z, fmaf(v.y, v.y, fmaf(v.x, v.x, ss))));
 }
 
-/* bf16 of x * r * (1 + g) for the four lanes, packed low to high. */
+/* x * r * (1 + g) for the four lanes. */
+__device__ __forceinline__ float4 qk_rms1p4(float4 x, float r, float4 g)
+{
+    return make_float4(x.x * r * (1.0f + g.x), x.y * r * (1.0f + g.y), x.z * r * (1.0f + g.z),
+                       x.w * r * (1.0f + g.w));
+}
+
+/* The same in bf16, packed low to high. */
 __device__ __forceinline__ uint2 qk_rms1p_bf4(float4 x, float r, float4 g)
 {
-    const float y0 = x.x * r * (1.0f + g.x), y1 = x.y * r * (1.0f + g.y);
-    const float y2 = x.z * r * (1.0f + g.z), y3 = x.w * r * (1.0f + g.w);
-    return make_uint2((uint32_t)qk_to_bf(y0) | ((uint32_t)qk_to_bf(y1) << 16),
-                      (uint32_t)qk_to_bf(y2) | ((uint32_t)qk_to_bf(y3) << 16));
+    const float4 y = qk_rms1p4(x, r, g);
+    return make_uint2((uint32_t)qk_to_bf(y.x) | ((uint32_t)qk_to_bf(y.y) << 16),
+                      (uint32_t)qk_to_bf(y.z) | ((uint32_t)qk_to_bf(y.w) << 16));
 }
 
 __host__ __device__ static inline int qk_cdiv(int64_t a, int64_t b) { return (int)((a + b - 1) / b); }

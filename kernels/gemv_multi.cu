@@ -573,6 +573,8 @@ static int gemv_launch(const qk_qweight *const *w, float *const *y, int nparts, 
     }
     if (same && (S == 1 || groups / (B * gpb) <= QG_PRMAX)) {
         qg_pkernel k = qg_pkernels[body];
+        int grid = B;
+        size_t smem = 0;
         if (mode == 9 && body == QG_B_I4MH) k = k_gemv_qp<QG_B_I4MH, 1>;
         if (mode == 9 && body == QG_B_NV) k = k_gemv_qp<QG_B_NV, 1>;
         int same_kc = ps.p[0].kind != QK_QW_BF16; /* staged for p[0]'s layout; BF16 parts read x directly */
@@ -582,34 +584,34 @@ static int gemv_launch(const qk_qweight *const *w, float *const *y, int nparts, 
          * it measured +4 points of copy bandwidth on the 27B decode total
          * (FP8 +-0, INT4 -1: BENCHMARKS.md "Quantized GEMV (H100)") */
         const bool xs_default = body == QG_B_NV || body == QG_B_MX;
-        bool use_xs =
+        const bool use_xs =
             (nm || mode == 5 || (mode == 0 && xs_default)) && same_kc && qg_pkernels_xs[body] && xs <= QG_XSMAX;
         /* 3 blocks per SM (24 warps): by default for the FP4 bodies, where
          * the 27B decode gained 3-4 % in two A/B runs (nvfp4 105.4 -> 108.3,
          * 101.3 -> 105.8 tok/s); INT4 lost 3-4 % (its mma body spills at 85
          * registers) and FP8 did not move, so they keep 2. */
+        bool xs3 = false;
         if ((mode == 6 || (mode == 0 && xs_default)) && same_kc && qg_pkernels_xs3[body] && xs <= QG_XSMAX) {
             static qg_occ_cache c3[QG_NBODY];
             const int o3 = qg_xs_occupancy(&c3[body], qg_pkernels_xs3[body], xs);
             if (o3 >= 3) {
-                const int grid = pb < nsm * o3 ? pb : nsm * o3;
-                qg_cfg(&cfg, at, grid, st, pdl);
-                cfg.dynamicSmemBytes = xs;
-                const int rc = (int)cudaLaunchKernelEx(&cfg, qg_pkernels_xs3[body], ps, x, accumulate, S, groups, nrm);
-                return rc ? rc : qk_launch_status();
+                xs3 = true;
+                k = qg_pkernels_xs3[body];
+                grid = pb < nsm * o3 ? pb : nsm * o3;
+                smem = xs;
             }
         }
-        if (use_xs) { /* only with the same resident blocks as the plain kernel (B above) */
+        if (!xs3 && use_xs) { /* only with the same resident blocks as the plain kernel (B above) */
             static qg_occ_cache c2[QG_NBODY];
-            k = qg_pkernels_xs[body];
-            if (qg_xs_occupancy(&c2[body], k, xs) < occ[body]) {
-                if (nm) return QK_GEMV_UNFUSED;
-                use_xs = false;
-                k = qg_pkernels[body];
+            if (qg_xs_occupancy(&c2[body], qg_pkernels_xs[body], xs) >= occ[body]) {
+                k = qg_pkernels_xs[body];
+                smem = xs;
+            } else if (nm) {
+                return QK_GEMV_UNFUSED;
             }
         }
-        qg_cfg(&cfg, at, B, st, pdl);
-        cfg.dynamicSmemBytes = use_xs ? xs : 0;
+        qg_cfg(&cfg, at, grid, st, pdl);
+        cfg.dynamicSmemBytes = smem;
         const int rc = (int)cudaLaunchKernelEx(&cfg, k, ps, x, accumulate, S, groups, nrm);
         return rc ? rc : qk_launch_status();
     }

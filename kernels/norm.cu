@@ -62,9 +62,7 @@ __global__ void __launch_bounds__(256) k_rmsnorm1p_v(const float4 *x, const floa
         if (i >= D4) break;
         const float4 g = w[i];
         if (ob) ob[t * D4 + i] = qk_rms1p_bf4(v[j], r, g);
-        if (of)
-            of[t * D4 + i] = make_float4(v[j].x * r * (1.0f + g.x), v[j].y * r * (1.0f + g.y),
-                                         v[j].z * r * (1.0f + g.z), v[j].w * r * (1.0f + g.w));
+        if (of) of[t * D4 + i] = qk_rms1p4(v[j], r, g);
     }
 }
 

@@ -299,7 +299,7 @@ static double rel_l2(const float *a, const double *ref, int64_t n)
 
 static int64_t emulate_decode(const qk_qweight *q, const float *ref);
 
-static void run_case(const char *name, pub *p)
+static void case_checks(const char *name, pub *p)
 {
     char cname[128];
     qc_err err = {0};
@@ -464,6 +464,13 @@ static void run_case(const char *name, pub *p)
     qc_qweight_free_host(&h);
     free(ref);
     free(unp);
+}
+
+/* One weight through every check above, then freed. */
+static void run_case(const char *name, pub *p)
+{
+    case_checks(name, p);
+    pub_free(p);
 }
 
 /* The GPU kernels' per-code decoding, transcribed to C, applied to the packed
@@ -635,6 +642,21 @@ static void fused_check(const char *name, pub *p, int np, int64_t K)
 #endif
 }
 
+#ifdef QC_HAVE_CUDA
+/* How many of the n 32-bit words at device pointers a and b differ. */
+static int64_t words_differ(const void *a, const void *b, int64_t n)
+{
+    uint32_t *ha = malloc((size_t)n * 4), *hb = malloc((size_t)n * 4);
+    cudaMemcpy(ha, a, (size_t)n * 4, cudaMemcpyDeviceToHost);
+    cudaMemcpy(hb, b, (size_t)n * 4, cudaMemcpyDeviceToHost);
+    int64_t d = 0;
+    for (int64_t i = 0; i < n; i++) d += ha[i] != hb[i];
+    free(ha);
+    free(hb);
+    return d;
+}
+#endif
+
 /* qk_gemv_multi_norm against qk_rmsnorm1p + qk_gemv_multi: the folded norm
  * must stage the very bf16 x the norm kernel writes, so y is bit-identical
  * (on the default path and with every body on 3 blocks per SM); or, where
@@ -710,25 +732,12 @@ static void norm_check(const char *name, pub *p, int np, int64_t K, int expect_f
         }
         int64_t diff = 0, tot = 0;
         for (int i = 0; i < np; i++) {
-            const int64_t N = p[i].l.n;
-            uint32_t *a = malloc((size_t)N * 4), *b = malloc((size_t)N * 4);
-            cudaMemcpy(a, dyr[i], (size_t)N * 4, cudaMemcpyDeviceToHost);
-            cudaMemcpy(b, dyf[i], (size_t)N * 4, cudaMemcpyDeviceToHost);
-            for (int64_t n = 0; n < N; n++) diff += a[n] != b[n];
-            tot += N;
-            free(a);
-            free(b);
+            diff += words_differ(dyr[i], dyf[i], p[i].l.n);
+            tot += p[i].l.n;
         }
         if (conv_c > 0) { /* conv outputs and states: C + 3C words */
-            uint32_t *a = malloc((size_t)C * 16), *b = malloc((size_t)C * 16);
-            cudaMemcpy(a, dco[0], (size_t)C * 4, cudaMemcpyDeviceToHost);
-            cudaMemcpy(b, dco[1], (size_t)C * 4, cudaMemcpyDeviceToHost);
-            cudaMemcpy(a + C, dcs[0], (size_t)C * 12, cudaMemcpyDeviceToHost);
-            cudaMemcpy(b + C, dcs[1], (size_t)C * 12, cudaMemcpyDeviceToHost);
-            for (int i = 0; i < 4 * C; i++) diff += a[i] != b[i];
+            diff += words_differ(dco[0], dco[1], C) + words_differ(dcs[0], dcs[1], 3 * (int64_t)C);
             tot += 4 * C;
-            free(a);
-            free(b);
         }
         printf("# %s (path %d): %lld of %lld outputs differ from norm + GEMV\n", name, modes[m], (long long)diff,
                (long long)tot);
@@ -1122,145 +1131,104 @@ int main(void)
     /* FP8 */
     build_fp8(&p, "fp8_block_partial", QC_FMT_FP8_BLOCK, 300, 400, 128, 128, QC_DT_BF16);
     run_case("fp8_block_300x400", &p);
-    pub_free(&p);
     build_fp8(&p, "fp8_block_f32", QC_FMT_FP8_BLOCK, 1000, 5120, 128, 128, QC_DT_F32);
     run_case("fp8_block_1000x5120_f32scale", &p);
-    pub_free(&p);
     build_fp8(&p, "fp8_tensor", QC_FMT_FP8_TENSOR, 130, 272, 0, 0, QC_DT_F32);
     run_case("fp8_tensor_130x272", &p);
-    pub_free(&p);
     build_fp8(&p, "fp8_channel", QC_FMT_FP8_CHANNEL, 200, 200, 0, 0, QC_DT_BF16);
     run_case("fp8_channel_200x200", &p);
-    pub_free(&p);
     /* INT4: gptq */
     build_gptq(&p, "gptq_v1_sym", 200, 1000, 128, 1, 1, 0);
     run_case("gptq_v1_sym_g128_200x1000", &p);
-    pub_free(&p);
     build_gptq(&p, "gptq_v2_asym", 136, 200, 32, 0, 0, 0);
     run_case("gptq_v2_asym_g32_136x200", &p);
-    pub_free(&p);
     build_gptq(&p, "gptq_v1_asym", 1000, 5120, 64, 1, 0, 0);
     run_case("gptq_v1_asym_g64_1000x5120", &p);
-    pub_free(&p);
     build_gptq(&p, "gptq_actorder", 96, 512, 128, 1, 1, 1);
     run_case("gptq_gidx_actorder_g128_96x512", &p);
-    pub_free(&p);
     build_gptq(&p, "gptq_uneven", 72, 320, 64, 0, 0, 2);
     run_case("gptq_gidx_uneven_g64_72x320", &p);
-    pub_free(&p);
     /* INT4: awq */
     build_awq(&p, "awq_g128", 200, 520, 128);
     run_case("awq_g128_200x520", &p);
-    pub_free(&p);
     build_awq(&p, "awq_g64", 64, 256, 64);
     run_case("awq_g64_64x256", &p);
-    pub_free(&p);
     /* INT4: compressed-tensors */
     build_ct(&p, "ct_sym", 300, 1000, 128, 0, 0);
     run_case("ct_int_sym_g128_300x1000", &p);
-    pub_free(&p);
     build_ct(&p, "ct_asym", 100, 200, 32, 1, 0);
     run_case("ct_int_asym_g32_100x200", &p);
-    pub_free(&p);
     build_ct(&p, "ct_asym_gidx", 50, 256, 32, 1, 1);
     run_case("ct_int_asym_gidx_g32_50x256", &p);
-    pub_free(&p);
     build_ct(&p, "ct_k_odd8", 40, 100, 32, 0, 0);
     run_case("ct_int_sym_g32_40x100", &p);
-    pub_free(&p);
     /* INT4 g128 runs on the tensor cores: long K with few rows takes the
      * split-K launch (several warps per row group) with a partial last step. */
     build_ct(&p, "ct_sym_splitk", 40, 8200, 128, 0, 0);
     run_case("ct_int_sym_g128_splitk_40x8200", &p);
-    pub_free(&p);
     build_gptq(&p, "gptq_asym_splitk", 72, 4200, 128, 0, 0, 0);
     run_case("gptq_v2_asym_g128_splitk_72x4200", &p);
-    pub_free(&p);
     /* NVFP4 (both global conventions) and MXFP4 */
     build_fp4(&p, "nvfp4_ct", QC_FMT_NVFP4_CT, 300, 200, 1234.567f);
     run_case("nvfp4_ct_300x200", &p);
-    pub_free(&p);
     build_fp4(&p, "nvfp4_ct_big", QC_FMT_NVFP4_CT, 1000, 5120, 2688.0f / 3.7f);
     run_case("nvfp4_ct_1000x5120", &p);
-    pub_free(&p);
     build_fp4(&p, "nvfp4_modelopt", QC_FMT_NVFP4_MODELOPT, 130, 512, 1.0f / 1234.567f);
     run_case("nvfp4_modelopt_130x512", &p);
-    pub_free(&p);
     build_fp4(&p, "mxfp4", QC_FMT_MXFP4_CT, 200, 200, 0);
     run_case("mxfp4_200x200", &p);
-    pub_free(&p);
 
     build_bf16(&p, "bf16", 48, 5120);
     run_case("bf16_48x5120", &p);
-    pub_free(&p);
 
     /* Tall shapes: several rounds of the persistent launch (gemv_multi.cu)
      * plus its leftover phase, with one (INT4, FP8) and two (NVFP4) warps
      * per row group in the rounds and eight in the leftovers. */
     build_ct(&p, "ct_sym_tall", 17000, 512, 128, 0, 0);
     run_case("ct_int_sym_g128_tall_17000x512", &p);
-    pub_free(&p);
     build_fp8(&p, "fp8_tall", QC_FMT_FP8_BLOCK, 17000, 256, 128, 128, QC_DT_BF16);
     run_case("fp8_block_tall_17000x256", &p);
-    pub_free(&p);
     build_fp4(&p, "nvfp4_tall", QC_FMT_NVFP4_CT, 9000, 2048, 1234.567f);
     run_case("nvfp4_ct_tall_9000x2048", &p);
-    pub_free(&p);
 
     /* Short K (one step per row group, a partial chunk of x). */
     build_fp8(&p, "fp8_shortk", QC_FMT_FP8_BLOCK, 72, 32, 128, 128, QC_DT_BF16);
     run_case("fp8_block_shortk_72x32", &p);
-    pub_free(&p);
     build_ct(&p, "ct_shortk", 40, 32, 32, 1, 0);
     run_case("ct_int_asym_g32_shortk_40x32", &p);
-    pub_free(&p);
     build_ct(&p, "ct_shortk_g128", 24, 96, 128, 0, 0);
     run_case("ct_int_sym_g128_shortk_24x96", &p);
-    pub_free(&p);
     build_fp4(&p, "nvfp4_shortk", QC_FMT_NVFP4_CT, 36, 48, 321.5f);
     run_case("nvfp4_ct_shortk_36x48", &p);
-    pub_free(&p);
     build_fp4(&p, "mxfp4_shortk", QC_FMT_MXFP4_CT, 20, 64, 0);
     run_case("mxfp4_shortk_20x64", &p);
-    pub_free(&p);
     build_bf16(&p, "bf16_shortk", 12, 24);
     run_case("bf16_shortk_12x24", &p);
-    pub_free(&p);
     /* Long K (mlp.down's 17408: 34 KB of staged x) with a split-K grid
      * (few rows). */
     build_fp4(&p, "nvfp4_longk", QC_FMT_NVFP4_CT, 64, 17408, 77.0f);
     run_case("nvfp4_ct_longk_64x17408", &p);
-    pub_free(&p);
     build_gptq(&p, "gptq_longk", 40, 17408, 128, 0, 0, 0);
     run_case("gptq_v2_asym_g128_longk_40x17408", &p);
-    pub_free(&p);
 
     /* K a multiple of 1024 like every 27B shape (whole 512-byte steps per
      * lane group): rounds plus leftovers, split K, every body. */
     build_ct(&p, "ct", 9000, 2048, 128, 0, 0);
     run_case("ct_int_sym_g128_9000x2048", &p);
-    pub_free(&p);
     build_gptq(&p, "gptq", 300, 2048, 256, 0, 0, 0);
     run_case("gptq_v2_asym_g256_300x2048", &p);
-    pub_free(&p);
     build_awq(&p, "awq", 200, 1024, 64);
     run_case("awq_g64_200x1024", &p);
-    pub_free(&p);
     build_ct(&p, "ct_w_splitk", 24, 16384, 128, 1, 0);
     run_case("ct_int_asym_g128_splitk_24x16384", &p);
-    pub_free(&p);
     build_fp8(&p, "fp8", QC_FMT_FP8_BLOCK, 5000, 1536, 128, 128, QC_DT_BF16);
     run_case("fp8_block_5000x1536", &p);
-    pub_free(&p);
     build_fp8(&p, "fp8_w_splitk", QC_FMT_FP8_BLOCK, 100, 8192, 128, 128, QC_DT_F32);
     run_case("fp8_block_splitk_100x8192", &p);
-    pub_free(&p);
     build_fp4(&p, "nvfp4", QC_FMT_NVFP4_MODELOPT, 4100, 1024, 1.0f / 97.0f);
     run_case("nvfp4_modelopt_4100x1024", &p);
-    pub_free(&p);
     build_fp4(&p, "mxfp4", QC_FMT_MXFP4_CT, 300, 3072, 0);
     run_case("mxfp4_300x3072", &p);
-    pub_free(&p);
 
     test_fused();
     test_norm_fused();
