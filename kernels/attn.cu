@@ -167,6 +167,7 @@ __device__ __forceinline__ float attn_merge(const float *pp, int used, int hd, i
 /* grid (T, H), block hd: merges the splits' partial softmax sums. */
 __global__ void k_attn_combine(const float *part, const float *gate, int H, int hd, int nsplit, uint16_t *out)
 {
+    qk_pdl_trigger(); /* the next GEMV may land early (common.cuh) */
     int t = blockIdx.x, h = blockIdx.y, d = threadIdx.x;
     int64_t oi = (int64_t)t * H * hd + (int64_t)h * hd + d;
     const float *pp = part + ((int64_t)t * H + h) * nsplit * (hd + 2);
@@ -366,6 +367,7 @@ __global__ void __launch_bounds__(32 * DEC_WARPS, GM <= 8 ? 4 : 1)
 __global__ void k_attn_dec_combine(const float *part, const float *gate, int H, int hd, int max_ctx,
                                    const int32_t *pos, int nsplit, uint16_t *out)
 {
+    qk_pdl_trigger(); /* the next GEMV may land early (common.cuh) */
     const int h = blockIdx.x, d = threadIdx.x;
     const int n = min(pos[0] + 1, max_ctx), per = dec_per(n, nsplit), used = (n + per - 1) / per;
     const int64_t oi = (int64_t)h * hd + d;

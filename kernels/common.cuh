@@ -82,4 +82,27 @@ __device__ __forceinline__ uint2 qk_rms1p_bf4(float4 x, float r, float4 g)
 
 __host__ __device__ static inline int qk_cdiv(int64_t a, int64_t b) { return (int)((a + b - 1) / b); }
 
+/* Programmatic dependent launch (sm_90+; no-ops elsewhere and when the next
+ * launch has no PDL attribute). qk_pdl_trigger: the next kernel of the
+ * stream, if launched with the attribute, may place its blocks once every
+ * block of this one has called it (it still waits for all of this kernel
+ * before it reads anything): the decode's small kernels call it at entry
+ * so the quantized GEMV after them can land on the SMs they leave idle.
+ * qk_pdl_wait: returns once the previous kernel has finished and its writes
+ * are visible; a PDL-launched kernel calls it before its first load of
+ * anything the previous kernel wrote, and before its first store. */
+__device__ __forceinline__ void qk_pdl_trigger(void)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void qk_pdl_wait(void)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
 #endif

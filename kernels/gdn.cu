@@ -797,6 +797,7 @@ __global__ void __launch_bounds__(DK) k_gdn_step(const float *c, const float *b,
                                                  const float *dt_bias, const float *z, const float *norm_w, float eps,
                                                  float *state, int Hk, int Hv, uint16_t *out)
 {
+    qk_pdl_trigger(); /* the next GEMV may land early (common.cuh) */
     const int DV = DK;
     __shared__ float qs[DK], ks[DK], red[33];
     int h = blockIdx.x, j = threadIdx.x, kh = h / (Hv / Hk);

@@ -15,8 +15,8 @@
 __global__ void __launch_bounds__(QG_THREADS, QG_MINB)
     k_gemv_q(const __grid_constant__ qg_parts ps, const uint16_t *__restrict__ x, int accumulate, int S)
 {
-    qg_pdl_trigger();
-    qg_pdl_wait();
+    qk_pdl_trigger();
+    qk_pdl_wait();
     int i = 0;
 #pragma unroll
     for (int j = 1; j < QK_GEMV_MAX_PARTS; j++)
@@ -87,12 +87,12 @@ __global__ void __launch_bounds__(QG_THREADS, QG_MINB)
  * step's math) spilled at 128 registers and was slower (-2 to -17 %), and a
  * cp.async shared-memory pipeline of the same (no spills) was slower still.
  *
- * The kernels can be launched with the PDL attribute (sm_90+, a real
- * stream; qk_gemv_q_mode 2 and 5): they trigger their dependents at entry
- * and wait for their predecessor before touching x or y, so a GEMV's blocks
- * are placed while the kernel before it drains. Alone that gained 1-3
- * points of copy bandwidth on the 27B totals, but in the engine's decode
- * graph it lost 1 % (int4, fp8), so the default launches are plain. */
+ * The kernels are launched with the PDL attribute where the GPU and stream
+ * allow (sm_90+, a real stream): they trigger their dependents at entry and
+ * wait for their predecessor before touching x or y, so a GEMV's blocks are
+ * placed, and its first weights asked of L2 (qg_prime_l2), while the kernel
+ * before it drains. That paid in the decode graph only once the small
+ * kernels between the GEMVs triggered at entry too (qk_pdl_trigger). */
 #define QG_PRMAX 4 /* phase-1 rounds whose partial sums fit in shared memory (S > 1) */
 
 /* Global row group g: its part and first row. */
@@ -291,6 +291,43 @@ __device__ __forceinline__ void qg_stage_norm(const qg_norm &nm, int K, int P, i
     }
 }
 
+/* With PDL (the default launch), each warp asks L2 for the first walk step
+ * of its first row group (4 KB: lane (r, h, l) the 128-byte line l of step
+ * h of row r) before the PDL wait, so the weights start to come while the
+ * kernel before still runs: a small decode kernel (GDN step, SwiGLU,
+ * attention combine) that triggers at entry and leaves most SMs idle, or
+ * the tail of the previous GEMV. 27B decode on the H100 (fifth session,
+ * BENCHMARKS.md): PDL with the small kernels triggering +1.2-1.5 %, the
+ * prime on top +0.5-1 % more; asking for 2, 4 or 8 steps instead of 1 did
+ * not gain. Without PDL the same prefetch before the x staging measured
+ * -0.2 to -1.7 % (fourth session). */
+__device__ __forceinline__ void qg_prime_l2(const qg_parts &ps, int S, int G)
+{
+    const int warp = (int)threadIdx.x >> 5, lane = (int)threadIdx.x & 31;
+    const int B = (int)gridDim.x, gpb = QG_WARPS / S, V = B * gpb;
+    int g, ks, st;
+    if (G >= V) { /* phase 1 */
+        g = (int)blockIdx.x * gpb + warp / S;
+        ks = warp % S;
+        st = 32 * S;
+    } else { /* phase 2 only (qg_persist) */
+        int gpb2 = 1;
+        while (B * gpb2 < G) gpb2 *= 2;
+        const int S2 = QG_WARPS / gpb2;
+        g = (warp / S2) * B + (int)blockIdx.x;
+        ks = warp % S2;
+        st = 32 * S2;
+        if (g >= G) return;
+    }
+    int row0;
+    const qg_part &p = qg_locate(ps, g, row0);
+    const int c = ks * 32 + ((lane >> 2) & 1) * st + 8 * (lane & 3);
+    if (c < p.kc && row0 + (lane >> 3) < p.n) {
+        const uint4 *a = (const uint4 *)p.w + (size_t)(row0 + (lane >> 3)) * p.kc + c;
+        asm volatile("prefetch.global.L2 [%0];" ::"l"(a));
+    }
+}
+
 /* One kernel per body, so each gets its own register allocation. VAR 0:
  * x through L1 as loaded by the walk; VAR 2 (XS): the block first copies x
  * to shared memory (qg_load_xsm's layout, dynamic shared memory of
@@ -302,8 +339,9 @@ __global__ void __launch_bounds__(QG_THREADS, VAR == 3 ? 3 : QG_MINB)
               const qg_norm nrm)
 {
     __shared__ float red[QG_PRMAX * QG_WARPS * QK_QROWS];
-    qg_pdl_trigger();
-    qg_pdl_wait();
+    qk_pdl_trigger();
+    if (VAR != 1 && ps.prime) qg_prime_l2(ps, S, G); /* before the wait: see qg_prime_l2 */
+    qk_pdl_wait();
     if (VAR == 1) {
         if (BODY == QG_B_I4MH) qg_persist<qg_loads_only<qg_int4_mma_lo>, false>(ps, x, accumulate, S, G, red);
         else qg_persist<qg_loads_only<qg_fp4_lo>, false>(ps, x, accumulate, S, G, red);
@@ -366,10 +404,13 @@ static const qg_pkernel qg_pkernels_xs3[QG_NBODY] = {k_gemv_qp<0, 3>, NULL, NULL
 #define QG_XSMAX (48 << 10) /* staged x per block (K up to 24576), no opt-in needed */
 
 /* Launch variants (quant.h; tests and QCHAT_GEMV_MODE for A/B runs):
- * 0 = default (plain launches; NVFP4/MXFP4 stage x in shared memory and run
- * 3 blocks per SM); 1 = plain launches, x through L1 (the code before
- * both); 2 = PDL launches where the GPU and stream allow, x staged for
- * FP4 (2 blocks per SM); 5 = PDL and x staged for every body that has the
+ * 0 = default (PDL launches where the GPU and stream allow, with the L2
+ * prime of qg_prime_l2; NVFP4/MXFP4 stage x in shared memory and run 3
+ * blocks per SM); 7 = the same kernels as plain launches (the default
+ * before the fifth session); 8 = PDL without the prime; 1 = plain
+ * launches, x through L1 (the code before the staging and 3 blocks); 2 =
+ * PDL, x staged for FP4 (2 blocks per SM); 5 = PDL and x staged for every
+ * body that has the
  * variant (FP8, INT4 without g_idx, FP4); 6 = x staged and 3 blocks per SM
  * for every such body; 9 = the loads-only diagnostic for INT4 g128 (f16
  * scales) and NVFP4 launches (wrong y: timing only). */
@@ -540,11 +581,13 @@ static int gemv_launch(const qk_qweight *const *w, float *const *y, int nparts, 
         occ[body] = 1;
     const int pb = (groups + gpb - 1) / gpb, B = pb < nsm * occ[body] ? pb : nsm * occ[body];
     const int mode = qk_gemv_q_mode;
-    /* PDL only in modes 2 and 5: in the engine's decode graph, where the
-     * neighbouring kernels do not launch early, it measured slower (27B
-     * decode, mode 1 vs 0 vs plain: int4 97.8 vs 96.9 tok/s, fp8 78.8 vs
-     * 78.2; BENCHMARKS.md), although the GEMV alone gained 1-3 points. */
-    const bool pdl = (mode == 2 || mode == 5) && qg_pdl_ok(st);
+    /* PDL by default (and in modes 2, 5, 8). Measured in the engine's decode
+     * graph (27B, H100, BENCHMARKS.md): slower (-1 %) while the small
+     * kernels between the GEMVs did not trigger their dependents (third
+     * session); with them triggering at entry +1.2-1.5 % (fifth). */
+    const bool pdl = (mode == 0 || mode == 2 || mode == 5 || mode == 8) && qg_pdl_ok(st);
+    const bool m0 = mode == 0 || mode == 7 || mode == 8; /* the default's kernel choices */
+    ps.prime = mode == 0 && pdl;
     cudaLaunchConfig_t cfg;
     cudaLaunchAttribute at[1];
     const qg_norm nrm = nm ? *nm : qg_norm{};
@@ -585,13 +628,13 @@ static int gemv_launch(const qk_qweight *const *w, float *const *y, int nparts, 
          * (FP8 +-0, INT4 -1: BENCHMARKS.md "Quantized GEMV (H100)") */
         const bool xs_default = body == QG_B_NV || body == QG_B_MX;
         const bool use_xs =
-            (nm || mode == 5 || (mode == 0 && xs_default)) && same_kc && qg_pkernels_xs[body] && xs <= QG_XSMAX;
+            (nm || mode == 5 || (m0 && xs_default)) && same_kc && qg_pkernels_xs[body] && xs <= QG_XSMAX;
         /* 3 blocks per SM (24 warps): by default for the FP4 bodies, where
          * the 27B decode gained 3-4 % in two A/B runs (nvfp4 105.4 -> 108.3,
          * 101.3 -> 105.8 tok/s); INT4 lost 3-4 % (its mma body spills at 85
          * registers) and FP8 did not move, so they keep 2. */
         bool xs3 = false;
-        if ((mode == 6 || (mode == 0 && xs_default)) && same_kc && qg_pkernels_xs3[body] && xs <= QG_XSMAX) {
+        if ((mode == 6 || (m0 && xs_default)) && same_kc && qg_pkernels_xs3[body] && xs <= QG_XSMAX) {
             static qg_occ_cache c3[QG_NBODY];
             const int o3 = qg_xs_occupancy(&c3[body], qg_pkernels_xs3[body], xs);
             if (o3 >= 3) {

@@ -72,6 +72,7 @@ struct qg_part {
 struct qg_parts {
     qg_part p[QK_GEMV_MAX_PARTS];
     int count;
+    int prime; /* persistent PDL launch: ask L2 for the first step before the wait (qg_prime_l2) */
 };
 
 /* An f16x2 held in a 32-bit word as two exact floats. Written as PTX cvt
@@ -591,27 +592,6 @@ __device__ __forceinline__ void qg_walk(const qg_part &pp, int row0, const uint1
         a.load(p, row0, x, c);
         a.dot(p, acc);
     }
-}
-
-/* Programmatic dependent launch (sm_90+; no-ops elsewhere and when the
- * launch has no PDL attribute), used by gemv_multi.cu. trigger: the next
- * kernel of the stream may place its blocks as this one's leave the SMs
- * (it still waits for all of this kernel before it reads anything);
- * wait: returns once the previous kernel has finished and its writes are
- * visible. A kernel calls wait before its first load of x or y and its
- * first store. */
-__device__ __forceinline__ void qg_pdl_trigger(void)
-{
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-#endif
-}
-
-__device__ __forceinline__ void qg_pdl_wait(void)
-{
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
 }
 
 #endif

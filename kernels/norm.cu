@@ -201,6 +201,7 @@ __device__ __forceinline__ uint32_t swiglu_pair(float g0, float g1, float u0, fl
 
 __global__ void __launch_bounds__(256) k_swiglu_v(const float *gu, int ld, int I, uint16_t *out)
 {
+    qk_pdl_trigger(); /* the next GEMV may land early (common.cuh) */
     const int i = (blockIdx.x * 256 + threadIdx.x) * 8;
     if (i >= I) return;
     const int64_t t = blockIdx.y;
@@ -218,6 +219,7 @@ __device__ __forceinline__ uint32_t swiglu_pair_b16(uint32_t g, uint32_t u)
 
 __global__ void __launch_bounds__(256) k_swiglu_b16_v(const uint16_t *gu, int ld, int I, uint16_t *out)
 {
+    qk_pdl_trigger(); /* the next GEMV may land early (common.cuh) */
     const int i = (blockIdx.x * 256 + threadIdx.x) * 8;
     if (i >= I) return;
     const int64_t t = blockIdx.y;

@@ -392,12 +392,14 @@ static void case_checks(const char *name, pub *p)
     hq = malloc((size_t)(N * ld) * 2);
     cudaMemcpy(dx, xb, (size_t)K * 2, cudaMemcpyHostToDevice);
     /* Each launch path of gemv_multi.cu (qk_gemv_q_mode): the default
-     * (plain launches, x staged in shared memory for FP4), x through L1,
-     * PDL launches, PDL with x staged for every body that can. */
+     * (PDL with the L2 prime, x staged in shared memory for FP4), its
+     * kernels as plain launches, x through L1, PDL with FP4 on 2 blocks
+     * per SM, PDL with x staged for every body that can, x staged on 3
+     * blocks per SM. */
     static const struct {
         int mode;
         const char *tag;
-    } paths[] = {{0, ""}, {1, "plain_"}, {2, "pdl_"}, {5, "xs_"}, {6, "xs3_"}};
+    } paths[] = {{0, ""}, {7, "nopdl_"}, {1, "plain_"}, {2, "pdl_"}, {5, "xs_"}, {6, "xs3_"}};
     int krc = 0, src = 0;
     cudaStream_t qs; /* not the legacy stream: PDL launches need a real one */
     cudaStreamCreateWithFlags(&qs, cudaStreamNonBlocking);
@@ -603,7 +605,7 @@ static void fused_check(const char *name, pub *p, int np, int64_t K)
         dp[i] = &d[i];
         cudaMalloc((void **)&dy[i], (size_t)N * 4);
     }
-    static const int modes[] = {0, 1, 5, 6};
+    static const int modes[] = {0, 7, 1, 5, 6};
     cudaStream_t qs;
     cudaStreamCreateWithFlags(&qs, cudaStreamNonBlocking);
     for (size_t m = 0; ok && m < sizeof modes / sizeof modes[0]; m++) {
