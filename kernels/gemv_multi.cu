@@ -94,6 +94,13 @@ __global__ void __launch_bounds__(QG_THREADS, QG_MINB)
  * before it drains. That paid in the decode graph only once the small
  * kernels between the GEMVs triggered at entry too (qk_pdl_trigger). */
 #define QG_PRMAX 4 /* phase-1 rounds whose partial sums fit in shared memory (S > 1) */
+/* K is split (S > 1) while groups x S < QG_SPLIT_WARPS x SMs: 16, the warps
+ * of two resident blocks. The 27B decode on the H100 (fifth session, two
+ * A/B rounds): 16 against the 32 before gave int4 114.8 -> 117.2, nvfp4
+ * 113.9 -> 118.2, fp8 86.3 -> 87.3 tok/s (GDN and attention in-projections
+ * now walk whole rows, S 2 -> 1, and mlp.down S 4 -> 2); 24 (down S = 4)
+ * and 8 (down and GDN out S = 1) were slower than 16. */
+#define QG_SPLIT_WARPS 16
 
 /* Global row group g: its part and first row. */
 __device__ __forceinline__ const qg_part &qg_locate(const qg_parts &ps, int g, int &row0)
@@ -537,8 +544,9 @@ static int gemv_launch(const qk_qweight *const *w, float *const *y, int nparts, 
     ps = qg_parts{};
     ps.count = nparts;
     /* Warps per row group: split K only while the launch has fewer warps
-     * than the GPU holds (short N, e.g. attention k/v) and each warp keeps
-     * at least one chunk per lane. */
+     * than the persistent grid holds (QG_SPLIT_WARPS per SM: short N, e.g.
+     * attention k/v, or the 27B down and GDN out projections) and each warp
+     * keeps at least one chunk per lane. */
     static int nsm = 0;
     if (!nsm) {
         int dev = 0;
@@ -555,7 +563,7 @@ static int gemv_launch(const qk_qweight *const *w, float *const *y, int nparts, 
         if (ps.p[i].kc < kc_min) kc_min = ps.p[i].kc;
     }
     int S = 1;
-    while (S < QG_WARPS && groups * S < nsm * 32 && kc_min >= 64 * S) S *= 2;
+    while (S < QG_WARPS && groups * S < nsm * QG_SPLIT_WARPS && kc_min >= 64 * S) S *= 2;
     const int gpb = QG_WARPS / S;
     /* Persistent launch when every part runs the same body (the usual
      * case; mixed launches, e.g. GDN with BF16 in_proj_a/b, take the plain
