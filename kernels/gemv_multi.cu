@@ -426,9 +426,8 @@ static const qg_pkernel qg_pkernels_xs3[QG_NBODY] = {k_gemv_qp<0, 3>, NULL, NULL
  * before the fifth session); 8 = PDL without the prime; 1 = plain
  * launches, x through L1 (the code before the staging and 3 blocks); 2 =
  * PDL, x staged for FP4 (2 blocks per SM); 5 = PDL and x staged for every
- * body that has the
- * variant (FP8, INT4 without g_idx, FP4); 6 = x staged and 3 blocks per SM
- * for every such body; 9 = the loads-only diagnostic for INT4 g128 (f16
+ * body that has the variant (FP8, INT4 without g_idx, FP4); 6 = x staged
+ * and 3 blocks per SM for every such body; 9 = the loads-only diagnostic for INT4 g128 (f16
  * scales) and NVFP4 launches (wrong y: timing only). */
 extern "C" {
 int qk_gemv_q_mode = 0;
@@ -595,9 +594,9 @@ static int gemv_launch(const qk_qweight *const *w_in, float *const *y_in, int np
     int S = 1;
     while (S < QG_WARPS && groups * S < nsm * QG_SPLIT_WARPS && kc_min >= 64 * S) S *= 2;
     const int gpb = QG_WARPS / S;
-    /* Persistent launch when every part runs the same body (the usual
-     * case; mixed launches, e.g. GDN with BF16 in_proj_a/b, take the plain
-     * one) and, for S > 1, its rounds fit QG_PRMAX. */
+    /* Persistent launch when every quantized part runs the same body (the
+     * usual case; BF16 parts ride along, below; parts of two quantized
+     * layouts take the plain one) and, for S > 1, its rounds fit QG_PRMAX. */
     static int occ[QG_NBODY];
     /* BF16 parts ride along in any body's launch (GDN in_proj_a|b next to
      * the quantized qkv|z, 2 x 48 rows: on the plain grid that launch ran at

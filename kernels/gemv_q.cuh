@@ -19,17 +19,22 @@
  * instructions per code; the tensor-core body (qg_int4_mma_step) first ran
  * at the same 54 %, then at 62 % once its word decoding fell from 15 to 11
  * instructions (fourth session: the cuts in instructions paid, every change
- * to the bytes in flight per warp lost, so these bodies are limited by
- * their arithmetic issue). The grid's wave tail was one cause (the
- * persistent launch in gemv_multi.cu: +2-7 %); prefetching the next step across iterations into
- * a second register set spilled at 128 registers and lost 2-17 %.
+ * to the bytes in flight per warp lost). Fifth session, sampled inside the
+ * launches (ncu PmSampling): between ramp and tail these GEMVs stream at
+ * 85-95 % of DRAM peak; what they lose is per launch (the ramp, all warps
+ * crossing a group or phase boundary together, the tail of the last
+ * warps), so the schedule in gemv_multi.cu (PDL, the K split, BF16 parts
+ * first) is where the time went, and shorter arithmetic paid by shortening
+ * those phases. The grid's wave tail was one cause (the persistent launch
+ * in gemv_multi.cu: +2-7 %); prefetching the next step across iterations
+ * into a second register set spilled at 128 registers and lost 2-17 %.
  * Keeping the next 2-3 steps in flight in shared memory instead (cp.async,
  * per lane, no spills) lost 5-25 %, and so did staging each row group's
  * scales there; the loads alone without the arithmetic reach 81 % (INT4,
  * NVFP4) of copy bandwidth on the 27B total. What paid: for FP4, x staged
- * once per block in shared memory (qg_load_xsm); PDL launches paid for the
- * GEMV alone but lost ~1 % in the engine's decode graph, so they are off by
- * default. Third session (BENCHMARKS.md, "CUDA engine: quantized formats"):
+ * once per block in shared memory (qg_load_xsm); PDL launches, once the
+ * small kernels between the GEMVs trigger at entry (they are the default
+ * since the fifth session). Third session (BENCHMARKS.md, "CUDA engine: quantized formats"):
  * weights through 1-D bulk copies (cp.async.bulk + mbarrier, 3 steps in
  * flight per warp, no registers) lost 15-18 points; 3 blocks per SM paid
  * for FP4 only; ncu: ~9 cycles per issued instruction, long-scoreboard and
