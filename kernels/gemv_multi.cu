@@ -193,6 +193,17 @@ __device__ __forceinline__ void qg_pmeet(const qg_parts &ps, const float *red, i
     __syncthreads(); /* red is reused by phase 2 */
 }
 
+/* Phase 2 of qg_persist: the L leftover groups over all B blocks, gpb2
+ * per block (the fewest that cover L), each split over S2 warps; this warp
+ * takes leftover j = (warp / S2) * B + block (j >= L: none). */
+__device__ __forceinline__ int qg_phase2_slot(int B, int L, int &S2)
+{
+    int gpb2 = 1;
+    while (B * gpb2 < L) gpb2 *= 2;
+    S2 = QG_WARPS / gpb2;
+    return ((int)threadIdx.x >> 5) / S2 * B + (int)blockIdx.x;
+}
+
 template <class STEP, bool MMA>
 __device__ __forceinline__ void qg_persist(const qg_parts &ps, const uint16_t *__restrict__ x, int accumulate, int S,
                                            int G, float *red)
@@ -213,12 +224,9 @@ __device__ __forceinline__ void qg_persist(const qg_parts &ps, const uint16_t *_
     qg_pwalk<STEP, MMA>(ps, x, v, V, R, warp % S, S, accumulate, red);
     if (S > 1) qg_pmeet(ps, red, v, V, R, S, accumulate);
     if (L == 0) return;
-    /* phase 2: leftover j = (warp / S2) * B + block, so every block gets
-     * some; gpb2 groups per block, the fewest that cover L */
-    int gpb2 = 1;
-    while (B * gpb2 < L) gpb2 *= 2;
-    const int S2 = QG_WARPS / gpb2;
-    const int j = (warp / S2) * B + (int)blockIdx.x, n2 = j < L ? 1 : 0;
+    /* phase 2: every block gets some of the leftovers */
+    int S2;
+    const int j = qg_phase2_slot(B, L, S2), n2 = j < L ? 1 : 0;
     qg_pwalk<STEP, MMA>(ps, x, R * V + j, 0, n2, warp % S2, S2, accumulate, red);
     if (S2 > 1) qg_pmeet(ps, red, R * V + j, 0, n2, S2, accumulate);
 }
@@ -321,16 +329,15 @@ __device__ __forceinline__ void qg_prime_l2(const qg_parts &ps, int S, int G)
 {
     const int warp = (int)threadIdx.x >> 5, lane = (int)threadIdx.x & 31;
     const int B = (int)gridDim.x, gpb = QG_WARPS / S, V = B * gpb;
+    G -= ps.nbf; /* qg_persist's phases 1 and 2 walk the quantized groups */
     int g, ks, st;
     if (G >= V) { /* phase 1 */
         g = (int)blockIdx.x * gpb + warp / S;
         ks = warp % S;
         st = 32 * S;
-    } else { /* phase 2 only (qg_persist) */
-        int gpb2 = 1;
-        while (B * gpb2 < G) gpb2 *= 2;
-        const int S2 = QG_WARPS / gpb2;
-        g = (warp / S2) * B + (int)blockIdx.x;
+    } else { /* phase 2 only */
+        int S2;
+        g = qg_phase2_slot(B, G, S2);
         ks = warp % S2;
         st = 32 * S2;
         if (g >= G) return;
@@ -554,24 +561,20 @@ static int gemv_launch(const qk_qweight *const *w_in, float *const *y_in, int np
      * 27B GDN in-projection launch (int4 qkv|z, bf16 a|b) went from 67 to
      * 78 % of copy bandwidth (fp8 92 -> 96, nvfp4 72 -> 71), the INT4
      * decode +1.0 % (H100, fifth session, two A/B rounds). */
-    const qk_qweight *w[QK_GEMV_MAX_PARTS];
-    float *y[QK_GEMV_MAX_PARTS];
-    int nbf_parts = 0;
-    {
-        const bool lift = w_in[0] && w_in[0]->kind != QK_QW_BF16;
-        int j = 0;
-        for (int pass = 0; pass < 2; pass++)
-            for (int i = 0; i < nparts; i++) {
-                const bool bf = lift && w_in[i] && w_in[i]->kind == QK_QW_BF16;
-                if (bf != (pass == 1)) continue;
-                w[j] = w_in[i];
-                y[j++] = y_in[i];
-                nbf_parts += bf;
-            }
-    }
     qg_parts ps;
     ps = qg_parts{};
     ps.count = nparts;
+    const qk_qweight *w[QK_GEMV_MAX_PARTS];
+    float *y[QK_GEMV_MAX_PARTS];
+    const bool lift = w_in[0] && w_in[0]->kind != QK_QW_BF16;
+    for (int pass = 0, j = 0; pass < 2; pass++)
+        for (int i = 0; i < nparts; i++) {
+            const bool bf = lift && w_in[i] && w_in[i]->kind == QK_QW_BF16;
+            if (bf != (pass == 1)) continue;
+            w[j] = w_in[i];
+            y[j++] = y_in[i];
+            if (bf) ps.nbf += w_in[i]->n_pad / QK_QROWS;
+        }
     /* Warps per row group: split K only while the launch has fewer warps
      * than the persistent grid holds (QG_SPLIT_WARPS per SM: short N, e.g.
      * attention k/v, or the 27B down and GDN out projections) and each warp
@@ -610,7 +613,6 @@ static int gemv_launch(const qk_qweight *const *w_in, float *const *y_in, int np
         same &= part_body(&ps.p[i]) == body || part_body(&ps.p[i]) == QG_B_BF16;
         ps.p[i].first_group = g;
         g += w[i]->n_pad / QK_QROWS;
-        if (i >= nparts - nbf_parts && body != QG_B_BF16) ps.nbf += w[i]->n_pad / QK_QROWS;
     }
     if (!occ[body] &&
         (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ[body], qg_pkernels[body], QG_THREADS, 0) !=
