@@ -888,6 +888,18 @@ static void test_fused(void)
     build_fp4(&p[1], "fused.nz", QC_FMT_NVFP4_CT, 260, K, 77.0f);
     build_bf16(&p[2], "fused.na", 16, K);
     fused_check("qgemv_fused_nvfp4_bf16_a", p, 3, K);
+    /* A BF16 part between quantized ones (the launcher moves it last, for
+     * the persistent kernel's phase 0) and one in front (left in place: its
+     * groups are walked with the quantized ones) */
+    K = 2048;
+    build_ct(&p[0], "fused.mqkv", 640, K, 128, 0, 0);
+    build_bf16(&p[1], "fused.ma", 48, K);
+    build_ct(&p[2], "fused.mz", 384, K, 128, 1, 0);
+    fused_check("qgemv_fused_int4_bf16_middle", p, 3, K);
+    build_bf16(&p[0], "fused.fa0", 48, K);
+    build_ct(&p[1], "fused.fqkv0", 640, K, 128, 0, 0);
+    build_ct(&p[2], "fused.fz0", 384, K, 128, 1, 0);
+    fused_check("qgemv_fused_bf16_first_int4", p, 3, K);
 }
 
 /* A format that has no GPU layout must be refused with a message. */
