@@ -131,11 +131,10 @@ __device__ __forceinline__ void qg_store_row(const qg_part &p, int row, float t,
     }
 }
 
-/* Row sums of one group: to y when S = 1, else to red[slot][warp][row]. */
-__device__ __forceinline__ void qg_pfinish(const qg_part &p, int row0, float *acc, int S, int accumulate,
-                                           float *red, int slot)
+/* The warp's row totals: lane r gets row r's; acc is zeroed for the next group. */
+__device__ __forceinline__ float qg_rows_total(float *acc)
 {
-    const int warp = (int)threadIdx.x >> 5, lane = (int)threadIdx.x & 31;
+    const int lane = (int)threadIdx.x & 31;
     float t = 0.0f;
 #pragma unroll
     for (int r = 0; r < QK_QROWS; r++) {
@@ -143,6 +142,15 @@ __device__ __forceinline__ void qg_pfinish(const qg_part &p, int row0, float *ac
         if (lane == r) t = v;
         acc[r] = 0.0f;
     }
+    return t;
+}
+
+/* Row sums of one group: to y when S = 1, else to red[slot][warp][row]. */
+__device__ __forceinline__ void qg_pfinish(const qg_part &p, int row0, float *acc, int S, int accumulate,
+                                           float *red, int slot)
+{
+    const int warp = (int)threadIdx.x >> 5, lane = (int)threadIdx.x & 31;
+    float t = qg_rows_total(acc);
     if (S == 1) {
         const int row = row0 + lane;
         t *= p.post;
@@ -315,6 +323,38 @@ __device__ __forceinline__ void qg_stage_norm(const qg_norm &nm, int K, int P, i
     }
 }
 
+/* The block's copy of x in shared memory (qg_load_xsm's layout, P 16-byte
+ * pieces per chunk of part 0's layout; the launcher checks that every
+ * quantized part has its kc): x itself, or with nrm.h the RMSNorm of nrm.h
+ * (qg_stage_norm). Ends with a block barrier. */
+__device__ __forceinline__ void qg_stage_x(const qg_parts &ps, const uint16_t *__restrict__ x, const qg_norm &nrm,
+                                           int P, float *red33)
+{
+    const int kc = ps.p[0].kc, K = ps.p[0].k;
+    if (nrm.h) {
+        qg_stage_norm(nrm, K, P, kc, red33);
+    } else {
+        for (int i = (int)threadIdx.x; i < P * kc; i += QG_THREADS) {
+            const int c = i / P, v = i % P, e0 = c * 8 * P + 8 * v;
+            uint4 u;
+            if (e0 + 8 <= K) {
+                u = __ldg((const uint4 *)(x + e0));
+            } else {
+                uint32_t h[4];
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const uint32_t lo = e0 + 2 * e < K ? __ldg(x + e0 + 2 * e) : 0u;
+                    const uint32_t hi = e0 + 2 * e + 1 < K ? __ldg(x + e0 + 2 * e + 1) : 0u;
+                    h[e] = lo | (hi << 16);
+                }
+                u = make_uint4(h[0], h[1], h[2], h[3]);
+            }
+            qg_xsm[v * kc + c] = u;
+        }
+    }
+    __syncthreads();
+}
+
 /* With PDL (the default launch), each warp asks L2 for the first walk step
  * of its first row group (4 KB: lane (r, h, l) the 128-byte line l of step
  * h of row r) before the PDL wait, so the weights start to come while the
@@ -371,31 +411,7 @@ __global__ void __launch_bounds__(QG_THREADS, VAR == 3 ? 3 : QG_MINB)
         return;
     }
     const bool XS = VAR >= 2;
-    if (XS) {
-        const int P = BODY == QG_B_FP8 ? 2 : 4, kc = ps.p[0].kc, K = ps.p[0].k; /* the launcher checks kc */
-        if (nrm.h) {
-            qg_stage_norm(nrm, K, P, kc, red);
-        } else {
-            for (int i = (int)threadIdx.x; i < P * kc; i += QG_THREADS) {
-                const int c = i / P, v = i % P, e0 = c * 8 * P + 8 * v;
-                uint4 u;
-                if (e0 + 8 <= K) {
-                    u = __ldg((const uint4 *)(x + e0));
-                } else {
-                    uint32_t h[4];
-#pragma unroll
-                    for (int e = 0; e < 4; e++) {
-                        const uint32_t lo = e0 + 2 * e < K ? __ldg(x + e0 + 2 * e) : 0u;
-                        const uint32_t hi = e0 + 2 * e + 1 < K ? __ldg(x + e0 + 2 * e + 1) : 0u;
-                        h[e] = lo | (hi << 16);
-                    }
-                    u = make_uint4(h[0], h[1], h[2], h[3]);
-                }
-                qg_xsm[v * kc + c] = u;
-            }
-        }
-        __syncthreads();
-    }
+    if (XS) qg_stage_x(ps, x, nrm, BODY == QG_B_FP8 ? 2 : 4, red);
     switch (BODY) {
     case QG_B_FP8: qg_persist<qg_fp8_step_t<XS>, false>(ps, x, accumulate, S, G, red); break;
     case QG_B_I4PH: qg_persist<qg_int4_step<true, true>, false>(ps, x, accumulate, S, G, red); break;
@@ -409,6 +425,237 @@ __global__ void __launch_bounds__(QG_THREADS, VAR == 3 ? 3 : QG_MINB)
     default: qg_persist<qg_bf16_step, false>(ps, x, accumulate, S, G, red); break;
     }
 }
+
+/* ---- streamed launch (the default for INT4 g128 on sm_90+) ----
+ *
+ * The walks above hold a step's weights in registers, two steps deep, so a
+ * warp has nothing in flight while it finishes a row group (warp sums,
+ * stores), and a launch has nothing in flight until its x is staged. Here
+ * each warp streams its weights and scales into its own ring of QT_D
+ * shared-memory stages with bulk asynchronous copies (cp.async.bulk,
+ * completion counted by an mbarrier per stage), one stage being one walk
+ * step (32 chunks of QK_QROWS rows, 2 KB, and their 8 scale words per row);
+ * lane 0 refills a stage for the step QT_D ahead as soon as the warp has
+ * read it, across row-group boundaries. The first QT_D steps are asked for
+ * before the PDL wait: the weights do not depend on the kernel before.
+ *
+ * Work: block b owns global row groups [b G / B, (b + 1) G / B) (all parts
+ * share kc, so a group is nu = kc / 32 steps); its warps split the block's
+ * steps evenly, and a group cut between warps is summed in shared memory
+ * at the end, in warp order. The step body is gemv_q.cuh's
+ * qg_int4_mma_step, fed from the ring (x is the block's staged copy).
+ *
+ * Measured on the H100 (sixth session, BENCHMARKS.md): the 27B INT4 decode
+ * +1.2 to +1.5 % (three A/B rounds, 116.2 -> 117.8 tok/s in the last), with
+ * every INT4 launch streamed. Alone the kernel gains on long launches (the
+ * fused gate|up, 10 steps per warp: 81 -> 84 % of copy bandwidth) and
+ * loses on short ones (mlp.down, 5 steps per warp: 73 -> 68 %; attn.o 55
+ * -> 53 %: lane 0's 8 copies and the barrier wait are ~25 % more
+ * instructions than the walk, ncu), yet in the decode streaming only the
+ * long launches measured -3 % and only the short ones -1 % against the
+ * walks: what the engine gains is the prefetch before the PDL wait, on
+ * every launch. With one block per SM (8 warps, to leave room for the next
+ * kernel's blocks) the decode lost 30 %: the decoding cannot keep up. For
+ * NVFP4/MXFP4 (the same kernel with their bodies) -6 % against their
+ * 3-blocks-per-SM walk, so they keep the walk. */
+#define QT_D 4                             /* stages per warp (a power of two) */
+#define QT_STAGE (QK_QROWS * (512 + 32))   /* bytes per stage: weights, then 8 scale words per row */
+
+__device__ __forceinline__ uint32_t qt_saddr(const void *p)
+{
+    return (uint32_t)__cvta_generic_to_shared(p);
+}
+
+__device__ __forceinline__ void qt_bar_init(uint64_t *bar)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(qt_saddr(bar)) : "memory");
+#endif
+}
+
+/* One stage's copies: arrival with the byte count, then the copies. */
+__device__ __forceinline__ void qt_expect(uint64_t *bar, uint32_t bytes)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(qt_saddr(bar)), "r"(bytes)
+                 : "memory");
+#endif
+}
+
+__device__ __forceinline__ void qt_copy(void *dst, const void *src, uint32_t bytes, uint64_t *bar)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
+                     qt_saddr(dst)),
+                 "l"(src), "r"(bytes), "r"(qt_saddr(bar))
+                 : "memory");
+#endif
+}
+
+__device__ __forceinline__ void qt_wait(uint64_t *bar, uint32_t parity)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    uint32_t done = 0;
+    while (!done)
+        asm volatile("{\n\t.reg .pred p;\n\tmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n\t"
+                     "selp.u32 %0, 1, 0, p;\n\t}"
+                     : "=r"(done)
+                     : "r"(qt_saddr(bar)), "r"(parity)
+                     : "memory");
+#endif
+}
+
+/* The part holding global row group g. */
+__device__ __forceinline__ int qt_part(const qg_parts &ps, int g)
+{
+    int i = 0;
+#pragma unroll
+    for (int j = 1; j < QK_GEMV_MAX_PARTS; j++)
+        if (j < ps.count && g >= ps.p[j].first_group) i = j;
+    return i;
+}
+
+/* Lane 0's issue cursor: the next step to ask for and its first row's
+ * weight and scale addresses, advanced by pointer steps within a row group
+ * and looked up again (qt_seek) only at the next group. */
+struct qt_cursor {
+    int u, ge;
+    const uint8_t *w, *s;
+};
+
+__device__ __forceinline__ void qt_seek(const qg_parts &ps, int nu, int u, qt_cursor &q)
+{
+    const int g = u / nu, c0 = (u - g * nu) * 32;
+    const qg_part &p = ps.p[qt_part(ps, g)];
+    const size_t row0 = (size_t)(g - p.first_group) * QK_QROWS;
+    q.u = u;
+    q.ge = (g + 1) * nu;
+    q.w = (const uint8_t *)p.w + (row0 * p.kc + c0) * 16;
+    q.s = (const uint8_t *)p.s + row0 * p.kc + c0; /* scale words: ng * 4 = kc bytes per row, c0 / 4 words in */
+}
+
+/* Lane 0: the cursor's step into stage buffer st, then the cursor on. */
+__device__ __forceinline__ void qt_issue(const qg_parts &ps, int nu, qt_cursor &q, uint8_t *st, uint64_t *bar)
+{
+    const size_t wrow = (size_t)ps.p[0].kc * 16, srow = (size_t)ps.p[0].kc;
+    qt_expect(bar, QT_STAGE);
+#pragma unroll
+    for (int r = 0; r < QK_QROWS; r++) {
+        qt_copy(st + r * 512, q.w + r * wrow, 512, bar);
+        qt_copy(st + QK_QROWS * 512 + r * 32, q.s + r * srow, 32, bar);
+    }
+    if (++q.u < q.ge) {
+        q.w += 512;
+        q.s += 32;
+    } else {
+        qt_seek(ps, nu, q.u, q);
+    }
+}
+
+/* This lane's share of a stage: chunk c of the QK_QROWS rows, dotted. */
+template <bool F16>
+__device__ __forceinline__ void qt_dot(const qg_part &p, const uint8_t *st, int c, float *acc)
+{
+    const int lane = (int)threadIdx.x & 31;
+    const uint4 *w = (const uint4 *)st;
+    const uint32_t *s = (const uint32_t *)(st + QK_QROWS * 512);
+    qg_int4_mma_step<F16, true> t;
+#pragma unroll
+    for (int r = 0; r < QK_QROWS; r++) {
+        t.w[r] = w[r * 32 + lane];
+        t.m[r] = s[r * 8 + (lane >> 2)]; /* the quad's group (4 chunks per group of 128) */
+    }
+    t.cx = c;
+    t.dot(p, acc);
+}
+
+template <bool F16>
+__global__ void __launch_bounds__(QG_THREADS, 2)
+    k_gemv_qt(const __grid_constant__ qg_parts ps, const uint16_t *__restrict__ x, int accumulate, int G,
+              const qg_norm nrm)
+{
+    __shared__ float red[33];
+    __shared__ float cut[QG_WARPS * 2 * QK_QROWS]; /* partial sums of the groups cut between warps */
+    __shared__ __align__(8) uint64_t bars[QG_WARPS * QT_D];
+    qk_pdl_trigger();
+    const int warp = (int)threadIdx.x >> 5, lane = (int)threadIdx.x & 31;
+    const int nu = ps.p[0].kc / 32, B = (int)gridDim.x;
+    const int A = (int)((long long)blockIdx.x * G / B) * nu, n = (int)((long long)(blockIdx.x + 1) * G / B) * nu - A;
+    const int a = A + (int)((long long)warp * n / QG_WARPS), b = A + (int)((long long)(warp + 1) * n / QG_WARPS);
+    uint8_t *ring = (uint8_t *)qg_xsm + 16 * 4 * ps.p[0].kc + warp * QT_D * QT_STAGE; /* after x */
+    uint64_t *bar = bars + warp * QT_D;
+    qt_cursor q;
+    if (lane == 0) {
+        for (int s = 0; s < QT_D; s++) qt_bar_init(bar + s);
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+#endif
+        if (a < b) qt_seek(ps, nu, a, q);
+        for (int k = 0; k < QT_D && a + k < b; k++) qt_issue(ps, nu, q, ring + k * QT_STAGE, bar + k);
+    }
+    __syncwarp();
+    qk_pdl_wait();
+    qg_stage_x(ps, x, nrm, 4, red);
+    float acc[QK_QROWS];
+#pragma unroll
+    for (int r = 0; r < QK_QROWS; r++) acc[r] = 0.0f;
+    int cg0 = -1, cg1 = -1; /* the groups of this warp's cut pieces (slot 0: its first piece, 1: its last) */
+    int g = a / nu, gs = g * nu, pi = qt_part(ps, g);
+    for (int u = a, k = 0; u < b; u++, k++) {
+        if (u == gs + nu) {
+            g++;
+            gs += nu;
+            pi = qt_part(ps, g);
+        }
+        const qg_part &p = ps.p[pi];
+        const int s = k & (QT_D - 1);
+        qt_wait(bar + s, (uint32_t)(k / QT_D) & 1u);
+        qt_dot<F16>(p, ring + s * QT_STAGE, (u - gs) * 32 + lane, acc);
+        __syncwarp();
+        if (lane == 0 && u + QT_D < b) qt_issue(ps, nu, q, ring + s * QT_STAGE, bar + s);
+        if (u + 1 < b && u + 1 < gs + nu) continue;
+        /* the end of a piece: this warp's units [max(a, gs), u] of group g */
+        if ((lane & 3) != (lane >> 3)) { /* only the mma diagonal holds sums (qg_walk_mma) */
+#pragma unroll
+            for (int r = 0; r < QK_QROWS; r++) acc[r] = 0.0f;
+        }
+        const float t = qg_rows_total(acc);
+        const int row = (g - p.first_group) * QK_QROWS + lane;
+        if (gs >= a && u + 1 == gs + nu) {
+            if (lane < QK_QROWS && row < p.n) qg_store_row(p, row, t * p.post, accumulate);
+        } else {
+            const int slot = gs < a ? 0 : 1; /* cut at this warp's start: its first piece */
+            if (slot) cg1 = g;
+            else cg0 = g;
+            if (lane < QK_QROWS) cut[(warp * 2 + slot) * QK_QROWS + lane] = t;
+        }
+    }
+    __syncthreads();
+    /* Each cut group is summed by the warp whose piece starts it (slot 1:
+     * a warp's piece goes to slot 0 only when the warp starts inside the
+     * group), then by the warps after it, whose pieces of it are their
+     * first (slot 0), in warp order. */
+    for (int slot = 0; slot < 2; slot++) {
+        const int g = slot ? cg1 : cg0;
+        if (g < 0 || g * nu < a) continue;
+        const qg_part &p = ps.p[qt_part(ps, g)];
+        if (lane < QK_QROWS) {
+            float t = cut[(warp * 2 + slot) * QK_QROWS + lane];
+            for (int v = warp + 1; v < QG_WARPS; v++) {
+                const int av = A + (int)((long long)v * n / QG_WARPS), bv = A + (int)((long long)(v + 1) * n / QG_WARPS);
+                if (av >= (g + 1) * nu) break;
+                if (av < bv) t += cut[(v * 2) * QK_QROWS + lane]; /* (a warp may have no steps: n < QG_WARPS) */
+            }
+            const int row = (g - p.first_group) * QK_QROWS + lane;
+            if (row < p.n) qg_store_row(p, row, t * p.post, accumulate);
+        }
+    }
+}
+
+typedef void (*qg_tkernel)(qg_parts, const uint16_t *, int, int, qg_norm);
+/* The streamed kernel per body (NULL: none). */
+static const qg_tkernel qg_tkernels[QG_NBODY] = {NULL, NULL, NULL, k_gemv_qt<true>, k_gemv_qt<false>,
+                                                 NULL, NULL, NULL,           NULL,             NULL};
 
 typedef void (*qg_pkernel)(qg_parts, const uint16_t *, int, int, int, qg_norm);
 static const qg_pkernel qg_pkernels[QG_NBODY] = {k_gemv_qp<0, 0>, k_gemv_qp<1, 0>, k_gemv_qp<2, 0>, k_gemv_qp<3, 0>,
@@ -435,7 +682,9 @@ static const qg_pkernel qg_pkernels_xs3[QG_NBODY] = {k_gemv_qp<0, 3>, NULL, NULL
  * PDL, x staged for FP4 (2 blocks per SM); 5 = PDL and x staged for every
  * body that has the variant (FP8, INT4 without g_idx, FP4); 6 = x staged
  * and 3 blocks per SM for every such body; 9 = the loads-only diagnostic for INT4 g128 (f16
- * scales) and NVFP4 launches (wrong y: timing only). */
+ * scales) and NVFP4 launches (wrong y: timing only); 10 = the default
+ * without the streamed kernel (INT4 g128 walks as before the sixth
+ * session). */
 extern "C" {
 int qk_gemv_q_mode = 0;
 }
@@ -625,9 +874,9 @@ static int gemv_launch(const qk_qweight *const *w_in, float *const *y_in, int np
      * graph (27B, H100, BENCHMARKS.md): slower (-1 %) while the small
      * kernels between the GEMVs did not trigger their dependents (third
      * session); with them triggering at entry +1.2-1.5 % (fifth). */
-    const bool pdl = (mode == 0 || mode == 2 || mode == 5 || mode == 8) && qg_pdl_ok(st);
-    const bool m0 = mode == 0 || mode == 7 || mode == 8; /* the default's kernel choices */
-    ps.prime = mode == 0 && pdl;
+    const bool pdl = (mode == 0 || mode == 2 || mode == 5 || mode == 8 || mode == 10) && qg_pdl_ok(st);
+    const bool m0 = mode == 0 || mode == 7 || mode == 8 || mode == 10; /* the default's kernels */
+    ps.prime = (mode == 0 || mode == 10) && pdl;
     cudaLaunchConfig_t cfg;
     cudaLaunchAttribute at[1];
     const qg_norm nrm = nm ? *nm : qg_norm{};
@@ -652,6 +901,45 @@ static int gemv_launch(const qk_qweight *const *w_in, float *const *y_in, int np
             ps.p[0].cst = conv->state;
             ps.p[0].cout = conv->out;
             ps.p[0].cC = conv->C;
+        }
+    }
+    /* The streamed kernel (k_gemv_qt) by default for launches of INT4 g128
+     * parts alone, with whole 32-chunk steps and 16-byte aligned scale
+     * rows (the bulk copies), on every block it can hold resident (10: the
+     * walks instead, for A/B). */
+    if (mode == 0 && pdl && ps.nbf == 0 && qg_tkernels[body]) {
+        const int kc = ps.p[0].kc;
+        bool ok = kc % 32 == 0;
+        for (int i = 0; ok && i < nparts; i++) {
+            const qg_part &p = ps.p[i];
+            ok = part_body(&p) == body && p.kc == kc && p.cpg == 4 && p.ng * 4 == kc && !((uintptr_t)p.s & 15);
+        }
+        const size_t smem = (size_t)16 * 4 * kc + (size_t)QG_WARPS * QT_D * QT_STAGE; /* x, then the rings */
+        static size_t smem_set[QG_NBODY], occ_at[QG_NBODY];
+        static int occ_t[QG_NBODY];
+        if (ok && smem > smem_set[body]) {
+            if (cudaFuncSetAttribute((const void *)qg_tkernels[body], cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                     (int)smem) == cudaSuccess) {
+                smem_set[body] = smem;
+            } else {
+                cudaGetLastError();
+                ok = false;
+            }
+        }
+        if (ok && occ_at[body] != smem) {
+            occ_at[body] = smem;
+            if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ_t[body], qg_tkernels[body], QG_THREADS, smem) !=
+                cudaSuccess) {
+                cudaGetLastError();
+                occ_t[body] = 0;
+            }
+        }
+        const int grid = ok && occ_t[body] > 0 ? (groups < nsm * occ_t[body] ? groups : nsm * occ_t[body]) : 0;
+        if (grid > 0) {
+            qg_cfg(&cfg, at, grid, st, pdl);
+            cfg.dynamicSmemBytes = smem;
+            const int rc = (int)cudaLaunchKernelEx(&cfg, qg_tkernels[body], ps, x, accumulate, groups, nrm);
+            return rc ? rc : qk_launch_status();
         }
     }
     if (same && (S == 1 || groups / (B * gpb) <= QG_PRMAX)) {

@@ -395,11 +395,12 @@ static void case_checks(const char *name, pub *p)
      * (PDL with the L2 prime, x staged in shared memory for FP4), its
      * kernels as plain launches, x through L1, PDL with FP4 on 2 blocks
      * per SM, PDL with x staged for every body that can, x staged on 3
-     * blocks per SM. */
+     * blocks per SM, the default without the streamed kernel (INT4 g128
+     * walks). */
     static const struct {
         int mode;
         const char *tag;
-    } paths[] = {{0, ""}, {7, "nopdl_"}, {1, "plain_"}, {2, "pdl_"}, {5, "xs_"}, {6, "xs3_"}};
+    } paths[] = {{0, ""}, {7, "nopdl_"}, {1, "plain_"}, {2, "pdl_"}, {5, "xs_"}, {6, "xs3_"}, {10, "walk_"}};
     int krc = 0, src = 0;
     cudaStream_t qs; /* not the legacy stream: PDL launches need a real one */
     cudaStreamCreateWithFlags(&qs, cudaStreamNonBlocking);
@@ -605,7 +606,7 @@ static void fused_check(const char *name, pub *p, int np, int64_t K)
         dp[i] = &d[i];
         cudaMalloc((void **)&dy[i], (size_t)N * 4);
     }
-    static const int modes[] = {0, 7, 1, 5, 6};
+    static const int modes[] = {0, 7, 1, 5, 6, 10};
     cudaStream_t qs;
     cudaStreamCreateWithFlags(&qs, cudaStreamNonBlocking);
     for (size_t m = 0; ok && m < sizeof modes / sizeof modes[0]; m++) {
@@ -703,7 +704,7 @@ static void norm_check(const char *name, pub *p, int np, int64_t K, int expect_f
         cudaMalloc((void **)&dyr[i], (size_t)p[i].l.n * 4);
         cudaMalloc((void **)&dyf[i], (size_t)p[i].l.n * 4);
     }
-    static const int modes[] = {0, 6};
+    static const int modes[] = {0, 6, 10};
     cudaStream_t qs;
     cudaStreamCreateWithFlags(&qs, cudaStreamNonBlocking);
     for (size_t m = 0; ok && m < sizeof modes / sizeof modes[0]; m++) {
@@ -1072,12 +1073,13 @@ static void bench_all(void)
     /* A/B in one run (gemv_multi.cu's qk_gemv_q_mode): plain launches
      * ("/old", the code before), x staged in shared memory for every body
      * ("/xs"), the loads alone without the arithmetic ("/ldonly": INT4 and
-     * NVFP4 only, a diagnostic whose y is wrong), the default (plain
-     * name: x staged for FP4). */
+     * NVFP4 only, a diagnostic whose y is wrong), the walks without the
+     * streamed INT4 kernel ("/walk"), the default (plain name: x staged for
+     * FP4, INT4 g128 streamed). */
     static const struct {
         int mode;
         const char *tag;
-    } paths[] = {{1, "/old"}, {5, "/xs"}, {6, "/xs3"}, {0, ""}};
+    } paths[] = {{1, "/old"}, {5, "/xs"}, {6, "/xs3"}, {10, "/walk"}, {0, ""}};
     const size_t nkinds = sizeof kinds / sizeof kinds[0];
     for (size_t mf = 0; mf < nkinds * (sizeof paths / sizeof paths[0]); mf++) {
         const size_t m = mf / nkinds, f = mf % nkinds;
