@@ -590,6 +590,9 @@ __global__ void __launch_bounds__(QG_THREADS, 2)
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
         asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
 #endif
+        /* Before the PDL wait: the kernel before may still run, but no
+         * kernel writes weights or scales (they change only at load), so
+         * they may be read now. */
         if (a < b) qt_seek(ps, nu, a, q);
         for (int k = 0; k < QT_D && a + k < b; k++) qt_issue(ps, nu, q, ring + k * QT_STAGE, bar + k);
     }
@@ -611,6 +614,9 @@ __global__ void __launch_bounds__(QG_THREADS, 2)
         const int s = k & (QT_D - 1);
         qt_wait(bar + s, (uint32_t)(k / QT_D) & 1u);
         qt_dot<F16>(p, ring + s * QT_STAGE, (u - gs) * 32 + lane, acc);
+        /* Every lane has used its values from stage s (the mma took them
+         * as operands), so lane 0 may have it overwritten; no proxy fence is
+         * needed for this read-before-write (as in CUTLASS's TMA loads). */
         __syncwarp();
         if (lane == 0 && u + QT_D < b) qt_issue(ps, nu, q, ring + s * QT_STAGE, bar + s);
         if (u + 1 < b && u + 1 < gs + nu) continue;
@@ -915,8 +921,11 @@ static int gemv_launch(const qk_qweight *const *w_in, float *const *y_in, int np
             ok = part_body(&p) == body && p.kc == kc && p.cpg == 4 && p.ng * 4 == kc && !((uintptr_t)p.s & 15);
         }
         const size_t smem = (size_t)16 * 4 * kc + (size_t)QG_WARPS * QT_D * QT_STAGE; /* x, then the rings */
-        static size_t smem_set[QG_NBODY], occ_at[QG_NBODY];
-        static int occ_t[QG_NBODY];
+        static size_t smem_set[QG_NBODY];
+        static struct {
+            size_t smem;
+            int occ;
+        } occ_c[QG_NBODY][4]; /* resident blocks per SM for the last few shared-memory sizes (one per K) */
         if (ok && smem > smem_set[body]) {
             if (cudaFuncSetAttribute((const void *)qg_tkernels[body], cudaFuncAttributeMaxDynamicSharedMemorySize,
                                      (int)smem) == cudaSuccess) {
@@ -926,15 +935,25 @@ static int gemv_launch(const qk_qweight *const *w_in, float *const *y_in, int np
                 ok = false;
             }
         }
-        if (ok && occ_at[body] != smem) {
-            occ_at[body] = smem;
-            if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ_t[body], qg_tkernels[body], QG_THREADS, smem) !=
-                cudaSuccess) {
-                cudaGetLastError();
-                occ_t[body] = 0;
+        int occ_t = 0;
+        if (ok) {
+            int e = 0;
+            while (e < 4 && occ_c[body][e].smem && occ_c[body][e].smem != smem) e++;
+            if (e == 4 || !occ_c[body][e].smem) { /* not cached: ask, into a free slot or over the last */
+                e = e < 4 ? e : 3;
+                occ_c[body][e].smem = smem;
+                if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ_c[body][e].occ, qg_tkernels[body], QG_THREADS,
+                                                                  smem) != cudaSuccess) {
+                    cudaGetLastError();
+                    occ_c[body][e].occ = 0;
+                }
             }
+            occ_t = occ_c[body][e].occ;
         }
-        const int grid = ok && occ_t[body] > 0 ? (groups < nsm * occ_t[body] ? groups : nsm * occ_t[body]) : 0;
+        /* Two blocks per SM at least: with one (8 warps) the decode lost 30 %
+         * (header comment); on GPUs with less shared memory per SM than the
+         * H100 (sm_120: ~100 KB) the walks run instead. */
+        const int grid = occ_t >= 2 ? (groups < nsm * occ_t ? groups : nsm * occ_t) : 0;
         if (grid > 0) {
             qg_cfg(&cfg, at, grid, st, pdl);
             cfg.dynamicSmemBytes = smem;
