@@ -50,7 +50,7 @@ CFLAGS     += -DQC_HAVE_CUDA=1 -I$(CUDA_HOME)/include
 # (from the sm_90 compile) serves the other sm_90+ GPUs (B200: sm_100): JIT from
 # compute_80 PTX there would drop the sm_90 instructions (PDL waits, bulk copies)
 # that the launchers assume from the compute capability.
-NVCC_ARCH  ?= -gencode arch=compute_90,code=[sm_90,compute_90] -gencode arch=compute_120,code=sm_120 \
+NVCC_ARCH  ?= -gencode 'arch=compute_90,code=[sm_90,compute_90]' -gencode arch=compute_120,code=sm_120 \
               -gencode arch=compute_80,code=compute_80
 NVCCFLAGS  ?= -O3 -std=c++17 --use_fast_math -Xcompiler -Wall,-Wextra,-Werror -Ikernels -Iengine $(NVCC_ARCH)
 CU_OBJ     := $(CU_SRC:%.cu=$(BUILD)/%.o)
