@@ -102,15 +102,22 @@ __global__ void __launch_bounds__(QG_THREADS, QG_MINB)
  * and 8 (down and GDN out S = 1) were slower than 16. */
 #define QG_SPLIT_WARPS 16
 
-/* Global row group g: its part and first row. */
-__device__ __forceinline__ const qg_part &qg_locate(const qg_parts &ps, int g, int &row0)
+/* The part holding global row group g. */
+__device__ __forceinline__ int qg_part_of(const qg_parts &ps, int g)
 {
     int i = 0;
 #pragma unroll
     for (int j = 1; j < QK_GEMV_MAX_PARTS; j++)
         if (j < ps.count && g >= ps.p[j].first_group) i = j;
-    row0 = (g - ps.p[i].first_group) * QK_QROWS;
-    return ps.p[i];
+    return i;
+}
+
+/* Global row group g: its part and first row. */
+__device__ __forceinline__ const qg_part &qg_locate(const qg_parts &ps, int g, int &row0)
+{
+    const qg_part &p = ps.p[qg_part_of(ps, g)];
+    row0 = (g - p.first_group) * QK_QROWS;
+    return p;
 }
 
 /* Stores a finished row (t already scaled by post) and runs the part's conv
@@ -505,16 +512,6 @@ __device__ __forceinline__ void qt_wait(uint64_t *bar, uint32_t parity)
 #endif
 }
 
-/* The part holding global row group g. */
-__device__ __forceinline__ int qt_part(const qg_parts &ps, int g)
-{
-    int i = 0;
-#pragma unroll
-    for (int j = 1; j < QK_GEMV_MAX_PARTS; j++)
-        if (j < ps.count && g >= ps.p[j].first_group) i = j;
-    return i;
-}
-
 /* Lane 0's issue cursor: the next step to ask for and its first row's
  * weight and scale addresses, advanced by pointer steps within a row group
  * and looked up again (qt_seek) only at the next group. */
@@ -526,7 +523,7 @@ struct qt_cursor {
 __device__ __forceinline__ void qt_seek(const qg_parts &ps, int nu, int u, qt_cursor &q)
 {
     const int g = u / nu, c0 = (u - g * nu) * 32;
-    const qg_part &p = ps.p[qt_part(ps, g)];
+    const qg_part &p = ps.p[qg_part_of(ps, g)];
     const size_t row0 = (size_t)(g - p.first_group) * QK_QROWS;
     q.u = u;
     q.ge = (g + 1) * nu;
@@ -550,6 +547,12 @@ __device__ __forceinline__ void qt_issue(const qg_parts &ps, int nu, qt_cursor &
     } else {
         qt_seek(ps, nu, q.u, q);
     }
+}
+
+/* The first step of warp v of a block whose steps are [A, A + n). */
+__device__ __forceinline__ int qt_warp_start(int A, int n, int v)
+{
+    return A + (int)((long long)v * n / QG_WARPS);
 }
 
 /* This lane's share of a stage: chunk c of the QK_QROWS rows, dotted. */
@@ -581,7 +584,7 @@ __global__ void __launch_bounds__(QG_THREADS, 2)
     const int warp = (int)threadIdx.x >> 5, lane = (int)threadIdx.x & 31;
     const int nu = ps.p[0].kc / 32, B = (int)gridDim.x;
     const int A = (int)((long long)blockIdx.x * G / B) * nu, n = (int)((long long)(blockIdx.x + 1) * G / B) * nu - A;
-    const int a = A + (int)((long long)warp * n / QG_WARPS), b = A + (int)((long long)(warp + 1) * n / QG_WARPS);
+    const int a = qt_warp_start(A, n, warp), b = qt_warp_start(A, n, warp + 1);
     uint8_t *ring = (uint8_t *)qg_xsm + 16 * 4 * ps.p[0].kc + warp * QT_D * QT_STAGE; /* after x */
     uint64_t *bar = bars + warp * QT_D;
     qt_cursor q;
@@ -603,12 +606,12 @@ __global__ void __launch_bounds__(QG_THREADS, 2)
 #pragma unroll
     for (int r = 0; r < QK_QROWS; r++) acc[r] = 0.0f;
     int cg0 = -1, cg1 = -1; /* the groups of this warp's cut pieces (slot 0: its first piece, 1: its last) */
-    int g = a / nu, gs = g * nu, pi = qt_part(ps, g);
+    int g = a / nu, gs = g * nu, pi = qg_part_of(ps, g);
     for (int u = a, k = 0; u < b; u++, k++) {
         if (u == gs + nu) {
             g++;
             gs += nu;
-            pi = qt_part(ps, g);
+            pi = qg_part_of(ps, g);
         }
         const qg_part &p = ps.p[pi];
         const int s = k & (QT_D - 1);
@@ -644,11 +647,11 @@ __global__ void __launch_bounds__(QG_THREADS, 2)
     for (int slot = 0; slot < 2; slot++) {
         const int g = slot ? cg1 : cg0;
         if (g < 0 || g * nu < a) continue;
-        const qg_part &p = ps.p[qt_part(ps, g)];
+        const qg_part &p = ps.p[qg_part_of(ps, g)];
         if (lane < QK_QROWS) {
             float t = cut[(warp * 2 + slot) * QK_QROWS + lane];
             for (int v = warp + 1; v < QG_WARPS; v++) {
-                const int av = A + (int)((long long)v * n / QG_WARPS), bv = A + (int)((long long)(v + 1) * n / QG_WARPS);
+                const int av = qt_warp_start(A, n, v), bv = qt_warp_start(A, n, v + 1);
                 if (av >= (g + 1) * nu) break;
                 if (av < bv) t += cut[(v * 2) * QK_QROWS + lane]; /* (a warp may have no steps: n < QG_WARPS) */
             }
@@ -710,15 +713,35 @@ static bool qg_pdl_ok(cudaStream_t st)
     return cc >= 9 && st != NULL && st != cudaStreamLegacy && st != cudaStreamPerThread;
 }
 
-/* Resident blocks per SM of a staged-x kernel with xs bytes of x, cached
- * per kernel (the carveout preference set once, the count recomputed when
- * xs changes). */
+/* Resident blocks per SM of a kernel with smem (> 0) bytes of dynamic
+ * shared memory, cached per kernel for the last QG_OCC_SIZES sizes (a
+ * model's launches alternate between a few K: 5120, 6144 and 17408 at 27B). */
+#define QG_OCC_SIZES 4
 struct qg_occ_cache {
-    bool set;
-    size_t at;
-    int occ;
+    bool set; /* staged-x kernels: the carveout preference is set */
+    struct {
+        size_t smem; /* 0: free */
+        int occ;
+    } e[QG_OCC_SIZES];
 };
 
+static int qg_occupancy(qg_occ_cache *c, const void *k, size_t smem)
+{
+    int i = 0;
+    while (i < QG_OCC_SIZES && c->e[i].smem && c->e[i].smem != smem) i++;
+    if (i == QG_OCC_SIZES || !c->e[i].smem) { /* not cached: ask, into a free entry or over the last */
+        i = i < QG_OCC_SIZES ? i : QG_OCC_SIZES - 1;
+        c->e[i].smem = smem;
+        if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&c->e[i].occ, k, QG_THREADS, smem) != cudaSuccess) {
+            cudaGetLastError();
+            c->e[i].occ = 0;
+        }
+    }
+    return c->e[i].occ;
+}
+
+/* The same for a staged-x kernel with xs bytes of x, its carveout
+ * preference set to the most shared memory on first use. */
 static int qg_xs_occupancy(qg_occ_cache *c, qg_pkernel k, size_t xs)
 {
     if (!c->set) {
@@ -727,14 +750,7 @@ static int qg_xs_occupancy(qg_occ_cache *c, qg_pkernel k, size_t xs)
                                  (int)cudaSharedmemCarveoutMaxShared) != cudaSuccess)
             cudaGetLastError();
     }
-    if (c->at != xs) {
-        c->at = xs;
-        if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&c->occ, k, QG_THREADS, xs) != cudaSuccess) {
-            cudaGetLastError();
-            c->occ = 0;
-        }
-    }
-    return c->occ;
+    return qg_occupancy(c, (const void *)k, xs);
 }
 
 /* The launch attribute list: PDL when pdl. */
@@ -922,10 +938,7 @@ static int gemv_launch(const qk_qweight *const *w_in, float *const *y_in, int np
         }
         const size_t smem = (size_t)16 * 4 * kc + (size_t)QG_WARPS * QT_D * QT_STAGE; /* x, then the rings */
         static size_t smem_set[QG_NBODY];
-        static struct {
-            size_t smem;
-            int occ;
-        } occ_c[QG_NBODY][4]; /* resident blocks per SM for the last few shared-memory sizes (one per K) */
+        static qg_occ_cache ct[QG_NBODY];
         if (ok && smem > smem_set[body]) {
             if (cudaFuncSetAttribute((const void *)qg_tkernels[body], cudaFuncAttributeMaxDynamicSharedMemorySize,
                                      (int)smem) == cudaSuccess) {
@@ -935,21 +948,7 @@ static int gemv_launch(const qk_qweight *const *w_in, float *const *y_in, int np
                 ok = false;
             }
         }
-        int occ_t = 0;
-        if (ok) {
-            int e = 0;
-            while (e < 4 && occ_c[body][e].smem && occ_c[body][e].smem != smem) e++;
-            if (e == 4 || !occ_c[body][e].smem) { /* not cached: ask, into a free slot or over the last */
-                e = e < 4 ? e : 3;
-                occ_c[body][e].smem = smem;
-                if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ_c[body][e].occ, qg_tkernels[body], QG_THREADS,
-                                                                  smem) != cudaSuccess) {
-                    cudaGetLastError();
-                    occ_c[body][e].occ = 0;
-                }
-            }
-            occ_t = occ_c[body][e].occ;
-        }
+        const int occ_t = ok ? qg_occupancy(&ct[body], (const void *)qg_tkernels[body], smem) : 0;
         /* Two blocks per SM at least: with one (8 warps) the decode lost 30 %
          * (header comment); on GPUs with less shared memory per SM than the
          * H100 (sm_120: ~100 KB) the walks run instead. */

@@ -36,7 +36,9 @@
  * small kernels between the GEMVs trigger at entry (they are the default
  * since the fifth session). Third session (BENCHMARKS.md, "CUDA engine: quantized formats"):
  * weights through 1-D bulk copies (cp.async.bulk + mbarrier, 3 steps in
- * flight per warp, no registers) lost 15-18 points; 3 blocks per SM paid
+ * flight per warp, no registers) lost 15-18 points (in the sixth session
+ * the same idea, k_gemv_qt in gemv_multi.cu, gained ~1 % for INT4 once its
+ * first copies were issued before the PDL wait); 3 blocks per SM paid
  * for FP4 only; ncu: ~9 cycles per issued instruction, long-scoreboard and
  * barrier stalls first. See BENCHMARKS.md "Quantized GEMV (H100)". */
 #ifndef QC_GEMV_Q_CUH
