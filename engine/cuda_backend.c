@@ -242,6 +242,8 @@ static int cu_model_new(const qc_cuda_shape *sh, qc_cuda_model **out, qc_err *er
     const char *ge = getenv("QCHAT_GEMV_MODE");
     const int gm = ge && *ge ? atoi(ge) : 0;
     if (gm == 1 || gm == 2 || gm == 5 || gm == 6 || gm == 7 || gm == 8 || gm == 10) qk_gemv_q_mode = gm;
+    const char *ae = getenv("QCHAT_ATTN_MODE"); /* A/B of the split-KV decode kernel (kernels.h) */
+    if (ae && strcmp(ae, "1") == 0) qk_attn_dec_mode = 1;
     const char *fn = getenv("QCHAT_FUSE_NORM"); /* A/B of mat_gemv_norm: 0 = separate norm launches */
     cm->fuse_norm = !(fn && strcmp(fn, "0") == 0);
     cm->prof.ok = true;

@@ -105,4 +105,91 @@ __device__ __forceinline__ void qk_pdl_wait(void)
 #endif
 }
 
+/* Host side: whether a launch on st may carry the PDL attribute (an sm_90+
+ * device, a stream other than the legacy ones), and a launch configuration
+ * with it when pdl. */
+static inline bool qk_pdl_ok(cudaStream_t st)
+{
+    static int cc = -1;
+    if (cc < 0) {
+        int dev = 0;
+        cc = 0;
+        if (cudaGetDevice(&dev) != cudaSuccess ||
+            cudaDeviceGetAttribute(&cc, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess)
+            cc = 0;
+    }
+    return cc >= 9 && st != NULL && st != cudaStreamLegacy && st != cudaStreamPerThread;
+}
+
+static inline void qk_launch_cfg(cudaLaunchConfig_t *cfg, cudaLaunchAttribute *at, dim3 grid, dim3 block,
+                                 cudaStream_t st, bool pdl)
+{
+    *cfg = cudaLaunchConfig_t{};
+    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    at[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg->gridDim = grid;
+    cfg->blockDim = block;
+    cfg->stream = st;
+    cfg->attrs = at;
+    cfg->numAttrs = pdl ? 1 : 0;
+}
+
+/* Bulk copies into shared memory completed on an mbarrier (sm_90+; no-ops
+ * elsewhere, so callers run them only on such GPUs). A barrier counts one
+ * arrival per phase: qk_mbar_expect arrives with the bytes the phase's
+ * copies will bring, qk_bulk_copy's completion pays them off, and
+ * qk_mbar_wait(parity) returns once the phase of that parity has
+ * completed. Copies are 16-byte aligned at both ends, a multiple of 16
+ * bytes long. */
+__device__ __forceinline__ uint32_t qk_smem_addr(const void *p)
+{
+    return (uint32_t)__cvta_generic_to_shared(p);
+}
+
+__device__ __forceinline__ void qk_mbar_init(uint64_t *bar)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(qk_smem_addr(bar)) : "memory");
+#endif
+}
+
+/* After a thread's qk_mbar_init calls: makes them visible to the copy engine. */
+__device__ __forceinline__ void qk_mbar_init_fence(void)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void qk_mbar_expect(uint64_t *bar, uint32_t bytes)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(qk_smem_addr(bar)), "r"(bytes)
+                 : "memory");
+#endif
+}
+
+__device__ __forceinline__ void qk_bulk_copy(void *dst, const void *src, uint32_t bytes, uint64_t *bar)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
+                     qk_smem_addr(dst)),
+                 "l"(src), "r"(bytes), "r"(qk_smem_addr(bar))
+                 : "memory");
+#endif
+}
+
+__device__ __forceinline__ void qk_mbar_wait(uint64_t *bar, uint32_t parity)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    uint32_t done = 0;
+    while (!done)
+        asm volatile("{\n\t.reg .pred p;\n\tmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n\t"
+                     "selp.u32 %0, 1, 0, p;\n\t}"
+                     : "=r"(done)
+                     : "r"(qk_smem_addr(bar)), "r"(parity)
+                     : "memory");
+#endif
+}
+
 #endif

@@ -801,6 +801,16 @@ __global__ void __launch_bounds__(DK) k_gdn_step(const float *c, const float *b,
     const int DV = DK;
     __shared__ float qs[DK], ks[DK], red[33];
     int h = blockIdx.x, j = threadIdx.x, kh = h / (Hv / Hk);
+    float *Sg = state + (int64_t)h * DK * DV;
+    /* The state column comes in before the PDL wait, while the in-projection
+     * GEMV before this kernel still runs: only this kernel (and the prefill
+     * scan) writes the state, one decode step or more earlier, with plain
+     * launches (SwiGLU, sampling) in between that waited for everything
+     * before them; everything else it reads is that GEMV's output. */
+    float S[DK];
+#pragma unroll
+    for (int r = 0; r < DK; r++) S[r] = Sg[r * DV + j];
+    qk_pdl_wait();
     float q = c[kh * DK + j], k = c[Hk * DK + kh * DK + j], v = c[2 * Hk * DK + h * DV + j];
     float qq = qk_block_sum(q * q, red);
     float kk = qk_block_sum(k * k, red);
@@ -810,12 +820,10 @@ __global__ void __launch_bounds__(DK) k_gdn_step(const float *c, const float *b,
     gdn_gate(b[h], a[h], nexpa[h], dt_bias[h], &beta, &g);
     __syncthreads();
     float decay = expf(g);
-    float *Sg = state + (int64_t)h * DK * DV;
-    float S[DK];
     float sk = 0.0f;
 #pragma unroll
     for (int r = 0; r < DK; r++) {
-        S[r] = Sg[r * DV + j] * decay;
+        S[r] *= decay;
         sk = fmaf(S[r], ks[r], sk);
     }
     float u = beta * (v - sk);
@@ -831,16 +839,26 @@ __global__ void __launch_bounds__(DK) k_gdn_step(const float *c, const float *b,
     out[h * DV + j] = qk_to_bf(y);
 }
 
+template <int DK>
+static int gdn_step_launch(const float *c, const float *b, const float *a, const float *nexpa, const float *dt_bias,
+                           const float *z, const float *norm_w, float eps, float *state, int Hk, int Hv, uint16_t *out,
+                           qk_stream st)
+{
+    cudaLaunchConfig_t cfg;
+    cudaLaunchAttribute at[1];
+    qk_launch_cfg(&cfg, at, dim3((unsigned)Hv), dim3(DK), st, qk_pdl_ok(st));
+    return (int)cudaLaunchKernelEx(&cfg, k_gdn_step<DK>, c, b, a, nexpa, dt_bias, z, norm_w, eps, state, Hk, Hv, out);
+}
+
 extern "C" int qk_gdn_step(const float *c, const float *b, const float *a, const float *nexpa, const float *dt_bias,
                            const float *z, const float *norm_w, float eps, float *state, int Hk, int Hv, int dk,
                            int dv, uint16_t *out, qk_stream st)
 {
     if (dk != dv || Hk <= 0 || Hv % Hk) return (int)cudaErrorInvalidValue;
     switch (dk) {
-    case 32: k_gdn_step<32><<<Hv, 32, 0, st>>>(c, b, a, nexpa, dt_bias, z, norm_w, eps, state, Hk, Hv, out); break;
-    case 64: k_gdn_step<64><<<Hv, 64, 0, st>>>(c, b, a, nexpa, dt_bias, z, norm_w, eps, state, Hk, Hv, out); break;
-    case 128: k_gdn_step<128><<<Hv, 128, 0, st>>>(c, b, a, nexpa, dt_bias, z, norm_w, eps, state, Hk, Hv, out); break;
+    case 32: return gdn_step_launch<32>(c, b, a, nexpa, dt_bias, z, norm_w, eps, state, Hk, Hv, out, st);
+    case 64: return gdn_step_launch<64>(c, b, a, nexpa, dt_bias, z, norm_w, eps, state, Hk, Hv, out, st);
+    case 128: return gdn_step_launch<128>(c, b, a, nexpa, dt_bias, z, norm_w, eps, state, Hk, Hv, out, st);
     default: return (int)cudaErrorInvalidValue;
     }
-    return qk_launch_status();
 }

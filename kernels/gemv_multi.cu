@@ -468,50 +468,6 @@ __global__ void __launch_bounds__(QG_THREADS, VAR == 3 ? 3 : QG_MINB)
 #define QT_D 4                             /* stages per warp (a power of two) */
 #define QT_STAGE (QK_QROWS * (512 + 32))   /* bytes per stage: weights, then 8 scale words per row */
 
-__device__ __forceinline__ uint32_t qt_saddr(const void *p)
-{
-    return (uint32_t)__cvta_generic_to_shared(p);
-}
-
-__device__ __forceinline__ void qt_bar_init(uint64_t *bar)
-{
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(qt_saddr(bar)) : "memory");
-#endif
-}
-
-/* One stage's copies: arrival with the byte count, then the copies. */
-__device__ __forceinline__ void qt_expect(uint64_t *bar, uint32_t bytes)
-{
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(qt_saddr(bar)), "r"(bytes)
-                 : "memory");
-#endif
-}
-
-__device__ __forceinline__ void qt_copy(void *dst, const void *src, uint32_t bytes, uint64_t *bar)
-{
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
-                     qt_saddr(dst)),
-                 "l"(src), "r"(bytes), "r"(qt_saddr(bar))
-                 : "memory");
-#endif
-}
-
-__device__ __forceinline__ void qt_wait(uint64_t *bar, uint32_t parity)
-{
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    uint32_t done = 0;
-    while (!done)
-        asm volatile("{\n\t.reg .pred p;\n\tmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n\t"
-                     "selp.u32 %0, 1, 0, p;\n\t}"
-                     : "=r"(done)
-                     : "r"(qt_saddr(bar)), "r"(parity)
-                     : "memory");
-#endif
-}
-
 /* Lane 0's issue cursor: the next step to ask for and its first row's
  * weight and scale addresses, advanced by pointer steps within a row group
  * and looked up again (qt_seek) only at the next group. */
@@ -535,11 +491,11 @@ __device__ __forceinline__ void qt_seek(const qg_parts &ps, int nu, int u, qt_cu
 __device__ __forceinline__ void qt_issue(const qg_parts &ps, int nu, qt_cursor &q, uint8_t *st, uint64_t *bar)
 {
     const size_t wrow = (size_t)ps.p[0].kc * 16, srow = (size_t)ps.p[0].kc;
-    qt_expect(bar, QT_STAGE);
+    qk_mbar_expect(bar, QT_STAGE);
 #pragma unroll
     for (int r = 0; r < QK_QROWS; r++) {
-        qt_copy(st + r * 512, q.w + r * wrow, 512, bar);
-        qt_copy(st + QK_QROWS * 512 + r * 32, q.s + r * srow, 32, bar);
+        qk_bulk_copy(st + r * 512, q.w + r * wrow, 512, bar);
+        qk_bulk_copy(st + QK_QROWS * 512 + r * 32, q.s + r * srow, 32, bar);
     }
     if (++q.u < q.ge) {
         q.w += 512;
@@ -589,10 +545,8 @@ __global__ void __launch_bounds__(QG_THREADS, 2)
     uint64_t *bar = bars + warp * QT_D;
     qt_cursor q;
     if (lane == 0) {
-        for (int s = 0; s < QT_D; s++) qt_bar_init(bar + s);
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
-#endif
+        for (int s = 0; s < QT_D; s++) qk_mbar_init(bar + s);
+        qk_mbar_init_fence();
         /* Before the PDL wait: the kernel before may still run, but no
          * kernel writes weights or scales (they change only at load), so
          * they may be read now. */
@@ -615,7 +569,7 @@ __global__ void __launch_bounds__(QG_THREADS, 2)
         }
         const qg_part &p = ps.p[pi];
         const int s = k & (QT_D - 1);
-        qt_wait(bar + s, (uint32_t)(k / QT_D) & 1u);
+        qk_mbar_wait(bar + s, (uint32_t)(k / QT_D) & 1u);
         qt_dot<F16>(p, ring + s * QT_STAGE, (u - gs) * 32 + lane, acc);
         /* Every lane has used its values from stage s (the mma took them
          * as operands), so lane 0 may have it overwritten; no proxy fence is
@@ -700,19 +654,6 @@ int qk_gemv_q_mode = 0;
 
 /* Whether launches may carry the PDL attribute: compute capability 9.0 or
  * newer (griddepcontrol), and not the legacy default stream. */
-static bool qg_pdl_ok(cudaStream_t st)
-{
-    static int cc = -1;
-    if (cc < 0) {
-        int dev = 0;
-        cc = 0;
-        if (cudaGetDevice(&dev) != cudaSuccess ||
-            cudaDeviceGetAttribute(&cc, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess)
-            cc = 0;
-    }
-    return cc >= 9 && st != NULL && st != cudaStreamLegacy && st != cudaStreamPerThread;
-}
-
 /* Resident blocks per SM of a kernel with smem (> 0) bytes of dynamic
  * shared memory, cached per kernel for the last QG_OCC_SIZES sizes (a
  * model's launches alternate between a few K: 5120, 6144 and 17408 at 27B). */
@@ -751,19 +692,6 @@ static int qg_xs_occupancy(qg_occ_cache *c, qg_pkernel k, size_t xs)
             cudaGetLastError();
     }
     return qg_occupancy(c, (const void *)k, xs);
-}
-
-/* The launch attribute list: PDL when pdl. */
-static void qg_cfg(cudaLaunchConfig_t *cfg, cudaLaunchAttribute *at, int grid, cudaStream_t st, bool pdl)
-{
-    *cfg = cudaLaunchConfig_t{};
-    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    at[0].val.programmaticStreamSerializationAllowed = 1;
-    cfg->gridDim = dim3((unsigned)grid);
-    cfg->blockDim = dim3(QG_THREADS);
-    cfg->stream = st;
-    cfg->attrs = at;
-    cfg->numAttrs = pdl ? 1 : 0;
 }
 
 /* log2 d for a power of two d > 0, else -1 (qg_div). */
@@ -896,7 +824,7 @@ static int gemv_launch(const qk_qweight *const *w_in, float *const *y_in, int np
      * graph (27B, H100, BENCHMARKS.md): slower (-1 %) while the small
      * kernels between the GEMVs did not trigger their dependents (third
      * session); with them triggering at entry +1.2-1.5 % (fifth). */
-    const bool pdl = (mode == 0 || mode == 2 || mode == 5 || mode == 8 || mode == 10) && qg_pdl_ok(st);
+    const bool pdl = (mode == 0 || mode == 2 || mode == 5 || mode == 8 || mode == 10) && qk_pdl_ok(st);
     const bool m0 = mode == 0 || mode == 7 || mode == 8 || mode == 10; /* the default's kernels */
     ps.prime = (mode == 0 || mode == 10) && pdl;
     cudaLaunchConfig_t cfg;
@@ -954,7 +882,7 @@ static int gemv_launch(const qk_qweight *const *w_in, float *const *y_in, int np
          * H100 (sm_120: ~100 KB) the walks run instead. */
         const int grid = occ_t >= 2 ? (groups < nsm * occ_t ? groups : nsm * occ_t) : 0;
         if (grid > 0) {
-            qg_cfg(&cfg, at, grid, st, pdl);
+            qk_launch_cfg(&cfg, at, dim3((unsigned)(grid)), dim3(QG_THREADS), st, pdl);
             cfg.dynamicSmemBytes = smem;
             const int rc = (int)cudaLaunchKernelEx(&cfg, qg_tkernels[body], ps, x, accumulate, groups, nrm);
             return rc ? rc : qk_launch_status();
@@ -999,7 +927,7 @@ static int gemv_launch(const qk_qweight *const *w_in, float *const *y_in, int np
                 return QK_GEMV_UNFUSED;
             }
         }
-        qg_cfg(&cfg, at, grid, st, pdl);
+        qk_launch_cfg(&cfg, at, dim3((unsigned)(grid)), dim3(QG_THREADS), st, pdl);
         cfg.dynamicSmemBytes = smem;
         const int rc = (int)cudaLaunchKernelEx(&cfg, k, ps, x, accumulate, S, groups, nrm);
         return rc ? rc : qk_launch_status();
@@ -1009,7 +937,7 @@ static int gemv_launch(const qk_qweight *const *w_in, float *const *y_in, int np
         ps.p[i].first_block = blocks;
         blocks += (w[i]->n_pad / QK_QROWS + gpb - 1) / gpb;
     }
-    qg_cfg(&cfg, at, blocks, st, pdl);
+    qk_launch_cfg(&cfg, at, dim3((unsigned)(blocks)), dim3(QG_THREADS), st, pdl);
     const int rc = (int)cudaLaunchKernelEx(&cfg, k_gemv_q, ps, x, accumulate, S);
     return rc ? rc : qk_launch_status();
 }

@@ -206,6 +206,12 @@ int qk_attn(const float *q, const float *gate, const uint16_t *kc, const uint16_
             int max_ctx, int T, int H, int KV, int hd, const int32_t *pos, int nsplit,
             void *scratch, uint16_t *out, qk_stream st);
 
+/* The one-token split-KV kernel qk_attn runs (tests and QCHAT_ATTN_MODE for
+ * A/B runs): 0 = K/V tiles by bulk copies into shared memory where the GPU
+ * has them (sm_90+), 1 = each lane's loads from global memory. Both compute
+ * the same sums in the same order. */
+extern int qk_attn_dec_mode;
+
 /* Long prefills on the tensor cores (kernels/attn_gemm.cu): the same causal
  * GQA attention as qk_attn (nsplit 1) through cuBLAS, for T queries at
  * positions pos0 + t (pos0 given on the host), in blocks of query rows sized

@@ -692,18 +692,28 @@ static void test_attn(void)
     ok &= attn_case(33, 100, 24, 4, 256, 64, 1, &pok);
     ok &= attn_case(5, 3000, 16, 4, 256, 64, 1, &pok);
     CHECK("kern_attn", ok, "causal GQA attention differs");
-    int sok = 1;
-    sok &= attn_case(1, 0, 6, 2, 64, 16, 8, &pok);
-    sok &= attn_case(1, 999, 24, 4, 256, 64, 32, &pok);
-    sok &= attn_case(1, 40000, 24, 4, 256, 64, 64, &pok);
-    sok &= attn_case(3, 77, 8, 2, 256, 64, 5, &pok);
-    /* the one-token decode kernel: splits unused at short contexts, every
-     * head dim, G = 1 .. 12, more splits than keys */
-    sok &= attn_case(1, 5000, 24, 4, 256, 64, 132, &pok);
-    sok &= attn_case(1, 129, 16, 4, 128, 64, 33, &pok);
-    sok &= attn_case(1, 300, 4, 1, 32, 8, 7, &pok);
-    sok &= attn_case(1, 2, 12, 1, 64, 16, 256, &pok);
-    CHECK("kern_attn_splitkv", sok, "split-KV decode attention differs");
+    /* the one-token decode kernels (kernels.h qk_attn_dec_mode: 0 = bulk
+     * copies at hd 256 where the GPU has them, 1 = per-lane loads): splits
+     * unused at short contexts, every head dim, G = 1 .. 16, more splits
+     * than keys, blocks with many tiles and a partial last tile */
+    for (int mode = 0; mode < 2; mode++) {
+        qk_attn_dec_mode = mode;
+        int sok = 1;
+        sok &= attn_case(1, 0, 6, 2, 64, 16, 8, &pok);
+        sok &= attn_case(1, 999, 24, 4, 256, 64, 32, &pok);
+        sok &= attn_case(1, 40000, 24, 4, 256, 64, 64, &pok);
+        sok &= attn_case(3, 77, 8, 2, 256, 64, 5, &pok);
+        sok &= attn_case(1, 5000, 24, 4, 256, 64, 132, &pok);
+        sok &= attn_case(1, 129, 16, 4, 128, 64, 33, &pok);
+        sok &= attn_case(1, 300, 4, 1, 32, 8, 7, &pok);
+        sok &= attn_case(1, 2, 12, 1, 64, 16, 256, &pok);
+        sok &= attn_case(1, 20000, 12, 1, 128, 16, 256, &pok);
+        sok &= attn_case(1, 3000, 16, 1, 256, 64, 40, &pok);
+        sok &= attn_case(1, 700, 4, 4, 256, 64, 16, &pok);
+        sok &= attn_case(1, 63, 8, 4, 256, 64, 64, &pok);
+        CHECK(mode ? "kern_attn_splitkv_regs" : "kern_attn_splitkv", sok, "split-KV decode attention differs");
+    }
+    qk_attn_dec_mode = 0;
     int gok = 1;
     gok &= attn_case(300, 50, 24, 4, 256, 64, 0, &pok);
     gok &= attn_case(100, 0, 6, 2, 64, 16, 0, &pok);
