@@ -19,6 +19,7 @@ __global__ void k_attn_prep(const float *qkv, int ld, int H, int KV, int hd, int
                             const float *kn, float eps, const int32_t *pos, uint16_t *kc, uint16_t *vc, int max_ctx,
                             float *q_out, float *gate_out)
 {
+    qk_pdl_trigger(); /* the decode attention may land early and fetch older keys (k_attn_dec_bulk) */
     __shared__ float red[33];
     __shared__ float y[256];
     int t = blockIdx.x, hh = blockIdx.y, d = threadIdx.x;
@@ -441,14 +442,24 @@ __global__ void __launch_bounds__(32 * DB_WARPS, 2)
     if (k0 >= k1) return; /* an unused split: the combine does not read it */
     const int nt = (k1 - k0 + 31) / 32;
     const uint16_t *kb = kc + (int64_t)kvh * max_ctx * hd, *vb = vc + (int64_t)kvh * max_ctx * hd;
+    /* A PDL launch: the first tiles go out before the wait when all their
+     * keys are older than this step's (pos[0], which k_attn_prep, the kernel
+     * before, is writing; earlier keys were written by earlier steps, with
+     * plain launches in between). */
+    const int newest = pos[0];
     if (w == 0) {
         if (lane == 0) {
             for (int st = 0; st < DB_STAGES; st++) qk_mbar_init(bars + st);
             qk_mbar_init_fence();
         }
         __syncwarp();
-        for (int t = 0; t < DB_STAGES && t < nt; t++) db_issue(dsm + t * DB_STAGE, kb, vb, k0 + 32 * t, k1, bars + t);
+        for (int t = 0; t < DB_STAGES && t < nt; t++)
+            if (k0 + 32 * t + 32 <= newest) db_issue(dsm + t * DB_STAGE, kb, vb, k0 + 32 * t, k1, bars + t);
     }
+    qk_pdl_wait();
+    if (w == 0)
+        for (int t = 0; t < DB_STAGES && t < nt; t++)
+            if (k0 + 32 * t + 32 > newest) db_issue(dsm + t * DB_STAGE, kb, vb, k0 + 32 * t, k1, bars + t);
     for (int e = threadIdx.x; e < G * hd; e += 32 * DB_WARPS) Qs[e] = q[(int64_t)kvh * G * hd + e];
     __syncthreads();
     const float scale = rsqrtf((float)hd);
@@ -605,8 +616,12 @@ static int attn_dec_launch(const float *q, const float *gate, const uint16_t *kc
         e = cudaFuncSetAttribute(k_attn_dec_bulk<GM>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
         if (e != cudaSuccess) return (int)e;
         nsplit = max(1, min(nsplit, 2 * n_sm / KV));
-        k_attn_dec_bulk<GM><<<dim3(KV, nsplit), 32 * DB_WARPS, smem, st>>>(q, kc, vc, max_ctx, H, KV, pos, nsplit,
-                                                                          (float *)scratch);
+        cudaLaunchConfig_t cfg;
+        cudaLaunchAttribute at[1];
+        qk_launch_cfg(&cfg, at, dim3((unsigned)KV, (unsigned)nsplit), dim3(32 * DB_WARPS), st, qk_pdl_ok(st));
+        cfg.dynamicSmemBytes = smem;
+        e = cudaLaunchKernelEx(&cfg, k_attn_dec_bulk<GM>, q, kc, vc, max_ctx, H, KV, pos, nsplit, (float *)scratch);
+        if (e != cudaSuccess) return (int)e;
     } else {
         const size_t smem = ((size_t)G * hd + 2 * DEC_WARPS * GM + (size_t)DEC_WARPS * G * hd) * sizeof(float);
         e = cudaFuncSetAttribute(k_attn_dec<NH, GM>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
