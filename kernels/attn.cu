@@ -506,22 +506,41 @@ __global__ void __launch_bounds__(32 * DB_WARPS, 2)
         for (int g = 0; g < GM; g++)
             if (g < G) Sc[(w * GM + g) * 32 + lane] = s[g];
         __syncthreads();
-        /* the same online softmax in every warp, over the summed scores */
-        float corr[GM];
+        /* the same online softmax in every warp, over the summed scores; the
+         * heads' warp reductions interleaved (the same butterflies as
+         * qk_warp_max / qk_warp_sum, one latency chain instead of G; heads
+         * past G carry ATT_NEG and zeros) */
+        float sg[GM], red[GM], pr[GM], corr[GM];
 #pragma unroll
         for (int g = 0; g < GM; g++) {
-            corr[g] = 1.0f;
-            if (g >= G) continue;
-            float sg = 0.0f;
+            float t = 0.0f;
+            if (g < G) {
 #pragma unroll
-            for (int ww = 0; ww < DB_WARPS; ww++) sg += Sc[(ww * GM + g) * 32 + lane];
-            sg = valid ? sg * scale : ATT_NEG;
-            const float mn = fmaxf(m[g], qk_warp_max(sg));
+                for (int ww = 0; ww < DB_WARPS; ww++) t += Sc[(ww * GM + g) * 32 + lane];
+            }
+            sg[g] = valid && g < G ? t * scale : ATT_NEG;
+            red[g] = sg[g];
+        }
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1)
+#pragma unroll
+            for (int g = 0; g < GM; g++) red[g] = fmaxf(red[g], __shfl_xor_sync(0xffffffffu, red[g], o));
+#pragma unroll
+        for (int g = 0; g < GM; g++) {
+            const float mn = fmaxf(m[g], red[g]);
             corr[g] = __expf(m[g] - mn);
-            const float pr = valid ? __expf(sg - mn) : 0.0f;
-            l[g] = l[g] * corr[g] + qk_warp_sum(pr);
+            pr[g] = valid && g < G ? __expf(sg[g] - mn) : 0.0f;
             m[g] = mn;
-            Pw[g * 32 + lane] = pr;
+            red[g] = pr[g];
+        }
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1)
+#pragma unroll
+            for (int g = 0; g < GM; g++) red[g] += __shfl_xor_sync(0xffffffffu, red[g], o);
+#pragma unroll
+        for (int g = 0; g < GM; g++) {
+            l[g] = l[g] * corr[g] + red[g];
+            if (g < G) Pw[g * 32 + lane] = pr[g];
         }
         __syncwarp();
         /* P.V: output dim 32w + lane of every head */
