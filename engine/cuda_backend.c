@@ -244,6 +244,8 @@ static int cu_model_new(const qc_cuda_shape *sh, qc_cuda_model **out, qc_err *er
     if (gm == 1 || gm == 2 || gm == 5 || gm == 6 || gm == 7 || gm == 8 || gm == 10) qk_gemv_q_mode = gm;
     const char *ae = getenv("QCHAT_ATTN_MODE"); /* A/B of the split-KV decode kernel (kernels.h) */
     if (ae && strcmp(ae, "1") == 0) qk_attn_dec_mode = 1;
+    const char *pe_small = getenv("QCHAT_PDL_SMALL");
+    if (pe_small && *pe_small) qk_pdl_small = atoi(pe_small) & 7;
     const char *fn = getenv("QCHAT_FUSE_NORM"); /* A/B of mat_gemv_norm: 0 = separate norm launches */
     cm->fuse_norm = !(fn && strcmp(fn, "0") == 0);
     cm->prof.ok = true;
@@ -1344,6 +1346,15 @@ static const char *const prof_names[P_COUNT] = {
         CK(call);                                                                                  \
     } while (0)
 
+/* Whether the decode SwiGLU before the down-projection M is a PDL launch:
+ * measured faster before INT4 (+3.7 %, the streamed GEMV fetches its first
+ * weights into shared memory early) and FP4 (+-0 at ctx 0, +1.9 % at 4096),
+ * slower before FP8 (-0.8 %; 27B, H100, BENCHMARKS.md seventh session). */
+static int swiglu_pdl(const cu_mat *M)
+{
+    return M->np > 0 && M->q[0].kind != QK_QW_FP8;
+}
+
 /* Records the start of a launch of category cat (-1: the end of the chunk).
  * Turns the profile off if the events cannot be made. */
 static void prof_mark(cu_prof *P, int cat, cudaStream_t st)
@@ -1443,14 +1454,14 @@ static int run_layers(qc_cuda_sess *cs, int T, int pos0, bool all_rows, qc_err *
         frc = T == 1 ? mat_gemv_norm(cm, &L->gu, cs->h, L->post_norm, sh->eps, cs->proj, NULL) : QK_GEMV_UNFUSED;
         if (frc != QK_GEMV_UNFUSED) {
             CK(frc);
-            OP(P_SWIGLU, qk_swiglu(cs->proj, 2 * sh->I, 1, sh->I, cs->yb, st));
+            OP(P_SWIGLU, qk_swiglu(cs->proj, 2 * sh->I, 1, sh->I, cs->yb, swiglu_pdl(&L->down), st));
         } else {
             OP(P_NORM, qk_rmsnorm1p(cs->h, L->post_norm, sh->eps, T, D, cs->xb, NULL, st));
             if (T == 1 && !L->gu.np) {
                 OP(P_GEMM_GU, qk_gemv_swiglu_bf16(L->gu.bf, cs->xb, cs->yb, sh->I, D, st));
             } else if (T == 1) {
                 OP(P_GEMM_GU, mat_gemv(cm, &L->gu, cs->xb, cs->proj, 0));
-                OP(P_SWIGLU, qk_swiglu(cs->proj, 2 * sh->I, 1, sh->I, cs->yb, st));
+                OP(P_SWIGLU, qk_swiglu(cs->proj, 2 * sh->I, 1, sh->I, cs->yb, swiglu_pdl(&L->down), st));
             } else {
                 /* bf16 gate|up: its only reader is the SwiGLU (half the traffic of fp32) */
                 OP(P_GEMM_GU, mat_gemm(cm, &L->gu, cs->xb, cs->proj, 2 * sh->I, T, 0.0f, true));
@@ -1684,7 +1695,7 @@ static int profile_run(prof_ctx *pc, int ctx, qc_err *err)
             PROF(pc, "gemv mlp gate|up", sh->n_layers, (double)mat_bytes(&L0->gu),
                  mat_gemv(cm, &L0->gu, cs->xb, cs->proj, 0));
         PROF(pc, "swiglu (1 token)", sh->n_layers, 2.0 * sh->I * 4 + sh->I * 2,
-             qk_swiglu(cs->proj, 2 * sh->I, 1, sh->I, cs->yb, st));
+             qk_swiglu(cs->proj, 2 * sh->I, 1, sh->I, cs->yb, swiglu_pdl(&L0->down), st));
     }
     PROF(pc, "gemv mlp down", sh->n_layers, (double)mat_bytes(&L0->down), mat_gemv(cm, &L0->down, cs->yb, cs->h, 1));
     PROF(pc, "gemv lm_head", 1, (double)mat_bytes(&cm->head), mat_gemv(cm, &cm->head, cs->xb, cs->logits, 0));

@@ -20,6 +20,7 @@ __global__ void k_attn_prep(const float *qkv, int ld, int H, int KV, int hd, int
                             float *q_out, float *gate_out)
 {
     qk_pdl_trigger(); /* the decode attention may land early and fetch older keys (k_attn_dec_bulk) */
+    qk_pdl_wait();    /* a PDL launch itself (after the attention in-projection) */
     __shared__ float red[33];
     __shared__ float y[256];
     int t = blockIdx.x, hh = blockIdx.y, d = threadIdx.x;
@@ -58,9 +59,12 @@ extern "C" int qk_attn_prep(const float *qkv, int ld, int T, int H, int KV, int 
 {
     if (T <= 0) return 0;
     if (hd % 32 || hd > 256 || rot > hd || rot % 2) return (int)cudaErrorInvalidValue;
-    k_attn_prep<<<dim3(T, H + KV), hd, 0, st>>>(qkv, ld, H, KV, hd, rot, theta, qn, kn, eps, pos, kc, vc, max_ctx,
-                                                q_out, gate_out);
-    return qk_launch_status();
+    cudaLaunchConfig_t cfg;
+    cudaLaunchAttribute at[1];
+    qk_launch_cfg(&cfg, at, dim3((unsigned)T, (unsigned)(H + KV)), dim3((unsigned)hd), st,
+                  (qk_pdl_small & 2) && qk_pdl_ok(st));
+    return (int)cudaLaunchKernelEx(&cfg, k_attn_prep, qkv, ld, H, KV, hd, rot, theta, qn, kn, eps, pos, kc, vc, max_ctx,
+                                   q_out, gate_out);
 }
 
 extern "C" size_t qk_attn_scratch(int T, int H, int hd, int nsplit)
@@ -433,6 +437,7 @@ __global__ void __launch_bounds__(32 * DB_WARPS, 2)
     const int G = H / KV;
     float *Qs = (float *)(dsm + DB_STAGES * DB_STAGE);
     float *Sc = Qs + G * hd;             /* [DB_WARPS][GM][32] */
+    qk_pdl_trigger(); /* the combine may land early */
     const int kvh = blockIdx.x, sp = blockIdx.y;
     const int w = threadIdx.x >> 5, lane = threadIdx.x & 31;
     float *Pw = Sc + DB_WARPS * GM * 32 + w * GM * 32; /* this warp's probabilities [GM][32] */
@@ -591,6 +596,7 @@ __global__ void k_attn_dec_combine(const float *part, const float *gate, int H, 
                                    const int32_t *pos, int nsplit, int bulk, uint16_t *out)
 {
     qk_pdl_trigger(); /* the next GEMV may land early (common.cuh) */
+    qk_pdl_wait();    /* a PDL launch itself after the bulk kernel */
     const int h = blockIdx.x, d = threadIdx.x;
     const int n = min(pos[0] + 1, max_ctx), per = bulk ? db_per(n, nsplit) : dec_per(n, nsplit);
     const int used = (n + per - 1) / per;
@@ -648,9 +654,11 @@ static int attn_dec_launch(const float *q, const float *gate, const uint16_t *kc
         k_attn_dec<NH, GM><<<dim3(KV, nsplit), 32 * DEC_WARPS, smem, st>>>(q, kc, vc, max_ctx, H, KV, pos, nsplit,
                                                                           (float *)scratch);
     }
-    k_attn_dec_combine<<<H, hd, 0, st>>>((const float *)scratch, gate, H, hd, max_ctx, pos, nsplit, bulk ? 1 : 0,
-                                         out);
-    return qk_launch_status();
+    cudaLaunchConfig_t cfg;
+    cudaLaunchAttribute at[1];
+    qk_launch_cfg(&cfg, at, dim3((unsigned)H), dim3((unsigned)hd), st, bulk && (qk_pdl_small & 4) && qk_pdl_ok(st));
+    return (int)cudaLaunchKernelEx(&cfg, k_attn_dec_combine, (const float *)scratch, gate, H, hd, max_ctx, pos, nsplit,
+                                   bulk ? 1 : 0, out);
 }
 
 template <int NH>

@@ -43,8 +43,12 @@ int qk_rmsnorm1p(const float *x, const float *w, float eps, int T, int D, uint16
 int qk_gated_norm(const float *o, const float *z, int ld_z, const float *w, float eps, int T,
                   int H, int dv, uint16_t *out, qk_stream st);
 
-/* out[t, i] = silu(gu[t*ld + i]) * gu[t*ld + I + i] (gate rows first), bf16. */
-int qk_swiglu(const float *gu, int ld, int T, int I, uint16_t *out, qk_stream st);
+/* out[t, i] = silu(gu[t*ld + i]) * gu[t*ld + I + i] (gate rows first), bf16.
+ * pdl: a programmatic dependent launch where the stream allows (decode: its
+ * blocks are resident as the gate|up GEMV's leave, and the down GEMV after it
+ * lands early; 27B on an H100 +3.7 % before an INT4 down-projection, -0.8 %
+ * before an FP8 one, BENCHMARKS.md). */
+int qk_swiglu(const float *gu, int ld, int T, int I, uint16_t *out, int pdl, qk_stream st);
 
 /* y[i] += x[i] (fp32), n elements. */
 int qk_add(float *y, const float *x, int64_t n, qk_stream st);
@@ -211,6 +215,11 @@ int qk_attn(const float *q, const float *gate, const uint16_t *kc, const uint16_
  * has them (sm_90+), 1 = each lane's loads from global memory. Both compute
  * the same sums in the same order. */
 extern int qk_attn_dec_mode;
+
+/* Which small decode kernels may be PDL launches (A/B, QCHAT_PDL_SMALL; all
+ * by default): bit 0 the SwiGLU (where its caller asks, qk_swiglu's pdl),
+ * bit 1 the attention prep, bit 2 the attention combine. */
+extern int qk_pdl_small;
 
 /* Long prefills on the tensor cores (kernels/attn_gemm.cu): the same causal
  * GQA attention as qk_attn (nsplit 1) through cuBLAS, for T queries at

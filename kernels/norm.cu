@@ -3,6 +3,10 @@
 
 extern "C" const char *qk_error_string(int code) { return cudaGetErrorString((cudaError_t)code); }
 
+extern "C" {
+int qk_pdl_small = 7;
+}
+
 __global__ void k_embed(const uint16_t *E, const int32_t *ids, int D, int V, float *out)
 {
     int t = blockIdx.x;
@@ -202,6 +206,7 @@ __device__ __forceinline__ uint32_t swiglu_pair(float g0, float g1, float u0, fl
 __global__ void __launch_bounds__(256) k_swiglu_v(const float *gu, int ld, int I, uint16_t *out)
 {
     qk_pdl_trigger(); /* the next GEMV may land early (common.cuh) */
+    qk_pdl_wait();    /* a PDL launch itself: resident as the gate|up GEMV's blocks leave */
     const int i = (blockIdx.x * 256 + threadIdx.x) * 8;
     if (i >= I) return;
     const int64_t t = blockIdx.y;
@@ -233,12 +238,15 @@ static bool swiglu_vec_ok(const void *gu, int ld, int T, int I, const void *out)
     return I % 8 == 0 && ld % 8 == 0 && T <= 65535 && ((uintptr_t)gu & 15) == 0 && ((uintptr_t)out & 15) == 0;
 }
 
-extern "C" int qk_swiglu(const float *gu, int ld, int T, int I, uint16_t *out, qk_stream st)
+extern "C" int qk_swiglu(const float *gu, int ld, int T, int I, uint16_t *out, int pdl, qk_stream st)
 {
     if (T <= 0) return 0;
     if (swiglu_vec_ok(gu, ld, T, I, out)) {
-        k_swiglu_v<<<dim3(qk_cdiv(I / 8, 256), T), 256, 0, st>>>(gu, ld, I, out);
-        return qk_launch_status();
+        cudaLaunchConfig_t cfg;
+        cudaLaunchAttribute at[1];
+        qk_launch_cfg(&cfg, at, dim3((unsigned)qk_cdiv(I / 8, 256), (unsigned)T), dim3(256), st,
+                      pdl && (qk_pdl_small & 1) && qk_pdl_ok(st));
+        return (int)cudaLaunchKernelEx(&cfg, k_swiglu_v, gu, ld, I, out);
     }
     k_swiglu<<<grid_for((int64_t)T * I), 256, 0, st>>>(gu, ld, T, I, out);
     return qk_launch_status();

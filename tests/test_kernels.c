@@ -143,7 +143,7 @@ static void test_glue(void)
                 ref[(size_t)t * I + i] = cpu_silu(gu[(size_t)t * ld + i]) * gu[(size_t)t * ld + I + i];
         float *dg = dput(gu, (size_t)T * ld * 4);
         uint16_t *dout = dput(NULL, (size_t)T * I * 2);
-        ok &= launch_ok(qk_swiglu(dg, ld, T, I, dout, 0), "swiglu");
+        ok &= launch_ok(qk_swiglu(dg, ld, T, I, dout, 0, 0), "swiglu");
         float *got = dget_bf(dout, (size_t)T * I);
         char nm[64];
         snprintf(nm, sizeof nm, "swiglu T=%d I=%d", T, I);
