@@ -244,8 +244,8 @@ static int cu_model_new(const qc_cuda_shape *sh, qc_cuda_model **out, qc_err *er
     if (gm == 1 || gm == 2 || gm == 5 || gm == 6 || gm == 7 || gm == 8 || gm == 10) qk_gemv_q_mode = gm;
     const char *ae = getenv("QCHAT_ATTN_MODE"); /* A/B of the split-KV decode kernel (kernels.h) */
     if (ae && strcmp(ae, "1") == 0) qk_attn_dec_mode = 1;
-    const char *pe_small = getenv("QCHAT_PDL_SMALL");
-    if (pe_small && *pe_small) qk_pdl_small = atoi(pe_small) & 7;
+    const char *pe_small = getenv("QCHAT_PDL_SMALL"); /* A/B: a bit mask 0..7 (kernels.h); others ignored */
+    if (pe_small && pe_small[0] >= '0' && pe_small[0] <= '7' && !pe_small[1]) qk_pdl_small = pe_small[0] - '0';
     const char *fn = getenv("QCHAT_FUSE_NORM"); /* A/B of mat_gemv_norm: 0 = separate norm launches */
     cm->fuse_norm = !(fn && strcmp(fn, "0") == 0);
     cm->prof.ok = true;

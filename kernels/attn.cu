@@ -229,6 +229,30 @@ __device__ __forceinline__ void dec_load_v(const uint16_t *p, float *v)
     }
 }
 
+/* One 16-byte piece of a K row (8 bf16 keys' dims) dotted into the scores of
+ * the G query heads, whose matching 8 dims start at q + g * ld (shared by
+ * both decode kernels: the same operations in the same order). */
+template <int GM>
+__device__ __forceinline__ void dec_score_chunk(uint4 u, const float *q, int ld, int G, float *s)
+{
+    const uint32_t a[4] = {u.x, u.y, u.z, u.w};
+    float kf[8];
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        kf[2 * i] = __uint_as_float(a[i] << 16);
+        kf[2 * i + 1] = __uint_as_float(a[i] & 0xffff0000u);
+    }
+#pragma unroll
+    for (int g = 0; g < GM; g++) {
+        if (g < G) {
+            const float4 q0 = *(const float4 *)(q + g * ld);
+            const float4 q1 = *(const float4 *)(q + g * ld + 4);
+            s[g] = fmaf(q0.x, kf[0], fmaf(q0.y, kf[1], fmaf(q0.z, kf[2], fmaf(q0.w, kf[3], s[g]))));
+            s[g] = fmaf(q1.x, kf[4], fmaf(q1.y, kf[5], fmaf(q1.z, kf[6], fmaf(q1.w, kf[7], s[g]))));
+        }
+    }
+}
+
 /* grid (KV, nsplit), block 32 * DEC_WARPS; GM >= G = H / KV. */
 template <int NH, int GM>
 __global__ void __launch_bounds__(32 * DEC_WARPS, GM <= 8 ? 4 : 1)
@@ -269,25 +293,7 @@ __global__ void __launch_bounds__(32 * DEC_WARPS, GM <= 8 ? 4 : 1)
         if (valid) {
             const uint4 *kr = (const uint4 *)(kb + (int64_t)key * hd);
 #pragma unroll 4
-            for (int c = 0; c < hd / 8; c++) {
-                const uint4 u = __ldg(kr + c);
-                const uint32_t a[4] = {u.x, u.y, u.z, u.w};
-                float kf[8];
-#pragma unroll
-                for (int i = 0; i < 4; i++) {
-                    kf[2 * i] = __uint_as_float(a[i] << 16);
-                    kf[2 * i + 1] = __uint_as_float(a[i] & 0xffff0000u);
-                }
-#pragma unroll
-                for (int g = 0; g < GM; g++) {
-                    if (g < G) {
-                        const float4 q0 = *(const float4 *)(Qs + g * hd + 8 * c);
-                        const float4 q1 = *(const float4 *)(Qs + g * hd + 8 * c + 4);
-                        s[g] = fmaf(q0.x, kf[0], fmaf(q0.y, kf[1], fmaf(q0.z, kf[2], fmaf(q0.w, kf[3], s[g]))));
-                        s[g] = fmaf(q1.x, kf[4], fmaf(q1.y, kf[5], fmaf(q1.z, kf[6], fmaf(q1.w, kf[7], s[g]))));
-                    }
-                }
-            }
+            for (int c = 0; c < hd / 8; c++) dec_score_chunk<GM>(__ldg(kr + c), Qs + 8 * c, hd, G, s);
         }
         float pr[GM];
 #pragma unroll
@@ -489,25 +495,7 @@ __global__ void __launch_bounds__(32 * DB_WARPS, 2)
         if (valid) {
             const uint4 *kr = (const uint4 *)(stg + lane * DB_KROW + w * 64);
 #pragma unroll
-            for (int c = 0; c < 4; c++) {
-                const uint4 u = kr[c];
-                const uint32_t a[4] = {u.x, u.y, u.z, u.w};
-                float kf[8];
-#pragma unroll
-                for (int i = 0; i < 4; i++) {
-                    kf[2 * i] = __uint_as_float(a[i] << 16);
-                    kf[2 * i + 1] = __uint_as_float(a[i] & 0xffff0000u);
-                }
-#pragma unroll
-                for (int g = 0; g < GM; g++) {
-                    if (g < G) {
-                        const float4 q0 = *(const float4 *)(Qs + g * hd + 32 * w + 8 * c);
-                        const float4 q1 = *(const float4 *)(Qs + g * hd + 32 * w + 8 * c + 4);
-                        s[g] = fmaf(q0.x, kf[0], fmaf(q0.y, kf[1], fmaf(q0.z, kf[2], fmaf(q0.w, kf[3], s[g]))));
-                        s[g] = fmaf(q1.x, kf[4], fmaf(q1.y, kf[5], fmaf(q1.z, kf[6], fmaf(q1.w, kf[7], s[g]))));
-                    }
-                }
-            }
+            for (int c = 0; c < 4; c++) dec_score_chunk<GM>(kr[c], Qs + 32 * w + 8 * c, hd, G, s);
         }
 #pragma unroll
         for (int g = 0; g < GM; g++)
@@ -612,31 +600,14 @@ extern "C" {
 int qk_attn_dec_mode = 0;
 }
 
-/* The device's SM count and whether it has bulk copies (cached per device). */
-static int attn_dev_info(int *n_sm)
-{
-    static int sms[16], bulk[16];
-    int dev = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 16) return 0;
-    if (!sms[dev]) {
-        int major = 0, n = 0;
-        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
-        cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev);
-        bulk[dev] = major >= 9;
-        sms[dev] = n > 0 ? n : 1;
-    }
-    *n_sm = sms[dev];
-    return bulk[dev];
-}
-
 template <int NH, int GM>
 static int attn_dec_launch(const float *q, const float *gate, const uint16_t *kc, const uint16_t *vc, int max_ctx,
                            int H, int KV, const int32_t *pos, int nsplit, void *scratch, uint16_t *out, qk_stream st)
 {
     const int hd = NH * 32, G = H / KV;
-    int n_sm = 1;
+    const int n_sm = qk_sm_count() > 0 ? qk_sm_count() : 1;
     cudaError_t e;
-    const bool bulk = NH == 8 && qk_attn_dec_mode == 0 && attn_dev_info(&n_sm);
+    const bool bulk = NH == 8 && qk_attn_dec_mode == 0 && qk_cc_major() >= 9; /* bulk copies */
     if (bulk) {
         /* two blocks per SM, so at most two splits per SM and KV head */
         const size_t smem = db_smem(G, GM);

@@ -108,17 +108,32 @@ __device__ __forceinline__ void qk_pdl_wait(void)
 /* Host side: whether a launch on st may carry the PDL attribute (an sm_90+
  * device, a stream other than the legacy ones), and a launch configuration
  * with it when pdl. */
+/* The current device's attribute a, 0 when it cannot be read. */
+static inline int qk_device_attr(cudaDeviceAttr a)
+{
+    int dev = 0, v = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&v, a, dev) != cudaSuccess) return 0;
+    return v;
+}
+
+/* Asked once per process (and per .cu file: each has its own copy). */
+static inline int qk_cc_major(void)
+{
+    static int v = -1;
+    if (v < 0) v = qk_device_attr(cudaDevAttrComputeCapabilityMajor);
+    return v;
+}
+
+static inline int qk_sm_count(void)
+{
+    static int v = -1;
+    if (v < 0) v = qk_device_attr(cudaDevAttrMultiProcessorCount);
+    return v;
+}
+
 static inline bool qk_pdl_ok(cudaStream_t st)
 {
-    static int cc = -1;
-    if (cc < 0) {
-        int dev = 0;
-        cc = 0;
-        if (cudaGetDevice(&dev) != cudaSuccess ||
-            cudaDeviceGetAttribute(&cc, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess)
-            cc = 0;
-    }
-    return cc >= 9 && st != NULL && st != cudaStreamLegacy && st != cudaStreamPerThread;
+    return qk_cc_major() >= 9 && st != NULL && st != cudaStreamLegacy && st != cudaStreamPerThread;
 }
 
 static inline void qk_launch_cfg(cudaLaunchConfig_t *cfg, cudaLaunchAttribute *at, dim3 grid, dim3 block,

@@ -805,8 +805,9 @@ __global__ void __launch_bounds__(DK) k_gdn_step(const float *c, const float *b,
     /* The state column comes in before the PDL wait, while the in-projection
      * GEMV before this kernel still runs: only this kernel (and the prefill
      * scan) writes the state, one decode step or more earlier, with plain
-     * launches (SwiGLU, sampling) in between that waited for everything
-     * before them; everything else it reads is that GEMV's output. */
+     * launches (the sampling, the embedding) in between that waited for
+     * everything before them; everything else it reads is that GEMV's
+     * output. */
     float S[DK];
 #pragma unroll
     for (int r = 0; r < DK; r++) S[r] = Sg[r * DV + j];

@@ -778,13 +778,7 @@ static int gemv_launch(const qk_qweight *const *w_in, float *const *y_in, int np
      * than the persistent grid holds (QG_SPLIT_WARPS per SM: short N, e.g.
      * attention k/v, or the 27B down and GDN out projections) and each warp
      * keeps at least one chunk per lane. */
-    static int nsm = 0;
-    if (!nsm) {
-        int dev = 0;
-        if (cudaGetDevice(&dev) != cudaSuccess ||
-            cudaDeviceGetAttribute(&nsm, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || nsm <= 0)
-            nsm = 132;
-    }
+    const int nsm = qk_sm_count() > 0 ? qk_sm_count() : 132;
     int groups = 0, kc_min = 1 << 30;
     for (int i = 0; i < nparts; i++) {
         int rc = part_fill(w[i], y[i], &ps.p[i]);
