@@ -61,7 +61,7 @@ endif
 
 LIB := $(BUILD)/libqchat.a
 
-.PHONY: all check sanitize fuzz bench clean
+.PHONY: all check sanitize fuzz bench trace clean
 all: $(BIN)
 
 $(BIN): $(CLI_OBJ) $(TUI_OBJ) $(LIB)
@@ -100,6 +100,14 @@ build/fuzz/%: tests/fuzz/%.c $(ENGINE_SRC)
 
 bench: qchat
 	tools/bench.sh
+
+# The kernel timeline of a run (tools/trace/kernel_trace.c: CUPTI, a
+# diagnostic only; CUDA builds, not part of `all` or `check`).
+trace: build/kernel_trace.so
+build/kernel_trace.so: tools/trace/kernel_trace.c
+	@mkdir -p $(dir $@)
+	$(CC) -O2 -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -fPIC -shared -I$(CUDA_HOME)/include -o $@ $< \
+	    -L$(CUDA_HOME)/lib64 -L$(CUDA_HOME)/lib -lcupti -Wl,-rpath,'$$ORIGIN'
 
 clean:
 	rm -rf build build-san qchat

@@ -451,6 +451,11 @@ __global__ void __launch_bounds__(QG_THREADS, VAR == 3 ? 3 : QG_MINB)
  * steps evenly, and a group cut between warps is summed in shared memory
  * at the end, in warp order. The step body is gemv_q.cuh's
  * qg_int4_mma_step, fed from the ring (x is the block's staged copy).
+ * BF16 parts (GDN in_proj_a|b next to the INT4 qkv|z; the launcher puts
+ * their nbf groups last) are walked first from global memory, one group per
+ * block with all its warps as in qg_persist's phase 0, and count in the
+ * split between blocks as the steps their bytes would fill (qt_block_work),
+ * so the blocks that walk them stream fewer INT4 groups.
  *
  * Measured on the H100 (sixth session, BENCHMARKS.md): the 27B INT4 decode
  * +1.2 to +1.5 % (three A/B rounds, 116.2 -> 117.8 tok/s in the last), with
@@ -505,6 +510,36 @@ __device__ __forceinline__ void qt_issue(const qg_parts &ps, int nu, qt_cursor &
     }
 }
 
+/* Block b's share of a launch of G groups, nbf of them BF16 (the last):
+ * its INT4 steps [*A, *A + *n) and its BF16 groups [*j0, *j1) (0-based
+ * among the BF16 ones). Without BF16 parts, the groups [b G / B, (b + 1) G
+ * / B). With them the blocks split W = nbf * wb + (G - nbf) * nu units
+ * evenly, a BF16 group weighing wb units (its bytes in INT4 steps), the
+ * BF16 units first; a block's INT4 share is rounded to whole groups. */
+__device__ __forceinline__ int qt_block_cut(int b, int B, long long W, int nbf, int wb, int Gq, int nu, int *j)
+{
+    const long long u = (long long)b * W / B, bw = (long long)nbf * wb;
+    *j = u >= bw ? nbf : (int)((u + wb - 1) / wb);
+    const long long q = u <= bw ? 0 : (u - bw + nu / 2) / nu;
+    return q < Gq ? (int)q : Gq;
+}
+
+__device__ __forceinline__ void qt_block_work(const qg_parts &ps, int G, int nu, int *A, int *n, int *j0, int *j1)
+{
+    const int b = (int)blockIdx.x, B = (int)gridDim.x;
+    if (ps.nbf == 0) {
+        *A = (int)((long long)b * G / B) * nu;
+        *n = (int)((long long)(b + 1) * G / B) * nu - *A;
+        *j0 = *j1 = 0;
+        return;
+    }
+    const int Gq = G - ps.nbf, wb = (ps.p[ps.count - 1].kc + 31) / 32;
+    const long long W = (long long)ps.nbf * wb + (long long)Gq * nu;
+    const int q0 = qt_block_cut(b, B, W, ps.nbf, wb, Gq, nu, j0), q1 = qt_block_cut(b + 1, B, W, ps.nbf, wb, Gq, nu, j1);
+    *A = q0 * nu;
+    *n = (q1 - q0) * nu;
+}
+
 /* The first step of warp v of a block whose steps are [A, A + n). */
 __device__ __forceinline__ int qt_warp_start(int A, int n, int v)
 {
@@ -538,8 +573,9 @@ __global__ void __launch_bounds__(QG_THREADS, 2)
     __shared__ __align__(8) uint64_t bars[QG_WARPS * QT_D];
     qk_pdl_trigger();
     const int warp = (int)threadIdx.x >> 5, lane = (int)threadIdx.x & 31;
-    const int nu = ps.p[0].kc / 32, B = (int)gridDim.x;
-    const int A = (int)((long long)blockIdx.x * G / B) * nu, n = (int)((long long)(blockIdx.x + 1) * G / B) * nu - A;
+    const int nu = ps.p[0].kc / 32;
+    int A, n, j0, j1;
+    qt_block_work(ps, G, nu, &A, &n, &j0, &j1);
     const int a = qt_warp_start(A, n, warp), b = qt_warp_start(A, n, warp + 1);
     uint8_t *ring = (uint8_t *)qg_xsm + 16 * 4 * ps.p[0].kc + warp * QT_D * QT_STAGE; /* after x */
     uint64_t *bar = bars + warp * QT_D;
@@ -556,6 +592,10 @@ __global__ void __launch_bounds__(QG_THREADS, 2)
     __syncwarp();
     qk_pdl_wait();
     qg_stage_x(ps, x, nrm, 4, red);
+    for (int j = j0; j < j1; j++) { /* this block's BF16 groups, while its ring fills */
+        qg_pwalk<qg_bf16_step, false>(ps, x, G - ps.nbf + j, 0, 1, warp, QG_WARPS, accumulate, cut);
+        qg_pmeet(ps, cut, G - ps.nbf + j, 0, 1, QG_WARPS, accumulate);
+    }
     float acc[QK_QROWS];
 #pragma unroll
     for (int r = 0; r < QK_QROWS; r++) acc[r] = 0.0f;
@@ -848,15 +888,18 @@ static int gemv_launch(const qk_qweight *const *w_in, float *const *y_in, int np
         }
     }
     /* The streamed kernel (k_gemv_qt) by default for launches of INT4 g128
-     * parts alone, with whole 32-chunk steps and 16-byte aligned scale
-     * rows (the bulk copies), on every block it can hold resident (10: the
-     * walks instead, for A/B). */
-    if (mode == 0 && pdl && ps.nbf == 0 && qg_tkernels[body]) {
+     * parts, with whole 32-chunk steps and 16-byte aligned scale rows (the
+     * bulk copies), and BF16 parts of one K placed last (lift), on every
+     * block it can hold resident (10: the walks instead, for A/B). */
+    if (mode == 0 && pdl && qg_tkernels[body]) {
         const int kc = ps.p[0].kc;
         bool ok = kc % 32 == 0;
         for (int i = 0; ok && i < nparts; i++) {
             const qg_part &p = ps.p[i];
-            ok = part_body(&p) == body && p.kc == kc && p.cpg == 4 && p.ng * 4 == kc && !((uintptr_t)p.s & 15);
+            if (p.kind == QK_QW_BF16)
+                ok = lift && p.kc == ps.p[nparts - 1].kc && (!nm || p.xs_p == 4);
+            else
+                ok = part_body(&p) == body && p.kc == kc && p.cpg == 4 && p.ng * 4 == kc && !((uintptr_t)p.s & 15);
         }
         const size_t smem = (size_t)16 * 4 * kc + (size_t)QG_WARPS * QT_D * QT_STAGE; /* x, then the rings */
         static size_t smem_set[QG_NBODY];

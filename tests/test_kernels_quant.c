@@ -793,6 +793,12 @@ static void test_norm_fused(void)
     build_bf16(&p[2], "conv.a", 16, 2048);
     build_bf16(&p[3], "conv.b", 16, 2048);
     norm_check("qgemv_norm_conv_nvfp4_gdn_in", p, 4, 2048, 1, 640);
+    /* the INT4 GDN in-projection (streamed kernel with BF16 a|b walked first) */
+    build_ct(&p[0], "conv.i4gqkv", 640, 2048, 128, 0, 0);
+    build_ct(&p[1], "conv.i4gz", 256, 2048, 128, 1, 0);
+    build_bf16(&p[2], "conv.i4ga", 16, 2048);
+    build_bf16(&p[3], "conv.i4gb", 16, 2048);
+    norm_check("qgemv_norm_conv_int4_gdn_in", p, 4, 2048, 1, 640);
     build_ct(&p[0], "conv.i4qkv", 1000, 5120, 128, 0, 0);
     build_ct(&p[1], "conv.i4z", 300, 5120, 128, 0, 0);
     norm_check("qgemv_norm_conv_int4_first_600_rows", p, 2, 5120, 1, 600);
@@ -879,6 +885,11 @@ static void test_fused(void)
     build_bf16(&p[2], "fused.ga", 48, K);
     build_bf16(&p[3], "fused.gb", 48, K);
     fused_check("qgemv_fused_int4_bf16_ab", p, 4, K);
+    /* more BF16 bytes than INT4 ones: blocks with BF16 groups only */
+    build_ct(&p[0], "fused.hq", 64, K, 128, 0, 0);
+    build_bf16(&p[1], "fused.ha", 200, K);
+    build_bf16(&p[2], "fused.hb", 200, K);
+    fused_check("qgemv_fused_int4_bf16_heavy", p, 3, K);
     K = 1536;
     build_fp8(&p[0], "fused.fqkv", QC_FMT_FP8_BLOCK, 700, K, 128, 128, QC_DT_BF16);
     build_bf16(&p[1], "fused.fa", 12, K);
