@@ -455,7 +455,12 @@ __global__ void __launch_bounds__(QG_THREADS, VAR == 3 ? 3 : QG_MINB)
  * their nbf groups last) are walked first from global memory, one group per
  * block with all its warps as in qg_persist's phase 0, and count in the
  * split between blocks as the steps their bytes would fill (qt_block_work),
- * so the blocks that walk them stream fewer INT4 groups.
+ * so the blocks that walk them stream fewer INT4 groups (27B INT4 decode
+ * +2.0 %, GDN in 25 -> 21 us, H100, eighth session). The split is static:
+ * handing the last groups out at run time from a counter, so that faster
+ * SMs take more, lost 4.6 % for the per-step bookkeeping alone and 15-18 %
+ * with a pool (one warp alone streams a whole group far slower than its
+ * share of the SM, so the tail grew; BENCHMARKS.md).
  *
  * Measured on the H100 (sixth session, BENCHMARKS.md): the 27B INT4 decode
  * +1.2 to +1.5 % (three A/B rounds, 116.2 -> 117.8 tok/s in the last), with
