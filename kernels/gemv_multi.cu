@@ -219,6 +219,16 @@ __device__ __forceinline__ int qg_phase2_slot(int B, int L, int &S2)
     return ((int)threadIdx.x >> 5) / S2 * B + (int)blockIdx.x;
 }
 
+/* Global row group g of a BF16 part, walked by all the block's warps
+ * (each a share of K, summed in warp order in red). Every thread of the
+ * block calls this. */
+__device__ __forceinline__ void qg_bf16_group(const qg_parts &ps, const uint16_t *__restrict__ x, int g, int accumulate,
+                                              float *red)
+{
+    qg_pwalk<qg_bf16_step, false>(ps, x, g, 0, 1, (int)threadIdx.x >> 5, QG_WARPS, accumulate, red);
+    qg_pmeet(ps, red, g, 0, 1, QG_WARPS, accumulate);
+}
+
 template <class STEP, bool MMA>
 __device__ __forceinline__ void qg_persist(const qg_parts &ps, const uint16_t *__restrict__ x, int accumulate, int S,
                                            int G, float *red)
@@ -228,10 +238,7 @@ __device__ __forceinline__ void qg_persist(const qg_parts &ps, const uint16_t *_
      * block with all its warps: their rows are 2-4x longer than the
      * quantized ones', so walked by one warp (or S) each they made the
      * launch's tail (GDN in_proj_a|b next to the quantized qkv|z). */
-    for (int j = (int)blockIdx.x; j < ps.nbf; j += (int)gridDim.x) {
-        qg_pwalk<qg_bf16_step, false>(ps, x, G - ps.nbf + j, 0, 1, warp, QG_WARPS, accumulate, red);
-        qg_pmeet(ps, red, G - ps.nbf + j, 0, 1, QG_WARPS, accumulate);
-    }
+    for (int j = (int)blockIdx.x; j < ps.nbf; j += (int)gridDim.x) qg_bf16_group(ps, x, G - ps.nbf + j, accumulate, red);
     G -= ps.nbf;
     const int B = (int)gridDim.x, gpb = QG_WARPS / S, V = B * gpb, R = G / V, L = G - R * V;
     /* phase 1: virtual warp v takes groups v, v + V, ... (R of them) */
@@ -597,10 +604,8 @@ __global__ void __launch_bounds__(QG_THREADS, 2)
     __syncwarp();
     qk_pdl_wait();
     qg_stage_x(ps, x, nrm, 4, red);
-    for (int j = j0; j < j1; j++) { /* this block's BF16 groups, while its ring fills */
-        qg_pwalk<qg_bf16_step, false>(ps, x, G - ps.nbf + j, 0, 1, warp, QG_WARPS, accumulate, cut);
-        qg_pmeet(ps, cut, G - ps.nbf + j, 0, 1, QG_WARPS, accumulate);
-    }
+    for (int j = j0; j < j1; j++) /* this block's BF16 groups, while its ring fills */
+        qg_bf16_group(ps, x, G - ps.nbf + j, accumulate, cut);
     float acc[QK_QROWS];
 #pragma unroll
     for (int r = 0; r < QK_QROWS; r++) acc[r] = 0.0f;

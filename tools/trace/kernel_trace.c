@@ -14,6 +14,7 @@
  * Output: one line per kernel, "K start_ns end_ns grid block smem graph node
  * name_index", then "N index mangled_name" for every name. */
 #include <cupti.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -69,8 +70,12 @@ static void kt_finish(void)
 int InitializeInjection(void)
 {
     const char *path = getenv("KTRACE_OUT");
-    kt_out = fopen(path && *path ? path : "ktrace.txt", "w");
-    if (!kt_out) return 0;
+    path = path && *path ? path : "ktrace.txt";
+    kt_out = fopen(path, "w");
+    if (!kt_out) {
+        fprintf(stderr, "kernel_trace: cannot write %s: %s (no trace recorded)\n", path, strerror(errno));
+        return 0;
+    }
     if (cuptiActivityRegisterCallbacks(kt_buffer_requested, kt_buffer_completed) != CUPTI_SUCCESS ||
         cuptiActivityEnable(CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL) != CUPTI_SUCCESS) {
         fprintf(stderr, "kernel_trace: CUPTI activity setup failed\n");

@@ -43,15 +43,28 @@ def category(name):
 
 
 def main():
-    recs, names = [], {}
-    with open(sys.argv[1]) as f:
-        for line in f:
-            p = line.split()
-            if p[0] == "K":
-                recs.append((int(p[1]), int(p[2]), int(p[3]), int(p[6]), int(p[7]), int(p[8])))
-            elif p[0] == "N":
-                names[int(p[1])] = p[2] if len(p) > 2 else "?"
     fmt = sys.argv[2] if len(sys.argv) > 2 else "int4"
+    if len(sys.argv) not in (2, 3) or fmt not in BPE:
+        sys.exit(f"usage: timeline.py TRACE [{'|'.join(BPE)}]")
+    recs, names = [], {}
+    try:
+        with open(sys.argv[1]) as f:
+            lines = f.read().splitlines()
+    except OSError as e:
+        sys.exit(f"timeline.py: {e}")
+    for n, line in enumerate(lines, 1):
+        p = line.split()
+        try:
+            if p and p[0] == "K":
+                recs.append((int(p[1]), int(p[2]), int(p[3]), int(p[6]), int(p[7]), int(p[8])))
+            elif p and p[0] == "N":
+                names[int(p[1])] = p[2] if len(p) > 2 else "?"
+            else:
+                raise ValueError
+        except (ValueError, IndexError):
+            sys.exit(f"timeline.py: {sys.argv[1]}:{n}: not a kernel_trace line")
+    if not any(r[3] for r in recs):
+        sys.exit(f"timeline.py: {sys.argv[1]}: no kernels from CUDA graphs (decode steps) in this trace")
     rb = role_bytes(fmt)
     recs.sort()
     # steps: graph launches, split where a graph node comes again; runs (one context length each):
