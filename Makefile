@@ -61,7 +61,7 @@ endif
 
 LIB := $(BUILD)/libqchat.a
 
-.PHONY: all check sanitize fuzz bench trace clean
+.PHONY: all check sanitize fuzz bench trace probe clean
 all: $(BIN)
 
 $(BIN): $(CLI_OBJ) $(TUI_OBJ) $(LIB)
@@ -109,7 +109,14 @@ build/kernel_trace.so: tools/trace/kernel_trace.c
 	$(CC) -O2 -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -fPIC -shared -I$(CUDA_HOME)/include -o $@ $< \
 	    -L$(CUDA_HOME)/lib64 -L$(CUDA_HOME)/lib -lcupti -Wl,-rpath,'$$ORIGIN'
 
+# Per-block timing of the quantized decode GEMVs (kernels/probe.cuh, read
+# by tools/trace/blocks.py): a diagnostic build in build-probe/, not part
+# of `all` or `check`.
+probe:
+	@test "$(CUDA)" = 1 || { echo "make probe: needs the CUDA toolkit (nvcc)"; exit 1; }
+	$(MAKE) BUILD=build-probe BIN=build-probe/qchat NVCCFLAGS="$(NVCCFLAGS) -DQG_PROBE" build-probe/qchat
+
 clean:
-	rm -rf build build-san qchat
+	rm -rf build build-san build-probe qchat
 
 -include $(ENGINE_OBJ:.o=.d) $(TUI_OBJ:.o=.d) $(CLI_OBJ:.o=.d) $(CU_OBJ:.o=.d)

@@ -6,6 +6,7 @@
  * block. A lone weight is a launch of one part. When every part runs the
  * same body, a persistent grid (k_gemv_qp, below) replaces it. */
 #include "gemv_q.cuh"
+#include "probe.cuh"
 
 /* Block of QG_WARPS warps. Each row group (QK_QROWS rows of one part) is
  * owned by S consecutive warps that split its chunks (S = 1: a warp walks
@@ -416,9 +417,11 @@ __global__ void __launch_bounds__(QG_THREADS, VAR == 3 ? 3 : QG_MINB)
               const qg_norm nrm)
 {
     __shared__ float red[QG_PRMAX * QG_WARPS * QK_QROWS];
+    QG_PROBE_ENTRY
     qk_pdl_trigger();
     if (VAR != 1 && ps.prime) qg_prime_l2(ps, S, G); /* before the wait: see qg_prime_l2 */
     qk_pdl_wait();
+    QG_PROBE_WAITED
     if (VAR == 1) {
         if (BODY == QG_B_I4MH) qg_persist<qg_loads_only<qg_int4_mma_lo>, false>(ps, x, accumulate, S, G, red);
         else qg_persist<qg_loads_only<qg_fp4_lo>, false>(ps, x, accumulate, S, G, red);
@@ -438,6 +441,7 @@ __global__ void __launch_bounds__(QG_THREADS, VAR == 3 ? 3 : QG_MINB)
     case QG_B_MX: qg_persist<qg_fp4_step<true, XS>, false>(ps, x, accumulate, S, G, red); break;
     default: qg_persist<qg_bf16_step, false>(ps, x, accumulate, S, G, red); break;
     }
+    QG_PROBE_END(BODY, G);
 }
 
 /* ---- streamed launch (the default for INT4 g128 on sm_90+) ----
@@ -583,6 +587,7 @@ __global__ void __launch_bounds__(QG_THREADS, 2)
     __shared__ float red[33];
     __shared__ float cut[QG_WARPS * 2 * QK_QROWS]; /* partial sums of the groups cut between warps */
     __shared__ __align__(8) uint64_t bars[QG_WARPS * QT_D];
+    QG_PROBE_ENTRY
     qk_pdl_trigger();
     const int warp = (int)threadIdx.x >> 5, lane = (int)threadIdx.x & 31;
     const int nu = ps.p[0].kc / 32;
@@ -603,6 +608,7 @@ __global__ void __launch_bounds__(QG_THREADS, 2)
     }
     __syncwarp();
     qk_pdl_wait();
+    QG_PROBE_WAITED
     qg_stage_x(ps, x, nrm, 4, red);
     for (int j = j0; j < j1; j++) /* this block's BF16 groups, while its ring fills */
         qg_bf16_group(ps, x, G - ps.nbf + j, accumulate, cut);
@@ -663,6 +669,7 @@ __global__ void __launch_bounds__(QG_THREADS, 2)
             if (row < p.n) qg_store_row(p, row, t * p.post, accumulate);
         }
     }
+    QG_PROBE_END(100 + F16, G); /* kinds: the body index (k_gemv_qp), 100 + F16 (streamed) */
 }
 
 typedef void (*qg_tkernel)(qg_parts, const uint16_t *, int, int, qg_norm);
@@ -804,6 +811,7 @@ static int gemv_launch(const qk_qweight *const *w_in, float *const *y_in, int np
 {
     if (nparts < 1 || nparts > QK_GEMV_MAX_PARTS || (!nm && (!x || ((uintptr_t)x & 15))))
         return (int)cudaErrorInvalidValue;
+    qg_probe_arm();
     /* BF16 parts after the quantized ones when part 0 is quantized (its
      * conv epilogue stays on part 0): the persistent kernel walks their
      * groups first, each with a whole block (qg_persist's phase 0). The
