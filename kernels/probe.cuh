@@ -9,9 +9,10 @@
  * launch finish late and why (BENCHMARKS.md, ninth session).
  *
  * A launch is numbered by a device counter that the last block of each
- * probed launch advances, so the number a block reads after its PDL wait is
- * its launch's (the launch before has completed by then). The record
- * buffer is static (QG_PROBE_N records); later records are dropped. */
+ * probed launch advances after its own record, so every block of a launch
+ * reads its launch's number at its end (the launch before completed before
+ * its PDL wait returned). The record buffer is static (QG_PROBE_N records);
+ * later records are dropped. */
 #pragma once
 
 #ifdef QG_PROBE
