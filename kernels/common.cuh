@@ -105,10 +105,7 @@ __device__ __forceinline__ void qk_pdl_wait(void)
 #endif
 }
 
-/* Host side: whether a launch on st may carry the PDL attribute (an sm_90+
- * device, a stream other than the legacy ones), and a launch configuration
- * with it when pdl. */
-/* The current device's attribute a, 0 when it cannot be read. */
+/* Host side. The current device's attribute a, 0 when it cannot be read. */
 static inline int qk_device_attr(cudaDeviceAttr a)
 {
     int dev = 0, v = 0;
@@ -131,6 +128,9 @@ static inline int qk_sm_count(void)
     return v;
 }
 
+/* Whether a launch on st may carry the PDL attribute (an sm_90+ device, a
+ * stream other than the legacy ones); qk_launch_cfg: a launch configuration
+ * with it when pdl. */
 static inline bool qk_pdl_ok(cudaStream_t st)
 {
     return qk_cc_major() >= 9 && st != NULL && st != cudaStreamLegacy && st != cudaStreamPerThread;

@@ -709,8 +709,6 @@ extern "C" {
 int qk_gemv_q_mode = 0;
 }
 
-/* Whether launches may carry the PDL attribute: compute capability 9.0 or
- * newer (griddepcontrol), and not the legacy default stream. */
 /* Resident blocks per SM of a kernel with smem (> 0) bytes of dynamic
  * shared memory, cached per kernel for the last QG_OCC_SIZES sizes (a
  * model's launches alternate between a few K: 5120, 6144 and 17408 at 27B). */

@@ -1083,8 +1083,7 @@ static void bench_all(void)
     printf("# qbench %-10s %-22s %6s %6s %9s %8s %7s\n", "format", "shape", "N", "K", "MB", "us", "GB/s");
     /* A/B in one run (gemv_multi.cu's qk_gemv_q_mode): plain launches
      * ("/old", the code before), x staged in shared memory for every body
-     * ("/xs"), the loads alone without the arithmetic ("/ldonly": INT4 and
-     * NVFP4 only, a diagnostic whose y is wrong), the walks without the
+     * ("/xs"), x staged on 3 blocks per SM ("/xs3"), the walks without the
      * streamed INT4 kernel ("/walk"), the default (plain name: x staged for
      * FP4, INT4 g128 streamed). */
     static const struct {
