@@ -241,7 +241,7 @@ static int cu_model_new(const qc_cuda_shape *sh, qc_cuda_model **out, qc_err *er
      * loads-only diagnostic of the kernel tests (9). */
     const char *ge = getenv("QCHAT_GEMV_MODE");
     const int gm = ge && *ge ? atoi(ge) : 0;
-    if (gm == 1 || gm == 2 || gm == 5 || gm == 6 || gm == 7 || gm == 8 || gm == 10) qk_gemv_q_mode = gm;
+    if (gm == 1 || gm == 2 || gm == 5 || gm == 6 || gm == 7 || gm == 8 || gm == 10 || gm == 11) qk_gemv_q_mode = gm;
     const char *ae = getenv("QCHAT_ATTN_MODE"); /* A/B of the split-KV decode kernel (kernels.h) */
     if (ae && strcmp(ae, "1") == 0) qk_attn_dec_mode = 1;
     const char *pe_small = getenv("QCHAT_PDL_SMALL"); /* A/B: a bit mask 0..7 (kernels.h); others ignored */

@@ -211,13 +211,27 @@ __device__ __forceinline__ void qg_pmeet(const qg_parts &ps, const float *red, i
 
 /* Phase 2 of qg_persist: the L leftover groups over all B blocks, gpb2
  * per block (the fewest that cover L), each split over S2 warps; this warp
- * takes leftover j = (warp / S2) * B + block (j >= L: none). */
-__device__ __forceinline__ int qg_phase2_slot(int B, int L, int &S2)
+ * takes leftover slot (s, b) = (warp / S2, block), numbered slot-major.
+ * The blocks that walked a BF16 group in phase 0 (the last nbf, qg_persist)
+ * sit out their first k slots, k up to bfw, the quantized groups a BF16
+ * group's bytes would fill, as far as the other blocks' spare slots allow,
+ * so that their phase 0 does not make the launch's tail (27B GDN in
+ * in_proj_a|b: 24 BF16 groups of 40 KB). S2 and so every group's sum order
+ * are those of the plain numbering. Returns the leftover index (>= L:
+ * none). */
+__device__ __forceinline__ int qg_phase2_slot(int B, int L, int nbf, int bfw, int &S2)
 {
     int gpb2 = 1;
     while (B * gpb2 < L) gpb2 *= 2;
     S2 = QG_WARPS / gpb2;
-    return ((int)threadIdx.x >> 5) / S2 * B + (int)blockIdx.x;
+    const int s = ((int)threadIdx.x >> 5) / S2, b = (int)blockIdx.x;
+    const int nb = nbf <= B ? nbf : 0; /* more BF16 groups than blocks: every block has some */
+    int k = bfw < gpb2 ? bfw : gpb2;
+    if (nb > 0 && k * nb > B * gpb2 - L) k = (B * gpb2 - L) / nb;
+    if (nb == 0 || k <= 0) return s * B + b; /* (bfw < 0: the plain numbering) */
+    const int B0 = B - nb; /* blocks without a BF16 group: 0 .. B0 - 1 */
+    if (s < k) return b < B0 ? s * B0 + b : L;
+    return k * B0 + (s - k) * B + b;
 }
 
 /* Global row group g of a BF16 part, walked by all the block's warps
@@ -238,8 +252,11 @@ __device__ __forceinline__ void qg_persist(const qg_parts &ps, const uint16_t *_
     /* phase 0: the BF16 parts' groups, placed last (gemv_launch), one per
      * block with all its warps: their rows are 2-4x longer than the
      * quantized ones', so walked by one warp (or S) each they made the
-     * launch's tail (GDN in_proj_a|b next to the quantized qkv|z). */
-    for (int j = (int)blockIdx.x; j < ps.nbf; j += (int)gridDim.x) qg_bf16_group(ps, x, G - ps.nbf + j, accumulate, red);
+     * launch's tail (GDN in_proj_a|b next to the quantized qkv|z). They go
+     * to the last blocks, which phase 2 then spares (qg_phase2_slot; bfw < 0,
+     * mode 11: the first blocks, unspared, as before the tenth session). */
+    const int b0 = ps.bfw >= 0 ? (int)gridDim.x - 1 - (int)blockIdx.x : (int)blockIdx.x;
+    for (int j = b0; j < ps.nbf; j += (int)gridDim.x) qg_bf16_group(ps, x, G - ps.nbf + j, accumulate, red);
     G -= ps.nbf;
     const int B = (int)gridDim.x, gpb = QG_WARPS / S, V = B * gpb, R = G / V, L = G - R * V;
     /* phase 1: virtual warp v takes groups v, v + V, ... (R of them) */
@@ -249,7 +266,7 @@ __device__ __forceinline__ void qg_persist(const qg_parts &ps, const uint16_t *_
     if (L == 0) return;
     /* phase 2: every block gets some of the leftovers */
     int S2;
-    const int j = qg_phase2_slot(B, L, S2), n2 = j < L ? 1 : 0;
+    const int j = qg_phase2_slot(B, L, ps.nbf, ps.bfw, S2), n2 = j < L ? 1 : 0;
     qg_pwalk<STEP, MMA>(ps, x, R * V + j, 0, n2, warp % S2, S2, accumulate, red);
     if (S2 > 1) qg_pmeet(ps, red, R * V + j, 0, n2, S2, accumulate);
 }
@@ -392,7 +409,7 @@ __device__ __forceinline__ void qg_prime_l2(const qg_parts &ps, int S, int G)
         st = 32 * S;
     } else { /* phase 2 only */
         int S2;
-        g = qg_phase2_slot(B, G, S2);
+        g = qg_phase2_slot(B, G, ps.nbf, ps.bfw, S2);
         ks = warp % S2;
         st = 32 * S2;
         if (g >= G) return;
@@ -704,7 +721,7 @@ static const qg_pkernel qg_pkernels_xs3[QG_NBODY] = {k_gemv_qp<0, 3>, NULL, NULL
  * and 3 blocks per SM for every such body; 9 = the loads-only diagnostic for INT4 g128 (f16
  * scales) and NVFP4 launches (wrong y: timing only); 10 = the default
  * without the streamed kernel (INT4 g128 walks as before the sixth
- * session). */
+ * session); 11 = the default with phase 2's plain numbering (qg_phase2_slot). */
 extern "C" {
 int qk_gemv_q_mode = 0;
 }
@@ -843,6 +860,9 @@ static int gemv_launch(const qk_qweight *const *w_in, float *const *y_in, int np
         groups += w[i]->n_pad / QK_QROWS;
         if (ps.p[i].kc < kc_min) kc_min = ps.p[i].kc;
     }
+    /* A BF16 group's bytes in part 0's groups, for qg_phase2_slot (fp8 2,
+     * int4 / fp4 4 at any K). */
+    if (ps.nbf) ps.bfw = qk_gemv_q_mode == 11 ? -1 : (ps.p[nparts - 1].kc + ps.p[0].kc / 2) / ps.p[0].kc;
     int S = 1;
     while (S < QG_WARPS && groups * S < nsm * QG_SPLIT_WARPS && kc_min >= 64 * S) S *= 2;
     const int gpb = QG_WARPS / S;
@@ -869,7 +889,7 @@ static int gemv_launch(const qk_qweight *const *w_in, float *const *y_in, int np
          occ[body] <= 0))
         occ[body] = 1;
     const int pb = (groups + gpb - 1) / gpb, B = pb < nsm * occ[body] ? pb : nsm * occ[body];
-    const int mode = qk_gemv_q_mode;
+    const int mode = qk_gemv_q_mode == 11 ? 0 : qk_gemv_q_mode; /* 11: 0 with qg_phase2_slot's plain numbering */
     /* PDL by default (and in modes 2, 5, 8). Measured in the engine's decode
      * graph (27B, H100, BENCHMARKS.md): slower (-1 %) while the small
      * kernels between the GEMVs did not trigger their dependents (third

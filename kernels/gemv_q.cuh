@@ -81,6 +81,7 @@ struct qg_parts {
     int count;
     int prime; /* persistent PDL launch: ask L2 for the first step before the wait (qg_prime_l2) */
     int nbf;   /* persistent launch: row groups of the BF16 parts, the last ones (qg_persist's phase 0) */
+    int bfw;   /* ... and a BF16 group's bytes in quantized groups of part 0 (qg_phase2_slot) */
 };
 
 /* An f16x2 held in a 32-bit word as two exact floats. Written as PTX cvt
