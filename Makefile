@@ -61,7 +61,7 @@ endif
 
 LIB := $(BUILD)/libqchat.a
 
-.PHONY: all check sanitize fuzz bench trace probe clean
+.PHONY: all check sanitize fuzz bench trace probe depbench clean
 all: $(BIN)
 
 $(BIN): $(CLI_OBJ) $(TUI_OBJ) $(LIB)
@@ -115,6 +115,14 @@ build/kernel_trace.so: tools/trace/kernel_trace.c
 probe:
 	@test "$(CUDA)" = 1 || { echo "make probe: needs the CUDA toolkit (nvcc)"; exit 1; }
 	$(MAKE) BUILD=build-probe BIN=build-probe/qchat NVCCFLAGS="$(NVCCFLAGS) -DQG_PROBE" build-probe/qchat
+
+# The cost of one launch's dependency on the one before (tools/trace/
+# depbench.cu: PDL wait, flag spin, L2 prefetch; sm_90+, a diagnostic).
+depbench: build/depbench
+build/depbench: tools/trace/depbench.cu
+	@test "$(CUDA)" = 1 || { echo "make depbench: needs the CUDA toolkit (nvcc)"; exit 1; }
+	@mkdir -p $(dir $@)
+	$(NVCC) -O3 -std=c++17 -Xcompiler -Wall,-Wextra,-Werror -gencode arch=compute_90,code=sm_90 -o $@ $<
 
 clean:
 	rm -rf build build-san build-probe qchat
