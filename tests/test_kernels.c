@@ -696,21 +696,20 @@ static void test_attn(void)
      * copies at hd 256 where the GPU has them, 1 = per-lane loads): splits
      * unused at short contexts, every head dim, G = 1 .. 16, more splits
      * than keys, blocks with many tiles and a partial last tile */
+    static const int splitkv[][7] = {
+        /* T, pos0, H, KV, hd, rot, nsplit */
+        {1, 0, 6, 2, 64, 16, 8},         {1, 999, 24, 4, 256, 64, 32},  {1, 40000, 24, 4, 256, 64, 64},
+        {3, 77, 8, 2, 256, 64, 5},       {1, 5000, 24, 4, 256, 64, 132}, {1, 129, 16, 4, 128, 64, 33},
+        {1, 300, 4, 1, 32, 8, 7},        {1, 2, 12, 1, 64, 16, 256},     {1, 20000, 12, 1, 128, 16, 256},
+        {1, 3000, 16, 1, 256, 64, 40},   {1, 700, 4, 4, 256, 64, 16},    {1, 63, 8, 4, 256, 64, 64},
+    };
     for (int mode = 0; mode < 2; mode++) {
         qk_attn_dec_mode = mode;
         int sok = 1;
-        sok &= attn_case(1, 0, 6, 2, 64, 16, 8, &pok);
-        sok &= attn_case(1, 999, 24, 4, 256, 64, 32, &pok);
-        sok &= attn_case(1, 40000, 24, 4, 256, 64, 64, &pok);
-        sok &= attn_case(3, 77, 8, 2, 256, 64, 5, &pok);
-        sok &= attn_case(1, 5000, 24, 4, 256, 64, 132, &pok);
-        sok &= attn_case(1, 129, 16, 4, 128, 64, 33, &pok);
-        sok &= attn_case(1, 300, 4, 1, 32, 8, 7, &pok);
-        sok &= attn_case(1, 2, 12, 1, 64, 16, 256, &pok);
-        sok &= attn_case(1, 20000, 12, 1, 128, 16, 256, &pok);
-        sok &= attn_case(1, 3000, 16, 1, 256, 64, 40, &pok);
-        sok &= attn_case(1, 700, 4, 4, 256, 64, 16, &pok);
-        sok &= attn_case(1, 63, 8, 4, 256, 64, 64, &pok);
+        for (size_t i = 0; i < sizeof splitkv / sizeof splitkv[0]; i++) {
+            const int *c = splitkv[i];
+            sok &= attn_case(c[0], c[1], c[2], c[3], c[4], c[5], c[6], &pok);
+        }
         CHECK(mode ? "kern_attn_splitkv_regs" : "kern_attn_splitkv", sok, "split-KV decode attention differs");
     }
     qk_attn_dec_mode = 0;
