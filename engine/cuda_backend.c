@@ -141,10 +141,30 @@ typedef struct cu_mat {
 
 struct cu_loader;
 
+/* A mixture-of-experts MLP (qwen35-model.md §3.4). The router and the
+ * shared expert's sigmoid gate read the same normed input, so they are one
+ * fp32 matrix (router rows first, the gate's row last) applied to the fp32
+ * normed input: the top-k is discontinuous, and a bf16 rounding of the
+ * router's input moved the tiny MoE fixture's logits 0.053 rel L2 from the
+ * float32 CPU engine (dense fixtures: 0.006; H100). Each expert is two
+ * cu_mats like a dense MLP; their descriptors are also in device tables
+ * (qk_moe_table), from which the decode GEMV takes the experts the router
+ * chose on the device, inside the step graph. */
+typedef struct cu_moe {
+    int E, K, Im, Is; /* experts, chosen per token, expert width, shared expert width (0: none) */
+    bool sh_gated;    /* shared_expert_gate present: its logit is router row E */
+    int ld;           /* router rows: E + sh_gated */
+    float *router;    /* [ld][D], the exact values of the published weights */
+    cu_mat *gu, *down; /* [E] */
+    cu_mat sh_gu, sh_down;
+    qk_moe_table t_gu, t_down;
+} cu_moe;
+
 typedef struct cu_layer {
     bool full;
     float *in_norm, *post_norm;
     cu_mat in, out, gu, down;
+    cu_moe *moe; /* NULL: the dense MLP gu / down */
     int n_in, k_out;
     float *conv_w, *dt_bias, *nexpa, *gdn_norm; /* GDN */
     float *q_norm, *k_norm;                     /* attention */
@@ -180,6 +200,7 @@ struct qc_cuda_model {
     char name[256];
     cu_prof prof;
     bool fuse_norm; /* decode: RMSNorm folded into the quantized GEMVs after it (mat_gemv_norm) */
+    int moe_E, moe_K, moe_Im, moe_ld; /* MoE layers (0: dense): experts, chosen, width, router rows */
 };
 
 static int cu_model_new(const qc_cuda_shape *sh, qc_cuda_model **out, qc_err *err)
@@ -270,6 +291,12 @@ void qc_cuda_model_free(qc_cuda_model *cm)
         free(cm->prof.ev);
     }
     cudaStreamDestroy(cm->st);
+    for (int li = 0; cm->L && li < cm->sh.n_layers; li++)
+        if (cm->L[li].moe) {
+            free(cm->L[li].moe->gu);
+            free(cm->L[li].moe->down);
+            free(cm->L[li].moe);
+        }
     free(cm->L);
     free(cm);
 }
@@ -581,6 +608,101 @@ static int upload_fused(qc_cuda_model *cm, const qc_linear *const *ls, int n, cu
     return rc;
 }
 
+/* Rows [r0, r0 + n) of a stacked BF16 cu_mat as a BF16 descriptor (for the
+ * experts' device tables): n a multiple of QK_QROWS, k of 32 (the GEMV's
+ * unpadded BF16 layout); false otherwise. */
+static bool mat_bf16_rows(const cu_mat *M, int r0, int n, qk_qweight *v)
+{
+    memset(v, 0, sizeof *v);
+    if (!M->bf || n % QK_QROWS || M->k % 32) return false;
+    v->kind = QK_QW_BF16;
+    v->fmt = QC_FMT_BF16;
+    v->n = v->n_pad = n;
+    v->k = v->k_pad = M->k;
+    v->w = M->bf + (size_t)r0 * M->k;
+    v->w_bytes = (size_t)n * M->k * 2;
+    return true;
+}
+
+/* The device table of one kind of expert matrix (gate|up: P = 2, down: 1). */
+static int moe_table(qc_cuda_model *cm, const cu_moe *mo, const cu_mat *ms, int P, int n, qk_moe_table *t,
+                     qc_err *err)
+{
+    const int E = mo->E;
+    qk_qweight *views = calloc((size_t)E * P, sizeof *views);
+    const qk_qweight **w = calloc((size_t)E * P, sizeof *w);
+    int rc = views && w ? QC_OK : qc_err_set(err, QC_EXIT_RUNTIME, "out of host memory for the expert tables");
+    for (int e = 0; e < E && !rc; e++) {
+        const cu_mat *M = &ms[e];
+        for (int i = 0; i < P && !rc; i++) {
+            if (M->np == P) {
+                w[e * P + i] = &M->q[i];
+            } else if (!M->np && mat_bf16_rows(M, i * n, n, &views[e * P + i])) {
+                w[e * P + i] = &views[e * P + i];
+            } else {
+                rc = qc_err_set(err, QC_EXIT_RUNTIME, "CUDA backend: expert %d: a layout the MoE GEMV cannot run "
+                                "(BF16 experts need widths that are multiples of 32)", e);
+            }
+        }
+    }
+    void *dev = NULL;
+    int tag = w && w[0] ? tag_of_kind(w[0]->kind) : QC_MEM_W_BF16;
+    if (!rc) rc = cu_alloc(&cm->pool, qk_moe_table_bytes(E * P), tag, &dev, err, "expert table");
+    if (!rc && qk_moe_table_fill(w, E, P, dev, t))
+        rc = qc_err_set(err, QC_EXIT_RUNTIME, "CUDA backend: the experts' layouts cannot run in one MoE GEMV");
+    free(views);
+    free(w);
+    return rc;
+}
+
+/* One layer's MoE MLP (cu_moe). A decode step reads K of the E experts, so
+ * they count K / E of their bytes in weight_bytes. */
+static int upload_moe(qc_cuda_model *cm, const qc_config *c, const qc_layer_weights *L, cu_layer *G, qc_err *err)
+{
+    const int E = c->num_experts;
+    cu_moe *mo = calloc(1, sizeof *mo);
+    if (!mo) return qc_err_set(err, QC_EXIT_RUNTIME, "out of host memory for the experts");
+    G->moe = mo;
+    mo->E = E;
+    mo->K = c->num_experts_per_tok;
+    mo->Im = c->moe_intermediate_size;
+    mo->Is = L->sh_gate ? c->shared_expert_intermediate_size : 0;
+    mo->sh_gated = mo->Is && L->sh_router;
+    mo->gu = calloc((size_t)E, sizeof *mo->gu);
+    mo->down = calloc((size_t)E, sizeof *mo->down);
+    if (!mo->gu || !mo->down) return qc_err_set(err, QC_EXIT_RUNTIME, "out of host memory for the experts");
+    mo->ld = E + mo->sh_gated;
+    const size_t D = (size_t)cm->sh.D;
+    float *rw = malloc((size_t)mo->ld * D * sizeof *rw);
+    if (!rw) return qc_err_set(err, QC_EXIT_RUNTIME, "out of host memory for the router");
+    qc_linear_dequant_rows(L->router, 0, E, rw);
+    if (mo->sh_gated) qc_linear_dequant_rows(L->sh_router, 0, 1, rw + (size_t)E * D);
+    /* not through upload_f32: the shared-tensor registry keeps the source
+     * pointer, and rw is this function's */
+    const size_t rb = (size_t)mo->ld * D * sizeof *rw;
+    int rc = cu_alloc(&cm->pool, rb, QC_MEM_W_BF16, (void **)&mo->router, err, "router");
+    if (!rc && cudaMemcpy(mo->router, rw, rb, cudaMemcpyHostToDevice) != cudaSuccess)
+        rc = qc_err_set(err, QC_EXIT_RUNTIME, "CUDA: upload of the router failed");
+    free(rw);
+    if (!rc) cm->weight_bytes += (int64_t)mo->ld * D * 4;
+    if (!rc && mo->Is) {
+        const qc_linear *sgu[] = {L->sh_gate, L->sh_up}, *sdn[] = {L->sh_down};
+        rc = upload_fused(cm, sgu, 2, &mo->sh_gu, err);
+        if (!rc) rc = upload_fused(cm, sdn, 1, &mo->sh_down, err);
+    }
+    const int64_t wb0 = cm->weight_bytes;
+    for (int e = 0; e < E && !rc; e++) {
+        const qc_linear *gu[] = {L->exp_gate[e], L->exp_up[e]}, *dn[] = {L->exp_down[e]};
+        rc = upload_fused(cm, gu, 2, &mo->gu[e], err);
+        if (!rc) rc = upload_fused(cm, dn, 1, &mo->down[e], err);
+    }
+    if (rc) return rc;
+    cm->weight_bytes = wb0 + (cm->weight_bytes - wb0) * mo->K / E;
+    rc = moe_table(cm, mo, mo->gu, 2, mo->Im, &mo->t_gu, err);
+    if (!rc) rc = moe_table(cm, mo, mo->down, 1, cm->sh.D, &mo->t_down, err);
+    return rc;
+}
+
 static int upload_embed(qc_cuda_model *cm, const qc_tensor *t, uint16_t **out, qc_err *err)
 {
     size_t n = (size_t)t->numel;
@@ -601,9 +723,16 @@ static void plan_dq(qc_cuda_model *cm)
 {
     size_t need = 0;
     for (int li = 0; li < cm->sh.n_layers; li++) {
-        const cu_mat *ms[] = {&cm->L[li].in, &cm->L[li].out, &cm->L[li].gu, &cm->L[li].down};
-        for (int j = 0; j < 4; j++)
-            if (ms[j]->np && (size_t)ms[j]->n * ms[j]->k * 2 > need) need = (size_t)ms[j]->n * ms[j]->k * 2;
+        const cu_layer *L = &cm->L[li];
+        const cu_moe *mo = L->moe;
+        const cu_mat *ms[] = {&L->in, &L->out, &L->gu, &L->down, mo ? &mo->sh_gu : NULL, mo ? &mo->sh_down : NULL};
+        for (int j = 0; j < 6; j++)
+            if (ms[j] && ms[j]->np && (size_t)ms[j]->n * ms[j]->k * 2 > need) need = (size_t)ms[j]->n * ms[j]->k * 2;
+        for (int e = 0; mo && e < mo->E; e++) {
+            const cu_mat *ex[] = {&mo->gu[e], &mo->down[e]};
+            for (int j = 0; j < 2; j++)
+                if (ex[j]->np && (size_t)ex[j]->n * ex[j]->k * 2 > need) need = (size_t)ex[j]->n * ex[j]->k * 2;
+        }
     }
     if (cm->head.np) {
         size_t tile = (size_t)4096 * cm->head.k * 2;
@@ -616,14 +745,17 @@ static int cuda_model_init(qc_model *m, const qc_load_opts *opts, qc_err *err)
 {
     (void)opts;
     const qc_config *c = m->cfg;
-    if (c->is_moe || c->num_experts > 0)
-        return qc_err_set(err, QC_EXIT_RUNTIME, "CUDA backend: MoE models are not supported yet (use --device cpu)");
     qc_cuda_shape sh = {0};
     sh.vocab = c->vocab_size;
     sh.n_tokens = m->n_tokens;
     sh.D = c->hidden_size;
     sh.n_layers = c->num_hidden_layers;
-    sh.I = c->intermediate_size;
+    /* MoE: the widest MLP (the experts' or the shared expert's) sizes the
+     * activation buffers the dense MLP uses */
+    sh.I = c->is_moe ? (c->moe_intermediate_size > c->shared_expert_intermediate_size
+                            ? c->moe_intermediate_size
+                            : c->shared_expert_intermediate_size)
+                     : c->intermediate_size;
     sh.H = c->num_attention_heads;
     sh.KV = c->num_key_value_heads;
     sh.hd = c->head_dim;
@@ -696,12 +828,22 @@ static int cuda_model_init(qc_model *m, const qc_load_opts *opts, qc_err *err)
             if (!rc) rc = upload_f32(cm, L->q_norm, sh.hd, &G->q_norm, err, "q_norm");
             if (!rc) rc = upload_f32(cm, L->k_norm, sh.hd, &G->k_norm, err, "k_norm");
         }
-        if (!rc) {
+        if (!rc && L->router) {
+            rc = upload_moe(cm, c, L, G, err);
+        } else if (!rc) {
             const qc_linear *gu[] = {L->gate, L->up};
             rc = upload_fused(cm, gu, 2, &G->gu, err);
             const qc_linear *dn[] = {L->down};
             if (!rc) rc = upload_fused(cm, dn, 1, &G->down, err);
         }
+    }
+    for (int li = 0; li < sh.n_layers && !rc; li++) {
+        const cu_moe *mo = cm->L[li].moe;
+        if (!mo) continue;
+        if (mo->E > cm->moe_E) cm->moe_E = mo->E;
+        if (mo->K > cm->moe_K) cm->moe_K = mo->K;
+        if (mo->Im > cm->moe_Im) cm->moe_Im = mo->Im;
+        if (mo->ld > cm->moe_ld) cm->moe_ld = mo->ld;
     }
     cm->load_plan_s = qc_now() - t_load;
     if (!rc) rc = loader_run(&ld, &cm->load_st, err);
@@ -978,6 +1120,18 @@ struct qc_cuda_sess {
     bool have_graph;
     int eager_steps;
     qc_cuda_sampling *smp; /* device sampling buffers, made on first use */
+    /* MoE models (moe_forward): router logits [T][moe_ld], choices and
+     * weights [T][K], the shared expert's output, the experts' gate|up (fp32
+     * [K][2 Im] for a decode step, bf16 [T][2 Im] in prefill), SwiGLU
+     * outputs, outputs (fp32 [max(K, T)][D]), the prefill's gathered inputs,
+     * per-expert token lists and their sum; host copies of the lists. */
+    float *m_xf, *m_log, *m_wts, *m_ysh, *m_ye, *m_acc, *m_rw;
+    void *m_gu;
+    int32_t *m_sel, *m_rows;
+    uint16_t *m_he, *m_xe;
+    int32_t *hm_sel, *hm_rows;
+    float *hm_wts, *hm_rw;
+    int *hm_cnt;
 };
 
 static int sess_alloc_state(qc_cuda_sess *cs, int cap, qc_err *err)
@@ -1082,6 +1236,16 @@ static int sess_arena(qc_cuda_sess *cs, int T, int lrows, qc_err *err)
         t * wide * 2,                                         /* yb */
         qk_gdn_prefill_scratch(T, sh->Hv, sh->dk, sh->dv),    /* gdn */
         qk_attn_scratch(1, sh->H, sh->hd, cs->nsplit),        /* split-KV partials */
+        cm->moe_K ? t * sh->D * 4 : 0,                        /* m_xf */
+        t * cm->moe_ld * 4,                                   /* m_log */
+        t * cm->moe_K * 4, t * cm->moe_K * 4,                 /* m_sel, m_wts */
+        cm->moe_K ? t * sh->D * 4 : 0,                        /* m_ysh */
+        cm->moe_K ? (t > (size_t)cm->moe_K ? t : (size_t)cm->moe_K) * sh->D * 4 : 0, /* m_ye */
+        cm->moe_K ? t * sh->D * 4 : 0,                        /* m_acc */
+        t * cm->moe_K * 4, t * cm->moe_K * 4,                 /* m_rows, m_rw */
+        (t * 2 > (size_t)cm->moe_K * 4 ? t * 2 : (size_t)cm->moe_K * 4) * 2 * cm->moe_Im, /* m_gu */
+        (t > (size_t)cm->moe_K ? t : (size_t)cm->moe_K) * cm->moe_Im * 2, /* m_he */
+        cm->moe_K ? t * sh->D * 2 : 0,                        /* m_xe */
         (t + 4) * 4,                                          /* io + ids */
         cs->attn_gemm_bytes,                                  /* cuBLAS attention blocks */
     };
@@ -1104,10 +1268,31 @@ static int sess_arena(qc_cuda_sess *cs, int T, int lrows, qc_err *err)
     void **ptrs[] = {(void **)&cs->h,    (void **)&cs->proj, (void **)&cs->cbuf, (void **)&cs->beta,
                      (void **)&cs->g,    (void **)&cs->o,    (void **)&cs->q,    (void **)&cs->gate,
                      (void **)&cs->fn,   (void **)&cs->logits, (void **)&cs->xb, (void **)&cs->yb,
-                     &cs->gdn_scr,       &cs->attn_scr,      (void **)&cs->d_io, &cs->attn_gemm};
+                     &cs->gdn_scr,       &cs->attn_scr,
+                     (void **)&cs->m_xf, (void **)&cs->m_log, (void **)&cs->m_sel, (void **)&cs->m_wts, (void **)&cs->m_ysh,
+                     (void **)&cs->m_ye, (void **)&cs->m_acc, (void **)&cs->m_rows, (void **)&cs->m_rw, &cs->m_gu,
+                     (void **)&cs->m_he, (void **)&cs->m_xe,
+                     (void **)&cs->d_io, &cs->attn_gemm};
     for (size_t i = 0; i < sizeof sz / sizeof sz[0]; i++) {
         *ptrs[i] = base;
         base += al256(sz[i]);
+    }
+    if (cm->moe_K) { /* the prefill's host copies of the expert lists */
+        const size_t n = t * cm->moe_K;
+        free(cs->hm_sel);
+        free(cs->hm_rows);
+        free(cs->hm_wts);
+        free(cs->hm_rw);
+        free(cs->hm_cnt);
+        cs->hm_sel = malloc(n * 4);
+        cs->hm_rows = malloc(n * 4);
+        cs->hm_wts = malloc(n * 4);
+        cs->hm_rw = malloc(n * 4);
+        cs->hm_cnt = malloc((size_t)(cm->moe_E + 1) * sizeof *cs->hm_cnt);
+        if (!cs->hm_sel || !cs->hm_rows || !cs->hm_wts || !cs->hm_rw || !cs->hm_cnt) {
+            cs->tmax = cs->lrows = 0;
+            return qc_err_set(err, QC_EXIT_RUNTIME, "out of host memory for the expert lists");
+        }
     }
     cs->tmax = T;
     cs->lrows = lrows;
@@ -1180,6 +1365,11 @@ void qc_cuda_sess_free(qc_cuda_sess *cs)
     cu_pool_free(&cs->scratch);
     cu_pool_free(&cs->state);
     if (cs->h_io) cudaFreeHost(cs->h_io);
+    free(cs->hm_sel);
+    free(cs->hm_rows);
+    free(cs->hm_wts);
+    free(cs->hm_rw);
+    free(cs->hm_cnt);
     free(cs->kc);
     free(cs->vc);
     free(cs->conv);
@@ -1335,10 +1525,11 @@ static int mm(qc_cuda_model *cm, const cu_mat *M, const uint16_t *X, float *Y, i
  * version synchronised each launch, which added ~20 % to a 1000-token
  * chunk). Never on by default. */
 enum { P_EMBED, P_NORM, P_GEMM_IN, P_CONV, P_GATES, P_GDNPREP, P_GDN, P_GNORM, P_APREP, P_ATTN, P_GEMM_OUT, P_GEMM_GU,
-       P_SWIGLU, P_GEMM_DOWN, P_HEAD, P_COUNT };
+       P_SWIGLU, P_GEMM_DOWN, P_MOE, P_HEAD, P_COUNT };
 static const char *const prof_names[P_COUNT] = {
     "embed", "rmsnorm", "gemm in-proj", "conv+silu", "gdn gates+l2", "gdn chunk prep", "gdn chunk scan", "gdn out-norm",
-    "attn prep", "attention", "gemm out-proj", "gemm gate|up", "swiglu", "gemm down", "final norm+lm_head"};
+    "attn prep", "attention", "gemm out-proj", "gemm gate|up", "swiglu", "gemm down", "moe route+experts",
+    "final norm+lm_head"};
 
 #define OP(cat, call)                                                                              \
     do {                                                                                           \
@@ -1393,6 +1584,109 @@ static void prof_print(cu_prof *P, int T, int pos0)
         if (P->ms[i] > 0) fprintf(stderr, " %s %.2f", prof_names[i], P->ms[i]);
     fprintf(stderr, "\n");
     memset(P->ms, 0, sizeof P->ms);
+}
+
+/* yb = SwiGLU(gu xb) for T tokens (I wide): the first half of an MLP whose
+ * input xb is already normed (down: its down-projection, for the decode
+ * SwiGLU's launch kind). */
+static int mlp_swiglu(qc_cuda_sess *cs, const cu_mat *gu, const cu_mat *down, int I, int T, cu_prof *P, qc_err *err)
+{
+    qc_cuda_model *cm = cs->cm;
+    cudaStream_t st = cm->st;
+    if (T == 1 && !gu->np) {
+        OP(P_GEMM_GU, qk_gemv_swiglu_bf16(gu->bf, cs->xb, cs->yb, I, gu->k, st));
+    } else if (T == 1) {
+        OP(P_GEMM_GU, mat_gemv(cm, gu, cs->xb, cs->proj, 0));
+        OP(P_SWIGLU, qk_swiglu(cs->proj, 2 * I, 1, I, cs->yb, swiglu_pdl(down), st));
+    } else {
+        /* bf16 gate|up: its only reader is the SwiGLU (half the traffic of fp32) */
+        OP(P_GEMM_GU, mat_gemm(cm, gu, cs->xb, cs->proj, 2 * I, T, 0.0f, true));
+        OP(P_SWIGLU, qk_swiglu_b16((const uint16_t *)cs->proj, 2 * I, T, I, cs->yb, st));
+    }
+    return QC_OK;
+}
+
+/* The prefill's expert lists: the T * K choices copied to the host (the one
+ * synchronisation of a MoE layer's prefill), grouped by expert in index
+ * order with their tokens ascending, and uploaded: rows (token index) and
+ * weight of each entry, hm_cnt[e] .. hm_cnt[e + 1] being expert e's. */
+static int moe_lists(qc_cuda_sess *cs, const cu_moe *mo, int T, qc_err *err)
+{
+    cudaStream_t st = cs->cm->st;
+    const int K = mo->K, E = mo->E, n = T * K;
+    cudaError_t e = cudaMemcpyAsync(cs->hm_sel, cs->m_sel, (size_t)n * 4, cudaMemcpyDeviceToHost, st);
+    if (e == cudaSuccess) e = cudaMemcpyAsync(cs->hm_wts, cs->m_wts, (size_t)n * 4, cudaMemcpyDeviceToHost, st);
+    if (e == cudaSuccess) e = cudaStreamSynchronize(st);
+    if (e != cudaSuccess) return qc_err_set(err, QC_EXIT_RUNTIME, "CUDA: MoE routing failed: %s", cudaGetErrorString(e));
+    int *cnt = cs->hm_cnt;
+    memset(cnt, 0, (size_t)(E + 1) * sizeof *cnt);
+    for (int i = 0; i < n; i++) {
+        if (cs->hm_sel[i] < 0 || cs->hm_sel[i] >= E)
+            return qc_err_set(err, QC_EXIT_RUNTIME, "CUDA: MoE routing chose expert %d of %d", cs->hm_sel[i], E);
+        cnt[cs->hm_sel[i] + 1]++;
+    }
+    for (int x = 0; x < E; x++) cnt[x + 1] += cnt[x];
+    /* counting sort by expert; i ascending keeps the tokens ascending */
+    int *at = malloc((size_t)E * sizeof *at);
+    if (!at) return qc_err_set(err, QC_EXIT_RUNTIME, "out of host memory for the expert lists");
+    memcpy(at, cnt, (size_t)E * sizeof *at);
+    for (int i = 0; i < n; i++) {
+        const int j = at[cs->hm_sel[i]]++;
+        cs->hm_rows[j] = i / K;
+        cs->hm_rw[j] = cs->hm_wts[i];
+    }
+    free(at);
+    e = cudaMemcpyAsync(cs->m_rows, cs->hm_rows, (size_t)n * 4, cudaMemcpyHostToDevice, st);
+    if (e == cudaSuccess) e = cudaMemcpyAsync(cs->m_rw, cs->hm_rw, (size_t)n * 4, cudaMemcpyHostToDevice, st);
+    if (e != cudaSuccess) return qc_err_set(err, QC_EXIT_RUNTIME, "CUDA: copying the expert lists failed");
+    return QC_OK;
+}
+
+/* A MoE MLP (qwen35-model.md §3.4) on the residual stream h, T tokens: the
+ * router and the shared expert's gate from one matrix, the shared expert as
+ * a dense MLP, top-k on the device. A decode step runs the chosen experts
+ * from the device tables (no host round trip, so it stays in the step
+ * graph); prefill sorts the choices by expert on the host and runs each
+ * expert's tokens as one GEMM, summing into m_acc in expert order. */
+static int moe_forward(qc_cuda_sess *cs, const cu_layer *L, int T, cu_prof *P, qc_err *err)
+{
+    qc_cuda_model *cm = cs->cm;
+    cudaStream_t st = cm->st;
+    const cu_moe *mo = L->moe;
+    const int D = cm->sh.D, E = mo->E, K = mo->K, Im = mo->Im, ld = mo->ld;
+    OP(P_NORM, qk_rmsnorm1p(cs->h, L->post_norm, cm->sh.eps, T, D, cs->xb, cs->m_xf, st));
+    OP(P_MOE, qk_gemm_f32(cm->blas, mo->router, cs->m_xf, cs->m_log, ld, T, ld, D));
+    if (mo->Is) {
+        const int rc = mlp_swiglu(cs, &mo->sh_gu, &mo->sh_down, mo->Is, T, P, err);
+        if (rc) return rc;
+        OP(P_GEMM_DOWN, mm(cm, &mo->sh_down, cs->yb, cs->m_ysh, T, 0));
+    }
+    OP(P_MOE, qk_moe_route(cs->m_log, ld, T, E, K, cs->m_sel, cs->m_wts, st));
+    const float *ysh = mo->Is ? cs->m_ysh : NULL, *sg = mo->sh_gated ? cs->m_log + E : NULL;
+    if (T == 1) {
+        float *gu = cs->m_gu;
+        OP(P_MOE, qk_gemv_moe(&mo->t_gu, cs->m_sel, K, cs->xb, 0, gu, 2 * Im, st));
+        OP(P_SWIGLU, qk_swiglu(gu, 2 * Im, K, Im, cs->m_he, 0, st));
+        OP(P_MOE, qk_gemv_moe(&mo->t_down, cs->m_sel, K, cs->m_he, Im, cs->m_ye, D, st));
+        OP(P_MOE, qk_moe_combine(cs->h, cs->m_ye, cs->m_wts, K, ysh, sg, ld, 1, D, st));
+        return QC_OK;
+    }
+    int rc = moe_lists(cs, mo, T, err);
+    if (rc) return rc;
+    if (cudaMemsetAsync(cs->m_acc, 0, (size_t)T * D * 4, st) != cudaSuccess)
+        return qc_err_set(err, QC_EXIT_RUNTIME, "CUDA: clearing the MoE sum failed");
+    uint16_t *gu = cs->m_gu;
+    for (int e = 0; e < E; e++) {
+        const int a = cs->hm_cnt[e], n = cs->hm_cnt[e + 1] - a;
+        if (!n) continue;
+        OP(P_MOE, qk_moe_gather(cs->xb, cs->m_rows + a, n, D, cs->m_xe, st));
+        OP(P_GEMM_GU, mat_gemm(cm, &mo->gu[e], cs->m_xe, gu, 2 * Im, n, 0.0f, true));
+        OP(P_SWIGLU, qk_swiglu_b16(gu, 2 * Im, n, Im, cs->m_he, st));
+        OP(P_GEMM_DOWN, mat_gemm(cm, &mo->down[e], cs->m_he, cs->m_ye, D, n, 0.0f, false));
+        OP(P_MOE, qk_moe_scatter_add(cs->m_acc, cs->m_ye, cs->m_rows + a, cs->m_rw + a, n, D, st));
+    }
+    OP(P_MOE, qk_moe_combine(cs->h, cs->m_acc, NULL, 1, ysh, sg, ld, T, D, st));
+    return QC_OK;
 }
 
 /* T tokens whose ids are at d_io + 4 and whose first position is d_io[1].
@@ -1451,22 +1745,19 @@ static int run_layers(qc_cuda_sess *cs, int T, int pos0, bool all_rows, qc_err *
                            T == 1 ? cs->nsplit : 1, cs->attn_scr, cs->yb, st));
         }
         OP(P_GEMM_OUT, mm(cm, &L->out, cs->yb, cs->h, T, 1));
+        if (L->moe) {
+            const int rc = moe_forward(cs, L, T, P, err);
+            if (rc) return rc;
+            continue;
+        }
         frc = T == 1 ? mat_gemv_norm(cm, &L->gu, cs->h, L->post_norm, sh->eps, cs->proj, NULL) : QK_GEMV_UNFUSED;
         if (frc != QK_GEMV_UNFUSED) {
             CK(frc);
             OP(P_SWIGLU, qk_swiglu(cs->proj, 2 * sh->I, 1, sh->I, cs->yb, swiglu_pdl(&L->down), st));
         } else {
             OP(P_NORM, qk_rmsnorm1p(cs->h, L->post_norm, sh->eps, T, D, cs->xb, NULL, st));
-            if (T == 1 && !L->gu.np) {
-                OP(P_GEMM_GU, qk_gemv_swiglu_bf16(L->gu.bf, cs->xb, cs->yb, sh->I, D, st));
-            } else if (T == 1) {
-                OP(P_GEMM_GU, mat_gemv(cm, &L->gu, cs->xb, cs->proj, 0));
-                OP(P_SWIGLU, qk_swiglu(cs->proj, 2 * sh->I, 1, sh->I, cs->yb, swiglu_pdl(&L->down), st));
-            } else {
-                /* bf16 gate|up: its only reader is the SwiGLU (half the traffic of fp32) */
-                OP(P_GEMM_GU, mat_gemm(cm, &L->gu, cs->xb, cs->proj, 2 * sh->I, T, 0.0f, true));
-                OP(P_SWIGLU, qk_swiglu_b16((const uint16_t *)cs->proj, 2 * sh->I, T, sh->I, cs->yb, st));
-            }
+            const int rc = mlp_swiglu(cs, &L->gu, &L->down, sh->I, T, P, err);
+            if (rc) return rc;
         }
         OP(P_GEMM_DOWN, mm(cm, &L->down, cs->yb, cs->h, T, 1));
     }
@@ -1708,6 +1999,7 @@ int qc_cuda_profile_decode(qc_cuda_sess *cs, int ctx, qc_cuda_prof_row *rows, in
 {
     *nrows = 0;
     if (ctx + 1 > cs->cap) return qc_err_set(err, QC_EXIT_USAGE, "profile context %d beyond the KV cache", ctx);
+    if (cs->cm->moe_K) return QC_OK; /* the per-launch table covers dense MLPs only: no rows */
     prof_ctx pc = {.cs = cs, .rows = rows, .max = max};
     for (int i = 0; i <= PROF_REPS; i++)
         if (cudaEventCreate(&pc.ev[i]) != cudaSuccess) {

@@ -326,7 +326,7 @@ int qc_model_load(const char *dir, const qc_load_opts *opts, qc_model **out, qc_
     if (rc)
         goto fail;
 #ifdef QC_HAVE_CUDA
-    if (want_cuda && !(opts->device == QC_DEVICE_AUTO && m->cfg->is_moe))
+    if (want_cuda)
         be = &qc_cuda_backend;
 #endif
     m->be = be;

@@ -69,3 +69,14 @@ extern "C" int qk_gemm_bf16_out16(qk_blas *b, const uint16_t *W, const uint16_t 
     if (s != CUBLAS_STATUS_SUCCESS) return (int)cudaErrorLaunchFailure;
     return qk_launch_status();
 }
+
+extern "C" int qk_gemm_f32(qk_blas *b, const float *W, const float *X, float *Y, int ldy, int T, int N, int K)
+{
+    if (T <= 0 || N <= 0) return 0;
+    float alpha = 1.0f, beta = 0.0f;
+    /* CUBLAS_COMPUTE_32F with the default math mode: plain fp32 FMAs, never TF32 */
+    cublasStatus_t s = cublasGemmEx(b->h, CUBLAS_OP_T, CUBLAS_OP_N, N, T, K, &alpha, W, CUDA_R_32F, K, X, CUDA_R_32F,
+                                    K, &beta, Y, CUDA_R_32F, ldy, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+    if (s != CUBLAS_STATUS_SUCCESS) return (int)cudaErrorLaunchFailure;
+    return qk_launch_status();
+}

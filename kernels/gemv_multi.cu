@@ -26,47 +26,9 @@ __global__ void __launch_bounds__(QG_THREADS, QG_MINB)
     const int warp = (int)threadIdx.x >> 5, lane = (int)threadIdx.x & 31;
     const int ks = warp % S;
     const int row0 = (((int)blockIdx.x - p.first_block) * (QG_WARPS / S) + warp / S) * QK_QROWS;
-    float acc[QK_QROWS];
-#pragma unroll
-    for (int r = 0; r < QK_QROWS; r++) acc[r] = 0.0f;
-    if (row0 < p.n) {
-        const int c0 = ks * 32 + lane, stride = 32 * S;
-        switch (p.kind) {
-        case QK_QW_FP8: qg_walk<qg_fp8_step>(p, row0, x, acc, c0, stride); break;
-        case QK_QW_INT4:
-            if (p.perm) {
-                if (p.f16) qg_walk<qg_int4_step<true, true>>(p, row0, x, acc, c0, stride);
-                else qg_walk<qg_int4_step<false, true>>(p, row0, x, acc, c0, stride);
-            } else if (p.cpg % 4 == 0) { /* groups of 128, 256, ...: tensor cores */
-                if (p.f16) qg_walk_mma<qg_int4_mma_step<true>>(p, row0, x, acc, c0, stride);
-                else qg_walk_mma<qg_int4_mma_step<false>>(p, row0, x, acc, c0, stride);
-            } else {
-                if (p.f16) qg_walk<qg_int4_step<true, false>>(p, row0, x, acc, c0, stride);
-                else qg_walk<qg_int4_step<false, false>>(p, row0, x, acc, c0, stride);
-            }
-            break;
-        case QK_QW_NVFP4: qg_walk<qg_fp4_step<false>>(p, row0, x, acc, c0, stride); break;
-        case QK_QW_MXFP4: qg_walk<qg_fp4_step<true>>(p, row0, x, acc, c0, stride); break;
-        default: qg_walk<qg_bf16_step>(p, row0, x, acc, c0, stride); break;
-        }
-    }
-    /* Lane r ends with row r's warp total. */
-    float t = 0.0f;
-#pragma unroll
-    for (int r = 0; r < QK_QROWS; r++) {
-        const float v = qk_warp_sum(acc[r]);
-        if (lane == r) t = v;
-    }
-    if (S > 1) {
-        __shared__ float red[QG_WARPS * QK_QROWS];
-        if (lane < QK_QROWS) red[warp * QK_QROWS + lane] = t;
-        __syncthreads();
-        if (ks != 0) return;
-        if (lane < QK_QROWS) {
-            t = 0.0f;
-            for (int j = 0; j < S; j++) t += red[(warp + j) * QK_QROWS + lane];
-        }
-    }
+    float t = qg_rowgroup_dot(p, row0, x, ks, S);
+    __shared__ float red[QG_WARPS * QK_QROWS];
+    if (!qg_rowgroup_sum(t, S, ks, red)) return;
     t *= p.post;
     const int row = row0 + lane;
     if (lane < QK_QROWS && row < p.n) p.y[row] = accumulate ? p.y[row] + t : t;
@@ -775,10 +737,10 @@ static int qg_log2(int d)
     return s;
 }
 
-/* Flattens one descriptor; 0 or cudaErrorInvalidValue. */
-static int part_fill(const qk_qweight *w, float *y, qg_part *p)
+/* (gemv_q.cuh) */
+int qg_part_fill(const qk_qweight *w, float *y, qg_part *p)
 {
-    if (!w || !w->w || !y || w->n <= 0 || w->k <= 0 || w->n_pad % QK_QROWS || w->k_pad % 32 ||
+    if (!w || !w->w || w->n <= 0 || w->k <= 0 || w->n_pad % QK_QROWS || w->k_pad % 32 ||
         w->k_pad < w->k || w->n_pad < w->n || ((uintptr_t)w->w & 15) || (w->kind != QK_QW_BF16 && !w->s))
         return (int)cudaErrorInvalidValue;
     *p = qg_part{};
@@ -854,7 +816,7 @@ static int gemv_launch(const qk_qweight *const *w_in, float *const *y_in, int np
     const int nsm = qk_sm_count() > 0 ? qk_sm_count() : 132;
     int groups = 0, kc_min = 1 << 30;
     for (int i = 0; i < nparts; i++) {
-        int rc = part_fill(w[i], y[i], &ps.p[i]);
+        int rc = y[i] ? qg_part_fill(w[i], y[i], &ps.p[i]) : (int)cudaErrorInvalidValue;
         if (rc) return rc;
         if (w[i]->k != w[0]->k) return (int)cudaErrorInvalidValue;
         groups += w[i]->n_pad / QK_QROWS;

@@ -603,4 +603,70 @@ __device__ __forceinline__ void qg_walk(const qg_part &pp, int row0, const uint1
     }
 }
 
+/* The plain launch's share of one row group (row0) of part p: S warps (ks
+ * = this warp's index among them) walk its chunks. Returns, in lane r <
+ * QK_QROWS, row r's sum over this warp's chunks (the S partial sums are
+ * added by qg_rowgroup_sum). Shared by k_gemv_q (gemv_multi.cu) and the
+ * MoE experts' GEMV (moe.cu). */
+__device__ __forceinline__ float qg_rowgroup_dot(const qg_part &p, int row0, const uint16_t *__restrict__ x, int ks,
+                                                 int S)
+{
+    const int lane = (int)threadIdx.x & 31;
+    float acc[QK_QROWS];
+#pragma unroll
+    for (int r = 0; r < QK_QROWS; r++) acc[r] = 0.0f;
+    if (row0 < p.n) {
+        const int c0 = ks * 32 + lane, stride = 32 * S;
+        switch (p.kind) {
+        case QK_QW_FP8: qg_walk<qg_fp8_step>(p, row0, x, acc, c0, stride); break;
+        case QK_QW_INT4:
+            if (p.perm) {
+                if (p.f16) qg_walk<qg_int4_step<true, true>>(p, row0, x, acc, c0, stride);
+                else qg_walk<qg_int4_step<false, true>>(p, row0, x, acc, c0, stride);
+            } else if (p.cpg % 4 == 0) { /* groups of 128, 256, ...: tensor cores */
+                if (p.f16) qg_walk_mma<qg_int4_mma_step<true>>(p, row0, x, acc, c0, stride);
+                else qg_walk_mma<qg_int4_mma_step<false>>(p, row0, x, acc, c0, stride);
+            } else {
+                if (p.f16) qg_walk<qg_int4_step<true, false>>(p, row0, x, acc, c0, stride);
+                else qg_walk<qg_int4_step<false, false>>(p, row0, x, acc, c0, stride);
+            }
+            break;
+        case QK_QW_NVFP4: qg_walk<qg_fp4_step<false>>(p, row0, x, acc, c0, stride); break;
+        case QK_QW_MXFP4: qg_walk<qg_fp4_step<true>>(p, row0, x, acc, c0, stride); break;
+        default: qg_walk<qg_bf16_step>(p, row0, x, acc, c0, stride); break;
+        }
+    }
+    /* Lane r ends with row r's warp total. */
+    float t = 0.0f;
+#pragma unroll
+    for (int r = 0; r < QK_QROWS; r++) {
+        const float v = qk_warp_sum(acc[r]);
+        if (lane == r) t = v;
+    }
+    return t;
+}
+
+/* Adds the S warps' partial row sums of a row group (S > 1: through red,
+ * QG_WARPS * QK_QROWS floats of shared memory, after a block barrier, so
+ * every thread of the block must call it). True for the warp that then
+ * holds the row totals in lanes < QK_QROWS (ks == 0). */
+__device__ __forceinline__ bool qg_rowgroup_sum(float &t, int S, int ks, float *red)
+{
+    if (S == 1) return true;
+    const int warp = (int)threadIdx.x >> 5, lane = (int)threadIdx.x & 31;
+    if (lane < QK_QROWS) red[warp * QK_QROWS + lane] = t;
+    __syncthreads();
+    if (ks != 0) return false;
+    if (lane < QK_QROWS) {
+        t = 0.0f;
+        for (int j = 0; j < S; j++) t += red[(warp + j) * QK_QROWS + lane];
+    }
+    return true;
+}
+
+/* Host: one descriptor flattened for the device (gemv_multi.cu); y may be
+ * NULL where the kernel computes its output address (moe.cu). 0 or
+ * cudaErrorInvalidValue. */
+int qg_part_fill(const qk_qweight *w, float *y, qg_part *p);
+
 #endif

@@ -96,6 +96,9 @@ int qk_gemm_bf16(qk_blas *b, const uint16_t *W, const uint16_t *X, float *Y, int
  * traffic for nothing. */
 int qk_gemm_bf16_out16(qk_blas *b, const uint16_t *W, const uint16_t *X, uint16_t *Y, int ldy, int T,
                        int N, int K);
+/* Y[t, n] = sum_k W[n, k] X[t, k] all in fp32 (fp32 FMAs, no TF32): the MoE
+ * router, whose top-k a bf16 rounding of its input would move. */
+int qk_gemm_f32(qk_blas *b, const float *W, const float *X, float *Y, int ldy, int T, int N, int K);
 
 /* ---- FP8 prefill GEMMs in FP8 through cuBLASLt (kernels/gemm_lt.cu) ---- */
 
@@ -272,6 +275,27 @@ int qk_sample(const float *logits, int n_valid, qk_sample_params p, int32_t *out
 int qk_sample_penalise(float *logits, int n_valid, const int32_t *ids, const int32_t *counts, int n,
                        float rep, float pres, float freq, qk_stream st);
 int qk_sample_topc(const float *logits, int n_valid, int C, int32_t *out, qk_stream st);
+
+/* ---- mixture of experts (kernels/moe.cu; qwen35-model.md §3.4) ---- */
+
+/* Per token t: softmax over the E router logits logits[t * ld + e], the K
+ * largest (ties to the lower index), their probabilities renormalised to
+ * sum 1: sel[t * K + j] (int32, best first) and wts[t * K + j]. E <= 1024,
+ * K <= 32. The selection compares logits, which orders the experts as their
+ * probabilities do. */
+int qk_moe_route(const float *logits, int ld, int T, int E, int K, int32_t *sel, float *wts, qk_stream st);
+
+/* h[t, c] += sum_j w[t, j] * ye[(t * K + j) * D + c] + g_t * ysh[t * D + c]
+ * with w = wts (NULL: 1) and g_t = sigmoid(sg[t * sg_ld]) (sg NULL: 1); ysh
+ * NULL: no shared expert. */
+int qk_moe_combine(float *h, const float *ye, const float *wts, int K, const float *ysh, const float *sg, int sg_ld,
+                   int T, int D, qk_stream st);
+
+/* Prefill: out[i, :] = x[rows[i], :] (bf16 rows of D values, D % 8 == 0). */
+int qk_moe_gather(const uint16_t *x, const int32_t *rows, int n, int D, uint16_t *out, qk_stream st);
+
+/* Prefill: y[rows[i], c] += w[i] * ye[i * D + c] (no two i share a row). */
+int qk_moe_scatter_add(float *y, const float *ye, const int32_t *rows, const float *w, int n, int D, qk_stream st);
 
 #ifdef __cplusplus
 }

@@ -119,6 +119,36 @@ int qk_gemv_multi_norm(const qk_qweight *const *w, float *const *y, int nparts, 
                        const float *norm_w, float eps, int accumulate, const qk_conv_epi *conv,
                        struct CUstream_st *st);
 
+/* ---- mixture-of-experts decode (kernels/moe.cu) ----
+ * The experts of one MoE layer as a device table of their descriptors, so
+ * a captured decode graph can run whichever experts the router picks: the
+ * expert indices are read on the device. Entry e * P + i is part i of
+ * expert e (gate|up: P = 2, gate rows first; down: P = 1); every part has
+ * the same logical shape [n, k]. */
+typedef struct qk_moe_table {
+    void *d;       /* device array of E * P flattened descriptors (qk_moe_table_bytes) */
+    int E, P;
+    int n, k;      /* each part's shape */
+    int groups;    /* row groups per part (n_pad / QK_QROWS, the largest) */
+    int kc_min;    /* the fewest 16-byte chunks per row among the parts */
+} qk_moe_table;
+
+/* Device bytes of a table of n descriptors. */
+size_t qk_moe_table_bytes(int n);
+
+/* Fills t for the E * P descriptors w (entry e * P + i as above) into the
+ * device buffer dev of qk_moe_table_bytes(E * P) bytes (a synchronous
+ * copy). 0 or cudaErrorInvalidValue (a descriptor the GEMV cannot run, or
+ * parts of different shapes). */
+int qk_moe_table_fill(const qk_qweight *const *w, int E, int P, void *dev, qk_moe_table *t);
+
+/* Decode: for each of the K chosen experts j (sel[j], device int32) and each
+ * part i: y[j * ys + i * n + r] = sum_k W[r, k] x[j * xs + k] for r < n
+ * (fp32, no accumulate). xs: 0 when every expert reads the same x (gate|up),
+ * the stride of the per-expert inputs otherwise (down; a multiple of 8). */
+int qk_gemv_moe(const qk_moe_table *t, const int32_t *sel, int K, const uint16_t *x, int64_t xs, float *y,
+                int64_t ys, struct CUstream_st *st);
+
 /* Launch variant of the GEMVs above (gemv_multi.cu lists them): 0 = the
  * default; others for A/B benchmarks and tests (QCHAT_GEMV_MODE). */
 extern int qk_gemv_q_mode;

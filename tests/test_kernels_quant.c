@@ -1174,6 +1174,269 @@ static void bench_all(void)
 }
 #endif
 
+/* ---- mixture of experts (kernels/moe.cu) ------------------------------------ */
+
+#ifdef QC_HAVE_CUDA
+static float frand_q(void) { return (float)((double)(urand() >> 11) / 4503599627370496.0 * 2 - 1); }
+
+/* A device copy of n bytes of h, or with h NULL n bytes of 0xff (NaN floats). */
+static void *dput(const void *h, size_t n)
+{
+    void *d = NULL;
+    if (cudaMalloc(&d, n) != cudaSuccess) {
+        fprintf(stderr, "cudaMalloc %zu failed\n", n);
+        exit(1);
+    }
+    if (h) cudaMemcpy(d, h, n, cudaMemcpyHostToDevice);
+    else cudaMemset(d, 0xff, n);
+    return d;
+}
+#endif
+
+#ifdef QC_HAVE_CUDA
+/* Expert e's part i in one of five layouts (e % 5), all [N, K]: the table
+ * holds a different body per expert, as a checkpoint with mixed experts would. */
+static void moe_build(pub *p, int e, int i, int64_t N, int64_t K)
+{
+    char nm[32];
+    snprintf(nm, sizeof nm, "expert%d.part%d", e, i);
+    switch (e % 5) {
+    case 0: build_fp8(p, nm, QC_FMT_FP8_BLOCK, N, K, 128, 128, QC_DT_BF16); break;
+    case 1: build_ct(p, nm, N, K, 128, 0, 0); break;
+    case 2: build_fp4(p, nm, QC_FMT_NVFP4_CT, N, K, 1234.567f); break;
+    case 3: build_bf16(p, nm, N, K); break;
+    default: build_gptq(p, nm, N, K, 32, 0, 0, 0); break;
+    }
+}
+#endif
+
+/* qk_gemv_moe: E experts of P parts [N, K]; the experts sel (device) each
+ * read their own x row when xs > 0. Every output against a double dot of
+ * the CPU dequantization, and nothing written outside the K * P * N rows. */
+static void moe_gemv_check(const char *name, int E, int P, int64_t N, int64_t K, const int32_t *sel, int nsel,
+                           int per_slot_x)
+{
+    if (!gpu_init()) {
+        th_skip(name, gpu_why);
+        return;
+    }
+#ifdef QC_HAVE_CUDA
+    const int n = E * P;
+    pub *pb = calloc((size_t)n, sizeof *pb);
+    qk_qweight *d = calloc((size_t)n, sizeof *d);
+    const qk_qweight **dp = calloc((size_t)n, sizeof *dp);
+    char why[256] = "";
+    int ok = 1;
+    for (int e = 0; e < E; e++)
+        for (int i = 0; i < P; i++) {
+            moe_build(&pb[e * P + i], e, i, N, K);
+            if (!part_upload(&pb[e * P + i], e * P + i, &d[e * P + i], why, sizeof why)) ok = 0;
+            dp[e * P + i] = &d[e * P + i];
+        }
+    const int64_t xs = per_slot_x ? (K + 7) / 8 * 8 : 0, nx = per_slot_x ? xs * nsel : K;
+    uint16_t *xb = calloc((size_t)nx, 2);
+    for (int64_t k = 0; k < nx; k++) xb[k] = qc_f32_to_bf16((float)((double)(urand() >> 11) / 4503599627370496.0 - 1.0));
+    const int64_t ys = P * N + 3, ny = ys * nsel; /* 3 rows of slack per slot: must stay untouched */
+    double *yr = calloc((size_t)ny, sizeof *yr);
+    float *ref = malloc((size_t)(N * K) * sizeof *ref);
+    for (int j = 0; ok && j < nsel; j++)
+        for (int i = 0; i < P; i++) {
+            qc_linear_dequant_rows(&pb[sel[j] * P + i].l, 0, N, ref);
+            const uint16_t *x = xb + j * xs;
+            for (int64_t r = 0; r < N; r++) {
+                double acc = 0;
+                for (int64_t k = 0; k < K; k++) acc += (double)ref[r * K + k] * qc_bf16_to_f32(x[k]);
+                yr[j * ys + i * N + r] = acc;
+            }
+        }
+    free(ref);
+    void *table = NULL;
+    uint16_t *dx = NULL;
+    int32_t *dsel = NULL;
+    float *dy = NULL;
+    cudaMalloc(&table, qk_moe_table_bytes(n));
+    cudaMalloc((void **)&dx, (size_t)nx * 2);
+    cudaMalloc((void **)&dsel, (size_t)nsel * 4);
+    cudaMalloc((void **)&dy, (size_t)ny * 4);
+    cudaMemcpy(dx, xb, (size_t)nx * 2, cudaMemcpyHostToDevice);
+    cudaMemcpy(dsel, sel, (size_t)nsel * 4, cudaMemcpyHostToDevice);
+    cudaMemset(dy, 0x7f, (size_t)ny * 4); /* 0x7f7f7f7f: a large finite marker */
+    qk_moe_table t;
+    cudaStream_t qs;
+    cudaStreamCreateWithFlags(&qs, cudaStreamNonBlocking);
+    if (ok) {
+        int trc = qk_moe_table_fill(dp, E, P, table, &t);
+        int krc = trc ? -1 : qk_gemv_moe(&t, dsel, nsel, dx, xs, dy, ys, qs);
+        int src = (int)cudaStreamSynchronize(qs);
+        float *y = malloc((size_t)ny * sizeof *y);
+        cudaMemcpy(y, dy, (size_t)ny * 4, cudaMemcpyDeviceToHost);
+        double worst = 0;
+        int64_t stray = 0;
+        for (int j = 0; j < nsel; j++) {
+            double e = rel_l2(y + j * ys, yr + j * ys, P * N);
+            if (!(e <= worst)) worst = e;
+            for (int64_t r = P * N; r < ys; r++) {
+                uint32_t u;
+                memcpy(&u, &y[j * ys + r], 4);
+                stray += u != 0x7f7f7f7fu;
+            }
+        }
+        free(y);
+        ok = trc == 0 && krc == 0 && src == 0 && worst < 1e-5 && stray == 0;
+        snprintf(why, sizeof why, "table %d launch %d sync %d worst rel_l2 %.3g, %lld stray writes", trc, krc, src,
+                 worst, (long long)stray);
+        printf("# %s: %d of %d experts, P=%d, %lldx%lld: worst rel_l2 %.3g\n", name, nsel, E, P, (long long)N,
+               (long long)K, worst);
+    }
+    CHECK(name, ok, "%s", why);
+    cudaStreamDestroy(qs);
+    cudaFree(table);
+    cudaFree(dx);
+    cudaFree(dsel);
+    cudaFree(dy);
+    free(xb);
+    free(yr);
+    for (int e = 0; e < n; e++) {
+        qc_qweight_free_dev(&d[e]);
+        pub_free(&pb[e]);
+    }
+    free(pb);
+    free(d);
+    free(dp);
+#else
+    (void)E, (void)P, (void)N, (void)K, (void)sel, (void)nsel, (void)per_slot_x;
+#endif
+}
+
+/* qk_moe_route against the CPU engine's rule (cpu_moe.c: softmax, top-k by
+ * probability, ties to the lower index, renormalised), including exact
+ * ties; then qk_moe_combine, gather and scatter-add against plain loops. */
+static void moe_route_check(void)
+{
+    static const char *const names[] = {"moe_route", "moe_combine", "moe_gather_scatter"};
+    if (!gpu_init()) {
+        for (int i = 0; i < 3; i++) th_skip(names[i], gpu_why);
+        return;
+    }
+#ifdef QC_HAVE_CUDA
+    enum { T = 9, E = 300, LD = E + 1, K = 8, D = 200 };
+    float *lg = malloc(sizeof(float) * T * LD);
+    for (int t = 0; t < T; t++)
+        for (int e = 0; e < LD; e++) lg[t * LD + e] = (float)((double)(urand() >> 11) / 4503599627370496.0 * 8 - 4);
+    for (int e = 0; e < E; e++) lg[1 * LD + e] = 0.5f;                           /* all tied */
+    for (int e = 0; e < E; e += 7) lg[2 * LD + e] = 9.0f;                        /* ties among the best */
+    lg[3 * LD + 5] = NAN;                                                         /* a NaN never wins */
+    int32_t rsel[T * K];
+    float rw[T * K];
+    for (int t = 0; t < T; t++) {
+        double mx = -INFINITY, sum = 0, pr[E];
+        for (int e = 0; e < E; e++)
+            if (lg[t * LD + e] > mx) mx = lg[t * LD + e];
+        for (int e = 0; e < E; e++) sum += pr[e] = isnan(lg[t * LD + e]) ? 0 : exp(lg[t * LD + e] - mx);
+        double tot = 0;
+        for (int j = 0; j < K; j++) {
+            int b = -1;
+            for (int e = 0; e < E; e++) {
+                bool taken = false;
+                for (int i = 0; i < j; i++) taken |= rsel[t * K + i] == e;
+                if (!taken && (b < 0 || pr[e] > pr[b])) b = e;
+            }
+            rsel[t * K + j] = b;
+            tot += pr[b];
+        }
+        for (int j = 0; j < K; j++) rw[t * K + j] = (float)(pr[rsel[t * K + j]] / tot);
+        (void)sum;
+    }
+    float *dl = dput(lg, sizeof(float) * T * LD), *dw = dput(NULL, sizeof(float) * T * K);
+    int32_t *ds = dput(NULL, sizeof(int32_t) * T * K);
+    int rc = qk_moe_route(dl, LD, T, E, K, ds, dw, NULL), src = (int)cudaDeviceSynchronize();
+    int32_t gsel[T * K];
+    float gw[T * K];
+    cudaMemcpy(gsel, ds, sizeof gsel, cudaMemcpyDeviceToHost);
+    cudaMemcpy(gw, dw, sizeof gw, cudaMemcpyDeviceToHost);
+    int sel_diff = 0;
+    double wmax = 0;
+    for (int i = 0; i < T * K; i++) {
+        sel_diff += gsel[i] != rsel[i];
+        if (fabs(gw[i] - rw[i]) > wmax) wmax = fabs(gw[i] - rw[i]);
+    }
+    CHECK(names[0], !rc && !src && !sel_diff && wmax < 1e-6, "launch %d sync %d, %d choices differ, weights off by %.3g",
+          rc, src, sel_diff, wmax);
+
+    /* combine: h += sum_j w ye + sigmoid(router row E) ysh */
+    float *h = malloc(sizeof(float) * T * D), *ye = malloc(sizeof(float) * T * K * D), *ysh = malloc(sizeof(float) * T * D);
+    for (int i = 0; i < T * D; i++) h[i] = frand_q(), ysh[i] = frand_q();
+    for (int i = 0; i < T * K * D; i++) ye[i] = frand_q();
+    float *dh = dput(h, sizeof(float) * T * D), *dye = dput(ye, sizeof(float) * T * K * D),
+          *dysh = dput(ysh, sizeof(float) * T * D);
+    rc = qk_moe_combine(dh, dye, dw, K, dysh, dl + E, LD, T, D, NULL);
+    src = (int)cudaDeviceSynchronize();
+    float *gh = malloc(sizeof(float) * T * D);
+    cudaMemcpy(gh, dh, sizeof(float) * T * D, cudaMemcpyDeviceToHost);
+    double cmax = 0;
+    for (int t = 0; t < T; t++)
+        for (int c = 0; c < D; c++) {
+            double acc = 0;
+            for (int j = 0; j < K; j++) acc += (double)gw[t * K + j] * ye[(t * K + j) * D + c];
+            acc += 1.0 / (1.0 + exp(-(double)lg[t * LD + E])) * ysh[t * D + c];
+            double e = fabs(gh[t * D + c] - (h[t * D + c] + acc));
+            if (e > cmax) cmax = e;
+        }
+    CHECK(names[1], !rc && !src && cmax < 1e-5, "launch %d sync %d, off by %.3g", rc, src, cmax);
+
+    /* gather bf16 rows of tokens, scatter-add weighted rows back */
+    enum { N = 5, DB = 64 };
+    const int32_t rows[N] = {7, 0, 3, 8, 1};
+    const float w5[N] = {0.5f, -1.0f, 2.0f, 0.25f, 1.0f};
+    uint16_t xb[T * DB], gx[N * DB];
+    for (int i = 0; i < T * DB; i++) xb[i] = qc_f32_to_bf16(frand_q());
+    uint16_t *dxb = dput(xb, sizeof xb), *dgx = dput(NULL, sizeof gx);
+    int32_t *drows = dput(rows, sizeof rows);
+    float *dw5 = dput(w5, sizeof w5), *dacc = dput(NULL, sizeof(float) * T * DB);
+    float *src5 = malloc(sizeof(float) * N * DB), acc[T * DB];
+    for (int i = 0; i < N * DB; i++) src5[i] = frand_q();
+    for (int i = 0; i < T * DB; i++) acc[i] = frand_q();
+    float *dsrc5 = dput(src5, sizeof(float) * N * DB);
+    cudaMemcpy(dacc, acc, sizeof acc, cudaMemcpyHostToDevice);
+    int grc = qk_moe_gather(dxb, drows, N, DB, dgx, NULL);
+    int arc = qk_moe_scatter_add(dacc, dsrc5, drows, dw5, N, DB, NULL);
+    src = (int)cudaDeviceSynchronize();
+    float gacc[T * DB];
+    cudaMemcpy(gx, dgx, sizeof gx, cudaMemcpyDeviceToHost);
+    cudaMemcpy(gacc, dacc, sizeof gacc, cudaMemcpyDeviceToHost);
+    int gbad = 0;
+    double amax = 0;
+    for (int i = 0; i < N; i++) {
+        gbad += memcmp(gx + i * DB, xb + rows[i] * DB, DB * 2) != 0;
+        for (int c = 0; c < DB; c++) acc[rows[i] * DB + c] += w5[i] * src5[i * DB + c];
+    }
+    for (int i = 0; i < T * DB; i++)
+        if (fabs(gacc[i] - acc[i]) > amax) amax = fabs(gacc[i] - acc[i]);
+    CHECK(names[2], !grc && !arc && !src && !gbad && amax == 0, "launches %d %d sync %d, %d rows differ, sums off by %.3g",
+          grc, arc, src, gbad, amax);
+    void *bufs[] = {dl, dw, ds, dh, dye, dysh, dxb, dgx, drows, dw5, dacc, dsrc5};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) cudaFree(bufs[i]);
+    free(lg);
+    free(h);
+    free(ye);
+    free(ysh);
+    free(gh);
+    free(src5);
+#endif
+}
+
+static void test_moe(void)
+{
+    /* gate|up-like (P = 2, one x) and down-like (P = 1, one x per chosen
+     * expert); K = 256 keeps every layout's whole groups, N = 72 is not a
+     * multiple of 64, 2 * 5 * 72 rows split K across warps on a large GPU */
+    static const int32_t sel3[] = {3, 0, 4}, sel5[] = {4, 2, 1, 3, 0}, sel1[] = {2};
+    moe_gemv_check("moe_gemv_gate_up_3of5", 5, 2, 72, 256, sel3, 3, 0);
+    moe_gemv_check("moe_gemv_down_5of5", 5, 1, 72, 256, sel5, 5, 1);
+    moe_gemv_check("moe_gemv_one_expert_tall", 5, 1, 3000, 512, sel1, 1, 1);
+    moe_route_check();
+}
+
 int main(void)
 {
     pub p;
@@ -1282,6 +1545,7 @@ int main(void)
     test_fused();
     test_norm_fused();
     test_refusals();
+    test_moe();
 
     if (!gpu_init()) {
         th_skip("qbench", gpu_why);

@@ -1,0 +1,251 @@
+/* moe.cu — the mixture-of-experts block on the GPU (qwen35-model.md §3.4):
+ * the router's top-k, the chosen experts' GEMVs for a decode step, and the
+ * weighted sum back into the residual stream; for prefill the gather and
+ * scatter around one GEMM per expert (engine/cuda_backend.c runs those).
+ *
+ * Decode runs inside the captured step graph, so nothing here may depend on
+ * a host-side choice of experts: qk_moe_route writes the K chosen indices
+ * on the device and k_gemv_moe reads its expert's descriptor from a device
+ * table through them. Each block walks row groups of one (expert, part)
+ * with the plain launch's body (gemv_q.cuh qg_rowgroup_dot), so every
+ * quantized layout of the dense GEMVs, and BF16, runs here unchanged. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "gemv_q.cuh"
+#include "kernels.h"
+
+/* Grid (blocks per part, K * P): block (b, j * P + i) holds row groups
+ * b * QG_WARPS / S ... of part i of expert sel[j]. */
+__global__ void __launch_bounds__(QG_THREADS, QG_MINB)
+    k_gemv_moe(const qg_part *__restrict__ table, int E, int P, const int32_t *__restrict__ sel,
+               const uint16_t *__restrict__ x, long long xs, float *__restrict__ y, long long ys, int S)
+{
+    __shared__ qg_part sp;
+    __shared__ float red[QG_WARPS * QK_QROWS];
+    qk_pdl_trigger();
+    qk_pdl_wait();
+    const int j = (int)blockIdx.y / P, i = (int)blockIdx.y % P;
+    if (threadIdx.x == 0) {
+        int e = sel[j];
+        /* qk_moe_route writes indices in [0, E); the clamp only keeps a
+         * corrupted index from reading outside the table */
+        e = e < 0 ? 0 : e >= E ? E - 1 : e;
+        sp = table[(size_t)e * P + i];
+    }
+    __syncthreads();
+    const qg_part &p = sp;
+    const int warp = (int)threadIdx.x >> 5, lane = (int)threadIdx.x & 31, ks = warp % S;
+    const int row0 = ((int)blockIdx.x * (QG_WARPS / S) + warp / S) * QK_QROWS;
+    float t = qg_rowgroup_dot(p, row0, x + (size_t)j * xs, ks, S);
+    if (!qg_rowgroup_sum(t, S, ks, red)) return;
+    const int row = row0 + lane;
+    if (lane < QK_QROWS && row < p.n) y[(size_t)j * ys + (size_t)i * p.n + row] = t * p.post;
+}
+
+extern "C" size_t qk_moe_table_bytes(int n) { return n > 0 ? (size_t)n * sizeof(qg_part) : 0; }
+
+extern "C" int qk_moe_table_fill(const qk_qweight *const *w, int E, int P, void *dev, qk_moe_table *t)
+{
+    memset(t, 0, sizeof *t);
+    if (E <= 0 || P <= 0 || !dev) return (int)cudaErrorInvalidValue;
+    const int n = E * P;
+    qg_part *h = (qg_part *)calloc((size_t)n, sizeof *h);
+    if (!h) return (int)cudaErrorMemoryAllocation;
+    int rc = 0, groups = 0, kc_min = 1 << 30;
+    for (int e = 0; e < n && !rc; e++) {
+        rc = qg_part_fill(w[e], NULL, &h[e]);
+        if (!rc && (w[e]->n != w[0]->n || w[e]->k != w[0]->k)) rc = (int)cudaErrorInvalidValue;
+        if (rc) break;
+        if (w[e]->n_pad / QK_QROWS > groups) groups = w[e]->n_pad / QK_QROWS;
+        if (h[e].kc < kc_min) kc_min = h[e].kc;
+    }
+    if (!rc) rc = (int)cudaMemcpy(dev, h, (size_t)n * sizeof *h, cudaMemcpyHostToDevice);
+    free(h);
+    if (rc) return rc;
+    t->d = dev;
+    t->E = E;
+    t->P = P;
+    t->n = w[0]->n;
+    t->k = w[0]->k;
+    t->groups = groups;
+    t->kc_min = kc_min;
+    return 0;
+}
+
+extern "C" int qk_gemv_moe(const qk_moe_table *t, const int32_t *sel, int K, const uint16_t *x, int64_t xs, float *y,
+                           int64_t ys, struct CUstream_st *st)
+{
+    if (!t || !t->d || !sel || !x || !y || K <= 0 || K * t->P > 65535 || xs < 0 || xs % 8 ||
+        ((uintptr_t)x & 15) || ys < (int64_t)t->P * t->n)
+        return (int)cudaErrorInvalidValue;
+    /* Warps per row group as the dense launcher picks them (gemv_multi.cu:
+     * split K while the launch has fewer warps than two resident blocks per
+     * SM hold and each warp keeps a chunk per lane). */
+    const int nsm = qk_sm_count() > 0 ? qk_sm_count() : 132;
+    const int groups = t->groups * K * t->P;
+    int S = 1;
+    while (S < QG_WARPS && groups * S < nsm * 16 && t->kc_min >= 64 * S) S *= 2;
+    const int gpb = QG_WARPS / S;
+    cudaLaunchConfig_t cfg;
+    cudaLaunchAttribute at[1];
+    qk_launch_cfg(&cfg, at, dim3((unsigned)((t->groups + gpb - 1) / gpb), (unsigned)(K * t->P)), dim3(QG_THREADS),
+                  st, qk_pdl_ok(st));
+    const int rc = (int)cudaLaunchKernelEx(&cfg, k_gemv_moe, (const qg_part *)t->d, t->E, t->P, sel, x,
+                                           (long long)xs, y, (long long)ys, S);
+    return rc ? rc : qk_launch_status();
+}
+
+/* ---- routing ---- */
+
+#define MR_THREADS 128
+#define MR_EMAX 1024
+#define MR_KMAX 32
+
+/* The better of two (logit, index) candidates: the larger logit, on a tie
+ * the lower index (as the CPU engine's selection). Index -1: none. */
+__device__ __forceinline__ void mr_better(float &v, int &e, float v2, int e2)
+{
+    if (e2 >= 0 && (e < 0 || v2 > v || (v2 == v && e2 < e))) {
+        v = v2;
+        e = e2;
+    }
+}
+
+/* One block per token: K rounds of a block-wide argmax over the experts
+ * not yet taken, then the renormalised softmax weights of the K (the full
+ * softmax's denominator cancels in the renormalisation). */
+__global__ void __launch_bounds__(MR_THREADS) k_moe_route(const float *logits, int ld, int E, int K, int32_t *sel,
+                                                          float *wts)
+{
+    __shared__ float l[MR_EMAX];
+    __shared__ unsigned char taken[MR_EMAX];
+    __shared__ float wv[MR_THREADS / 32];
+    __shared__ int we[MR_THREADS / 32];
+    __shared__ int chosen[MR_KMAX];
+    qk_pdl_trigger();
+    qk_pdl_wait();
+    const size_t t = blockIdx.x;
+    const int lane = (int)threadIdx.x & 31, warp = (int)threadIdx.x >> 5;
+    for (int e = (int)threadIdx.x; e < E; e += MR_THREADS) {
+        l[e] = logits[t * ld + e];
+        taken[e] = 0;
+    }
+    __syncthreads();
+    for (int j = 0; j < K; j++) {
+        float v = 0.0f;
+        int b = -1;
+        for (int e = (int)threadIdx.x; e < E; e += MR_THREADS)
+            if (!taken[e]) mr_better(v, b, l[e], e);
+        for (int o = 16; o; o >>= 1) {
+            const float v2 = __shfl_xor_sync(0xffffffffu, v, o);
+            const int b2 = __shfl_xor_sync(0xffffffffu, b, o);
+            mr_better(v, b, v2, b2);
+        }
+        if (lane == 0) {
+            wv[warp] = v;
+            we[warp] = b;
+        }
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            for (int w = 1; w < MR_THREADS / 32; w++) mr_better(v, b, wv[w], we[w]);
+            /* NaN logits never win a comparison: take the lowest free index then */
+            if (b < 0)
+                for (b = 0; taken[b]; b++) {}
+            chosen[j] = b;
+            taken[b] = 1;
+        }
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) {
+        const float mx = l[chosen[0]];
+        float p[MR_KMAX], tot = 0.0f;
+        for (int j = 0; j < K; j++) {
+            p[j] = expf(l[chosen[j]] - mx);
+            tot += p[j];
+        }
+        for (int j = 0; j < K; j++) {
+            sel[t * K + j] = chosen[j];
+            wts[t * K + j] = p[j] / tot;
+        }
+    }
+}
+
+extern "C" int qk_moe_route(const float *logits, int ld, int T, int E, int K, int32_t *sel, float *wts, qk_stream st)
+{
+    if (T <= 0) return 0;
+    if (!logits || !sel || !wts || E <= 0 || E > MR_EMAX || K <= 0 || K > MR_KMAX || K > E || ld < E)
+        return (int)cudaErrorInvalidValue;
+    cudaLaunchConfig_t cfg;
+    cudaLaunchAttribute at[1];
+    qk_launch_cfg(&cfg, at, dim3((unsigned)T), dim3(MR_THREADS), st, qk_pdl_ok(st));
+    const int rc = (int)cudaLaunchKernelEx(&cfg, k_moe_route, logits, ld, E, K, sel, wts);
+    return rc ? rc : qk_launch_status();
+}
+
+/* ---- the weighted sum into the residual ---- */
+
+__global__ void __launch_bounds__(256) k_moe_combine(float *h, const float *ye, const float *wts, int K,
+                                                     const float *ysh, const float *sg, int sg_ld, int D)
+{
+    qk_pdl_trigger();
+    qk_pdl_wait();
+    const int c = (int)(blockIdx.x * 256 + threadIdx.x);
+    if (c >= D) return;
+    const size_t t = blockIdx.y;
+    float acc = 0.0f;
+    for (int j = 0; j < K; j++) acc += (wts ? wts[t * K + j] : 1.0f) * ye[(t * K + j) * D + c];
+    if (ysh) acc += (sg ? qk_sigmoid(sg[t * sg_ld]) : 1.0f) * ysh[t * D + c];
+    h[t * D + c] += acc;
+}
+
+extern "C" int qk_moe_combine(float *h, const float *ye, const float *wts, int K, const float *ysh, const float *sg,
+                              int sg_ld, int T, int D, qk_stream st)
+{
+    if (T <= 0) return 0;
+    if (!h || (K > 0 && !ye) || K < 0 || D <= 0 || T > 65535) return (int)cudaErrorInvalidValue;
+    cudaLaunchConfig_t cfg;
+    cudaLaunchAttribute at[1];
+    qk_launch_cfg(&cfg, at, dim3((unsigned)((D + 255) / 256), (unsigned)T), dim3(256), st, qk_pdl_ok(st));
+    const int rc = (int)cudaLaunchKernelEx(&cfg, k_moe_combine, h, ye, wts, K, ysh, sg, sg_ld, D);
+    return rc ? rc : qk_launch_status();
+}
+
+/* ---- prefill: gather the tokens of one expert, scatter its outputs ---- */
+
+__global__ void k_moe_gather(const uint16_t *x, const int32_t *rows, int n, int D8, uint16_t *out)
+{
+    const int i = (int)blockIdx.y;
+    for (int c = (int)(blockIdx.x * blockDim.x + threadIdx.x); c < D8; c += (int)(gridDim.x * blockDim.x))
+        ((uint4 *)out)[(size_t)i * D8 + c] = ((const uint4 *)x)[(size_t)rows[i] * D8 + c];
+}
+
+extern "C" int qk_moe_gather(const uint16_t *x, const int32_t *rows, int n, int D, uint16_t *out, qk_stream st)
+{
+    if (n <= 0) return 0;
+    if (!x || !rows || !out || D % 8 || n > 65535 || ((uintptr_t)x & 15) || ((uintptr_t)out & 15))
+        return (int)cudaErrorInvalidValue;
+    const int D8 = D / 8;
+    k_moe_gather<<<dim3((unsigned)((D8 + 127) / 128), (unsigned)n), 128, 0, st>>>(x, rows, n, D8, out);
+    return (int)cudaGetLastError();
+}
+
+__global__ void k_moe_scatter_add(float *y, const float *ye, const int32_t *rows, const float *w, int D)
+{
+    const int i = (int)blockIdx.y;
+    const float wi = w[i];
+    float *yr = y + (size_t)rows[i] * D;
+    const float *er = ye + (size_t)i * D;
+    for (int c = (int)(blockIdx.x * blockDim.x + threadIdx.x); c < D; c += (int)(gridDim.x * blockDim.x))
+        yr[c] += wi * er[c];
+}
+
+extern "C" int qk_moe_scatter_add(float *y, const float *ye, const int32_t *rows, const float *w, int n, int D,
+                                  qk_stream st)
+{
+    if (n <= 0) return 0;
+    if (!y || !ye || !rows || !w || D <= 0 || n > 65535) return (int)cudaErrorInvalidValue;
+    k_moe_scatter_add<<<dim3((unsigned)((D + 255) / 256), (unsigned)n), 256, 0, st>>>(y, ye, rows, w, D);
+    return (int)cudaGetLastError();
+}
