@@ -8,7 +8,8 @@
  * step = the captured CUDA graph + on-device sampling + a 4-byte copy);
  * bytes one decode step must read and the achieved fraction of the copy
  * bandwidth; a per-kernel profile of one decode step; the VRAM split.
- * --synthetic makes random weights of a real shape (0.8b, 2b, 4b, 9b, 27b)
+ * --synthetic makes random weights of a real shape (0.8b, 2b, 4b, 9b, 27b,
+ * 35b-a3b: the MoE, 256 experts, 8 per token)
  * directly on the GPU, in one of the published format mixes (FMT: bf16, fp8,
  * int4, nvfp4, nvfp4-mixed; see qc_cuda_model_synthetic_fmt) with the
  * quantized weights in the kernels' layouts. --load-only stops after the

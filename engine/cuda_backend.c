@@ -655,23 +655,46 @@ static int moe_table(qc_cuda_model *cm, const cu_moe *mo, const cu_mat *ms, int 
     return rc;
 }
 
+/* The session buffers' MoE sizes: the largest over the layers. */
+static void moe_dims(qc_cuda_model *cm)
+{
+    for (int li = 0; li < cm->sh.n_layers; li++) {
+        const cu_moe *mo = cm->L[li].moe;
+        if (!mo) continue;
+        if (mo->E > cm->moe_E) cm->moe_E = mo->E;
+        if (mo->K > cm->moe_K) cm->moe_K = mo->K;
+        if (mo->Im > cm->moe_Im) cm->moe_Im = mo->Im;
+        if (mo->ld > cm->moe_ld) cm->moe_ld = mo->ld;
+    }
+}
+
+/* A cu_moe with its expert arrays, hung on G. */
+static int moe_new(cu_layer *G, int E, int K, int Im, int Is, bool sh_gated, qc_err *err)
+{
+    cu_moe *mo = calloc(1, sizeof *mo);
+    if (!mo) return qc_err_set(err, QC_EXIT_RUNTIME, "out of host memory for the experts");
+    G->moe = mo;
+    mo->E = E;
+    mo->K = K;
+    mo->Im = Im;
+    mo->Is = Is;
+    mo->sh_gated = Is && sh_gated;
+    mo->ld = E + mo->sh_gated;
+    mo->gu = calloc((size_t)E, sizeof *mo->gu);
+    mo->down = calloc((size_t)E, sizeof *mo->down);
+    if (!mo->gu || !mo->down) return qc_err_set(err, QC_EXIT_RUNTIME, "out of host memory for the experts");
+    return QC_OK;
+}
+
 /* One layer's MoE MLP (cu_moe). A decode step reads K of the E experts, so
  * they count K / E of their bytes in weight_bytes. */
 static int upload_moe(qc_cuda_model *cm, const qc_config *c, const qc_layer_weights *L, cu_layer *G, qc_err *err)
 {
     const int E = c->num_experts;
-    cu_moe *mo = calloc(1, sizeof *mo);
-    if (!mo) return qc_err_set(err, QC_EXIT_RUNTIME, "out of host memory for the experts");
-    G->moe = mo;
-    mo->E = E;
-    mo->K = c->num_experts_per_tok;
-    mo->Im = c->moe_intermediate_size;
-    mo->Is = L->sh_gate ? c->shared_expert_intermediate_size : 0;
-    mo->sh_gated = mo->Is && L->sh_router;
-    mo->gu = calloc((size_t)E, sizeof *mo->gu);
-    mo->down = calloc((size_t)E, sizeof *mo->down);
-    if (!mo->gu || !mo->down) return qc_err_set(err, QC_EXIT_RUNTIME, "out of host memory for the experts");
-    mo->ld = E + mo->sh_gated;
+    int rc = moe_new(G, E, c->num_experts_per_tok, c->moe_intermediate_size,
+                     L->sh_gate ? c->shared_expert_intermediate_size : 0, L->sh_router != NULL, err);
+    if (rc) return rc;
+    cu_moe *mo = G->moe;
     const size_t D = (size_t)cm->sh.D;
     float *rw = malloc((size_t)mo->ld * D * sizeof *rw);
     if (!rw) return qc_err_set(err, QC_EXIT_RUNTIME, "out of host memory for the router");
@@ -680,7 +703,7 @@ static int upload_moe(qc_cuda_model *cm, const qc_config *c, const qc_layer_weig
     /* not through upload_f32: the shared-tensor registry keeps the source
      * pointer, and rw is this function's */
     const size_t rb = (size_t)mo->ld * D * sizeof *rw;
-    int rc = cu_alloc(&cm->pool, rb, QC_MEM_W_BF16, (void **)&mo->router, err, "router");
+    rc = cu_alloc(&cm->pool, rb, QC_MEM_W_BF16, (void **)&mo->router, err, "router");
     if (!rc && cudaMemcpy(mo->router, rw, rb, cudaMemcpyHostToDevice) != cudaSuccess)
         rc = qc_err_set(err, QC_EXIT_RUNTIME, "CUDA: upload of the router failed");
     free(rw);
@@ -837,14 +860,7 @@ static int cuda_model_init(qc_model *m, const qc_load_opts *opts, qc_err *err)
             if (!rc) rc = upload_fused(cm, dn, 1, &G->down, err);
         }
     }
-    for (int li = 0; li < sh.n_layers && !rc; li++) {
-        const cu_moe *mo = cm->L[li].moe;
-        if (!mo) continue;
-        if (mo->E > cm->moe_E) cm->moe_E = mo->E;
-        if (mo->K > cm->moe_K) cm->moe_K = mo->K;
-        if (mo->Im > cm->moe_Im) cm->moe_Im = mo->Im;
-        if (mo->ld > cm->moe_ld) cm->moe_ld = mo->ld;
-    }
+    if (!rc) moe_dims(cm);
     cm->load_plan_s = qc_now() - t_load;
     if (!rc) rc = loader_run(&ld, &cm->load_st, err);
     if (!rc && cudaStreamSynchronize(cm->st) != cudaSuccess)
@@ -887,7 +903,8 @@ int qc_cuda_shape_by_name(const char *name, qc_cuda_shape *sh, qc_err *err)
              {"2b", 2048, 24, 6144, 8, 2, 16, 16, true},
              {"4b", 2560, 32, 9216, 16, 4, 16, 32, true},
              {"9b", 4096, 32, 12288, 16, 4, 16, 32, false},
-             {"27b", 5120, 64, 17408, 24, 4, 16, 48, false}};
+             {"27b", 5120, 64, 17408, 24, 4, 16, 48, false},
+             {"35b-a3b", 2048, 40, 512, 16, 2, 16, 32, false}};
     for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
         if (strcmp(name, t[i].n)) continue;
         sh->vocab = 248320;
@@ -906,9 +923,14 @@ int qc_cuda_shape_by_name(const char *name, qc_cuda_shape *sh, qc_err *err)
         sh->dk = sh->dv = 128;
         sh->tied = t[i].tied;
         for (int l = 0; l < sh->n_layers; l++) sh->full[l] = (l + 1) % 4 == 0;
+        if (!strcmp(name, "35b-a3b")) { /* 256 experts, 8 per token, of 512, and a shared one of 512 */
+            sh->E = 256;
+            sh->K = 8;
+            sh->Im = sh->Is = 512;
+        }
         return QC_OK;
     }
-    return qc_err_set(err, QC_EXIT_USAGE, "unknown model size '%s' (0.8b, 2b, 4b, 9b, 27b)", name);
+    return qc_err_set(err, QC_EXIT_USAGE, "unknown model size '%s' (0.8b, 2b, 4b, 9b, 27b, 35b-a3b)", name);
 }
 
 /* The format mixes of `qchat bench --synthetic SIZE:FMT`, as published
@@ -990,6 +1012,33 @@ static int synth_vec(qc_cuda_model *cm, int64_t n, uint64_t seed, float lo, floa
     return QC_OK;
 }
 
+/* A random MoE MLP of sh's E experts (the experts and the shared expert in
+ * the mix's MLP formats, the router fp32 as the engine holds it). */
+static int synth_moe(qc_cuda_model *cm, int mix, cu_layer *G, uint64_t *s, qc_err *err)
+{
+    const qc_cuda_shape *sh = &cm->sh;
+    const int D = sh->D;
+    int rc = moe_new(G, sh->E, sh->K, sh->Im, sh->Is, true, err);
+    if (rc) return rc;
+    cu_moe *mo = G->moe;
+    const float a = sqrtf(3.0f / (float)D);
+    rc = synth_vec(cm, (int64_t)mo->ld * D, (*s)++, -a, a, &mo->router, err);
+    if (!rc) cm->weight_bytes += (int64_t)mo->ld * D * 4;
+    int rgu[] = {SY_GATE, SY_UP}, rd = SY_DOWN, nsh[] = {mo->Is, mo->Is}, nex[] = {mo->Im, mo->Im};
+    if (!rc && mo->Is) rc = synth_group(cm, mix, rgu, nsh, 2, D, (*s)++, &mo->sh_gu, err);
+    if (!rc && mo->Is) rc = synth_group(cm, mix, &rd, &D, 1, mo->Is, (*s)++, &mo->sh_down, err);
+    const int64_t wb0 = cm->weight_bytes;
+    for (int e = 0; e < mo->E && !rc; e++) {
+        rc = synth_group(cm, mix, rgu, nex, 2, D, (*s)++, &mo->gu[e], err);
+        if (!rc) rc = synth_group(cm, mix, &rd, &D, 1, mo->Im, (*s)++, &mo->down[e], err);
+    }
+    if (rc) return rc;
+    cm->weight_bytes = wb0 + (cm->weight_bytes - wb0) * mo->K / mo->E;
+    rc = moe_table(cm, mo, mo->gu, 2, mo->Im, &mo->t_gu, err);
+    if (!rc) rc = moe_table(cm, mo, mo->down, 1, D, &mo->t_down, err);
+    return rc;
+}
+
 int qc_cuda_model_synthetic_fmt(const qc_cuda_shape *sh, const char *fmt, uint64_t seed, qc_cuda_model **out,
                                 qc_err *err)
 {
@@ -1042,9 +1091,14 @@ int qc_cuda_model_synthetic_fmt(const qc_cuda_shape *sh, const char *fmt, uint64
             if (!rc) rc = synth_vec(cm, sh->hd, s++, -0.1f, 0.1f, &G->k_norm, err);
         }
         int rgu[] = {SY_GATE, SY_UP}, ngu[] = {sh->I, sh->I}, rd = SY_DOWN;
-        if (!rc) rc = synth_group(cm, mix, rgu, ngu, 2, D, s++, &G->gu, err);
-        if (!rc) rc = synth_group(cm, mix, &rd, &D, 1, sh->I, s++, &G->down, err);
+        if (!rc && sh->E) {
+            rc = synth_moe(cm, mix, G, &s, err);
+        } else if (!rc) {
+            rc = synth_group(cm, mix, rgu, ngu, 2, D, s++, &G->gu, err);
+            if (!rc) rc = synth_group(cm, mix, &rd, &D, 1, sh->I, s++, &G->down, err);
+        }
     }
+    if (!rc) moe_dims(cm);
     if (!rc && cudaStreamSynchronize(cm->st) != cudaSuccess)
         rc = qc_err_set(err, QC_EXIT_RUNTIME, "CUDA: filling synthetic weights failed");
     if (rc) {

@@ -27,11 +27,12 @@ typedef struct qc_cuda_shape {
     int vocab, n_tokens, D, n_layers, I, H, KV, hd, rot;
     float theta, eps;
     int Hk, Hv, dk, dv;
+    int E, K, Im, Is; /* MoE synthetic shapes: experts, chosen per token, widths (E = 0: dense) */
     bool tied;
     bool full[QC_MAX_LAYERS];
 } qc_cuda_shape;
 
-/* Shape of a real size by name: "0.8b", "9b", "27b" (qwen35-model.md). */
+/* Shape of a real size by name: "0.8b", "9b", "27b", "35b-a3b" (qwen35-model.md). */
 int qc_cuda_shape_by_name(const char *name, qc_cuda_shape *sh, qc_err *err);
 
 typedef struct qc_cuda_model qc_cuda_model;
