@@ -122,6 +122,7 @@ typedef struct cu_prof {
     cudaEvent_t *ev; /* [CU_PROF_EV], made on first use */
     int cat[CU_PROF_EV];
     int n;
+    bool over; /* the chunk had more launches than events: the profile covers its start only */
     double ms[16];
 } cu_prof;
 
@@ -1617,7 +1618,10 @@ static void prof_mark(cu_prof *P, int cat, cudaStream_t st)
             return;
         }
     }
-    if (P->n >= CU_PROF_EV) return;
+    if (P->n >= CU_PROF_EV) {
+        P->over = true;
+        return;
+    }
     P->cat[P->n] = cat;
     cudaEventRecord(P->ev[P->n++], st);
 }
@@ -1633,7 +1637,10 @@ static void prof_print(cu_prof *P, int T, int pos0)
     P->n = 0;
     double tot = 0;
     for (int i = 0; i < P_COUNT; i++) tot += P->ms[i];
-    fprintf(stderr, "prefill profile T=%d pos0=%d: %.1f ms |", T, pos0, tot);
+    char cut[64] = "";
+    if (P->over) snprintf(cut, sizeof cut, " (the first %d launches only)", CU_PROF_EV);
+    fprintf(stderr, "prefill profile T=%d pos0=%d: %.1f ms%s |", T, pos0, tot, cut);
+    P->over = false;
     for (int i = 0; i < P_COUNT; i++)
         if (P->ms[i] > 0) fprintf(stderr, " %s %.2f", prof_names[i], P->ms[i]);
     fprintf(stderr, "\n");
