@@ -687,6 +687,17 @@ static int moe_new(cu_layer *G, int E, int K, int Im, int Is, bool sh_gated, qc_
     return QC_OK;
 }
 
+/* After a layer's experts were made (weight_bytes was wb0 before them): a
+ * decode step reads K of the E experts, so they count K / E of their bytes;
+ * then the device tables of their descriptors. */
+static int moe_finish(qc_cuda_model *cm, cu_moe *mo, int64_t wb0, qc_err *err)
+{
+    cm->weight_bytes = wb0 + (cm->weight_bytes - wb0) * mo->K / mo->E;
+    int rc = moe_table(cm, mo, mo->gu, 2, mo->Im, &mo->t_gu, err);
+    if (!rc) rc = moe_table(cm, mo, mo->down, 1, cm->sh.D, &mo->t_down, err);
+    return rc;
+}
+
 /* One layer's MoE MLP (cu_moe). A decode step reads K of the E experts, so
  * they count K / E of their bytes in weight_bytes. */
 static int upload_moe(qc_cuda_model *cm, const qc_config *c, const qc_layer_weights *L, cu_layer *G, qc_err *err)
@@ -720,11 +731,7 @@ static int upload_moe(qc_cuda_model *cm, const qc_config *c, const qc_layer_weig
         rc = upload_fused(cm, gu, 2, &mo->gu[e], err);
         if (!rc) rc = upload_fused(cm, dn, 1, &mo->down[e], err);
     }
-    if (rc) return rc;
-    cm->weight_bytes = wb0 + (cm->weight_bytes - wb0) * mo->K / E;
-    rc = moe_table(cm, mo, mo->gu, 2, mo->Im, &mo->t_gu, err);
-    if (!rc) rc = moe_table(cm, mo, mo->down, 1, cm->sh.D, &mo->t_down, err);
-    return rc;
+    return rc ? rc : moe_finish(cm, mo, wb0, err);
 }
 
 static int upload_embed(qc_cuda_model *cm, const qc_tensor *t, uint16_t **out, qc_err *err)
@@ -1033,11 +1040,7 @@ static int synth_moe(qc_cuda_model *cm, int mix, cu_layer *G, uint64_t *s, qc_er
         rc = synth_group(cm, mix, rgu, nex, 2, D, (*s)++, &mo->gu[e], err);
         if (!rc) rc = synth_group(cm, mix, &rd, &D, 1, mo->Im, (*s)++, &mo->down[e], err);
     }
-    if (rc) return rc;
-    cm->weight_bytes = wb0 + (cm->weight_bytes - wb0) * mo->K / mo->E;
-    rc = moe_table(cm, mo, mo->gu, 2, mo->Im, &mo->t_gu, err);
-    if (!rc) rc = moe_table(cm, mo, mo->down, 1, D, &mo->t_down, err);
-    return rc;
+    return rc ? rc : moe_finish(cm, mo, wb0, err);
 }
 
 int qc_cuda_model_synthetic_fmt(const qc_cuda_shape *sh, const char *fmt, uint64_t seed, qc_cuda_model **out,
@@ -1687,16 +1690,16 @@ static int moe_lists(qc_cuda_sess *cs, const cu_moe *mo, int T, qc_err *err)
         cnt[cs->hm_sel[i] + 1]++;
     }
     for (int x = 0; x < E; x++) cnt[x + 1] += cnt[x];
-    /* counting sort by expert; i ascending keeps the tokens ascending */
-    int *at = malloc((size_t)E * sizeof *at);
-    if (!at) return qc_err_set(err, QC_EXIT_RUNTIME, "out of host memory for the expert lists");
-    memcpy(at, cnt, (size_t)E * sizeof *at);
+    /* counting sort by expert, cnt[x] as expert x's cursor (i ascending
+     * keeps the tokens ascending); the cursors end at the next expert's
+     * start, so one shift gives the starts back */
     for (int i = 0; i < n; i++) {
-        const int j = at[cs->hm_sel[i]]++;
+        const int j = cnt[cs->hm_sel[i]]++;
         cs->hm_rows[j] = i / K;
         cs->hm_rw[j] = cs->hm_wts[i];
     }
-    free(at);
+    memmove(cnt + 1, cnt, (size_t)E * sizeof *cnt);
+    cnt[0] = 0;
     e = cudaMemcpyAsync(cs->m_rows, cs->hm_rows, (size_t)n * 4, cudaMemcpyHostToDevice, st);
     if (e == cudaSuccess) e = cudaMemcpyAsync(cs->m_rw, cs->hm_rw, (size_t)n * 4, cudaMemcpyHostToDevice, st);
     if (e != cudaSuccess) return qc_err_set(err, QC_EXIT_RUNTIME, "CUDA: copying the expert lists failed");
