@@ -3,8 +3,8 @@
  *
  * Reports, in one run: the achievable bandwidth (a 1 GiB device-to-device
  * copy, bytes read + written); load time and GB/s; prefill tokens/s and TTFT
- * (prefill + first sampled token) at 512, 1000, 2048 and 8192 tokens; decode
- * tokens/s and inter-token latency p50/p99 at context 0, 4096 and 32768 (each
+ * (prefill + first sampled token) at 32, 128, 512, 1000, 2048 and 8192
+ * tokens; decode tokens/s and inter-token latency p50/p99 at context 0, 4096 and 32768 (each
  * step = the captured CUDA graph + on-device sampling + a 4-byte copy);
  * bytes one decode step must read and the achieved fraction of the copy
  * bandwidth; a per-kernel profile of one decode step; the VRAM split.
@@ -187,8 +187,10 @@ int cmd_bench(int argc, char **argv)
     }
     sh = *qc_cuda_model_shape(cm);
     int ctxs[] = {0, 4096, 32768};
-    int pre[] = {512, 1000, 2048, 8192};
-    const int nctx = 3, npre = 4, chunk = 8192;
+    /* 32 and 128: a chat turn's prompt (a MoE model runs such chunks as
+     * pair GEMVs, longer ones as one GEMM per expert) */
+    int pre[] = {32, 128, 512, 1000, 2048, 8192};
+    const int nctx = 3, npre = 6, chunk = 8192;
     int max_ctx = ctxs[nctx - 1] + steps + 8;
     qc_cuda_sess *cs = NULL;
     bool root_made = false;

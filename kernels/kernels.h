@@ -280,10 +280,19 @@ int qk_sample_topc(const float *logits, int n_valid, int C, int32_t *out, qk_str
 
 /* Per token t: softmax over the E router logits logits[t * ld + e], the K
  * largest (ties to the lower index), their probabilities renormalised to
- * sum 1: sel[t * K + j] (int32, best first) and wts[t * K + j]. E <= 1024,
+ * sum 1: sel[t * Kt + j] (int32, best first) and wts[t * Kt + j], where
+ * Kt = K + (shared != 0). shared 1 or 2: entry K is the shared expert,
+ * index E, at weight 1 (1) or sigmoid(logits[t * ld + E]) (2). E <= 1024,
  * K <= 32. The selection compares logits, which orders the experts as their
  * probabilities do. */
-int qk_moe_route(const float *logits, int ld, int T, int E, int K, int32_t *sel, float *wts, qk_stream st);
+int qk_moe_route(const float *logits, int ld, int T, int E, int K, int shared, int32_t *sel, float *wts,
+                 qk_stream st);
+
+/* Prefill: order[0..n) a permutation of the pairs 0..n-1 with the pairs of
+ * each expert sel[i] (in [0, E), E <= 1025) together and the experts
+ * ascending, so the pairs that read one expert's weights run side by side
+ * (qk_gemv_moe's order). Within an expert the order is not fixed. */
+int qk_moe_order(const int32_t *sel, int n, int E, int32_t *order, qk_stream st);
 
 /* h[t, c] += sum_j w[t, j] * ye[(t * K + j) * D + c] + g_t * ysh[t * D + c]
  * with w = wts (NULL: 1) and g_t = sigmoid(sg[t * sg_ld]) (sg NULL: 1); ysh

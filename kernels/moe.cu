@@ -16,32 +16,41 @@
 #include "gemv_q.cuh"
 #include "kernels.h"
 
-/* Grid (blocks per part, K * P): block (b, j * P + i) holds row groups
- * b * QG_WARPS / S ... of part i of expert sel[j]. */
+#define MR_EMAX 1024
+#define MR_EMAX_ORDER (MR_EMAX + 1) /* the experts and a shared expert */
+
+/* Grid (blocks per part, n * P): block (b, s * P + i) holds row groups
+ * b * QG_WARPS / S ... of part i of the expert of pair q = order[s] (s
+ * without an order), which reads x row q / xdiv and writes y row q. */
 __global__ void __launch_bounds__(QG_THREADS, QG_MINB)
     k_gemv_moe(const qg_part *__restrict__ table, int E, int P, const int32_t *__restrict__ sel,
-               const uint16_t *__restrict__ x, long long xs, float *__restrict__ y, long long ys, int S)
+               const int32_t *__restrict__ order, const uint16_t *__restrict__ x, int xdiv, long long xs,
+               float *__restrict__ y, long long ys, int S)
 {
     __shared__ qg_part sp;
+    __shared__ int sq;
     __shared__ float red[QG_WARPS * QK_QROWS];
     qk_pdl_trigger();
     qk_pdl_wait();
-    const int j = (int)blockIdx.y / P, i = (int)blockIdx.y % P;
+    const int s = (int)blockIdx.y / P, i = (int)blockIdx.y % P;
     if (threadIdx.x == 0) {
-        int e = sel[j];
+        const int q = order ? order[s] : s;
+        int e = sel[q];
         /* qk_moe_route writes indices in [0, E); the clamp only keeps a
          * corrupted index from reading outside the table */
         e = e < 0 ? 0 : e >= E ? E - 1 : e;
         sp = table[(size_t)e * P + i];
+        sq = q;
     }
     __syncthreads();
     const qg_part &p = sp;
+    const int q = sq;
     const int warp = (int)threadIdx.x >> 5, lane = (int)threadIdx.x & 31, ks = warp % S;
     const int row0 = ((int)blockIdx.x * (QG_WARPS / S) + warp / S) * QK_QROWS;
-    float t = qg_rowgroup_dot(p, row0, x + (size_t)j * xs, ks, S);
+    float t = qg_rowgroup_dot(p, row0, x + (size_t)(q / xdiv) * xs, ks, S);
     if (!qg_rowgroup_sum(t, S, ks, red)) return;
     const int row = row0 + lane;
-    if (lane < QK_QROWS && row < p.n) y[(size_t)j * ys + (size_t)i * p.n + row] = t * p.post;
+    if (lane < QK_QROWS && row < p.n) y[(size_t)q * ys + (size_t)i * p.n + row] = t * p.post;
 }
 
 extern "C" size_t qk_moe_table_bytes(int n) { return n > 0 ? (size_t)n * sizeof(qg_part) : 0; }
@@ -74,33 +83,78 @@ extern "C" int qk_moe_table_fill(const qk_qweight *const *w, int E, int P, void 
     return 0;
 }
 
-extern "C" int qk_gemv_moe(const qk_moe_table *t, const int32_t *sel, int K, const uint16_t *x, int64_t xs, float *y,
-                           int64_t ys, struct CUstream_st *st)
+extern "C" int qk_gemv_moe(const qk_moe_table *t, const int32_t *sel, int n, const int32_t *order,
+                           const uint16_t *x, int xdiv, int64_t xs, float *y, int64_t ys, struct CUstream_st *st)
 {
-    if (!t || !t->d || !sel || !x || !y || K <= 0 || K * t->P > 65535 || xs < 0 || xs % 8 ||
-        ((uintptr_t)x & 15) || ys < (int64_t)t->P * t->n)
+    if (!t || !t->d || !sel || !x || !y || n <= 0 || (int64_t)n * t->P > 65535 || xdiv <= 0 || xs < 0 ||
+        xs % 8 || ((uintptr_t)x & 15) || ys < (int64_t)t->P * t->n)
         return (int)cudaErrorInvalidValue;
     /* Warps per row group as the dense launcher picks them (gemv_multi.cu:
      * split K while the launch has fewer warps than two resident blocks per
      * SM hold and each warp keeps a chunk per lane). */
     const int nsm = qk_sm_count() > 0 ? qk_sm_count() : 132;
-    const int groups = t->groups * K * t->P;
+    const int64_t groups = (int64_t)t->groups * n * t->P;
     int S = 1;
     while (S < QG_WARPS && groups * S < nsm * 16 && t->kc_min >= 64 * S) S *= 2;
     const int gpb = QG_WARPS / S;
     cudaLaunchConfig_t cfg;
     cudaLaunchAttribute at[1];
-    qk_launch_cfg(&cfg, at, dim3((unsigned)((t->groups + gpb - 1) / gpb), (unsigned)(K * t->P)), dim3(QG_THREADS),
+    qk_launch_cfg(&cfg, at, dim3((unsigned)((t->groups + gpb - 1) / gpb), (unsigned)(n * t->P)), dim3(QG_THREADS),
                   st, qk_pdl_ok(st));
-    const int rc = (int)cudaLaunchKernelEx(&cfg, k_gemv_moe, (const qg_part *)t->d, t->E, t->P, sel, x,
+    const int rc = (int)cudaLaunchKernelEx(&cfg, k_gemv_moe, (const qg_part *)t->d, t->E, t->P, sel, order, x, xdiv,
                                            (long long)xs, y, (long long)ys, S);
     return rc ? rc : qk_launch_status();
+}
+
+/* ---- the pairs of a prefill chunk in expert order ---- */
+
+#define MO_THREADS 1024
+
+/* One block: a counting sort of the n pairs by expert. Where a pair lands
+ * among its expert's pairs depends on the atomics' order, which changes
+ * nothing computed: every pair writes its own output row. */
+__global__ void __launch_bounds__(MO_THREADS) k_moe_order(const int32_t *sel, int n, int E, int32_t *order)
+{
+    __shared__ int cnt[MR_EMAX_ORDER];
+    const int lane = (int)threadIdx.x & 31;
+    for (int e = (int)threadIdx.x; e < E; e += MO_THREADS) cnt[e] = 0;
+    __syncthreads();
+    for (int i = (int)threadIdx.x; i < n; i += MO_THREADS) {
+        const int e = sel[i];
+        atomicAdd(&cnt[e < 0 ? 0 : e >= E ? E - 1 : e], 1);
+    }
+    __syncthreads();
+    if (threadIdx.x < 32) { /* exclusive prefix sum, 32 experts a round */
+        int run = 0;
+        for (int b = 0; b < E; b += 32) {
+            const int v = b + lane < E ? cnt[b + lane] : 0;
+            int inc = v;
+            for (int o = 1; o < 32; o <<= 1) {
+                const int u = __shfl_up_sync(0xffffffffu, inc, o);
+                if (lane >= o) inc += u;
+            }
+            if (b + lane < E) cnt[b + lane] = run + inc - v;
+            run += __shfl_sync(0xffffffffu, inc, 31);
+        }
+    }
+    __syncthreads();
+    for (int i = (int)threadIdx.x; i < n; i += MO_THREADS) {
+        const int e = sel[i];
+        order[atomicAdd(&cnt[e < 0 ? 0 : e >= E ? E - 1 : e], 1)] = i;
+    }
+}
+
+extern "C" int qk_moe_order(const int32_t *sel, int n, int E, int32_t *order, qk_stream st)
+{
+    if (n <= 0) return 0;
+    if (!sel || !order || E <= 0 || E > MR_EMAX_ORDER) return (int)cudaErrorInvalidValue;
+    k_moe_order<<<1, MO_THREADS, 0, st>>>(sel, n, E, order);
+    return (int)cudaGetLastError();
 }
 
 /* ---- routing ---- */
 
 #define MR_THREADS 128
-#define MR_EMAX 1024
 #define MR_KMAX 32
 
 /* The better of two (logit, index) candidates: the larger logit, on a tie
@@ -113,31 +167,33 @@ __device__ __forceinline__ void mr_better(float &v, int &e, float v2, int e2)
     }
 }
 
-/* One block per token: K rounds of a block-wide argmax over the experts
- * not yet taken, then the renormalised softmax weights of the K (the full
- * softmax's denominator cancels in the renormalisation). */
-__global__ void __launch_bounds__(MR_THREADS) k_moe_route(const float *logits, int ld, int E, int K, int32_t *sel,
-                                                          float *wts)
+/* One token's choice by a block of MR_THREADS threads from its logits lg
+ * (E experts, then the shared expert's gate at lg[E]): K
+ * rounds of a block-wide argmax over the experts not yet taken, then the
+ * renormalised softmax weights of the K (the full softmax's denominator
+ * cancels in the renormalisation); with a shared expert, entry K is expert
+ * E at weight 1 or sigmoid(logit E). Writes Kt = K + (shared != 0) entries
+ * of sel and wts. Every thread of the block must call it. */
+__device__ void mr_route_token(const float *lg, int E, int K, int shared, int32_t *sel, float *wts)
 {
     __shared__ float l[MR_EMAX];
     __shared__ unsigned char taken[MR_EMAX];
     __shared__ float wv[MR_THREADS / 32];
     __shared__ int we[MR_THREADS / 32];
     __shared__ int chosen[MR_KMAX];
-    qk_pdl_trigger();
-    qk_pdl_wait();
-    const size_t t = blockIdx.x;
     const int lane = (int)threadIdx.x & 31, warp = (int)threadIdx.x >> 5;
     for (int e = (int)threadIdx.x; e < E; e += MR_THREADS) {
-        l[e] = logits[t * ld + e];
+        l[e] = lg[e];
         taken[e] = 0;
     }
     __syncthreads();
     for (int j = 0; j < K; j++) {
         float v = 0.0f;
         int b = -1;
+        /* a NaN is no candidate: kept as one, it would hide this thread's
+         * later experts (no logit compares greater than NaN) */
         for (int e = (int)threadIdx.x; e < E; e += MR_THREADS)
-            if (!taken[e]) mr_better(v, b, l[e], e);
+            if (!taken[e] && !isnan(l[e])) mr_better(v, b, l[e], e);
         for (int o = 16; o; o >>= 1) {
             const float v2 = __shfl_xor_sync(0xffffffffu, v, o);
             const int b2 = __shfl_xor_sync(0xffffffffu, b, o);
@@ -166,21 +222,38 @@ __global__ void __launch_bounds__(MR_THREADS) k_moe_route(const float *logits, i
             tot += p[j];
         }
         for (int j = 0; j < K; j++) {
-            sel[t * K + j] = chosen[j];
-            wts[t * K + j] = p[j] / tot;
+            sel[j] = chosen[j];
+            wts[j] = p[j] / tot;
+        }
+        if (shared) {
+            sel[K] = E;
+            wts[K] = shared == 2 ? qk_sigmoid(lg[E]) : 1.0f;
         }
     }
 }
 
-extern "C" int qk_moe_route(const float *logits, int ld, int T, int E, int K, int32_t *sel, float *wts, qk_stream st)
+/* One block per token. */
+__global__ void __launch_bounds__(MR_THREADS) k_moe_route(const float *logits, int ld, int E, int K, int shared,
+                                                          int32_t *sel, float *wts)
+{
+    qk_pdl_trigger();
+    qk_pdl_wait();
+    const size_t t = blockIdx.x, Kt = (size_t)K + (shared != 0);
+    mr_route_token(logits + t * ld, E, K, shared, sel + t * Kt, wts + t * Kt);
+}
+
+
+extern "C" int qk_moe_route(const float *logits, int ld, int T, int E, int K, int shared, int32_t *sel, float *wts,
+                            qk_stream st)
 {
     if (T <= 0) return 0;
-    if (!logits || !sel || !wts || E <= 0 || E > MR_EMAX || K <= 0 || K > MR_KMAX || K > E || ld < E)
+    if (!logits || !sel || !wts || E <= 0 || E > MR_EMAX || K <= 0 || K > MR_KMAX || K > E || shared < 0 ||
+        shared > 2 || ld < E + (shared == 2))
         return (int)cudaErrorInvalidValue;
     cudaLaunchConfig_t cfg;
     cudaLaunchAttribute at[1];
     qk_launch_cfg(&cfg, at, dim3((unsigned)T), dim3(MR_THREADS), st, qk_pdl_ok(st));
-    const int rc = (int)cudaLaunchKernelEx(&cfg, k_moe_route, logits, ld, E, K, sel, wts);
+    const int rc = (int)cudaLaunchKernelEx(&cfg, k_moe_route, logits, ld, E, K, shared, sel, wts);
     return rc ? rc : qk_launch_status();
 }
 

@@ -142,12 +142,15 @@ size_t qk_moe_table_bytes(int n);
  * parts of different shapes). */
 int qk_moe_table_fill(const qk_qweight *const *w, int E, int P, void *dev, qk_moe_table *t);
 
-/* Decode: for each of the K chosen experts j (sel[j], device int32) and each
- * part i: y[j * ys + i * n + r] = sum_k W[r, k] x[j * xs + k] for r < n
- * (fp32, no accumulate). xs: 0 when every expert reads the same x (gate|up),
- * the stride of the per-expert inputs otherwise (down; a multiple of 8). */
-int qk_gemv_moe(const qk_moe_table *t, const int32_t *sel, int K, const uint16_t *x, int64_t xs, float *y,
-                int64_t ys, struct CUstream_st *st);
+/* For each of n (token, expert) pairs q, expert sel[q] (device int32) and
+ * each part i: y[q * ys + i * n_part + r] = sum_k W[r, k] x[(q / xdiv) * xs
+ * + k] for r < n_part (fp32, no accumulate). A decode step's gate|up: the
+ * chosen experts share one x (xdiv = n); down: xdiv 1, xs the stride of
+ * the per-pair inputs (a multiple of 8); prefill pairs are token-major, so
+ * gate|up reads token q / Kt. order (device, or NULL for 0..n-1): the order
+ * in which the pairs' blocks are launched (qk_moe_order). */
+int qk_gemv_moe(const qk_moe_table *t, const int32_t *sel, int n, const int32_t *order, const uint16_t *x, int xdiv,
+                int64_t xs, float *y, int64_t ys, struct CUstream_st *st);
 
 /* Launch variant of the GEMVs above (gemv_multi.cu lists them): 0 = the
  * default; others for A/B benchmarks and tests (QCHAT_GEMV_MODE). */

@@ -1210,11 +1210,13 @@ static void moe_build(pub *p, int e, int i, int64_t N, int64_t K)
 }
 #endif
 
-/* qk_gemv_moe: E experts of P parts [N, K]; the experts sel (device) each
- * read their own x row when xs > 0. Every output against a double dot of
- * the CPU dequantization, and nothing written outside the K * P * N rows. */
+/* qk_gemv_moe: E experts of P parts [N, K]; pair j runs expert sel[j] on
+ * x row j / xdiv (xdiv 0: one x for all). With ordered, the pairs run in
+ * the order qk_moe_order gives, which is also checked (a permutation with
+ * each expert's pairs together, experts ascending). Every output against a
+ * double dot of the CPU dequantization, nothing written outside the rows. */
 static void moe_gemv_check(const char *name, int E, int P, int64_t N, int64_t K, const int32_t *sel, int nsel,
-                           int per_slot_x)
+                           int xdiv, bool ordered)
 {
     if (!gpu_init()) {
         th_skip(name, gpu_why);
@@ -1233,7 +1235,7 @@ static void moe_gemv_check(const char *name, int E, int P, int64_t N, int64_t K,
             if (!part_upload(&pb[e * P + i], e * P + i, &d[e * P + i], why, sizeof why)) ok = 0;
             dp[e * P + i] = &d[e * P + i];
         }
-    const int64_t xs = per_slot_x ? (K + 7) / 8 * 8 : 0, nx = per_slot_x ? xs * nsel : K;
+    const int64_t xs = xdiv ? (K + 7) / 8 * 8 : 0, nx = xdiv ? xs * ((nsel + xdiv - 1) / xdiv) : K;
     uint16_t *xb = calloc((size_t)nx, 2);
     for (int64_t k = 0; k < nx; k++) xb[k] = qc_f32_to_bf16((float)((double)(urand() >> 11) / 4503599627370496.0 - 1.0));
     const int64_t ys = P * N + 3, ny = ys * nsel; /* 3 rows of slack per slot: must stay untouched */
@@ -1242,7 +1244,7 @@ static void moe_gemv_check(const char *name, int E, int P, int64_t N, int64_t K,
     for (int j = 0; ok && j < nsel; j++)
         for (int i = 0; i < P; i++) {
             qc_linear_dequant_rows(&pb[sel[j] * P + i].l, 0, N, ref);
-            const uint16_t *x = xb + j * xs;
+            const uint16_t *x = xb + (xdiv ? j / xdiv : 0) * xs;
             for (int64_t r = 0; r < N; r++) {
                 double acc = 0;
                 for (int64_t k = 0; k < K; k++) acc += (double)ref[r * K + k] * qc_bf16_to_f32(x[k]);
@@ -1252,9 +1254,10 @@ static void moe_gemv_check(const char *name, int E, int P, int64_t N, int64_t K,
     free(ref);
     void *table = NULL;
     uint16_t *dx = NULL;
-    int32_t *dsel = NULL;
+    int32_t *dsel = NULL, *dord = NULL;
     float *dy = NULL;
     cudaMalloc(&table, qk_moe_table_bytes(n));
+    cudaMalloc((void **)&dord, (size_t)nsel * 4);
     cudaMalloc((void **)&dx, (size_t)nx * 2);
     cudaMalloc((void **)&dsel, (size_t)nsel * 4);
     cudaMalloc((void **)&dy, (size_t)ny * 4);
@@ -1266,8 +1269,25 @@ static void moe_gemv_check(const char *name, int E, int P, int64_t N, int64_t K,
     cudaStreamCreateWithFlags(&qs, cudaStreamNonBlocking);
     if (ok) {
         int trc = qk_moe_table_fill(dp, E, P, table, &t);
-        int krc = trc ? -1 : qk_gemv_moe(&t, dsel, nsel, dx, xs, dy, ys, qs);
+        int orc = ordered ? qk_moe_order(dsel, nsel, E, dord, qs) : 0;
+        int krc = trc || orc ? -1
+                             : qk_gemv_moe(&t, dsel, nsel, ordered ? dord : NULL, dx, xdiv ? xdiv : nsel, xs, dy, ys, qs);
         int src = (int)cudaStreamSynchronize(qs);
+        int bad_order = 0;
+        if (ordered) { /* a permutation, experts ascending */
+            int32_t *ord = malloc((size_t)nsel * 4);
+            char *seen = calloc((size_t)nsel, 1);
+            cudaMemcpy(ord, dord, (size_t)nsel * 4, cudaMemcpyDeviceToHost);
+            for (int j = 0; j < nsel; j++) {
+                if (ord[j] < 0 || ord[j] >= nsel || seen[ord[j]]++) {
+                    bad_order++;
+                    continue;
+                }
+                if (j && ord[j - 1] >= 0 && ord[j - 1] < nsel && sel[ord[j - 1]] > sel[ord[j]]) bad_order++;
+            }
+            free(ord);
+            free(seen);
+        }
         float *y = malloc((size_t)ny * sizeof *y);
         cudaMemcpy(y, dy, (size_t)ny * 4, cudaMemcpyDeviceToHost);
         double worst = 0;
@@ -1282,9 +1302,9 @@ static void moe_gemv_check(const char *name, int E, int P, int64_t N, int64_t K,
             }
         }
         free(y);
-        ok = trc == 0 && krc == 0 && src == 0 && worst < 1e-5 && stray == 0;
-        snprintf(why, sizeof why, "table %d launch %d sync %d worst rel_l2 %.3g, %lld stray writes", trc, krc, src,
-                 worst, (long long)stray);
+        ok = trc == 0 && krc == 0 && src == 0 && worst < 1e-5 && stray == 0 && bad_order == 0;
+        snprintf(why, sizeof why, "table %d launch %d sync %d worst rel_l2 %.3g, %lld stray writes, %d misordered",
+                 trc, krc, src, worst, (long long)stray, bad_order);
         printf("# %s: %d of %d experts, P=%d, %lldx%lld: worst rel_l2 %.3g\n", name, nsel, E, P, (long long)N,
                (long long)K, worst);
     }
@@ -1293,6 +1313,7 @@ static void moe_gemv_check(const char *name, int E, int P, int64_t N, int64_t K,
     cudaFree(table);
     cudaFree(dx);
     cudaFree(dsel);
+    cudaFree(dord);
     cudaFree(dy);
     free(xb);
     free(yr);
@@ -1304,8 +1325,31 @@ static void moe_gemv_check(const char *name, int E, int P, int64_t N, int64_t K,
     free(d);
     free(dp);
 #else
-    (void)E, (void)P, (void)N, (void)K, (void)sel, (void)nsel, (void)per_slot_x;
+    (void)E, (void)P, (void)N, (void)K, (void)sel, (void)nsel, (void)xdiv, (void)ordered;
 #endif
+}
+
+/* The CPU engine's choice (cpu_moe.c: softmax, top-k by probability, ties
+ * to the lower index, renormalised) for one token's E logits; a NaN logit
+ * counts as probability 0 (the GPU rule: it never wins). */
+static void moe_route_ref(const float *lg, int E, int K, int32_t *sel, float *w)
+{
+    double mx = -INFINITY, tot = 0, *pr = malloc(sizeof(double) * (size_t)E);
+    for (int e = 0; e < E; e++)
+        if (lg[e] > mx) mx = lg[e];
+    for (int e = 0; e < E; e++) pr[e] = isnan(lg[e]) ? 0 : exp(lg[e] - mx);
+    for (int j = 0; j < K; j++) {
+        int b = -1;
+        for (int e = 0; e < E; e++) {
+            bool taken = false;
+            for (int i = 0; i < j; i++) taken |= sel[i] == e;
+            if (!taken && (b < 0 || pr[e] > pr[b])) b = e;
+        }
+        sel[j] = b;
+        tot += pr[b];
+    }
+    for (int j = 0; j < K; j++) w[j] = (float)(pr[sel[j]] / tot);
+    free(pr);
 }
 
 /* qk_moe_route against the CPU engine's rule (cpu_moe.c: softmax, top-k by
@@ -1313,9 +1357,9 @@ static void moe_gemv_check(const char *name, int E, int P, int64_t N, int64_t K,
  * ties; then qk_moe_combine, gather and scatter-add against plain loops. */
 static void moe_route_check(void)
 {
-    static const char *const names[] = {"moe_route", "moe_combine", "moe_gather_scatter"};
+    static const char *const names[] = {"moe_route", "moe_combine", "moe_gather_scatter", "moe_route_shared"};
     if (!gpu_init()) {
-        for (int i = 0; i < 3; i++) th_skip(names[i], gpu_why);
+        for (int i = 0; i < 4; i++) th_skip(names[i], gpu_why);
         return;
     }
 #ifdef QC_HAVE_CUDA
@@ -1328,28 +1372,10 @@ static void moe_route_check(void)
     lg[3 * LD + 5] = NAN;                                                         /* a NaN never wins */
     int32_t rsel[T * K];
     float rw[T * K];
-    for (int t = 0; t < T; t++) {
-        double mx = -INFINITY, sum = 0, pr[E];
-        for (int e = 0; e < E; e++)
-            if (lg[t * LD + e] > mx) mx = lg[t * LD + e];
-        for (int e = 0; e < E; e++) sum += pr[e] = isnan(lg[t * LD + e]) ? 0 : exp(lg[t * LD + e] - mx);
-        double tot = 0;
-        for (int j = 0; j < K; j++) {
-            int b = -1;
-            for (int e = 0; e < E; e++) {
-                bool taken = false;
-                for (int i = 0; i < j; i++) taken |= rsel[t * K + i] == e;
-                if (!taken && (b < 0 || pr[e] > pr[b])) b = e;
-            }
-            rsel[t * K + j] = b;
-            tot += pr[b];
-        }
-        for (int j = 0; j < K; j++) rw[t * K + j] = (float)(pr[rsel[t * K + j]] / tot);
-        (void)sum;
-    }
+    for (int t = 0; t < T; t++) moe_route_ref(lg + t * LD, E, K, rsel + t * K, rw + t * K);
     float *dl = dput(lg, sizeof(float) * T * LD), *dw = dput(NULL, sizeof(float) * T * K);
     int32_t *ds = dput(NULL, sizeof(int32_t) * T * K);
-    int rc = qk_moe_route(dl, LD, T, E, K, ds, dw, NULL), src = (int)cudaDeviceSynchronize();
+    int rc = qk_moe_route(dl, LD, T, E, K, 0, ds, dw, NULL), src = (int)cudaDeviceSynchronize();
     int32_t gsel[T * K];
     float gw[T * K];
     cudaMemcpy(gsel, ds, sizeof gsel, cudaMemcpyDeviceToHost);
@@ -1362,6 +1388,30 @@ static void moe_route_check(void)
     }
     CHECK(names[0], !rc && !src && !sel_diff && wmax < 1e-6, "launch %d sync %d, %d choices differ, weights off by %.3g",
           rc, src, sel_diff, wmax);
+
+    /* with the shared expert as entry K: expert E at weight 1 or sigmoid(logit E) */
+    int32_t *ds2 = dput(NULL, sizeof(int32_t) * T * (K + 1));
+    float *dw2 = dput(NULL, sizeof(float) * T * (K + 1));
+    int sh_bad = 0;
+    double shmax = 0;
+    for (int shared = 1; shared <= 2; shared++) {
+        rc |= qk_moe_route(dl, LD, T, E, K, shared, ds2, dw2, NULL);
+        src |= (int)cudaDeviceSynchronize();
+        int32_t s2[T * (K + 1)];
+        float w2[T * (K + 1)];
+        cudaMemcpy(s2, ds2, sizeof s2, cudaMemcpyDeviceToHost);
+        cudaMemcpy(w2, dw2, sizeof w2, cudaMemcpyDeviceToHost);
+        for (int t = 0; t < T; t++) {
+            for (int j = 0; j < K; j++) sh_bad += s2[t * (K + 1) + j] != gsel[t * K + j] || w2[t * (K + 1) + j] != gw[t * K + j];
+            const double g = shared == 2 ? 1.0 / (1.0 + exp(-(double)lg[t * LD + E])) : 1.0;
+            sh_bad += s2[t * (K + 1) + K] != E;
+            if (fabs(w2[t * (K + 1) + K] - g) > shmax) shmax = fabs(w2[t * (K + 1) + K] - g);
+        }
+    }
+    CHECK(names[3], !rc && !src && !sh_bad && shmax < 1e-6, "launch %d sync %d, %d entries differ, gate off by %.3g", rc,
+          src, sh_bad, shmax);
+    cudaFree(ds2);
+    cudaFree(dw2);
 
     /* combine: h += sum_j w ye + sigmoid(router row E) ysh */
     float *h = malloc(sizeof(float) * T * D), *ye = malloc(sizeof(float) * T * K * D), *ysh = malloc(sizeof(float) * T * D);
@@ -1431,9 +1481,15 @@ static void test_moe(void)
      * expert); K = 256 keeps every layout's whole groups, N = 72 is not a
      * multiple of 64, 2 * 5 * 72 rows split K across warps on a large GPU */
     static const int32_t sel3[] = {3, 0, 4}, sel5[] = {4, 2, 1, 3, 0}, sel1[] = {2};
-    moe_gemv_check("moe_gemv_gate_up_3of5", 5, 2, 72, 256, sel3, 3, 0);
-    moe_gemv_check("moe_gemv_down_5of5", 5, 1, 72, 256, sel5, 5, 1);
-    moe_gemv_check("moe_gemv_one_expert_tall", 5, 1, 3000, 512, sel1, 1, 1);
+    moe_gemv_check("moe_gemv_gate_up_3of5", 5, 2, 72, 256, sel3, 3, 0, false);
+    moe_gemv_check("moe_gemv_down_5of5", 5, 1, 72, 256, sel5, 5, 1, false);
+    moe_gemv_check("moe_gemv_one_expert_tall", 5, 1, 3000, 512, sel1, 1, 1, false);
+    /* a prefill chunk's pairs: 7 tokens x 3 choices, the last choice of each
+     * token the shared entry 4, gate|up reading x row j / 3 and down its own
+     * row, in expert order (experts repeat across tokens) */
+    static const int32_t pairs[] = {0, 3, 4, 2, 0, 4, 3, 1, 4, 0, 2, 4, 1, 3, 4, 3, 0, 4, 2, 1, 4};
+    moe_gemv_check("moe_gemv_pairs_gate_up", 5, 2, 72, 256, pairs, 21, 3, true);
+    moe_gemv_check("moe_gemv_pairs_down", 5, 1, 72, 256, pairs, 21, 1, true);
     moe_route_check();
 }
 

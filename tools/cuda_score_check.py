@@ -194,6 +194,12 @@ def main():
                           (tag, int(np.sum((pred == cpu_pred) & cpu_clear)), int(cpu_clear.sum())))
                     print(("ok %s" % tag) if not bad else ("FAIL %s: steps %s differ" % (tag, bad)))
                     failed += bool(bad)
+                    for j in bad:  # how near the step was: margins and this row's distance from the CPU
+                        row = o["logits"][pl - 1 + j].astype(np.float64)
+                        g2 = np.sort(row)[-2:]
+                        print("#   step %d: golden margin %.4f, CPU margin %.4f, %s margin %.4f, rel L2 vs CPU %.4f"
+                              % (j, gm[j], top2[j, 1] - top2[j, 0], device, g2[1] - g2[0],
+                                 np.linalg.norm(row - lg[j]) / np.linalg.norm(lg[j])))
     return 1 if failed else 0
 
 
