@@ -1326,7 +1326,7 @@ static int sess_arena(qc_cuda_sess *cs, int T, int lrows, qc_err *err)
         t * cm->moe_ld * 4,                                   /* m_log */
         t * cm->moe_Kt * 4, t * cm->moe_Kt * 4,               /* m_sel, m_wts */
         cm->moe_K ? t * sh->D * 4 : 0,                        /* m_ysh */
-        (np > t ? np : t) * sh->D * 4,                        /* m_ye */
+        cm->moe_K ? (np > t ? np : t) * sh->D * 4 : 0,        /* m_ye */
         cm->moe_K ? t * sh->D * 4 : 0,                        /* m_acc */
         t * cm->moe_K * 4, t * cm->moe_K * 4,                 /* m_rows, m_rw */
         (np * 4 > t * 2 ? np * 4 : t * 2) * 2 * cm->moe_Im,   /* m_gu */
