@@ -1329,6 +1329,7 @@ static void moe_gemv_check(const char *name, int E, int P, int64_t N, int64_t K,
 #endif
 }
 
+#ifdef QC_HAVE_CUDA
 /* The CPU engine's choice (cpu_moe.c: softmax, top-k by probability, ties
  * to the lower index, renormalised) for one token's E logits; a NaN logit
  * counts as probability 0 (the GPU rule: it never wins). */
@@ -1351,6 +1352,7 @@ static void moe_route_ref(const float *lg, int E, int K, int32_t *sel, float *w)
     for (int j = 0; j < K; j++) w[j] = (float)(pr[sel[j]] / tot);
     free(pr);
 }
+#endif
 
 /* qk_moe_route against the CPU engine's rule (cpu_moe.c: softmax, top-k by
  * probability, ties to the lower index, renormalised), including exact
