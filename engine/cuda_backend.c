@@ -55,9 +55,13 @@
 #define CU_DEFAULT_CTX 4096
 #define CU_GEMM_ATTN_MIN 64 /* chunks this long use tensor-core attention (flash, else cuBLAS) */
 /* MoE prefill chunks up to this many tokens run the experts as (token,
- * expert) pair GEMVs (moe_forward, measured there); longer ones one GEMM
- * per expert */
-#define CU_MOE_PAIR_TOKENS 1024
+ * expert) pair GEMVs (moe_forward, measured there); longer ones as grouped
+ * GEMMs (moe_grouped), in passes whose per-pair outputs take at most
+ * CU_MOE_PASS_BYTES; experts of mixed layouts are dequantized
+ * CU_MOE_DQ_BYTES at a time. */
+#define CU_MOE_PAIR_TOKENS 64
+#define CU_MOE_PASS_BYTES ((size_t)256 << 20)
+#define CU_MOE_DQ_BYTES ((size_t)512 << 20)
 
 /* ---- allocations with tags ---- */
 
@@ -171,6 +175,10 @@ typedef struct cu_moe {
      * 0.19 s against 0.21 s). */
     bool sh_table;
     qk_moe_table t_gu, t_down;
+    /* Long prefill chunks as grouped GEMMs (moe_grouped): the tables allow
+     * it (qk_moe_grouped_ok); grouped_dq: the experts are dequantized first
+     * (all but all-BF16 experts). */
+    bool grouped, grouped_dq;
 } cu_moe;
 
 typedef struct cu_layer {
@@ -199,6 +207,7 @@ struct qc_cuda_model {
     uint64_t scale_bytes; /* scales + g_idx permutations of the quantized weights */
     uint16_t *dq;         /* prefill dequantization scratch (bf16), allocated on the first prefill */
     size_t dq_bytes, dq_need;
+    size_t dq_moe;        /* ... and what a grouped MoE chunk needs of it (moe_dq_experts experts) */
     struct cu_loader *ld; /* during cuda_model_init only */
     /* Device buffers held through the shared tensor registry (released on
      * free), and those made by this load, published once uploaded. */
@@ -216,6 +225,8 @@ struct qc_cuda_model {
     int moe_E, moe_K, moe_Im, moe_ld; /* MoE layers (0: dense): experts, chosen, width, router rows */
     int moe_Kt;        /* entries per token of the choices: moe_K, + 1 where the shared expert is in the tables */
     int moe_pair_max;  /* prefill chunks of at most this many tokens run as (token, expert) pair GEMVs */
+    int moe_pass;      /* longer ones: tokens per grouped pass (moe_grouped) */
+    int moe_dq_experts; /* experts dequantized at a time for a grouped pass */
 };
 
 static int cu_model_new(const qc_cuda_shape *sh, qc_cuda_model **out, qc_err *err)
@@ -689,6 +700,18 @@ static void moe_dims(qc_cuda_model *cm)
     int pm = env && *env ? atoi(env) : CU_MOE_PAIR_TOKENS;
     const int cap = 65535 / (2 * cm->moe_Kt);
     cm->moe_pair_max = pm < 1 ? 1 : pm > cap ? cap : pm;
+    /* grouped passes: the per-pair outputs (fp32 [pairs][D]) bounded; the
+     * experts dequantized in equal batches that fit CU_MOE_DQ_BYTES */
+    const size_t D = (size_t)cm->sh.D, per = (size_t)3 * cm->moe_Im * D * 2;
+    const size_t pt = CU_MOE_PASS_BYTES / ((size_t)cm->moe_K * D * 4);
+    cm->moe_pass = pt < 1 ? 1 : pt > 32768 ? 32768 : (int)pt; /* qk_moe_combine: at most 65535 tokens */
+    int nb = (int)(CU_MOE_DQ_BYTES / per);
+    nb = nb < 1 ? 1 : nb > cm->moe_E ? cm->moe_E : nb;
+    const int nbatch = (cm->moe_E + nb - 1) / nb;
+    cm->moe_dq_experts = (cm->moe_E + nbatch - 1) / nbatch;
+    bool dq = false;
+    for (int li = 0; li < cm->sh.n_layers; li++) dq |= cm->L[li].moe && cm->L[li].moe->grouped_dq;
+    cm->dq_moe = dq ? (size_t)cm->moe_dq_experts * per : 0;
 }
 
 /* A cu_moe with its expert arrays, hung on G. */
@@ -720,6 +743,14 @@ static int moe_finish(qc_cuda_model *cm, cu_moe *mo, int64_t wb0, qc_err *err)
     mo->sh_table = mo->Is && mo->Is == mo->Im && !(env && !strcmp(env, "0"));
     int rc = moe_table(cm, mo, mo->gu, mo->sh_table ? &mo->sh_gu : NULL, 2, mo->Im, &mo->t_gu, err);
     if (!rc) rc = moe_table(cm, mo, mo->down, mo->sh_table ? &mo->sh_down : NULL, 1, cm->sh.D, &mo->t_down, err);
+    /* QCHAT_MOE_GROUPED=0 keeps the per-expert GEMMs for long chunks (A/B) */
+    env = getenv("QCHAT_MOE_GROUPED");
+    mo->grouped = !rc && qk_moe_grouped_ok(&mo->t_gu) && qk_moe_grouped_ok(&mo->t_down) && !(env && !strcmp(env, "0"));
+    /* the GEMM decodes one layout family while loading; experts of mixed
+     * layouts (or QCHAT_MOE_DEQUANT=1, for A/B) go through the scratch */
+    env = getenv("QCHAT_MOE_DEQUANT");
+    mo->grouped_dq = mo->grouped && (!qk_moe_gemm_in_place_ok(&mo->t_gu) || !qk_moe_gemm_in_place_ok(&mo->t_down) ||
+                                     (env && !strcmp(env, "1") && (mo->t_gu.kinds | mo->t_down.kinds) != 1 << QK_QW_BF16));
     return rc;
 }
 
@@ -1212,6 +1243,7 @@ struct qc_cuda_sess {
     float *m_xf, *m_log, *m_wts, *m_ysh, *m_ye, *m_acc, *m_rw;
     void *m_gu;
     int32_t *m_sel, *m_rows, *m_order;
+    int32_t *m_off, *m_ts, *m_tiles; /* a grouped pass's plan (qk_moe_plan) */
     uint16_t *m_he, *m_xe;
     int32_t *hm_sel, *hm_rows;
     float *hm_wts, *hm_rw;
@@ -1290,11 +1322,21 @@ static size_t al256(size_t n) { return (n + 255) & ~(size_t)255; }
 static int sess_arena(qc_cuda_sess *cs, int T, int lrows, qc_err *err)
 {
     qc_cuda_model *cm0 = cs->cm;
-    if (T > 1 && cm0->dq_need > cm0->dq_bytes) {
-        /* the model's prefill dequantization scratch, made on the first prefill */
-        int rc = cu_alloc(&cm0->pool, cm0->dq_need, QC_MEM_SCRATCH, (void **)&cm0->dq, err, "dequantization scratch");
+    /* the model's prefill dequantization scratch, made on the first prefill;
+     * a long MoE chunk's expert batches need more (moe_grouped), so only
+     * those grow it */
+    const size_t dq_need = T > cm0->moe_pair_max && cm0->dq_moe > cm0->dq_need ? cm0->dq_moe : cm0->dq_need;
+    if (T > 1 && dq_need > cm0->dq_bytes) {
+        if (cm0->dq) {
+            cudaStreamSynchronize(cm0->st);
+            cu_pool_detach(&cm0->pool, cm0->dq, cm0->dq_bytes, QC_MEM_SCRATCH);
+            cudaFree(cm0->dq);
+            cm0->dq = NULL;
+            cm0->dq_bytes = 0;
+        }
+        int rc = cu_alloc(&cm0->pool, dq_need, QC_MEM_SCRATCH, (void **)&cm0->dq, err, "dequantization scratch");
         if (rc) return rc;
-        cm0->dq_bytes = cm0->dq_need;
+        cm0->dq_bytes = dq_need;
     }
     if (T <= cs->tmax && lrows <= cs->lrows) return QC_OK;
     if (T < cs->tmax) T = cs->tmax;
@@ -1307,8 +1349,12 @@ static int sess_arena(qc_cuda_sess *cs, int T, int lrows, qc_err *err)
     size_t t = (size_t)T;
     size_t wide = (size_t)(sh->Hv * sh->dv > sh->H * sh->hd ? sh->Hv * sh->dv : sh->H * sh->hd);
     if ((size_t)sh->I > wide) wide = sh->I;
-    /* MoE: the most (token, expert) pairs one pair launch runs */
+    /* MoE: the most (token, expert) pairs one pair launch runs, or one
+     * grouped pass (moe_grouped) */
     const size_t np = cm->moe_K ? (size_t)(T < cm->moe_pair_max ? T : cm->moe_pair_max) * cm->moe_Kt : 0;
+    const size_t ngp = cm->moe_K && T > cm->moe_pair_max ? (size_t)(T < cm->moe_pass ? T : cm->moe_pass) * cm->moe_K : 0;
+    const size_t npg = np > ngp ? np : ngp, nyt = npg > t ? npg : t;
+    const size_t ntile = ngp ? ngp / QK_MOE_BM + (size_t)cm->moe_E + 1 : 0;
     size_t sz[] = {
         t * sh->D * 4,                                        /* h */
         t * cm->n_max * 4,                                    /* proj */
@@ -1326,13 +1372,16 @@ static int sess_arena(qc_cuda_sess *cs, int T, int lrows, qc_err *err)
         t * cm->moe_ld * 4,                                   /* m_log */
         t * cm->moe_Kt * 4, t * cm->moe_Kt * 4,               /* m_sel, m_wts */
         cm->moe_K ? t * sh->D * 4 : 0,                        /* m_ysh */
-        cm->moe_K ? (np > t ? np : t) * sh->D * 4 : 0,        /* m_ye */
+        cm->moe_K ? nyt * sh->D * 4 : 0,                      /* m_ye */
         cm->moe_K ? t * sh->D * 4 : 0,                        /* m_acc */
         t * cm->moe_K * 4, t * cm->moe_K * 4,                 /* m_rows, m_rw */
         (np * 4 > t * 2 ? np * 4 : t * 2) * 2 * cm->moe_Im,   /* m_gu */
-        (np > t ? np : t) * cm->moe_Im * 2,                   /* m_he */
-        np * 4,                                               /* m_order */
+        nyt * cm->moe_Im * 2,                                 /* m_he */
+        npg * 4,                                              /* m_order */
         cm->moe_K ? t * sh->D * 2 : 0,                        /* m_xe */
+        ngp ? (size_t)(cm->moe_E + 1) * 4 : 0,                /* m_off */
+        ngp ? (size_t)(cm->moe_E + 1) * 4 : 0,                /* m_ts */
+        ntile * 16,                                           /* m_tiles */
         (t + 4) * 4,                                          /* io + ids */
         cs->attn_gemm_bytes,                                  /* cuBLAS attention blocks */
     };
@@ -1359,6 +1408,7 @@ static int sess_arena(qc_cuda_sess *cs, int T, int lrows, qc_err *err)
                      (void **)&cs->m_xf, (void **)&cs->m_log, (void **)&cs->m_sel, (void **)&cs->m_wts, (void **)&cs->m_ysh,
                      (void **)&cs->m_ye, (void **)&cs->m_acc, (void **)&cs->m_rows, (void **)&cs->m_rw, &cs->m_gu,
                      (void **)&cs->m_he, (void **)&cs->m_order, (void **)&cs->m_xe,
+                     (void **)&cs->m_off, (void **)&cs->m_ts, (void **)&cs->m_tiles,
                      (void **)&cs->d_io, &cs->attn_gemm};
     for (size_t i = 0; i < sizeof sz / sizeof sz[0]; i++) {
         *ptrs[i] = base;
@@ -1760,16 +1810,55 @@ static int moe_pairs(qc_cuda_sess *cs, const cu_moe *mo, int T, int Kt, const fl
     return QC_OK;
 }
 
+/* Chunks longer than moe_pair_max tokens (when the tables allow,
+ * cu_moe.grouped): the pairs sorted by expert on the device and every
+ * expert's tiles in one grouped GEMM launch (kernels/moe_gemm.cu), gate|up
+ * with the SwiGLU, then down into per-pair rows, then the weighted sum;
+ * quantized experts are first dequantized to bf16, moe_dq_experts at a
+ * time, into the dequantization scratch. Passes of at most moe_pass tokens
+ * bound the per-pair rows. No host round trip, ~7 launches per pass and
+ * batch instead of ~7 per expert with tokens. */
+static int moe_grouped(qc_cuda_sess *cs, const cu_moe *mo, int T, const float *ysh, const float *sg, cu_prof *P,
+                       qc_err *err)
+{
+    qc_cuda_model *cm = cs->cm;
+    cudaStream_t st = cm->st;
+    const int D = cm->sh.D, E = mo->E, K = mo->K, Im = mo->Im, ld = mo->ld;
+    const int nb = mo->grouped_dq ? cm->moe_dq_experts : E;
+    uint16_t *wg = mo->grouped_dq ? cm->dq : NULL, *wd = wg ? wg + (size_t)nb * 2 * Im * D : NULL;
+    if (wg && (size_t)nb * 3 * Im * D * 2 > cm->dq_bytes)
+        return qc_err_set(err, QC_EXIT_RUNTIME, "CUDA: the expert dequantization scratch is too small");
+    for (int t0 = 0; t0 < T; t0 += cm->moe_pass) {
+        const int nt = T - t0 < cm->moe_pass ? T - t0 : cm->moe_pass, n = nt * K, maxt = n / QK_MOE_BM + nb;
+        OP(P_MOE, qk_moe_plan(cs->m_sel + (size_t)t0 * K, n, E, cs->m_order, cs->m_off, cs->m_ts, cs->m_tiles, st));
+        for (int e0 = 0; e0 < E; e0 += nb) {
+            const int e1 = e0 + nb < E ? e0 + nb : E;
+            if (wg) {
+                OP(P_MOE, qk_moe_dequant(&mo->t_gu, e0, e1, cs->m_off, wg, st));
+                OP(P_MOE, qk_moe_dequant(&mo->t_down, e0, e1, cs->m_off, wd, st));
+            }
+            OP(P_GEMM_GU, qk_moe_gemm(&mo->t_gu, wg, e0, e1, cs->m_ts, cs->m_tiles, maxt, cs->xb + (size_t)t0 * D, D,
+                                      cs->m_order, K, cs->m_he, Im, NULL, st));
+            OP(P_GEMM_DOWN, qk_moe_gemm(&mo->t_down, wd, e0, e1, cs->m_ts, cs->m_tiles, maxt, cs->m_he, Im, NULL, 1,
+                                        cs->m_ye, D, cs->m_order, st));
+        }
+        OP(P_MOE, qk_moe_combine(cs->h + (size_t)t0 * D, cs->m_ye, cs->m_wts + (size_t)t0 * K, K,
+                                 ysh ? ysh + (size_t)t0 * D : NULL, sg ? sg + (size_t)t0 * ld : NULL, ld, nt, D, st));
+    }
+    return QC_OK;
+}
+
 /* A MoE MLP (qwen35-model.md §3.4) on the residual stream h, T tokens: the
  * router and the shared expert's gate from one matrix, top-k on the device.
  * Up to moe_pair_max tokens run as pair GEMVs (moe_pairs; a decode step
  * with the shared expert among them when it is in the tables, else it runs
- * as a dense MLP); longer chunks sort the choices by expert on the host and
- * run each expert's tokens as one GEMM, summing into m_acc in expert order.
- * Chunks of 512 tokens, 35B-A3B FP8 on the H100: 0.19 s as pairs against
- * 0.39 s as per-expert GEMMs, equal near 1000, and 2048 tokens 0.48-0.67 s
- * against 0.63 s; the GEMM path pays ~7 launches per expert whatever the
- * chunk's length, the pairs read every chosen expert once per token. */
+ * as a dense MLP); longer chunks as grouped GEMMs (moe_grouped). 35B-A3B
+ * FP8 on the H100, prompt seconds, pairs / grouped: 32 tokens 0.021 /
+ * 0.030, 128 0.055 / 0.043, 512 0.189 / 0.049, 1000 0.362 / 0.057 (the
+ * pairs read every chosen expert once per token). Where the tables allow
+ * neither (g_idx experts), the choices are sorted on the host and each
+ * expert's tokens run as one GEMM, summing into m_acc in expert order
+ * (~7 launches per expert: 2048 tokens 0.42 s against 0.073 s grouped). */
 static int moe_forward(qc_cuda_sess *cs, const cu_layer *L, int T, cu_prof *P, qc_err *err)
 {
     qc_cuda_model *cm = cs->cm;
@@ -1788,6 +1877,7 @@ static int moe_forward(qc_cuda_sess *cs, const cu_layer *L, int T, cu_prof *P, q
     }
     const float *ysh = mo->Is && !sh_pairs ? cs->m_ysh : NULL, *sg = mo->sh_gated && !sh_pairs ? cs->m_log + E : NULL;
     if (pairs) return moe_pairs(cs, mo, T, K + (shared != 0), ysh, sg, P, err);
+    if (mo->grouped) return moe_grouped(cs, mo, T, ysh, sg, P, err);
     int rc = moe_lists(cs, mo, T, err);
     if (rc) return rc;
     if (cudaMemsetAsync(cs->m_acc, 0, (size_t)T * D * 4, st) != cudaSuccess)

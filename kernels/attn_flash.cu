@@ -19,45 +19,7 @@
 #include <math.h>
 
 #include "common.cuh"
-
-__device__ __forceinline__ uint32_t fa_smem(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
-
-/* 16 bytes global -> shared; src_bytes 0 writes zeros (keys past the chunk). */
-__device__ __forceinline__ void fa_cp16(uint32_t dst, const void *src, int src_bytes)
-{
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes));
-}
-__device__ __forceinline__ void fa_cp_commit(void) { asm volatile("cp.async.commit_group;\n" ::); }
-__device__ __forceinline__ void fa_cp_wait_all(void) { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
-
-__device__ __forceinline__ void fa_ldsm4(uint32_t *r, uint32_t addr)
-{
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(addr));
-}
-__device__ __forceinline__ void fa_ldsm4_t(uint32_t *r, uint32_t addr)
-{
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(addr));
-}
-
-/* c (16x8 fp32) += a (16x16 bf16) * b (16x8 bf16). */
-__device__ __forceinline__ void fa_mma(float *c, const uint32_t *a, uint32_t b0, uint32_t b1)
-{
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
-                 "{%8, %9}, {%0, %1, %2, %3};\n"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-/* Two floats as bf16x2, lo in the low half (the fragment's lower column). */
-__device__ __forceinline__ uint32_t fa_pack(float lo, float hi)
-{
-    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-    return (uint32_t)__bfloat16_as_ushort(v.x) | ((uint32_t)__bfloat16_as_ushort(v.y) << 16);
-}
+#include "mma.cuh"
 
 /* Element offset of 16-byte chunk c of row r in a swizzled [rows][HD] tile. */
 template <int HD>
@@ -94,9 +56,9 @@ __global__ void __launch_bounds__(2 * BM, 128 / BM)
             int e = tid + i * NTH, r = e / NC, c = e % NC, key = j * BN + r;
             if ((BN * NC) % NTH && e >= BN * NC) break;
             bool ok = key < nkeys;
-            fa_cp16(fa_smem(dst + fa_off<HD>(r, c)), src + (int64_t)(ok ? key : 0) * HD + c * 8, ok ? 16 : 0);
+            tc_cp16(tc_smem(dst + fa_off<HD>(r, c)), src + (int64_t)(ok ? key : 0) * HD + c * 8, ok ? 16 : 0);
         }
-        fa_cp_commit();
+        tc_cp_commit();
     };
 
     load_kv(Ks, kb, nkt - 1);
@@ -109,7 +71,7 @@ __global__ void __launch_bounds__(2 * BM, 128 / BM)
         if (t < T) {
             const float4 *src = (const float4 *)(q + ((int64_t)t * H + h) * HD + c * 8);
             float4 a = src[0], b = src[1];
-            pk = make_uint4(fa_pack(a.x, a.y), fa_pack(a.z, a.w), fa_pack(b.x, b.y), fa_pack(b.z, b.w));
+            pk = make_uint4(tc_pack(a.x, a.y), tc_pack(a.z, a.w), tc_pack(b.x, b.y), tc_pack(b.z, b.w));
         }
         *(uint4 *)(Qs + fa_off<HD>(r, c)) = pk;
     }
@@ -135,14 +97,14 @@ __global__ void __launch_bounds__(2 * BM, 128 / BM)
         const int vr = (lane & 7) + ((lane >> 3) & 1) * 8, vx = lane >> 4;
 #pragma unroll
         for (int v = 0; v < 4; v++) {
-            qa[v] = fa_smem(Qs + qr * HD + (((2 * v) ^ qx ^ rl) << 3));
-            ka[v] = fa_smem(Ks + kr * HD + (((2 * v) ^ kx ^ rl) << 3));
-            va[v] = fa_smem(Vs + vr * HD + (((2 * v) ^ vx ^ rl) << 3));
+            qa[v] = tc_smem(Qs + qr * HD + (((2 * v) ^ qx ^ rl) << 3));
+            ka[v] = tc_smem(Ks + kr * HD + (((2 * v) ^ kx ^ rl) << 3));
+            va[v] = tc_smem(Vs + vr * HD + (((2 * v) ^ vx ^ rl) << 3));
         }
     }
 
     for (int j = nkt - 1; j >= 0; j--) {
-        fa_cp_wait_all();
+        tc_cp_wait_all();
         __syncthreads(); /* K tile j landed; every warp is done with V of j + 1 */
         load_kv(Vs, vb, j);
 
@@ -152,13 +114,13 @@ __global__ void __launch_bounds__(2 * BM, 128 / BM)
 #pragma unroll
         for (int kk = 0; kk < HD / 16; kk++) {
             uint32_t a[4];
-            fa_ldsm4(a, qa[kk & 3] + (kk >> 2) * 128);
+            tc_ldsm4(a, qa[kk & 3] + (kk >> 2) * 128);
 #pragma unroll
             for (int np = 0; np < BN / 16; np++) {
                 uint32_t b[4];
-                fa_ldsm4(b, ka[kk & 3] + (kk >> 2) * 128 + np * 32 * HD);
-                fa_mma(s[2 * np], a, b[0], b[1]);
-                fa_mma(s[2 * np + 1], a, b[2], b[3]);
+                tc_ldsm4(b, ka[kk & 3] + (kk >> 2) * 128 + np * 32 * HD);
+                tc_mma(s[2 * np], a, b[0], b[1]);
+                tc_mma(s[2 * np + 1], a, b[2], b[3]);
             }
         }
 
@@ -212,11 +174,11 @@ __global__ void __launch_bounds__(2 * BM, 128 / BM)
             l0 += e0 + e1;
             l1 += e2 + e3;
             /* C layout of n-tiles 2kk, 2kk+1 == A layout of k-chunk kk */
-            pa[n >> 1][(n & 1) * 2] = fa_pack(e0, e1);
-            pa[n >> 1][(n & 1) * 2 + 1] = fa_pack(e2, e3);
+            pa[n >> 1][(n & 1) * 2] = tc_pack(e0, e1);
+            pa[n >> 1][(n & 1) * 2 + 1] = tc_pack(e2, e3);
         }
 
-        fa_cp_wait_all();
+        tc_cp_wait_all();
         __syncthreads(); /* V tile j landed; every warp is done with K of j */
         if (j > 0) load_kv(Ks, kb, j - 1);
 
@@ -225,9 +187,9 @@ __global__ void __launch_bounds__(2 * BM, 128 / BM)
 #pragma unroll
             for (int dp = 0; dp < HD / 16; dp++) {
                 uint32_t b[4];
-                fa_ldsm4_t(b, va[dp & 3] + (dp >> 2) * 128 + kk * 32 * HD);
-                fa_mma(o[2 * dp], pa[kk], b[0], b[1]);
-                fa_mma(o[2 * dp + 1], pa[kk], b[2], b[3]);
+                tc_ldsm4_t(b, va[dp & 3] + (dp >> 2) * 128 + kk * 32 * HD);
+                tc_mma(o[2 * dp], pa[kk], b[0], b[1]);
+                tc_mma(o[2 * dp + 1], pa[kk], b[2], b[3]);
             }
         }
     }
@@ -244,12 +206,12 @@ __global__ void __launch_bounds__(2 * BM, 128 / BM)
         if (ta < T) {
             float2 g = *(const float2 *)(gate + ra + 8 * n);
             *(uint32_t *)(out + ra + 8 * n) =
-                fa_pack(o[n][0] * i0 * qk_sigmoid(g.x), o[n][1] * i0 * qk_sigmoid(g.y));
+                tc_pack(o[n][0] * i0 * qk_sigmoid(g.x), o[n][1] * i0 * qk_sigmoid(g.y));
         }
         if (tb < T) {
             float2 g = *(const float2 *)(gate + rb + 8 * n);
             *(uint32_t *)(out + rb + 8 * n) =
-                fa_pack(o[n][2] * i1 * qk_sigmoid(g.x), o[n][3] * i1 * qk_sigmoid(g.y));
+                tc_pack(o[n][2] * i1 * qk_sigmoid(g.x), o[n][3] * i1 * qk_sigmoid(g.y));
         }
     }
 }

@@ -29,16 +29,8 @@ __global__ void k_dequant_fp8_bf16_v(const uint2 *__restrict__ W, const float *_
 {
     const int c = blockIdx.x * blockDim.x + threadIdx.x, n = blockIdx.y;
     if (c * 8 >= K) return;
-    const uint2 w = W[(size_t)n * kw2 + c];
-    const float s = S[(size_t)(n / blk_n) * nkb + c * 8 / blk_k];
-    const uint32_t wa[2] = {w.x, w.y};
     uint32_t o[4];
-#pragma unroll
-    for (int j = 0; j < 2; j++) {
-        const float2 lo = qg_h2f2(qg_e4m3x2_h2(wa[j])), hi = qg_h2f2(qg_e4m3x2_h2(wa[j] >> 16));
-        o[2 * j] = (uint32_t)qk_to_bf(lo.x * s) | ((uint32_t)qk_to_bf(lo.y * s) << 16);
-        o[2 * j + 1] = (uint32_t)qk_to_bf(hi.x * s) | ((uint32_t)qk_to_bf(hi.y * s) << 16);
-    }
+    qg_dq8_fp8(W[(size_t)n * kw2 + c], S[(size_t)(n / blk_n) * nkb + c * 8 / blk_k], o);
     *(uint4 *)(out + (size_t)n * ld + c * 8) = make_uint4(o[0], o[1], o[2], o[3]);
 }
 

@@ -32,14 +32,8 @@ __global__ void k_dequant_int4_bf16_v(const uint32_t *__restrict__ W, const uint
 {
     const int c = blockIdx.x * blockDim.x + threadIdx.x, n = blockIdx.y;
     if (c * 8 >= K) return;
-    const uint32_t w = W[(size_t)n * kw + c], m = S[(size_t)n * ng + c * 8 / group];
-    const float s = qg_int4_scale(m, f16 != 0);
-    const int z = (int)((m >> 16) & 0xffu);
     uint32_t o[4];
-#pragma unroll
-    for (int j = 0; j < 4; j++)
-        o[j] = (uint32_t)qk_to_bf(s * (float)((int)((w >> (8 * j)) & 15u) - z)) |
-               ((uint32_t)qk_to_bf(s * (float)((int)((w >> (8 * j + 4)) & 15u) - z)) << 16);
+    qg_dq8_int4(W[(size_t)n * kw + c], S[(size_t)n * ng + c * 8 / group], f16 != 0, o);
     *(uint4 *)(out + (size_t)n * ld + c * 8) = make_uint4(o[0], o[1], o[2], o[3]);
 }
 

@@ -35,13 +35,8 @@ __global__ void k_dequant_fp4_bf16_v(const uint32_t *__restrict__ W, const uint8
     const int k0 = c * 8;
     const uint8_t sb = S[(size_t)n * nb + (mx ? k0 / 32 : k0 / 16)];
     const float s = (mx ? qg_e8m0(sb) : qg_h2f2(qg_e4m3x2_h2(sb)).x) * gmul;
-    uint32_t h[4], o[4];
-    qg_fp4_pairs(W[(size_t)n * kw + c], h);
-#pragma unroll
-    for (int p = 0; p < 4; p++) {
-        const float2 f = qg_h2f2(h[p]);
-        o[p] = (uint32_t)qk_to_bf((f.x * 16384.0f) * s) | ((uint32_t)qk_to_bf((f.y * 16384.0f) * s) << 16);
-    }
+    uint32_t o[4];
+    qg_dq8_fp4(W[(size_t)n * kw + c], s, o);
     *(uint4 *)(out + (size_t)n * ld + k0) = make_uint4(o[0], o[1], o[2], o[3]);
 }
 

@@ -136,6 +136,45 @@ __device__ __forceinline__ float qg_int4_scale(uint32_t m, bool f16)
     return f16 ? __half2float(__ushort_as_half((unsigned short)(m & 0xffffu))) : __uint_as_float(m << 16);
 }
 
+/* Eight consecutive weights of a row as bf16 (o[j] holds elements 2j, 2j+1,
+ * the lower in the low half), rounded to nearest even from the exact fp32
+ * dequantized value: the prefill dequantization kernels (gemv_fp8.cu,
+ * gemv_int4.cu, gemv_nvfp4.cu) and the MoE experts' (moe_gemm.cu).
+ * FP8: two words of e4m3 codes and their block scale s. */
+__device__ __forceinline__ void qg_dq8_fp8(uint2 w, float s, uint32_t o[4])
+{
+    const uint32_t wa[2] = {w.x, w.y};
+#pragma unroll
+    for (int j = 0; j < 2; j++) {
+        const float2 lo = qg_h2f2(qg_e4m3x2_h2(wa[j])), hi = qg_h2f2(qg_e4m3x2_h2(wa[j] >> 16));
+        o[2 * j] = (uint32_t)qk_to_bf(lo.x * s) | ((uint32_t)qk_to_bf(lo.y * s) << 16);
+        o[2 * j + 1] = (uint32_t)qk_to_bf(hi.x * s) | ((uint32_t)qk_to_bf(hi.y * s) << 16);
+    }
+}
+
+/* INT4: one word of codes (natural order) and its group's scale|zero word m. */
+__device__ __forceinline__ void qg_dq8_int4(uint32_t w, uint32_t m, bool f16, uint32_t o[4])
+{
+    const float s = qg_int4_scale(m, f16);
+    const int z = (int)((m >> 16) & 0xffu);
+#pragma unroll
+    for (int j = 0; j < 4; j++)
+        o[j] = (uint32_t)qk_to_bf(s * (float)((int)((w >> (8 * j)) & 15u) - z)) |
+               ((uint32_t)qk_to_bf(s * (float)((int)((w >> (8 * j + 4)) & 15u) - z)) << 16);
+}
+
+/* NVFP4 / MXFP4: one repacked word and s = block scale * per-tensor multiplier. */
+__device__ __forceinline__ void qg_dq8_fp4(uint32_t w, float s, uint32_t o[4])
+{
+    uint32_t h[4];
+    qg_fp4_pairs(w, h);
+#pragma unroll
+    for (int p = 0; p < 4; p++) {
+        const float2 f = qg_h2f2(h[p]);
+        o[p] = (uint32_t)qk_to_bf((f.x * 16384.0f) * s) | ((uint32_t)qk_to_bf((f.y * 16384.0f) * s) << 16);
+    }
+}
+
 /* x[k0 .. k0+NV) as NV/2 raw bf16x2 words (lower k in the low half); zeros
  * at k >= K. Kept packed until the arithmetic so two steps in flight cost
  * half the registers. */

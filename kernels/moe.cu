@@ -62,12 +62,14 @@ extern "C" int qk_moe_table_fill(const qk_qweight *const *w, int E, int P, void 
     const int n = E * P;
     qg_part *h = (qg_part *)calloc((size_t)n, sizeof *h);
     if (!h) return (int)cudaErrorMemoryAllocation;
-    int rc = 0, groups = 0, kc_min = 1 << 30;
+    int rc = 0, groups = 0, kc_min = 1 << 30, kinds = 0, perm = 0;
     for (int e = 0; e < n && !rc; e++) {
         rc = qg_part_fill(w[e], NULL, &h[e]);
         if (!rc && (w[e]->n != w[0]->n || w[e]->k != w[0]->k)) rc = (int)cudaErrorInvalidValue;
         if (rc) break;
         if (w[e]->n_pad / QK_QROWS > groups) groups = w[e]->n_pad / QK_QROWS;
+        kinds |= 1 << w[e]->kind;
+        perm |= w[e]->perm != NULL;
         if (h[e].kc < kc_min) kc_min = h[e].kc;
     }
     if (!rc) rc = (int)cudaMemcpy(dev, h, (size_t)n * sizeof *h, cudaMemcpyHostToDevice);
@@ -80,6 +82,8 @@ extern "C" int qk_moe_table_fill(const qk_qweight *const *w, int E, int P, void 
     t->k = w[0]->k;
     t->groups = groups;
     t->kc_min = kc_min;
+    t->kinds = kinds;
+    t->perm = perm;
     return 0;
 }
 
@@ -112,10 +116,14 @@ extern "C" int qk_gemv_moe(const qk_moe_table *t, const int32_t *sel, int n, con
 
 /* One block: a counting sort of the n pairs by expert. Where a pair lands
  * among its expert's pairs depends on the atomics' order, which changes
- * nothing computed: every pair writes its own output row. */
-__global__ void __launch_bounds__(MO_THREADS) k_moe_order(const int32_t *sel, int n, int E, int32_t *order)
+ * nothing computed: every pair writes its own output row. With off (the
+ * grouped GEMM's plan, qk_moe_plan): off[e] the first position of expert
+ * e, tstart[e] its first tile of bm positions, tiles[j] = {expert, first
+ * position, end} (int4). */
+__global__ void __launch_bounds__(MO_THREADS) k_moe_order(const int32_t *sel, int n, int E, int32_t *order, int bm,
+                                                          int32_t *off, int32_t *tstart, int4 *tiles)
 {
-    __shared__ int cnt[MR_EMAX_ORDER];
+    __shared__ int cnt[MR_EMAX_ORDER], tc[MR_EMAX_ORDER];
     const int lane = (int)threadIdx.x & 31;
     for (int e = (int)threadIdx.x; e < E; e += MO_THREADS) cnt[e] = 0;
     __syncthreads();
@@ -124,20 +132,31 @@ __global__ void __launch_bounds__(MO_THREADS) k_moe_order(const int32_t *sel, in
         atomicAdd(&cnt[e < 0 ? 0 : e >= E ? E - 1 : e], 1);
     }
     __syncthreads();
-    if (threadIdx.x < 32) { /* exclusive prefix sum, 32 experts a round */
-        int run = 0;
+    if (threadIdx.x < 32) { /* exclusive prefix sums of the counts and tiles, 32 experts a round */
+        int run = 0, trun = 0;
         for (int b = 0; b < E; b += 32) {
-            const int v = b + lane < E ? cnt[b + lane] : 0;
-            int inc = v;
+            const int v = b + lane < E ? cnt[b + lane] : 0, tv = off ? (v + bm - 1) / bm : 0;
+            int inc = v, tinc = tv;
             for (int o = 1; o < 32; o <<= 1) {
-                const int u = __shfl_up_sync(0xffffffffu, inc, o);
-                if (lane >= o) inc += u;
+                const int u = __shfl_up_sync(0xffffffffu, inc, o), tu = __shfl_up_sync(0xffffffffu, tinc, o);
+                if (lane >= o) inc += u, tinc += tu;
             }
-            if (b + lane < E) cnt[b + lane] = run + inc - v;
+            if (b + lane < E) cnt[b + lane] = run + inc - v, tc[b + lane] = trun + tinc - tv;
             run += __shfl_sync(0xffffffffu, inc, 31);
+            trun += __shfl_sync(0xffffffffu, tinc, 31);
         }
+        if (off && lane == 0) off[E] = n, tstart[E] = trun;
     }
     __syncthreads();
+    if (off) {
+        for (int e = (int)threadIdx.x; e < E; e += MO_THREADS) {
+            const int a = cnt[e], z = e + 1 < E ? cnt[e + 1] : n;
+            off[e] = a;
+            tstart[e] = tc[e];
+            for (int j = 0; a + j * bm < z; j++) tiles[tc[e] + j] = make_int4(e, a + j * bm, z, 0);
+        }
+        __syncthreads(); /* the scatter below moves cnt */
+    }
     for (int i = (int)threadIdx.x; i < n; i += MO_THREADS) {
         const int e = sel[i];
         order[atomicAdd(&cnt[e < 0 ? 0 : e >= E ? E - 1 : e], 1)] = i;
@@ -148,7 +167,17 @@ extern "C" int qk_moe_order(const int32_t *sel, int n, int E, int32_t *order, qk
 {
     if (n <= 0) return 0;
     if (!sel || !order || E <= 0 || E > MR_EMAX_ORDER) return (int)cudaErrorInvalidValue;
-    k_moe_order<<<1, MO_THREADS, 0, st>>>(sel, n, E, order);
+    k_moe_order<<<1, MO_THREADS, 0, st>>>(sel, n, E, order, 1, NULL, NULL, NULL);
+    return (int)cudaGetLastError();
+}
+
+extern "C" int qk_moe_plan(const int32_t *sel, int n, int E, int32_t *order, int32_t *off, int32_t *tstart,
+                           int32_t *tiles, qk_stream st)
+{
+    if (n <= 0) return 0;
+    if (!sel || !order || !off || !tstart || !tiles || ((uintptr_t)tiles & 15) || E <= 0 || E > MR_EMAX_ORDER)
+        return (int)cudaErrorInvalidValue;
+    k_moe_order<<<1, MO_THREADS, 0, st>>>(sel, n, E, order, QK_MOE_BM, off, tstart, (int4 *)tiles);
     return (int)cudaGetLastError();
 }
 

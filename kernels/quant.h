@@ -131,6 +131,8 @@ typedef struct qk_moe_table {
     int n, k;      /* each part's shape */
     int groups;    /* row groups per part (n_pad / QK_QROWS, the largest) */
     int kc_min;    /* the fewest 16-byte chunks per row among the parts */
+    int kinds;     /* 1 << kind of every part, or'ed */
+    int perm;      /* some part gathers x through a g_idx permutation */
 } qk_moe_table;
 
 /* Device bytes of a table of n descriptors. */
@@ -151,6 +153,35 @@ int qk_moe_table_fill(const qk_qweight *const *w, int E, int P, void *dev, qk_mo
  * in which the pairs' blocks are launched (qk_moe_order). */
 int qk_gemv_moe(const qk_moe_table *t, const int32_t *sel, int n, const int32_t *order, const uint16_t *x, int xdiv,
                 int64_t xs, float *y, int64_t ys, struct CUstream_st *st);
+
+/* ---- long MoE prefill chunks: all experts in one grouped GEMM (kernels/moe_gemm.cu) ----
+ * The pairs come sorted by expert with qk_moe_plan (kernels.h), which cuts
+ * them into tiles of QK_MOE_BM pairs of one expert. */
+#define QK_MOE_BM 128
+
+/* Whether a table can run qk_moe_dequant / qk_moe_gemm: n and k multiples
+ * of 8, no g_idx permutation, P 1 or 2. */
+int qk_moe_grouped_ok(const qk_moe_table *t);
+
+/* The experts e0 <= e < e1 of the table as bf16, the values of
+ * qk_dequant_q_bf16: expert e's part p at out + ((e - e0) * P + p) * n * k,
+ * row stride k. Experts with no pairs in off (qk_moe_plan; NULL: none
+ * skipped) are not written. */
+int qk_moe_dequant(const qk_moe_table *t, int e0, int e1, const int32_t *off, uint16_t *out,
+                   struct CUstream_st *st);
+
+/* The pairs of experts e0 <= e < e1 (tiles tstart[e0] .. tstart[e1] of
+ * the plan; max_tiles >= their number, e.g. pairs / QK_MOE_BM + e1 - e0):
+ * sorted pair i reads x row (xo ? xo[i] / xdiv : i) (bf16, row stride
+ * ldx) and the weights of its expert: from wdq laid out as qk_moe_dequant
+ * writes them for e0, or (wdq NULL) the table's own parts, decoded to the
+ * same bf16 values while loading, when qk_moe_gemm_in_place_ok. P = 2 (gate|up): y bf16 row i, column c < n = bf16(silu(g_c) *
+ * u_c) from the fp32 sums (yo must be NULL); P = 1: y fp32 row (yo ? yo[i]
+ * : i) = the n sums. bf16 operands on the tensor cores, fp32 accumulate. */
+int qk_moe_gemm_in_place_ok(const qk_moe_table *t); /* one layout family: BF16, FP8, INT4 or FP4 */
+int qk_moe_gemm(const qk_moe_table *t, const uint16_t *wdq, int e0, int e1, const int32_t *tstart,
+                const int32_t *tiles, int max_tiles, const uint16_t *x, int64_t ldx, const int32_t *xo, int xdiv,
+                void *y, int64_t ldy, const int32_t *yo, struct CUstream_st *st);
 
 /* Launch variant of the GEMVs above (gemv_multi.cu lists them): 0 = the
  * default; others for A/B benchmarks and tests (QCHAT_GEMV_MODE). */

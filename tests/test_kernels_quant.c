@@ -1477,6 +1477,168 @@ static void moe_route_check(void)
 #endif
 }
 
+/* The grouped expert GEMMs of a long prefill chunk (kernels/moe_gemm.cu),
+ * as the engine runs them: qk_moe_plan over T tokens x Kc choices, then
+ * gate|up with the SwiGLU and down, per batch of `batch` experts through
+ * qk_moe_dequant (batch 0: the weights read in place, decoded while
+ * loading). E experts of gate|up [I, D] and down [D, I] in layout lay: 0
+ * BF16, 1 per expert from moe_build, 2 fp8-block, 3 ct-int4 g128, 4
+ * nvfp4-ct, 5 gptq g32 asymmetric, 6 mxfp4. Checked: the plan (a permutation in expert
+ * order; offsets and tiles that cover each expert's run in pieces of at
+ * most QK_MOE_BM), h = bf16(silu(g) u) against a double reference on the
+ * bf16-rounded weights (within bf16 rounding), and y against a double sum
+ * of the GPU's own h (fp32 accumulation only), in pair order. */
+static void moe_grouped_check(const char *name, int E, int lay, int64_t D, int64_t I, int T, int Kc, int batch,
+                              const int32_t *sel)
+{
+    if (!gpu_init()) {
+        th_skip(name, gpu_why);
+        return;
+    }
+#ifdef QC_HAVE_CUDA
+    const int n = T * Kc, maxt = n / QK_MOE_BM + E;
+    pub *pb = calloc((size_t)E * 3, sizeof *pb);
+    qk_qweight *d = calloc((size_t)E * 3, sizeof *d);
+    const qk_qweight **gu = calloc((size_t)E * 2, sizeof *gu), **dn = calloc((size_t)E, sizeof *dn);
+    float **wr = calloc((size_t)E * 3, sizeof *wr); /* bf16-rounded dequantized weights */
+    char why[320] = "";
+    int ok = 1;
+    for (int e = 0; e < E; e++)
+        for (int i = 0; i < 3; i++) {
+            const int j = e * 3 + i;
+            const int64_t N = i < 2 ? I : D, K = i < 2 ? D : I;
+            char nm[32];
+            snprintf(nm, sizeof nm, "expert%d.%d", e, i);
+            switch (lay) {
+            case 0: build_bf16(&pb[j], nm, N, K); break;
+            case 1: moe_build(&pb[j], e, i, N, K); break;
+            case 2: build_fp8(&pb[j], nm, QC_FMT_FP8_BLOCK, N, K, 128, 128, QC_DT_BF16); break;
+            case 3: build_ct(&pb[j], nm, N, K, 128, 0, 0); break;
+            case 4: build_fp4(&pb[j], nm, QC_FMT_NVFP4_CT, N, K, 1234.567f); break;
+            case 5: build_gptq(&pb[j], nm, N, K, 32, 0, 0, 0); break;
+            default: build_fp4(&pb[j], nm, QC_FMT_MXFP4_CT, N, K, 1.0f); break;
+            }
+            if (!part_upload(&pb[j], j, &d[j], why, sizeof why)) ok = 0;
+            wr[j] = malloc((size_t)(N * K) * sizeof(float));
+            qc_linear_dequant_rows(&pb[j].l, 0, N, wr[j]);
+            for (int64_t q = 0; q < N * K; q++) wr[j][q] = qc_bf16_to_f32(qc_f32_to_bf16(wr[j][q]));
+            if (i < 2) gu[e * 2 + i] = &d[j];
+            else dn[e] = &d[j];
+        }
+    uint16_t *xb = malloc((size_t)(T * D) * 2);
+    for (int64_t k = 0; k < T * D; k++) xb[k] = qc_f32_to_bf16(frand_q());
+    void *tg = NULL, *td = NULL;
+    cudaMalloc(&tg, qk_moe_table_bytes(E * 2));
+    cudaMalloc(&td, qk_moe_table_bytes(E));
+    int32_t *dsel = dput(sel, (size_t)n * 4), *dord = dput(NULL, (size_t)n * 4), *doff = dput(NULL, (size_t)(E + 1) * 4),
+            *dts = dput(NULL, (size_t)(E + 1) * 4), *dtl = dput(NULL, (size_t)maxt * 16);
+    uint16_t *dx = dput(xb, (size_t)(T * D) * 2), *dh = dput(NULL, (size_t)(n * I) * 2), *dq = NULL;
+    float *dy = dput(NULL, (size_t)(n * D) * 4);
+    const int nb = batch ? batch : E;
+    if (batch) dq = dput(NULL, (size_t)(nb * 3 * I * D) * 2);
+    qk_moe_table t_gu, t_dn;
+    cudaStream_t qs;
+    cudaStreamCreateWithFlags(&qs, cudaStreamNonBlocking);
+    int trc = ok ? qk_moe_table_fill(gu, E, 2, tg, &t_gu) | qk_moe_table_fill(dn, E, 1, td, &t_dn) : -1;
+    int krc = trc ? -1 : qk_moe_plan(dsel, n, E, dord, doff, dts, dtl, qs);
+    for (int e0 = 0; e0 < E && !krc; e0 += nb) {
+        const int e1 = e0 + nb < E ? e0 + nb : E;
+        uint16_t *qg = dq, *qd = dq ? dq + (size_t)nb * 2 * I * D : NULL;
+        if (dq) krc |= qk_moe_dequant(&t_gu, e0, e1, doff, qg, qs) | qk_moe_dequant(&t_dn, e0, e1, doff, qd, qs);
+        krc |= qk_moe_gemm(&t_gu, qg, e0, e1, dts, dtl, maxt, dx, D, dord, Kc, dh, I, NULL, qs);
+        krc |= qk_moe_gemm(&t_dn, qd, e0, e1, dts, dtl, maxt, dh, I, NULL, 1, dy, D, dord, qs);
+    }
+    const int src = (int)cudaStreamSynchronize(qs);
+    int32_t *ord = malloc((size_t)n * 4), *off = malloc((size_t)(E + 1) * 4), *ts = malloc((size_t)(E + 1) * 4),
+            *tl = malloc((size_t)maxt * 16);
+    uint16_t *h = malloc((size_t)(n * I) * 2);
+    float *y = malloc((size_t)(n * D) * 4);
+    cudaMemcpy(ord, dord, (size_t)n * 4, cudaMemcpyDeviceToHost);
+    cudaMemcpy(off, doff, (size_t)(E + 1) * 4, cudaMemcpyDeviceToHost);
+    cudaMemcpy(ts, dts, (size_t)(E + 1) * 4, cudaMemcpyDeviceToHost);
+    cudaMemcpy(tl, dtl, (size_t)maxt * 16, cudaMemcpyDeviceToHost);
+    cudaMemcpy(h, dh, (size_t)(n * I) * 2, cudaMemcpyDeviceToHost);
+    cudaMemcpy(y, dy, (size_t)(n * D) * 4, cudaMemcpyDeviceToHost);
+    /* the plan */
+    int bad = off[0] != 0 || off[E] != n || ts[0] != 0 || ts[E] > maxt;
+    char *seen = calloc((size_t)n, 1);
+    for (int i = 0; i < n && !bad; i++) {
+        bad |= ord[i] < 0 || ord[i] >= n || seen[ord[i]]++;
+        if (!bad) bad |= i < off[sel[ord[i]]] || i >= off[sel[ord[i]] + 1];
+    }
+    for (int e = 0; e < E && !bad; e++) {
+        int at = off[e];
+        for (int j = ts[e]; j < ts[e + 1]; j++) {
+            bad |= tl[4 * j] != e || tl[4 * j + 1] != at || tl[4 * j + 2] != off[e + 1] || at >= off[e + 1];
+            at += QK_MOE_BM;
+        }
+        bad |= at < off[e + 1];
+    }
+    /* h (sorted order) and y (pair order) */
+    double he = 0, ye = 0;
+    double *hr = malloc((size_t)I * sizeof *hr), *yr = malloc((size_t)D * sizeof *yr);
+    float *hg = malloc((size_t)I * sizeof *hg);
+    for (int i = 0; i < n && !bad; i++) {
+        const int q = ord[i], e = sel[q];
+        const uint16_t *x = xb + (size_t)(q / Kc) * D;
+        for (int64_t c = 0; c < I; c++) {
+            double g = 0, u = 0;
+            for (int64_t k = 0; k < D; k++) {
+                g += (double)wr[e * 3][c * D + k] * qc_bf16_to_f32(x[k]);
+                u += (double)wr[e * 3 + 1][c * D + k] * qc_bf16_to_f32(x[k]);
+            }
+            hr[c] = g / (1.0 + exp(-g)) * u;
+            hg[c] = qc_bf16_to_f32(h[(size_t)i * I + c]);
+        }
+        const double eh = rel_l2(hg, hr, I);
+        if (!(eh <= he)) he = eh;
+        for (int64_t r = 0; r < D; r++) {
+            double a = 0;
+            for (int64_t k = 0; k < I; k++) a += (double)wr[e * 3 + 2][r * I + k] * hg[k];
+            yr[r] = a;
+        }
+        const double ey = rel_l2(y + (size_t)q * D, yr, D);
+        if (!(ey <= ye)) ye = ey;
+    }
+    ok = ok && trc == 0 && krc == 0 && src == 0 && !bad && he < 4e-3 && ye < 1e-5;
+    snprintf(why, sizeof why, "table %d launches %d sync %d plan %s, worst rel_l2 h %.3g y %.3g", trc, krc, src,
+             bad ? "WRONG" : "ok", he, ye);
+    printf("# %s: %d pairs on %d experts, D %lld, I %lld, batch %d: worst rel_l2 h %.3g, y %.3g\n", name, n, E,
+           (long long)D, (long long)I, batch, he, ye);
+    CHECK(name, ok, "%s", why);
+    cudaStreamDestroy(qs);
+    void *dev[] = {tg, td, dsel, dord, doff, dts, dtl, dx, dh, dq, dy};
+    for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) cudaFree(dev[i]);
+    for (int j = 0; j < E * 3; j++) {
+        qc_qweight_free_dev(&d[j]);
+        pub_free(&pb[j]);
+        free(wr[j]);
+    }
+    free(pb), free(d), free(gu), free(dn), free(wr), free(xb), free(ord), free(off), free(ts), free(tl), free(h);
+    free(y), free(seen), free(hr), free(yr), free(hg);
+#else
+    (void)E, (void)lay, (void)D, (void)I, (void)T, (void)Kc, (void)batch, (void)sel;
+#endif
+}
+
+/* Choices for moe_grouped_check: T tokens x Kc distinct experts of E,
+ * skewed so expert 1 gets more than one tile of pairs and expert E - 2
+ * none. */
+static void moe_grouped_sel(int32_t *sel, int T, int Kc, int E)
+{
+    for (int t = 0; t < T; t++)
+        for (int j = 0; j < Kc; j++) {
+            int e;
+            bool dup;
+            do {
+                e = j == 0 && t % 5 ? 1 : (int)(urand() % (uint64_t)E);
+                dup = e == E - 2;
+                for (int i = 0; i < j; i++) dup |= sel[t * Kc + i] == e;
+            } while (dup);
+            sel[t * Kc + j] = e;
+        }
+}
+
 static void test_moe(void)
 {
     /* gate|up-like (P = 2, one x) and down-like (P = 1, one x per chosen
@@ -1493,6 +1655,23 @@ static void test_moe(void)
     moe_gemv_check("moe_gemv_pairs_gate_up", 5, 2, 72, 256, pairs, 21, 3, true);
     moe_gemv_check("moe_gemv_pairs_down", 5, 1, 72, 256, pairs, 21, 1, true);
     moe_route_check();
+    /* grouped GEMMs: five layouts dequantized in batches of 2 experts (the
+     * last batch of one), 200 tokens x 2; all-BF16 experts in place with a
+     * partial input tile (D 264) and a partial output tile (I 72) */
+    int32_t *gs = malloc(200 * 3 * sizeof *gs);
+    moe_grouped_sel(gs, 200, 2, 5);
+    moe_grouped_check("moe_grouped_mixed_batched", 5, 1, 256, 96, 200, 2, 2, gs);
+    moe_grouped_sel(gs, 100, 3, 6);
+    moe_grouped_check("moe_grouped_bf16_in_place", 6, 0, 264, 72, 100, 3, 0, gs);
+    /* each layout family decoded while loading: partial FP8 blocks and a
+     * partial input tile (D 264, I 72 with 128 x 128 blocks), INT4 and FP4
+     * with whole groups and a partial last input tile of down (I 96) */
+    moe_grouped_check("moe_grouped_fp8_in_place", 6, 2, 264, 72, 100, 3, 0, gs);
+    moe_grouped_check("moe_grouped_ct_int4_in_place", 6, 3, 256, 96, 100, 3, 0, gs);
+    moe_grouped_check("moe_grouped_gptq_asym_in_place", 6, 5, 256, 96, 100, 3, 0, gs);
+    moe_grouped_check("moe_grouped_nvfp4_in_place", 6, 4, 256, 96, 100, 3, 0, gs);
+    moe_grouped_check("moe_grouped_mxfp4_in_place", 6, 6, 256, 96, 100, 3, 0, gs);
+    free(gs);
 }
 
 int main(void)
