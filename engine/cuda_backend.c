@@ -60,6 +60,10 @@
  * CU_MOE_PASS_BYTES; experts of mixed layouts are dequantized
  * CU_MOE_DQ_BYTES at a time. */
 #define CU_MOE_PAIR_TOKENS 64
+/* ... and where some layer cannot run them (g_idx experts), up to this
+ * many, which the per-expert GEMMs only beat beyond (0.19 against 0.39 s
+ * at 512 tokens, equal near 1000; 35B-A3B FP8, H100) */
+#define CU_MOE_PAIR_TOKENS_UNGROUPED 1024
 #define CU_MOE_PASS_BYTES ((size_t)256 << 20)
 #define CU_MOE_DQ_BYTES ((size_t)512 << 20)
 
@@ -695,9 +699,11 @@ static void moe_dims(qc_cuda_model *cm)
         if (mo->K + mo->sh_table > cm->moe_Kt) cm->moe_Kt = mo->K + mo->sh_table;
     }
     if (!cm->moe_K) return;
+    bool grouped = true;
+    for (int li = 0; li < cm->sh.n_layers; li++) grouped &= !cm->L[li].moe || cm->L[li].moe->grouped;
     /* One pair launch holds at most 65535 / 2 pairs (qk_gemv_moe's grid) */
     const char *env = getenv("QCHAT_MOE_PAIR_TOKENS");
-    int pm = env && *env ? atoi(env) : CU_MOE_PAIR_TOKENS;
+    int pm = env && *env ? atoi(env) : grouped ? CU_MOE_PAIR_TOKENS : CU_MOE_PAIR_TOKENS_UNGROUPED;
     const int cap = 65535 / (2 * cm->moe_Kt);
     cm->moe_pair_max = pm < 1 ? 1 : pm > cap ? cap : pm;
     /* grouped passes: the per-pair outputs (fp32 [pairs][D]) bounded; the
@@ -1354,7 +1360,7 @@ static int sess_arena(qc_cuda_sess *cs, int T, int lrows, qc_err *err)
     const size_t np = cm->moe_K ? (size_t)(T < cm->moe_pair_max ? T : cm->moe_pair_max) * cm->moe_Kt : 0;
     const size_t ngp = cm->moe_K && T > cm->moe_pair_max ? (size_t)(T < cm->moe_pass ? T : cm->moe_pass) * cm->moe_K : 0;
     const size_t npg = np > ngp ? np : ngp, nyt = npg > t ? npg : t;
-    const size_t ntile = ngp ? ngp / QK_MOE_BM + (size_t)cm->moe_E + 1 : 0;
+    const size_t ntile = ngp ? ngp / QK_MOE_BM_MIN + (size_t)cm->moe_E + 1 : 0;
     size_t sz[] = {
         t * sh->D * 4,                                        /* h */
         t * cm->n_max * 4,                                    /* proj */
@@ -1810,6 +1816,26 @@ static int moe_pairs(qc_cuda_sess *cs, const cu_moe *mo, int T, int Kt, const fl
     return QC_OK;
 }
 
+/* Pairs per tile of the grouped GEMM for n pairs over E experts: tiles
+ * never straddle experts, so with few pairs per expert a tall tile is
+ * mostly rows of nothing. 35B-A3B FP8 on the H100, prompt seconds with
+ * tiles of 128 / 64 / 32 pairs: 128 tokens (4 pairs per expert) 0.043 /
+ * 0.038 / 0.031, 512 (16) 0.049 / 0.044 / 0.037, 1000 (31) 0.058 / 0.052 /
+ * 0.053, 2048 (64) 0.073 / 0.080 / 0.090, 8192 0.250 / 0.285 / 0.335.
+ * QCHAT_MOE_TILE (32, 64, 128) fixes it, for A/B. */
+static int moe_tile_pairs(int n, int E)
+{
+    static int fixed = -1;
+    if (fixed < 0) {
+        const char *env = getenv("QCHAT_MOE_TILE");
+        const int v = env && *env ? atoi(env) : 0;
+        fixed = v == 32 || v == 64 || v == 128 ? v : 0;
+    }
+    if (fixed) return fixed;
+    const int per = n / E;
+    return per <= 24 ? 32 : per <= 40 ? 64 : 128;
+}
+
 /* Chunks longer than moe_pair_max tokens (when the tables allow,
  * cu_moe.grouped): the pairs sorted by expert on the device and every
  * expert's tiles in one grouped GEMM launch (kernels/moe_gemm.cu), gate|up
@@ -1829,17 +1855,18 @@ static int moe_grouped(qc_cuda_sess *cs, const cu_moe *mo, int T, const float *y
     if (wg && (size_t)nb * 3 * Im * D * 2 > cm->dq_bytes)
         return qc_err_set(err, QC_EXIT_RUNTIME, "CUDA: the expert dequantization scratch is too small");
     for (int t0 = 0; t0 < T; t0 += cm->moe_pass) {
-        const int nt = T - t0 < cm->moe_pass ? T - t0 : cm->moe_pass, n = nt * K, maxt = n / QK_MOE_BM + nb;
-        OP(P_MOE, qk_moe_plan(cs->m_sel + (size_t)t0 * K, n, E, cs->m_order, cs->m_off, cs->m_ts, cs->m_tiles, st));
+        const int nt = T - t0 < cm->moe_pass ? T - t0 : cm->moe_pass, n = nt * K;
+        const int bm = moe_tile_pairs(n, E), maxt = n / bm + nb;
+        OP(P_MOE, qk_moe_plan(cs->m_sel + (size_t)t0 * K, n, E, bm, cs->m_order, cs->m_off, cs->m_ts, cs->m_tiles, st));
         for (int e0 = 0; e0 < E; e0 += nb) {
             const int e1 = e0 + nb < E ? e0 + nb : E;
             if (wg) {
                 OP(P_MOE, qk_moe_dequant(&mo->t_gu, e0, e1, cs->m_off, wg, st));
                 OP(P_MOE, qk_moe_dequant(&mo->t_down, e0, e1, cs->m_off, wd, st));
             }
-            OP(P_GEMM_GU, qk_moe_gemm(&mo->t_gu, wg, e0, e1, cs->m_ts, cs->m_tiles, maxt, cs->xb + (size_t)t0 * D, D,
+            OP(P_GEMM_GU, qk_moe_gemm(&mo->t_gu, wg, e0, e1, bm, cs->m_ts, cs->m_tiles, maxt, cs->xb + (size_t)t0 * D, D,
                                       cs->m_order, K, cs->m_he, Im, NULL, st));
-            OP(P_GEMM_DOWN, qk_moe_gemm(&mo->t_down, wd, e0, e1, cs->m_ts, cs->m_tiles, maxt, cs->m_he, Im, NULL, 1,
+            OP(P_GEMM_DOWN, qk_moe_gemm(&mo->t_down, wd, e0, e1, bm, cs->m_ts, cs->m_tiles, maxt, cs->m_he, Im, NULL, 1,
                                         cs->m_ye, D, cs->m_order, st));
         }
         OP(P_MOE, qk_moe_combine(cs->h + (size_t)t0 * D, cs->m_ye, cs->m_wts + (size_t)t0 * K, K,

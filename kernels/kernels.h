@@ -296,11 +296,11 @@ int qk_moe_order(const int32_t *sel, int n, int E, int32_t *order, qk_stream st)
 
 /* qk_moe_order, and the plan of the grouped expert GEMM (quant.h
  * qk_moe_gemm): off[0..E] where each expert's pairs start in order (off[E]
- * = n), tstart[0..E] its first tile of QK_MOE_BM pairs (tstart[E] = all
- * tiles) and tiles (16-byte aligned, room for n / QK_MOE_BM + E entries of
- * 4 int32): {expert, first position, end position, 0}. */
-int qk_moe_plan(const int32_t *sel, int n, int E, int32_t *order, int32_t *off, int32_t *tstart, int32_t *tiles,
-                qk_stream st);
+ * = n), tstart[0..E] its first tile of bm pairs (tstart[E] = all tiles)
+ * and tiles (16-byte aligned, room for n / bm + E entries of 4 int32):
+ * {expert, first position, end position, 0}. */
+int qk_moe_plan(const int32_t *sel, int n, int E, int bm, int32_t *order, int32_t *off, int32_t *tstart,
+                int32_t *tiles, qk_stream st);
 
 /* h[t, c] += sum_j w[t, j] * ye[(t * K + j) * D + c] + g_t * ysh[t * D + c]
  * with w = wts (NULL: 1) and g_t = sigmoid(sg[t * sg_ld]) (sg NULL: 1); ysh

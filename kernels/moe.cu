@@ -171,13 +171,14 @@ extern "C" int qk_moe_order(const int32_t *sel, int n, int E, int32_t *order, qk
     return (int)cudaGetLastError();
 }
 
-extern "C" int qk_moe_plan(const int32_t *sel, int n, int E, int32_t *order, int32_t *off, int32_t *tstart,
+extern "C" int qk_moe_plan(const int32_t *sel, int n, int E, int bm, int32_t *order, int32_t *off, int32_t *tstart,
                            int32_t *tiles, qk_stream st)
 {
     if (n <= 0) return 0;
-    if (!sel || !order || !off || !tstart || !tiles || ((uintptr_t)tiles & 15) || E <= 0 || E > MR_EMAX_ORDER)
+    if (!sel || !order || !off || !tstart || !tiles || ((uintptr_t)tiles & 15) || E <= 0 || E > MR_EMAX_ORDER ||
+        bm <= 0)
         return (int)cudaErrorInvalidValue;
-    k_moe_order<<<1, MO_THREADS, 0, st>>>(sel, n, E, order, QK_MOE_BM, off, tstart, (int4 *)tiles);
+    k_moe_order<<<1, MO_THREADS, 0, st>>>(sel, n, E, order, bm, off, tstart, (int4 *)tiles);
     return (int)cudaGetLastError();
 }
 

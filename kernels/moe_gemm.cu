@@ -5,13 +5,14 @@
  * tokens, plus a host round trip per layer: ~0.4-0.6 s per chunk for a
  * 35B-A3B (256 experts x 40 layers) whatever the chunk's length. Here the
  * pairs are sorted by expert on the device (qk_moe_plan, moe.cu), cut into
- * tiles of QK_MOE_BM pairs that never straddle two experts, and one launch
+ * tiles of 32, 64 or 128 pairs that never straddle two experts, and one launch
  * runs the tiles of all experts (a grouped GEMM): gate|up with the SwiGLU in
  * its epilogue, then down. No host round trip.
  *
  * GEMM: Y = X W^T with bf16 operands on the tensor cores (mma.sync m16n8k16,
- * fp32 accumulation), block tile 128 pairs x 128 weight rows x 64 inputs,
- * 3 cp.async stages, 8 warps of 64 x 32; rows of the A tile are gathered
+ * fp32 accumulation), block tile BM pairs x 128 weight rows x 64 inputs
+ * (BM 128, or 64 / 32 when experts hold few pairs each), 3 cp.async
+ * stages, 8 warps of BM / 2 x 32; rows of the A tile are gathered
  * straight from the token rows (no gathered copy of X). Shared tiles are
  * [row][64] with the 16-byte chunks XOR-swizzled by row (ldmatrix without
  * bank conflicts, as attn_flash.cu). For gate|up the B tile interleaves
@@ -28,14 +29,11 @@
 #include "kernels.h"
 #include "mma.cuh"
 
-#define MG_BM QK_MOE_BM /* pairs per tile */
 #define MG_BN 128       /* weight rows per tile (gate|up: 64 outputs) */
 #define MG_BK 64        /* inputs per stage */
 #define MG_ST 3         /* stages */
 #define MG_THREADS 256
-#define MG_SMEM (MG_ST * (MG_BM + MG_BN) * MG_BK * 2)
-
-static_assert(MG_BM == 128, "the warp layout below assumes 128-pair tiles");
+#define MG_SMEM(BM) (MG_ST * ((BM) + MG_BN) * MG_BK * 2)
 
 /* Element offset of 16-byte chunk c of row r in a swizzled [rows][64] tile. */
 __device__ __forceinline__ int mg_off(int r, int c) { return r * MG_BK + ((c ^ (r & 7)) << 3); }
@@ -129,7 +127,7 @@ struct mg_qload {
  * the table's packed part, decoded while loading (mg_qload). SWIGLU (P =
  * 2): Y bf16 row i, column c < N = silu(gate_c) * up_c; else (P = 1) Y
  * fp32 row (yo ? yo[i] : i). */
-template <bool SWIGLU, int WK>
+template <bool SWIGLU, int WK, int BM>
 __global__ void __launch_bounds__(MG_THREADS, 2)
     k_moe_gemm(const qg_part *__restrict__ table, const uint16_t *__restrict__ wdq, int e0, int e1,
                const int32_t *__restrict__ tstart, const int4 *__restrict__ tiles, int N, int K,
@@ -149,9 +147,10 @@ __global__ void __launch_bounds__(MG_THREADS, 2)
     if (WK) __syncthreads();
     mg_qload<SWIGLU, WK ? WK : 1> qb;
 
-    /* The 4 A rows and 4 B rows this thread copies (rows tid/8 + 32 it). */
-    const uint16_t *ap[4], *bp[4];
-    bool aok[4], bok[4];
+    /* The RA A rows and 4 B rows this thread copies (rows tid/8 + 32 it). */
+    constexpr int RA = BM / 32, MT = BM / 32; /* MT: 16-row MMA tiles per warp (2 x 4 warps) */
+    const uint16_t *ap[RA], *bp[4];
+    bool aok[RA], bok[4];
     const uint16_t *wp[P];
     int ldw;
     if (wdq) {
@@ -165,10 +164,14 @@ __global__ void __launch_bounds__(MG_THREADS, 2)
         ldw = 0;
     }
 #pragma unroll
-    for (int it = 0; it < 4; it++) {
-        const int r = (tid >> 3) + 32 * it, i = r0 + r;
+    for (int it = 0; it < RA; it++) {
+        const int i = r0 + (tid >> 3) + 32 * it;
         aok[it] = i < r1;
         ap[it] = aok[it] ? X + (size_t)(xo ? xo[i] / xdiv : i) * ldx : X;
+    }
+#pragma unroll
+    for (int it = 0; it < 4; it++) {
+        const int r = (tid >> 3) + 32 * it;
         int part;
         const int wr = mg_wrow<SWIGLU>(nt, r, part);
         bok[it] = !WK && wr < N;
@@ -176,18 +179,21 @@ __global__ void __launch_bounds__(MG_THREADS, 2)
     }
 
     auto load = [&](int kt, int s) {
-        uint16_t *As = mg_sm + s * (MG_BM + MG_BN) * MG_BK, *Bs = As + MG_BM * MG_BK;
+        uint16_t *As = mg_sm + s * (BM + MG_BN) * MG_BK, *Bs = As + BM * MG_BK;
         const int k = kt * MG_BK + c * 8;
         const bool kok = k < K;
 #pragma unroll
-        for (int it = 0; it < 4; it++) {
-            const int r = (tid >> 3) + 32 * it;
-            const bool a = aok[it] && kok, b = bok[it] && kok;
-            tc_cp16(tc_smem(As + mg_off(r, c)), a ? ap[it] + k : X, a ? 16 : 0);
-            if (!WK) tc_cp16(tc_smem(Bs + mg_off(r, c)), b ? bp[it] + k : wp[0], b ? 16 : 0);
+        for (int it = 0; it < RA; it++) {
+            const bool a = aok[it] && kok;
+            tc_cp16(tc_smem(As + mg_off((tid >> 3) + 32 * it, c)), a ? ap[it] + k : X, a ? 16 : 0);
+        }
+#pragma unroll
+        for (int it = 0; it < 4 && !WK; it++) {
+            const bool b = bok[it] && kok;
+            tc_cp16(tc_smem(Bs + mg_off((tid >> 3) + 32 * it, c)), b ? bp[it] + k : wp[0], b ? 16 : 0);
         }
     };
-    auto bstage = [&](int s) { return mg_sm + s * (MG_BM + MG_BN) * MG_BK + MG_BM * MG_BK; };
+    auto bstage = [&](int s) { return mg_sm + s * (BM + MG_BN) * MG_BK + BM * MG_BK; };
 
     const int nk = (K + MG_BK - 1) / MG_BK;
 #pragma unroll
@@ -202,23 +208,23 @@ __global__ void __launch_bounds__(MG_THREADS, 2)
         tc_cp_commit();
     }
 
-    const int wm = warp >> 2, wn = warp & 3; /* 2 x 4 warps of 64 pairs x 32 weight rows */
+    const int wm = warp >> 2, wn = warp & 3; /* 2 x 4 warps of BM / 2 pairs x 32 weight rows */
     /* ldmatrix row addresses (bytes, stage 0), per 16-input step kk: every
      * fragment row has row & 7 == lane & 7 (see attn_flash.cu). */
     uint32_t aa[4], ba[4];
     {
         const int rl = lane & 7;
-        const int ar = wm * 64 + rl + ((lane >> 3) & 1) * 8, ax = lane >> 4;
+        const int ar = wm * (BM / 2) + rl + ((lane >> 3) & 1) * 8, ax = lane >> 4;
         const int br = wn * 32 + rl + (lane >> 4) * 8, bx = (lane >> 3) & 1;
 #pragma unroll
         for (int kk = 0; kk < 4; kk++) {
             aa[kk] = tc_smem(mg_sm + ar * MG_BK + (((2 * kk) ^ ax ^ rl) << 3));
-            ba[kk] = tc_smem(mg_sm + MG_BM * MG_BK + br * MG_BK + (((2 * kk) ^ bx ^ rl) << 3));
+            ba[kk] = tc_smem(mg_sm + BM * MG_BK + br * MG_BK + (((2 * kk) ^ bx ^ rl) << 3));
         }
     }
-    float acc[4][4][4];
+    float acc[MT][4][4];
 #pragma unroll
-    for (int m = 0; m < 4; m++)
+    for (int m = 0; m < MT; m++)
 #pragma unroll
         for (int n = 0; n < 4; n++) acc[m][n][0] = acc[m][n][1] = acc[m][n][2] = acc[m][n][3] = 0.0f;
 
@@ -231,16 +237,16 @@ __global__ void __launch_bounds__(MG_THREADS, 2)
         __syncthreads(); /* stage kt landed; every warp is done with stage kt - 1 */
         if (next) load(kt + MG_ST - 1, (kt + MG_ST - 1) % MG_ST);
         tc_cp_commit();
-        const uint32_t so = (uint32_t)((kt % MG_ST) * (MG_BM + MG_BN) * MG_BK * 2);
+        const uint32_t so = (uint32_t)((kt % MG_ST) * (BM + MG_BN) * MG_BK * 2);
 #pragma unroll
         for (int kk = 0; kk < 4; kk++) {
-            uint32_t a[4][4], b[2][4];
+            uint32_t a[MT][4], b[2][4];
 #pragma unroll
-            for (int m = 0; m < 4; m++) tc_ldsm4(a[m], aa[kk] + so + m * 16 * MG_BK * 2);
+            for (int m = 0; m < MT; m++) tc_ldsm4(a[m], aa[kk] + so + m * 16 * MG_BK * 2);
 #pragma unroll
             for (int np = 0; np < 2; np++) tc_ldsm4(b[np], ba[kk] + so + np * 16 * MG_BK * 2);
 #pragma unroll
-            for (int m = 0; m < 4; m++)
+            for (int m = 0; m < MT; m++)
 #pragma unroll
                 for (int np = 0; np < 2; np++) {
                     tc_mma(acc[m][2 * np], a[m], b[np][0], b[np][1]);
@@ -254,10 +260,10 @@ __global__ void __launch_bounds__(MG_THREADS, 2)
     /* C fragment: rows g = lane / 4 and g + 8 of each 16-row tile, columns
      * 2 (lane % 4) + {0, 1} of each 8-column tile. */
 #pragma unroll
-    for (int m = 0; m < 4; m++) {
+    for (int m = 0; m < MT; m++) {
 #pragma unroll
         for (int h = 0; h < 2; h++) {
-            const int i = r0 + wm * 64 + m * 16 + (lane >> 2) + 8 * h;
+            const int i = r0 + wm * (BM / 2) + m * 16 + (lane >> 2) + 8 * h;
             if (i >= r1) continue;
             if (SWIGLU) {
                 uint16_t *yr = (uint16_t *)Y + (size_t)i * ldy;
@@ -339,22 +345,34 @@ static int mg_kind(const qk_moe_table *t)
 
 extern "C" int qk_moe_gemm_in_place_ok(const qk_moe_table *t) { return qk_moe_grouped_ok(t) && mg_kind(t) >= 0; }
 
-template <bool SW, int WK>
-static int mg_launch(const qk_moe_table *t, const uint16_t *wdq, int e0, int e1, const int32_t *tstart,
-                     const int32_t *tiles, int max_tiles, int ntn, const uint16_t *x, int64_t ldx, const int32_t *xo,
-                     int xdiv, void *y, int64_t ldy, const int32_t *yo, cudaStream_t st)
+template <bool SW, int WK, int BM>
+static int mg_launch_bm(const qk_moe_table *t, const uint16_t *wdq, int e0, int e1, const int32_t *tstart,
+                        const int32_t *tiles, int max_tiles, int ntn, const uint16_t *x, int64_t ldx, const int32_t *xo,
+                        int xdiv, void *y, int64_t ldy, const int32_t *yo, cudaStream_t st)
 {
     static bool attr;
     if (!attr) {
-        const int rc = (int)cudaFuncSetAttribute(k_moe_gemm<SW, WK>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                                 MG_SMEM);
+        const int rc = (int)cudaFuncSetAttribute(k_moe_gemm<SW, WK, BM>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                 MG_SMEM(BM));
         if (rc) return rc;
         attr = true;
     }
-    k_moe_gemm<SW, WK><<<dim3((unsigned)(max_tiles * ntn)), MG_THREADS, MG_SMEM, st>>>(
+    k_moe_gemm<SW, WK, BM><<<dim3((unsigned)(max_tiles * ntn)), MG_THREADS, MG_SMEM(BM), st>>>(
         (const qg_part *)t->d, wdq, e0, e1, tstart, (const int4 *)tiles, t->n, t->k, x, (long long)ldx, xo, xdiv, y,
         (long long)ldy, yo, ntn);
     return qk_launch_status();
+}
+
+template <bool SW, int WK>
+static int mg_launch(int bm, const qk_moe_table *t, const uint16_t *wdq, int e0, int e1, const int32_t *tstart,
+                     const int32_t *tiles, int max_tiles, int ntn, const uint16_t *x, int64_t ldx, const int32_t *xo,
+                     int xdiv, void *y, int64_t ldy, const int32_t *yo, cudaStream_t st)
+{
+    switch (bm) {
+    case 32: return mg_launch_bm<SW, WK, 32>(t, wdq, e0, e1, tstart, tiles, max_tiles, ntn, x, ldx, xo, xdiv, y, ldy, yo, st);
+    case 64: return mg_launch_bm<SW, WK, 64>(t, wdq, e0, e1, tstart, tiles, max_tiles, ntn, x, ldx, xo, xdiv, y, ldy, yo, st);
+    default: return mg_launch_bm<SW, WK, 128>(t, wdq, e0, e1, tstart, tiles, max_tiles, ntn, x, ldx, xo, xdiv, y, ldy, yo, st);
+    }
 }
 
 extern "C" int qk_moe_dequant(const qk_moe_table *t, int e0, int e1, const int32_t *off, uint16_t *out,
@@ -369,20 +387,20 @@ extern "C" int qk_moe_dequant(const qk_moe_table *t, int e0, int e1, const int32
     return qk_launch_status();
 }
 
-extern "C" int qk_moe_gemm(const qk_moe_table *t, const uint16_t *wdq, int e0, int e1, const int32_t *tstart,
+extern "C" int qk_moe_gemm(const qk_moe_table *t, const uint16_t *wdq, int e0, int e1, int bm, const int32_t *tstart,
                            const int32_t *tiles, int max_tiles, const uint16_t *x, int64_t ldx, const int32_t *xo,
                            int xdiv, void *y, int64_t ldy, const int32_t *yo, struct CUstream_st *st)
 {
     if (!qk_moe_grouped_ok(t) || !tstart || !tiles || !x || !y || e0 < 0 || e1 > t->E || e1 < e0 || xdiv <= 0 ||
         ldx < t->k || ldx % 8 || ((uintptr_t)x & 15) || ((uintptr_t)tiles & 15) || ((uintptr_t)wdq & 15) ||
-        (!wdq && mg_kind(t) < 0) || ldy < t->n || ldy % 2 || (t->P == 2 && yo))
+        (!wdq && mg_kind(t) < 0) || ldy < t->n || ldy % 2 || (t->P == 2 && yo) || (bm != 32 && bm != 64 && bm != 128))
         return (int)cudaErrorInvalidValue;
     if (e1 == e0 || max_tiles <= 0) return 0;
     const bool sw = t->P == 2;
     const int ntn = qk_cdiv(t->n, sw ? 64 : MG_BN);
     if ((int64_t)max_tiles * ntn > 0x7fffffff) return (int)cudaErrorInvalidValue;
     const int wk = wdq ? 0 : mg_kind(t);
-#define MG_GO(SW, WK) mg_launch<SW, WK>(t, wdq, e0, e1, tstart, tiles, max_tiles, ntn, x, ldx, xo, xdiv, y, ldy, yo, st)
+#define MG_GO(SW, WK) mg_launch<SW, WK>(bm, t, wdq, e0, e1, tstart, tiles, max_tiles, ntn, x, ldx, xo, xdiv, y, ldy, yo, st)
     switch (wk) {
     case 0: return sw ? MG_GO(true, 0) : MG_GO(false, 0);
     case 1: return sw ? MG_GO(true, 1) : MG_GO(false, 1);

@@ -156,8 +156,8 @@ int qk_gemv_moe(const qk_moe_table *t, const int32_t *sel, int n, const int32_t 
 
 /* ---- long MoE prefill chunks: all experts in one grouped GEMM (kernels/moe_gemm.cu) ----
  * The pairs come sorted by expert with qk_moe_plan (kernels.h), which cuts
- * them into tiles of QK_MOE_BM pairs of one expert. */
-#define QK_MOE_BM 128
+ * them into tiles of bm pairs of one expert (bm 32, 64 or 128). */
+#define QK_MOE_BM_MIN 32
 
 /* Whether a table can run qk_moe_dequant / qk_moe_gemm: n and k multiples
  * of 8, no g_idx permutation, P 1 or 2. */
@@ -170,8 +170,9 @@ int qk_moe_grouped_ok(const qk_moe_table *t);
 int qk_moe_dequant(const qk_moe_table *t, int e0, int e1, const int32_t *off, uint16_t *out,
                    struct CUstream_st *st);
 
-/* The pairs of experts e0 <= e < e1 (tiles tstart[e0] .. tstart[e1] of
- * the plan; max_tiles >= their number, e.g. pairs / QK_MOE_BM + e1 - e0):
+/* The pairs of experts e0 <= e < e1 (tiles tstart[e0] .. tstart[e1] of a
+ * plan made with the same bm; max_tiles >= their number, e.g. pairs / bm
+ * + e1 - e0):
  * sorted pair i reads x row (xo ? xo[i] / xdiv : i) (bf16, row stride
  * ldx) and the weights of its expert: from wdq laid out as qk_moe_dequant
  * writes them for e0, or (wdq NULL) the table's own parts, decoded to the
@@ -179,7 +180,7 @@ int qk_moe_dequant(const qk_moe_table *t, int e0, int e1, const int32_t *off, ui
  * u_c) from the fp32 sums (yo must be NULL); P = 1: y fp32 row (yo ? yo[i]
  * : i) = the n sums. bf16 operands on the tensor cores, fp32 accumulate. */
 int qk_moe_gemm_in_place_ok(const qk_moe_table *t); /* one layout family: BF16, FP8, INT4 or FP4 */
-int qk_moe_gemm(const qk_moe_table *t, const uint16_t *wdq, int e0, int e1, const int32_t *tstart,
+int qk_moe_gemm(const qk_moe_table *t, const uint16_t *wdq, int e0, int e1, int bm, const int32_t *tstart,
                 const int32_t *tiles, int max_tiles, const uint16_t *x, int64_t ldx, const int32_t *xo, int xdiv,
                 void *y, int64_t ldy, const int32_t *yo, struct CUstream_st *st);
 

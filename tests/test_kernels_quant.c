@@ -1485,18 +1485,18 @@ static void moe_route_check(void)
  * BF16, 1 per expert from moe_build, 2 fp8-block, 3 ct-int4 g128, 4
  * nvfp4-ct, 5 gptq g32 asymmetric, 6 mxfp4. Checked: the plan (a permutation in expert
  * order; offsets and tiles that cover each expert's run in pieces of at
- * most QK_MOE_BM), h = bf16(silu(g) u) against a double reference on the
+ * most bm), h = bf16(silu(g) u) against a double reference on the
  * bf16-rounded weights (within bf16 rounding), and y against a double sum
  * of the GPU's own h (fp32 accumulation only), in pair order. */
 static void moe_grouped_check(const char *name, int E, int lay, int64_t D, int64_t I, int T, int Kc, int batch,
-                              const int32_t *sel)
+                              int bm, const int32_t *sel)
 {
     if (!gpu_init()) {
         th_skip(name, gpu_why);
         return;
     }
 #ifdef QC_HAVE_CUDA
-    const int n = T * Kc, maxt = n / QK_MOE_BM + E;
+    const int n = T * Kc, maxt = n / bm + E;
     pub *pb = calloc((size_t)E * 3, sizeof *pb);
     qk_qweight *d = calloc((size_t)E * 3, sizeof *d);
     const qk_qweight **gu = calloc((size_t)E * 2, sizeof *gu), **dn = calloc((size_t)E, sizeof *dn);
@@ -1540,13 +1540,13 @@ static void moe_grouped_check(const char *name, int E, int lay, int64_t D, int64
     cudaStream_t qs;
     cudaStreamCreateWithFlags(&qs, cudaStreamNonBlocking);
     int trc = ok ? qk_moe_table_fill(gu, E, 2, tg, &t_gu) | qk_moe_table_fill(dn, E, 1, td, &t_dn) : -1;
-    int krc = trc ? -1 : qk_moe_plan(dsel, n, E, dord, doff, dts, dtl, qs);
+    int krc = trc ? -1 : qk_moe_plan(dsel, n, E, bm, dord, doff, dts, dtl, qs);
     for (int e0 = 0; e0 < E && !krc; e0 += nb) {
         const int e1 = e0 + nb < E ? e0 + nb : E;
         uint16_t *qg = dq, *qd = dq ? dq + (size_t)nb * 2 * I * D : NULL;
         if (dq) krc |= qk_moe_dequant(&t_gu, e0, e1, doff, qg, qs) | qk_moe_dequant(&t_dn, e0, e1, doff, qd, qs);
-        krc |= qk_moe_gemm(&t_gu, qg, e0, e1, dts, dtl, maxt, dx, D, dord, Kc, dh, I, NULL, qs);
-        krc |= qk_moe_gemm(&t_dn, qd, e0, e1, dts, dtl, maxt, dh, I, NULL, 1, dy, D, dord, qs);
+        krc |= qk_moe_gemm(&t_gu, qg, e0, e1, bm, dts, dtl, maxt, dx, D, dord, Kc, dh, I, NULL, qs);
+        krc |= qk_moe_gemm(&t_dn, qd, e0, e1, bm, dts, dtl, maxt, dh, I, NULL, 1, dy, D, dord, qs);
     }
     const int src = (int)cudaStreamSynchronize(qs);
     int32_t *ord = malloc((size_t)n * 4), *off = malloc((size_t)(E + 1) * 4), *ts = malloc((size_t)(E + 1) * 4),
@@ -1570,7 +1570,7 @@ static void moe_grouped_check(const char *name, int E, int lay, int64_t D, int64
         int at = off[e];
         for (int j = ts[e]; j < ts[e + 1]; j++) {
             bad |= tl[4 * j] != e || tl[4 * j + 1] != at || tl[4 * j + 2] != off[e + 1] || at >= off[e + 1];
-            at += QK_MOE_BM;
+            at += bm;
         }
         bad |= at < off[e + 1];
     }
@@ -1603,8 +1603,8 @@ static void moe_grouped_check(const char *name, int E, int lay, int64_t D, int64
     ok = ok && trc == 0 && krc == 0 && src == 0 && !bad && he < 4e-3 && ye < 1e-5;
     snprintf(why, sizeof why, "table %d launches %d sync %d plan %s, worst rel_l2 h %.3g y %.3g", trc, krc, src,
              bad ? "WRONG" : "ok", he, ye);
-    printf("# %s: %d pairs on %d experts, D %lld, I %lld, batch %d: worst rel_l2 h %.3g, y %.3g\n", name, n, E,
-           (long long)D, (long long)I, batch, he, ye);
+    printf("# %s: %d pairs on %d experts, D %lld, I %lld, batch %d, tiles of %d: worst rel_l2 h %.3g, y %.3g\n",
+           name, n, E, (long long)D, (long long)I, batch, bm, he, ye);
     CHECK(name, ok, "%s", why);
     cudaStreamDestroy(qs);
     void *dev[] = {tg, td, dsel, dord, doff, dts, dtl, dx, dh, dq, dy};
@@ -1617,7 +1617,7 @@ static void moe_grouped_check(const char *name, int E, int lay, int64_t D, int64
     free(pb), free(d), free(gu), free(dn), free(wr), free(xb), free(ord), free(off), free(ts), free(tl), free(h);
     free(y), free(seen), free(hr), free(yr), free(hg);
 #else
-    (void)E, (void)lay, (void)D, (void)I, (void)T, (void)Kc, (void)batch, (void)sel;
+    (void)E, (void)lay, (void)D, (void)I, (void)T, (void)Kc, (void)batch, (void)bm, (void)sel;
 #endif
 }
 
@@ -1660,17 +1660,20 @@ static void test_moe(void)
      * partial input tile (D 264) and a partial output tile (I 72) */
     int32_t *gs = malloc(200 * 3 * sizeof *gs);
     moe_grouped_sel(gs, 200, 2, 5);
-    moe_grouped_check("moe_grouped_mixed_batched", 5, 1, 256, 96, 200, 2, 2, gs);
+    moe_grouped_check("moe_grouped_mixed_batched", 5, 1, 256, 96, 200, 2, 2, 128, gs);
+    moe_grouped_check("moe_grouped_mixed_batched_t32", 5, 1, 256, 96, 200, 2, 2, 32, gs);
     moe_grouped_sel(gs, 100, 3, 6);
-    moe_grouped_check("moe_grouped_bf16_in_place", 6, 0, 264, 72, 100, 3, 0, gs);
+    moe_grouped_check("moe_grouped_bf16_in_place", 6, 0, 264, 72, 100, 3, 0, 128, gs);
+    moe_grouped_check("moe_grouped_bf16_in_place_t64", 6, 0, 264, 72, 100, 3, 0, 64, gs);
     /* each layout family decoded while loading: partial FP8 blocks and a
      * partial input tile (D 264, I 72 with 128 x 128 blocks), INT4 and FP4
      * with whole groups and a partial last input tile of down (I 96) */
-    moe_grouped_check("moe_grouped_fp8_in_place", 6, 2, 264, 72, 100, 3, 0, gs);
-    moe_grouped_check("moe_grouped_ct_int4_in_place", 6, 3, 256, 96, 100, 3, 0, gs);
-    moe_grouped_check("moe_grouped_gptq_asym_in_place", 6, 5, 256, 96, 100, 3, 0, gs);
-    moe_grouped_check("moe_grouped_nvfp4_in_place", 6, 4, 256, 96, 100, 3, 0, gs);
-    moe_grouped_check("moe_grouped_mxfp4_in_place", 6, 6, 256, 96, 100, 3, 0, gs);
+    moe_grouped_check("moe_grouped_fp8_in_place", 6, 2, 264, 72, 100, 3, 0, 128, gs);
+    moe_grouped_check("moe_grouped_fp8_in_place_t32", 6, 2, 264, 72, 100, 3, 0, 32, gs);
+    moe_grouped_check("moe_grouped_ct_int4_in_place", 6, 3, 256, 96, 100, 3, 0, 64, gs);
+    moe_grouped_check("moe_grouped_gptq_asym_in_place", 6, 5, 256, 96, 100, 3, 0, 32, gs);
+    moe_grouped_check("moe_grouped_nvfp4_in_place", 6, 4, 256, 96, 100, 3, 0, 128, gs);
+    moe_grouped_check("moe_grouped_mxfp4_in_place", 6, 6, 256, 96, 100, 3, 0, 64, gs);
     free(gs);
 }
 
