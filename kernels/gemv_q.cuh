@@ -646,7 +646,12 @@ __device__ __forceinline__ void qg_walk(const qg_part &pp, int row0, const uint1
  * = this warp's index among them) walk its chunks. Returns, in lane r <
  * QK_QROWS, row r's sum over this warp's chunks (the S partial sums are
  * added by qg_rowgroup_sum). Shared by k_gemv_q (gemv_multi.cu) and the
- * MoE experts' GEMV (moe.cu). */
+ * MoE experts' GEMV (moe.cu). KIND: the layout, when every part of the
+ * launch has it (a kernel with only that body: fewer registers), or
+ * QK_QW_NONE for any (p.kind decides); QG_INT4_BODY(perm, f16, mma): INT4
+ * parts that all take that body. */
+#define QG_INT4_BODY(perm, f16, mma) (16 + 4 * (perm) + 2 * (f16) + (mma))
+template <int KIND = QK_QW_NONE>
 __device__ __forceinline__ float qg_rowgroup_dot(const qg_part &p, int row0, const uint16_t *__restrict__ x, int ks,
                                                  int S)
 {
@@ -654,9 +659,14 @@ __device__ __forceinline__ float qg_rowgroup_dot(const qg_part &p, int row0, con
     float acc[QK_QROWS];
 #pragma unroll
     for (int r = 0; r < QK_QROWS; r++) acc[r] = 0.0f;
-    if (row0 < p.n) {
+    if (KIND >= 16 && row0 < p.n) {
+        constexpr bool perm = (KIND - 16) & 4, f16 = (KIND - 16) & 2, mma = (KIND - 16) & 1;
         const int c0 = ks * 32 + lane, stride = 32 * S;
-        switch (p.kind) {
+        if (mma) qg_walk_mma<qg_int4_mma_step<f16>>(p, row0, x, acc, c0, stride);
+        else qg_walk<qg_int4_step<f16, perm>>(p, row0, x, acc, c0, stride);
+    } else if (row0 < p.n) {
+        const int c0 = ks * 32 + lane, stride = 32 * S;
+        switch (KIND == QK_QW_NONE ? p.kind : KIND) {
         case QK_QW_FP8: qg_walk<qg_fp8_step>(p, row0, x, acc, c0, stride); break;
         case QK_QW_INT4:
             if (p.perm) {

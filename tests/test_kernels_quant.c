@@ -1193,14 +1193,19 @@ static void *dput(const void *h, size_t n)
 }
 #endif
 
+/* moe_build's layout for every expert, or -1 for one per expert */
+static int moe_one_layout = -1;
+
 #ifdef QC_HAVE_CUDA
 /* Expert e's part i in one of five layouts (e % 5), all [N, K]: the table
- * holds a different body per expert, as a checkpoint with mixed experts would. */
+ * holds a different body per expert, as a checkpoint with mixed experts
+ * would. moe_one_layout >= 0: that layout for every expert (the GEMV then
+ * runs its single-layout kernel). */
 static void moe_build(pub *p, int e, int i, int64_t N, int64_t K)
 {
     char nm[32];
     snprintf(nm, sizeof nm, "expert%d.part%d", e, i);
-    switch (e % 5) {
+    switch (moe_one_layout >= 0 ? moe_one_layout : e % 5) {
     case 0: build_fp8(p, nm, QC_FMT_FP8_BLOCK, N, K, 128, 128, QC_DT_BF16); break;
     case 1: build_ct(p, nm, N, K, 128, 0, 0); break;
     case 2: build_fp4(p, nm, QC_FMT_NVFP4_CT, N, K, 1234.567f); break;
@@ -1372,6 +1377,8 @@ static void moe_route_check(void)
     for (int e = 0; e < E; e++) lg[1 * LD + e] = 0.5f;                           /* all tied */
     for (int e = 0; e < E; e += 7) lg[2 * LD + e] = 9.0f;                        /* ties among the best */
     lg[3 * LD + 5] = NAN;                                                         /* a NaN never wins */
+    for (int e = 0; e < E; e++)                     /* 3 finite logits: then the lowest free indices */
+        if (e != 17 && e != 100 && e != 250) lg[4 * LD + e] = NAN;
     int32_t rsel[T * K];
     float rw[T * K];
     for (int t = 0; t < T; t++) moe_route_ref(lg + t * LD, E, K, rsel + t * K, rw + t * K);
@@ -1404,7 +1411,8 @@ static void moe_route_check(void)
         cudaMemcpy(s2, ds2, sizeof s2, cudaMemcpyDeviceToHost);
         cudaMemcpy(w2, dw2, sizeof w2, cudaMemcpyDeviceToHost);
         for (int t = 0; t < T; t++) {
-            for (int j = 0; j < K; j++) sh_bad += s2[t * (K + 1) + j] != gsel[t * K + j] || w2[t * (K + 1) + j] != gw[t * K + j];
+            for (int j = 0; j < K; j++) /* bits: a token with NaN logits has NaN weights */
+                sh_bad += s2[t * (K + 1) + j] != gsel[t * K + j] || memcmp(&w2[t * (K + 1) + j], &gw[t * K + j], 4);
             const double g = shared == 2 ? 1.0 / (1.0 + exp(-(double)lg[t * LD + E])) : 1.0;
             sh_bad += s2[t * (K + 1) + K] != E;
             if (fabs(w2[t * (K + 1) + K] - g) > shmax) shmax = fabs(w2[t * (K + 1) + K] - g);
@@ -1654,6 +1662,12 @@ static void test_moe(void)
     static const int32_t pairs[] = {0, 3, 4, 2, 0, 4, 3, 1, 4, 0, 2, 4, 1, 3, 4, 3, 0, 4, 2, 1, 4};
     moe_gemv_check("moe_gemv_pairs_gate_up", 5, 2, 72, 256, pairs, 21, 3, true);
     moe_gemv_check("moe_gemv_pairs_down", 5, 1, 72, 256, pairs, 21, 1, true);
+    /* tables of one layout run kernels with that body only */
+    static const char *const one[] = {"moe_gemv_pairs_fp8_only", "moe_gemv_pairs_ct_int4_only",
+                                      "moe_gemv_pairs_nvfp4_only", "moe_gemv_pairs_bf16_only", "moe_gemv_pairs_gptq_only"};
+    for (moe_one_layout = 0; moe_one_layout < 5; moe_one_layout++)
+        moe_gemv_check(one[moe_one_layout], 5, 2, 72, 256, pairs, 21, 3, true);
+    moe_one_layout = -1;
     moe_route_check();
     /* grouped GEMMs: five layouts dequantized in batches of 2 experts (the
      * last batch of one), 200 tokens x 2; all-BF16 experts in place with a
