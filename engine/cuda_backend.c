@@ -180,8 +180,9 @@ typedef struct cu_moe {
     bool sh_table;
     qk_moe_table t_gu, t_down;
     /* Long prefill chunks as grouped GEMMs (moe_grouped): the tables allow
-     * it (qk_moe_grouped_ok); grouped_dq: the experts are dequantized first
-     * (all but all-BF16 experts). */
+     * it (qk_moe_grouped_ok); grouped_dq: the experts are dequantized into
+     * the scratch first (experts of mixed layouts; the GEMM decodes one
+     * layout family while loading). */
     bool grouped, grouped_dq;
 } cu_moe;
 
@@ -231,6 +232,7 @@ struct qc_cuda_model {
     int moe_pair_max;  /* prefill chunks of at most this many tokens run as (token, expert) pair GEMVs */
     int moe_pass;      /* longer ones: tokens per grouped pass (moe_grouped) */
     int moe_dq_experts; /* experts dequantized at a time for a grouped pass */
+    bool moe_lists;     /* some MoE layer runs long chunks as per-expert GEMMs (moe_lists; no grouped GEMMs) */
 };
 
 static int cu_model_new(const qc_cuda_shape *sh, qc_cuda_model **out, qc_err *err)
@@ -699,11 +701,15 @@ static void moe_dims(qc_cuda_model *cm)
         if (mo->K + mo->sh_table > cm->moe_Kt) cm->moe_Kt = mo->K + mo->sh_table;
     }
     if (!cm->moe_K) return;
-    bool grouped = true;
-    for (int li = 0; li < cm->sh.n_layers; li++) grouped &= !cm->L[li].moe || cm->L[li].moe->grouped;
+    bool dq = false;
+    for (int li = 0; li < cm->sh.n_layers; li++) {
+        const cu_moe *mo = cm->L[li].moe;
+        cm->moe_lists |= mo && !mo->grouped;
+        dq |= mo && mo->grouped_dq;
+    }
     /* One pair launch holds at most 65535 / 2 pairs (qk_gemv_moe's grid) */
     const char *env = getenv("QCHAT_MOE_PAIR_TOKENS");
-    int pm = env && *env ? atoi(env) : grouped ? CU_MOE_PAIR_TOKENS : CU_MOE_PAIR_TOKENS_UNGROUPED;
+    int pm = env && *env ? atoi(env) : cm->moe_lists ? CU_MOE_PAIR_TOKENS_UNGROUPED : CU_MOE_PAIR_TOKENS;
     const int cap = 65535 / (2 * cm->moe_Kt);
     cm->moe_pair_max = pm < 1 ? 1 : pm > cap ? cap : pm;
     /* grouped passes: the per-pair outputs (fp32 [pairs][D]) bounded; the
@@ -715,8 +721,6 @@ static void moe_dims(qc_cuda_model *cm)
     nb = nb < 1 ? 1 : nb > cm->moe_E ? cm->moe_E : nb;
     const int nbatch = (cm->moe_E + nb - 1) / nb;
     cm->moe_dq_experts = (cm->moe_E + nbatch - 1) / nbatch;
-    bool dq = false;
-    for (int li = 0; li < cm->sh.n_layers; li++) dq |= cm->L[li].moe && cm->L[li].moe->grouped_dq;
     cm->dq_moe = dq ? (size_t)cm->moe_dq_experts * per : 0;
 }
 
@@ -1361,6 +1365,7 @@ static int sess_arena(qc_cuda_sess *cs, int T, int lrows, qc_err *err)
     const size_t ngp = cm->moe_K && T > cm->moe_pair_max ? (size_t)(T < cm->moe_pass ? T : cm->moe_pass) * cm->moe_K : 0;
     const size_t npg = np > ngp ? np : ngp, nyt = npg > t ? npg : t;
     const size_t ntile = ngp ? ngp / QK_MOE_BM_MIN + (size_t)cm->moe_E + 1 : 0;
+    const size_t tl = cm->moe_lists ? t : 0; /* tokens of the per-expert GEMM path (moe_lists) */
     size_t sz[] = {
         t * sh->D * 4,                                        /* h */
         t * cm->n_max * 4,                                    /* proj */
@@ -1379,12 +1384,12 @@ static int sess_arena(qc_cuda_sess *cs, int T, int lrows, qc_err *err)
         t * cm->moe_Kt * 4, t * cm->moe_Kt * 4,               /* m_sel, m_wts */
         cm->moe_K ? t * sh->D * 4 : 0,                        /* m_ysh */
         cm->moe_K ? nyt * sh->D * 4 : 0,                      /* m_ye */
-        cm->moe_K ? t * sh->D * 4 : 0,                        /* m_acc */
-        t * cm->moe_K * 4, t * cm->moe_K * 4,                 /* m_rows, m_rw */
-        (np * 4 > t * 2 ? np * 4 : t * 2) * 2 * cm->moe_Im,   /* m_gu */
+        tl * sh->D * 4,                                       /* m_acc */
+        tl * cm->moe_K * 4, tl * cm->moe_K * 4,               /* m_rows, m_rw */
+        (np * 4 > tl * 2 ? np * 4 : tl * 2) * 2 * cm->moe_Im, /* m_gu */
         nyt * cm->moe_Im * 2,                                 /* m_he */
         npg * 4,                                              /* m_order */
-        cm->moe_K ? t * sh->D * 2 : 0,                        /* m_xe */
+        tl * sh->D * 2,                                       /* m_xe */
         ngp ? (size_t)(cm->moe_E + 1) * 4 : 0,                /* m_off */
         ngp ? (size_t)(cm->moe_E + 1) * 4 : 0,                /* m_ts */
         ntile * 16,                                           /* m_tiles */
@@ -1420,7 +1425,7 @@ static int sess_arena(qc_cuda_sess *cs, int T, int lrows, qc_err *err)
         *ptrs[i] = base;
         base += al256(sz[i]);
     }
-    if (cm->moe_K) { /* the prefill's host copies of the expert lists */
+    if (cm->moe_lists) { /* the prefill's host copies of the expert lists */
         const size_t n = t * cm->moe_K;
         free(cs->hm_sel);
         free(cs->hm_rows);
@@ -1839,11 +1844,13 @@ static int moe_tile_pairs(int n, int E)
 /* Chunks longer than moe_pair_max tokens (when the tables allow,
  * cu_moe.grouped): the pairs sorted by expert on the device and every
  * expert's tiles in one grouped GEMM launch (kernels/moe_gemm.cu), gate|up
- * with the SwiGLU, then down into per-pair rows, then the weighted sum;
- * quantized experts are first dequantized to bf16, moe_dq_experts at a
- * time, into the dequantization scratch. Passes of at most moe_pass tokens
- * bound the per-pair rows. No host round trip, ~7 launches per pass and
- * batch instead of ~7 per expert with tokens. */
+ * with the SwiGLU, then down into per-pair rows, then the weighted sum.
+ * The GEMM decodes FP8, INT4 and FP4 experts while loading them; experts
+ * of mixed layouts (cu_moe.grouped_dq) are first dequantized to bf16,
+ * moe_dq_experts at a time, into the dequantization scratch. Passes of at
+ * most moe_pass tokens bound the per-pair rows. No host round trip: 4
+ * launches per pass (and 2 more per batch of dequantized experts) instead
+ * of ~7 per expert with tokens. */
 static int moe_grouped(qc_cuda_sess *cs, const cu_moe *mo, int T, const float *ysh, const float *sg, cu_prof *P,
                        qc_err *err)
 {

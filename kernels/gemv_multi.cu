@@ -233,23 +233,6 @@ __device__ __forceinline__ void qg_persist(const qg_parts &ps, const uint16_t *_
     if (S2 > 1) qg_pmeet(ps, red, R * V + j, 0, n2, S2, accumulate);
 }
 
-enum { QG_B_FP8, QG_B_I4PH, QG_B_I4P, QG_B_I4MH, QG_B_I4M, QG_B_I4H, QG_B_I4, QG_B_NV, QG_B_MX, QG_B_BF16, QG_NBODY };
-
-/* Which body of gemv_q.cuh a part runs (the same choice as k_gemv_q). */
-static int part_body(const qg_part *p)
-{
-    switch (p->kind) {
-    case QK_QW_FP8: return QG_B_FP8;
-    case QK_QW_INT4:
-        if (p->perm) return p->f16 ? QG_B_I4PH : QG_B_I4P;
-        if (p->cpg % 4 == 0) return p->f16 ? QG_B_I4MH : QG_B_I4M;
-        return p->f16 ? QG_B_I4H : QG_B_I4;
-    case QK_QW_NVFP4: return QG_B_NV;
-    case QK_QW_MXFP4: return QG_B_MX;
-    default: return QG_B_BF16;
-    }
-}
-
 /* Diagnostic body (qk_gemv_q_mode 9, benchmarks only; y is garbage):
  * the loads of STEP and a 3-input XOR per loaded word instead of its
  * arithmetic, to time the memory side of a body on its own. */
@@ -838,10 +821,10 @@ static int gemv_launch(const qk_qweight *const *w_in, float *const *y_in, int np
      * H100, BENCHMARKS.md). */
     int body = QG_B_BF16;
     for (int i = nparts - 1; i >= 0; i--)
-        if (part_body(&ps.p[i]) != QG_B_BF16) body = part_body(&ps.p[i]);
+        if (qg_part_body(&ps.p[i]) != QG_B_BF16) body = qg_part_body(&ps.p[i]);
     int same = 1, g = 0;
     for (int i = 0; i < nparts; i++) {
-        same &= part_body(&ps.p[i]) == body || part_body(&ps.p[i]) == QG_B_BF16;
+        same &= qg_part_body(&ps.p[i]) == body || qg_part_body(&ps.p[i]) == QG_B_BF16;
         ps.p[i].first_group = g;
         g += w[i]->n_pad / QK_QROWS;
     }
@@ -897,7 +880,7 @@ static int gemv_launch(const qk_qweight *const *w_in, float *const *y_in, int np
             if (p.kind == QK_QW_BF16)
                 ok = lift && p.kc == ps.p[nparts - 1].kc && (!nm || p.xs_p == 4);
             else
-                ok = part_body(&p) == body && p.kc == kc && p.cpg == 4 && p.ng * 4 == kc && !((uintptr_t)p.s & 15);
+                ok = qg_part_body(&p) == body && p.kc == kc && p.cpg == 4 && p.ng * 4 == kc && !((uintptr_t)p.s & 15);
         }
         const size_t smem = (size_t)16 * 4 * kc + (size_t)QG_WARPS * QT_D * QT_STAGE; /* x, then the rings */
         static size_t smem_set[QG_NBODY];

@@ -13,7 +13,7 @@ __global__ void k_dequant_fp4_bf16(const uint32_t *__restrict__ W, const uint8_t
     if (i >= (int64_t)N * kw) return;
     const int n = (int)(i / kw), k0 = (int)(i % kw) * 8;
     const uint8_t sb = S[(size_t)n * nb + (mx ? k0 / 32 : k0 / 16)];
-    const float s = (mx ? qg_e8m0(sb) : qg_h2f2(qg_e4m3x2_h2(sb)).x) * gmul;
+    const float s = qg_fp4_bscale(sb, mx, gmul);
     uint32_t h[4];
     qg_fp4_pairs(W[i], h);
 #pragma unroll
@@ -34,7 +34,7 @@ __global__ void k_dequant_fp4_bf16_v(const uint32_t *__restrict__ W, const uint8
     if (c * 8 >= K) return;
     const int k0 = c * 8;
     const uint8_t sb = S[(size_t)n * nb + (mx ? k0 / 32 : k0 / 16)];
-    const float s = (mx ? qg_e8m0(sb) : qg_h2f2(qg_e4m3x2_h2(sb)).x) * gmul;
+    const float s = qg_fp4_bscale(sb, mx, gmul);
     uint32_t o[4];
     qg_dq8_fp4(W[(size_t)n * kw + c], s, o);
     *(uint4 *)(out + (size_t)n * ld + k0) = make_uint4(o[0], o[1], o[2], o[3]);

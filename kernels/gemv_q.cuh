@@ -163,6 +163,13 @@ __device__ __forceinline__ void qg_dq8_int4(uint32_t w, uint32_t m, bool f16, ui
                ((uint32_t)qk_to_bf(s * (float)((int)((w >> (8 * j + 4)) & 15u) - z)) << 16);
 }
 
+/* An NVFP4 (e4m3) or MXFP4 (e8m0) block scale byte times the per-tensor
+ * multiplier gmul: the s of qg_dq8_fp4. */
+__device__ __forceinline__ float qg_fp4_bscale(uint32_t b, bool mx, float gmul)
+{
+    return (mx ? qg_e8m0(b) : qg_h2f2(qg_e4m3x2_h2(b)).x) * gmul;
+}
+
 /* NVFP4 / MXFP4: one repacked word and s = block scale * per-tensor multiplier. */
 __device__ __forceinline__ void qg_dq8_fp4(uint32_t w, float s, uint32_t o[4])
 {
@@ -642,16 +649,33 @@ __device__ __forceinline__ void qg_walk(const qg_part &pp, int row0, const uint1
     }
 }
 
+/* The decode bodies of gemv_q.cuh: one per layout, INT4 split by g_idx
+ * (P), f16 scales (H) and tensor-core groups of 128 or more (M). */
+enum { QG_B_FP8, QG_B_I4PH, QG_B_I4P, QG_B_I4MH, QG_B_I4M, QG_B_I4H, QG_B_I4, QG_B_NV, QG_B_MX, QG_B_BF16, QG_NBODY };
+
+/* Which body a part runs (host and device). */
+__host__ __device__ static inline int qg_part_body(const qg_part *p)
+{
+    switch (p->kind) {
+    case QK_QW_FP8: return QG_B_FP8;
+    case QK_QW_INT4:
+        if (p->perm) return p->f16 ? QG_B_I4PH : QG_B_I4P;
+        if (p->cpg % 4 == 0) return p->f16 ? QG_B_I4MH : QG_B_I4M;
+        return p->f16 ? QG_B_I4H : QG_B_I4;
+    case QK_QW_NVFP4: return QG_B_NV;
+    case QK_QW_MXFP4: return QG_B_MX;
+    default: return QG_B_BF16;
+    }
+}
+
 /* The plain launch's share of one row group (row0) of part p: S warps (ks
  * = this warp's index among them) walk its chunks. Returns, in lane r <
  * QK_QROWS, row r's sum over this warp's chunks (the S partial sums are
  * added by qg_rowgroup_sum). Shared by k_gemv_q (gemv_multi.cu) and the
- * MoE experts' GEMV (moe.cu). KIND: the layout, when every part of the
- * launch has it (a kernel with only that body: fewer registers), or
- * QK_QW_NONE for any (p.kind decides); QG_INT4_BODY(perm, f16, mma): INT4
- * parts that all take that body. */
-#define QG_INT4_BODY(perm, f16, mma) (16 + 4 * (perm) + 2 * (f16) + (mma))
-template <int KIND = QK_QW_NONE>
+ * MoE experts' GEMV (moe.cu). BODY: the body when every part of the launch
+ * runs it (a kernel with only that body: fewer registers; the MoE GEMV with
+ * all of them spilled), or -1 for any (qg_part_body decides). */
+template <int BODY = -1>
 __device__ __forceinline__ float qg_rowgroup_dot(const qg_part &p, int row0, const uint16_t *__restrict__ x, int ks,
                                                  int S)
 {
@@ -659,29 +683,18 @@ __device__ __forceinline__ float qg_rowgroup_dot(const qg_part &p, int row0, con
     float acc[QK_QROWS];
 #pragma unroll
     for (int r = 0; r < QK_QROWS; r++) acc[r] = 0.0f;
-    if (KIND >= 16 && row0 < p.n) {
-        constexpr bool perm = (KIND - 16) & 4, f16 = (KIND - 16) & 2, mma = (KIND - 16) & 1;
+    if (row0 < p.n) {
         const int c0 = ks * 32 + lane, stride = 32 * S;
-        if (mma) qg_walk_mma<qg_int4_mma_step<f16>>(p, row0, x, acc, c0, stride);
-        else qg_walk<qg_int4_step<f16, perm>>(p, row0, x, acc, c0, stride);
-    } else if (row0 < p.n) {
-        const int c0 = ks * 32 + lane, stride = 32 * S;
-        switch (KIND == QK_QW_NONE ? p.kind : KIND) {
-        case QK_QW_FP8: qg_walk<qg_fp8_step>(p, row0, x, acc, c0, stride); break;
-        case QK_QW_INT4:
-            if (p.perm) {
-                if (p.f16) qg_walk<qg_int4_step<true, true>>(p, row0, x, acc, c0, stride);
-                else qg_walk<qg_int4_step<false, true>>(p, row0, x, acc, c0, stride);
-            } else if (p.cpg % 4 == 0) { /* groups of 128, 256, ...: tensor cores */
-                if (p.f16) qg_walk_mma<qg_int4_mma_step<true>>(p, row0, x, acc, c0, stride);
-                else qg_walk_mma<qg_int4_mma_step<false>>(p, row0, x, acc, c0, stride);
-            } else {
-                if (p.f16) qg_walk<qg_int4_step<true, false>>(p, row0, x, acc, c0, stride);
-                else qg_walk<qg_int4_step<false, false>>(p, row0, x, acc, c0, stride);
-            }
-            break;
-        case QK_QW_NVFP4: qg_walk<qg_fp4_step<false>>(p, row0, x, acc, c0, stride); break;
-        case QK_QW_MXFP4: qg_walk<qg_fp4_step<true>>(p, row0, x, acc, c0, stride); break;
+        switch (BODY >= 0 ? BODY : qg_part_body(&p)) {
+        case QG_B_FP8: qg_walk<qg_fp8_step>(p, row0, x, acc, c0, stride); break;
+        case QG_B_I4PH: qg_walk<qg_int4_step<true, true>>(p, row0, x, acc, c0, stride); break;
+        case QG_B_I4P: qg_walk<qg_int4_step<false, true>>(p, row0, x, acc, c0, stride); break;
+        case QG_B_I4MH: qg_walk_mma<qg_int4_mma_step<true>>(p, row0, x, acc, c0, stride); break;
+        case QG_B_I4M: qg_walk_mma<qg_int4_mma_step<false>>(p, row0, x, acc, c0, stride); break;
+        case QG_B_I4H: qg_walk<qg_int4_step<true, false>>(p, row0, x, acc, c0, stride); break;
+        case QG_B_I4: qg_walk<qg_int4_step<false, false>>(p, row0, x, acc, c0, stride); break;
+        case QG_B_NV: qg_walk<qg_fp4_step<false>>(p, row0, x, acc, c0, stride); break;
+        case QG_B_MX: qg_walk<qg_fp4_step<true>>(p, row0, x, acc, c0, stride); break;
         default: qg_walk<qg_bf16_step>(p, row0, x, acc, c0, stride); break;
         }
     }

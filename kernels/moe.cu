@@ -22,7 +22,7 @@
 /* Grid (blocks per part, n * P): block (b, s * P + i) holds row groups
  * b * QG_WARPS / S ... of part i of the expert of pair q = order[s] (s
  * without an order), which reads x row q / xdiv and writes y row q. */
-template <int KIND>
+template <int BODY>
 __global__ void __launch_bounds__(QG_THREADS, QG_MINB)
     k_gemv_moe(const qg_part *__restrict__ table, int E, int P, const int32_t *__restrict__ sel,
                const int32_t *__restrict__ order, const uint16_t *__restrict__ x, int xdiv, long long xs,
@@ -48,7 +48,7 @@ __global__ void __launch_bounds__(QG_THREADS, QG_MINB)
     const int q = sq;
     const int warp = (int)threadIdx.x >> 5, lane = (int)threadIdx.x & 31, ks = warp % S;
     const int row0 = ((int)blockIdx.x * (QG_WARPS / S) + warp / S) * QK_QROWS;
-    float t = qg_rowgroup_dot<KIND>(p, row0, x + (size_t)(q / xdiv) * xs, ks, S);
+    float t = qg_rowgroup_dot<BODY>(p, row0, x + (size_t)(q / xdiv) * xs, ks, S);
     if (!qg_rowgroup_sum(t, S, ks, red)) return;
     const int row = row0 + lane;
     if (lane < QK_QROWS && row < p.n) y[(size_t)q * ys + (size_t)i * p.n + row] = t * p.post;
@@ -71,9 +71,8 @@ extern "C" int qk_moe_table_fill(const qk_qweight *const *w, int E, int P, void 
         if (w[e]->n_pad / QK_QROWS > groups) groups = w[e]->n_pad / QK_QROWS;
         kinds |= 1 << w[e]->kind;
         perm |= w[e]->perm != NULL;
-        const int b = w[e]->kind != QK_QW_INT4 ? -1
-                      : QG_INT4_BODY(h[e].perm != NULL, h[e].f16 != 0, !h[e].perm && h[e].cpg % 4 == 0);
-        body = e == 0 ? b : body == b ? body : -1;
+        const int b = qg_part_body(&h[e]);
+        body = e == 0 || body == b ? b : -1;
         if (h[e].kc < kc_min) kc_min = h[e].kc;
     }
     if (!rc) rc = (int)cudaMemcpy(dev, h, (size_t)n * sizeof *h, cudaMemcpyHostToDevice);
@@ -88,7 +87,7 @@ extern "C" int qk_moe_table_fill(const qk_qweight *const *w, int E, int P, void 
     t->kc_min = kc_min;
     t->kinds = kinds;
     t->perm = perm;
-    t->int4_body = body;
+    t->body = body;
     return 0;
 }
 
@@ -110,31 +109,18 @@ extern "C" int qk_gemv_moe(const qk_moe_table *t, const int32_t *sel, int n, con
     cudaLaunchAttribute at[1];
     qk_launch_cfg(&cfg, at, dim3((unsigned)((t->groups + gpb - 1) / gpb), (unsigned)(n * t->P)), dim3(QG_THREADS),
                   st, qk_pdl_ok(st));
-    /* a table of one layout runs a kernel with only that body (the
-     * all-layouts kernel spills: 432 bytes at 128 registers, sm_90; 35B-A3B
-     * decode on the H100, all-layouts -> one body: FP8 326 -> 343, NVFP4
-     * 348 -> 378 tok/s) */
+    /* a table of one body runs a kernel with only that body (the kernel
+     * with all of them spills: 432 bytes at 128 registers, sm_90; 35B-A3B
+     * decode on the H100, all bodies -> one: FP8 326 -> 343, NVFP4 348 ->
+     * 378, INT4 359 -> 385 tok/s). QCHAT_MOE_GEMV_GENERIC=1: always all. */
+    typedef void (*kfn)(const qg_part *, int, int, const int32_t *, const int32_t *, const uint16_t *, int, long long,
+                        float *, long long, int);
+    static const kfn one[QG_NBODY] = {k_gemv_moe<QG_B_FP8>, k_gemv_moe<QG_B_I4PH>, k_gemv_moe<QG_B_I4P>,
+                                      k_gemv_moe<QG_B_I4MH>, k_gemv_moe<QG_B_I4M>, k_gemv_moe<QG_B_I4H>,
+                                      k_gemv_moe<QG_B_I4>,   k_gemv_moe<QG_B_NV>,  k_gemv_moe<QG_B_MX>,
+                                      k_gemv_moe<QG_B_BF16>};
     static const int generic = getenv("QCHAT_MOE_GEMV_GENERIC") && !strcmp(getenv("QCHAT_MOE_GEMV_GENERIC"), "1");
-    void (*k)(const qg_part *, int, int, const int32_t *, const int32_t *, const uint16_t *, int, long long, float *,
-              long long, int) = k_gemv_moe<QK_QW_NONE>;
-    if (!generic) {
-        switch (t->kinds) {
-        case 1 << QK_QW_FP8: k = k_gemv_moe<QK_QW_FP8>; break;
-        case 1 << QK_QW_INT4:
-            switch (t->int4_body) {
-            case QG_INT4_BODY(0, 0, 1): k = k_gemv_moe<QG_INT4_BODY(0, 0, 1)>; break;
-            case QG_INT4_BODY(0, 1, 1): k = k_gemv_moe<QG_INT4_BODY(0, 1, 1)>; break;
-            case QG_INT4_BODY(0, 0, 0): k = k_gemv_moe<QG_INT4_BODY(0, 0, 0)>; break;
-            case QG_INT4_BODY(0, 1, 0): k = k_gemv_moe<QG_INT4_BODY(0, 1, 0)>; break;
-            default: k = k_gemv_moe<QK_QW_INT4>; break; /* g_idx, or mixed bodies */
-            }
-            break;
-        case 1 << QK_QW_NVFP4: k = k_gemv_moe<QK_QW_NVFP4>; break;
-        case 1 << QK_QW_MXFP4: k = k_gemv_moe<QK_QW_MXFP4>; break;
-        case 1 << QK_QW_BF16: k = k_gemv_moe<QK_QW_BF16>; break;
-        default: break;
-        }
-    }
+    const kfn k = !generic && t->body >= 0 && t->body < QG_NBODY ? one[t->body] : k_gemv_moe<-1>;
     const int rc = (int)cudaLaunchKernelEx(&cfg, k, (const qg_part *)t->d, t->E, t->P, sel, order, x, xdiv,
                                            (long long)xs, y, (long long)ys, S);
     return rc ? rc : qk_launch_status();

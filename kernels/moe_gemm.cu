@@ -107,11 +107,10 @@ struct mg_qload {
                 } else if (WK == 2) {
                     qg_dq8_int4(wa[c], s[it], sp[part].f16 != 0, o);
                 } else {
+                    /* post = gmul * 2^14 exactly: the dense kernels' scale * gmul */
                     const bool mx = sp[part].kind == QK_QW_MXFP4;
                     const uint32_t b = mx ? s[it] : (s[it] >> (8 * (c >> 1))) & 0xffu;
-                    /* post = gmul * 2^14 exactly: the dense kernels' scale * gmul */
-                    const float sc = (mx ? qg_e8m0(b) : qg_h2f2(qg_e4m3x2_h2(b)).x) * (sp[part].post * (1.0f / 16384.0f));
-                    qg_dq8_fp4(wa[c], sc, o);
+                    qg_dq8_fp4(wa[c], qg_fp4_bscale(b, mx, sp[part].post * (1.0f / 16384.0f)), o);
                 }
                 *(uint4 *)(Bs + mg_off(r, c0 + c)) = make_uint4(o[0], o[1], o[2], o[3]);
             }
@@ -314,8 +313,8 @@ __global__ void __launch_bounds__(256) k_moe_dequant(const qg_part *__restrict__
         const bool mx = q.kind == QK_QW_MXFP4;
         const uint8_t sb = ((const uint8_t *)q.s)[(size_t)row * (mx ? q.kc : q.kc * 2) + (mx ? c / 4 : c / 2)];
         /* q.post = gmul * 2^14 exactly, so this is the dense kernels' scale * gmul */
-        const float s = (mx ? qg_e8m0(sb) : qg_h2f2(qg_e4m3x2_h2(sb)).x) * (q.post * (1.0f / 16384.0f));
-        qg_dq8_fp4(((const uint32_t *)q.w)[(size_t)row * q.kc * 4 + c], s, o);
+        qg_dq8_fp4(((const uint32_t *)q.w)[(size_t)row * q.kc * 4 + c], qg_fp4_bscale(sb, mx, q.post * (1.0f / 16384.0f)),
+                   o);
         break;
     }
     default: {

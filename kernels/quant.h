@@ -133,7 +133,7 @@ typedef struct qk_moe_table {
     int kc_min;    /* the fewest 16-byte chunks per row among the parts */
     int kinds;     /* 1 << kind of every part, or'ed */
     int perm;      /* some part gathers x through a g_idx permutation */
-    int int4_body; /* all parts INT4 with one decode body: its QG_INT4_BODY code (gemv_q.cuh), else -1 */
+    int body;      /* the decode body of gemv_q.cuh (QG_B_*) every part runs, else -1 */
 } qk_moe_table;
 
 /* Device bytes of a table of n descriptors. */
