@@ -233,6 +233,8 @@ struct qc_cuda_model {
     int moe_pass;      /* longer ones: tokens per grouped pass (moe_grouped) */
     int moe_dq_experts; /* experts dequantized at a time for a grouped pass */
     bool moe_lists;     /* some MoE layer runs long chunks as per-expert GEMMs (moe_lists; no grouped GEMMs) */
+    bool moe_router1;   /* decode: the MoE block's norm and router in one launch (qk_moe_router) */
+    bool moe_route1;    /* decode: the routing inside the experts' gate|up launch (qk_gemv_moe_routed) */
 };
 
 static int cu_model_new(const qc_cuda_shape *sh, qc_cuda_model **out, qc_err *err)
@@ -701,6 +703,12 @@ static void moe_dims(qc_cuda_model *cm)
         if (mo->K + mo->sh_table > cm->moe_Kt) cm->moe_Kt = mo->K + mo->sh_table;
     }
     if (!cm->moe_K) return;
+    /* QCHAT_MOE_ROUTER=0: the norm and cuBLAS's router GEMV as two launches (A/B) */
+    const char *re = getenv("QCHAT_MOE_ROUTER");
+    cm->moe_router1 = !(re && !strcmp(re, "0"));
+    /* QCHAT_MOE_ROUTE=0: the routing as its own launch (A/B) */
+    re = getenv("QCHAT_MOE_ROUTE");
+    cm->moe_route1 = !(re && !strcmp(re, "0"));
     bool dq = false;
     for (int li = 0; li < cm->sh.n_layers; li++) {
         const cu_moe *mo = cm->L[li].moe;
@@ -1801,8 +1809,10 @@ static int moe_lists(qc_cuda_sess *cs, const cu_moe *mo, int T, qc_err *err)
  * (T = 1, in the graph: no host round trip) and short prefill chunks, which
  * read each chosen expert's weights once per token (pairs that share an
  * expert run side by side, so most come from L2) instead of paying one
- * launch sequence per expert. */
-static int moe_pairs(qc_cuda_sess *cs, const cu_moe *mo, int T, int Kt, const float *ysh, const float *sg,
+ * launch sequence per expert. routed >= 0 (a decode step): the choices are
+ * made inside the gate|up launch (qk_gemv_moe_routed, shared expert mode
+ * `routed`), which also writes m_sel / m_wts for the launches after it. */
+static int moe_pairs(qc_cuda_sess *cs, const cu_moe *mo, int T, int Kt, int routed, const float *ysh, const float *sg,
                      cu_prof *P, qc_err *err)
 {
     qc_cuda_model *cm = cs->cm;
@@ -1814,8 +1824,12 @@ static int moe_pairs(qc_cuda_sess *cs, const cu_moe *mo, int T, int Kt, const fl
         order = cs->m_order;
     }
     float *gu = cs->m_gu;
-    OP(P_MOE, qk_gemv_moe(&mo->t_gu, cs->m_sel, n, order, cs->xb, Kt, D, gu, 2 * Im, st));
-    OP(P_SWIGLU, qk_swiglu(gu, 2 * Im, n, Im, cs->m_he, 0, st));
+    if (routed >= 0)
+        OP(P_MOE, qk_gemv_moe_routed(&mo->t_gu, cs->m_log, mo->E, mo->K, routed, cs->m_sel, cs->m_wts, cs->xb, gu, 2 * Im,
+                                     st));
+    else
+        OP(P_MOE, qk_gemv_moe(&mo->t_gu, cs->m_sel, n, order, cs->xb, Kt, D, gu, 2 * Im, st));
+    OP(P_SWIGLU, qk_swiglu(gu, 2 * Im, n, Im, cs->m_he, 1, st));
     OP(P_MOE, qk_gemv_moe(&mo->t_down, cs->m_sel, n, order, cs->m_he, 1, Im, cs->m_ye, D, st));
     OP(P_MOE, qk_moe_combine(cs->h, cs->m_ye, cs->m_wts, Kt, ysh, sg, ld, T, D, st));
     return QC_OK;
@@ -1901,16 +1915,22 @@ static int moe_forward(qc_cuda_sess *cs, const cu_layer *L, int T, cu_prof *P, q
     const int D = cm->sh.D, E = mo->E, K = mo->K, Im = mo->Im, ld = mo->ld;
     const bool pairs = T <= cm->moe_pair_max, sh_pairs = T == 1 && mo->sh_table;
     const int shared = sh_pairs ? 1 + mo->sh_gated : 0;
-    OP(P_NORM, qk_rmsnorm1p(cs->h, L->post_norm, cm->sh.eps, T, D, cs->xb, cs->m_xf, st));
-    OP(P_MOE, qk_gemm_f32(cm->blas, mo->router, cs->m_xf, cs->m_log, ld, T, ld, D));
-    OP(P_MOE, qk_moe_route(cs->m_log, ld, T, E, K, shared, cs->m_sel, cs->m_wts, st));
+    if (T == 1 && cm->moe_router1) {
+        OP(P_MOE, qk_moe_router(cs->h, L->post_norm, cm->sh.eps, T, D, mo->router, ld, cs->xb, NULL, cs->m_log, ld, st));
+    } else {
+        OP(P_NORM, qk_rmsnorm1p(cs->h, L->post_norm, cm->sh.eps, T, D, cs->xb, cs->m_xf, st));
+        OP(P_MOE, qk_gemm_f32(cm->blas, mo->router, cs->m_xf, cs->m_log, ld, T, ld, D));
+    }
+    /* a decode step chooses its experts inside the gate|up launch (moe_pairs) */
+    const bool routed = T == 1 && pairs && cm->moe_route1;
+    if (!routed) OP(P_MOE, qk_moe_route(cs->m_log, ld, T, E, K, shared, cs->m_sel, cs->m_wts, st));
     if (mo->Is && !sh_pairs) {
         const int rc = mlp_swiglu(cs, &mo->sh_gu, &mo->sh_down, mo->Is, T, P, err);
         if (rc) return rc;
         OP(P_GEMM_DOWN, mm(cm, &mo->sh_down, cs->yb, cs->m_ysh, T, 0));
     }
     const float *ysh = mo->Is && !sh_pairs ? cs->m_ysh : NULL, *sg = mo->sh_gated && !sh_pairs ? cs->m_log + E : NULL;
-    if (pairs) return moe_pairs(cs, mo, T, K + (shared != 0), ysh, sg, P, err);
+    if (pairs) return moe_pairs(cs, mo, T, K + (shared != 0), routed ? shared : -1, ysh, sg, P, err);
     if (mo->grouped) return moe_grouped(cs, mo, T, ysh, sg, P, err);
     int rc = moe_lists(cs, mo, T, err);
     if (rc) return rc;

@@ -288,6 +288,15 @@ int qk_sample_topc(const float *logits, int n_valid, int C, int32_t *out, qk_str
 int qk_moe_route(const float *logits, int ld, int T, int E, int K, int shared, int32_t *sel, float *wts,
                  qk_stream st);
 
+/* The MoE block's input for T tokens in one launch: xb (bf16) and, if xf,
+ * fp32 = the RMSNorm qk_rmsnorm1p computes of h (fp32 [T][D]) with weight
+ * norm_w (the same bits), and y[t * ldy + n] = sum_k W[n][k] xf[t][k], the
+ * router logits (W fp32 [N][D]). D % 4 == 0, D <= 8192, 16-byte aligned
+ * h, norm_w, W, xf, 8-byte aligned xb. For decode (T = 1): every block
+ * reads the router's 1/8th share of W and recomputes the norm. */
+int qk_moe_router(const float *h, const float *norm_w, float eps, int T, int D, const float *W, int N, uint16_t *xb,
+                  float *xf, float *y, int ldy, qk_stream st);
+
 /* Prefill: order[0..n) a permutation of the pairs 0..n-1 with the pairs of
  * each expert sel[i] (in [0, E), E <= 1025) together and the experts
  * ascending, so the pairs that read one expert's weights run side by side

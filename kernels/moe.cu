@@ -1,14 +1,18 @@
 /* moe.cu — the mixture-of-experts block on the GPU (qwen35-model.md §3.4):
- * the router's top-k, the chosen experts' GEMVs for a decode step, and the
- * weighted sum back into the residual stream; for prefill the gather and
- * scatter around one GEMM per expert (engine/cuda_backend.c runs those).
+ * the router (with the RMSNorm before it) and its top-k, the chosen
+ * experts' GEMVs for a decode step, and the weighted sum back into the
+ * residual stream; for prefill the gather and scatter around one GEMM per
+ * expert (engine/cuda_backend.c runs those).
  *
  * Decode runs inside the captured step graph, so nothing here may depend on
- * a host-side choice of experts: qk_moe_route writes the K chosen indices
- * on the device and k_gemv_moe reads its expert's descriptor from a device
- * table through them. Each block walks row groups of one (expert, part)
- * with the plain launch's body (gemv_q.cuh qg_rowgroup_dot), so every
- * quantized layout of the dense GEMVs, and BF16, runs here unchanged. */
+ * a host-side choice of experts: the chosen indices stay on the device and
+ * k_gemv_moe reads its expert's descriptor from a device table through
+ * them — in a decode step it finds them itself from the router logits, so
+ * the step's MoE block is three launches before the SwiGLU: the router
+ * (k_moe_router), gate|up with the routing (k_gemv_moe<., true>), down.
+ * Each block walks row groups of one (expert, part) with the plain
+ * launch's body (gemv_q.cuh qg_rowgroup_dot), so every quantized layout of
+ * the dense GEMVs, and BF16, runs here unchanged. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,25 +23,116 @@
 #define MR_EMAX 1024
 #define MR_EMAX_ORDER (MR_EMAX + 1) /* the experts and a shared expert */
 
+/* ---- routing ---- */
+
+#define MR_WARPS 4 /* tokens per block of qk_moe_route */
+#define MR_KMAX 32
+
+/* A logit as an unsigned key that orders as the floats do (-inf lowest,
+ * -0 equal to +0, NaN 1 below all of them); 0 marks an expert taken. */
+__device__ __forceinline__ uint32_t mr_key(float v)
+{
+    const uint32_t b = v == 0.0f ? 0u : __float_as_uint(v);
+    return isnan(v) ? 1u : (b & 0x80000000u) ? ~b : b | 0x80000000u;
+}
+
+/* The first `rounds` choices of one token by one warp from its logits lg
+ * (E of them; ks: E words of shared memory for their keys, ce: where the
+ * chosen indices go, best first). Each round takes the largest key with
+ * one warp max (redux.sync) and, among the experts holding it, the lowest
+ * index with one warp min: the larger logit and on a tie the lower index,
+ * as the CPU engine's selection; NaN logits come last, lowest index first
+ * (the CPU engine's rule when nothing else is left). The earlier block
+ * version (a block-wide argmax per round, two barriers and a serial merge
+ * each) took 7.2 us of every 35B-A3B layer's decode on the H100. */
+__device__ void mr_topk(const float *__restrict__ lg, int E, int rounds, uint32_t *ks, int *ce)
+{
+    const int lane = (int)threadIdx.x & 31;
+    for (int e = lane; e < E; e += 32) ks[e] = mr_key(lg[e]);
+    __syncwarp();
+    for (int j = 0; j < rounds; j++) {
+        uint32_t best = 0;
+        int bi = 1 << 30;
+        for (int e = lane; e < E; e += 32) {
+            const uint32_t k = ks[e];
+            if (k > best) best = k, bi = e;
+        }
+        const uint32_t top = __reduce_max_sync(0xffffffffu, best);
+        const int b = (int)__reduce_min_sync(0xffffffffu, (uint32_t)(best == top ? bi : 1 << 30));
+        if (lane == (b & 31)) ks[b] = 0u;
+        if (lane == 0) ce[j] = b;
+        __syncwarp();
+    }
+}
+
+/* Lane 0 of the warp that ran mr_topk (K rounds): sel and the renormalised
+ * softmax weights of the K (the full softmax's denominator cancels in the
+ * renormalisation); with a shared expert, entry K is expert E at weight 1
+ * or sigmoid(logit E). Writes Kt = K + (shared != 0) entries. */
+__device__ void mr_weights(const float *__restrict__ lg, int E, int K, int shared, const int *ce, int32_t *sel,
+                           float *wts)
+{
+    float p[MR_KMAX], tot = 0.0f;
+    const float mx = lg[ce[0]];
+    for (int j = 0; j < K; j++) {
+        p[j] = expf(lg[ce[j]] - mx);
+        tot += p[j];
+    }
+    for (int j = 0; j < K; j++) {
+        sel[j] = ce[j];
+        wts[j] = p[j] / tot;
+    }
+    if (shared) {
+        sel[K] = E;
+        wts[K] = shared == 2 ? qk_sigmoid(lg[E]) : 1.0f;
+    }
+}
+
+/* The decode step's routing inside its gate|up launch (qk_gemv_moe_routed):
+ * the logits, how many experts and choices, and where the choices go. */
+struct mr_route {
+    const float *lg;
+    int E, K, shared;
+    int32_t *sel;
+    float *wts;
+};
+
 /* Grid (blocks per part, n * P): block (b, s * P + i) holds row groups
  * b * QG_WARPS / S ... of part i of the expert of pair q = order[s] (s
- * without an order), which reads x row q / xdiv and writes y row q. */
-template <int BODY>
+ * without an order), which reads x row q / xdiv and writes y row q.
+ * ROUTE (decode, one token): pair s < K is the token's s-th choice, which
+ * warp 0 of each block finds itself from the logits (mr_topk, s + 1
+ * rounds), and pair K the shared expert (entry E of the table); block (0,
+ * 0) also writes sel and wts for the launches after it. That saves the
+ * route launch and its dependency (35B-A3B decode on the H100: 7-9 us per
+ * layer) at ~1-2 us of arithmetic in every block. */
+template <int BODY, bool ROUTE>
 __global__ void __launch_bounds__(QG_THREADS, QG_MINB)
     k_gemv_moe(const qg_part *__restrict__ table, int E, int P, const int32_t *__restrict__ sel,
                const int32_t *__restrict__ order, const uint16_t *__restrict__ x, int xdiv, long long xs,
-               float *__restrict__ y, long long ys, int S)
+               float *__restrict__ y, long long ys, int S, mr_route ra)
 {
     __shared__ qg_part sp;
     __shared__ int sq;
     __shared__ float red[QG_WARPS * QK_QROWS];
+    __shared__ uint32_t ks[ROUTE ? MR_EMAX : 1];
+    __shared__ int ce[ROUTE ? MR_KMAX : 1];
     qk_pdl_trigger();
     qk_pdl_wait();
     const int s = (int)blockIdx.y / P, i = (int)blockIdx.y % P;
+    if (ROUTE) {
+        const bool first = blockIdx.x == 0 && blockIdx.y == 0;
+        const int rounds = first ? ra.K : s < ra.K ? s + 1 : 0;
+        if (threadIdx.x < 32 && rounds) {
+            mr_topk(ra.lg, ra.E, rounds, ks, ce);
+            if (first && threadIdx.x == 0) mr_weights(ra.lg, ra.E, ra.K, ra.shared, ce, ra.sel, ra.wts);
+        }
+        __syncthreads();
+    }
     if (threadIdx.x == 0) {
         const int q = order ? order[s] : s;
-        int e = sel[q];
-        /* qk_moe_route writes indices in [0, E); the clamp only keeps a
+        int e = ROUTE ? (s < ra.K ? ce[s] : ra.E) : sel[q];
+        /* the routing writes indices in [0, E); the clamp only keeps a
          * corrupted index from reading outside the table */
         e = e < 0 ? 0 : e >= E ? E - 1 : e;
         sp = table[(size_t)e * P + i];
@@ -46,10 +141,10 @@ __global__ void __launch_bounds__(QG_THREADS, QG_MINB)
     __syncthreads();
     const qg_part &p = sp;
     const int q = sq;
-    const int warp = (int)threadIdx.x >> 5, lane = (int)threadIdx.x & 31, ks = warp % S;
+    const int warp = (int)threadIdx.x >> 5, lane = (int)threadIdx.x & 31, ks_ = warp % S;
     const int row0 = ((int)blockIdx.x * (QG_WARPS / S) + warp / S) * QK_QROWS;
-    float t = qg_rowgroup_dot<BODY>(p, row0, x + (size_t)(q / xdiv) * xs, ks, S);
-    if (!qg_rowgroup_sum(t, S, ks, red)) return;
+    float t = qg_rowgroup_dot<BODY>(p, row0, x + (size_t)(q / xdiv) * xs, ks_, S);
+    if (!qg_rowgroup_sum(t, S, ks_, red)) return;
     const int row = row0 + lane;
     if (lane < QK_QROWS && row < p.n) y[(size_t)q * ys + (size_t)i * p.n + row] = t * p.post;
 }
@@ -91,12 +186,30 @@ extern "C" int qk_moe_table_fill(const qk_qweight *const *w, int E, int P, void 
     return 0;
 }
 
-extern "C" int qk_gemv_moe(const qk_moe_table *t, const int32_t *sel, int n, const int32_t *order,
-                           const uint16_t *x, int xdiv, int64_t xs, float *y, int64_t ys, struct CUstream_st *st)
+typedef void (*mg_kfn)(const qg_part *, int, int, const int32_t *, const int32_t *, const uint16_t *, int, long long,
+                       float *, long long, int, mr_route);
+
+/* The kernel for a table: a table of one body runs a kernel with only that
+ * body (the kernel with all of them spills: 432 bytes at 128 registers,
+ * sm_90; 35B-A3B decode on the H100, all bodies -> one: FP8 326 -> 343,
+ * NVFP4 348 -> 378, INT4 359 -> 385 tok/s). QCHAT_MOE_GEMV_GENERIC=1:
+ * always all. */
+template <bool ROUTE>
+static mg_kfn moe_gemv_kernel(const qk_moe_table *t)
 {
-    if (!t || !t->d || !sel || !x || !y || n <= 0 || (int64_t)n * t->P > 65535 || xdiv <= 0 || xs < 0 ||
-        xs % 8 || ((uintptr_t)x & 15) || ys < (int64_t)t->P * t->n)
-        return (int)cudaErrorInvalidValue;
+    static const mg_kfn one[QG_NBODY] = {
+        k_gemv_moe<QG_B_FP8, ROUTE>, k_gemv_moe<QG_B_I4PH, ROUTE>, k_gemv_moe<QG_B_I4P, ROUTE>, k_gemv_moe<QG_B_I4MH, ROUTE>,
+        k_gemv_moe<QG_B_I4M, ROUTE>, k_gemv_moe<QG_B_I4H, ROUTE>,  k_gemv_moe<QG_B_I4, ROUTE>,  k_gemv_moe<QG_B_NV, ROUTE>,
+        k_gemv_moe<QG_B_MX, ROUTE>,  k_gemv_moe<QG_B_BF16, ROUTE>};
+    static const int generic = getenv("QCHAT_MOE_GEMV_GENERIC") && !strcmp(getenv("QCHAT_MOE_GEMV_GENERIC"), "1");
+    return !generic && t->body >= 0 && t->body < QG_NBODY ? one[t->body] : k_gemv_moe<-1, ROUTE>;
+}
+
+/* Launches n pairs of table t (the checks done). */
+static int moe_gemv_launch(const qk_moe_table *t, mg_kfn k, const int32_t *sel, int n, const int32_t *order,
+                           const uint16_t *x, int xdiv, int64_t xs, float *y, int64_t ys, const mr_route &ra,
+                           cudaStream_t st)
+{
     /* Warps per row group as the dense launcher picks them (gemv_multi.cu:
      * split K while the launch has fewer warps than two resident blocks per
      * SM hold and each warp keeps a chunk per lane). */
@@ -109,21 +222,31 @@ extern "C" int qk_gemv_moe(const qk_moe_table *t, const int32_t *sel, int n, con
     cudaLaunchAttribute at[1];
     qk_launch_cfg(&cfg, at, dim3((unsigned)((t->groups + gpb - 1) / gpb), (unsigned)(n * t->P)), dim3(QG_THREADS),
                   st, qk_pdl_ok(st));
-    /* a table of one body runs a kernel with only that body (the kernel
-     * with all of them spills: 432 bytes at 128 registers, sm_90; 35B-A3B
-     * decode on the H100, all bodies -> one: FP8 326 -> 343, NVFP4 348 ->
-     * 378, INT4 359 -> 385 tok/s). QCHAT_MOE_GEMV_GENERIC=1: always all. */
-    typedef void (*kfn)(const qg_part *, int, int, const int32_t *, const int32_t *, const uint16_t *, int, long long,
-                        float *, long long, int);
-    static const kfn one[QG_NBODY] = {k_gemv_moe<QG_B_FP8>, k_gemv_moe<QG_B_I4PH>, k_gemv_moe<QG_B_I4P>,
-                                      k_gemv_moe<QG_B_I4MH>, k_gemv_moe<QG_B_I4M>, k_gemv_moe<QG_B_I4H>,
-                                      k_gemv_moe<QG_B_I4>,   k_gemv_moe<QG_B_NV>,  k_gemv_moe<QG_B_MX>,
-                                      k_gemv_moe<QG_B_BF16>};
-    static const int generic = getenv("QCHAT_MOE_GEMV_GENERIC") && !strcmp(getenv("QCHAT_MOE_GEMV_GENERIC"), "1");
-    const kfn k = !generic && t->body >= 0 && t->body < QG_NBODY ? one[t->body] : k_gemv_moe<-1>;
-    const int rc = (int)cudaLaunchKernelEx(&cfg, k, (const qg_part *)t->d, t->E, t->P, sel, order, x, xdiv,
-                                           (long long)xs, y, (long long)ys, S);
+    const int rc = (int)cudaLaunchKernelEx(&cfg, k, (const qg_part *)t->d, t->E, t->P, sel, order, x, xdiv, (long long)xs,
+                                           y, (long long)ys, S, ra);
     return rc ? rc : qk_launch_status();
+}
+
+extern "C" int qk_gemv_moe(const qk_moe_table *t, const int32_t *sel, int n, const int32_t *order,
+                           const uint16_t *x, int xdiv, int64_t xs, float *y, int64_t ys, struct CUstream_st *st)
+{
+    if (!t || !t->d || !sel || !x || !y || n <= 0 || (int64_t)n * t->P > 65535 || xdiv <= 0 || xs < 0 ||
+        xs % 8 || ((uintptr_t)x & 15) || ys < (int64_t)t->P * t->n)
+        return (int)cudaErrorInvalidValue;
+    const mr_route none = {NULL, 0, 0, 0, NULL, NULL};
+    return moe_gemv_launch(t, moe_gemv_kernel<false>(t), sel, n, order, x, xdiv, xs, y, ys, none, st);
+}
+
+extern "C" int qk_gemv_moe_routed(const qk_moe_table *t, const float *logits, int E, int K, int shared, int32_t *sel,
+                                  float *wts, const uint16_t *x, float *y, int64_t ys, struct CUstream_st *st)
+{
+    const int n = K + (shared != 0);
+    if (!t || !t->d || !logits || !sel || !wts || !x || !y || E <= 0 || E > MR_EMAX || K <= 0 || K > MR_KMAX ||
+        K > E || shared < 0 || shared > 2 || t->E < E + (shared != 0) || n * t->P > 65535 || ((uintptr_t)x & 15) ||
+        ys < (int64_t)t->P * t->n)
+        return (int)cudaErrorInvalidValue;
+    const mr_route ra = {logits, E, K, shared, sel, wts};
+    return moe_gemv_launch(t, moe_gemv_kernel<true>(t), sel, n, NULL, x, n, 0, y, ys, ra, st);
 }
 
 /* ---- the pairs of a prefill chunk in expert order ---- */
@@ -198,96 +321,20 @@ extern "C" int qk_moe_plan(const int32_t *sel, int n, int E, int bm, int32_t *or
     return (int)cudaGetLastError();
 }
 
-/* ---- routing ---- */
-
-#define MR_THREADS 128
-#define MR_KMAX 32
-
-/* The better of two (logit, index) candidates: the larger logit, on a tie
- * the lower index (as the CPU engine's selection). Index -1: none. */
-__device__ __forceinline__ void mr_better(float &v, int &e, float v2, int e2)
+/* One warp per token, MR_WARPS tokens per block. */
+__global__ void __launch_bounds__(MR_WARPS * 32) k_moe_route(const float *logits, int ld, int T, int E, int K,
+                                                             int shared, int32_t *sel, float *wts)
 {
-    if (e2 >= 0 && (e < 0 || v2 > v || (v2 == v && e2 < e))) {
-        v = v2;
-        e = e2;
-    }
-}
-
-/* One token's choice by a block of MR_THREADS threads from its logits lg
- * (E experts, then the shared expert's gate at lg[E]): K
- * rounds of a block-wide argmax over the experts not yet taken, then the
- * renormalised softmax weights of the K (the full softmax's denominator
- * cancels in the renormalisation); with a shared expert, entry K is expert
- * E at weight 1 or sigmoid(logit E). Writes Kt = K + (shared != 0) entries
- * of sel and wts. Every thread of the block must call it. */
-__device__ void mr_route_token(const float *lg, int E, int K, int shared, int32_t *sel, float *wts)
-{
-    __shared__ float l[MR_EMAX];
-    __shared__ unsigned char taken[MR_EMAX];
-    __shared__ float wv[MR_THREADS / 32];
-    __shared__ int we[MR_THREADS / 32];
-    __shared__ int chosen[MR_KMAX];
-    const int lane = (int)threadIdx.x & 31, warp = (int)threadIdx.x >> 5;
-    for (int e = (int)threadIdx.x; e < E; e += MR_THREADS) {
-        l[e] = lg[e];
-        taken[e] = 0;
-    }
-    __syncthreads();
-    for (int j = 0; j < K; j++) {
-        float v = 0.0f;
-        int b = -1;
-        /* a NaN is no candidate: kept as one, it would hide this thread's
-         * later experts (no logit compares greater than NaN) */
-        for (int e = (int)threadIdx.x; e < E; e += MR_THREADS)
-            if (!taken[e] && !isnan(l[e])) mr_better(v, b, l[e], e);
-        for (int o = 16; o; o >>= 1) {
-            const float v2 = __shfl_xor_sync(0xffffffffu, v, o);
-            const int b2 = __shfl_xor_sync(0xffffffffu, b, o);
-            mr_better(v, b, v2, b2);
-        }
-        if (lane == 0) {
-            wv[warp] = v;
-            we[warp] = b;
-        }
-        __syncthreads();
-        if (threadIdx.x == 0) {
-            for (int w = 1; w < MR_THREADS / 32; w++) mr_better(v, b, wv[w], we[w]);
-            /* NaN logits never win a comparison: take the lowest free index then */
-            if (b < 0)
-                for (b = 0; taken[b]; b++) {}
-            chosen[j] = b;
-            taken[b] = 1;
-        }
-        __syncthreads();
-    }
-    if (threadIdx.x == 0) {
-        const float mx = l[chosen[0]];
-        float p[MR_KMAX], tot = 0.0f;
-        for (int j = 0; j < K; j++) {
-            p[j] = expf(l[chosen[j]] - mx);
-            tot += p[j];
-        }
-        for (int j = 0; j < K; j++) {
-            sel[j] = chosen[j];
-            wts[j] = p[j] / tot;
-        }
-        if (shared) {
-            sel[K] = E;
-            wts[K] = shared == 2 ? qk_sigmoid(lg[E]) : 1.0f;
-        }
-    }
-}
-
-/* One block per token. */
-__global__ void __launch_bounds__(MR_THREADS) k_moe_route(const float *logits, int ld, int E, int K, int shared,
-                                                          int32_t *sel, float *wts)
-{
+    __shared__ uint32_t ks[MR_WARPS][MR_EMAX];
+    __shared__ int ce[MR_WARPS][MR_KMAX];
     qk_pdl_trigger();
     qk_pdl_wait();
-    const size_t t = blockIdx.x, Kt = (size_t)K + (shared != 0);
-    mr_route_token(logits + t * ld, E, K, shared, sel + t * Kt, wts + t * Kt);
+    const int w = (int)threadIdx.x >> 5;
+    const size_t t = (size_t)blockIdx.x * MR_WARPS + w, Kt = (size_t)K + (shared != 0);
+    if (t >= (size_t)T) return;
+    mr_topk(logits + t * ld, E, K, ks[w], ce[w]);
+    if ((threadIdx.x & 31) == 0) mr_weights(logits + t * ld, E, K, shared, ce[w], sel + t * Kt, wts + t * Kt);
 }
-
 
 extern "C" int qk_moe_route(const float *logits, int ld, int T, int E, int K, int shared, int32_t *sel, float *wts,
                             qk_stream st)
@@ -298,8 +345,92 @@ extern "C" int qk_moe_route(const float *logits, int ld, int T, int E, int K, in
         return (int)cudaErrorInvalidValue;
     cudaLaunchConfig_t cfg;
     cudaLaunchAttribute at[1];
-    qk_launch_cfg(&cfg, at, dim3((unsigned)T), dim3(MR_THREADS), st, qk_pdl_ok(st));
-    const int rc = (int)cudaLaunchKernelEx(&cfg, k_moe_route, logits, ld, E, K, shared, sel, wts);
+    qk_launch_cfg(&cfg, at, dim3((unsigned)qk_cdiv(T, MR_WARPS)), dim3(MR_WARPS * 32), st, qk_pdl_ok(st));
+    const int rc = (int)cudaLaunchKernelEx(&cfg, k_moe_route, logits, ld, T, E, K, shared, sel, wts);
+    return rc ? rc : qk_launch_status();
+}
+
+/* ---- the router with the RMSNorm before it (decode) ---- */
+
+#define MRT_WARPS 8 /* router rows per block */
+#define MRT_PRE 16  /* float4 of its row each lane loads before the PDL wait */
+
+/* Block (b, t): the RMSNorm of h row t with k_rmsnorm1p_v's partition,
+ * order and operations (256 threads, qk_sumsq4, qk_block_sum, qk_rms1p4 /
+ * qk_rms1p_bf4), so xb and xf are bit-identical to what qk_rmsnorm1p
+ * writes, kept in shared memory as fp32; then warp w the dot of router row
+ * 8 b + w with it (fp32 FMAs, lane order then a warp sum). Block 0 writes
+ * xb (and xf). One launch instead of the norm and cuBLAS's GEMV, neither
+ * of them a PDL launch; the first MRT_PRE float4 per lane of each row come
+ * in before the PDL wait, as they do not depend on the kernel before. */
+__global__ void __launch_bounds__(256) k_moe_router(const float4 *__restrict__ h, const float4 *__restrict__ nw,
+                                                    float eps, int D4, const float4 *__restrict__ W, int N, uint2 *xb,
+                                                    float4 *xf, float *y, int ldy)
+{
+    extern __shared__ float4 mrt_x[];
+    __shared__ float red[33];
+    qk_pdl_trigger();
+    const int tid = (int)threadIdx.x, lane = tid & 31, row = (int)blockIdx.x * MRT_WARPS + (tid >> 5);
+    const size_t t = blockIdx.y;
+    const float4 *wr = W + (size_t)(row < N ? row : 0) * D4;
+    const float4 z4 = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    float4 pre[MRT_PRE];
+#pragma unroll
+    for (int i = 0; i < MRT_PRE; i++) pre[i] = row < N && lane + 32 * i < D4 ? __ldg(wr + lane + 32 * i) : z4;
+    qk_pdl_wait();
+    const float4 *hr = h + t * D4;
+    float4 v[8];
+    float ss = 0.0f;
+#pragma unroll
+    for (int j = 0; j < 8; j++) {
+        const int i = tid + 256 * j;
+        v[j] = i < D4 ? hr[i] : z4;
+        if (256 * j < D4) ss = qk_sumsq4(ss, v[j]);
+    }
+    ss = qk_block_sum(ss, red);
+    const float r = rsqrtf(ss / (float)(4 * D4) + eps);
+#pragma unroll
+    for (int j = 0; j < 8; j++) {
+        const int i = tid + 256 * j;
+        if (i >= D4) break;
+        const float4 g = nw[i];
+        mrt_x[i] = qk_rms1p4(v[j], r, g);
+        if (blockIdx.x == 0) {
+            xb[t * D4 + i] = qk_rms1p_bf4(v[j], r, g);
+            if (xf) xf[t * D4 + i] = mrt_x[i];
+        }
+    }
+    __syncthreads();
+    if (row >= N) return;
+    float acc = 0.0f;
+#pragma unroll
+    for (int i = 0; i < MRT_PRE; i++) {
+        const float4 a = pre[i], b = lane + 32 * i < D4 ? mrt_x[lane + 32 * i] : z4;
+        acc = fmaf(a.w, b.w, fmaf(a.z, b.z, fmaf(a.y, b.y, fmaf(a.x, b.x, acc))));
+    }
+    for (int c = lane + 32 * MRT_PRE; c < D4; c += 32) {
+        const float4 a = __ldg(wr + c), b = mrt_x[c];
+        acc = fmaf(a.w, b.w, fmaf(a.z, b.z, fmaf(a.y, b.y, fmaf(a.x, b.x, acc))));
+    }
+    acc = qk_warp_sum(acc);
+    if (lane == 0) y[t * ldy + row] = acc;
+}
+
+static bool mrt_al(const void *p) { return ((uintptr_t)p & 15) == 0; }
+
+extern "C" int qk_moe_router(const float *h, const float *norm_w, float eps, int T, int D, const float *W, int N,
+                             uint16_t *xb, float *xf, float *y, int ldy, qk_stream st)
+{
+    if (T <= 0) return 0;
+    if (!h || !norm_w || !W || !xb || !y || D <= 0 || D % 4 || D > 8192 || N <= 0 || ldy < N || T > 65535 ||
+        !mrt_al(h) || !mrt_al(norm_w) || !mrt_al(W) || ((uintptr_t)xb & 7) || (xf && !mrt_al(xf)))
+        return (int)cudaErrorInvalidValue;
+    cudaLaunchConfig_t cfg;
+    cudaLaunchAttribute at[1];
+    qk_launch_cfg(&cfg, at, dim3((unsigned)qk_cdiv(N, MRT_WARPS), (unsigned)T), dim3(256), st, qk_pdl_ok(st));
+    cfg.dynamicSmemBytes = (size_t)D * 4;
+    const int rc = (int)cudaLaunchKernelEx(&cfg, k_moe_router, (const float4 *)h, (const float4 *)norm_w, eps, D / 4,
+                                           (const float4 *)W, N, (uint2 *)xb, (float4 *)xf, y, ldy);
     return rc ? rc : qk_launch_status();
 }
 

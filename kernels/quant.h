@@ -155,6 +155,14 @@ int qk_moe_table_fill(const qk_qweight *const *w, int E, int P, void *dev, qk_mo
 int qk_gemv_moe(const qk_moe_table *t, const int32_t *sel, int n, const int32_t *order, const uint16_t *x, int xdiv,
                 int64_t xs, float *y, int64_t ys, struct CUstream_st *st);
 
+/* A decode step's gate|up (one token) with its routing folded in: pair s
+ * < K is the token's s-th choice among the E logits (logits[E] the shared
+ * expert's gate), pair K (shared 1 or 2) the shared expert, entry E of t;
+ * as qk_gemv_moe with xdiv = n, and sel / wts written as qk_moe_route
+ * writes them (the same choices and bits). E <= 1024, K <= 32. */
+int qk_gemv_moe_routed(const qk_moe_table *t, const float *logits, int E, int K, int shared, int32_t *sel, float *wts,
+                       const uint16_t *x, float *y, int64_t ys, struct CUstream_st *st);
+
 /* ---- long MoE prefill chunks: all experts in one grouped GEMM (kernels/moe_gemm.cu) ----
  * The pairs come sorted by expert with qk_moe_plan (kernels.h), which cuts
  * them into tiles of bm pairs of one expert (bm 32, 64 or 128). */

@@ -1338,6 +1338,7 @@ static void moe_gemv_check(const char *name, int E, int P, int64_t N, int64_t K,
 /* The CPU engine's choice (cpu_moe.c: softmax, top-k by probability, ties
  * to the lower index, renormalised) for one token's E logits; a NaN logit
  * counts as probability 0 (the GPU rule: it never wins). */
+#define MR_TEST_KMAX 32
 static void moe_route_ref(const float *lg, int E, int K, int32_t *sel, float *w)
 {
     double mx = -INFINITY, tot = 0, *pr = malloc(sizeof(double) * (size_t)E);
@@ -1356,6 +1357,24 @@ static void moe_route_ref(const float *lg, int E, int K, int32_t *sel, float *w)
     }
     for (int j = 0; j < K; j++) w[j] = (float)(pr[sel[j]] / tot);
     free(pr);
+}
+/* How far the GPU's choices gsel and weights gw (T tokens x K) are from
+ * the CPU engine's rule on logits lg (row stride LD): choices that differ,
+ * the largest weight difference. */
+static void moe_route_compare(const float *lg, int T, int LD, int E, int K, const int32_t *gsel, const float *gw,
+                              int *sel_diff, double *wmax)
+{
+    int32_t rsel[MR_TEST_KMAX];
+    float rw[MR_TEST_KMAX];
+    *sel_diff = 0;
+    *wmax = 0;
+    for (int t = 0; t < T; t++) {
+        moe_route_ref(lg + (size_t)t * LD, E, K, rsel, rw);
+        for (int j = 0; j < K; j++) {
+            *sel_diff += gsel[t * K + j] != rsel[j];
+            if (fabs(gw[t * K + j] - rw[j]) > *wmax) *wmax = fabs(gw[t * K + j] - rw[j]);
+        }
+    }
 }
 #endif
 
@@ -1379,9 +1398,6 @@ static void moe_route_check(void)
     lg[3 * LD + 5] = NAN;                                                         /* a NaN never wins */
     for (int e = 0; e < E; e++)                     /* 3 finite logits: then the lowest free indices */
         if (e != 17 && e != 100 && e != 250) lg[4 * LD + e] = NAN;
-    int32_t rsel[T * K];
-    float rw[T * K];
-    for (int t = 0; t < T; t++) moe_route_ref(lg + t * LD, E, K, rsel + t * K, rw + t * K);
     float *dl = dput(lg, sizeof(float) * T * LD), *dw = dput(NULL, sizeof(float) * T * K);
     int32_t *ds = dput(NULL, sizeof(int32_t) * T * K);
     int rc = qk_moe_route(dl, LD, T, E, K, 0, ds, dw, NULL), src = (int)cudaDeviceSynchronize();
@@ -1389,12 +1405,9 @@ static void moe_route_check(void)
     float gw[T * K];
     cudaMemcpy(gsel, ds, sizeof gsel, cudaMemcpyDeviceToHost);
     cudaMemcpy(gw, dw, sizeof gw, cudaMemcpyDeviceToHost);
-    int sel_diff = 0;
-    double wmax = 0;
-    for (int i = 0; i < T * K; i++) {
-        sel_diff += gsel[i] != rsel[i];
-        if (fabs(gw[i] - rw[i]) > wmax) wmax = fabs(gw[i] - rw[i]);
-    }
+    int sel_diff;
+    double wmax;
+    moe_route_compare(lg, T, LD, E, K, gsel, gw, &sel_diff, &wmax);
     CHECK(names[0], !rc && !src && !sel_diff && wmax < 1e-6, "launch %d sync %d, %d choices differ, weights off by %.3g",
           rc, src, sel_diff, wmax);
 
@@ -1482,6 +1495,163 @@ static void moe_route_check(void)
     free(ysh);
     free(gh);
     free(src5);
+#endif
+}
+
+/* qk_moe_route at the widest shape it takes (E 1024, K 32: every lane holds
+ * 32 logits) against the CPU engine's rule, logits on a coarse grid so
+ * that ties are common, an odd number of tokens (a partial block of
+ * warps). */
+static void moe_route_wide_check(void)
+{
+    if (!gpu_init()) {
+        th_skip("moe_route_wide", gpu_why);
+        return;
+    }
+#ifdef QC_HAVE_CUDA
+    enum { T = 7, E = 1024, K = 32 };
+    float *lg = malloc(sizeof(float) * T * E);
+    for (int i = 0; i < T * E; i++) lg[i] = (float)rnd(64) * 0.125f - 4.0f;
+    int32_t gsel[T * K];
+    float gw[T * K];
+    float *dl = dput(lg, sizeof(float) * T * E), *dw = dput(NULL, sizeof gw);
+    int32_t *ds = dput(NULL, sizeof gsel);
+    const int rc = qk_moe_route(dl, E, T, E, K, 0, ds, dw, NULL), src = (int)cudaDeviceSynchronize();
+    cudaMemcpy(gsel, ds, sizeof gsel, cudaMemcpyDeviceToHost);
+    cudaMemcpy(gw, dw, sizeof gw, cudaMemcpyDeviceToHost);
+    int sel_diff;
+    double wmax;
+    moe_route_compare(lg, T, E, E, K, gsel, gw, &sel_diff, &wmax);
+    CHECK("moe_route_wide", !rc && !src && !sel_diff && wmax < 1e-6, "launch %d sync %d, %d choices differ, weights off by %.3g",
+          rc, src, sel_diff, wmax);
+    cudaFree(dl);
+    cudaFree(dw);
+    cudaFree(ds);
+    free(lg);
+#endif
+}
+
+/* qk_moe_router (the MoE block's norm and router in one launch) against
+ * qk_rmsnorm1p (xb and xf: the same bits) and a double sum of the router
+ * rows with that xf. N 257 rows (a partial block), D 2048 (35B-A3B) and
+ * 200 (rows shorter than the loads made before the PDL wait). */
+static void moe_router_check(const char *name, int T, int D, int N)
+{
+    if (!gpu_init()) {
+        th_skip(name, gpu_why);
+        return;
+    }
+#ifdef QC_HAVE_CUDA
+    const int ldy = N + 3;
+    float *h = malloc(sizeof(float) * T * D), *w = malloc(sizeof(float) * D), *W = malloc(sizeof(float) * N * D);
+    for (int i = 0; i < T * D; i++) h[i] = frand_q() * 3.0f;
+    for (int i = 0; i < D; i++) w[i] = frand_q() * 0.5f;
+    for (int i = 0; i < N * D; i++) W[i] = frand_q();
+    float *dh = dput(h, sizeof(float) * T * D), *dwn = dput(w, sizeof(float) * D), *dW = dput(W, sizeof(float) * N * D);
+    float *dxf = dput(NULL, sizeof(float) * T * D), *dxf2 = dput(NULL, sizeof(float) * T * D);
+    float *dy = dput(NULL, sizeof(float) * T * ldy);
+    uint16_t *dxb = dput(NULL, (size_t)T * D * 2), *dxb2 = dput(NULL, (size_t)T * D * 2);
+    const int rc = qk_moe_router(dh, dwn, 1e-6f, T, D, dW, N, dxb, dxf, dy, ldy, NULL);
+    const int nrc = qk_rmsnorm1p(dh, dwn, 1e-6f, T, D, dxb2, dxf2, NULL);
+    const int src = (int)cudaDeviceSynchronize();
+    float *xf = malloc(sizeof(float) * T * D), *xf2 = malloc(sizeof(float) * T * D), *y = malloc(sizeof(float) * T * ldy);
+    uint16_t *xb = malloc((size_t)T * D * 2), *xb2 = malloc((size_t)T * D * 2);
+    cudaMemcpy(xf, dxf, sizeof(float) * T * D, cudaMemcpyDeviceToHost);
+    cudaMemcpy(xf2, dxf2, sizeof(float) * T * D, cudaMemcpyDeviceToHost);
+    cudaMemcpy(xb, dxb, (size_t)T * D * 2, cudaMemcpyDeviceToHost);
+    cudaMemcpy(xb2, dxb2, (size_t)T * D * 2, cudaMemcpyDeviceToHost);
+    cudaMemcpy(y, dy, sizeof(float) * T * ldy, cudaMemcpyDeviceToHost);
+    const int xdiff = memcmp(xf, xf2, sizeof(float) * T * D) != 0, bdiff = memcmp(xb, xb2, (size_t)T * D * 2) != 0;
+    double ymax = 0;
+    for (int t = 0; t < T; t++)
+        for (int n = 0; n < N; n++) {
+            double a = 0, m = 0;
+            for (int k = 0; k < D; k++) {
+                a += (double)W[(size_t)n * D + k] * xf2[(size_t)t * D + k];
+                m += fabs((double)W[(size_t)n * D + k] * xf2[(size_t)t * D + k]);
+            }
+            const double e = fabs(y[t * ldy + n] - a) / (m > 0 ? m : 1);
+            if (e > ymax) ymax = e;
+        }
+    CHECK(name, !rc && !nrc && !src && !xdiff && !bdiff && ymax < 1e-6,
+          "launch %d / %d sync %d, xf %s, xb %s, logits off by %.3g of the sum of |terms|", rc, nrc, src,
+          xdiff ? "DIFFERS" : "same", bdiff ? "DIFFERS" : "same", ymax);
+    void *dev[] = {dh, dwn, dW, dxf, dxf2, dy, dxb, dxb2};
+    for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) cudaFree(dev[i]);
+    free(h), free(w), free(W), free(xf), free(xf2), free(y), free(xb), free(xb2);
+#else
+    (void)T, (void)D, (void)N;
+#endif
+}
+
+/* qk_gemv_moe_routed (the decode step's routing inside the gate|up launch)
+ * against qk_moe_route + qk_gemv_moe: the same choices, weights and outputs,
+ * bit for bit. E routed experts and, with shared, a shared one (entry E of
+ * the table); logits with ties among the best and a NaN. layout: -1 mixed
+ * (the generic kernel), else one layout of moe_build (a one-body kernel). */
+static void moe_gemv_routed_check(const char *name, int E, int K, int shared, int layout)
+{
+    if (!gpu_init()) {
+        th_skip(name, gpu_why);
+        return;
+    }
+#ifdef QC_HAVE_CUDA
+    enum { P = 2, N = 72, KD = 256 };
+    const int nt = E + (shared != 0), n = K + (shared != 0), ld = E + 1;
+    moe_one_layout = layout;
+    pub *pb = calloc((size_t)nt * P, sizeof *pb);
+    qk_qweight *d = calloc((size_t)nt * P, sizeof *d);
+    const qk_qweight **dp = calloc((size_t)nt * P, sizeof *dp);
+    char why[256] = "";
+    int ok = 1;
+    for (int j = 0; j < nt * P; j++) {
+        moe_build(&pb[j], j / P, j % P, N, KD);
+        if (!part_upload(&pb[j], j, &d[j], why, sizeof why)) ok = 0;
+        dp[j] = &d[j];
+    }
+    moe_one_layout = -1;
+    float *lg = malloc(sizeof(float) * ld);
+    for (int e = 0; e < ld; e++) lg[e] = (float)rnd(16) * 0.25f - 2.0f; /* ties */
+    lg[E / 2] = NAN;
+    uint16_t xb[KD];
+    for (int k = 0; k < KD; k++) xb[k] = qc_f32_to_bf16(frand_q());
+    const int64_t ys = P * N + 1;
+    float *dl = dput(lg, sizeof(float) * ld), *dw1 = dput(NULL, sizeof(float) * n), *dw2 = dput(NULL, sizeof(float) * n);
+    float *dy1 = dput(NULL, sizeof(float) * n * ys), *dy2 = dput(NULL, sizeof(float) * n * ys);
+    int32_t *ds1 = dput(NULL, sizeof(int32_t) * n), *ds2 = dput(NULL, sizeof(int32_t) * n);
+    uint16_t *dx = dput(xb, sizeof xb);
+    void *table = NULL;
+    cudaMalloc(&table, qk_moe_table_bytes(nt * P));
+    cudaMemset(dy1, 0x7f, sizeof(float) * n * ys);
+    cudaMemset(dy2, 0x7f, sizeof(float) * n * ys);
+    qk_moe_table t;
+    int trc = ok ? qk_moe_table_fill(dp, nt, P, table, &t) : -1, krc = -1;
+    if (!trc)
+        krc = qk_moe_route(dl, ld, 1, E, K, shared, ds1, dw1, NULL) | qk_gemv_moe(&t, ds1, n, NULL, dx, n, 0, dy1, ys, NULL) |
+              qk_gemv_moe_routed(&t, dl, E, K, shared, ds2, dw2, dx, dy2, ys, NULL);
+    const int src = (int)cudaDeviceSynchronize();
+    float *y1 = malloc(sizeof(float) * n * ys), *y2 = malloc(sizeof(float) * n * ys), w1[33], w2[33];
+    int32_t s1[33], s2[33];
+    cudaMemcpy(y1, dy1, sizeof(float) * n * ys, cudaMemcpyDeviceToHost);
+    cudaMemcpy(y2, dy2, sizeof(float) * n * ys, cudaMemcpyDeviceToHost);
+    cudaMemcpy(s1, ds1, sizeof(int32_t) * n, cudaMemcpyDeviceToHost);
+    cudaMemcpy(s2, ds2, sizeof(int32_t) * n, cudaMemcpyDeviceToHost);
+    cudaMemcpy(w1, dw1, sizeof(float) * n, cudaMemcpyDeviceToHost);
+    cudaMemcpy(w2, dw2, sizeof(float) * n, cudaMemcpyDeviceToHost);
+    const int ydiff = memcmp(y1, y2, sizeof(float) * n * ys) != 0;
+    const int sdiff = memcmp(s1, s2, sizeof(int32_t) * n) != 0, wdiff = memcmp(w1, w2, sizeof(float) * n) != 0;
+    CHECK(name, ok && !trc && !krc && !src && !ydiff && !sdiff && !wdiff,
+          "%s table %d launches %d sync %d: y %s, choices %s, weights %s", why, trc, krc, src, ydiff ? "DIFFER" : "same",
+          sdiff ? "DIFFER" : "same", wdiff ? "DIFFER" : "same");
+    void *dev[] = {dl, dw1, dw2, dy1, dy2, ds1, ds2, dx, table};
+    for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) cudaFree(dev[i]);
+    for (int j = 0; j < nt * P; j++) {
+        qc_qweight_free_dev(&d[j]);
+        pub_free(&pb[j]);
+    }
+    free(pb), free(d), free(dp), free(lg), free(y1), free(y2);
+#else
+    (void)E, (void)K, (void)shared, (void)layout;
 #endif
 }
 
@@ -1689,6 +1859,12 @@ static void test_moe(void)
     moe_grouped_check("moe_grouped_nvfp4_in_place", 6, 4, 256, 96, 100, 3, 0, 128, gs);
     moe_grouped_check("moe_grouped_mxfp4_in_place", 6, 6, 256, 96, 100, 3, 0, 64, gs);
     free(gs);
+    moe_route_wide_check();
+    moe_router_check("moe_router_norm_d2048", 1, 2048, 257);
+    moe_router_check("moe_router_norm_d200_t3", 3, 200, 257);
+    moe_gemv_routed_check("moe_gemv_routed_mixed_shared_gate", 5, 3, 2, -1);
+    moe_gemv_routed_check("moe_gemv_routed_fp8_e40_k8_shared", 40, 8, 1, 0);
+    moe_gemv_routed_check("moe_gemv_routed_nvfp4_e40_k8", 40, 8, 0, 2);
 }
 
 int main(void)
