@@ -301,6 +301,8 @@ static int cu_model_new(const qc_cuda_shape *sh, qc_cuda_model **out, qc_err *er
     if (ae && strcmp(ae, "1") == 0) qk_attn_dec_mode = 1;
     const char *pe_small = getenv("QCHAT_PDL_SMALL"); /* A/B: a bit mask 0..7 (kernels.h); others ignored */
     if (pe_small && pe_small[0] >= '0' && pe_small[0] <= '7' && !pe_small[1]) qk_pdl_small = pe_small[0] - '0';
+    const char *mg = getenv("QCHAT_MOE_GEMV_GROUPS"); /* A/B: 1 = one row group per warp (quant.h) */
+    if (mg && strcmp(mg, "1") == 0) qk_moe_gemv_groups = 1;
     const char *fn = getenv("QCHAT_FUSE_NORM"); /* A/B of mat_gemv_norm: 0 = separate norm launches */
     cm->fuse_norm = !(fn && strcmp(fn, "0") == 0);
     cm->prof.ok = true;

@@ -708,6 +708,65 @@ __device__ __forceinline__ float qg_rowgroup_dot(const qg_part &p, int row0, con
     return t;
 }
 
+/* G row groups (row0[g]) of a part whose rows are one 16-byte chunk per
+ * lane at most (p.kc <= 32), walked together: every group's loads are
+ * issued before any group's arithmetic, so a warp has G chunks per lane in
+ * flight where qg_rowgroup_dot (one group) has one. Each group's sums are
+ * those of qg_rowgroup_dot with S = 1, bit for bit (the same single step per
+ * lane into zeroed accumulators, the same warp sum). Returns, in lane r <
+ * QK_QROWS, row r of group g in t[g]; groups at or past p.n give 0. */
+template <class STEP, bool MMA, int G>
+__device__ __forceinline__ void qg_rowgroups_short(const qg_part &pp, const int *row0, const uint16_t *__restrict__ x,
+                                                   float *t)
+{
+    const qg_part p = pp;
+    const int lane = (int)threadIdx.x & 31;
+    STEP st[G];
+    float acc[G][QK_QROWS];
+#pragma unroll
+    for (int g = 0; g < G; g++) {
+#pragma unroll
+        for (int r = 0; r < QK_QROWS; r++) acc[g][r] = 0.0f;
+        /* mma steps: every lane runs (zeros past the row end), as qg_walk_mma */
+        if (row0[g] < p.n && (MMA || lane < p.kc)) st[g].load(p, row0[g], x, lane);
+    }
+#pragma unroll
+    for (int g = 0; g < G; g++)
+        if (row0[g] < p.n && (MMA || lane < p.kc)) st[g].dot(p, acc[g]);
+#pragma unroll
+    for (int g = 0; g < G; g++) {
+        if (MMA && (lane & 3) != (lane >> 3)) {
+#pragma unroll
+            for (int r = 0; r < QK_QROWS; r++) acc[g][r] = 0.0f;
+        }
+        t[g] = 0.0f;
+#pragma unroll
+        for (int r = 0; r < QK_QROWS; r++) {
+            const float v = qk_warp_sum(acc[g][r]);
+            if (lane == r) t[g] = v;
+        }
+    }
+}
+
+/* qg_rowgroups_short for the body BODY (or, -1, the part's own). */
+template <int BODY, int G>
+__device__ __forceinline__ void qg_rowgroups_short_body(const qg_part &p, const int *row0, const uint16_t *__restrict__ x,
+                                                        float *t)
+{
+    switch (BODY >= 0 ? BODY : qg_part_body(&p)) {
+    case QG_B_FP8: qg_rowgroups_short<qg_fp8_step, false, G>(p, row0, x, t); break;
+    case QG_B_I4PH: qg_rowgroups_short<qg_int4_step<true, true>, false, G>(p, row0, x, t); break;
+    case QG_B_I4P: qg_rowgroups_short<qg_int4_step<false, true>, false, G>(p, row0, x, t); break;
+    case QG_B_I4MH: qg_rowgroups_short<qg_int4_mma_step<true>, true, G>(p, row0, x, t); break;
+    case QG_B_I4M: qg_rowgroups_short<qg_int4_mma_step<false>, true, G>(p, row0, x, t); break;
+    case QG_B_I4H: qg_rowgroups_short<qg_int4_step<true, false>, false, G>(p, row0, x, t); break;
+    case QG_B_I4: qg_rowgroups_short<qg_int4_step<false, false>, false, G>(p, row0, x, t); break;
+    case QG_B_NV: qg_rowgroups_short<qg_fp4_step<false>, false, G>(p, row0, x, t); break;
+    case QG_B_MX: qg_rowgroups_short<qg_fp4_step<true>, false, G>(p, row0, x, t); break;
+    default: qg_rowgroups_short<qg_bf16_step, false, G>(p, row0, x, t); break;
+    }
+}
+
 /* Adds the S warps' partial row sums of a row group (S > 1: through red,
  * QG_WARPS * QK_QROWS floats of shared memory, after a block barrier, so
  * every thread of the block must call it). True for the warp that then

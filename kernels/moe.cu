@@ -106,7 +106,7 @@ struct mr_route {
  * 0) also writes sel and wts for the launches after it. That saves the
  * route launch and its dependency (35B-A3B decode on the H100: 7-9 us per
  * layer) at ~1-2 us of arithmetic in every block. */
-template <int BODY, bool ROUTE>
+template <int BODY, bool ROUTE, int G>
 __global__ void __launch_bounds__(QG_THREADS, QG_MINB)
     k_gemv_moe(const qg_part *__restrict__ table, int E, int P, const int32_t *__restrict__ sel,
                const int32_t *__restrict__ order, const uint16_t *__restrict__ x, int xdiv, long long xs,
@@ -142,6 +142,17 @@ __global__ void __launch_bounds__(QG_THREADS, QG_MINB)
     const qg_part &p = sp;
     const int q = sq;
     const int warp = (int)threadIdx.x >> 5, lane = (int)threadIdx.x & 31, ks_ = warp % S;
+    if (G > 1) { /* rows of one chunk per lane (S 1): warp w walks groups (b G + g) QG_WARPS + w together */
+        int r0[G];
+        float tg[G];
+#pragma unroll
+        for (int g = 0; g < G; g++) r0[g] = (((int)blockIdx.x * G + g) * QG_WARPS + warp) * QK_QROWS;
+        qg_rowgroups_short_body<BODY, G>(p, r0, x + (size_t)(q / xdiv) * xs, tg);
+#pragma unroll
+        for (int g = 0; g < G; g++)
+            if (lane < QK_QROWS && r0[g] + lane < p.n) y[(size_t)q * ys + (size_t)i * p.n + r0[g] + lane] = tg[g] * p.post;
+        return;
+    }
     const int row0 = ((int)blockIdx.x * (QG_WARPS / S) + warp / S) * QK_QROWS;
     float t = qg_rowgroup_dot<BODY>(p, row0, x + (size_t)(q / xdiv) * xs, ks_, S);
     if (!qg_rowgroup_sum(t, S, ks_, red)) return;
@@ -158,7 +169,7 @@ extern "C" int qk_moe_table_fill(const qk_qweight *const *w, int E, int P, void 
     const int n = E * P;
     qg_part *h = (qg_part *)calloc((size_t)n, sizeof *h);
     if (!h) return (int)cudaErrorMemoryAllocation;
-    int rc = 0, groups = 0, kc_min = 1 << 30, kinds = 0, perm = 0, body = -1;
+    int rc = 0, groups = 0, kc_min = 1 << 30, kc_max = 0, kinds = 0, perm = 0, body = -1;
     for (int e = 0; e < n && !rc; e++) {
         rc = qg_part_fill(w[e], NULL, &h[e]);
         if (!rc && (w[e]->n != w[0]->n || w[e]->k != w[0]->k)) rc = (int)cudaErrorInvalidValue;
@@ -169,6 +180,7 @@ extern "C" int qk_moe_table_fill(const qk_qweight *const *w, int E, int P, void 
         const int b = qg_part_body(&h[e]);
         body = e == 0 || body == b ? b : -1;
         if (h[e].kc < kc_min) kc_min = h[e].kc;
+        if (h[e].kc > kc_max) kc_max = h[e].kc;
     }
     if (!rc) rc = (int)cudaMemcpy(dev, h, (size_t)n * sizeof *h, cudaMemcpyHostToDevice);
     free(h);
@@ -180,6 +192,7 @@ extern "C" int qk_moe_table_fill(const qk_qweight *const *w, int E, int P, void 
     t->k = w[0]->k;
     t->groups = groups;
     t->kc_min = kc_min;
+    t->kc_max = kc_max;
     t->kinds = kinds;
     t->perm = perm;
     t->body = body;
@@ -194,16 +207,26 @@ typedef void (*mg_kfn)(const qg_part *, int, int, const int32_t *, const int32_t
  * sm_90; 35B-A3B decode on the H100, all bodies -> one: FP8 326 -> 343,
  * NVFP4 348 -> 378, INT4 359 -> 385 tok/s). QCHAT_MOE_GEMV_GENERIC=1:
  * always all. */
-template <bool ROUTE>
+template <bool ROUTE, int G>
 static mg_kfn moe_gemv_kernel(const qk_moe_table *t)
 {
     static const mg_kfn one[QG_NBODY] = {
-        k_gemv_moe<QG_B_FP8, ROUTE>, k_gemv_moe<QG_B_I4PH, ROUTE>, k_gemv_moe<QG_B_I4P, ROUTE>, k_gemv_moe<QG_B_I4MH, ROUTE>,
-        k_gemv_moe<QG_B_I4M, ROUTE>, k_gemv_moe<QG_B_I4H, ROUTE>,  k_gemv_moe<QG_B_I4, ROUTE>,  k_gemv_moe<QG_B_NV, ROUTE>,
-        k_gemv_moe<QG_B_MX, ROUTE>,  k_gemv_moe<QG_B_BF16, ROUTE>};
+        k_gemv_moe<QG_B_FP8, ROUTE, G>, k_gemv_moe<QG_B_I4PH, ROUTE, G>, k_gemv_moe<QG_B_I4P, ROUTE, G>,
+        k_gemv_moe<QG_B_I4MH, ROUTE, G>, k_gemv_moe<QG_B_I4M, ROUTE, G>, k_gemv_moe<QG_B_I4H, ROUTE, G>,
+        k_gemv_moe<QG_B_I4, ROUTE, G>,  k_gemv_moe<QG_B_NV, ROUTE, G>,  k_gemv_moe<QG_B_MX, ROUTE, G>,
+        k_gemv_moe<QG_B_BF16, ROUTE, G>};
     static const int generic = getenv("QCHAT_MOE_GEMV_GENERIC") && !strcmp(getenv("QCHAT_MOE_GEMV_GENERIC"), "1");
-    return !generic && t->body >= 0 && t->body < QG_NBODY ? one[t->body] : k_gemv_moe<-1, ROUTE>;
+    return !generic && t->body >= 0 && t->body < QG_NBODY ? one[t->body] : k_gemv_moe<-1, ROUTE, G>;
 }
+
+/* Row groups per warp for tables whose rows are one 16-byte chunk per lane
+ * at most (a decode step's down projection at 35B-A3B: 512 inputs, 32 FP8
+ * or 16 INT4 / FP4 chunks): 1 walks one group per warp (4608 for the nine
+ * pairs of a 35B-A3B step: 2.2 waves of resident warps, each with one chunk
+ * per lane in flight), MG_SHORT_G three. Tests and QCHAT_MOE_GEMV_GROUPS
+ * set it, for A/B; the sums are the same bits. */
+#define MG_SHORT_G 3
+int qk_moe_gemv_groups = MG_SHORT_G;
 
 /* Launches n pairs of table t (the checks done). */
 static int moe_gemv_launch(const qk_moe_table *t, mg_kfn k, const int32_t *sel, int n, const int32_t *order,
@@ -217,7 +240,11 @@ static int moe_gemv_launch(const qk_moe_table *t, mg_kfn k, const int32_t *sel, 
     const int64_t groups = (int64_t)t->groups * n * t->P;
     int S = 1;
     while (S < QG_WARPS && groups * S < nsm * 16 && t->kc_min >= 64 * S) S *= 2;
-    const int gpb = QG_WARPS / S;
+    int gpb = QG_WARPS / S;
+    if (!ra.lg && S == 1 && t->kc_max <= 32 && qk_moe_gemv_groups == MG_SHORT_G) {
+        k = moe_gemv_kernel<false, MG_SHORT_G>(t);
+        gpb = QG_WARPS * MG_SHORT_G;
+    }
     cudaLaunchConfig_t cfg;
     cudaLaunchAttribute at[1];
     qk_launch_cfg(&cfg, at, dim3((unsigned)((t->groups + gpb - 1) / gpb), (unsigned)(n * t->P)), dim3(QG_THREADS),
@@ -234,7 +261,7 @@ extern "C" int qk_gemv_moe(const qk_moe_table *t, const int32_t *sel, int n, con
         xs % 8 || ((uintptr_t)x & 15) || ys < (int64_t)t->P * t->n)
         return (int)cudaErrorInvalidValue;
     const mr_route none = {NULL, 0, 0, 0, NULL, NULL};
-    return moe_gemv_launch(t, moe_gemv_kernel<false>(t), sel, n, order, x, xdiv, xs, y, ys, none, st);
+    return moe_gemv_launch(t, moe_gemv_kernel<false, 1>(t), sel, n, order, x, xdiv, xs, y, ys, none, st);
 }
 
 extern "C" int qk_gemv_moe_routed(const qk_moe_table *t, const float *logits, int E, int K, int shared, int32_t *sel,
@@ -246,7 +273,7 @@ extern "C" int qk_gemv_moe_routed(const qk_moe_table *t, const float *logits, in
         ys < (int64_t)t->P * t->n)
         return (int)cudaErrorInvalidValue;
     const mr_route ra = {logits, E, K, shared, sel, wts};
-    return moe_gemv_launch(t, moe_gemv_kernel<true>(t), sel, n, NULL, x, n, 0, y, ys, ra, st);
+    return moe_gemv_launch(t, moe_gemv_kernel<true, 1>(t), sel, n, NULL, x, n, 0, y, ys, ra, st);
 }
 
 /* ---- the pairs of a prefill chunk in expert order ---- */

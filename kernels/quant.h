@@ -131,6 +131,7 @@ typedef struct qk_moe_table {
     int n, k;      /* each part's shape */
     int groups;    /* row groups per part (n_pad / QK_QROWS, the largest) */
     int kc_min;    /* the fewest 16-byte chunks per row among the parts */
+    int kc_max;    /* the most */
     int kinds;     /* 1 << kind of every part, or'ed */
     int perm;      /* some part gathers x through a g_idx permutation */
     int body;      /* the decode body of gemv_q.cuh (QG_B_*) every part runs, else -1 */
@@ -154,6 +155,11 @@ int qk_moe_table_fill(const qk_qweight *const *w, int E, int P, void *dev, qk_mo
  * in which the pairs' blocks are launched (qk_moe_order). */
 int qk_gemv_moe(const qk_moe_table *t, const int32_t *sel, int n, const int32_t *order, const uint16_t *x, int xdiv,
                 int64_t xs, float *y, int64_t ys, struct CUstream_st *st);
+
+/* Row groups per warp of qk_gemv_moe where every part's rows are at most 32
+ * chunks of 16 bytes: 3 (the default) walks three at once, 1 one; the same
+ * bits either way (A/B, QCHAT_MOE_GEMV_GROUPS). */
+extern int qk_moe_gemv_groups;
 
 /* A decode step's gate|up (one token) with its routing folded in: pair s
  * < K is the token's s-th choice among the E logits (logits[E] the shared

@@ -1655,6 +1655,70 @@ static void moe_gemv_routed_check(const char *name, int E, int K, int shared, in
 #endif
 }
 
+/* qk_gemv_moe on rows of at most 32 chunks (three row groups per warp)
+ * against one row group per warp (qk_moe_gemv_groups 1): the same bits.
+ * A down-like table (P 1, one x row per pair), npairs pairs of E experts,
+ * N rows not a multiple of the 96 a block covers. layout: -1 mixed. */
+static void moe_gemv_groups_check(const char *name, int layout, int64_t N, int64_t K, int npairs)
+{
+    if (!gpu_init()) {
+        th_skip(name, gpu_why);
+        return;
+    }
+#ifdef QC_HAVE_CUDA
+    enum { E = 5 };
+    moe_one_layout = layout;
+    pub pb[E];
+    qk_qweight d[E];
+    const qk_qweight *dp[E];
+    char why[256] = "";
+    int ok = 1;
+    for (int e = 0; e < E; e++) {
+        moe_build(&pb[e], e, 0, N, K);
+        if (!part_upload(&pb[e], e, &d[e], why, sizeof why)) ok = 0;
+        dp[e] = &d[e];
+    }
+    moe_one_layout = -1;
+    int32_t *sel = malloc(sizeof(int32_t) * npairs);
+    for (int j = 0; j < npairs; j++) sel[j] = (int32_t)rnd(E);
+    uint16_t *xb = malloc((size_t)(npairs * K) * 2);
+    for (int64_t k = 0; k < npairs * K; k++) xb[k] = qc_f32_to_bf16(frand_q());
+    const int64_t ys = N + 5;
+    int32_t *ds = dput(sel, sizeof(int32_t) * npairs);
+    uint16_t *dx = dput(xb, (size_t)(npairs * K) * 2);
+    float *dy1 = dput(NULL, sizeof(float) * npairs * ys), *dy3 = dput(NULL, sizeof(float) * npairs * ys);
+    void *table = NULL;
+    cudaMalloc(&table, qk_moe_table_bytes(E));
+    cudaMemset(dy1, 0x7f, sizeof(float) * npairs * ys);
+    cudaMemset(dy3, 0x7f, sizeof(float) * npairs * ys);
+    qk_moe_table t;
+    const int trc = ok ? qk_moe_table_fill(dp, E, 1, table, &t) : -1;
+    int krc = -1;
+    if (!trc) {
+        qk_moe_gemv_groups = 1;
+        krc = qk_gemv_moe(&t, ds, npairs, NULL, dx, 1, K, dy1, ys, NULL);
+        qk_moe_gemv_groups = 3;
+        krc |= qk_gemv_moe(&t, ds, npairs, NULL, dx, 1, K, dy3, ys, NULL);
+    }
+    const int src = (int)cudaDeviceSynchronize();
+    float *y1 = malloc(sizeof(float) * npairs * ys), *y3 = malloc(sizeof(float) * npairs * ys);
+    cudaMemcpy(y1, dy1, sizeof(float) * npairs * ys, cudaMemcpyDeviceToHost);
+    cudaMemcpy(y3, dy3, sizeof(float) * npairs * ys, cudaMemcpyDeviceToHost);
+    const int diff = memcmp(y1, y3, sizeof(float) * npairs * ys) != 0;
+    CHECK(name, ok && !trc && !krc && !src && !diff && t.kc_max <= 32, "%s table %d launches %d sync %d, kc_max %d: %s",
+          why, trc, krc, src, trc ? -1 : t.kc_max, diff ? "outputs DIFFER" : "same");
+    void *dev[] = {ds, dx, dy1, dy3, table};
+    for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) cudaFree(dev[i]);
+    for (int e = 0; e < E; e++) {
+        qc_qweight_free_dev(&d[e]);
+        pub_free(&pb[e]);
+    }
+    free(sel), free(xb), free(y1), free(y3);
+#else
+    (void)layout, (void)N, (void)K, (void)npairs;
+#endif
+}
+
 /* The grouped expert GEMMs of a long prefill chunk (kernels/moe_gemm.cu),
  * as the engine runs them: qk_moe_plan over T tokens x Kc choices, then
  * gate|up with the SwiGLU and down, per batch of `batch` experts through
@@ -1865,6 +1929,13 @@ static void test_moe(void)
     moe_gemv_routed_check("moe_gemv_routed_mixed_shared_gate", 5, 3, 2, -1);
     moe_gemv_routed_check("moe_gemv_routed_fp8_e40_k8_shared", 40, 8, 1, 0);
     moe_gemv_routed_check("moe_gemv_routed_nvfp4_e40_k8", 40, 8, 0, 2);
+    /* rows of 512 inputs (FP8 32 chunks, INT4 / FP4 16), N 200; mixed with
+     * BF16 (8 inputs a chunk) at 256 */
+    moe_gemv_groups_check("moe_gemv_groups_mixed", -1, 200, 256, 9);
+    moe_gemv_groups_check("moe_gemv_groups_fp8", 0, 200, 512, 9);
+    moe_gemv_groups_check("moe_gemv_groups_ct_int4", 1, 200, 512, 9);
+    moe_gemv_groups_check("moe_gemv_groups_nvfp4", 2, 200, 512, 9);
+    moe_gemv_groups_check("moe_gemv_groups_gptq_g32", 4, 200, 256, 5);
 }
 
 int main(void)
