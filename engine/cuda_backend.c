@@ -707,7 +707,7 @@ static void moe_dims(qc_cuda_model *cm)
     if (!cm->moe_K) return;
     /* QCHAT_MOE_ROUTER=0: the norm and cuBLAS's router GEMV as two launches (A/B) */
     const char *re = getenv("QCHAT_MOE_ROUTER");
-    cm->moe_router1 = !(re && !strcmp(re, "0"));
+    cm->moe_router1 = !(re && !strcmp(re, "0")) && cm->sh.D % 4 == 0 && cm->sh.D <= 8192; /* qk_moe_router's limits */
     /* QCHAT_MOE_ROUTE=0: the routing as its own launch (A/B) */
     re = getenv("QCHAT_MOE_ROUTE");
     cm->moe_route1 = !(re && !strcmp(re, "0"));
