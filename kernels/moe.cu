@@ -389,8 +389,10 @@ extern "C" int qk_moe_route(const float *logits, int ld, int T, int E, int K, in
  * 8 b + w with it (fp32 FMAs, lane order then a warp sum). Block 0 writes
  * xb (and xf). One launch instead of the norm and cuBLAS's GEMV, neither
  * of them a PDL launch; the first MRT_PRE float4 per lane of each row come
- * in before the PDL wait, as they do not depend on the kernel before. */
-__global__ void __launch_bounds__(256) k_moe_router(const float4 *__restrict__ h, const float4 *__restrict__ nw,
+ * in before the PDL wait, as they do not depend on the kernel before (h,
+ * written by that kernel, is read after it through plain loads: no
+ * __restrict__, so not the non-coherent path). */
+__global__ void __launch_bounds__(256) k_moe_router(const float4 *h, const float4 *__restrict__ nw,
                                                     float eps, int D4, const float4 *__restrict__ W, int N, uint2 *xb,
                                                     float4 *xf, float *y, int ldy)
 {

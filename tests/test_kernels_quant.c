@@ -1359,8 +1359,10 @@ static void moe_route_ref(const float *lg, int E, int K, int32_t *sel, float *w)
     free(pr);
 }
 /* How far the GPU's choices gsel and weights gw (T tokens x K) are from
- * the CPU engine's rule on logits lg (row stride LD): choices that differ,
- * the largest weight difference. */
+ * the CPU engine's rule on logits lg (row stride LD): choices that differ
+ * (and NaN weights of a token that chose no NaN logit), the largest weight
+ * difference. A token that chose a NaN logit has NaN weights on the GPU
+ * (the softmax over its choices), which are not compared. */
 static void moe_route_compare(const float *lg, int T, int LD, int E, int K, const int32_t *gsel, const float *gw,
                               int *sel_diff, double *wmax)
 {
@@ -1370,9 +1372,12 @@ static void moe_route_compare(const float *lg, int T, int LD, int E, int K, cons
     *wmax = 0;
     for (int t = 0; t < T; t++) {
         moe_route_ref(lg + (size_t)t * LD, E, K, rsel, rw);
+        bool nan_choice = false;
+        for (int j = 0; j < K; j++) nan_choice |= isnan(lg[(size_t)t * LD + rsel[j]]);
         for (int j = 0; j < K; j++) {
             *sel_diff += gsel[t * K + j] != rsel[j];
-            if (fabs(gw[t * K + j] - rw[j]) > *wmax) *wmax = fabs(gw[t * K + j] - rw[j]);
+            if (isnan(gw[t * K + j])) *sel_diff += !nan_choice;
+            else if (fabs(gw[t * K + j] - rw[j]) > *wmax) *wmax = fabs(gw[t * K + j] - rw[j]);
         }
     }
 }
@@ -1512,6 +1517,9 @@ static void moe_route_wide_check(void)
     enum { T = 7, E = 1024, K = 32 };
     float *lg = malloc(sizeof(float) * T * E);
     for (int i = 0; i < T * E; i++) lg[i] = (float)rnd(64) * 0.125f - 4.0f;
+    /* token 0: the best logits are +0 and -0, equal, so the lowest indices first */
+    for (int e = 0; e < E; e++) lg[e] = -1.0f - (float)rnd(8);
+    lg[3] = -0.0f, lg[7] = 0.0f, lg[900] = 0.0f, lg[901] = -0.0f;
     int32_t gsel[T * K];
     float gw[T * K];
     float *dl = dput(lg, sizeof(float) * T * E), *dw = dput(NULL, sizeof gw);
@@ -1533,8 +1541,8 @@ static void moe_route_wide_check(void)
 
 /* qk_moe_router (the MoE block's norm and router in one launch) against
  * qk_rmsnorm1p (xb and xf: the same bits) and a double sum of the router
- * rows with that xf. N 257 rows (a partial block), D 2048 (35B-A3B) and
- * 200 (rows shorter than the loads made before the PDL wait). */
+ * rows with that xf. N 257 rows (a partial block), D 2048 (35B-A3B), 200
+ * (rows shorter than the loads made before the PDL wait) and 3072 (longer). */
 static void moe_router_check(const char *name, int T, int D, int N)
 {
     if (!gpu_init()) {
@@ -1926,9 +1934,11 @@ static void test_moe(void)
     moe_route_wide_check();
     moe_router_check("moe_router_norm_d2048", 1, 2048, 257);
     moe_router_check("moe_router_norm_d200_t3", 3, 200, 257);
+    moe_router_check("moe_router_norm_d3072", 2, 3072, 257); /* rows longer than the loads before the PDL wait */
     moe_gemv_routed_check("moe_gemv_routed_mixed_shared_gate", 5, 3, 2, -1);
     moe_gemv_routed_check("moe_gemv_routed_fp8_e40_k8_shared", 40, 8, 1, 0);
     moe_gemv_routed_check("moe_gemv_routed_nvfp4_e40_k8", 40, 8, 0, 2);
+    moe_gemv_routed_check("moe_gemv_routed_fp8_e1024_k32_shared", 1024, 32, 2, 0);
     /* rows of 512 inputs (FP8 32 chunks, INT4 / FP4 16), N 200; mixed with
      * BF16 (8 inputs a chunk) at 256 */
     moe_gemv_groups_check("moe_gemv_groups_mixed", -1, 200, 256, 9);
