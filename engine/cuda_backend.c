@@ -237,6 +237,14 @@ struct qc_cuda_model {
     bool moe_route1;    /* decode: the routing inside the experts' gate|up launch (qk_gemv_moe_routed) */
 };
 
+/* Whether environment variable name is set to exactly v (the A/B
+ * switches: "0" turns a default path off, "1" an alternative on). */
+static bool env_is(const char *name, const char *v)
+{
+    const char *e = getenv(name);
+    return e && strcmp(e, v) == 0;
+}
+
 static int cu_model_new(const qc_cuda_shape *sh, qc_cuda_model **out, qc_err *err)
 {
     *out = NULL;
@@ -297,14 +305,11 @@ static int cu_model_new(const qc_cuda_shape *sh, qc_cuda_model **out, qc_err *er
     const char *ge = getenv("QCHAT_GEMV_MODE");
     const int gm = ge && *ge ? atoi(ge) : 0;
     if (gm == 1 || gm == 2 || gm == 5 || gm == 6 || gm == 7 || gm == 8 || gm == 10 || gm == 11) qk_gemv_q_mode = gm;
-    const char *ae = getenv("QCHAT_ATTN_MODE"); /* A/B of the split-KV decode kernel (kernels.h) */
-    if (ae && strcmp(ae, "1") == 0) qk_attn_dec_mode = 1;
+    if (env_is("QCHAT_ATTN_MODE", "1")) qk_attn_dec_mode = 1; /* A/B of the split-KV decode kernel (kernels.h) */
     const char *pe_small = getenv("QCHAT_PDL_SMALL"); /* A/B: a bit mask 0..7 (kernels.h); others ignored */
     if (pe_small && pe_small[0] >= '0' && pe_small[0] <= '7' && !pe_small[1]) qk_pdl_small = pe_small[0] - '0';
-    const char *mg = getenv("QCHAT_MOE_GEMV_GROUPS"); /* A/B: 1 = one row group per warp (quant.h) */
-    if (mg && strcmp(mg, "1") == 0) qk_moe_gemv_groups = 1;
-    const char *fn = getenv("QCHAT_FUSE_NORM"); /* A/B of mat_gemv_norm: 0 = separate norm launches */
-    cm->fuse_norm = !(fn && strcmp(fn, "0") == 0);
+    if (env_is("QCHAT_MOE_GEMV_GROUPS", "1")) qk_moe_gemv_groups = 1; /* A/B: one row group per warp (quant.h) */
+    cm->fuse_norm = !env_is("QCHAT_FUSE_NORM", "0"); /* A/B of mat_gemv_norm: 0 = separate norm launches */
     cm->prof.ok = true;
     const char *pe = getenv("QCHAT_CUDA_PROFILE");
     cm->prof.on = pe && *pe && strcmp(pe, "0");
@@ -705,12 +710,11 @@ static void moe_dims(qc_cuda_model *cm)
         if (mo->K + mo->sh_table > cm->moe_Kt) cm->moe_Kt = mo->K + mo->sh_table;
     }
     if (!cm->moe_K) return;
-    /* QCHAT_MOE_ROUTER=0: the norm and cuBLAS's router GEMV as two launches (A/B) */
-    const char *re = getenv("QCHAT_MOE_ROUTER");
-    cm->moe_router1 = !(re && !strcmp(re, "0")) && cm->sh.D % 4 == 0 && cm->sh.D <= 8192; /* qk_moe_router's limits */
+    /* QCHAT_MOE_ROUTER=0: the norm and cuBLAS's router GEMV as two launches
+     * (A/B); the one launch within qk_moe_router's limits */
+    cm->moe_router1 = !env_is("QCHAT_MOE_ROUTER", "0") && cm->sh.D % 4 == 0 && cm->sh.D <= 8192;
     /* QCHAT_MOE_ROUTE=0: the routing as its own launch (A/B) */
-    re = getenv("QCHAT_MOE_ROUTE");
-    cm->moe_route1 = !(re && !strcmp(re, "0"));
+    cm->moe_route1 = !env_is("QCHAT_MOE_ROUTE", "0");
     bool dq = false;
     for (int li = 0; li < cm->sh.n_layers; li++) {
         const cu_moe *mo = cm->L[li].moe;
@@ -759,18 +763,15 @@ static int moe_finish(qc_cuda_model *cm, cu_moe *mo, int64_t wb0, qc_err *err)
 {
     cm->weight_bytes = wb0 + (cm->weight_bytes - wb0) * mo->K / mo->E;
     /* QCHAT_MOE_SHARED=0 keeps the shared expert in its own launches (A/B) */
-    const char *env = getenv("QCHAT_MOE_SHARED");
-    mo->sh_table = mo->Is && mo->Is == mo->Im && !(env && !strcmp(env, "0"));
+    mo->sh_table = mo->Is && mo->Is == mo->Im && !env_is("QCHAT_MOE_SHARED", "0");
     int rc = moe_table(cm, mo, mo->gu, mo->sh_table ? &mo->sh_gu : NULL, 2, mo->Im, &mo->t_gu, err);
     if (!rc) rc = moe_table(cm, mo, mo->down, mo->sh_table ? &mo->sh_down : NULL, 1, cm->sh.D, &mo->t_down, err);
     /* QCHAT_MOE_GROUPED=0 keeps the per-expert GEMMs for long chunks (A/B) */
-    env = getenv("QCHAT_MOE_GROUPED");
-    mo->grouped = !rc && qk_moe_grouped_ok(&mo->t_gu) && qk_moe_grouped_ok(&mo->t_down) && !(env && !strcmp(env, "0"));
+    mo->grouped = !rc && qk_moe_grouped_ok(&mo->t_gu) && qk_moe_grouped_ok(&mo->t_down) && !env_is("QCHAT_MOE_GROUPED", "0");
     /* the GEMM decodes one layout family while loading; experts of mixed
      * layouts (or QCHAT_MOE_DEQUANT=1, for A/B) go through the scratch */
-    env = getenv("QCHAT_MOE_DEQUANT");
     mo->grouped_dq = mo->grouped && (!qk_moe_gemm_in_place_ok(&mo->t_gu) || !qk_moe_gemm_in_place_ok(&mo->t_down) ||
-                                     (env && !strcmp(env, "1") && (mo->t_gu.kinds | mo->t_down.kinds) != 1 << QK_QW_BF16));
+                                     (env_is("QCHAT_MOE_DEQUANT", "1") && (mo->t_gu.kinds | mo->t_down.kinds) != 1 << QK_QW_BF16));
     return rc;
 }
 
@@ -823,6 +824,10 @@ static int upload_embed(qc_cuda_model *cm, const qc_tensor *t, uint16_t **out, q
     return rc;
 }
 
+/* The bf16 dequantization scratch a quantized matrix needs (0: BF16 or none). */
+static size_t mat_dq_bytes(const cu_mat *M) { return M && M->np ? (size_t)M->n * M->k * 2 : 0; }
+static size_t size_max(size_t a, size_t b) { return a > b ? a : b; }
+
 /* Bytes of the prefill dequantization scratch: the largest quantized group
  * of a layer (gate|up: 2 I x D), and room for row tiles of a quantized
  * lm_head (which is never dequantized whole). */
@@ -833,13 +838,9 @@ static void plan_dq(qc_cuda_model *cm)
         const cu_layer *L = &cm->L[li];
         const cu_moe *mo = L->moe;
         const cu_mat *ms[] = {&L->in, &L->out, &L->gu, &L->down, mo ? &mo->sh_gu : NULL, mo ? &mo->sh_down : NULL};
-        for (int j = 0; j < 6; j++)
-            if (ms[j] && ms[j]->np && (size_t)ms[j]->n * ms[j]->k * 2 > need) need = (size_t)ms[j]->n * ms[j]->k * 2;
-        for (int e = 0; mo && e < mo->E; e++) {
-            const cu_mat *ex[] = {&mo->gu[e], &mo->down[e]};
-            for (int j = 0; j < 2; j++)
-                if (ex[j]->np && (size_t)ex[j]->n * ex[j]->k * 2 > need) need = (size_t)ex[j]->n * ex[j]->k * 2;
-        }
+        for (int j = 0; j < 6; j++) need = size_max(need, mat_dq_bytes(ms[j]));
+        for (int e = 0; mo && e < mo->E; e++)
+            need = size_max(need, size_max(mat_dq_bytes(&mo->gu[e]), mat_dq_bytes(&mo->down[e])));
     }
     if (cm->head.np) {
         size_t tile = (size_t)4096 * cm->head.k * 2;

@@ -233,6 +233,19 @@ __device__ __forceinline__ void qg_persist(const qg_parts &ps, const uint16_t *_
     if (S2 > 1) qg_pmeet(ps, red, R * V + j, 0, n2, S2, accumulate);
 }
 
+/* qg_persist for the step type qg_body_visit picks. */
+struct qg_persist_f {
+    const qg_parts &ps;
+    const uint16_t *__restrict__ x;
+    int accumulate, S, G;
+    float *red;
+    template <class STEP, bool MMA>
+    __device__ __forceinline__ void run()
+    {
+        qg_persist<STEP, MMA>(ps, x, accumulate, S, G, red);
+    }
+};
+
 /* Diagnostic body (qk_gemv_q_mode 9, benchmarks only; y is garbage):
  * the loads of STEP and a 3-input XOR per loaded word instead of its
  * arithmetic, to time the memory side of a body on its own. */
@@ -391,18 +404,8 @@ __global__ void __launch_bounds__(QG_THREADS, VAR == 3 ? 3 : QG_MINB)
     }
     const bool XS = VAR >= 2;
     if (XS) qg_stage_x(ps, x, nrm, BODY == QG_B_FP8 ? 2 : 4, red);
-    switch (BODY) {
-    case QG_B_FP8: qg_persist<qg_fp8_step_t<XS>, false>(ps, x, accumulate, S, G, red); break;
-    case QG_B_I4PH: qg_persist<qg_int4_step<true, true>, false>(ps, x, accumulate, S, G, red); break;
-    case QG_B_I4P: qg_persist<qg_int4_step<false, true>, false>(ps, x, accumulate, S, G, red); break;
-    case QG_B_I4MH: qg_persist<qg_int4_mma_step<true, XS>, true>(ps, x, accumulate, S, G, red); break;
-    case QG_B_I4M: qg_persist<qg_int4_mma_step<false, XS>, true>(ps, x, accumulate, S, G, red); break;
-    case QG_B_I4H: qg_persist<qg_int4_step<true, false, XS>, false>(ps, x, accumulate, S, G, red); break;
-    case QG_B_I4: qg_persist<qg_int4_step<false, false, XS>, false>(ps, x, accumulate, S, G, red); break;
-    case QG_B_NV: qg_persist<qg_fp4_step<false, XS>, false>(ps, x, accumulate, S, G, red); break;
-    case QG_B_MX: qg_persist<qg_fp4_step<true, XS>, false>(ps, x, accumulate, S, G, red); break;
-    default: qg_persist<qg_bf16_step, false>(ps, x, accumulate, S, G, red); break;
-    }
+    qg_persist_f f = {ps, x, accumulate, S, G, red};
+    qg_body_visit<XS>(BODY, f);
     QG_PROBE_END(BODY, G);
 }
 

@@ -668,6 +668,43 @@ __host__ __device__ static inline int qg_part_body(const qg_part *p)
     }
 }
 
+/* Calls f.template run<STEP, MMA>() with the step type of body b and
+ * whether it is a tensor-core step (qg_walk_mma's warp-uniform walk): the
+ * one map from a body to its code, for the plain, persistent and MoE walks.
+ * XS: x from the block's staged copy, where the layout has such a step
+ * (g_idx INT4 and BF16 read x as they do without). */
+template <bool XS = false, class F>
+__device__ __forceinline__ void qg_body_visit(int b, F &f)
+{
+    switch (b) {
+    case QG_B_FP8: f.template run<qg_fp8_step_t<XS>, false>(); break;
+    case QG_B_I4PH: f.template run<qg_int4_step<true, true>, false>(); break;
+    case QG_B_I4P: f.template run<qg_int4_step<false, true>, false>(); break;
+    case QG_B_I4MH: f.template run<qg_int4_mma_step<true, XS>, true>(); break;
+    case QG_B_I4M: f.template run<qg_int4_mma_step<false, XS>, true>(); break;
+    case QG_B_I4H: f.template run<qg_int4_step<true, false, XS>, false>(); break;
+    case QG_B_I4: f.template run<qg_int4_step<false, false, XS>, false>(); break;
+    case QG_B_NV: f.template run<qg_fp4_step<false, XS>, false>(); break;
+    case QG_B_MX: f.template run<qg_fp4_step<true, XS>, false>(); break;
+    default: f.template run<qg_bf16_step, false>(); break;
+    }
+}
+
+/* qg_rowgroup_dot's walk of one row group. */
+struct qg_walk_rowgroup {
+    const qg_part &p;
+    int row0;
+    const uint16_t *__restrict__ x;
+    float *acc;
+    int c0, stride;
+    template <class STEP, bool MMA>
+    __device__ __forceinline__ void run()
+    {
+        if constexpr (MMA) qg_walk_mma<STEP>(p, row0, x, acc, c0, stride);
+        else qg_walk<STEP>(p, row0, x, acc, c0, stride);
+    }
+};
+
 /* The plain launch's share of one row group (row0) of part p: S warps (ks
  * = this warp's index among them) walk its chunks. Returns, in lane r <
  * QK_QROWS, row r's sum over this warp's chunks (the S partial sums are
@@ -684,19 +721,8 @@ __device__ __forceinline__ float qg_rowgroup_dot(const qg_part &p, int row0, con
 #pragma unroll
     for (int r = 0; r < QK_QROWS; r++) acc[r] = 0.0f;
     if (row0 < p.n) {
-        const int c0 = ks * 32 + lane, stride = 32 * S;
-        switch (BODY >= 0 ? BODY : qg_part_body(&p)) {
-        case QG_B_FP8: qg_walk<qg_fp8_step>(p, row0, x, acc, c0, stride); break;
-        case QG_B_I4PH: qg_walk<qg_int4_step<true, true>>(p, row0, x, acc, c0, stride); break;
-        case QG_B_I4P: qg_walk<qg_int4_step<false, true>>(p, row0, x, acc, c0, stride); break;
-        case QG_B_I4MH: qg_walk_mma<qg_int4_mma_step<true>>(p, row0, x, acc, c0, stride); break;
-        case QG_B_I4M: qg_walk_mma<qg_int4_mma_step<false>>(p, row0, x, acc, c0, stride); break;
-        case QG_B_I4H: qg_walk<qg_int4_step<true, false>>(p, row0, x, acc, c0, stride); break;
-        case QG_B_I4: qg_walk<qg_int4_step<false, false>>(p, row0, x, acc, c0, stride); break;
-        case QG_B_NV: qg_walk<qg_fp4_step<false>>(p, row0, x, acc, c0, stride); break;
-        case QG_B_MX: qg_walk<qg_fp4_step<true>>(p, row0, x, acc, c0, stride); break;
-        default: qg_walk<qg_bf16_step>(p, row0, x, acc, c0, stride); break;
-        }
+        qg_walk_rowgroup f = {p, row0, x, acc, ks * 32 + lane, 32 * S};
+        qg_body_visit(BODY >= 0 ? BODY : qg_part_body(&p), f);
     }
     /* Lane r ends with row r's warp total. */
     float t = 0.0f;
@@ -749,22 +775,24 @@ __device__ __forceinline__ void qg_rowgroups_short(const qg_part &pp, const int 
 }
 
 /* qg_rowgroups_short for the body BODY (or, -1, the part's own). */
+template <int G>
+struct qg_walk_short {
+    const qg_part &p;
+    const int *row0;
+    const uint16_t *__restrict__ x;
+    float *t;
+    template <class STEP, bool MMA>
+    __device__ __forceinline__ void run()
+    {
+        qg_rowgroups_short<STEP, MMA, G>(p, row0, x, t);
+    }
+};
 template <int BODY, int G>
 __device__ __forceinline__ void qg_rowgroups_short_body(const qg_part &p, const int *row0, const uint16_t *__restrict__ x,
                                                         float *t)
 {
-    switch (BODY >= 0 ? BODY : qg_part_body(&p)) {
-    case QG_B_FP8: qg_rowgroups_short<qg_fp8_step, false, G>(p, row0, x, t); break;
-    case QG_B_I4PH: qg_rowgroups_short<qg_int4_step<true, true>, false, G>(p, row0, x, t); break;
-    case QG_B_I4P: qg_rowgroups_short<qg_int4_step<false, true>, false, G>(p, row0, x, t); break;
-    case QG_B_I4MH: qg_rowgroups_short<qg_int4_mma_step<true>, true, G>(p, row0, x, t); break;
-    case QG_B_I4M: qg_rowgroups_short<qg_int4_mma_step<false>, true, G>(p, row0, x, t); break;
-    case QG_B_I4H: qg_rowgroups_short<qg_int4_step<true, false>, false, G>(p, row0, x, t); break;
-    case QG_B_I4: qg_rowgroups_short<qg_int4_step<false, false>, false, G>(p, row0, x, t); break;
-    case QG_B_NV: qg_rowgroups_short<qg_fp4_step<false>, false, G>(p, row0, x, t); break;
-    case QG_B_MX: qg_rowgroups_short<qg_fp4_step<true>, false, G>(p, row0, x, t); break;
-    default: qg_rowgroups_short<qg_bf16_step, false, G>(p, row0, x, t); break;
-    }
+    qg_walk_short<G> f = {p, row0, x, t};
+    qg_body_visit(BODY >= 0 ? BODY : qg_part_body(&p), f);
 }
 
 /* Adds the S warps' partial row sums of a row group (S > 1: through red,

@@ -228,10 +228,10 @@ static mg_kfn moe_gemv_kernel(const qk_moe_table *t)
 #define MG_SHORT_G 3
 int qk_moe_gemv_groups = MG_SHORT_G;
 
-/* Launches n pairs of table t (the checks done). */
-static int moe_gemv_launch(const qk_moe_table *t, mg_kfn k, const int32_t *sel, int n, const int32_t *order,
-                           const uint16_t *x, int xdiv, int64_t xs, float *y, int64_t ys, const mr_route &ra,
-                           cudaStream_t st)
+/* Launches n pairs of table t (the checks done), with the routing when
+ * ra.lg is set. */
+static int moe_gemv_launch(const qk_moe_table *t, const int32_t *sel, int n, const int32_t *order, const uint16_t *x,
+                           int xdiv, int64_t xs, float *y, int64_t ys, const mr_route &ra, cudaStream_t st)
 {
     /* Warps per row group as the dense launcher picks them (gemv_multi.cu:
      * split K while the launch has fewer warps than two resident blocks per
@@ -240,11 +240,10 @@ static int moe_gemv_launch(const qk_moe_table *t, mg_kfn k, const int32_t *sel, 
     const int64_t groups = (int64_t)t->groups * n * t->P;
     int S = 1;
     while (S < QG_WARPS && groups * S < nsm * 16 && t->kc_min >= 64 * S) S *= 2;
-    int gpb = QG_WARPS / S;
-    if (!ra.lg && S == 1 && t->kc_max <= 32 && qk_moe_gemv_groups == MG_SHORT_G) {
-        k = moe_gemv_kernel<false, MG_SHORT_G>(t);
-        gpb = QG_WARPS * MG_SHORT_G;
-    }
+    const bool grouped = !ra.lg && S == 1 && t->kc_max <= 32 && qk_moe_gemv_groups == MG_SHORT_G;
+    const mg_kfn k = ra.lg ? moe_gemv_kernel<true, 1>(t) : grouped ? moe_gemv_kernel<false, MG_SHORT_G>(t)
+                                                                  : moe_gemv_kernel<false, 1>(t);
+    const int gpb = grouped ? QG_WARPS * MG_SHORT_G : QG_WARPS / S;
     cudaLaunchConfig_t cfg;
     cudaLaunchAttribute at[1];
     qk_launch_cfg(&cfg, at, dim3((unsigned)((t->groups + gpb - 1) / gpb), (unsigned)(n * t->P)), dim3(QG_THREADS),
@@ -261,7 +260,7 @@ extern "C" int qk_gemv_moe(const qk_moe_table *t, const int32_t *sel, int n, con
         xs % 8 || ((uintptr_t)x & 15) || ys < (int64_t)t->P * t->n)
         return (int)cudaErrorInvalidValue;
     const mr_route none = {NULL, 0, 0, 0, NULL, NULL};
-    return moe_gemv_launch(t, moe_gemv_kernel<false, 1>(t), sel, n, order, x, xdiv, xs, y, ys, none, st);
+    return moe_gemv_launch(t, sel, n, order, x, xdiv, xs, y, ys, none, st);
 }
 
 extern "C" int qk_gemv_moe_routed(const qk_moe_table *t, const float *logits, int E, int K, int shared, int32_t *sel,
@@ -273,7 +272,7 @@ extern "C" int qk_gemv_moe_routed(const qk_moe_table *t, const float *logits, in
         ys < (int64_t)t->P * t->n)
         return (int)cudaErrorInvalidValue;
     const mr_route ra = {logits, E, K, shared, sel, wts};
-    return moe_gemv_launch(t, moe_gemv_kernel<true, 1>(t), sel, n, NULL, x, n, 0, y, ys, ra, st);
+    return moe_gemv_launch(t, sel, n, NULL, x, n, 0, y, ys, ra, st);
 }
 
 /* ---- the pairs of a prefill chunk in expert order ---- */

@@ -1203,7 +1203,7 @@ static int moe_one_layout = -1;
  * runs its single-layout kernel). */
 static void moe_build(pub *p, int e, int i, int64_t N, int64_t K)
 {
-    char nm[32];
+    char nm[48];
     snprintf(nm, sizeof nm, "expert%d.part%d", e, i);
     switch (moe_one_layout >= 0 ? moe_one_layout : e % 5) {
     case 0: build_fp8(p, nm, QC_FMT_FP8_BLOCK, N, K, 128, 128, QC_DT_BF16); break;
@@ -1212,6 +1212,46 @@ static void moe_build(pub *p, int e, int i, int64_t N, int64_t K)
     case 3: build_bf16(p, nm, N, K); break;
     default: build_gptq(p, nm, N, K, 32, 0, 0, 0); break;
     }
+}
+
+/* n expert matrices of N x K (entry j: expert j / P, part j % P, layouts as
+ * moe_build picks them), built and uploaded; dp[j] points at d[j], as
+ * qk_moe_table_fill takes them. */
+typedef struct {
+    int n;
+    pub *pb;
+    qk_qweight *d;
+    const qk_qweight **dp;
+} moe_parts;
+
+/* False, with why set, if a matrix did not upload (or no memory); free with
+ * moe_parts_free either way. */
+static bool moe_parts_make(moe_parts *m, int n, int P, int64_t N, int64_t K, char *why, size_t nwhy)
+{
+    m->n = n;
+    m->pb = calloc((size_t)n, sizeof *m->pb);
+    m->d = calloc((size_t)n, sizeof *m->d);
+    m->dp = calloc((size_t)n, sizeof *m->dp);
+    if (!m->pb || !m->d || !m->dp) {
+        snprintf(why, nwhy, "out of host memory");
+        return false;
+    }
+    bool ok = true;
+    for (int j = 0; j < n; j++) {
+        moe_build(&m->pb[j], j / P, j % P, N, K);
+        if (!part_upload(&m->pb[j], j, &m->d[j], why, nwhy)) ok = false;
+        m->dp[j] = &m->d[j];
+    }
+    return ok;
+}
+
+static void moe_parts_free(moe_parts *m)
+{
+    for (int j = 0; m->pb && m->d && j < m->n; j++) {
+        qc_qweight_free_dev(&m->d[j]);
+        pub_free(&m->pb[j]);
+    }
+    free(m->pb), free(m->d), free(m->dp);
 }
 #endif
 
@@ -1229,17 +1269,10 @@ static void moe_gemv_check(const char *name, int E, int P, int64_t N, int64_t K,
     }
 #ifdef QC_HAVE_CUDA
     const int n = E * P;
-    pub *pb = calloc((size_t)n, sizeof *pb);
-    qk_qweight *d = calloc((size_t)n, sizeof *d);
-    const qk_qweight **dp = calloc((size_t)n, sizeof *dp);
     char why[256] = "";
-    int ok = 1;
-    for (int e = 0; e < E; e++)
-        for (int i = 0; i < P; i++) {
-            moe_build(&pb[e * P + i], e, i, N, K);
-            if (!part_upload(&pb[e * P + i], e * P + i, &d[e * P + i], why, sizeof why)) ok = 0;
-            dp[e * P + i] = &d[e * P + i];
-        }
+    moe_parts mp;
+    int ok = moe_parts_make(&mp, n, P, N, K, why, sizeof why);
+    pub *pb = mp.pb;
     const int64_t xs = xdiv ? (K + 7) / 8 * 8 : 0, nx = xdiv ? xs * ((nsel + xdiv - 1) / xdiv) : K;
     uint16_t *xb = calloc((size_t)nx, 2);
     for (int64_t k = 0; k < nx; k++) xb[k] = qc_f32_to_bf16((float)((double)(urand() >> 11) / 4503599627370496.0 - 1.0));
@@ -1273,7 +1306,7 @@ static void moe_gemv_check(const char *name, int E, int P, int64_t N, int64_t K,
     cudaStream_t qs;
     cudaStreamCreateWithFlags(&qs, cudaStreamNonBlocking);
     if (ok) {
-        int trc = qk_moe_table_fill(dp, E, P, table, &t);
+        int trc = qk_moe_table_fill(mp.dp, E, P, table, &t);
         int orc = ordered ? qk_moe_order(dsel, nsel, E, dord, qs) : 0;
         int krc = trc || orc ? -1
                              : qk_gemv_moe(&t, dsel, nsel, ordered ? dord : NULL, dx, xdiv ? xdiv : nsel, xs, dy, ys, qs);
@@ -1322,13 +1355,7 @@ static void moe_gemv_check(const char *name, int E, int P, int64_t N, int64_t K,
     cudaFree(dy);
     free(xb);
     free(yr);
-    for (int e = 0; e < n; e++) {
-        qc_qweight_free_dev(&d[e]);
-        pub_free(&pb[e]);
-    }
-    free(pb);
-    free(d);
-    free(dp);
+    moe_parts_free(&mp);
 #else
     (void)E, (void)P, (void)N, (void)K, (void)sel, (void)nsel, (void)xdiv, (void)ordered;
 #endif
@@ -1607,16 +1634,9 @@ static void moe_gemv_routed_check(const char *name, int E, int K, int shared, in
     enum { P = 2, N = 72, KD = 256 };
     const int nt = E + (shared != 0), n = K + (shared != 0), ld = E + 1;
     moe_one_layout = layout;
-    pub *pb = calloc((size_t)nt * P, sizeof *pb);
-    qk_qweight *d = calloc((size_t)nt * P, sizeof *d);
-    const qk_qweight **dp = calloc((size_t)nt * P, sizeof *dp);
     char why[256] = "";
-    int ok = 1;
-    for (int j = 0; j < nt * P; j++) {
-        moe_build(&pb[j], j / P, j % P, N, KD);
-        if (!part_upload(&pb[j], j, &d[j], why, sizeof why)) ok = 0;
-        dp[j] = &d[j];
-    }
+    moe_parts mp;
+    const bool ok = moe_parts_make(&mp, nt * P, P, N, KD, why, sizeof why);
     moe_one_layout = -1;
     float *lg = malloc(sizeof(float) * ld);
     for (int e = 0; e < ld; e++) lg[e] = (float)rnd(16) * 0.25f - 2.0f; /* ties */
@@ -1633,7 +1653,7 @@ static void moe_gemv_routed_check(const char *name, int E, int K, int shared, in
     cudaMemset(dy1, 0x7f, sizeof(float) * n * ys);
     cudaMemset(dy2, 0x7f, sizeof(float) * n * ys);
     qk_moe_table t;
-    int trc = ok ? qk_moe_table_fill(dp, nt, P, table, &t) : -1, krc = -1;
+    int trc = ok ? qk_moe_table_fill(mp.dp, nt, P, table, &t) : -1, krc = -1;
     if (!trc)
         krc = qk_moe_route(dl, ld, 1, E, K, shared, ds1, dw1, NULL) | qk_gemv_moe(&t, ds1, n, NULL, dx, n, 0, dy1, ys, NULL) |
               qk_gemv_moe_routed(&t, dl, E, K, shared, ds2, dw2, dx, dy2, ys, NULL);
@@ -1653,11 +1673,8 @@ static void moe_gemv_routed_check(const char *name, int E, int K, int shared, in
           sdiff ? "DIFFER" : "same", wdiff ? "DIFFER" : "same");
     void *dev[] = {dl, dw1, dw2, dy1, dy2, ds1, ds2, dx, table};
     for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) cudaFree(dev[i]);
-    for (int j = 0; j < nt * P; j++) {
-        qc_qweight_free_dev(&d[j]);
-        pub_free(&pb[j]);
-    }
-    free(pb), free(d), free(dp), free(lg), free(y1), free(y2);
+    moe_parts_free(&mp);
+    free(lg), free(y1), free(y2);
 #else
     (void)E, (void)K, (void)shared, (void)layout;
 #endif
@@ -1676,16 +1693,9 @@ static void moe_gemv_groups_check(const char *name, int layout, int64_t N, int64
 #ifdef QC_HAVE_CUDA
     enum { E = 5 };
     moe_one_layout = layout;
-    pub pb[E];
-    qk_qweight d[E];
-    const qk_qweight *dp[E];
     char why[256] = "";
-    int ok = 1;
-    for (int e = 0; e < E; e++) {
-        moe_build(&pb[e], e, 0, N, K);
-        if (!part_upload(&pb[e], e, &d[e], why, sizeof why)) ok = 0;
-        dp[e] = &d[e];
-    }
+    moe_parts mp;
+    const bool ok = moe_parts_make(&mp, E, 1, N, K, why, sizeof why);
     moe_one_layout = -1;
     int32_t *sel = malloc(sizeof(int32_t) * npairs);
     for (int j = 0; j < npairs; j++) sel[j] = (int32_t)rnd(E);
@@ -1700,7 +1710,7 @@ static void moe_gemv_groups_check(const char *name, int layout, int64_t N, int64
     cudaMemset(dy1, 0x7f, sizeof(float) * npairs * ys);
     cudaMemset(dy3, 0x7f, sizeof(float) * npairs * ys);
     qk_moe_table t;
-    const int trc = ok ? qk_moe_table_fill(dp, E, 1, table, &t) : -1;
+    const int trc = ok ? qk_moe_table_fill(mp.dp, E, 1, table, &t) : -1;
     int krc = -1;
     if (!trc) {
         qk_moe_gemv_groups = 1;
@@ -1717,10 +1727,7 @@ static void moe_gemv_groups_check(const char *name, int layout, int64_t N, int64
           why, trc, krc, src, trc ? -1 : t.kc_max, diff ? "outputs DIFFER" : "same");
     void *dev[] = {ds, dx, dy1, dy3, table};
     for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) cudaFree(dev[i]);
-    for (int e = 0; e < E; e++) {
-        qc_qweight_free_dev(&d[e]);
-        pub_free(&pb[e]);
-    }
+    moe_parts_free(&mp);
     free(sel), free(xb), free(y1), free(y3);
 #else
     (void)layout, (void)N, (void)K, (void)npairs;
@@ -1948,8 +1955,39 @@ static void test_moe(void)
     moe_gemv_groups_check("moe_gemv_groups_gptq_g32", 4, 200, 256, 5);
 }
 
+/* The MoE decode entry points refuse what they cannot run before touching
+ * the device (so this needs no GPU): D not a multiple of 4 or over 8192,
+ * more than 1024 experts or 32 choices, K > E, a table without the shared
+ * entry, missing pointers. */
+static void moe_args_check(void)
+{
+#ifdef QC_HAVE_CUDA
+    static float f[16];
+    static uint16_t b[16];
+    static int32_t i32[40];
+    const qk_moe_table t = {.d = f, .E = 9, .P = 2, .n = 4, .k = 32, .groups = 1, .kc_min = 4, .kc_max = 4, .body = -1};
+    const int inv = (int)cudaErrorInvalidValue;
+    int bad = 0;
+    bad += qk_moe_router(f, f, 1e-6f, 1, 6, f, 4, b, NULL, f, 4, NULL) != inv;      /* D % 4 */
+    bad += qk_moe_router(f, f, 1e-6f, 1, 8196, f, 4, b, NULL, f, 4, NULL) != inv;   /* D > 8192 */
+    bad += qk_moe_router(f, f, 1e-6f, 1, 8, f, 4, b, NULL, f, 3, NULL) != inv;      /* ldy < N */
+    bad += qk_moe_router(NULL, f, 1e-6f, 1, 8, f, 4, b, NULL, f, 4, NULL) != inv;   /* no h */
+    bad += qk_gemv_moe_routed(&t, f, 8, 9, 0, i32, f, b, f, 8, NULL) != inv;        /* K > E */
+    bad += qk_gemv_moe_routed(&t, f, 8, 33, 0, i32, f, b, f, 8, NULL) != inv;       /* K > 32 */
+    bad += qk_gemv_moe_routed(&t, f, 1025, 8, 0, i32, f, b, f, 8, NULL) != inv;     /* E > 1024 */
+    bad += qk_gemv_moe_routed(&t, f, 9, 8, 1, i32, f, b, f, 8, NULL) != inv;        /* no shared entry */
+    bad += qk_gemv_moe_routed(&t, NULL, 8, 4, 1, i32, f, b, f, 8, NULL) != inv;     /* no logits */
+    bad += qk_gemv_moe_routed(&t, f, 8, 4, 1, i32, f, b, f, 7, NULL) != inv;        /* ys < P n */
+    bad += qk_moe_route(f, 8, 1, 1025, 8, 0, i32, f, NULL) != inv;                   /* E > 1024 */
+    CHECK("moe_decode_bad_args", !bad, "%d of 11 bad calls accepted", bad);
+#else
+    th_skip("moe_decode_bad_args", "built without CUDA");
+#endif
+}
+
 int main(void)
 {
+    moe_args_check();
     pub p;
     /* FP8 */
     build_fp8(&p, "fp8_block_partial", QC_FMT_FP8_BLOCK, 300, 400, 128, 128, QC_DT_BF16);
