@@ -9,6 +9,7 @@
 #include <math.h>
 
 #include "common.cuh"
+#include "mma.cuh"
 
 #define ATT_TILE 32
 #define ATT_MAXG 16
@@ -414,6 +415,18 @@ __device__ __forceinline__ int db_per(int n, int nsplit)
     return max((n + nsplit - 1) / nsplit, DB_MIN_KEYS);
 }
 
+/* Keys [k0, k1) of split sp in nt tiles of 32, of the pos[0] + 1 written
+ * (at most max_ctx); false for a split past them. */
+__device__ __forceinline__ bool db_split_keys(int max_ctx, const int32_t *pos, int nsplit, int sp, int &k0, int &k1,
+                                              int &nt)
+{
+    const int n = min(pos[0] + 1, max_ctx), per = db_per(n, nsplit);
+    k0 = sp * per;
+    k1 = min(n, k0 + per);
+    nt = (k1 - k0 + 31) / 32;
+    return k0 < k1;
+}
+
 /* Dynamic shared memory of k_attn_dec_bulk: the stages, then Qs [G][256],
  * partial scores [DB_WARPS][GM][32], probabilities [DB_WARPS][GM][32]. */
 static size_t db_smem(int G, int GM)
@@ -449,11 +462,8 @@ __global__ void __launch_bounds__(32 * DB_WARPS, 2)
     const int kvh = blockIdx.x, sp = blockIdx.y;
     const int w = threadIdx.x >> 5, lane = threadIdx.x & 31;
     float *Pw = Sc + DB_WARPS * GM * 32 + w * GM * 32; /* this warp's probabilities [GM][32] */
-    const int n = min(pos[0] + 1, max_ctx);
-    const int per = db_per(n, nsplit);
-    const int k0 = sp * per, k1 = min(n, k0 + per);
-    if (k0 >= k1) return; /* an unused split: the combine does not read it */
-    const int nt = (k1 - k0 + 31) / 32;
+    int k0, k1, nt;
+    if (!db_split_keys(max_ctx, pos, nsplit, sp, k0, k1, nt)) return; /* unused: the combine does not read it */
     const uint16_t *kb = kc + (int64_t)kvh * max_ctx * hd, *vb = vc + (int64_t)kvh * max_ctx * hd;
     /* A PDL launch: the first tiles go out before the wait when all their
      * keys are older than this step's (pos[0], which k_attn_prep, the kernel
@@ -581,6 +591,218 @@ __global__ void __launch_bounds__(32 * DB_WARPS, 2)
     }
 }
 
+/* The same split and 32-key tiles as k_attn_dec_bulk, with both products on
+ * the tensor cores (mma.sync m16n8k16, the G query heads as the 16 rows of
+ * A, rows past G zero). ncu of k_attn_dec_bulk at 131072 keys: 1.26 TB/s,
+ * one instruction per 2 cycles per scheduler, mostly the online softmax
+ * that every warp repeats for every head and shared-memory loads feeding
+ * one FMA each. Here, per tile:
+ *  1. warp w scores the 32 keys over dims [32w, 32w + 32) (4 ldmatrix, 16
+ *     MMAs) into the partial-score table; barrier;
+ *  2. warp w runs the online softmax of heads w and w + 8 (lane = key) and
+ *     writes their probabilities as bf16 hi + lo tables and the rescale
+ *     factor; the last warp refills the stage the previous tile used;
+ *     barrier;
+ *  3. warp w accumulates P.V for output dims [32w, 32w + 32) of every head
+ *     (4 + 4 ldmatrix, 16 MMAs).
+ * fp32-level accuracy with bf16 operands: q and p are split into hi + lo
+ * bf16 (x = hi + lo within 2^-16 |x|), each product is two MMAs against the
+ * exact bf16 K and V, fp32 accumulation (tested against the FMA kernel's
+ * fp32 partial records). V rows are padded as the K rows, so the
+ * transposing ldmatrix of 8 keys hits 8 bank groups. ST stages: 3 where two
+ * blocks still fit on an SM (GM <= 8), else 2; a stage is refilled as soon
+ * as every warp is past its P.V, ST - 1 tiles ahead. H100, 27B heads (G 6),
+ * attention + combine: 32768 keys 112.6 -> 74.8 us, 131072 keys 362 -> 217
+ * us (1.48 -> 2.47 TB/s of KV). Half the copies (V in one, or two keys per
+ * copy) measured the same; ncu then has warps 56 % of their cycles at the
+ * two barriers, DRAM at 72 % of peak. */
+#define DM_STAGE (64 * DB_KROW) /* 32 K rows, then 32 V rows */
+#define DM_SROW 40 /* floats per head row of the score table: conflict-free float2 stores of 4 heads per half warp */
+#define DM_PROW 40 /* bf16 per head row of the probability tables: 80 bytes, 8 rows in 8 bank groups */
+
+template <int GM>
+struct dm_cfg {
+    static constexpr int ST = GM <= 8 ? 3 : 2;
+    static constexpr size_t SC = (size_t)ST * DM_STAGE;                             /* float [DB_WARPS][GM][DM_SROW] */
+    static constexpr size_t PH = SC + (size_t)DB_WARPS * GM * DM_SROW * 4;          /* bf16 [16][DM_PROW] hi, then lo */
+    static constexpr size_t CR = PH + (size_t)2 * 16 * DM_PROW * 2;                 /* float [16] rescale */
+    static constexpr size_t SMEM = CR + 16 * 4;
+};
+
+/* Warp-wide: keys [base, min(base + 32, k1)) into the stage at stg, one K
+ * and one V copy per lane. A missing key's V row is zeroed: its probability
+ * is 0, but 0 times a stale NaN is NaN in the MMA (a partial tile is the
+ * split's last, so no copy lands in the stage after this). */
+__device__ __forceinline__ void dm_issue(uint8_t *stg, const uint16_t *kb, const uint16_t *vb, int base, int k1,
+                                         uint64_t *bar)
+{
+    const int lane = threadIdx.x & 31, nk = min(32, k1 - base);
+    if (lane == 0) qk_mbar_expect(bar, (uint32_t)nk * 1024);
+    __syncwarp();
+    if (lane < nk) {
+        qk_bulk_copy(stg + lane * DB_KROW, kb + (int64_t)(base + lane) * 256, 512, bar);
+        qk_bulk_copy(stg + (32 + lane) * DB_KROW, vb + (int64_t)(base + lane) * 256, 512, bar);
+    } else {
+        uint4 *v = (uint4 *)(stg + (32 + lane) * DB_KROW);
+#pragma unroll 8
+        for (int i = 0; i < 32; i++) v[i] = make_uint4(0u, 0u, 0u, 0u);
+    }
+}
+
+/* a, b (a the lower column) as bf16x2 hi and the bf16x2 of what hi misses. */
+__device__ __forceinline__ void dm_split2(float a, float b, uint32_t &hi, uint32_t &lo)
+{
+    hi = tc_pack(a, b);
+    lo = tc_pack(a - __uint_as_float(hi << 16), b - __uint_as_float(hi & 0xffff0000u));
+}
+
+template <int GM>
+__global__ void __launch_bounds__(32 * DB_WARPS, 2)
+    k_attn_dec_mma(const float *q, const uint16_t *kc, const uint16_t *vc, int max_ctx, int H, int KV,
+                   const int32_t *pos, int nsplit, float *part)
+{
+    constexpr int hd = 256, ST = dm_cfg<GM>::ST;
+    extern __shared__ __align__(128) uint8_t dsm[];
+    __shared__ __align__(8) uint64_t bars[ST];
+    const int G = H / KV;
+    float *Sc = (float *)(dsm + dm_cfg<GM>::SC);
+    uint16_t *Ph = (uint16_t *)(dsm + dm_cfg<GM>::PH), *Pl = Ph + 16 * DM_PROW;
+    float *Cr = (float *)(dsm + dm_cfg<GM>::CR);
+    qk_pdl_trigger(); /* the combine may land early */
+    const int kvh = blockIdx.x, sp = blockIdx.y;
+    const int w = threadIdx.x >> 5, lane = threadIdx.x & 31, gr = lane >> 2, tq = lane & 3;
+    int k0, k1, nt;
+    if (!db_split_keys(max_ctx, pos, nsplit, sp, k0, k1, nt)) return; /* unused: the combine does not read it */
+    const uint16_t *kb = kc + (int64_t)kvh * max_ctx * hd, *vb = vc + (int64_t)kvh * max_ctx * hd;
+    const int newest = pos[0]; /* keys older than this step's go out before the wait (k_attn_dec_bulk) */
+    if (w == 0) {
+        if (lane == 0) {
+            for (int st = 0; st < ST; st++) qk_mbar_init(bars + st);
+            qk_mbar_init_fence();
+        }
+        __syncwarp();
+        for (int t = 0; t < ST - 1 && t < nt; t++)
+            if (k0 + 32 * t + 32 <= newest) dm_issue(dsm + t * DM_STAGE, kb, vb, k0 + 32 * t, k1, bars + t);
+    }
+    /* probability rows past G stay zero (the MMA rows of absent heads) */
+    for (int e = threadIdx.x; e < 2 * 16 * DM_PROW; e += 32 * DB_WARPS) Ph[e] = 0;
+    qk_pdl_wait();
+    if (w == 0)
+        for (int t = 0; t < ST - 1 && t < nt; t++)
+            if (k0 + 32 * t + 32 > newest) dm_issue(dsm + t * DM_STAGE, kb, vb, k0 + 32 * t, k1, bars + t);
+    /* A fragments of q for this warp's dims, k-steps ks: a[r + 2c] holds
+     * head gr + 8r, dims 32w + 16ks + 8c + 2tq + {0, 1} */
+    uint32_t qh[2][4], ql[2][4];
+#pragma unroll
+    for (int ks = 0; ks < 2; ks++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const int g = gr + 8 * (i & 1), d = 32 * w + 16 * ks + 8 * (i >> 1) + 2 * tq;
+            const float2 v = g < G ? *(const float2 *)(q + ((int64_t)kvh * G + g) * hd + d) : make_float2(0.0f, 0.0f);
+            dm_split2(v.x, v.y, qh[ks][i], ql[ks][i]);
+        }
+    __syncthreads(); /* the barriers' init, the zeroed probability rows */
+    /* ldmatrix row addresses: scores, key 8j + (lane & 7) at dims 32w + 8
+     * (lane >> 3) of a stage (the x4 = both k-steps of key tile j); P.V, key
+     * 16ks + (lane & 7) + 8 ((lane >> 3) & 1) at dims 32w + 16p + 8 (lane >>
+     * 4) of a stage; P, head (lane & 7) + 8 ((lane >> 3) & 1) at keys 16ks +
+     * 8 (lane >> 4) of a table (the A fragment's four 8 x 8 pieces) */
+    const uint32_t ka = (uint32_t)((lane & 7) * DB_KROW + (32 * w + 8 * (lane >> 3)) * 2);
+    const uint32_t va = (uint32_t)((32 + (lane & 7) + 8 * ((lane >> 3) & 1)) * DB_KROW + (32 * w + 8 * (lane >> 4)) * 2);
+    const uint32_t pa = tc_smem(Ph) + (uint32_t)((((lane & 7) + 8 * ((lane >> 3) & 1)) * DM_PROW + 8 * (lane >> 4)) * 2);
+    const float scale = rsqrtf((float)hd);
+    float m[2] = {ATT_NEG, ATT_NEG}, l[2] = {0.0f, 0.0f}, o[4][4];
+#pragma unroll
+    for (int j = 0; j < 4; j++) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
+    for (int t = 0; t < nt; t++) {
+        const int st = t % ST, base = k0 + 32 * t, nk = min(32, k1 - base);
+        const uint32_t sb = tc_smem(dsm + st * DM_STAGE);
+        qk_mbar_wait(bars + st, (uint32_t)(t / ST) & 1u);
+        /* 1. partial scores of the 32 keys over this warp's dims */
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            uint32_t b[4];
+            float s[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+            tc_ldsm4(b, sb + ka + j * 8 * DB_KROW);
+            tc_mma(s, qh[0], b[0], b[1]);
+            tc_mma(s, ql[0], b[0], b[1]);
+            tc_mma(s, qh[1], b[2], b[3]);
+            tc_mma(s, ql[1], b[2], b[3]);
+            if (gr < G) *(float2 *)(Sc + (w * GM + gr) * DM_SROW + 8 * j + 2 * tq) = make_float2(s[0], s[1]);
+            if (GM > 8 && gr + 8 < G)
+                *(float2 *)(Sc + (w * GM + gr + 8) * DM_SROW + 8 * j + 2 * tq) = make_float2(s[2], s[3]);
+        }
+        __syncthreads(); /* scores in; every warp is past tile t - 1's P.V */
+        /* the stage of tile t - 1 takes tile t + ST - 1 */
+        if (w == DB_WARPS - 1 && t + ST - 1 < nt)
+            dm_issue(dsm + ((t + ST - 1) % ST) * DM_STAGE, kb, vb, base + 32 * (ST - 1), k1, bars + (t + ST - 1) % ST);
+        /* 2. online softmax of heads w and w + 8, lane = key */
+        const bool valid = lane < nk;
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            const int g = w + DB_WARPS * r;
+            if (g >= G) break;
+            float u = 0.0f;
+#pragma unroll
+            for (int ww = 0; ww < DB_WARPS; ww++) u += Sc[(ww * GM + g) * DM_SROW + lane];
+            const float sg = valid ? u * scale : ATT_NEG;
+            const float mn = fmaxf(m[r], qk_warp_max(sg));
+            const float corr = __expf(m[r] - mn), pr = valid ? __expf(sg - mn) : 0.0f;
+            l[r] = l[r] * corr + qk_warp_sum(pr);
+            m[r] = mn;
+            const uint16_t hi = qk_to_bf(pr);
+            Ph[g * DM_PROW + lane] = hi;
+            Pl[g * DM_PROW + lane] = qk_to_bf(pr - qk_bf(hi));
+            if (lane == 0) Cr[g] = corr;
+        }
+        __syncthreads(); /* probabilities and rescale factors in */
+        /* 3. P.V over this warp's 32 output dims */
+        const float c0 = gr < G ? Cr[gr] : 1.0f, c1 = gr + 8 < G ? Cr[gr + 8] : 1.0f;
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            o[j][0] *= c0;
+            o[j][1] *= c0;
+            o[j][2] *= c1;
+            o[j][3] *= c1;
+        }
+#pragma unroll
+        for (int ks = 0; ks < 2; ks++) {
+            uint32_t ph[4], pl[4];
+            tc_ldsm4(ph, pa + ks * 32);
+            tc_ldsm4(pl, pa + ks * 32 + 16 * DM_PROW * 2);
+#pragma unroll
+            for (int p = 0; p < 2; p++) {
+                uint32_t b[4];
+                tc_ldsm4_t(b, sb + va + ks * 16 * DB_KROW + p * 32);
+                tc_mma(o[2 * p], ph, b[0], b[1]);
+                tc_mma(o[2 * p], pl, b[0], b[1]);
+                tc_mma(o[2 * p + 1], ph, b[2], b[3]);
+                tc_mma(o[2 * p + 1], pl, b[2], b[3]);
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        const int g = w + DB_WARPS * r;
+        if (g < G && lane == 0) {
+            float *pp = part + ((int64_t)(kvh * G + g) * nsplit + sp) * (hd + 2);
+            pp[0] = m[r];
+            pp[1] = l[r];
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        const int g = gr + 8 * r;
+        if (g >= G) continue;
+        float *pp = part + ((int64_t)(kvh * G + g) * nsplit + sp) * (hd + 2) + 2 + 32 * w + 2 * tq;
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            pp[8 * j] = o[j][2 * r];
+            pp[8 * j + 1] = o[j][2 * r + 1];
+        }
+    }
+}
+
 /* grid H, block hd: merges the splits in use (as k_attn_combine does). */
 __global__ void k_attn_dec_combine(const float *part, const float *gate, int H, int hd, int max_ctx,
                                    const int32_t *pos, int nsplit, int bulk, uint16_t *out)
@@ -594,8 +816,9 @@ __global__ void k_attn_dec_combine(const float *part, const float *gate, int H, 
     out[oi] = qk_to_bf(attn_merge(part + (int64_t)h * nsplit * (hd + 2), used, hd, d) * qk_sigmoid(gate[oi]));
 }
 
-/* Split-KV decode kernel (quant.h-style test/benchmark hook): 0 = the
- * bulk-copy kernel where the GPU has it (sm_90+), 1 = the register kernel. */
+/* Split-KV decode kernel (quant.h-style test/benchmark hook), at hd 256 on
+ * sm_90+: 0 = the bulk-copy tiles on the tensor cores, 2 = the same tiles
+ * with FMA products; 1 (and everywhere else) = the register kernel. */
 extern "C" {
 int qk_attn_dec_mode = 0;
 }
@@ -607,18 +830,21 @@ static int attn_dec_launch(const float *q, const float *gate, const uint16_t *kc
     const int hd = NH * 32, G = H / KV;
     const int n_sm = qk_sm_count() > 0 ? qk_sm_count() : 1;
     cudaError_t e;
-    const bool bulk = NH == 8 && qk_attn_dec_mode == 0 && qk_cc_major() >= 9; /* bulk copies */
+    const bool bulk = NH == 8 && qk_attn_dec_mode != 1 && qk_cc_major() >= 9; /* bulk copies */
     if (bulk) {
         /* two blocks per SM, so at most two splits per SM and KV head */
-        const size_t smem = db_smem(G, GM);
-        e = cudaFuncSetAttribute(k_attn_dec_bulk<GM>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+        const bool mma = qk_attn_dec_mode == 0;
+        const size_t smem = mma ? dm_cfg<GM>::SMEM : db_smem(G, GM);
+        void (*kern)(const float *, const uint16_t *, const uint16_t *, int, int, int, const int32_t *, int, float *) =
+            mma ? k_attn_dec_mma<GM> : k_attn_dec_bulk<GM>;
+        e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
         if (e != cudaSuccess) return (int)e;
         nsplit = max(1, min(nsplit, 2 * n_sm / KV));
         cudaLaunchConfig_t cfg;
         cudaLaunchAttribute at[1];
         qk_launch_cfg(&cfg, at, dim3((unsigned)KV, (unsigned)nsplit), dim3(32 * DB_WARPS), st, qk_pdl_ok(st));
         cfg.dynamicSmemBytes = smem;
-        e = cudaLaunchKernelEx(&cfg, k_attn_dec_bulk<GM>, q, kc, vc, max_ctx, H, KV, pos, nsplit, (float *)scratch);
+        e = cudaLaunchKernelEx(&cfg, kern, q, kc, vc, max_ctx, H, KV, pos, nsplit, (float *)scratch);
         if (e != cudaSuccess) return (int)e;
     } else {
         const size_t smem = ((size_t)G * hd + 2 * DEC_WARPS * GM + (size_t)DEC_WARPS * G * hd) * sizeof(float);

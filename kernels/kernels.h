@@ -215,8 +215,9 @@ int qk_attn(const float *q, const float *gate, const uint16_t *kc, const uint16_
 
 /* The one-token split-KV kernel qk_attn runs (tests and QCHAT_ATTN_MODE for
  * A/B runs): 0 = K/V tiles by bulk copies into shared memory where the GPU
- * has them (sm_90+), 1 = each lane's loads from global memory. Both compute
- * the same sums in the same order. */
+ * has them (sm_90+, head size 256) with both products on the tensor cores
+ * (q and p as hi + lo bf16 pairs), 2 = the same tiles with fp32 FMAs, 1 =
+ * each lane's loads from global memory. They agree to fp32 rounding. */
 extern int qk_attn_dec_mode;
 
 /* Which small decode kernels may be PDL launches (A/B, QCHAT_PDL_SMALL; all

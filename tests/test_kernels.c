@@ -17,7 +17,8 @@ static const char *const test_names[] = {
     "kern_embed",     "kern_rmsnorm1p", "kern_gated_norm", "kern_swiglu",   "kern_add",
     "kern_gemv",      "kern_gemv_27b",  "kern_gemm",       "kern_conv",     "kern_gdn_gates",
     "kern_l2norm",    "kern_gdn_prefill", "kern_gdn_handoff", "kern_gdn_step", "kern_attn_prep",
-    "kern_attn",      "kern_attn_splitkv", "kern_attn_gemm", "kern_sample",
+    "kern_attn",      "kern_attn_splitkv", "kern_attn_splitkv_regs", "kern_attn_splitkv_fma",
+    "kern_attn_dec_partials", "kern_attn_gemm", "kern_sample",
 };
 #define N_TESTS (int)(sizeof test_names / sizeof test_names[0])
 
@@ -683,6 +684,91 @@ static int attn_case(int T, int pos0, int H, int KV, int hd, int rot, int nsplit
     return ok;
 }
 
+/* The split-KV decode's fp32 partial records (m, l, acc per head and split)
+ * from the tensor-core kernel (mode 0) against the FMA kernel on the same
+ * tiles (mode 2): the bf16 output hides differences below its rounding, so
+ * this checks that q and p keep fp32-level accuracy through their hi + lo
+ * bf16 parts (bf16 operands alone measure ~1e-3 here). Records of unused
+ * splits stay NaN-poisoned in both. Returns 1 when they agree. */
+static int attn_dec_partials_case(int pos0, int H, int KV, int nsplit)
+{
+    const int hd = 256, max_ctx = pos0 + 4;
+    const size_t cn = (size_t)KV * max_ctx * hd, nq = (size_t)H * hd, ns = qk_attn_scratch(1, H, hd, nsplit) / 4;
+    float *qh = rnd(nq, 1), *gt = rnd(nq, 1), *kc = rnd(cn, 1), *vc = rnd(cn, 1);
+    uint16_t *kcb = to_bf(kc, cn), *vcb = to_bf(vc, cn);
+    float *dq = dput(qh, nq * 4), *dg = dput(gt, nq * 4);
+    uint16_t *dkc = dput(kcb, cn * 2), *dvc = dput(vcb, cn * 2), *dout = dput(NULL, nq * 2);
+    int32_t *dpos = dput(&pos0, 4);
+    float *scr = dput(NULL, ns * 4), *rec[2];
+    int ok = 1;
+    for (int i = 0; i < 2; i++) {
+        qk_attn_dec_mode = i ? 0 : 2;
+        cudaMemset(scr, 0xff, ns * 4);
+        ok &= launch_ok(qk_attn(dq, dg, dkc, dvc, max_ctx, 1, H, KV, hd, dpos, nsplit, scr, dout, 0), "attn dec");
+        rec[i] = dget_f(scr, ns);
+    }
+    qk_attn_dec_mode = 0;
+    size_t both = 0, one = 0;
+    float *a = calloc(ns, 4), *b = calloc(ns, 4);
+    for (size_t i = 0; i < ns; i++) {
+        const int fa = isfinite(rec[0][i]), fb = isfinite(rec[1][i]);
+        if (fa && fb) {
+            a[both] = rec[1][i];
+            b[both++] = rec[0][i];
+        } else if (fa != fb) {
+            one++;
+        }
+    }
+    char nm[96];
+    snprintf(nm, sizeof nm, "attn dec partials, tensor cores vs FMA: pos0=%d H=%d KV=%d nsplit=%d", pos0, H, KV, nsplit);
+    ok &= cmp(nm, a, b, both, 2e-5) && one == 0 && both > (size_t)H * (hd + 2);
+    if (one) printf("# %zu values finite in one kernel's records only\n", one);
+    cudaFree(dq); cudaFree(dg); cudaFree(dkc); cudaFree(dvc); cudaFree(dout); cudaFree(dpos); cudaFree(scr);
+    free(qh); free(gt); free(kc); free(vc); free(kcb); free(vcb); free(rec[0]); free(rec[1]); free(a); free(b);
+    return ok;
+}
+
+/* Timing, not a check: the split-KV decode (attention + combine) of one
+ * 27B or 35B-A3B attention layer at several context lengths, per kernel
+ * mode (kernels.h), as "# attn_dec bench" lines with the KV bytes read. */
+static void bench_attn_dec(int H, int KV)
+{
+    const int hd = 256, max_ctx = 131072, nsplit = 256, ns[] = {4096, 32768, 131072};
+    const size_t cn = (size_t)KV * max_ctx * hd;
+    uint16_t *dkc = dput(NULL, cn * 2), *dvc = dput(NULL, cn * 2), *dout = dput(NULL, (size_t)H * hd * 2);
+    cudaMemset(dkc, 0x3c, cn * 2); /* bf16 0x3c3c ~ 0.011: finite keys and values */
+    cudaMemset(dvc, 0x3c, cn * 2);
+    float *qh = rnd((size_t)H * hd, 1), *dq = dput(qh, (size_t)H * hd * 4), *dg = dput(qh, (size_t)H * hd * 4);
+    float *scr = dput(NULL, qk_attn_scratch(1, H, hd, nsplit));
+    int32_t *dpos = dput(NULL, 4);
+    cudaEvent_t ev[2];
+    for (int i = 0; i < 2; i++) cudaEventCreate(&ev[i]);
+    for (int i = 0; i < 3; i++) {
+        const int pos = ns[i] - 1;
+        cudaMemcpy(dpos, &pos, 4, cudaMemcpyHostToDevice);
+        printf("# attn_dec bench H=%d KV=%d keys=%d:", H, KV, ns[i]);
+        for (int mode = 0; mode < 3; mode++) {
+            qk_attn_dec_mode = mode;
+            const int reps = 20;
+            int ok = launch_ok(qk_attn(dq, dg, dkc, dvc, max_ctx, 1, H, KV, hd, dpos, nsplit, scr, dout, 0), "warm-up");
+            cudaEventRecord(ev[0], 0);
+            for (int r = 0; ok && r < reps; r++)
+                ok &= qk_attn(dq, dg, dkc, dvc, max_ctx, 1, H, KV, hd, dpos, nsplit, scr, dout, 0) == 0;
+            cudaEventRecord(ev[1], 0);
+            ok &= launch_ok(0, "attn_dec bench");
+            float ms = 0;
+            cudaEventElapsedTime(&ms, ev[0], ev[1]);
+            const double us = 1e3 * ms / reps, gb = 4.0 * KV * ns[i] * hd / 1e9;
+            if (ok) printf(" mode %d %.1f us (%.0f GB/s)", mode, us, gb / us * 1e6);
+        }
+        printf("\n");
+    }
+    qk_attn_dec_mode = 0;
+    for (int i = 0; i < 2; i++) cudaEventDestroy(ev[i]);
+    cudaFree(dkc); cudaFree(dvc); cudaFree(dout); cudaFree(dq); cudaFree(dg); cudaFree(scr); cudaFree(dpos);
+    free(qh);
+}
+
 static void test_attn(void)
 {
     int ok = 1, pok = 1;
@@ -693,7 +779,8 @@ static void test_attn(void)
     ok &= attn_case(5, 3000, 16, 4, 256, 64, 1, &pok);
     CHECK("kern_attn", ok, "causal GQA attention differs");
     /* the one-token decode kernels (kernels.h qk_attn_dec_mode: 0 = bulk
-     * copies at hd 256 where the GPU has them, 1 = per-lane loads): splits
+     * copies and tensor cores at hd 256 where the GPU has them, 1 = per-lane
+     * loads, 2 = bulk copies and FMAs): splits
      * unused at short contexts, every head dim, G = 1 .. 16, more splits
      * than keys, blocks with many tiles and a partial last tile */
     static const int splitkv[][7] = {
@@ -703,16 +790,32 @@ static void test_attn(void)
         {1, 300, 4, 1, 32, 8, 7},        {1, 2, 12, 1, 64, 16, 256},     {1, 20000, 12, 1, 128, 16, 256},
         {1, 3000, 16, 1, 256, 64, 40},   {1, 700, 4, 4, 256, 64, 16},    {1, 63, 8, 4, 256, 64, 64},
     };
-    for (int mode = 0; mode < 2; mode++) {
+    static const char *const mode_names[] = {"kern_attn_splitkv", "kern_attn_splitkv_regs", "kern_attn_splitkv_fma"};
+    for (int mode = 0; mode < 3; mode++) {
         qk_attn_dec_mode = mode;
         int sok = 1;
         for (size_t i = 0; i < sizeof splitkv / sizeof splitkv[0]; i++) {
             const int *c = splitkv[i];
             sok &= attn_case(c[0], c[1], c[2], c[3], c[4], c[5], c[6], &pok);
         }
-        CHECK(mode ? "kern_attn_splitkv_regs" : "kern_attn_splitkv", sok, "split-KV decode attention differs");
+        CHECK(mode_names[mode], sok, "split-KV decode attention differs");
     }
     qk_attn_dec_mode = 0;
+    int ccmaj = 0;
+    cudaDeviceGetAttribute(&ccmaj, cudaDevAttrComputeCapabilityMajor, 0);
+    if (ccmaj >= 9) {
+        int dok = 1;
+        dok &= attn_dec_partials_case(40000, 24, 4, 64); /* 27B heads */
+        dok &= attn_dec_partials_case(77, 16, 2, 5);     /* 35B-A3B heads, partial last tiles */
+        dok &= attn_dec_partials_case(3000, 16, 1, 40);  /* G 16 */
+        dok &= attn_dec_partials_case(700, 12, 1, 16);   /* G 12 */
+        dok &= attn_dec_partials_case(5000, 4, 4, 132);  /* G 1 */
+        CHECK("kern_attn_dec_partials", dok, "tensor-core split-KV partials differ from the FMA kernel's");
+    } else {
+        th_skip("kern_attn_dec_partials", "needs sm_90+ (bulk copies)");
+    }
+    bench_attn_dec(24, 4);
+    bench_attn_dec(16, 2);
     int gok = 1;
     gok &= attn_case(300, 50, 24, 4, 256, 64, 0, &pok);
     gok &= attn_case(100, 0, 6, 2, 64, 16, 0, &pok);
