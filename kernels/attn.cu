@@ -609,9 +609,9 @@ __global__ void __launch_bounds__(32 * DB_WARPS, 2)
  * bf16 (x = hi + lo within 2^-16 |x|), each product is two MMAs against the
  * exact bf16 K and V, fp32 accumulation (tested against the FMA kernel's
  * fp32 partial records). V rows are padded as the K rows, so the
- * transposing ldmatrix of 8 keys hits 8 bank groups. ST stages: 3 where two
- * blocks still fit on an SM (GM <= 8), else 2; a stage is refilled as soon
- * as every warp is past its P.V, ST - 1 tiles ahead. H100, 27B heads (G 6),
+ * transposing ldmatrix of 8 keys hits 8 bank groups. ST stages (dm_pick):
+ * 3 where two blocks still fit on an SM, else 2; a stage is refilled as
+ * soon as every warp is past its P.V, ST - 1 tiles ahead. H100, 27B heads (G 6),
  * attention + combine: 32768 keys 112.6 -> 74.8 us, 131072 keys 362 -> 217
  * us (1.48 -> 2.47 TB/s of KV). Half the copies (V in one, or two keys per
  * copy) measured the same; ncu then has warps 56 % of their cycles at the
@@ -620,9 +620,8 @@ __global__ void __launch_bounds__(32 * DB_WARPS, 2)
 #define DM_SROW 40 /* floats per head row of the score table: conflict-free float2 stores of 4 heads per half warp */
 #define DM_PROW 40 /* bf16 per head row of the probability tables: 80 bytes, 8 rows in 8 bank groups */
 
-template <int GM>
+template <int GM, int ST>
 struct dm_cfg {
-    static constexpr int ST = GM <= 8 ? 3 : 2;
     static constexpr size_t SC = (size_t)ST * DM_STAGE;                             /* float [DB_WARPS][GM][DM_SROW] */
     static constexpr size_t PH = SC + (size_t)DB_WARPS * GM * DM_SROW * 4;          /* bf16 [16][DM_PROW] hi, then lo */
     static constexpr size_t CR = PH + (size_t)2 * 16 * DM_PROW * 2;                 /* float [16] rescale */
@@ -656,18 +655,19 @@ __device__ __forceinline__ void dm_split2(float a, float b, uint32_t &hi, uint32
     lo = tc_pack(a - __uint_as_float(hi << 16), b - __uint_as_float(hi & 0xffff0000u));
 }
 
-template <int GM>
+template <int GM, int ST>
 __global__ void __launch_bounds__(32 * DB_WARPS, 2)
     k_attn_dec_mma(const float *q, const uint16_t *kc, const uint16_t *vc, int max_ctx, int H, int KV,
                    const int32_t *pos, int nsplit, float *part)
 {
-    constexpr int hd = 256, ST = dm_cfg<GM>::ST;
+    constexpr int hd = 256;
+    typedef dm_cfg<GM, ST> C;
     extern __shared__ __align__(128) uint8_t dsm[];
     __shared__ __align__(8) uint64_t bars[ST];
     const int G = H / KV;
-    float *Sc = (float *)(dsm + dm_cfg<GM>::SC);
-    uint16_t *Ph = (uint16_t *)(dsm + dm_cfg<GM>::PH), *Pl = Ph + 16 * DM_PROW;
-    float *Cr = (float *)(dsm + dm_cfg<GM>::CR);
+    float *Sc = (float *)(dsm + C::SC);
+    uint16_t *Ph = (uint16_t *)(dsm + C::PH), *Pl = Ph + 16 * DM_PROW;
+    float *Cr = (float *)(dsm + C::CR);
     qk_pdl_trigger(); /* the combine may land early */
     const int kvh = blockIdx.x, sp = blockIdx.y;
     const int w = threadIdx.x >> 5, lane = threadIdx.x & 31, gr = lane >> 2, tq = lane & 3;
@@ -816,6 +816,36 @@ __global__ void k_attn_dec_combine(const float *part, const float *gate, int H, 
     out[oi] = qk_to_bf(attn_merge(part + (int64_t)h * nsplit * (hd + 2), used, hd, d) * qk_sigmoid(gate[oi]));
 }
 
+/* The tensor-core kernel's stage count on this device, asked once: 3 where
+ * two blocks of it fit on an SM (H100: 228 KB of shared memory, GM <= 8),
+ * else 2 where a block fits (sm_120: 100 KB per SM, so one block; H100 at
+ * GM 16), else 0 (the FMA tiles run instead). *bps: its blocks per SM. */
+template <int GM>
+static int dm_pick(int *bps)
+{
+    static int st = -1, nb = 0;
+    if (st < 0) {
+        st = 0;
+        for (int s = 3; s >= 2 && !st; s--) {
+            void (*k)(const float *, const uint16_t *, const uint16_t *, int, int, int, const int32_t *, int, float *) =
+                s == 3 ? k_attn_dec_mma<GM, 3> : k_attn_dec_mma<GM, 2>;
+            const size_t smem = s == 3 ? dm_cfg<GM, 3>::SMEM : dm_cfg<GM, 2>::SMEM;
+            int n = 0;
+            if (cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem) != cudaSuccess ||
+                cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, k, 32 * DB_WARPS, smem) != cudaSuccess) {
+                (void)cudaGetLastError(); /* too large for this device: not an error of the launch */
+                continue;
+            }
+            if (n >= 2 || (s == 2 && n >= 1)) {
+                st = s;
+                nb = n;
+            }
+        }
+    }
+    *bps = nb;
+    return st;
+}
+
 /* Split-KV decode kernel (quant.h-style test/benchmark hook), at hd 256 on
  * sm_90+: 0 = the bulk-copy tiles on the tensor cores, 2 = the same tiles
  * with FMA products; 1 (and everywhere else) = the register kernel. */
@@ -832,14 +862,15 @@ static int attn_dec_launch(const float *q, const float *gate, const uint16_t *kc
     cudaError_t e;
     const bool bulk = NH == 8 && qk_attn_dec_mode != 1 && qk_cc_major() >= 9; /* bulk copies */
     if (bulk) {
-        /* two blocks per SM, so at most two splits per SM and KV head */
-        const bool mma = qk_attn_dec_mode == 0;
-        const size_t smem = mma ? dm_cfg<GM>::SMEM : db_smem(G, GM);
+        /* as many splits per KV head as one wave of blocks holds */
+        int bps = 2;
+        const int st_mma = qk_attn_dec_mode == 0 ? dm_pick<GM>(&bps) : 0;
+        const size_t smem = st_mma == 3 ? dm_cfg<GM, 3>::SMEM : st_mma == 2 ? dm_cfg<GM, 2>::SMEM : db_smem(G, GM);
         void (*kern)(const float *, const uint16_t *, const uint16_t *, int, int, int, const int32_t *, int, float *) =
-            mma ? k_attn_dec_mma<GM> : k_attn_dec_bulk<GM>;
+            st_mma == 3 ? k_attn_dec_mma<GM, 3> : st_mma == 2 ? k_attn_dec_mma<GM, 2> : k_attn_dec_bulk<GM>;
         e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
         if (e != cudaSuccess) return (int)e;
-        nsplit = max(1, min(nsplit, 2 * n_sm / KV));
+        nsplit = max(1, min(nsplit, bps * n_sm / KV)); /* one wave of blocks */
         cudaLaunchConfig_t cfg;
         cudaLaunchAttribute at[1];
         qk_launch_cfg(&cfg, at, dim3((unsigned)KV, (unsigned)nsplit), dim3(32 * DB_WARPS), st, qk_pdl_ok(st));
