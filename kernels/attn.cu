@@ -816,34 +816,41 @@ __global__ void k_attn_dec_combine(const float *part, const float *gate, int H, 
     out[oi] = qk_to_bf(attn_merge(part + (int64_t)h * nsplit * (hd + 2), used, hd, d) * qk_sigmoid(gate[oi]));
 }
 
-/* The tensor-core kernel's stage count on this device, asked once: 3 where
- * two blocks of it fit on an SM (H100: 228 KB of shared memory, GM <= 8),
- * else 2 where a block fits (sm_120: 100 KB per SM, so one block; H100 at
- * GM 16), else 0 (the FMA tiles run instead). *bps: its blocks per SM. */
+typedef void (*dec_kernel)(const float *, const uint16_t *, const uint16_t *, int, int, int, const int32_t *, int,
+                           float *);
+
+/* The tensor-core kernel for this device, chosen once (its dynamic shared
+ * memory limit already set): 3 stages where two blocks of it fit on an SM
+ * (H100: 228 KB of shared memory, GM <= 8), else 2 where a block fits
+ * (sm_120: 100 KB per SM, so one block; H100 at GM 16); k NULL where
+ * neither fits (the FMA tiles run instead). bps: its blocks per SM. */
+struct dm_choice {
+    dec_kernel k;
+    size_t smem;
+    int bps;
+};
+
 template <int GM>
-static int dm_pick(int *bps)
+static dm_choice dm_pick(void)
 {
-    static int st = -1, nb = 0;
-    if (st < 0) {
-        st = 0;
-        for (int s = 3; s >= 2 && !st; s--) {
-            void (*k)(const float *, const uint16_t *, const uint16_t *, int, int, int, const int32_t *, int, float *) =
-                s == 3 ? k_attn_dec_mma<GM, 3> : k_attn_dec_mma<GM, 2>;
-            const size_t smem = s == 3 ? dm_cfg<GM, 3>::SMEM : dm_cfg<GM, 2>::SMEM;
+    static bool done;
+    static dm_choice c;
+    if (!done) {
+        const dm_choice cand[2] = {{k_attn_dec_mma<GM, 3>, dm_cfg<GM, 3>::SMEM, 2},
+                                   {k_attn_dec_mma<GM, 2>, dm_cfg<GM, 2>::SMEM, 1}};
+        for (int i = 0; i < 2 && !c.k; i++) {
             int n = 0;
-            if (cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem) != cudaSuccess ||
-                cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, k, 32 * DB_WARPS, smem) != cudaSuccess) {
+            const dm_choice &d = cand[i];
+            if (cudaFuncSetAttribute(d.k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)d.smem) != cudaSuccess ||
+                cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, d.k, 32 * DB_WARPS, d.smem) != cudaSuccess) {
                 (void)cudaGetLastError(); /* too large for this device: not an error of the launch */
                 continue;
             }
-            if (n >= 2 || (s == 2 && n >= 1)) {
-                st = s;
-                nb = n;
-            }
+            if (n >= d.bps) c = {d.k, d.smem, n}; /* d.bps: the fewest blocks per SM it is taken with */
         }
+        done = true;
     }
-    *bps = nb;
-    return st;
+    return c;
 }
 
 /* Split-KV decode kernel (quant.h-style test/benchmark hook), at hd 256 on
@@ -862,20 +869,18 @@ static int attn_dec_launch(const float *q, const float *gate, const uint16_t *kc
     cudaError_t e;
     const bool bulk = NH == 8 && qk_attn_dec_mode != 1 && qk_cc_major() >= 9; /* bulk copies */
     if (bulk) {
-        /* as many splits per KV head as one wave of blocks holds */
-        int bps = 2;
-        const int st_mma = qk_attn_dec_mode == 0 ? dm_pick<GM>(&bps) : 0;
-        const size_t smem = st_mma == 3 ? dm_cfg<GM, 3>::SMEM : st_mma == 2 ? dm_cfg<GM, 2>::SMEM : db_smem(G, GM);
-        void (*kern)(const float *, const uint16_t *, const uint16_t *, int, int, int, const int32_t *, int, float *) =
-            st_mma == 3 ? k_attn_dec_mma<GM, 3> : st_mma == 2 ? k_attn_dec_mma<GM, 2> : k_attn_dec_bulk<GM>;
-        e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-        if (e != cudaSuccess) return (int)e;
-        nsplit = max(1, min(nsplit, bps * n_sm / KV)); /* one wave of blocks */
+        dm_choice c = qk_attn_dec_mode == 0 ? dm_pick<GM>() : dm_choice{};
+        if (!c.k) {
+            c = {k_attn_dec_bulk<GM>, db_smem(G, GM), 2};
+            e = cudaFuncSetAttribute(c.k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)c.smem);
+            if (e != cudaSuccess) return (int)e;
+        }
+        nsplit = max(1, min(nsplit, c.bps * n_sm / KV)); /* as many splits per KV head as one wave of blocks holds */
         cudaLaunchConfig_t cfg;
         cudaLaunchAttribute at[1];
         qk_launch_cfg(&cfg, at, dim3((unsigned)KV, (unsigned)nsplit), dim3(32 * DB_WARPS), st, qk_pdl_ok(st));
-        cfg.dynamicSmemBytes = smem;
-        e = cudaLaunchKernelEx(&cfg, kern, q, kc, vc, max_ctx, H, KV, pos, nsplit, (float *)scratch);
+        cfg.dynamicSmemBytes = c.smem;
+        e = cudaLaunchKernelEx(&cfg, c.k, q, kc, vc, max_ctx, H, KV, pos, nsplit, (float *)scratch);
         if (e != cudaSuccess) return (int)e;
     } else {
         const size_t smem = ((size_t)G * hd + 2 * DEC_WARPS * GM + (size_t)DEC_WARPS * G * hd) * sizeof(float);

@@ -1245,6 +1245,16 @@ static bool moe_parts_make(moe_parts *m, int n, int P, int64_t N, int64_t K, cha
     return ok;
 }
 
+/* moe_parts_make with every expert in moe_build's layout `layout` (-1: one
+ * per expert, as moe_build picks them). */
+static bool moe_parts_make_layout(moe_parts *m, int layout, int n, int P, int64_t N, int64_t K, char *why, size_t nwhy)
+{
+    moe_one_layout = layout;
+    const bool ok = moe_parts_make(m, n, P, N, K, why, nwhy);
+    moe_one_layout = -1;
+    return ok;
+}
+
 static void moe_parts_free(moe_parts *m)
 {
     for (int j = 0; m->pb && m->d && j < m->n; j++) {
@@ -1633,11 +1643,9 @@ static void moe_gemv_routed_check(const char *name, int E, int K, int shared, in
 #ifdef QC_HAVE_CUDA
     enum { P = 2, N = 72, KD = 256 };
     const int nt = E + (shared != 0), n = K + (shared != 0), ld = E + 1;
-    moe_one_layout = layout;
     char why[256] = "";
     moe_parts mp;
-    const bool ok = moe_parts_make(&mp, nt * P, P, N, KD, why, sizeof why);
-    moe_one_layout = -1;
+    const bool ok = moe_parts_make_layout(&mp, layout, nt * P, P, N, KD, why, sizeof why);
     float *lg = malloc(sizeof(float) * ld);
     for (int e = 0; e < ld; e++) lg[e] = (float)rnd(16) * 0.25f - 2.0f; /* ties */
     lg[E / 2] = NAN;
@@ -1692,11 +1700,9 @@ static void moe_gemv_groups_check(const char *name, int layout, int64_t N, int64
     }
 #ifdef QC_HAVE_CUDA
     enum { E = 5 };
-    moe_one_layout = layout;
     char why[256] = "";
     moe_parts mp;
-    const bool ok = moe_parts_make(&mp, E, 1, N, K, why, sizeof why);
-    moe_one_layout = -1;
+    const bool ok = moe_parts_make_layout(&mp, layout, E, 1, N, K, why, sizeof why);
     int32_t *sel = malloc(sizeof(int32_t) * npairs);
     for (int j = 0; j < npairs; j++) sel[j] = (int32_t)rnd(E);
     uint16_t *xb = malloc((size_t)(npairs * K) * 2);
