@@ -1,10 +1,10 @@
 /* cmd_bench.c — `qchat bench DIR | --synthetic SIZE:FMT [--json] [--quick]
- * [--steps N] [--no-profile]`: the speed of the CUDA engine.
+ * [--steps N] [--ctx N,N,...] [--no-profile]`: the speed of the CUDA engine.
  *
  * Reports, in one run: the achievable bandwidth (a 1 GiB device-to-device
  * copy, bytes read + written); load time and GB/s; prefill tokens/s and TTFT
  * (prefill + first sampled token) at 32, 128, 512, 1000, 2048 and 8192
- * tokens; decode tokens/s and inter-token latency p50/p99 at context 0, 4096 and 32768 (each
+ * tokens; decode tokens/s and inter-token latency p50/p99 at context 0, 4096 and 32768 or --ctx's (each
  * step = the captured CUDA graph + on-device sampling + a 4-byte copy);
  * bytes one decode step must read and the achieved fraction of the copy
  * bandwidth; a per-kernel profile of one decode step; the VRAM split.
@@ -36,7 +36,8 @@ static int usage(const char *msg)
 {
     if (msg) fprintf(stderr, "qchat bench: %s\n", msg);
     fprintf(stderr, "usage: qchat bench CHECKPOINT_DIR | --synthetic SIZE:FMT [--json] [--quick] [--steps N] "
-                    "[--no-profile] [--load-only]\n       SIZE: 0.8b, 2b, 4b, 9b, 27b; FMT: bf16, fp8, int4, nvfp4, nvfp4-mixed\n");
+                    "[--ctx N,N,...] [--no-profile] [--load-only]\n"
+                    "       SIZE: 0.8b, 2b, 4b, 9b, 27b, 35b-a3b; FMT: bf16, fp8, int4, nvfp4, nvfp4-mixed\n");
     return QC_EXIT_USAGE;
 }
 
@@ -98,6 +99,23 @@ static double ckpt_file_bytes(const char *dir)
     return total;
 }
 
+/* --ctx: up to BENCH_MAX_CTX comma-separated context lengths (0 .. 1M
+ * tokens) into ctx; their number, or -1 for anything else. */
+#define BENCH_MAX_CTX 8
+static int parse_ctx_list(const char *v, int *ctx)
+{
+    int n = 0;
+    while (*v) {
+        char *end;
+        if (n == BENCH_MAX_CTX || *v < '0' || *v > '9') return -1;
+        long c = strtol(v, &end, 10);
+        if (c > (1L << 20) || (*end && *end != ',') || (*end == ',' && !end[1])) return -1;
+        ctx[n++] = (int)c;
+        v = *end ? end + 1 : end;
+    }
+    return n ? n : -1;
+}
+
 static const char *mem_names[QC_MEM_COUNT] = {"weights_bf16", "weights_fp8", "weights_int4", "weights_nvfp4",
                                               "weights_mxfp4_other", "kv_cache", "gdn_state", "scratch",
                                               "runtime_other", "free"};
@@ -106,14 +124,16 @@ int cmd_bench(int argc, char **argv)
 {
     const char *dir = NULL, *synth = NULL;
     bool json = false, quick = false, profile = true, load_only = false;
-    int steps = 0;
+    int steps = 0, ctxs[BENCH_MAX_CTX] = {0, 4096, 32768}, nctx = 3;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
-        if (!strcmp(a, "--synthetic") || !strcmp(a, "--steps")) {
+        if (!strcmp(a, "--synthetic") || !strcmp(a, "--steps") || !strcmp(a, "--ctx")) {
             if (i + 1 >= argc) return usage("option needs a value");
             const char *v = argv[++i];
             if (!strcmp(a, "--synthetic")) {
                 synth = v;
+            } else if (!strcmp(a, "--ctx")) {
+                if ((nctx = parse_ctx_list(v, ctxs)) < 0) return usage("--ctx: bad list");
             } else {
                 char *end;
                 long n = strtol(v, &end, 10);
@@ -186,12 +206,13 @@ int cmd_bench(int argc, char **argv)
         return rc ? rc : QC_EXIT_RUNTIME;
     }
     sh = *qc_cuda_model_shape(cm);
-    int ctxs[] = {0, 4096, 32768};
     /* 32 and 128: a chat turn's prompt (a MoE model runs such chunks as
      * pair GEMVs, longer ones as one GEMM per expert) */
     int pre[] = {32, 128, 512, 1000, 2048, 8192};
-    const int nctx = 3, npre = 6, chunk = 8192;
-    int max_ctx = ctxs[nctx - 1] + steps + 8;
+    const int npre = 6, chunk = 8192;
+    int max_ctx = steps + 8;
+    for (int i = 0; i < nctx; i++)
+        if (ctxs[i] + steps + 8 > max_ctx) max_ctx = ctxs[i] + steps + 8;
     qc_cuda_sess *cs = NULL;
     bool root_made = false;
     int32_t *ids = malloc(sizeof *ids * (size_t)max_ctx);

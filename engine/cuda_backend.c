@@ -307,6 +307,7 @@ static int cu_model_new(const qc_cuda_shape *sh, qc_cuda_model **out, qc_err *er
     if (gm == 1 || gm == 2 || gm == 5 || gm == 6 || gm == 7 || gm == 8 || gm == 10 || gm == 11) qk_gemv_q_mode = gm;
     if (env_is("QCHAT_ATTN_MODE", "1")) qk_attn_dec_mode = 1; /* A/B of the split-KV decode kernel (kernels.h) */
     if (env_is("QCHAT_ATTN_MODE", "2")) qk_attn_dec_mode = 2;
+    if (env_is("QCHAT_ATTN_MODE", "3")) qk_attn_dec_mode = 3;
     const char *pe_small = getenv("QCHAT_PDL_SMALL"); /* A/B: a bit mask 0..7 (kernels.h); others ignored */
     if (pe_small && pe_small[0] >= '0' && pe_small[0] <= '7' && !pe_small[1]) qk_pdl_small = pe_small[0] - '0';
     if (env_is("QCHAT_MOE_GEMV_GROUPS", "1")) qk_moe_gemv_groups = 1; /* A/B: one row group per warp (quant.h) */

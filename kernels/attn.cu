@@ -154,19 +154,64 @@ __global__ void k_attn(const float *q, const float *gate, const uint16_t *kc, co
 }
 
 /* Output dim d of one head from its first `used` split records (m, l, acc
- * [hd]) at pp: the partial softmax sums rescaled to the common maximum. */
+ * [hd]) at pp: the partial softmax sums rescaled to the common maximum.
+ * Every thread of the block calls it (blockDim.x = hd, thread d). A
+ * thread per dim walking the records one after another waited for L2 twice
+ * per record (ncu-free estimate from the 4096-key microbenchmark: ~10 us
+ * at 33 records, ~20 at 66); here the block reads each record's m and l
+ * once, in parallel, keeps the factors in shared memory, and a thread's
+ * loads of its acc values go out 8 at a time. The sums are in a fixed
+ * order (deterministic). */
+#define ATT_MERGE_MAX 1024 /* records merged through shared memory; more take the serial walk */
 __device__ __forceinline__ float attn_merge(const float *pp, int used, int hd, int d)
 {
-    float M = ATT_NEG;
-    for (int s = 0; s < used; s++) M = fmaxf(M, pp[s * (hd + 2)]);
-    float L = 0.0f, o = 0.0f;
-    for (int s = 0; s < used; s++) {
-        const float *q = pp + s * (hd + 2);
-        if (q[1] <= 0.0f) continue;
-        const float e = __expf(q[0] - M);
-        L += q[1] * e;
-        o += q[2 + d] * e;
+    __shared__ float fac[ATT_MERGE_MAX], red[2][32];
+    const int lane = d & 31, wid = d >> 5, nw = ((int)blockDim.x + 31) >> 5;
+    if (used > ATT_MERGE_MAX) { /* (uniform) */
+        float M = ATT_NEG;
+        for (int s = 0; s < used; s++) M = fmaxf(M, pp[s * (hd + 2)]);
+        float L = 0.0f, o = 0.0f;
+        for (int s = 0; s < used; s++) {
+            const float *q = pp + s * (hd + 2);
+            if (q[1] <= 0.0f) continue;
+            const float e = __expf(q[0] - M);
+            L += q[1] * e;
+            o += q[2 + d] * e;
+        }
+        return L > 0.0f ? o / L : 0.0f;
     }
+    float M = ATT_NEG;
+    for (int s = d; s < used; s += blockDim.x) M = fmaxf(M, pp[s * (hd + 2)]);
+    M = qk_warp_max(M);
+    if (lane == 0) red[0][wid] = M;
+    __syncthreads();
+    M = ATT_NEG;
+    for (int w = 0; w < nw; w++) M = fmaxf(M, red[0][w]);
+    float L = 0.0f;
+    for (int s = d; s < used; s += blockDim.x) {
+        const float m = pp[s * (hd + 2)], l = pp[s * (hd + 2) + 1];
+        const float f = l > 0.0f ? __expf(m - M) : 0.0f; /* records without keys: none of their sums */
+        fac[s] = f;
+        L += l * f;
+    }
+    L = qk_warp_sum(L);
+    if (lane == 0) red[1][wid] = L;
+    __syncthreads();
+    L = 0.0f;
+    for (int w = 0; w < nw; w++) L += red[1][w];
+    const float *a = pp + 2 + d;
+    float o = 0.0f;
+    int s = 0;
+    for (; s + 8 <= used; s += 8) {
+        float v[8];
+#pragma unroll
+        for (int j = 0; j < 8; j++) v[j] = a[(s + j) * (hd + 2)];
+#pragma unroll
+        for (int j = 0; j < 8; j++)
+            if (fac[s + j] != 0.0f) o += v[j] * fac[s + j];
+    }
+    for (; s < used; s++)
+        if (fac[s] != 0.0f) o += a[s * (hd + 2)] * fac[s];
     return L > 0.0f ? o / L : 0.0f;
 }
 
@@ -628,6 +673,14 @@ struct dm_cfg {
     static constexpr size_t SMEM = CR + 16 * 4;
 };
 
+/* A V row of 512 bytes in shared memory, zeroed. */
+__device__ __forceinline__ void dm_zero_row(uint8_t *row)
+{
+    uint4 *v = (uint4 *)row;
+#pragma unroll 8
+    for (int i = 0; i < 32; i++) v[i] = make_uint4(0u, 0u, 0u, 0u);
+}
+
 /* Warp-wide: keys [base, min(base + 32, k1)) into the stage at stg, one K
  * and one V copy per lane. A missing key's V row is zeroed: its probability
  * is 0, but 0 times a stale NaN is NaN in the MMA (a partial tile is the
@@ -642,9 +695,7 @@ __device__ __forceinline__ void dm_issue(uint8_t *stg, const uint16_t *kb, const
         qk_bulk_copy(stg + lane * DB_KROW, kb + (int64_t)(base + lane) * 256, 512, bar);
         qk_bulk_copy(stg + (32 + lane) * DB_KROW, vb + (int64_t)(base + lane) * 256, 512, bar);
     } else {
-        uint4 *v = (uint4 *)(stg + (32 + lane) * DB_KROW);
-#pragma unroll 8
-        for (int i = 0; i < 32; i++) v[i] = make_uint4(0u, 0u, 0u, 0u);
+        dm_zero_row(stg + (32 + lane) * DB_KROW);
     }
 }
 
@@ -653,6 +704,24 @@ __device__ __forceinline__ void dm_split2(float a, float b, uint32_t &hi, uint32
 {
     hi = tc_pack(a, b);
     lo = tc_pack(a - __uint_as_float(hi << 16), b - __uint_as_float(hi & 0xffff0000u));
+}
+
+/* The start of a tensor-core split block (grid: KV heads x splits): the
+ * combine may land early; this block's keys [k0, k1) (false: none, and the
+ * combine does not read its record), its KV head's K and V rows, and the
+ * newest key (keys older than it may be copied before the PDL wait, as in
+ * k_attn_dec_bulk). */
+__device__ __forceinline__ bool dm_split_open(const uint16_t *kc, const uint16_t *vc, int max_ctx, const int32_t *pos,
+                                              int nsplit, int &k0, int &k1, const uint16_t *&kb, const uint16_t *&vb,
+                                              int &newest)
+{
+    qk_pdl_trigger();
+    int nt;
+    if (!db_split_keys(max_ctx, pos, nsplit, (int)blockIdx.y, k0, k1, nt)) return false;
+    kb = kc + (int64_t)blockIdx.x * max_ctx * 256;
+    vb = vc + (int64_t)blockIdx.x * max_ctx * 256;
+    newest = pos[0];
+    return true;
 }
 
 template <int GM, int ST>
@@ -668,13 +737,12 @@ __global__ void __launch_bounds__(32 * DB_WARPS, 2)
     float *Sc = (float *)(dsm + C::SC);
     uint16_t *Ph = (uint16_t *)(dsm + C::PH), *Pl = Ph + 16 * DM_PROW;
     float *Cr = (float *)(dsm + C::CR);
-    qk_pdl_trigger(); /* the combine may land early */
     const int kvh = blockIdx.x, sp = blockIdx.y;
     const int w = threadIdx.x >> 5, lane = threadIdx.x & 31, gr = lane >> 2, tq = lane & 3;
-    int k0, k1, nt;
-    if (!db_split_keys(max_ctx, pos, nsplit, sp, k0, k1, nt)) return; /* unused: the combine does not read it */
-    const uint16_t *kb = kc + (int64_t)kvh * max_ctx * hd, *vb = vc + (int64_t)kvh * max_ctx * hd;
-    const int newest = pos[0]; /* keys older than this step's go out before the wait (k_attn_dec_bulk) */
+    int k0, k1, newest;
+    const uint16_t *kb, *vb;
+    if (!dm_split_open(kc, vc, max_ctx, pos, nsplit, k0, k1, kb, vb, newest)) return;
+    const int nt = (k1 - k0 + 31) / 32;
     if (w == 0) {
         if (lane == 0) {
             for (int st = 0; st < ST; st++) qk_mbar_init(bars + st);
@@ -803,6 +871,220 @@ __global__ void __launch_bounds__(32 * DB_WARPS, 2)
     }
 }
 
+/* The same split with no block barrier per tile (G <= 8): each warp streams
+ * its own run of 16-key tiles through its own ring of ST stages (one bulk
+ * copy per K or V row, a lane each, completed on the warp's mbarrier) and
+ * keeps its own online softmax over all 256 dims; the block's warps merge
+ * once, at the end, in warp order. ncu of k_attn_dec_mma had its warps 56 %
+ * of their cycles at the two barriers of every tile. Both products are
+ * transposed so that the heads are the MMA's n (8 columns) and nothing is
+ * wasted on absent heads:
+ *  S^T (16 keys x 8 heads) = K (keys x dims, ldmatrix of the stage) . Q^T
+ *    (q's B fragments in registers as hi + lo bf16, all 16 k-steps);
+ *  O^T (256 dims x 8 heads) += V^T (ldmatrix.trans) . P^T, the 16 m-tiles
+ *    of dims held in registers (64 floats per lane).
+ * The S^T accumulator holds a lane's 2 heads x 2 keys; the max over the
+ * tile's keys is 3 shuffles per head, the rescale factor of each of those
+ * heads is the lane's own for its O^T columns, and P^T's B fragments are
+ * the S^T fragment packed to bf16 hi + lo and transposed in registers
+ * (movmatrix). The sum of l stays per lane until the end. Rescaling O is
+ * skipped when no head's maximum moved in the tile. */
+#define DW_KEYS 16
+#define DW_STAGE (2 * DW_KEYS * DB_KROW) /* 16 K rows, then 16 V rows */
+#define DW_OROW 260 /* floats per head row of the merge table: conflict-free stores of the O^T fragments */
+
+template <int W, int ST>
+struct dw_cfg {
+    static constexpr size_t SMEM = (size_t)W * ST * DW_STAGE;
+    static constexpr size_t OM = (size_t)W * 8 * DW_OROW * 4; /* merge table [W][8][DW_OROW], then m, l [W][8] */
+    static_assert(OM + 2 * W * 8 * 4 + 2 * 8 * 4 <= SMEM, "the merge table reuses the stages");
+};
+
+/* Lanes of a warp: keys [base, min(base + 16, k1)) into the stage at stg,
+ * lane k the K row of key k, lane 16 + k its V row; V rows of missing keys
+ * zeroed (0 times a stale NaN is NaN in the MMA; a partial tile is the
+ * block's last, so no copy lands in that stage after it). */
+__device__ __forceinline__ void dw_issue(uint8_t *stg, const uint16_t *kb, const uint16_t *vb, int base, int k1,
+                                         uint64_t *bar)
+{
+    const int lane = threadIdx.x & 31, key = lane & 15, nk = min(DW_KEYS, k1 - base);
+    if (lane == 0) qk_mbar_expect(bar, (uint32_t)nk * 1024);
+    __syncwarp();
+    uint8_t *dst = stg + lane * DB_KROW;
+    if (key < nk) {
+        qk_bulk_copy(dst, (lane < 16 ? kb : vb) + (int64_t)(base + key) * 256, 512, bar);
+    } else if (lane >= 16) {
+        dm_zero_row(dst);
+    }
+}
+
+template <int W, int ST>
+__global__ void __launch_bounds__(32 * W, 1)
+    k_attn_dec_ws(const float *q, const uint16_t *kc, const uint16_t *vc, int max_ctx, int H, int KV,
+                  const int32_t *pos, int nsplit, float *part)
+{
+    constexpr int hd = 256;
+    extern __shared__ __align__(128) uint8_t dsm[];
+    __shared__ __align__(8) uint64_t bars[W * ST];
+    const int G = H / KV;
+    const int kvh = blockIdx.x, sp = blockIdx.y;
+    const int w = threadIdx.x >> 5, lane = threadIdx.x & 31, gr = lane >> 2, tq = lane & 3;
+    int k0, k1, newest;
+    const uint16_t *kb, *vb;
+    if (!dm_split_open(kc, vc, max_ctx, pos, nsplit, k0, k1, kb, vb, newest)) return;
+    const int n16 = (k1 - k0 + DW_KEYS - 1) / DW_KEYS, t0 = w * n16 / W, nt = (w + 1) * n16 / W - t0;
+    uint8_t *ring = dsm + (size_t)w * ST * DW_STAGE;
+    uint64_t *bar = bars + w * ST;
+    if (lane == 0) {
+        for (int s = 0; s < ST; s++) qk_mbar_init(bar + s);
+        qk_mbar_init_fence();
+    }
+    __syncwarp();
+    for (int t = 0; t < ST && t < nt; t++) {
+        const int base = k0 + DW_KEYS * (t0 + t);
+        if (base + DW_KEYS <= newest) dw_issue(ring + t * DW_STAGE, kb, vb, base, k1, bar + t);
+    }
+    qk_pdl_wait();
+    for (int t = 0; t < ST && t < nt; t++) {
+        const int base = k0 + DW_KEYS * (t0 + t);
+        if (base + DW_KEYS > newest) dw_issue(ring + t * DW_STAGE, kb, vb, base, k1, bar + t);
+    }
+    /* B fragments of Q^T, k-step ks: b[i] holds head gr, dims 16 ks + 8 i +
+     * 2 tq + {0, 1} */
+    uint32_t qh[16][2], ql[16][2];
+    {
+        const float *qg = q + ((int64_t)kvh * G + gr) * hd;
+#pragma unroll
+        for (int ks = 0; ks < 16; ks++)
+#pragma unroll
+            for (int i = 0; i < 2; i++) {
+                const float2 v = gr < G ? *(const float2 *)(qg + 16 * ks + 8 * i + 2 * tq) : make_float2(0.0f, 0.0f);
+                dm_split2(v.x, v.y, qh[ks][i], ql[ks][i]);
+            }
+    }
+    /* ldmatrix row addresses: K as A (keys x dims), matrix j = lane / 8 at
+     * key (lane & 7) + 8 (j & 1), dims 8 (j >> 1) of the k-step; V^T as A
+     * (dims x keys, transposed), matrix j at key (lane & 7) + 8 (j >> 1),
+     * dims 8 (j & 1) of the m-tile */
+    const uint32_t ka = (uint32_t)(((lane & 7) + 8 * ((lane >> 3) & 1)) * DB_KROW + 16 * (lane >> 4));
+    const uint32_t va = (uint32_t)((DW_KEYS + (lane & 7) + 8 * (lane >> 4)) * DB_KROW + 16 * ((lane >> 3) & 1));
+    const float scale = rsqrtf((float)hd);
+    float m0 = ATT_NEG, m1 = ATT_NEG, l0 = 0.0f, l1 = 0.0f; /* heads 2 tq, 2 tq + 1 */
+    float o[16][4]; /* O^T m-tile mt: dims 16 mt + gr (+ 8 in [2], [3]), heads 2 tq (+ 1 in [1], [3]) */
+#pragma unroll
+    for (int mt = 0; mt < 16; mt++) o[mt][0] = o[mt][1] = o[mt][2] = o[mt][3] = 0.0f;
+    for (int t = 0; t < nt; t++) {
+        const int s = t % ST, base = k0 + DW_KEYS * (t0 + t), nk = min(DW_KEYS, k1 - base);
+        const uint32_t sb = tc_smem(ring + s * DW_STAGE);
+        qk_mbar_wait(bar + s, (uint32_t)(t / ST) & 1u);
+        /* S^T: four accumulation chains (hi / lo, even / odd k-steps) */
+        float sc[4][4];
+#pragma unroll
+        for (int c = 0; c < 4; c++) sc[c][0] = sc[c][1] = sc[c][2] = sc[c][3] = 0.0f;
+#pragma unroll
+        for (int ks = 0; ks < 16; ks++) {
+            uint32_t a[4];
+            tc_ldsm4(a, sb + ka + 32 * ks);
+            tc_mma(sc[ks & 1], a, qh[ks][0], qh[ks][1]);
+            tc_mma(sc[2 + (ks & 1)], a, ql[ks][0], ql[ks][1]);
+        }
+        float x[4];
+#pragma unroll
+        for (int i = 0; i < 4; i++) x[i] = ((sc[0][i] + sc[1][i]) + (sc[2][i] + sc[3][i])) * scale;
+        /* lane: keys gr ([0], [1]) and gr + 8 ([2], [3]), heads 2 tq ([0], [2]) and 2 tq + 1 */
+        const bool v0 = gr < nk, v1 = gr + 8 < nk;
+        if (!v0) x[0] = x[1] = ATT_NEG;
+        if (!v1) x[2] = x[3] = ATT_NEG;
+        float mx0 = fmaxf(x[0], x[2]), mx1 = fmaxf(x[1], x[3]);
+#pragma unroll
+        for (int off = 4; off < 32; off <<= 1) {
+            mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, off));
+            mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, off));
+        }
+        const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
+        const float c0 = __expf(m0 - mn0), c1 = __expf(m1 - mn1);
+        const float p0 = v0 ? __expf(x[0] - mn0) : 0.0f, p1 = v0 ? __expf(x[1] - mn1) : 0.0f;
+        const float p2 = v1 ? __expf(x[2] - mn0) : 0.0f, p3 = v1 ? __expf(x[3] - mn1) : 0.0f;
+        l0 = l0 * c0 + (p0 + p2);
+        l1 = l1 * c1 + (p1 + p3);
+        m0 = mn0;
+        m1 = mn1;
+        if (__any_sync(0xffffffffu, c0 != 1.0f || c1 != 1.0f)) {
+#pragma unroll
+            for (int mt = 0; mt < 16; mt++) {
+                o[mt][0] *= c0;
+                o[mt][1] *= c1;
+                o[mt][2] *= c0;
+                o[mt][3] *= c1;
+            }
+        }
+        /* P^T's B fragments: [key][head] 8 x 8 pieces transposed to [head][key] */
+        uint32_t ha, la, hb, lb;
+        dm_split2(p0, p1, ha, la);
+        dm_split2(p2, p3, hb, lb);
+        const uint32_t bh0 = tc_movt(ha), bh1 = tc_movt(hb), bl0 = tc_movt(la), bl1 = tc_movt(lb);
+#pragma unroll
+        for (int mt = 0; mt < 16; mt++) {
+            uint32_t a[4];
+            tc_ldsm4_t(a, sb + va + 32 * mt);
+            tc_mma(o[mt], a, bh0, bh1);
+            tc_mma(o[mt], a, bl0, bl1);
+        }
+        /* every lane's ldmatrix of stage s is done (its MMAs took them) */
+        __syncwarp();
+        if (t + ST < nt) dw_issue(ring + s * DW_STAGE, kb, vb, base + DW_KEYS * ST, k1, bar + s);
+    }
+#pragma unroll
+    for (int off = 4; off < 32; off <<= 1) {
+        l0 += __shfl_xor_sync(0xffffffffu, l0, off);
+        l1 += __shfl_xor_sync(0xffffffffu, l1, off);
+    }
+    /* merge the warps, in warp order, in the stages' memory */
+    float *Om = (float *)dsm, *Mm = Om + W * 8 * DW_OROW, *Lm = Mm + W * 8, *F = Lm + W * 8;
+    __syncthreads(); /* every warp is past its last tile */
+    if (gr == 0) {
+        Mm[w * 8 + 2 * tq] = m0;
+        Mm[w * 8 + 2 * tq + 1] = m1;
+        Lm[w * 8 + 2 * tq] = l0;
+        Lm[w * 8 + 2 * tq + 1] = l1;
+    }
+    {
+        float *ow = Om + (w * 8 + 2 * tq) * DW_OROW + gr;
+#pragma unroll
+        for (int mt = 0; mt < 16; mt++) {
+            ow[16 * mt] = o[mt][0];
+            ow[DW_OROW + 16 * mt] = o[mt][1];
+            ow[16 * mt + 8] = o[mt][2];
+            ow[DW_OROW + 16 * mt + 8] = o[mt][3];
+        }
+    }
+    __syncthreads();
+    if (threadIdx.x < G) { /* head g's maximum, the warps' factors and its l */
+        const int g = threadIdx.x;
+        float mm = ATT_NEG, ll = 0.0f;
+        for (int v = 0; v < W; v++) mm = fmaxf(mm, Mm[v * 8 + g]);
+        for (int v = 0; v < W; v++) {
+            const float f = __expf(Mm[v * 8 + g] - mm);
+            Om[(v * 8 + g) * DW_OROW + 256] = f; /* the row's padding */
+            ll += f * Lm[v * 8 + g];
+        }
+        F[g] = mm;
+        F[8 + g] = ll;
+    }
+    __syncthreads();
+    for (int e = threadIdx.x; e < G * hd; e += 32 * W) {
+        const int g = e / hd, d = e % hd;
+        float acc = 0.0f;
+        for (int v = 0; v < W; v++) acc += Om[(v * 8 + g) * DW_OROW + 256] * Om[(v * 8 + g) * DW_OROW + d];
+        float *pp = part + ((int64_t)(kvh * G + g) * nsplit + sp) * (hd + 2);
+        pp[2 + d] = acc;
+        if (d == 0) {
+            pp[0] = F[g];
+            pp[1] = F[8 + g];
+        }
+    }
+}
+
 /* grid H, block hd: merges the splits in use (as k_attn_combine does). */
 __global__ void k_attn_dec_combine(const float *part, const float *gate, int H, int hd, int max_ctx,
                                    const int32_t *pos, int nsplit, int bulk, uint16_t *out)
@@ -853,9 +1135,37 @@ static dm_choice dm_pick(void)
     return c;
 }
 
+/* The warp-stream kernel for this device (G <= 8), chosen once as dm_pick:
+ * 4 warps of 3 stages (203 KB of shared memory, one block per SM), where it
+ * fits; k NULL elsewhere (sm_120's 100 KB: the tiles kernel runs). H100,
+ * 27B INT4 decode at 32768 / 131072 keys against 6 warps x 2 stages: 118.7
+ * / 92.8 vs 117.8 / 92.7 tok/s, 35B-A3B FP8 338.8 / 271.9 vs 332.4 / 266.8;
+ * 12 x 1, 8 x 1 and 3 x 4 measured within 2 % of it alone, two blocks per
+ * SM (3 x 2, 2 x 3) or three (2 x 2) 3-25 % slower at 32768 keys. */
+#define DW_WARPS 4
+#define DW_ST 3
+static dm_choice dw_pick(void)
+{
+    static bool done;
+    static dm_choice c;
+    if (!done) {
+        const dec_kernel k = k_attn_dec_ws<DW_WARPS, DW_ST>;
+        const size_t smem = dw_cfg<DW_WARPS, DW_ST>::SMEM;
+        int n = 0;
+        if (cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem) != cudaSuccess ||
+            cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, k, 32 * DW_WARPS, smem) != cudaSuccess)
+            (void)cudaGetLastError(); /* too large for this device: not an error of the launch */
+        else if (n >= 1)
+            c = {k, smem, n};
+        done = true;
+    }
+    return c;
+}
+
 /* Split-KV decode kernel (quant.h-style test/benchmark hook), at hd 256 on
- * sm_90+: 0 = the bulk-copy tiles on the tensor cores, 2 = the same tiles
- * with FMA products; 1 (and everywhere else) = the register kernel. */
+ * sm_90+: 0 = the warp-stream kernel (G <= 8) or the bulk-copy tiles on the
+ * tensor cores, 3 = always the latter, 2 = the same tiles with FMA
+ * products; 1 (and everywhere else) = the register kernel. */
 extern "C" {
 int qk_attn_dec_mode = 0;
 }
@@ -869,7 +1179,9 @@ static int attn_dec_launch(const float *q, const float *gate, const uint16_t *kc
     cudaError_t e;
     const bool bulk = NH == 8 && qk_attn_dec_mode != 1 && qk_cc_major() >= 9; /* bulk copies */
     if (bulk) {
-        dm_choice c = qk_attn_dec_mode == 0 ? dm_pick<GM>() : dm_choice{};
+        dm_choice c = qk_attn_dec_mode == 0 && GM <= 8 ? dw_pick() : dm_choice{};
+        const int threads = c.k ? 32 * DW_WARPS : 32 * DB_WARPS;
+        if (!c.k && (qk_attn_dec_mode == 0 || qk_attn_dec_mode == 3)) c = dm_pick<GM>();
         if (!c.k) {
             c = {k_attn_dec_bulk<GM>, db_smem(G, GM), 2};
             e = cudaFuncSetAttribute(c.k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)c.smem);
@@ -878,7 +1190,7 @@ static int attn_dec_launch(const float *q, const float *gate, const uint16_t *kc
         nsplit = max(1, min(nsplit, c.bps * n_sm / KV)); /* as many splits per KV head as one wave of blocks holds */
         cudaLaunchConfig_t cfg;
         cudaLaunchAttribute at[1];
-        qk_launch_cfg(&cfg, at, dim3((unsigned)KV, (unsigned)nsplit), dim3(32 * DB_WARPS), st, qk_pdl_ok(st));
+        qk_launch_cfg(&cfg, at, dim3((unsigned)KV, (unsigned)nsplit), dim3((unsigned)threads), st, qk_pdl_ok(st));
         cfg.dynamicSmemBytes = c.smem;
         e = cudaLaunchKernelEx(&cfg, c.k, q, kc, vc, max_ctx, H, KV, pos, nsplit, (float *)scratch);
         if (e != cudaSuccess) return (int)e;

@@ -214,9 +214,12 @@ int qk_attn(const float *q, const float *gate, const uint16_t *kc, const uint16_
             void *scratch, uint16_t *out, qk_stream st);
 
 /* The one-token split-KV kernel qk_attn runs (tests and QCHAT_ATTN_MODE for
- * A/B runs): 0 = K/V tiles by bulk copies into shared memory where the GPU
- * has them (sm_90+, head size 256) with both products on the tensor cores
- * (q and p as hi + lo bf16 pairs), 2 = the same tiles with fp32 FMAs, 1 =
+ * A/B runs). Where the GPU has bulk copies (sm_90+) and the head size is
+ * 256: 0 = each warp streams its own run of keys through its own shared-
+ * memory stages, both products on the tensor cores (q and p as hi + lo bf16
+ * pairs), where a KV head serves at most 8 query heads and the stages fit,
+ * else 3; 3 = K/V tiles shared by a block's warps, the same products; 2 =
+ * the same tiles with fp32 FMAs. 1 (and every other GPU or head size) =
  * each lane's loads from global memory. They agree to fp32 rounding. */
 extern int qk_attn_dec_mode;
 

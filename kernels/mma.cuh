@@ -48,6 +48,15 @@ __device__ __forceinline__ void tc_mma(float *c, const uint32_t *a, uint32_t b0,
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+/* The transpose of an 8x8 b16 matrix held as one fragment register per
+ * lane (lane l: row l / 4, columns 2 (l % 4) and + 1), sm_75+. */
+__device__ __forceinline__ uint32_t tc_movt(uint32_t a)
+{
+    uint32_t d;
+    asm volatile("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;\n" : "=r"(d) : "r"(a));
+    return d;
+}
+
 /* Two floats as bf16x2 (round to nearest even), lo in the low half (the
  * fragment's lower column). */
 __device__ __forceinline__ uint32_t tc_pack(float lo, float hi)

@@ -72,6 +72,19 @@ else
 fi
 "$Q" run "$M/tiny-qwen35" -p "Hi" --top-p 7 >/dev/null 2>&1
 check run_bad_top_p_usage test $? -eq 2
+# bench's --ctx list: refused before anything loads (a build without CUDA
+# refuses every bench with its own runtime error)
+"$Q" bench --help 2>"$TMP/bh"
+check bench_help_ctx grep -q -- '--ctx N,N' "$TMP/bh"
+for v in '1,,2' '1,2,' 'x' '-5' '2000000' '1,2,3,4,5,6,7,8,9' ''; do
+    "$Q" bench --synthetic 27b:int4 --ctx "$v" >/dev/null 2>"$TMP/bc"
+    rc=$?
+    if grep -q 'without CUDA' "$TMP/bc"; then
+        check "bench_ctx_bad_${v:-empty}" test $rc -eq 1
+    else
+        check "bench_ctx_bad_${v:-empty}" test $rc -eq 2 -a -n "$(grep -- '--ctx' "$TMP/bc")"
+    fi
+done
 "$Q" run "$M/tiny-qwen35" >/dev/null 2>&1
 check run_missing_prompt_usage test $? -eq 2
 "$Q" run "$TMP/nowhere" -p "Hi" >/dev/null 2>&1

@@ -17,7 +17,7 @@ static const char *const test_names[] = {
     "kern_embed",     "kern_rmsnorm1p", "kern_gated_norm", "kern_swiglu",   "kern_add",
     "kern_gemv",      "kern_gemv_27b",  "kern_gemm",       "kern_conv",     "kern_gdn_gates",
     "kern_l2norm",    "kern_gdn_prefill", "kern_gdn_handoff", "kern_gdn_step", "kern_attn_prep",
-    "kern_attn",      "kern_attn_splitkv", "kern_attn_splitkv_regs", "kern_attn_splitkv_fma",
+    "kern_attn",      "kern_attn_splitkv", "kern_attn_splitkv_regs", "kern_attn_splitkv_fma", "kern_attn_splitkv_tiles",
     "kern_attn_dec_partials", "kern_attn_gemm", "kern_sample",
 };
 #define N_TESTS (int)(sizeof test_names / sizeof test_names[0])
@@ -685,14 +685,19 @@ static int attn_case(int T, int pos0, int H, int KV, int hd, int rot, int nsplit
 }
 
 /* The split-KV decode's fp32 partial records (m, l, acc per head and split)
- * from the tensor-core kernel (mode 0) against the FMA kernel on the same
- * tiles (mode 2): the bf16 output hides differences below its rounding, so
- * this checks that q and p keep fp32-level accuracy through their hi + lo
- * bf16 parts (bf16 operands alone measure ~1e-3 here). Records of unused
- * splits stay NaN-poisoned in both. Returns 1 when they agree. */
-static int attn_dec_partials_case(int pos0, int H, int KV, int nsplit)
+ * from a tensor-core kernel (mode 0: warp streams where G <= 8; mode 3:
+ * shared tiles) against the FMA kernel on the same splits (mode 2): the
+ * bf16 output hides differences below its rounding, so this checks that q
+ * and p keep fp32-level accuracy through their hi + lo bf16 parts (bf16
+ * operands alone measure ~1e-3 here). nsplit is cut to one block per SM and
+ * KV head, which every kernel's launch allows, so all split alike. Records
+ * of unused splits stay NaN-poisoned in both. Returns 1 when they agree. */
+static int attn_dec_partials_case(int mode, int pos0, int H, int KV, int nsplit)
 {
     const int hd = 256, max_ctx = pos0 + 4;
+    int n_sm = 1;
+    cudaDeviceGetAttribute(&n_sm, cudaDevAttrMultiProcessorCount, 0);
+    if (nsplit > n_sm / KV) nsplit = n_sm / KV > 0 ? n_sm / KV : 1;
     const size_t cn = (size_t)KV * max_ctx * hd, nq = (size_t)H * hd, ns = qk_attn_scratch(1, H, hd, nsplit) / 4;
     float *qh = rnd(nq, 1), *gt = rnd(nq, 1), *kc = rnd(cn, 1), *vc = rnd(cn, 1);
     uint16_t *kcb = to_bf(kc, cn), *vcb = to_bf(vc, cn);
@@ -702,7 +707,7 @@ static int attn_dec_partials_case(int pos0, int H, int KV, int nsplit)
     float *scr = dput(NULL, ns * 4), *rec[2];
     int ok = 1;
     for (int i = 0; i < 2; i++) {
-        qk_attn_dec_mode = i ? 0 : 2;
+        qk_attn_dec_mode = i ? mode : 2;
         cudaMemset(scr, 0xff, ns * 4);
         ok &= launch_ok(qk_attn(dq, dg, dkc, dvc, max_ctx, 1, H, KV, hd, dpos, nsplit, scr, dout, 0), "attn dec");
         rec[i] = dget_f(scr, ns);
@@ -720,7 +725,7 @@ static int attn_dec_partials_case(int pos0, int H, int KV, int nsplit)
         }
     }
     char nm[96];
-    snprintf(nm, sizeof nm, "attn dec partials, tensor cores vs FMA: pos0=%d H=%d KV=%d nsplit=%d", pos0, H, KV, nsplit);
+    snprintf(nm, sizeof nm, "attn dec partials, mode %d vs FMA: pos0=%d H=%d KV=%d nsplit=%d", mode, pos0, H, KV, nsplit);
     ok &= cmp(nm, a, b, both, 2e-5) && one == 0 && both > (size_t)H * (hd + 2);
     if (one) printf("# %zu values finite in one kernel's records only\n", one);
     cudaFree(dq); cudaFree(dg); cudaFree(dkc); cudaFree(dvc); cudaFree(dout); cudaFree(dpos); cudaFree(scr);
@@ -747,7 +752,7 @@ static void bench_attn_dec(int H, int KV)
         const int pos = ns[i] - 1;
         cudaMemcpy(dpos, &pos, 4, cudaMemcpyHostToDevice);
         printf("# attn_dec bench H=%d KV=%d keys=%d:", H, KV, ns[i]);
-        for (int mode = 0; mode < 3; mode++) {
+        for (int mode = 0; mode < 4; mode++) {
             qk_attn_dec_mode = mode;
             const int reps = 20;
             int ok = launch_ok(qk_attn(dq, dg, dkc, dvc, max_ctx, 1, H, KV, hd, dpos, nsplit, scr, dout, 0), "warm-up");
@@ -778,9 +783,10 @@ static void test_attn(void)
     ok &= attn_case(33, 100, 24, 4, 256, 64, 1, &pok);
     ok &= attn_case(5, 3000, 16, 4, 256, 64, 1, &pok);
     CHECK("kern_attn", ok, "causal GQA attention differs");
-    /* the one-token decode kernels (kernels.h qk_attn_dec_mode: 0 = bulk
-     * copies and tensor cores at hd 256 where the GPU has them, 1 = per-lane
-     * loads, 2 = bulk copies and FMAs): splits
+    /* the one-token decode kernels (kernels.h qk_attn_dec_mode: at hd 256
+     * where the GPU has bulk copies 0 = warp streams on the tensor cores
+     * (G <= 8, else as 3), 3 = shared tiles on the tensor cores, 2 = shared
+     * tiles with FMAs; 1 = per-lane loads): splits
      * unused at short contexts, every head dim, G = 1 .. 16, more splits
      * than keys, blocks with many tiles and a partial last tile */
     static const int splitkv[][7] = {
@@ -790,8 +796,9 @@ static void test_attn(void)
         {1, 300, 4, 1, 32, 8, 7},        {1, 2, 12, 1, 64, 16, 256},     {1, 20000, 12, 1, 128, 16, 256},
         {1, 3000, 16, 1, 256, 64, 40},   {1, 700, 4, 4, 256, 64, 16},    {1, 63, 8, 4, 256, 64, 64},
     };
-    static const char *const mode_names[] = {"kern_attn_splitkv", "kern_attn_splitkv_regs", "kern_attn_splitkv_fma"};
-    for (int mode = 0; mode < 3; mode++) {
+    static const char *const mode_names[] = {"kern_attn_splitkv", "kern_attn_splitkv_regs", "kern_attn_splitkv_fma", "kern_attn_splitkv_tiles",
+                                             "kern_attn_splitkv_tiles"};
+    for (int mode = 0; mode < 4; mode++) {
         qk_attn_dec_mode = mode;
         int sok = 1;
         for (size_t i = 0; i < sizeof splitkv / sizeof splitkv[0]; i++) {
@@ -805,12 +812,16 @@ static void test_attn(void)
     cudaDeviceGetAttribute(&ccmaj, cudaDevAttrComputeCapabilityMajor, 0);
     if (ccmaj >= 9) {
         int dok = 1;
-        dok &= attn_dec_partials_case(40000, 24, 4, 64); /* 27B heads */
-        dok &= attn_dec_partials_case(77, 16, 2, 5);     /* 35B-A3B heads, partial last tiles */
-        dok &= attn_dec_partials_case(3000, 16, 1, 40);  /* G 16 */
-        dok &= attn_dec_partials_case(700, 12, 1, 16);   /* G 12 */
-        dok &= attn_dec_partials_case(5000, 4, 4, 132);  /* G 1 */
-        CHECK("kern_attn_dec_partials", dok, "tensor-core split-KV partials differ from the FMA kernel's");
+        for (int mode = 0; mode <= 3; mode += 3) {
+            dok &= attn_dec_partials_case(mode, 40000, 24, 4, 64); /* 27B heads */
+            dok &= attn_dec_partials_case(mode, 77, 16, 2, 5);     /* 35B-A3B heads, partial last tiles */
+            dok &= attn_dec_partials_case(mode, 3000, 16, 1, 40);  /* G 16 */
+            dok &= attn_dec_partials_case(mode, 700, 12, 1, 16);   /* G 12 */
+            dok &= attn_dec_partials_case(mode, 5000, 4, 4, 132);  /* G 1 */
+            dok &= attn_dec_partials_case(mode, 2001, 16, 4, 8);   /* G 4 */
+            dok &= attn_dec_partials_case(mode, 333, 8, 1, 3);     /* G 8, warps without tiles */
+        }
+        CHECK("kern_attn_dec_partials", dok, "tensor-core split-KV partials (warp streams or tiles) differ from the FMA kernel's");
     } else {
         th_skip("kern_attn_dec_partials", "needs sm_90+ (bulk copies)");
     }
