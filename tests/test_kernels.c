@@ -788,13 +788,15 @@ static void test_attn(void)
      * (G <= 8, else as 3), 3 = shared tiles on the tensor cores, 2 = shared
      * tiles with FMAs; 1 = per-lane loads): splits
      * unused at short contexts, every head dim, G = 1 .. 16, more splits
-     * than keys, blocks with many tiles and a partial last tile */
+     * than keys, blocks with many tiles and a partial last tile; T > 1 runs
+     * the prefill split kernel and its combine */
     static const int splitkv[][7] = {
         /* T, pos0, H, KV, hd, rot, nsplit */
         {1, 0, 6, 2, 64, 16, 8},         {1, 999, 24, 4, 256, 64, 32},  {1, 40000, 24, 4, 256, 64, 64},
         {3, 77, 8, 2, 256, 64, 5},       {1, 5000, 24, 4, 256, 64, 132}, {1, 129, 16, 4, 128, 64, 33},
         {1, 300, 4, 1, 32, 8, 7},        {1, 2, 12, 1, 64, 16, 256},     {1, 20000, 12, 1, 128, 16, 256},
         {1, 3000, 16, 1, 256, 64, 40},   {1, 700, 4, 4, 256, 64, 16},    {1, 63, 8, 4, 256, 64, 64},
+        {2, 2500, 8, 2, 64, 16, 1100}, /* more records than the combine's shared-memory merge takes */
     };
     static const char *const mode_names[] = {"kern_attn_splitkv", "kern_attn_splitkv_regs", "kern_attn_splitkv_fma", "kern_attn_splitkv_tiles",
                                              "kern_attn_splitkv_tiles"};
