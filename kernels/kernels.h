@@ -246,12 +246,14 @@ size_t qk_attn_gemm_rows(size_t scratch_bytes, int n_keys, int H, int hd);
  * qk_attn_flash_ok says whether the shape is served (hd 32, 64, 128 or 256;
  * H % KV == 0); for others qk_attn_flash returns cudaErrorInvalidValue.
  * qk_attn_flash_cfg picks the tiling (bm query rows 64 or 128, bn keys 32 or
- * 64; 0 = default) for tests and timing. */
+ * 64, stages 1 or 2 buffers each for K and V; 0 = default) for tests and
+ * timing; cudaErrorInvalidValue where its shared memory does not fit. */
 int qk_attn_flash_ok(int H, int KV, int hd);
 int qk_attn_flash(const float *q, const float *gate, const uint16_t *kc, const uint16_t *vc, int max_ctx,
                   int T, int H, int KV, int hd, int pos0, uint16_t *out, qk_stream st);
 int qk_attn_flash_cfg(const float *q, const float *gate, const uint16_t *kc, const uint16_t *vc, int max_ctx,
-                      int T, int H, int KV, int hd, int pos0, uint16_t *out, qk_stream st, int bm, int bn);
+                      int T, int H, int KV, int hd, int pos0, uint16_t *out, qk_stream st, int bm, int bn,
+                      int stages);
 
 /* ---- sampling (kernels/sample.cu) ---- */
 

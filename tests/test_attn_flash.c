@@ -6,7 +6,8 @@
  * test; outputs are poisoned too. Each comparison prints
  * "# NAME: max_abs=.. rel_l2=..". Then the 27B shape (H 24, KV 4, hd 256) at
  * T = 1000 and 8192 is timed against the cuBLAS path qk_attn_prefill_gemm
- * ("# attn_flash T=.. ms=.. TFLOP/s=..") and the two outputs compared.
+ * ("# attn_flash T=.. pos0=.. tiling=BMxBNxSTAGES ms=.. TFLOP/s=..") and the
+ * two outputs compared, and an 8192-token chunk at position 57344 is timed.
  * Without a GPU (or CUDA at build time) every test prints a skip line. */
 #include <math.h>
 #include <stdint.h>
@@ -35,8 +36,19 @@ int main(void)
 #define GT_RNG_SEED 0x9e3779b97f4a7c15ull
 #include "gpu_testutil.h"
 
-static const int tilings[][2] = {{64, 64}, {128, 64}, {64, 32}, {128, 32}};
+/* bm, bn, stages (K/V buffers) */
+static const int tilings[][3] = {{64, 64, 1}, {128, 64, 1}, {64, 32, 1}, {128, 32, 1},
+                                 {64, 64, 2}, {128, 64, 2}, {64, 32, 2}, {128, 32, 2}};
 #define N_TILINGS (int)(sizeof tilings / sizeof tilings[0])
+
+/* Tiling c of the table, or the engine's default (qk_attn_flash) for c < 0. */
+static int flash_run(int c, const float *q, const float *g, const uint16_t *kc, const uint16_t *vc, int max_ctx, int T,
+                     int H, int KV, int hd, int pos0, uint16_t *out)
+{
+    if (c < 0) return qk_attn_flash(q, g, kc, vc, max_ctx, T, H, KV, hd, pos0, out, 0);
+    return qk_attn_flash_cfg(q, g, kc, vc, max_ctx, T, H, KV, hd, pos0, out, 0, tilings[c][0], tilings[c][1],
+                             tilings[c][2]);
+}
 
 /* One shape: qk_attn (nsplit 1) as the reference, then the default tiling
  * (*ok) and every explicit tiling (*tok). */
@@ -66,11 +78,11 @@ static void flash_case(int T, int pos0, int H, int KV, int hd, float qscale, int
     float *ref = dget_bf(dref, nq);
     char nm[160];
     for (int c = -1; c < N_TILINGS; c++) {
-        int bm = c < 0 ? 0 : tilings[c][0], bn = c < 0 ? 0 : tilings[c][1];
+        int bm = c < 0 ? 0 : tilings[c][0], bn = c < 0 ? 0 : tilings[c][1], ns = c < 0 ? 0 : tilings[c][2];
         cudaMemset(dout, 0xff, nq * 2);
-        int rc = qk_attn_flash_cfg(dq, dg, dkc, dvc, max_ctx, T, H, KV, hd, pos0, dout, 0, bm, bn);
-        snprintf(nm, sizeof nm, "attn_flash T=%d pos0=%d H=%d KV=%d hd=%d qscale=%g tiling=%dx%d", T, pos0, H, KV, hd,
-                 qscale, bm, bn);
+        int rc = flash_run(c, dq, dg, dkc, dvc, max_ctx, T, H, KV, hd, pos0, dout);
+        snprintf(nm, sizeof nm, "attn_flash T=%d pos0=%d H=%d KV=%d hd=%d qscale=%g tiling=%dx%dx%d", T, pos0, H, KV,
+                 hd, qscale, bm, bn, ns);
         if (c >= 0 && rc == 1 /* cudaErrorInvalidValue: too much shared memory here */) {
             printf("# %s: tiling not available on this device\n", nm);
             continue;
@@ -130,9 +142,11 @@ static double now_ms(cudaEvent_t a, cudaEvent_t b)
  * and compares their outputs (both round Q and P to bf16). */
 static void test_27b(void)
 {
-    const int H = 24, KV = 4, hd = 256, cap = 8192;
-    const int Ts[] = {1000, 8192};
-    size_t nq = (size_t)cap * H * hd, nc = (size_t)KV * cap * hd;
+    const int H = 24, KV = 4, hd = 256, cap = 65536;
+    /* T, pos0: a chat prompt, a first 8192-token chunk, a chunk deep into a
+     * long prompt (timed only: the cuBLAS path's scratch would not hold it) */
+    const int Ts[][2] = {{1000, 0}, {8192, 0}, {8192, 57344}};
+    size_t nq = (size_t)8192 * H * hd, nc = (size_t)KV * cap * hd;
     float *dq = dput(NULL, nq * 4), *dg = dput(NULL, nq * 4);
     uint16_t *dkc = dput(NULL, nc * 2), *dvc = dput(NULL, nc * 2), *dflash = dput(NULL, nq * 2), *dgemm = dput(NULL, nq * 2);
     int ok = 1;
@@ -145,24 +159,27 @@ static void test_27b(void)
     cudaEvent_t e0, e1;
     cudaEventCreate(&e0);
     cudaEventCreate(&e1);
-    for (int ti = 0; ti < 2 && ok; ti++) {
-        int T = Ts[ti], reps = T > 2000 ? 5 : 20;
-        double flop = 4.0 * H * hd * ((double)T * (T + 1) / 2);
+    for (int ti = 0; ti < 3 && ok; ti++) {
+        int T = Ts[ti][0], p0 = Ts[ti][1], reps = T > 2000 ? (p0 ? 2 : 5) : 20;
+        double flop = 4.0 * H * hd * ((double)T * p0 + (double)T * (T + 1) / 2);
         for (int c = -1; c < N_TILINGS; c++) {
-            int bm = c < 0 ? 0 : tilings[c][0], bn = c < 0 ? 0 : tilings[c][1];
-            int rc = qk_attn_flash_cfg(dq, dg, dkc, dvc, cap, T, H, KV, hd, 0, dflash, 0, bm, bn);
+            int bm = c < 0 ? 0 : tilings[c][0], bn = c < 0 ? 0 : tilings[c][1], ns = c < 0 ? 0 : tilings[c][2];
+            /* c < 0: the engine's default, printed as tiling 0x0x0 */
+            int rc = flash_run(c, dq, dg, dkc, dvc, cap, T, H, KV, hd, p0, dflash);
             if (c >= 0 && rc == 1) continue;
             if (!launch_ok(rc, "flash warm-up")) {
                 ok = 0;
                 break;
             }
             cudaEventRecord(e0, 0);
-            for (int r = 0; r < reps; r++) qk_attn_flash_cfg(dq, dg, dkc, dvc, cap, T, H, KV, hd, 0, dflash, 0, bm, bn);
+            for (int r = 0; r < reps; r++) flash_run(c, dq, dg, dkc, dvc, cap, T, H, KV, hd, p0, dflash);
             cudaEventRecord(e1, 0);
             cudaEventSynchronize(e1);
             double ms = now_ms(e0, e1) / reps;
-            printf("# attn_flash T=%d tiling=%dx%d ms=%.3f TFLOP/s=%.1f\n", T, bm, bn, ms, flop / ms * 1e-9);
+            printf("# attn_flash T=%d pos0=%d tiling=%dx%dx%d ms=%.3f TFLOP/s=%.1f\n", T, p0, bm, bn, ns, ms,
+                   flop / ms * 1e-9);
         }
+        if (p0) continue;
         /* the default tiling's output last, for the comparison */
         ok &= launch_ok(qk_attn_flash(dq, dg, dkc, dvc, cap, T, H, KV, hd, 0, dflash, 0), "flash");
         /* cuBLAS path with the scratch the engine's arena gives it (<= 1 GiB) */
