@@ -244,7 +244,8 @@ size_t qk_attn_gemm_rows(size_t scratch_bytes, int n_keys, int H, int hd);
  * positions pos0 + t (pos0 on the host, pos0 + T <= max_ctx), no scratch.
  * Q and the probabilities are rounded to bf16 (error ~3e-3 relative).
  * qk_attn_flash_ok says whether the shape is served (hd 32, 64, 128 or 256;
- * H % KV == 0); for others qk_attn_flash returns cudaErrorInvalidValue.
+ * H % KV == 0); for others qk_attn_flash returns cudaErrorInvalidValue. It
+ * picks the tiling by chunk length and shared memory (attn_flash.cu).
  * qk_attn_flash_cfg picks the tiling (bm query rows 64 or 128, bn keys 32 or
  * 64, stages 1 or 2 buffers each for K and V; 0 = default) for tests and
  * timing; cudaErrorInvalidValue where its shared memory does not fit. */
