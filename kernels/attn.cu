@@ -908,14 +908,14 @@ __device__ __forceinline__ void dw_issue(uint8_t *stg, const uint16_t *kb, const
                                          uint64_t *bar)
 {
     const int lane = threadIdx.x & 31, key = lane & 15, nk = min(DW_KEYS, k1 - base);
+    uint8_t *dst = stg + lane * DB_KROW;
+    /* the zeros before lane 0's arrival (a release), so the warp's wait on
+     * this phase (an acquire) orders them before its ldmatrix reads */
+    if (key >= nk && lane >= 16) dm_zero_row(dst);
+    __syncwarp();
     if (lane == 0) qk_mbar_expect(bar, (uint32_t)nk * 1024);
     __syncwarp();
-    uint8_t *dst = stg + lane * DB_KROW;
-    if (key < nk) {
-        qk_bulk_copy(dst, (lane < 16 ? kb : vb) + (int64_t)(base + key) * 256, 512, bar);
-    } else if (lane >= 16) {
-        dm_zero_row(dst);
-    }
+    if (key < nk) qk_bulk_copy(dst, (lane < 16 ? kb : vb) + (int64_t)(base + key) * 256, 512, bar);
 }
 
 template <int W, int ST>
@@ -1136,7 +1136,7 @@ static dm_choice dm_pick(void)
 }
 
 /* The warp-stream kernel for this device (G <= 8), chosen once as dm_pick:
- * 4 warps of 3 stages (203 KB of shared memory, one block per SM), where it
+ * 4 warps of 3 stages (198 KiB of shared memory, one block per SM), where it
  * fits; k NULL elsewhere (sm_120's 100 KB: the tiles kernel runs). H100,
  * 27B INT4 decode at 32768 / 131072 keys against 6 warps x 2 stages: 118.7
  * / 92.8 vs 117.8 / 92.7 tok/s, 35B-A3B FP8 338.8 / 271.9 vs 332.4 / 266.8;

@@ -307,7 +307,7 @@ extern "C" int qk_attn_flash_cfg(const float *q, const float *gate, const uint16
 /* The default tiling: 64 query rows with one K and one V buffer (96 KB at
  * hd 256: two blocks per SM on sm_90, one on sm_120's 100 KB), except for
  * long chunks at hd 256 where the device holds 128 rows with two buffers
- * each (192 KB): H100, 27B heads, 8192-token chunk at position 0 2.96 ->
+ * each (192 KiB): H100, 27B heads, 8192-token chunk at position 0 2.96 ->
  * 2.79 ms, at 57344 41.7 -> 38.8 ms (296 -> 319 TFLOP/s); at 1000 tokens
  * 0.082 -> 0.086 ms (half as many blocks), so short chunks, such as a chat
  * turn after a long history, keep 64 rows. Both give the same bits. */

@@ -797,8 +797,9 @@ static void test_attn(void)
         {1, 300, 4, 1, 32, 8, 7},        {1, 2, 12, 1, 64, 16, 256},     {1, 20000, 12, 1, 128, 16, 256},
         {1, 3000, 16, 1, 256, 64, 40},   {1, 700, 4, 4, 256, 64, 16},    {1, 63, 8, 4, 256, 64, 64},
         {2, 2500, 8, 2, 64, 16, 1100}, /* more records than the combine's shared-memory merge takes */
+        {1, 0, 24, 4, 256, 64, 32},    /* one key: one warp of one split has a (partial) tile */
     };
-    static const char *const mode_names[] = {"kern_attn_splitkv", "kern_attn_splitkv_regs", "kern_attn_splitkv_fma", "kern_attn_splitkv_tiles",
+    static const char *const mode_names[] = {"kern_attn_splitkv", "kern_attn_splitkv_regs", "kern_attn_splitkv_fma",
                                              "kern_attn_splitkv_tiles"};
     for (int mode = 0; mode < 4; mode++) {
         qk_attn_dec_mode = mode;
@@ -821,7 +822,7 @@ static void test_attn(void)
             dok &= attn_dec_partials_case(mode, 700, 12, 1, 16);   /* G 12 */
             dok &= attn_dec_partials_case(mode, 5000, 4, 4, 132);  /* G 1 */
             dok &= attn_dec_partials_case(mode, 2001, 16, 4, 8);   /* G 4 */
-            dok &= attn_dec_partials_case(mode, 333, 8, 1, 3);     /* G 8, warps without tiles */
+            dok &= attn_dec_partials_case(mode, 80, 8, 1, 3);      /* G 8; split 1's 17 keys: warps 0, 2 idle */
         }
         CHECK("kern_attn_dec_partials", dok, "tensor-core split-KV partials (warp streams or tiles) differ from the FMA kernel's");
     } else {
