@@ -592,6 +592,47 @@ static void test_gdn(void)
 
 /* Attention: prep + attention vs a direct transcription of §3.3 on the
  * CPU (cpu_norm1p, cpu_rope), cache beyond pos0 pre-filled with random keys. */
+/* The decode step's order on a stream of its own, where the kernels are
+ * programmatic dependent launches (sm_90+): attn_prep writes the newest
+ * key's K and V rows and q, then the split-KV attention (which may start
+ * before the prep is done and copy older keys' rows before its PDL wait)
+ * and its combine. The newest rows are NaN until the prep writes them. On
+ * the H100 the prep is done before the attention issues anything (a
+ * kernel broken to copy every first tile before its wait still passed), so
+ * this checks the stream path's results, not the early copies' order. */
+static int attn_dec_pdl_case(const uint16_t *kcb, const uint16_t *vcb, const float *dqkv, int ld, const float *dqn,
+                             const float *dkn, uint16_t *dkc, uint16_t *dvc, const int32_t *dpos, float *dq, float *dgt,
+                             void *scr, uint16_t *dout, int pos0, int H, int KV, int hd, int rot, float theta,
+                             float eps, int nsplit, int max_ctx, const float *ref)
+{
+    const size_t cn = (size_t)KV * max_ctx * hd, no = (size_t)H * hd;
+    uint16_t *kp = malloc(cn * 2), *vp = malloc(cn * 2);
+    memcpy(kp, kcb, cn * 2);
+    memcpy(vp, vcb, cn * 2);
+    for (int h = 0; h < KV; h++)
+        for (int d = 0; d < hd; d++) {
+            const size_t o = ((size_t)h * max_ctx + pos0) * hd + d;
+            kp[o] = vp[o] = 0xffff; /* bf16 NaN */
+        }
+    cudaMemcpy(dkc, kp, cn * 2, cudaMemcpyHostToDevice);
+    cudaMemcpy(dvc, vp, cn * 2, cudaMemcpyHostToDevice);
+    cudaMemset(dout, 0xff, no * 2);
+    cudaStream_t st;
+    int ok = launch_ok(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking), "stream");
+    ok = ok && launch_ok(qk_attn_prep(dqkv, ld, 1, H, KV, hd, rot, theta, dqn, dkn, eps, dpos, dkc, dvc, max_ctx, dq,
+                                      dgt, st),
+                         "attn_prep (stream)");
+    ok = ok && launch_ok(qk_attn(dq, dgt, dkc, dvc, max_ctx, 1, H, KV, hd, dpos, nsplit, scr, dout, st), "attn (stream)");
+    ok = ok && launch_ok(cudaStreamSynchronize(st), "stream sync");
+    cudaStreamDestroy(st);
+    float *got = dget_bf(dout, no);
+    char nm[112];
+    snprintf(nm, sizeof nm, "attn after prep on a PDL stream pos0=%d H=%d KV=%d hd=%d nsplit=%d", pos0, H, KV, hd, nsplit);
+    ok = ok && cmp(nm, got, ref, no, 8e-3);
+    free(kp); free(vp); free(got);
+    return ok;
+}
+
 static int attn_case(int T, int pos0, int H, int KV, int hd, int rot, int nsplit, int *prep_ok)
 {
     /* odd T: an unaligned row stride (attn_prep's scalar loads); even T: aligned (vector loads) */
@@ -677,6 +718,9 @@ static int attn_case(int T, int pos0, int H, int KV, int hd, int rot, int nsplit
     snprintf(nm, sizeof nm, "attn%s T=%d pos0=%d H=%d KV=%d hd=%d nsplit=%d", nsplit ? "" : " (cuBLAS)", T, pos0, H,
              KV, hd, nsplit);
     ok &= cmp(nm, got, ref, (size_t)T * H * hd, nsplit ? 8e-3 : 1.5e-2);
+    if (T == 1 && nsplit > 1)
+        ok &= attn_dec_pdl_case(kcb, vcb, dqkv, ld, dqn, dkn, dkc, dvc, dpos, dq, dgt, scr, dout, pos0, H, KV, hd, rot,
+                                theta, eps, nsplit, max_ctx, ref);
     cudaFree(dqkv); cudaFree(dqn); cudaFree(dkn); cudaFree(dkc); cudaFree(dvc); cudaFree(dpos); cudaFree(dq);
     cudaFree(dgt); cudaFree(dout); if (scr) cudaFree(scr);
     free(qkv); free(qn); free(kn); free(kc); free(vc); free(kcb); free(vcb); free(qr); free(gr); free(ref);
