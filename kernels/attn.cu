@@ -157,29 +157,16 @@ __global__ void k_attn(const float *q, const float *gate, const uint16_t *kc, co
  * [hd]) at pp: the partial softmax sums rescaled to the common maximum.
  * Every thread of the block calls it (blockDim.x = hd, thread d). A
  * thread per dim walking the records one after another waited for L2 twice
- * per record (ncu-free estimate from the 4096-key microbenchmark: ~10 us
- * at 33 records, ~20 at 66); here the block reads each record's m and l
- * once, in parallel, keeps the factors in shared memory, and a thread's
- * loads of its acc values go out 8 at a time. The sums are in a fixed
- * order (deterministic). */
-#define ATT_MERGE_MAX 1024 /* records merged through shared memory; more take the serial walk */
+ * per record (~10 us at 33 records, ~20 at 66 in the 4096-key
+ * microbenchmark); here the block reads each record's m and l once, in
+ * parallel, keeps the rescale factors in shared memory (ATT_MERGE_MAX
+ * records at a time), and a thread's loads of its acc values go out 8 at a
+ * time. The sums are in a fixed order (deterministic). */
+#define ATT_MERGE_MAX 1024
 __device__ __forceinline__ float attn_merge(const float *pp, int used, int hd, int d)
 {
     __shared__ float fac[ATT_MERGE_MAX], red[2][32];
     const int lane = d & 31, wid = d >> 5, nw = ((int)blockDim.x + 31) >> 5;
-    if (used > ATT_MERGE_MAX) { /* (uniform) */
-        float M = ATT_NEG;
-        for (int s = 0; s < used; s++) M = fmaxf(M, pp[s * (hd + 2)]);
-        float L = 0.0f, o = 0.0f;
-        for (int s = 0; s < used; s++) {
-            const float *q = pp + s * (hd + 2);
-            if (q[1] <= 0.0f) continue;
-            const float e = __expf(q[0] - M);
-            L += q[1] * e;
-            o += q[2 + d] * e;
-        }
-        return L > 0.0f ? o / L : 0.0f;
-    }
     float M = ATT_NEG;
     for (int s = d; s < used; s += blockDim.x) M = fmaxf(M, pp[s * (hd + 2)]);
     M = qk_warp_max(M);
@@ -187,31 +174,35 @@ __device__ __forceinline__ float attn_merge(const float *pp, int used, int hd, i
     __syncthreads();
     M = ATT_NEG;
     for (int w = 0; w < nw; w++) M = fmaxf(M, red[0][w]);
-    float L = 0.0f;
-    for (int s = d; s < used; s += blockDim.x) {
-        const float m = pp[s * (hd + 2)], l = pp[s * (hd + 2) + 1];
-        const float f = l > 0.0f ? __expf(m - M) : 0.0f; /* records without keys: none of their sums */
-        fac[s] = f;
-        L += l * f;
-    }
-    L = qk_warp_sum(L);
-    if (lane == 0) red[1][wid] = L;
-    __syncthreads();
-    L = 0.0f;
-    for (int w = 0; w < nw; w++) L += red[1][w];
-    const float *a = pp + 2 + d;
-    float o = 0.0f;
-    int s = 0;
-    for (; s + 8 <= used; s += 8) {
-        float v[8];
+    float L = 0.0f, o = 0.0f;
+    for (int c0 = 0; c0 < used; c0 += ATT_MERGE_MAX) {
+        const int cn = min(used - c0, ATT_MERGE_MAX);
+        const float *pc = pp + (int64_t)c0 * (hd + 2);
+        if (c0) __syncthreads(); /* every thread is done with the previous chunk's factors and sums */
+        float Lp = 0.0f;
+        for (int s = d; s < cn; s += blockDim.x) {
+            const float m = pc[s * (hd + 2)], l = pc[s * (hd + 2) + 1];
+            const float f = l > 0.0f ? __expf(m - M) : 0.0f; /* records without keys: none of their sums */
+            fac[s] = f;
+            Lp += l * f;
+        }
+        Lp = qk_warp_sum(Lp);
+        if (lane == 0) red[1][wid] = Lp;
+        __syncthreads();
+        for (int w = 0; w < nw; w++) L += red[1][w];
+        const float *a = pc + 2 + d;
+        int s = 0;
+        for (; s + 8 <= cn; s += 8) {
+            float v[8];
 #pragma unroll
-        for (int j = 0; j < 8; j++) v[j] = a[(s + j) * (hd + 2)];
+            for (int j = 0; j < 8; j++) v[j] = a[(s + j) * (hd + 2)];
 #pragma unroll
-        for (int j = 0; j < 8; j++)
-            if (fac[s + j] != 0.0f) o += v[j] * fac[s + j];
+            for (int j = 0; j < 8; j++)
+                if (fac[s + j] != 0.0f) o += v[j] * fac[s + j];
+        }
+        for (; s < cn; s++)
+            if (fac[s] != 0.0f) o += a[s * (hd + 2)] * fac[s];
     }
-    for (; s < used; s++)
-        if (fac[s] != 0.0f) o += a[s * (hd + 2)] * fac[s];
     return L > 0.0f ? o / L : 0.0f;
 }
 
@@ -1109,8 +1100,22 @@ typedef void (*dec_kernel)(const float *, const uint16_t *, const uint16_t *, in
 struct dm_choice {
     dec_kernel k;
     size_t smem;
-    int bps;
+    int bps, threads;
 };
+
+/* k with smem bytes of dynamic shared memory and the given threads, if at
+ * least min_bps blocks of it fit on an SM of this device (its attribute
+ * then set); k NULL otherwise. */
+static dm_choice dm_try(dec_kernel k, size_t smem, int threads, int min_bps)
+{
+    int n = 0;
+    if (cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem) != cudaSuccess ||
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, k, threads, smem) != cudaSuccess) {
+        (void)cudaGetLastError(); /* too large for this device: not an error of the launch */
+        return dm_choice{};
+    }
+    return n >= min_bps ? dm_choice{k, smem, n, threads} : dm_choice{};
+}
 
 template <int GM>
 static dm_choice dm_pick(void)
@@ -1118,18 +1123,8 @@ static dm_choice dm_pick(void)
     static bool done;
     static dm_choice c;
     if (!done) {
-        const dm_choice cand[2] = {{k_attn_dec_mma<GM, 3>, dm_cfg<GM, 3>::SMEM, 2},
-                                   {k_attn_dec_mma<GM, 2>, dm_cfg<GM, 2>::SMEM, 1}};
-        for (int i = 0; i < 2 && !c.k; i++) {
-            int n = 0;
-            const dm_choice &d = cand[i];
-            if (cudaFuncSetAttribute(d.k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)d.smem) != cudaSuccess ||
-                cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, d.k, 32 * DB_WARPS, d.smem) != cudaSuccess) {
-                (void)cudaGetLastError(); /* too large for this device: not an error of the launch */
-                continue;
-            }
-            if (n >= d.bps) c = {d.k, d.smem, n}; /* d.bps: the fewest blocks per SM it is taken with */
-        }
+        c = dm_try(k_attn_dec_mma<GM, 3>, dm_cfg<GM, 3>::SMEM, 32 * DB_WARPS, 2);
+        if (!c.k) c = dm_try(k_attn_dec_mma<GM, 2>, dm_cfg<GM, 2>::SMEM, 32 * DB_WARPS, 1);
         done = true;
     }
     return c;
@@ -1149,14 +1144,7 @@ static dm_choice dw_pick(void)
     static bool done;
     static dm_choice c;
     if (!done) {
-        const dec_kernel k = k_attn_dec_ws<DW_WARPS, DW_ST>;
-        const size_t smem = dw_cfg<DW_WARPS, DW_ST>::SMEM;
-        int n = 0;
-        if (cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem) != cudaSuccess ||
-            cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, k, 32 * DW_WARPS, smem) != cudaSuccess)
-            (void)cudaGetLastError(); /* too large for this device: not an error of the launch */
-        else if (n >= 1)
-            c = {k, smem, n};
+        c = dm_try(k_attn_dec_ws<DW_WARPS, DW_ST>, dw_cfg<DW_WARPS, DW_ST>::SMEM, 32 * DW_WARPS, 1);
         done = true;
     }
     return c;
@@ -1180,17 +1168,16 @@ static int attn_dec_launch(const float *q, const float *gate, const uint16_t *kc
     const bool bulk = NH == 8 && qk_attn_dec_mode != 1 && qk_cc_major() >= 9; /* bulk copies */
     if (bulk) {
         dm_choice c = qk_attn_dec_mode == 0 && GM <= 8 ? dw_pick() : dm_choice{};
-        const int threads = c.k ? 32 * DW_WARPS : 32 * DB_WARPS;
         if (!c.k && (qk_attn_dec_mode == 0 || qk_attn_dec_mode == 3)) c = dm_pick<GM>();
         if (!c.k) {
-            c = {k_attn_dec_bulk<GM>, db_smem(G, GM), 2};
+            c = {k_attn_dec_bulk<GM>, db_smem(G, GM), 2, 32 * DB_WARPS};
             e = cudaFuncSetAttribute(c.k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)c.smem);
             if (e != cudaSuccess) return (int)e;
         }
         nsplit = max(1, min(nsplit, c.bps * n_sm / KV)); /* as many splits per KV head as one wave of blocks holds */
         cudaLaunchConfig_t cfg;
         cudaLaunchAttribute at[1];
-        qk_launch_cfg(&cfg, at, dim3((unsigned)KV, (unsigned)nsplit), dim3((unsigned)threads), st, qk_pdl_ok(st));
+        qk_launch_cfg(&cfg, at, dim3((unsigned)KV, (unsigned)nsplit), dim3((unsigned)c.threads), st, qk_pdl_ok(st));
         cfg.dynamicSmemBytes = c.smem;
         e = cudaLaunchKernelEx(&cfg, c.k, q, kc, vc, max_ctx, H, KV, pos, nsplit, (float *)scratch);
         if (e != cudaSuccess) return (int)e;
