@@ -553,7 +553,14 @@ static int64_t mat_bytes(const cu_mat *M)
 {
     if (!M->np) return (int64_t)M->n * M->k * 2;
     int64_t b = 0;
-    for (int i = 0; i < M->np; i++) b += (int64_t)qk_qweight_bytes(&M->q[i]);
+    for (int i = 0; i < M->np; i++) {
+        b += (int64_t)qk_qweight_bytes(&M->q[i]);
+        for (int j = 0; j < i; j++) /* a shared act-order permutation once (load_part) */
+            if (M->q[i].perm && M->q[j].perm == M->q[i].perm) {
+                b -= (int64_t)M->q[i].perm_bytes;
+                break;
+            }
+    }
     return b;
 }
 
@@ -577,9 +584,16 @@ static int load_part_bf16(qc_cuda_model *cm, const qc_linear *l, qk_qweight *q, 
 }
 
 /* One part of a mixed group in its kernel-native layout: planned here
- * (cuda_repack.h), device memory allocated, repacked by the loader's jobs. */
-static int load_part(qc_cuda_model *cm, const qc_linear *l, qk_qweight *q, qc_err *err)
+ * (cuda_repack.h), device memory allocated, repacked by the loader's jobs.
+ * The group's earlier parts (q_prev, their host plans h_prev, NULL for BF16
+ * ones; nprev of them): an act-order permutation equal to one of theirs is
+ * shared, not uploaded again, so the GEMV sees one permutation for the
+ * launch and stages x in its order once (gemv_multi.cu). *h_out: this
+ * part's host plan, or NULL. */
+static int load_part(qc_cuda_model *cm, const qc_linear *l, qk_qweight *q, const qk_qweight *const *h_prev,
+                     const qk_qweight *q_prev, int nprev, const qk_qweight **h_out, qc_err *err)
 {
+    *h_out = NULL;
     if (!qc_qweight_supported(l->format) || (l->format == QC_FMT_BF16 && (!l->weight || l->weight->dtype != QC_DT_BF16)))
         return load_part_bf16(cm, l, q, err);
     cu_loader *ld = cm->ld;
@@ -599,18 +613,24 @@ static int load_part(qc_cuda_model *cm, const qc_linear *l, qk_qweight *q, qc_er
         return rc;
     }
     ld->hq[ld->nhq++] = h; /* owned by the loader from here */
+    *h_out = h;
     *q = *h;
     q->w = q->s = NULL;
     q->perm = NULL;
     int tag = tag_of_kind(h->kind);
     void *perm = NULL;
+    for (int j = 0; j < nprev && h->perm && !perm; j++)
+        if (h_prev[j] && h_prev[j]->perm && h_prev[j]->perm_bytes == h->perm_bytes &&
+            !memcmp(h_prev[j]->perm, h->perm, h->perm_bytes))
+            perm = q_prev[j].perm;
+    const bool shared = perm != NULL;
     rc = cu_alloc(&cm->pool, h->w_bytes, tag, &q->w, err, l->name);
     if (!rc && h->s_bytes) rc = cu_alloc(&cm->pool, h->s_bytes, tag, &q->s, err, l->name);
-    if (!rc && h->perm_bytes) rc = cu_alloc(&cm->pool, h->perm_bytes, tag, &perm, err, l->name);
+    if (!rc && h->perm_bytes && !shared) rc = cu_alloc(&cm->pool, h->perm_bytes, tag, &perm, err, l->name);
     q->perm = perm;
-    if (!rc) rc = qc_load_add_qweight(&ld->plan, l, h, q->w, q->s, q->perm, err);
+    if (!rc) rc = qc_load_add_qweight(&ld->plan, l, h, q->w, q->s, shared ? NULL : q->perm, err);
     if (rc) return rc;
-    cm->scale_bytes += h->s_bytes + h->perm_bytes;
+    cm->scale_bytes += h->s_bytes + (shared ? 0 : h->perm_bytes);
     return QC_OK;
 }
 
@@ -640,9 +660,10 @@ static int upload_fused(qc_cuda_model *cm, const qc_linear *const *ls, int n, cu
         }
     } else {
         int r = 0;
+        const qk_qweight *hp[QK_GEMV_MAX_PARTS] = {NULL};
         for (int i = 0; i < n && !rc; i++) {
             M->off[i] = r;
-            rc = load_part(cm, ls[i], &M->q[i], err);
+            rc = load_part(cm, ls[i], &M->q[i], hp, M->q, i, &hp[i], err);
             M->np = i + 1;
             r += (int)ls[i]->n;
         }
@@ -1021,34 +1042,117 @@ int qc_cuda_shape_by_name(const char *name, qc_cuda_shape *sh, qc_err *err)
 }
 
 /* The format mixes of `qchat bench --synthetic SIZE:FMT`, as published
- * checkpoints use them (lm_head and the embedding stay BF16 in all):
+ * checkpoints use them (lm_head and the embedding stay BF16 in all; "a|b" is
+ * the GDN in_proj_a|b, which quantized checkpoints leave BF16 except where
+ * said):
  *   bf16         everything BF16;
- *   fp8          Qwen FP8: fp8-block 128x128 Linears, in_proj_a/b BF16;
- *   int4         GPTQ g128 symmetric, in_proj_a/b BF16;
- *   nvfp4        compressed-tensors NVFP4 everywhere, GDN included;
- *   nvfp4-mixed  NVIDIA style: NVFP4 MLP, FP8 attention and GDN, in_proj_a/b BF16. */
+ *   fp8          Qwen FP8: fp8-block 128x128 Linears;
+ *   fp8-channel  compressed-tensors FP8 with one scale per output channel;
+ *   int4         INT4 g128 symmetric, bf16 scales (compressed-tensors style);
+ *   int4-gptq    GPTQ / AutoRound g128 symmetric, f16 scales;
+ *   int4-g32     GPTQ g32, f16 scales;
+ *   int4-gidx    GPTQ g128 with act-order (g_idx: one random permutation of
+ *                K per fused group, shared by its parts as GPTQ's Hessian
+ *                order is for Linears that read the same input), f16 scales;
+ *   nvfp4        compressed-tensors NVFP4 everywhere, a|b included;
+ *   mxfp4        MXFP4 everywhere, a|b included;
+ *   nvfp4-mixed  NVIDIA style: NVFP4 MLP, FP8 attention and GDN. */
 enum { SY_QKV, SY_Z, SY_B, SY_A, SY_GOUT, SY_Q, SY_K, SY_V, SY_O, SY_GATE, SY_UP, SY_DOWN };
-static const char *const synth_mixes[] = {"bf16", "fp8", "int4", "nvfp4", "nvfp4-mixed"};
+typedef struct synth_mix {
+    const char *name;
+    int kind, mlp_kind; /* QK_QW_* of the Linears and of the MLP */
+    bool ab_q;          /* in_proj_a|b in `kind` too (else BF16) */
+    int group;          /* int4 group */
+    bool f16, gidx;     /* int4: f16 scales; act-order permutation */
+    bool channel;       /* fp8: per-channel scales */
+} synth_mix;
+static const synth_mix synth_mixes[] = {
+    {"bf16", QK_QW_BF16, QK_QW_BF16, false, 0, false, false, false},
+    {"fp8", QK_QW_FP8, QK_QW_FP8, false, 0, false, false, false},
+    {"fp8-channel", QK_QW_FP8, QK_QW_FP8, false, 0, false, false, true},
+    {"int4", QK_QW_INT4, QK_QW_INT4, false, 128, false, false, false},
+    {"int4-gptq", QK_QW_INT4, QK_QW_INT4, false, 128, true, false, false},
+    {"int4-g32", QK_QW_INT4, QK_QW_INT4, false, 32, true, false, false},
+    {"int4-gidx", QK_QW_INT4, QK_QW_INT4, false, 128, true, true, false},
+    {"nvfp4", QK_QW_NVFP4, QK_QW_NVFP4, true, 0, false, false, false},
+    {"mxfp4", QK_QW_MXFP4, QK_QW_MXFP4, true, 0, false, false, false},
+    {"nvfp4-mixed", QK_QW_FP8, QK_QW_NVFP4, false, 0, false, false, false},
+};
+#define SYNTH_MIX_NAMES "bf16, fp8, fp8-channel, int4, int4-gptq, int4-g32, int4-gidx, nvfp4, mxfp4, nvfp4-mixed"
 
-static int synth_kind(int mix, int role)
+static int synth_kind(const synth_mix *mx, int role)
 {
     bool ab = role == SY_B || role == SY_A, mlp = role == SY_GATE || role == SY_UP || role == SY_DOWN;
-    switch (mix) {
-    case 1: return ab ? QK_QW_BF16 : QK_QW_FP8;
-    case 2: return ab ? QK_QW_BF16 : QK_QW_INT4;
-    case 3: return QK_QW_NVFP4;
-    case 4: return ab ? QK_QW_BF16 : mlp ? QK_QW_NVFP4 : QK_QW_FP8;
-    default: return QK_QW_BF16;
-    }
+    if (role < 0 || (ab && !mx->ab_q)) return QK_QW_BF16;
+    return mlp ? mx->mlp_kind : mx->kind;
 }
 
-/* A random weight of `kind` in its kernel-native layout, made on the GPU. */
-static int synth_qw(qc_cuda_model *cm, int kind, int n, int k, uint64_t seed, qk_qweight *q, qc_err *err)
+/* A random act-order permutation of K (uniform groups of G inputs, the
+ * layout qc_qweight_plan_gidx gives a GPTQ file with desc_act), on the
+ * device in cm's pool: *dev and its byte size. */
+static int synth_perm(qc_cuda_model *cm, int K, int G, uint64_t seed, qk_qweight *lay, int32_t **dev, qc_err *err)
 {
-    qc_qweight_plan_random(q, kind == QK_QW_FP8 || kind == QK_QW_INT4 || kind == QK_QW_NVFP4 ? kind : QK_QW_BF16, n, k);
-    q->fmt = q->kind == QK_QW_FP8    ? QC_FMT_FP8_BLOCK
-             : q->kind == QK_QW_INT4  ? QC_FMT_GPTQ
+    int32_t *g = malloc((size_t)K * sizeof *g), *pi = malloc((size_t)K * sizeof *pi);
+    int rc = !g || !pi ? qc_err_set(err, QC_EXIT_RUNTIME, "out of host memory (synthetic g_idx)") : QC_OK;
+    if (!rc) {
+        uint64_t z = seed * 0x9e3779b97f4a7c15ull + 1;
+        for (int k = 0; k < K; k++) pi[k] = k;
+        for (int k = K - 1; k > 0; k--) { /* Fisher-Yates with splitmix64 */
+            z += 0x9e3779b97f4a7c15ull;
+            uint64_t t = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+            t = (t ^ (t >> 27)) * 0x94d049bb133111ebull;
+            int j = (int)((t ^ (t >> 31)) % (uint64_t)(k + 1)), v = pi[k];
+            pi[k] = pi[j];
+            pi[j] = v;
+        }
+        for (int r = 0; r < K; r++) g[pi[r]] = r / G; /* input pi[r] is the r-th in activation order */
+        memset(lay, 0, sizeof *lay);
+        rc = qc_qweight_plan_gidx(lay, g, K, (K + G - 1) / G, G, err, "synthetic g_idx");
+    }
+    free(g);
+    free(pi);
+    if (!rc) rc = cu_alloc(&cm->pool, lay->perm_bytes, QC_MEM_W_INT4, (void **)dev, err, "synthetic g_idx");
+    if (!rc && cudaMemcpy(*dev, lay->perm, lay->perm_bytes, cudaMemcpyHostToDevice) != cudaSuccess)
+        rc = qc_err_set(err, QC_EXIT_RUNTIME, "CUDA: uploading a synthetic g_idx failed");
+    if (!rc) cm->scale_bytes += lay->perm_bytes;
+    free(lay->perm);
+    lay->perm = NULL;
+    return rc;
+}
+
+/* A random weight of `kind` in its kernel-native layout, made on the GPU;
+ * INT4 and FP8 in mx's variant (gl: the group's act-order layout, or NULL). */
+static int synth_qw(qc_cuda_model *cm, const synth_mix *mx, int kind, int n, int k, uint64_t seed,
+                    const qk_qweight *gl, qk_qweight *q, qc_err *err)
+{
+    qc_qweight_plan_random(q, kind, n, k);
+    const size_t np = (size_t)q->n_pad;
+    if (q->kind == QK_QW_INT4 && gl) { /* act-order: the permuted K and its groups */
+        q->k_pad = gl->k_pad;
+        q->group = gl->group;
+        q->ngroups = gl->ngroups;
+        q->perm = gl->perm;
+        q->perm_bytes = gl->perm_bytes;
+        q->perm_regular = gl->perm_regular;
+    } else if (q->kind == QK_QW_INT4 && mx->group != 128) {
+        q->group = mx->group;
+        q->ngroups = (q->k_pad + mx->group - 1) / mx->group;
+    }
+    if (q->kind == QK_QW_INT4) {
+        q->scale_f16 = mx->f16;
+        q->w_bytes = np * (size_t)q->k_pad / 2;
+        q->s_bytes = np * (size_t)q->ngroups * 4;
+    }
+    if (q->kind == QK_QW_FP8 && mx->channel) { /* blocks of 1 x k_pad */
+        q->blk_n = 1;
+        q->blk_k = q->k_pad;
+        q->nkb = 1;
+        q->s_bytes = np * 4;
+    }
+    q->fmt = q->kind == QK_QW_FP8     ? (mx->channel ? QC_FMT_FP8_CHANNEL : QC_FMT_FP8_BLOCK)
+             : q->kind == QK_QW_INT4  ? (mx->f16 ? QC_FMT_GPTQ : QC_FMT_CT_INT)
              : q->kind == QK_QW_NVFP4 ? QC_FMT_NVFP4_CT
+             : q->kind == QK_QW_MXFP4 ? QC_FMT_MXFP4_CT
                                       : QC_FMT_BF16;
     int tag = tag_of_kind(q->kind);
     int rc = cu_alloc(&cm->pool, q->w_bytes, tag, &q->w, err, "synthetic weight");
@@ -1062,27 +1166,36 @@ static int synth_qw(qc_cuda_model *cm, int kind, int n, int k, uint64_t seed, qk
 }
 
 /* A fused group of random weights: one stacked BF16 matrix when every part
- * is BF16 in this mix, else its parts in their layouts. */
-static int synth_group(qc_cuda_model *cm, int mix, const int *roles, const int *ns, int np, int K, uint64_t seed,
-                       cu_mat *M, qc_err *err)
+ * is BF16 in this mix, else its parts in their layouts (act-order INT4 parts
+ * of a group share one permutation). */
+static int synth_group(qc_cuda_model *cm, const synth_mix *mx, const int *roles, const int *ns, int np, int K,
+                       uint64_t seed, cu_mat *M, qc_err *err)
 {
     memset(M, 0, sizeof *M);
     M->k = K;
     bool all_bf16 = true;
     for (int i = 0; i < np; i++) {
         M->n += ns[i];
-        if (synth_kind(mix, roles[i]) != QK_QW_BF16) all_bf16 = false;
+        if (synth_kind(mx, roles[i]) != QK_QW_BF16) all_bf16 = false;
     }
     if (all_bf16) {
         int rc = cu_alloc(&cm->pool, (size_t)M->n * K * 2, QC_MEM_W_BF16, (void **)&M->bf, err, "synthetic weight");
         if (rc) return rc;
         CK(qk_fill_random_bf16(M->bf, (int64_t)M->n * K, seed, sqrtf(3.0f / (float)K), cm->st));
     } else {
+        qk_qweight gl, *glp = NULL;
+        if (mx->gidx && mx->kind == QK_QW_INT4) {
+            int32_t *dev = NULL;
+            int rc = synth_perm(cm, K, mx->group, seed, &gl, &dev, err);
+            if (rc) return rc;
+            gl.perm = dev;
+            glp = &gl;
+        }
         int r = 0;
         for (int i = 0; i < np; i++) {
             M->off[i] = r;
             r += ns[i];
-            int rc = synth_qw(cm, synth_kind(mix, roles[i]), ns[i], K, seed * 16 + (uint64_t)i, &M->q[i], err);
+            int rc = synth_qw(cm, mx, synth_kind(mx, roles[i]), ns[i], K, seed * 16 + (uint64_t)i, glp, &M->q[i], err);
             M->np = i + 1;
             if (rc) return rc;
         }
@@ -1101,7 +1214,7 @@ static int synth_vec(qc_cuda_model *cm, int64_t n, uint64_t seed, float lo, floa
 
 /* A random MoE MLP of sh's E experts (the experts and the shared expert in
  * the mix's MLP formats, the router fp32 as the engine holds it). */
-static int synth_moe(qc_cuda_model *cm, int mix, cu_layer *G, uint64_t *s, qc_err *err)
+static int synth_moe(qc_cuda_model *cm, const synth_mix *mix, cu_layer *G, uint64_t *s, qc_err *err)
 {
     const qc_cuda_shape *sh = &cm->sh;
     const int D = sh->D;
@@ -1125,11 +1238,10 @@ static int synth_moe(qc_cuda_model *cm, int mix, cu_layer *G, uint64_t *s, qc_er
 int qc_cuda_model_synthetic_fmt(const qc_cuda_shape *sh, const char *fmt, uint64_t seed, qc_cuda_model **out,
                                 qc_err *err)
 {
-    int mix = -1;
-    for (int i = 0; i < (int)(sizeof synth_mixes / sizeof synth_mixes[0]); i++)
-        if (!strcmp(fmt, synth_mixes[i])) mix = i;
-    if (mix < 0)
-        return qc_err_set(err, QC_EXIT_USAGE, "unknown synthetic format '%s' (bf16, fp8, int4, nvfp4, nvfp4-mixed)", fmt);
+    const synth_mix *mix = NULL;
+    for (size_t i = 0; i < sizeof synth_mixes / sizeof synth_mixes[0]; i++)
+        if (!strcmp(fmt, synth_mixes[i].name)) mix = &synth_mixes[i];
+    if (!mix) return qc_err_set(err, QC_EXIT_USAGE, "unknown synthetic format '%s' (" SYNTH_MIX_NAMES ")", fmt);
     qc_cuda_model *cm;
     int rc = cu_model_new(sh, &cm, err);
     if (rc) return rc;
@@ -1144,7 +1256,7 @@ int qc_cuda_model_synthetic_fmt(const qc_cuda_shape *sh, const char *fmt, uint64
         cm->weight_bytes += (int64_t)sh->vocab * D * 2;
     } else if (!rc) {
         int role = -1, n = sh->vocab; /* role -1: BF16 in every mix */
-        rc = synth_group(cm, 0, &role, &n, 1, D, s++, &cm->head, err);
+        rc = synth_group(cm, &synth_mixes[0], &role, &n, 1, D, s++, &cm->head, err);
     }
     if (!rc) rc = synth_vec(cm, D, s++, -0.1f, 0.1f, &cm->final_norm, err);
     for (int li = 0; li < sh->n_layers && !rc; li++) {

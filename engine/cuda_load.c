@@ -118,7 +118,7 @@ int qc_load_add_qweight(qc_load_plan *p, const qc_linear *l, const qk_qweight *q
             j->bytes = q->s_bytes;
         }
     }
-    if (!rc && q->perm_bytes)
+    if (!rc && q->perm_bytes && dst_perm) /* NULL: shared with another part, uploaded there */
         rc = qc_load_add_bytes(p, dst_perm, q->perm, q->perm_bytes, l->name, err);
     return rc;
 }

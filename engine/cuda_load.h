@@ -59,7 +59,7 @@ void qc_load_plan_free(qc_load_plan *p);
 int qc_load_add_bytes(qc_load_plan *p, void *dst, const void *src, size_t bytes, const char *name, qc_err *err);
 /* The weight, scales and g_idx permutation of a planned qweight q (host
  * descriptor; q->perm stays the caller's until the run is over) into dst_w,
- * dst_s, dst_perm. */
+ * dst_s, dst_perm (NULL: the permutation is another part's, not uploaded). */
 int qc_load_add_qweight(qc_load_plan *p, const qc_linear *l, const qk_qweight *q, void *dst_w, void *dst_s,
                         void *dst_perm, qc_err *err);
 /* rows [0, nrows) of l as bf16 rows of ld elements (nrows >= l->n). */

@@ -268,6 +268,57 @@ static int64_t int4_scale_index(const qc_linear *l, int64_t n, int64_t g, int64_
     return l->format == QC_FMT_CT_INT ? n * ng + g : g * l->n + n;
 }
 
+/* (cuda_repack.h) */
+int qc_qweight_plan_gidx(qk_qweight *q, const int32_t *g, int64_t K, int64_t ng, int64_t G, qc_err *err,
+                         const char *name)
+{
+    int64_t *cnt = qc_calloc((size_t)ng, sizeof *cnt, err, name);
+    if (!cnt)
+        return err ? err->code : QC_EXIT_RUNTIME;
+    for (int64_t k = 0; k < K; k++) cnt[g[k]]++;
+    /* Act-order files: every group G long (the last no longer), G a
+     * multiple of 32, so the segments fall on the plain layout's groups. */
+    bool regular = G > 0 && G % 32 == 0 && G < K && ng * G < 65535;
+    for (int64_t j = 0; j < ng && regular; j++) regular = j + 1 < ng ? cnt[j] == G : cnt[j] <= G;
+    /* Group g's inputs become the segment [start_g, start_g + cnt_g) of
+     * packed K; each segment is padded to a multiple of 32 so a chunk
+     * never spans two groups. */
+    int64_t kp = 0;
+    for (int64_t j = 0; j < ng; j++) {
+        int64_t c = cnt[j];
+        cnt[j] = kp; /* now: next free position of group j */
+        kp += round_up(c, 32);
+    }
+    q->k_pad = (int)kp;
+    q->group = regular ? (int)G : 32;
+    q->perm_regular = regular;
+    q->ngroups = (int)ng;
+    q->perm_bytes = regular ? qk_perm16_offset(q->k_pad) + (size_t)q->k_pad * 2
+                            : (size_t)(q->k_pad + q->k_pad / 32) * sizeof(int32_t);
+    q->perm = qc_calloc(1, q->perm_bytes, err, name);
+    if (!q->perm) {
+        free(cnt);
+        return err ? err->code : QC_EXIT_RUNTIME;
+    }
+    /* perm[p]: the original k at packed position p (-1: padding);
+     * perm[k_pad + c]: the group of 32-position chunk c. */
+    int32_t *cg = q->perm + q->k_pad;
+    for (int64_t p = 0; p < q->k_pad; p++) q->perm[p] = -1;
+    for (int64_t c = 0; c < q->k_pad / 32; c++) cg[c] = 0;
+    for (int64_t k = 0; k < K; k++) {
+        int64_t p = cnt[g[k]]++;
+        q->perm[p] = (int32_t)k;
+        cg[p / 32] = g[k];
+    }
+    if (regular) { /* the uint16 copy the decode GEMV stages x with */
+        uint16_t *p16 = (uint16_t *)((char *)q->perm + qk_perm16_offset(q->k_pad));
+        for (int64_t p = 0; p < q->k_pad; p++)
+            p16[p] = q->perm[p] < 0 ? 0xffffu : (uint16_t)qk_perm16_slot(q->perm[p], q->k_pad);
+    }
+    free(cnt);
+    return QC_OK;
+}
+
 static int plan_int4(const qc_linear *l, qk_qweight *q, qc_err *err)
 {
     const int64_t N = l->n, K = l->k, ng = int4_ngroups(l);
@@ -285,46 +336,21 @@ static int plan_int4(const qc_linear *l, qk_qweight *q, qc_err *err)
 
     /* Packed K: identity with group length G, or grouped segments for g_idx. */
     if (l->g_idx) {
-        int64_t *cnt = qc_calloc((size_t)ng, sizeof *cnt, err, l->name);
-        if (!cnt)
+        int32_t *g = qc_malloc((size_t)K * sizeof *g, err, l->name);
+        if (!g)
             return err ? err->code : QC_EXIT_RUNTIME;
         for (int64_t k = 0; k < K; k++) {
-            int64_t g = tensor_i64(l->g_idx, k);
-            if (g < 0 || g >= ng) {
-                free(cnt);
+            int64_t v = tensor_i64(l->g_idx, k);
+            g[k] = v < 0 || v >= ng ? -1 : (int32_t)v;
+            if (g[k] < 0) {
+                free(g);
                 return pack_fail(l, err, "g_idx value outside the groups");
             }
-            cnt[g]++;
         }
-        /* Group g's inputs become the segment [start_g, start_g + cnt_g) of
-         * packed K; each segment is padded to a multiple of 32 so a chunk
-         * never spans two groups. */
-        int64_t kp = 0;
-        for (int64_t g = 0; g < ng; g++) {
-            int64_t c = cnt[g];
-            cnt[g] = kp; /* now: next free position of group g */
-            kp += round_up(c, 32);
-        }
-        q->k_pad = (int)kp;
-        q->group = 32;
-        q->ngroups = (int)ng;
-        q->perm_bytes = (size_t)(q->k_pad + q->k_pad / 32) * sizeof(int32_t);
-        q->perm = qc_malloc(q->perm_bytes, err, l->name);
-        if (!q->perm) {
-            free(cnt);
-            return err ? err->code : QC_EXIT_RUNTIME;
-        }
-        /* perm[p]: the original k at packed position p (-1: padding);
-         * perm[k_pad + c]: the group of 32-position chunk c. */
-        int32_t *cg = q->perm + q->k_pad;
-        for (int64_t p = 0; p < q->k_pad; p++) q->perm[p] = -1;
-        for (int64_t c = 0; c < q->k_pad / 32; c++) cg[c] = 0;
-        for (int64_t k = 0; k < K; k++) {
-            int64_t g = tensor_i64(l->g_idx, k), p = cnt[g]++;
-            q->perm[p] = (int32_t)k;
-            cg[p / 32] = (int32_t)g;
-        }
-        free(cnt);
+        int rc = qc_qweight_plan_gidx(q, g, K, ng, G, err, l->name);
+        free(g);
+        if (rc)
+            return rc;
     } else {
         if (G < K && G % 32)
             return pack_fail(l, err, "int4 group size is not a multiple of 32");

@@ -24,6 +24,15 @@ enum { QC_QW_WEIGHT = 0, QC_QW_SCALES = 1 };
  * checked here, before any row is packed. */
 int qc_qweight_plan(const qc_linear *l, qk_qweight *q, qc_err *err);
 
+/* The packed K of an INT4 weight with g_idx, g[k] in [0, ng) the group of
+ * input k, G the file's group size: each group's inputs one contiguous
+ * segment (group order, k order within), padded to a multiple of 32 so no
+ * 32-position chunk spans two groups. Sets k_pad, group, ngroups,
+ * perm_regular (every group G long: quant.h), perm_bytes and q->perm
+ * (malloc'ed: packed position -> k, -1 for padding, then each chunk's group). */
+int qc_qweight_plan_gidx(qk_qweight *q, const int32_t *g, int64_t K, int64_t ng, int64_t G, qc_err *err,
+                         const char *name);
+
 /* The layout of a random weight of `kind` (QK_QW_*) at [n, k] as the
  * synthetic models and the GEMV benchmarks make them: padding, FP8 blocks
  * of 128 x 128, INT4 groups of 128, NVFP4 / MXFP4 scales per 16 / 32, byte

@@ -6,6 +6,7 @@
  * has the spread of the BF16 synthetic weights (uniform in +-wscale), so the
  * activations stay finite through all layers and the kernels do exactly the
  * work a real checkpoint of that layout makes them do. */
+#include <cuda_fp16.h>
 #include <cuda_fp8.h>
 
 #include "common.cuh"
@@ -55,10 +56,15 @@ __global__ void k_fq_f32(float *s, int64_t total, uint64_t seed, float s0)
     FQ_LOOP(i, total) s[i] = s0 * (0.75f + 0.5f * fq_unif(seed, i));
 }
 
-/* INT4 (row, group) words: bf16 scale around s0 in bits 0-15, zero 8. */
-__global__ void k_fq_int4s(uint32_t *s, int64_t total, uint64_t seed, float s0)
+/* INT4 (row, group) words: the scale around s0 in bits 0-15 (f16 as GPTQ
+ * and AWQ publish it, else bf16), zero 8. */
+__global__ void k_fq_int4s(uint32_t *s, int64_t total, uint64_t seed, float s0, int f16)
 {
-    FQ_LOOP(i, total) s[i] = (uint32_t)qk_to_bf(s0 * (0.75f + 0.5f * fq_unif(seed, i))) | (8u << 16);
+    FQ_LOOP(i, total)
+    {
+        const float v = s0 * (0.75f + 0.5f * fq_unif(seed, i));
+        s[i] = (f16 ? (uint32_t)__half_as_ushort(__float2half_rn(v)) : (uint32_t)qk_to_bf(v)) | (8u << 16);
+    }
 }
 
 /* Block-scale bytes: NVFP4 e4m3 in [1, 2) (0x38 | mantissa), MXFP4 a fixed e8m0. */
@@ -93,7 +99,8 @@ extern "C" int qk_fill_random_qweight(qk_qweight *w, uint64_t seed, float wscale
         int kw = w->k_pad / 8;
         k_fq_words<<<G, B, 0, st>>>((uint32_t *)w->w, w->n, w->k, kw, (int64_t)w->n_pad * kw, seed);
         /* q - 8 spans [-8, 7]: scale wscale / 8 */
-        k_fq_int4s<<<G, B, 0, st>>>((uint32_t *)w->s, (int64_t)(w->s_bytes / 4), seed + 1, wscale / 8.0f);
+        k_fq_int4s<<<G, B, 0, st>>>((uint32_t *)w->s, (int64_t)(w->s_bytes / 4), seed + 1, wscale / 8.0f,
+                                     w->scale_f16);
         break;
     }
     case QK_QW_NVFP4:

@@ -37,6 +37,36 @@ __global__ void k_dequant_int4_bf16_v(const uint32_t *__restrict__ W, const uint
     *(uint4 *)(out + (size_t)n * ld + c * 8) = make_uint4(o[0], o[1], o[2], o[3]);
 }
 
+/* With g_idx: one block per row, decoded in packed order and scattered to
+ * the natural order in shared memory (K bf16), then written out with
+ * 16-byte stores when aligned. The scalar kernel's scattered 2-byte global
+ * stores made an act-order 27B INT4 prefill of 8192 tokens 1.03 s against
+ * 0.72 s without g_idx (H100). Same values as the scalar kernel. */
+__global__ void k_dequant_int4_bf16_perm(const uint32_t *__restrict__ W, const uint32_t *__restrict__ S,
+                                         const int32_t *__restrict__ perm, int K, int kw, int ng, int f16,
+                                         uint16_t *__restrict__ out, int ld, int vec)
+{
+    extern __shared__ uint4 dq_row4[];
+    uint16_t *row = (uint16_t *)dq_row4;
+    const int n = blockIdx.x;
+    for (int c = threadIdx.x; c < kw; c += blockDim.x) {
+        uint32_t o[4];
+        qg_dq8_int4(W[(size_t)n * kw + c], S[(size_t)n * ng + perm[(size_t)kw * 8 + c / 4]], f16 != 0, o);
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            const int k = perm[8 * c + j];
+            if (k >= 0) row[k] = (uint16_t)(o[j / 2] >> (16 * (j & 1)));
+        }
+    }
+    __syncthreads();
+    uint16_t *dst = out + (size_t)n * ld;
+    if (vec) {
+        for (int i = threadIdx.x; i < K / 8; i += blockDim.x) ((uint4 *)dst)[i] = dq_row4[i];
+    } else {
+        for (int k = threadIdx.x; k < K; k += blockDim.x) dst[k] = row[k];
+    }
+}
+
 extern "C" int qk_dequant_int4_bf16(const qk_qweight *w, uint16_t *out, int ld, struct CUstream_st *st)
 {
     if (!w || w->kind != QK_QW_INT4 || !out || ld < w->k || w->group <= 0) return (int)cudaErrorInvalidValue;
@@ -47,6 +77,13 @@ extern "C" int qk_dequant_int4_bf16(const qk_qweight *w, uint16_t *out, int ld, 
         return qk_launch_status();
     }
     const int kw = w->k_pad / 8;
+    if (w->perm && w->k_pad % 32 == 0 && (size_t)w->k * 2 <= (48u << 10) && w->n <= 2147483647) {
+        const int vec = w->k % 8 == 0 && ld % 8 == 0 && ((uintptr_t)out & 15) == 0;
+        k_dequant_int4_bf16_perm<<<w->n, 256, (size_t)(w->k + 7) / 8 * 16, st>>>(
+            (const uint32_t *)w->w, (const uint32_t *)w->s, w->perm, w->k, kw, w->ngroups, w->scale_f16, out, ld,
+            vec);
+        return qk_launch_status();
+    }
     const int64_t total = (int64_t)w->n * kw;
     k_dequant_int4_bf16<<<(unsigned)((total + 255) / 256), 256, 0, st>>>(
         (const uint32_t *)w->w, (const uint32_t *)w->s, w->perm, w->n, w->k, kw, w->ngroups, w->group,

@@ -287,7 +287,7 @@ struct qg_norm {
     float eps;
 };
 
-__device__ __forceinline__ void qg_stage_norm(const qg_norm &nm, int K, int P, int kc, float *red33)
+__device__ __forceinline__ void qg_stage_norm(const qg_norm &nm, int K, int P, int kc, float *red33, uint4 *dst)
 {
     const int D4 = K / 4;
     const float4 *h4 = (const float4 *)nm.h, *w4 = (const float4 *)nm.w;
@@ -301,7 +301,7 @@ __device__ __forceinline__ void qg_stage_norm(const qg_norm &nm, int K, int P, i
     }
     ss = qk_block_sum(ss, red33);
     const float r = rsqrtf(ss / (float)(4 * D4) + nm.eps);
-    uint2 *xs2 = (uint2 *)qg_xsm; /* element e: chunk e / 8P, piece (e / 8) % P, half (e / 4) % 2 */
+    uint2 *xs2 = (uint2 *)dst; /* element e: chunk e / 8P, piece (e / 8) % P, half (e / 4) % 2 */
 #pragma unroll
     for (int j = 0; j < 8; j++) {
         const int i = (int)threadIdx.x + QG_THREADS * j, e = 4 * i;
@@ -313,34 +313,98 @@ __device__ __forceinline__ void qg_stage_norm(const qg_norm &nm, int K, int P, i
     }
 }
 
+/* x staged in qg_load_xsm's layout at dst: x itself, zeros past K. */
+__device__ __forceinline__ void qg_stage_plain(const uint16_t *__restrict__ x, int K, int P, int kc, uint4 *dst)
+{
+    for (int i = (int)threadIdx.x; i < P * kc; i += QG_THREADS) {
+        const int c = i / P, v = i % P, e0 = c * 8 * P + 8 * v;
+        uint4 u;
+        if (e0 + 8 <= K) {
+            u = __ldg((const uint4 *)(x + e0));
+        } else {
+            uint32_t h[4];
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const uint32_t lo = e0 + 2 * e < K ? __ldg(x + e0 + 2 * e) : 0u;
+                const uint32_t hi = e0 + 2 * e + 1 < K ? __ldg(x + e0 + 2 * e + 1) : 0u;
+                h[e] = lo | (hi << 16);
+            }
+            u = make_uint4(h[0], h[1], h[2], h[3]);
+        }
+        dst[v * kc + c] = u;
+    }
+}
+
+/* Act-order launches (ps.xperm): packed position e of the staged x holds
+ * element perm[e] of the natural-order copy (0 for padding), the same bits
+ * in another order. Piece i (positions 8i .. 8i + 7) is thread i % 256's
+ * m-th, m = i / 256, so a thread's pieces fit QG_XP_PT registers: their
+ * 16-bit indices (the slots of their inputs in the natural copy,
+ * qk_perm16_slot) are loaded first (qg_xperm_load, before the PDL wait: like
+ * the weights they never change, and in the staging's L2 traffic they would
+ * double x's), then each thread gathers its pieces' values from the natural
+ * copy in shared memory, one load each, and after a barrier writes them to
+ * their own slots — in place when nat is the staged region itself.
+ * Gathering from global memory instead (each block reading x element by
+ * element through L1) left a 27B act-order decode at 98 tok/s against 132
+ * without g_idx (H100). */
+#define QG_XP_PT 9 /* pieces per thread: k_pad <= 9 * 256 * 8 = 18432 (the launcher checks) */
+__device__ __forceinline__ void qg_xperm_load(const uint16_t *__restrict__ xp, int n, uint4 *r)
+{
+#pragma unroll
+    for (int m = 0; m < QG_XP_PT; m++) {
+        const int i = (int)threadIdx.x + m * QG_THREADS;
+        r[m] = i < n ? __ldg((const uint4 *)xp + i) : make_uint4(0u, 0u, 0u, 0u);
+    }
+}
+
+__device__ __forceinline__ void qg_xperm_apply(const uint4 *nat, int P, int kc, uint4 *r)
+{
+    const int n = P * kc;
+    const uint16_t *e = (const uint16_t *)nat; /* indexed by slot (qk_perm16_slot) */
+#pragma unroll
+    for (int m = 0; m < QG_XP_PT; m++) {
+        if ((int)threadIdx.x + m * QG_THREADS >= n) continue; /* warp-uniform but for one warp */
+        const uint32_t id[4] = {r[m].x, r[m].y, r[m].z, r[m].w};
+        uint32_t h[4];
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            const uint32_t lo = id[j] & 0xffffu, hi = id[j] >> 16;
+            h[j] = (lo == 0xffffu ? 0u : (uint32_t)e[lo]) | ((hi == 0xffffu ? 0u : (uint32_t)e[hi]) << 16);
+        }
+        r[m] = make_uint4(h[0], h[1], h[2], h[3]);
+    }
+    __syncthreads();
+#pragma unroll
+    for (int m = 0; m < QG_XP_PT; m++) {
+        const int i = (int)threadIdx.x + m * QG_THREADS;
+        if (i < n) qg_xsm[(i % P) * kc + i / P] = r[m];
+    }
+}
+
 /* The block's copy of x in shared memory (qg_load_xsm's layout, P 16-byte
  * pieces per chunk of part 0's layout; the launcher checks that every
  * quantized part has its kc): x itself, or with nrm.h the RMSNorm of nrm.h
- * (qg_stage_norm). Ends with a block barrier. */
+ * (qg_stage_norm). With ps.xperm it is in that permutation's order, and
+ * with ps.xs_nat the natural-order copy stays after it (at P * kc) for the
+ * BF16 parts (XP: compiled only into the INT4 kernels, the one layout with
+ * g_idx; its registers made the FP4 kernels on 3 blocks per SM spill; r:
+ * the indices from qg_xperm_load). Ends with a block barrier. */
+template <bool XP>
 __device__ __forceinline__ void qg_stage_x(const qg_parts &ps, const uint16_t *__restrict__ x, const qg_norm &nrm,
-                                           int P, float *red33)
+                                           int P, float *red33, uint4 *r)
 {
     const int kc = ps.p[0].kc, K = ps.p[0].k;
-    if (nrm.h) {
-        qg_stage_norm(nrm, K, P, kc, red33);
+    if (XP && ps.xperm) {
+        uint4 *nat = ps.xs_nat ? qg_xsm + P * kc : qg_xsm;
+        if (nrm.h) qg_stage_norm(nrm, K, P, kc, red33, nat);
+        else qg_stage_plain(x, K, P, kc, nat);
+        __syncthreads();
+        qg_xperm_apply(nat, P, kc, r);
+    } else if (nrm.h) {
+        qg_stage_norm(nrm, K, P, kc, red33, qg_xsm);
     } else {
-        for (int i = (int)threadIdx.x; i < P * kc; i += QG_THREADS) {
-            const int c = i / P, v = i % P, e0 = c * 8 * P + 8 * v;
-            uint4 u;
-            if (e0 + 8 <= K) {
-                u = __ldg((const uint4 *)(x + e0));
-            } else {
-                uint32_t h[4];
-#pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    const uint32_t lo = e0 + 2 * e < K ? __ldg(x + e0 + 2 * e) : 0u;
-                    const uint32_t hi = e0 + 2 * e + 1 < K ? __ldg(x + e0 + 2 * e + 1) : 0u;
-                    h[e] = lo | (hi << 16);
-                }
-                u = make_uint4(h[0], h[1], h[2], h[3]);
-            }
-            qg_xsm[v * kc + c] = u;
-        }
+        qg_stage_plain(x, K, P, kc, qg_xsm);
     }
     __syncthreads();
 }
@@ -382,7 +446,9 @@ __device__ __forceinline__ void qg_prime_l2(const qg_parts &ps, int S, int G)
 }
 
 /* One kernel per body, so each gets its own register allocation. VAR 0:
- * x through L1 as loaded by the walk; VAR 2 (XS): the block first copies x
+ * x through L1 as loaded by the walk; VAR 2 (XS), and VAR 4 for act-order
+ * INT4 launches (x staged in the permutation's order, qg_stage_x; a kernel
+ * of its own so that VAR 2 keeps its registers): the block first copies x
  * to shared memory (qg_load_xsm's layout, dynamic shared memory of
  * 16 * P * kc bytes, P = x vectors per chunk); VAR 1: the loads-only
  * diagnostic of the INT4 g128 f16 and NVFP4 bodies. */
@@ -395,6 +461,8 @@ __global__ void __launch_bounds__(QG_THREADS, VAR == 3 ? 3 : QG_MINB)
     QG_PROBE_ENTRY
     qk_pdl_trigger();
     if (VAR != 1 && ps.prime) qg_prime_l2(ps, S, G); /* before the wait: see qg_prime_l2 */
+    uint4 xr[QG_XP_PT];
+    if (VAR == 4) qg_xperm_load(ps.xperm, 4 * ps.p[0].kc, xr);
     qk_pdl_wait();
     QG_PROBE_WAITED
     if (VAR == 1) {
@@ -403,7 +471,7 @@ __global__ void __launch_bounds__(QG_THREADS, VAR == 3 ? 3 : QG_MINB)
         return;
     }
     const bool XS = VAR >= 2;
-    if (XS) qg_stage_x(ps, x, nrm, BODY == QG_B_FP8 ? 2 : 4, red);
+    if (XS) qg_stage_x<VAR == 4>(ps, x, nrm, BODY == QG_B_FP8 ? 2 : 4, red, xr);
     qg_persist_f f = {ps, x, accumulate, S, G, red};
     qg_body_visit<XS>(BODY, f);
     QG_PROBE_END(BODY, G);
@@ -559,7 +627,7 @@ __global__ void __launch_bounds__(QG_THREADS, 2)
     int A, n, j0, j1;
     qt_block_work(ps, G, nu, &A, &n, &j0, &j1);
     const int a = qt_warp_start(A, n, warp), b = qt_warp_start(A, n, warp + 1);
-    uint8_t *ring = (uint8_t *)qg_xsm + 16 * 4 * ps.p[0].kc + warp * QT_D * QT_STAGE; /* after x */
+    uint8_t *ring = (uint8_t *)(qg_xsm + ps.xs_u4) + warp * QT_D * QT_STAGE; /* after x */
     uint64_t *bar = bars + warp * QT_D;
     qt_cursor q;
     if (lane == 0) {
@@ -572,9 +640,11 @@ __global__ void __launch_bounds__(QG_THREADS, 2)
         for (int k = 0; k < QT_D && a + k < b; k++) qt_issue(ps, nu, q, ring + k * QT_STAGE, bar + k);
     }
     __syncwarp();
+    uint4 xr[QG_XP_PT];
+    if (ps.xperm) qg_xperm_load(ps.xperm, 4 * ps.p[0].kc, xr);
     qk_pdl_wait();
     QG_PROBE_WAITED
-    qg_stage_x(ps, x, nrm, 4, red);
+    qg_stage_x<true>(ps, x, nrm, 4, red, xr);
     for (int j = j0; j < j1; j++) /* this block's BF16 groups, while its ring fills */
         qg_bf16_group(ps, x, G - ps.nbf + j, accumulate, cut);
     float acc[QK_QROWS];
@@ -656,6 +726,9 @@ static const qg_pkernel qg_pkernels_xs[QG_NBODY] = {k_gemv_qp<0, 2>, NULL, NULL,
 static const qg_pkernel qg_pkernels_xs3[QG_NBODY] = {k_gemv_qp<0, 3>, NULL, NULL, k_gemv_qp<3, 3>, k_gemv_qp<4, 3>,
                                                      k_gemv_qp<5, 3>, k_gemv_qp<6, 3>, k_gemv_qp<7, 3>,
                                                      k_gemv_qp<8, 3>, NULL};
+/* The act-order variants of the INT4 XS kernels (ps.xperm). */
+static const qg_pkernel qg_pkernels_xp[QG_NBODY] = {NULL, NULL, NULL, k_gemv_qp<3, 4>, k_gemv_qp<4, 4>,
+                                                    k_gemv_qp<5, 4>, k_gemv_qp<6, 4>, NULL, NULL, NULL};
 #define QG_XSMAX (48 << 10) /* staged x per block (K up to 24576), no opt-in needed */
 
 /* Launch variants (quant.h; tests and QCHAT_GEMV_MODE for A/B runs):
@@ -767,10 +840,13 @@ int qg_part_fill(const qk_qweight *w, float *y, qg_part *p)
     }
 }
 
+#define QG_NO_XPERM (-2) /* gemv_launch: the staged act-order launch cannot run; again with the gather bodies */
+
 /* qk_gemv_multi, and with nm qk_gemv_multi_norm (x unused: the staged x is
- * the RMSNorm of nm->h). */
+ * the RMSNorm of nm->h). xperm_ok: act-order parts may run on x staged in
+ * their order (else they gather x through perm at every chunk). */
 static int gemv_launch(const qk_qweight *const *w_in, float *const *y_in, int nparts, const uint16_t *x,
-                       const qg_norm *nm, const qk_conv_epi *conv, int accumulate, cudaStream_t st)
+                       const qg_norm *nm, const qk_conv_epi *conv, int accumulate, cudaStream_t st, bool xperm_ok)
 {
     if (nparts < 1 || nparts > QK_GEMV_MAX_PARTS || (!nm && (!x || ((uintptr_t)x & 15))))
         return (int)cudaErrorInvalidValue;
@@ -807,6 +883,32 @@ static int gemv_launch(const qk_qweight *const *w_in, float *const *y_in, int np
         if (w[i]->k != w[0]->k) return (int)cudaErrorInvalidValue;
         groups += w[i]->n_pad / QK_QROWS;
         if (ps.p[i].kc < kc_min) kc_min = ps.p[i].kc;
+    }
+    /* Act-order INT4 (perm_regular) parts of one permutation, BF16 parts
+     * beside them or not: the block stages x once in the packed order
+     * (qg_stage_x) and the parts run the plain layout's bodies, streamed
+     * included; the gather bodies (x through perm at every chunk, 27B decode
+     * 63 tok/s against 132 for the plain g128 layout, H100) stay for uneven
+     * groups, parts of different permutations and the plain grid. */
+    if (xperm_ok) {
+        const int32_t *pm = NULL;
+        bool all = true, bf = false;
+        int kp = 0;
+        for (int i = 0; i < nparts; i++) {
+            if (w[i]->kind == QK_QW_BF16) {
+                bf = true;
+                continue;
+            }
+            all &= w[i]->kind == QK_QW_INT4 && w[i]->perm && w[i]->perm_regular && (!pm || w[i]->perm == pm) &&
+                   w[i]->k_pad <= QG_XP_PT * QG_THREADS * 8;
+            pm = w[i]->perm;
+            kp = w[i]->k_pad;
+        }
+        if (all && pm) {
+            ps.xperm = (const uint16_t *)((const char *)pm + qk_perm16_offset(kp));
+            ps.xs_nat = nm && bf;
+            for (int i = 0; i < nparts; i++) ps.p[i].perm = NULL;
+        }
     }
     /* A BF16 group's bytes in part 0's groups, for qg_phase2_slot (fp8 2,
      * int4 / fp4 4 at any K). */
@@ -848,20 +950,25 @@ static int gemv_launch(const qk_qweight *const *w_in, float *const *y_in, int np
     cudaLaunchConfig_t cfg;
     cudaLaunchAttribute at[1];
     const qg_norm nrm = nm ? *nm : qg_norm{};
+    /* Staged x: one copy, or with xperm and the norm two (the permuted one
+     * for the quantized parts, the natural one after it for BF16 parts). */
+    const int copies = ps.xs_nat ? 2 : 1;
     if (nm) { /* the norm needs the staged-x kernels, K = the norm's length */
         const int P = body == QG_B_FP8 ? 2 : 4, K = ps.p[0].k;
         bool ok = same && (S == 1 || groups / (B * gpb) <= QG_PRMAX) && qg_pkernels_xs[body] &&
-                  ps.p[0].kind != QK_QW_BF16 && K % 4 == 0 && K <= 8192 && (size_t)16 * P * ps.p[0].kc <= QG_XSMAX &&
-                  nm->h && nm->w && !((uintptr_t)nm->h & 15) && !((uintptr_t)nm->w & 15);
+                  ps.p[0].kind != QK_QW_BF16 && K % 4 == 0 && K <= 8192 &&
+                  (size_t)16 * P * ps.p[0].kc * copies <= QG_XSMAX && nm->h && nm->w && !((uintptr_t)nm->h & 15) &&
+                  !((uintptr_t)nm->w & 15);
         for (int i = 0; ok && i < nparts; i++) {
             if (ps.p[i].kind == QK_QW_BF16) {
                 ok = ps.p[i].kc == P * ps.p[0].kc;
                 ps.p[i].xs_p = P;
+                ps.p[i].xs_off = ps.xs_nat ? P * ps.p[0].kc : 0;
             } else {
                 ok = ps.p[i].kc == ps.p[0].kc;
             }
         }
-        if (!ok) return QK_GEMV_UNFUSED;
+        if (!ok) return ps.xperm ? QG_NO_XPERM : QK_GEMV_UNFUSED;
         if (conv) { /* part 0 holds the conv channels */
             if (!conv->w || !conv->state || !conv->out || conv->C <= 0 || conv->C > ps.p[0].n || accumulate)
                 return (int)cudaErrorInvalidValue;
@@ -885,7 +992,8 @@ static int gemv_launch(const qk_qweight *const *w_in, float *const *y_in, int np
             else
                 ok = qg_part_body(&p) == body && p.kc == kc && p.cpg == 4 && p.ng * 4 == kc && !((uintptr_t)p.s & 15);
         }
-        const size_t smem = (size_t)16 * 4 * kc + (size_t)QG_WARPS * QT_D * QT_STAGE; /* x, then the rings */
+        ps.xs_u4 = 4 * kc * copies;
+        const size_t smem = (size_t)16 * ps.xs_u4 + (size_t)QG_WARPS * QT_D * QT_STAGE; /* x, then the rings */
         static size_t smem_set[QG_NBODY];
         static qg_occ_cache ct[QG_NBODY];
         if (ok && smem > smem_set[body]) {
@@ -917,19 +1025,23 @@ static int gemv_launch(const qk_qweight *const *w_in, float *const *y_in, int np
         if (mode == 9 && body == QG_B_NV) k = k_gemv_qp<QG_B_NV, 1>;
         int same_kc = ps.p[0].kind != QK_QW_BF16; /* staged for p[0]'s layout; BF16 parts read x directly */
         for (int i = 0; i < nparts; i++) same_kc &= ps.p[i].kc == ps.p[0].kc || ps.p[i].kind == QK_QW_BF16;
-        const size_t xs = (size_t)16 * (body == QG_B_FP8 ? 2 : 4) * ps.p[0].kc;
+        const size_t xs = (size_t)16 * (body == QG_B_FP8 ? 2 : 4) * ps.p[0].kc * copies;
         /* x staged in shared memory: by default for the FP4 bodies, where
          * it measured +4 points of copy bandwidth on the 27B decode total
-         * (FP8 +-0, INT4 -1: BENCHMARKS.md "Quantized GEMV (H100)") */
-        const bool xs_default = body == QG_B_NV || body == QG_B_MX;
-        const bool use_xs =
-            (nm || mode == 5 || (m0 && xs_default)) && same_kc && qg_pkernels_xs[body] && xs <= QG_XSMAX;
+         * (FP8 +-0, INT4 g128 walks -1: BENCHMARKS.md "Quantized GEMV
+         * (H100)"), and for the INT4 bodies of groups below 128 (27B GPTQ
+         * g32 decode 95.2 -> 100.7 tok/s, eighteenth session) */
+        const bool xs_default = body == QG_B_NV || body == QG_B_MX || body == QG_B_I4H || body == QG_B_I4;
+        const bool use_xs = (nm || mode == 5 || (m0 && xs_default) || ps.xperm) && same_kc && qg_pkernels_xs[body] &&
+                            xs <= QG_XSMAX;
+        if (ps.xperm && !use_xs) return nm ? QK_GEMV_UNFUSED : QG_NO_XPERM;
         /* 3 blocks per SM (24 warps): by default for the FP4 bodies, where
          * the 27B decode gained 3-4 % in two A/B runs (nvfp4 105.4 -> 108.3,
          * 101.3 -> 105.8 tok/s); INT4 lost 3-4 % (its mma body spills at 85
          * registers) and FP8 did not move, so they keep 2. */
         bool xs3 = false;
-        if ((mode == 6 || (m0 && xs_default)) && same_kc && qg_pkernels_xs3[body] && xs <= QG_XSMAX) {
+        const bool xs3_default = body == QG_B_NV || body == QG_B_MX;
+        if ((mode == 6 || (m0 && xs3_default)) && same_kc && qg_pkernels_xs3[body] && xs <= QG_XSMAX && !ps.xperm) {
             static qg_occ_cache c3[QG_NBODY];
             const int o3 = qg_xs_occupancy(&c3[body], qg_pkernels_xs3[body], xs);
             if (o3 >= 3) {
@@ -940,12 +1052,13 @@ static int gemv_launch(const qk_qweight *const *w_in, float *const *y_in, int np
             }
         }
         if (!xs3 && use_xs) { /* only with the same resident blocks as the plain kernel (B above) */
-            static qg_occ_cache c2[QG_NBODY];
-            if (qg_xs_occupancy(&c2[body], qg_pkernels_xs[body], xs) >= occ[body]) {
-                k = qg_pkernels_xs[body];
+            static qg_occ_cache c2[QG_NBODY], cp[QG_NBODY];
+            const qg_pkernel kx = ps.xperm ? qg_pkernels_xp[body] : qg_pkernels_xs[body];
+            if (kx && qg_xs_occupancy(ps.xperm ? &cp[body] : &c2[body], kx, xs) >= occ[body]) {
+                k = kx;
                 smem = xs;
-            } else if (nm) {
-                return QK_GEMV_UNFUSED;
+            } else if (nm || ps.xperm) {
+                return nm ? QK_GEMV_UNFUSED : QG_NO_XPERM;
             }
         }
         qk_launch_cfg(&cfg, at, dim3((unsigned)(grid)), dim3(QG_THREADS), st, pdl);
@@ -953,6 +1066,7 @@ static int gemv_launch(const qk_qweight *const *w_in, float *const *y_in, int np
         const int rc = (int)cudaLaunchKernelEx(&cfg, k, ps, x, accumulate, S, groups, nrm);
         return rc ? rc : qk_launch_status();
     }
+    if (ps.xperm) return QG_NO_XPERM;
     int blocks = 0;
     for (int i = 0; i < nparts; i++) {
         ps.p[i].first_block = blocks;
@@ -966,7 +1080,8 @@ static int gemv_launch(const qk_qweight *const *w_in, float *const *y_in, int np
 extern "C" int qk_gemv_multi(const qk_qweight *const *w, float *const *y, int nparts, const uint16_t *x,
                              int accumulate, struct CUstream_st *st)
 {
-    return gemv_launch(w, y, nparts, x, NULL, NULL, accumulate, st);
+    const int rc = gemv_launch(w, y, nparts, x, NULL, NULL, accumulate, st, true);
+    return rc == QG_NO_XPERM ? gemv_launch(w, y, nparts, x, NULL, NULL, accumulate, st, false) : rc;
 }
 
 extern "C" int qk_gemv_multi_norm(const qk_qweight *const *w, float *const *y, int nparts, const float *h,
@@ -974,7 +1089,8 @@ extern "C" int qk_gemv_multi_norm(const qk_qweight *const *w, float *const *y, i
                                   struct CUstream_st *st)
 {
     const qg_norm nm = {h, norm_w, eps};
-    return gemv_launch(w, y, nparts, NULL, &nm, conv, accumulate, st);
+    const int rc = gemv_launch(w, y, nparts, NULL, &nm, conv, accumulate, st, true);
+    return rc == QG_NO_XPERM ? QK_GEMV_UNFUSED : rc;
 }
 
 extern "C" int qk_gemv_q(const qk_qweight *w, const uint16_t *x, float *y, int accumulate, struct CUstream_st *st)

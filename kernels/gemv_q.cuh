@@ -69,6 +69,7 @@ struct qg_part {
     int cpg_sh;         /* int4: log2 cpg when a power of two, else -1 (qg_div) */
     float post;         /* applied to each finished dot (fp4: gmul * 2^14) */
     int xs_p;           /* bf16 part: x is the block's staged copy, P pieces per chunk (0: global x) */
+    int xs_off;         /* ... at this uint4 of it (a natural-order copy after a permuted one, qg_stage_x) */
     const float *cw;    /* conv epilogue (qk_conv_epi) on rows < cC, part 0 only */
     float *cst, *cout;
     int cC;
@@ -82,6 +83,9 @@ struct qg_parts {
     int prime; /* persistent PDL launch: ask L2 for the first step before the wait (qg_prime_l2) */
     int nbf;   /* persistent launch: row groups of the BF16 parts, the last ones (qg_persist's phase 0) */
     int bfw;   /* ... and a BF16 group's bytes in quantized groups of part 0 (qg_phase2_slot) */
+    const uint16_t *xperm; /* staged x in this act-order permutation's packed order (its 16-bit copy, qg_stage_x) */
+    int xs_nat;            /* ... and the natural-order copy kept after it, for BF16 parts */
+    int xs_u4;            /* uint4s of staged x in shared memory (k_gemv_qt's rings follow) */
 };
 
 /* An f16x2 held in a 32-bit word as two exact floats. Written as PTX cvt
@@ -454,7 +458,7 @@ struct qg_bf16_step {
     {
         qg_load_w(p, row0, c, w);
         if (p.xs_p) { /* 8 values = piece c % P of staged chunk c / P */
-            const uint4 u = qg_xsm[(c % p.xs_p) * (p.kc / p.xs_p) + c / p.xs_p];
+            const uint4 u = qg_xsm[p.xs_off + (c % p.xs_p) * (p.kc / p.xs_p) + c / p.xs_p];
             xr[0] = u.x;
             xr[1] = u.y;
             xr[2] = u.z;

@@ -18,10 +18,19 @@
  *          when scale_f16, else bf16 — the published dtype, kept exact), bits
  *          16-23 the zero z (0..16 in every published convention); W = scale * (q - z).
  *       perm: NULL, or int32 [k_pad + k_pad/32]: packed position -> original k
- *          (-1 = pad), then the group of each 32-position chunk. Set for g_idx
+ *          (-1 = pad), then the group of each 32-position chunk; with
+ *          perm_regular also, at byte qk_perm16_offset(k_pad), per position
+ *          the uint16 slot of its k in the decode GEMV's staged x (4 pieces
+ *          of 8 per 32-element chunk, qk_perm16_slot; 0xffff = pad), so the
+ *          staging gathers x with one shared-memory load each. Set for g_idx
  *          (act-order) checkpoints: K is permuted at repack time so each group's
  *          inputs are contiguous (one segment per group, padded to a multiple of
- *          32); the kernel gathers x through perm. `group` is then 32.
+ *          32); the kernel gathers x through perm. `group` is then 32, except
+ *          with perm_regular: every group G inputs long (the last may be
+ *          shorter), as act-order files have them, so chunk c's group is
+ *          c / (G / 32) exactly as without g_idx, `group` is G and perm only
+ *          orders x (the decode GEMV stages x once per block in that order
+ *          and runs the plain-layout bodies).
  *   QK_QW_BF16   bf16 (so 16-bit projections can share a fused launch)
  *       w: bf16 row-major [n_pad][k_pad]; no scales.
  *   QK_QW_NVFP4  nvfp4-ct, nvfp4-modelopt;  QK_QW_MXFP4  mxfp4-ct
@@ -70,8 +79,22 @@ typedef struct qk_qweight {
     void *s;
     size_t s_bytes;
     int32_t *perm;     /* int4 with g_idx: [k_pad + k_pad/32], else NULL */
+    int perm_regular;  /* int4 with g_idx: every group `group` long (see above) */
     size_t perm_bytes;
 } qk_qweight;
+
+/* Byte offset of the 16-bit copy of a regular permutation in perm. */
+static inline size_t qk_perm16_offset(int k_pad)
+{
+    return ((size_t)(k_pad + k_pad / 32) * 4 + 15) / 16 * 16;
+}
+
+/* The slot of input k in the INT4 GEMV's staged x (gemv_q.cuh
+ * qg_load_xsm: piece v of chunk c at uint4 v * kc + c, kc = k_pad / 32). */
+static inline int qk_perm16_slot(int k, int k_pad)
+{
+    return 8 * (((k >> 3) & 3) * (k_pad / 32) + (k >> 5)) + (k & 7);
+}
 
 /* Bytes a GEMV reads from this weight (packed weight + scales + perm). */
 static inline size_t qk_qweight_bytes(const qk_qweight *w)

@@ -133,6 +133,13 @@ static void build_fp8(pub *p, const char *name, qc_format f, int64_t N, int64_t 
     p->l.scale = s;
 }
 
+/* dst's g_idx := src's (act-order parts of one input share it, as GPTQ's
+ * Hessian order is the same for Linears that read the same x). */
+static void copy_gidx(pub *dst, const pub *src)
+{
+    memcpy((void *)dst->l.g_idx->data, src->l.g_idx->data, (size_t)src->l.g_idx->numel * 4);
+}
+
 /* gidx: 0 none, 1 act-order (a permutation, G per group), 2 uneven random groups. */
 static void build_gptq(pub *p, const char *name, int64_t N, int64_t K, int G, int v1, int sym, int gidx)
 {
@@ -559,11 +566,36 @@ static bool part_upload(const pub *p, int i, qk_qweight *d, char *why, size_t wn
     return ok;
 }
 
-/* The end of such a check: default launch path, parts freed. */
-static void parts_release(pub *p, qk_qweight *d, int np)
+/* Uploaded parts whose act-order permutations are equal share the first
+ * one's device copy, as the loader makes them (cuda_backend.c load_part):
+ * such a launch stages x once in that order (gemv_multi.cu). */
+static void perms_share(qk_qweight *d, int np, bool *shared)
+{
+    for (int i = 0; i < np; i++) {
+        shared[i] = false;
+        for (int j = 0; j < i && d[i].perm && !shared[i]; j++) {
+            if (!d[j].perm || shared[j] || d[j].perm_bytes != d[i].perm_bytes) continue;
+            char *a = malloc(d[i].perm_bytes), *b = malloc(d[i].perm_bytes);
+            cudaMemcpy(a, d[i].perm, d[i].perm_bytes, cudaMemcpyDeviceToHost);
+            cudaMemcpy(b, d[j].perm, d[i].perm_bytes, cudaMemcpyDeviceToHost);
+            if (!memcmp(a, b, d[i].perm_bytes)) {
+                cudaFree(d[i].perm);
+                d[i].perm = d[j].perm;
+                shared[i] = true;
+            }
+            free(a);
+            free(b);
+        }
+    }
+}
+
+/* The end of such a check: default launch path, parts freed (a shared
+ * permutation with its owner). */
+static void parts_release(pub *p, qk_qweight *d, const bool *shared, int np)
 {
     qk_gemv_q_mode = 0;
     for (int i = 0; i < np; i++) {
+        if (shared[i]) d[i].perm = NULL;
         qc_qweight_free_dev(&d[i]);
         pub_free(&p[i]);
     }
@@ -606,6 +638,8 @@ static void fused_check(const char *name, pub *p, int np, int64_t K)
         dp[i] = &d[i];
         cudaMalloc((void **)&dy[i], (size_t)N * 4);
     }
+    bool shared[QK_GEMV_MAX_PARTS];
+    perms_share(d, np, shared);
     /* 11 (phase 2's plain numbering) must give path 0's very bits: it moves
      * groups between warps, not the order of any sum */
     static const int modes[] = {0, 7, 1, 5, 6, 10, 11};
@@ -644,7 +678,7 @@ static void fused_check(const char *name, pub *p, int np, int64_t K)
         cudaFree(dy[i]);
         free(yr[i]);
     }
-    parts_release(p, d, np);
+    parts_release(p, d, shared, np);
     cudaFree(dx);
     free(xb);
     free(xf);
@@ -712,6 +746,8 @@ static void norm_check(const char *name, pub *p, int np, int64_t K, int expect_f
         cudaMalloc((void **)&dyr[i], (size_t)p[i].l.n * 4);
         cudaMalloc((void **)&dyf[i], (size_t)p[i].l.n * 4);
     }
+    bool shared[QK_GEMV_MAX_PARTS];
+    perms_share(d, np, shared);
     static const int modes[] = {0, 6, 10};
     cudaStream_t qs;
     cudaStreamCreateWithFlags(&qs, cudaStreamNonBlocking);
@@ -762,7 +798,7 @@ static void norm_check(const char *name, pub *p, int np, int64_t K, int expect_f
         cudaFree(dyr[i]);
         cudaFree(dyf[i]);
     }
-    parts_release(p, d, np);
+    parts_release(p, d, shared, np);
     cudaFree(dh);
     cudaFree(dw);
     cudaFree(dxb);
@@ -818,8 +854,25 @@ static void test_norm_fused(void)
     norm_check("qgemv_norm_mxfp4", p, 1, 2048, 1, 0);
     build_gptq(&p[0], "norm.g64", 136, 1000, 64, 1, 0, 0); /* K not a multiple of 32 * P: zeros past K */
     norm_check("qgemv_norm_gptq_g64_k1000", p, 1, 1000, 1, 0);
-    build_gptq(&p[0], "norm.gidx", 96, 512, 128, 1, 1, 1);
-    norm_check("qgemv_norm_refuses_gidx", p, 1, 512, 0, 0);
+    build_gptq(&p[0], "norm.gidx", 72, 320, 64, 0, 0, 2); /* uneven groups: the gather body */
+    norm_check("qgemv_norm_refuses_gidx_uneven", p, 1, 320, 0, 0);
+    /* act-order (regular groups) GDN in-projection: one permutation for
+     * qkv|z, x staged in its order, BF16 a|b on a natural-order copy */
+    build_gptq(&p[0], "conv.aoqkv", 640, 2048, 128, 1, 1, 1);
+    build_gptq(&p[1], "conv.aoz", 256, 2048, 128, 1, 0, 1);
+    copy_gidx(&p[1], &p[0]);
+    build_bf16(&p[2], "conv.aoa", 16, 2048);
+    build_bf16(&p[3], "conv.aob", 16, 2048);
+    norm_check("qgemv_norm_conv_int4_actorder_gdn_in", p, 4, 2048, 1, 640);
+    build_gptq(&p[0], "norm.aogate", 600, 5120, 128, 1, 1, 1);
+    build_gptq(&p[1], "norm.aoup", 600, 5120, 128, 0, 0, 1);
+    copy_gidx(&p[1], &p[0]);
+    norm_check("qgemv_norm_int4_actorder_gate_up", p, 2, 5120, 1, 0);
+    build_gptq(&p[0], "norm.aog32", 200, 1024, 32, 1, 1, 1);
+    norm_check("qgemv_norm_int4_actorder_g32", p, 1, 1024, 1, 0);
+    build_gptq(&p[0], "norm.ao2a", 100, 1024, 128, 1, 1, 1);
+    build_gptq(&p[1], "norm.ao2b", 100, 1024, 128, 1, 1, 1); /* its own permutation */
+    norm_check("qgemv_norm_refuses_two_permutations", p, 2, 1024, 0, 0);
     build_ct(&p[0], "norm.longk", 40, 9216, 128, 0, 0);
     norm_check("qgemv_norm_refuses_k_over_8192", p, 1, 9216, 0, 0);
     build_bf16(&p[0], "norm.bf", 64, 1024);
@@ -935,6 +988,23 @@ static void test_fused(void)
     build_ct(&p[1], "fused.fqkv0", 640, K, 128, 0, 0);
     build_ct(&p[2], "fused.fz0", 384, K, 128, 1, 0);
     fused_check("qgemv_fused_bf16_first_int4", p, 3, K);
+    /* act-order INT4 parts of one permutation: x staged once in its order
+     * (streamed at K = 5120, the walks at K = 1000 with a short last group);
+     * two permutations in one launch: the gather bodies */
+    K = 5120;
+    build_gptq(&p[0], "fused.aoq", 300, K, 128, 1, 1, 1);
+    build_gptq(&p[1], "fused.aok", 72, K, 128, 0, 0, 1);
+    copy_gidx(&p[1], &p[0]);
+    build_bf16(&p[2], "fused.aoa", 48, K);
+    fused_check("qgemv_fused_int4_actorder_bf16", p, 3, K);
+    K = 1000;
+    build_gptq(&p[0], "fused.aos1", 136, K, 128, 1, 1, 1);
+    build_gptq(&p[1], "fused.aos2", 64, K, 128, 1, 0, 1);
+    copy_gidx(&p[1], &p[0]);
+    fused_check("qgemv_fused_int4_actorder_k1000", p, 2, K);
+    build_gptq(&p[0], "fused.aod1", 136, K, 128, 1, 1, 1);
+    build_gptq(&p[1], "fused.aod2", 64, K, 128, 1, 0, 1);
+    fused_check("qgemv_fused_int4_two_permutations", p, 2, K);
 }
 
 /* A format that has no GPU layout must be refused with a message. */
@@ -2015,6 +2085,16 @@ int main(void)
     run_case("gptq_gidx_actorder_g128_96x512", &p);
     build_gptq(&p, "gptq_uneven", 72, 320, 64, 0, 0, 2);
     run_case("gptq_gidx_uneven_g64_72x320", &p);
+    /* act-order on the staged-x paths: streamed (K = 5120), the down
+     * projection's K (34 KB of x per block), g32, a short last group */
+    build_gptq(&p, "gptq_ao5120", 64, 5120, 128, 1, 1, 1);
+    run_case("gptq_gidx_actorder_g128_64x5120", &p);
+    build_gptq(&p, "gptq_ao17408", 24, 17408, 128, 1, 1, 1);
+    run_case("gptq_gidx_actorder_g128_24x17408", &p);
+    build_gptq(&p, "gptq_ao_g32", 40, 1024, 32, 0, 0, 1);
+    run_case("gptq_gidx_actorder_g32_40x1024", &p);
+    build_gptq(&p, "gptq_ao_short", 72, 1000, 128, 1, 0, 1);
+    run_case("gptq_gidx_actorder_g128_72x1000", &p);
     /* INT4: awq */
     build_awq(&p, "awq_g128", 200, 520, 128);
     run_case("awq_g128_200x520", &p);
@@ -2027,6 +2107,8 @@ int main(void)
     run_case("ct_int_asym_g32_100x200", &p);
     build_ct(&p, "ct_asym_gidx", 50, 256, 32, 1, 1);
     run_case("ct_int_asym_gidx_g32_50x256", &p);
+    build_ct(&p, "ct_gidx_odd8", 30, 300, 32, 0, 1); /* K % 8 != 0: the row dequantization's 2-byte stores */
+    run_case("ct_int_sym_gidx_g32_30x300", &p);
     build_ct(&p, "ct_k_odd8", 40, 100, 32, 0, 0);
     run_case("ct_int_sym_g32_40x100", &p);
     /* INT4 g128 runs on the tensor cores: long K with few rows takes the
