@@ -1,5 +1,5 @@
 /* cmd_quantize.c — `qchat quantize SRC DST --to fp8|int4|nvfp4 [--group N]
- * [--force]`: round-to-nearest quantization of a BF16/F16/F32 checkpoint into a
+ * [--act-order] [--force]`: round-to-nearest quantization of a BF16/F16/F32 checkpoint into a
  * published layout (quantize.h), then a one-paragraph report on stdout. */
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,7 +14,7 @@ static int usage(const char *msg)
     if (msg)
         fprintf(stderr, "qchat quantize: %s\n", msg);
     fprintf(stderr, "usage: qchat quantize SRC_DIR DST_DIR --to fp8|int4|nvfp4 [--group N] "
-                    "[--force]\n");
+                    "[--act-order] [--force]\n");
     return QC_EXIT_USAGE;
 }
 
@@ -38,6 +38,8 @@ int cmd_quantize(int argc, char **argv)
             o.group_size = (int)g;
         } else if (!strcmp(a, "--force")) {
             o.force = true;
+        } else if (!strcmp(a, "--act-order")) {
+            o.act_order = true;
         } else if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
             usage(NULL);
             return 0;
@@ -64,6 +66,8 @@ int cmd_quantize(int argc, char **argv)
     o.to = (qc_quant_to)t;
     if (o.group_size && o.to != QC_QUANT_INT4)
         return usage("--group applies to --to int4 only");
+    if (o.act_order && o.to != QC_QUANT_INT4)
+        return usage("--act-order applies to --to int4 only");
     qc_err err = {0};
     qc_quant_report rep;
     int rc = qc_quantize_checkpoint(src, dst, &o, &rep, &err);

@@ -41,6 +41,7 @@
 #include "cuda_repack.h"
 #include "dequant.h"
 #include "quant.h"
+#include "quantize.h"
 #include "shared_tensors.h"
 
 #define CU_BLAS_WS (32u << 20)
@@ -1092,25 +1093,13 @@ static int synth_kind(const synth_mix *mx, int role)
  * device in cm's pool: *dev and its byte size. */
 static int synth_perm(qc_cuda_model *cm, int K, int G, uint64_t seed, qk_qweight *lay, int32_t **dev, qc_err *err)
 {
-    int32_t *g = malloc((size_t)K * sizeof *g), *pi = malloc((size_t)K * sizeof *pi);
-    int rc = !g || !pi ? qc_err_set(err, QC_EXIT_RUNTIME, "out of host memory (synthetic g_idx)") : QC_OK;
-    if (!rc) {
-        uint64_t z = seed * 0x9e3779b97f4a7c15ull + 1;
-        for (int k = 0; k < K; k++) pi[k] = k;
-        for (int k = K - 1; k > 0; k--) { /* Fisher-Yates with splitmix64 */
-            z += 0x9e3779b97f4a7c15ull;
-            uint64_t t = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-            t = (t ^ (t >> 27)) * 0x94d049bb133111ebull;
-            int j = (int)((t ^ (t >> 31)) % (uint64_t)(k + 1)), v = pi[k];
-            pi[k] = pi[j];
-            pi[j] = v;
-        }
-        for (int r = 0; r < K; r++) g[pi[r]] = r / G; /* input pi[r] is the r-th in activation order */
-        memset(lay, 0, sizeof *lay);
-        rc = qc_qweight_plan_gidx(lay, g, K, (K + G - 1) / G, G, err, "synthetic g_idx");
-    }
+    memset(lay, 0, sizeof *lay);
+    int32_t *g = malloc((size_t)K * sizeof *g);
+    int rc = !g || qc_quant_act_order(K, G, seed * 0x9e3779b97f4a7c15ull + 1, g)
+                 ? qc_err_set(err, QC_EXIT_RUNTIME, "out of host memory (synthetic g_idx)")
+                 : QC_OK;
+    if (!rc) rc = qc_qweight_plan_gidx(lay, g, K, (K + G - 1) / G, G, err, "synthetic g_idx");
     free(g);
-    free(pi);
     if (!rc) rc = cu_alloc(&cm->pool, lay->perm_bytes, QC_MEM_W_INT4, (void **)dev, err, "synthetic g_idx");
     if (!rc && cudaMemcpy(*dev, lay->perm, lay->perm_bytes, cudaMemcpyHostToDevice) != cudaSuccess)
         rc = qc_err_set(err, QC_EXIT_RUNTIME, "CUDA: uploading a synthetic g_idx failed");

@@ -117,38 +117,68 @@ void qc_quant_fp8_block(const float *w, int64_t n, int64_t k, uint8_t *q, uint16
         }
 }
 
-void qc_quant_gptq_sym(const float *w, int64_t n, int64_t k, int group, int32_t *qweight,
-                       int32_t *qzeros, uint16_t *scales)
+int qc_quant_gptq_sym(const float *w, int64_t n, int64_t k, int group, const int32_t *g_idx,
+                      int32_t *qweight, int32_t *qzeros, uint16_t *scales)
 {
     int64_t ng = k / group;
+    float *lo = malloc((size_t)ng * 2 * sizeof *lo), *sf = malloc((size_t)ng * sizeof *sf);
+    if (!lo || !sf) {
+        free(lo);
+        free(sf);
+        return -1;
+    }
+    float *hi = lo + ng;
     memset(qweight, 0, (size_t)(k / 8 * n) * sizeof *qweight);
-    for (int64_t g = 0; g < ng; g++) {
-        for (int64_t c = 0; c < n / 8; c++)
-            qzeros[g * (n / 8) + c] = (int32_t)0x77777777u; /* z = 8, stored z - 1 */
-        for (int64_t col = 0; col < n; col++) {
-            /* smallest scale that holds the group's range in q - 8 = -8..7 */
-            float lo = 0, hi = 0;
-            for (int64_t kk = g * group; kk < (g + 1) * group; kk++) {
-                float v = w[col * k + kk];
-                lo = fminf(lo, v);
-                hi = fmaxf(hi, v);
-            }
-            float s = fmaxf(-lo / 8.0f, hi / 7.0f);
+    for (int64_t i = 0; i < ng * (n / 8); i++)
+        qzeros[i] = (int32_t)0x77777777u; /* z = 8, stored z - 1 */
+    for (int64_t col = 0; col < n; col++) {
+        /* per group, the smallest scale that holds its range in q - 8 = -8..7 */
+        for (int64_t g = 0; g < ng; g++) lo[g] = hi[g] = 0;
+        for (int64_t kk = 0; kk < k; kk++) {
+            const int64_t g = g_idx ? g_idx[kk] : kk / group;
+            lo[g] = fminf(lo[g], w[col * k + kk]);
+            hi[g] = fmaxf(hi[g], w[col * k + kk]);
+        }
+        for (int64_t g = 0; g < ng; g++) {
+            float s = fmaxf(-lo[g] / 8.0f, hi[g] / 7.0f);
             uint16_t sh = qc_f32_to_f16(s > 0 ? s : 1.0f);
-            float sf = qc_f16_to_f32(sh);
-            if (sf == 0 || isinf(sf)) {
+            sf[g] = qc_f16_to_f32(sh);
+            if (sf[g] == 0 || isinf(sf[g])) {
                 sh = qc_f32_to_f16(1.0f);
-                sf = 1.0f;
+                sf[g] = 1.0f;
             }
             scales[g * n + col] = sh;
-            for (int64_t kk = g * group; kk < (g + 1) * group; kk++) {
-                float t = nearbyintf(w[col * k + kk] / sf) + 8.0f;
-                int q = t < 0 ? 0 : t > 15 ? 15 : (int)t;
-                uint32_t *word = (uint32_t *)&qweight[(kk / 8) * n + col];
-                *word |= (uint32_t)q << (4 * (kk % 8));
-            }
+        }
+        for (int64_t kk = 0; kk < k; kk++) {
+            float t = nearbyintf(w[col * k + kk] / sf[g_idx ? g_idx[kk] : kk / group]) + 8.0f;
+            int q = t < 0 ? 0 : t > 15 ? 15 : (int)t;
+            uint32_t *word = (uint32_t *)&qweight[(kk / 8) * n + col];
+            *word |= (uint32_t)q << (4 * (kk % 8));
         }
     }
+    free(lo);
+    free(sf);
+    return 0;
+}
+
+int qc_quant_act_order(int64_t k, int group, uint64_t seed, int32_t *g_idx)
+{
+    int64_t *pi = malloc((size_t)k * sizeof *pi);
+    if (!pi)
+        return -1;
+    for (int64_t i = 0; i < k; i++) pi[i] = i;
+    uint64_t z = seed;
+    for (int64_t i = k - 1; i > 0; i--) { /* Fisher-Yates, splitmix64 */
+        z += 0x9e3779b97f4a7c15ull;
+        uint64_t t = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+        t = (t ^ (t >> 27)) * 0x94d049bb133111ebull;
+        int64_t j = (int64_t)((t ^ (t >> 31)) % (uint64_t)(i + 1)), v = pi[i];
+        pi[i] = pi[j];
+        pi[j] = v;
+    }
+    for (int64_t r = 0; r < k; r++) g_idx[pi[r]] = (int32_t)(r / group); /* pi[r]: the r-th input in activation order */
+    free(pi);
+    return 0;
 }
 
 void qc_quant_nvfp4(const float *w, int64_t n, int64_t k, uint8_t *packed, uint8_t *scale,
@@ -250,6 +280,7 @@ typedef struct plan {
     size_t njobs, capjobs;
     out_tensor *outs;
     size_t nouts, capouts;
+    bool act_order; /* int4: write g_idx (qc_quant_opts) */
 } plan;
 
 static int plan_add_job(plan *p, job j, qc_err *err)
@@ -312,9 +343,11 @@ static int plan_job_outputs(plan *p, const job *j, qc_quant_to to, int group, qc
     if (to == QC_QUANT_INT4) {
         int64_t qw[2] = {k / 8, n}, qz[2] = {k / group, n / 8}, sc[2] = {k / group, n};
         if ((rc = plan_add_out(p, j->prefix, ".qweight", "I32", 2, qw, 4, err)) ||
-            (rc = plan_add_out(p, j->prefix, ".qzeros", "I32", 2, qz, 4, err)))
+            (rc = plan_add_out(p, j->prefix, ".qzeros", "I32", 2, qz, 4, err)) ||
+            (rc = plan_add_out(p, j->prefix, ".scales", "F16", 2, sc, 2, err)))
             return rc;
-        return plan_add_out(p, j->prefix, ".scales", "F16", 2, sc, 2, err);
+        int64_t gi[1] = {k};
+        return p->act_order ? plan_add_out(p, j->prefix, ".g_idx", "I32", 1, gi, 4, err) : QC_OK;
     }
     int64_t gs[1] = {1}, pk[2] = {n, k / 2}, sc[2] = {n, k / 16};
     if ((rc = plan_add_out(p, j->prefix, ".weight_global_scale", "F32", 1, gs, 4, err)) ||
@@ -449,14 +482,27 @@ typedef struct err_acc {
     char worst_name[200];
 } err_acc;
 
+/* The act-order seed of a Linear: its module's parent and K, so the
+ * projections that read one input (q|k|v, gate|up, the GDN in-projections)
+ * share a permutation. */
+static uint64_t act_order_seed(const char *prefix, int64_t k)
+{
+    const char *dot = strrchr(prefix, '.');
+    size_t len = dot ? (size_t)(dot - prefix) : strlen(prefix);
+    uint64_t h = 1469598103934665603ull ^ (uint64_t)k;
+    for (size_t i = 0; i < len; i++) h = (h ^ (uint8_t)prefix[i]) * 1099511628211ull;
+    return h;
+}
+
 /* Quantizes one Linear job and writes its tensors in plan order. */
-static int write_linear(qc_stw_sink *w, const job *j, qc_quant_to to, int group, err_acc *acc,
+static int write_linear(qc_stw_sink *w, const job *j, qc_quant_to to, int group, bool act, err_acc *acc,
                         qc_err *err)
 {
     int64_t n = j->n, k = j->k;
     float *x = qc_malloc((size_t)(n * k) * sizeof *x, err, j->prefix);
     float *dq = qc_malloc((size_t)(n * k) * sizeof *dq, err, j->prefix);
     void *a = NULL, *b = NULL, *c = NULL;
+    int32_t *gi = NULL;
     int rc = QC_EXIT_RUNTIME;
     if (!x || !dq)
         goto done;
@@ -483,19 +529,25 @@ static int write_linear(qc_stw_sink *w, const job *j, qc_quant_to to, int group,
         a = qc_malloc((size_t)(k / 8 * n) * 4, err, j->prefix);
         b = qc_malloc((size_t)(ng * (n / 8)) * 4, err, j->prefix);
         c = qc_malloc((size_t)(ng * n) * 2, err, j->prefix);
-        if (!a || !b || !c)
+        gi = act ? qc_malloc((size_t)k * 4, err, j->prefix) : NULL;
+        if (!a || !b || !c || (act && !gi))
             goto done;
-        qc_quant_gptq_sym(x, n, k, group, a, b, c);
+        if ((gi && qc_quant_act_order(k, group, act_order_seed(j->prefix, k), gi)) ||
+            qc_quant_gptq_sym(x, n, k, group, gi, a, b, c)) {
+            rc = qc_err_set(err, QC_EXIT_RUNTIME, "out of memory quantizing %s", j->prefix);
+            goto done;
+        }
         const uint32_t *qw = a;
         const uint16_t *s = c;
         for (int64_t r = 0; r < n; r++)
             for (int64_t kk = 0; kk < k; kk++) {
                 int q = (int)((qw[(kk / 8) * n + r] >> (4 * (kk % 8))) & 15);
-                dq[r * k + kk] = qc_f16_to_f32(s[(kk / group) * n + r]) * (float)(q - 8);
+                dq[r * k + kk] = qc_f16_to_f32(s[(gi ? gi[kk] : kk / group) * n + r]) * (float)(q - 8);
             }
         if ((rc = qc_stw_put_bytes(w, a, (size_t)(k / 8 * n) * 4, err)) ||
             (rc = qc_stw_put_bytes(w, b, (size_t)(ng * (n / 8)) * 4, err)) ||
-            (rc = qc_stw_put_bytes(w, c, (size_t)(ng * n) * 2, err)))
+            (rc = qc_stw_put_bytes(w, c, (size_t)(ng * n) * 2, err)) ||
+            (gi && (rc = qc_stw_put_bytes(w, gi, (size_t)k * 4, err))))
             goto done;
     } else {
         float gs;
@@ -537,6 +589,7 @@ done:
     free(a);
     free(b);
     free(c);
+    free(gi);
     return rc;
 }
 
@@ -563,7 +616,7 @@ static int write_model_body(qc_stw_sink *w, void *ctx, qc_err *err)
                                          j->offset * qc_dtype_size(j->src->dtype),
                                   (size_t)(j->n * j->k) * qc_dtype_size(j->src->dtype), err);
         else
-            rc = write_linear(w, j, m->to, m->group, m->acc, err);
+            rc = write_linear(w, j, m->to, m->group, m->p->act_order, m->acc, err);
     }
     *m->bytes_out = w->written - data0;
     return rc;
@@ -675,6 +728,7 @@ static cJSON *make_quant_config(qc_quant_to to, int group, const qc_st *st, cons
         cJSON_AddNumberToObject(q, "bits", 4);
         cJSON_AddNumberToObject(q, "group_size", group);
         cJSON_AddBoolToObject(q, "sym", 1);
+        if (p->act_order) cJSON_AddBoolToObject(q, "desc_act", 1);
         cJSON_AddStringToObject(q, "data_type", "int");
         cJSON_AddNumberToObject(q, "act_bits", 16);
         cJSON_AddNumberToObject(q, "iters", 0); /* round-to-nearest, no tuning */
@@ -842,6 +896,7 @@ int qc_quantize_checkpoint(const char *src, const char *dst, const qc_quant_opts
                           group);
     }
     plan p = {0};
+    p.act_order = opts->act_order && opts->to == QC_QUANT_INT4;
     err_acc acc = {0};
     char *mpath = NULL;
     if ((rc = plan_build(&p, st, opts->to, group, err)))

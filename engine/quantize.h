@@ -45,6 +45,7 @@ typedef struct qc_quant_opts {
     qc_quant_to to;
     int group_size; /* int4 only: 0 = auto (128, else 64, else 32) */
     bool force;     /* overwrite an existing model in dst */
+    bool act_order; /* int4 only: groups in a permuted order of K, written as g_idx (GPTQ desc_act) */
 } qc_quant_opts;
 
 typedef struct qc_quant_report {
@@ -75,10 +76,16 @@ uint16_t qc_f32_to_f16(float x);
 
 /* w is [n,k] row-major float. Outputs as laid out in the files. */
 void qc_quant_fp8_block(const float *w, int64_t n, int64_t k, uint8_t *q, uint16_t *scale_inv_bf16);
-/* k % group == 0 and n % 8 == 0 required. qweight [k/8][n], qzeros [k/group][n/8],
- * scales (f16 bits) [k/group][n]. */
-void qc_quant_gptq_sym(const float *w, int64_t n, int64_t k, int group, int32_t *qweight,
-                       int32_t *qzeros, uint16_t *scales_f16);
+/* Both return 0, or -1 when out of memory (nothing written then).
+ * k % group == 0 and n % 8 == 0 required. qweight [k/8][n], qzeros [k/group][n/8],
+ * scales (f16 bits) [k/group][n]. g_idx: NULL (group of input kk = kk / group), or
+ * each input's group in [0, k/group), every group `group` inputs (act-order). */
+int qc_quant_gptq_sym(const float *w, int64_t n, int64_t k, int group, const int32_t *g_idx,
+                      int32_t *qweight, int32_t *qzeros, uint16_t *scales_f16);
+/* An act-order g_idx for a [.., k] Linear: input kk's group is its rank / group
+ * in a random permutation of K seeded by seed (Linears that read the same input
+ * get the same seed, as GPTQ's Hessian order is the same for them). */
+int qc_quant_act_order(int64_t k, int group, uint64_t seed, int32_t *g_idx);
 /* k % 16 == 0 required. packed [n][k/2], scale (e4m3) [n][k/16], *global_scale. */
 void qc_quant_nvfp4(const float *w, int64_t n, int64_t k, uint8_t *packed, uint8_t *scale,
                     float *global_scale);

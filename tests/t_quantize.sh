@@ -25,5 +25,7 @@ done
 check quantize_requires_to test $rc = 2
 "$QCHAT_BIN" quantize "$src" "$TMP/x" --to int3 >/dev/null 2>&1; rc=$?
 check quantize_rejects_unknown_target test $rc = 2
+"$QCHAT_BIN" quantize "$src" "$TMP/x" --to fp8 --act-order >/dev/null 2>&1; rc=$?
+check quantize_act_order_is_int4_only test $rc = 2
 "$QCHAT_BIN" quantize "$src" "$TMP/fp8" --to fp8 >/dev/null 2>&1; rc=$?
 check quantize_refuses_existing_model test $rc = 2

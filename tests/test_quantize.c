@@ -167,7 +167,7 @@ static void test_kernels(void)
     int32_t *qw = malloc(sizeof(int32_t) * (size_t)(k / 8 * n));
     int32_t *qz = malloc(sizeof(int32_t) * (size_t)(k / 128 * n / 8));
     uint16_t *scl = malloc(2 * (size_t)(k / 128 * n));
-    qc_quant_gptq_sym(w, n, k, 128, qw, qz, scl);
+    CHECK("gptq_quantizes", qc_quant_gptq_sym(w, n, k, 128, NULL, qw, qz, scl) == 0, "out of memory");
     bad = 0;
     int badz = 0;
     for (int64_t i = 0; i < k / 128 * n / 8; i++)
@@ -188,6 +188,30 @@ static void test_kernels(void)
     CHECK("gptq_zero_row", dq[3 * k + 17] == 0, "zero row decodes to %g", dq[3 * k + 17]);
     e = rel_err(w, dq, n * k);
     CHECK("gptq_rel_error", e > 0.02 && e < 0.15, "relative error %.4f", e);
+    /* act-order: groups of 128 inputs in a permuted order of K, each group's
+     * scale fitted to its own members */
+    int32_t *gi = malloc(sizeof(int32_t) * (size_t)k);
+    int cnt[2] = {0, 0}, same = 1;
+    CHECK("gptq_act_order_quantizes",
+          qc_quant_act_order(k, 128, 42, gi) == 0 && qc_quant_gptq_sym(w, n, k, 128, gi, qw, qz, scl) == 0,
+          "out of memory");
+    for (int64_t c = 0; c < k; c++) {
+        if (gi[c] >= 0 && gi[c] < 2) cnt[gi[c]]++;
+        same &= gi[c] == c / 128;
+    }
+    bad = 0;
+    for (int64_t r = 0; r < n; r++)
+        for (int64_t c = 0; c < k; c++) {
+            int qq = (int)(((uint32_t)qw[(c / 8) * n + r] >> (4 * (c % 8))) & 15);
+            float sc = qc_f16_to_f32(scl[gi[c] * n + r]);
+            dq[r * k + c] = sc * (float)(qq - 8);
+            if (fabsf(dq[r * k + c] - w[r * k + c]) > 0.5f * sc * 1.0001f)
+                bad++;
+        }
+    CHECK("gptq_act_order_groups", cnt[0] == 128 && cnt[1] == 128 && !same, "group sizes %d, %d%s", cnt[0], cnt[1],
+          same ? ", not permuted" : "");
+    CHECK("gptq_act_order_within_half_step", bad == 0, "%d elements beyond half a step", bad);
+    free(gi);
     free(qw);
     free(qz);
     free(scl);
@@ -250,7 +274,10 @@ static void ref_dequant(const qc_linear *l, float *out)
                 memcpy(&zw, (const uint8_t *)l->zeros->data + 4 * ((c / g) * (n / 8) + r / 8), 4);
                 int qq = (int)((word >> (4 * (c % 8))) & 15);
                 int z = (int)((zw >> (4 * (r % 8))) & 15) + 1;
-                v = qc_tensor_get_f32(l->scale, (c / g) * n + r) * (float)(qq - z);
+                int64_t gr = l->g_idx ? (int64_t)qc_tensor_get_f32(l->g_idx, c) : c / g;
+                if (l->g_idx) memcpy(&zw, (const uint8_t *)l->zeros->data + 4 * (gr * (n / 8) + r / 8), 4);
+                z = (int)((zw >> (4 * (r % 8))) & 15) + 1;
+                v = qc_tensor_get_f32(l->scale, gr * n + r) * (float)(qq - z);
             } else if (l->format == QC_FMT_NVFP4_CT) {
                 uint8_t byte = ((const uint8_t *)l->weight->data)[r * (k / 2) + c / 2];
                 uint8_t code = (c & 1) ? byte >> 4 : byte & 15;
@@ -271,19 +298,21 @@ static bool kept_16bit(const char *name)
            strstr(name, "shared_expert_gate");
 }
 
-static void check_checkpoint(const char *model, qc_quant_to to, const char *tmpdir)
+/* act: int4 with act-order (g_idx written; every group group_size long;
+ * the projections of one input share it). */
+static void check_checkpoint(const char *model, qc_quant_to to, const char *tmpdir, bool act)
 {
     static const char *const tname[] = {"fp8", "int4", "nvfp4"};
     static const qc_format fmt[] = {QC_FMT_FP8_BLOCK, QC_FMT_GPTQ, QC_FMT_NVFP4_CT};
     static const double maxerr[] = {0.04, 0.15, 0.14};
     char src[1024], dst[1200], name[256];
     th_model_dir(src, sizeof src, model);
-    snprintf(dst, sizeof dst, "%s/%s-%s", tmpdir, model, tname[to]);
-    qc_quant_opts o = {.to = to, .group_size = 0, .force = false};
+    snprintf(dst, sizeof dst, "%s/%s-%s%s", tmpdir, model, tname[to], act ? "-actorder" : "");
+    qc_quant_opts o = {.to = to, .group_size = 0, .force = false, .act_order = act};
     qc_quant_report rep;
     qc_err err = {0};
     int rc = qc_quantize_checkpoint(src, dst, &o, &rep, &err);
-    snprintf(name, sizeof name, "quantize_%s_%s_writes", model, tname[to]);
+    snprintf(name, sizeof name, "quantize_%s_%s%s_writes", model, tname[to], act ? "_actorder" : "");
     CHECK(name, rc == 0 && rep.n_quantized > 0, "rc %d: %s", rc, err.msg);
     if (rc)
         return;
@@ -298,7 +327,8 @@ static void check_checkpoint(const char *model, qc_quant_to to, const char *tmpd
         qc_ckpt_free(q);
         return;
     }
-    int wrong_fmt = 0, not_exact = 0, too_far = 0, missing = 0, nq = 0;
+    int wrong_fmt = 0, not_exact = 0, too_far = 0, missing = 0, nq = 0, bad_gidx = 0;
+    const qc_tensor *gi_prev = NULL; /* the last q_proj's / gate_proj's g_idx */
     double worst = 0;
     char worst_name[200] = "", wrong_name[200] = "";
     for (size_t i = 0; i < qc_ckpt_module_count(q); i++) {
@@ -324,6 +354,25 @@ static void check_checkpoint(const char *model, qc_quant_to to, const char *tmpd
         if (!sl || sl->n != l->n || sl->k != l->k) {
             missing++;
             continue;
+        }
+        if (to == QC_QUANT_INT4 && !keep && m->expert < 0) { /* g_idx exactly when asked, G per group */
+            if (!act != !l->g_idx) {
+                bad_gidx++;
+            } else if (act) {
+                int64_t ng = l->k / l->group_size, *cnt = calloc((size_t)ng, sizeof *cnt);
+                for (int64_t c = 0; c < l->k; c++) {
+                    int64_t g = (int64_t)qc_tensor_get_f32(l->g_idx, c);
+                    if (g >= 0 && g < ng) cnt[g]++;
+                }
+                for (int64_t g = 0; g < ng; g++) bad_gidx += cnt[g] != l->group_size;
+                free(cnt);
+                const char *proj = strrchr(l->name, '.') + 1;
+                if (!strcmp(proj, "q_proj") || !strcmp(proj, "gate_proj")) gi_prev = l->g_idx;
+                else if ((!strcmp(proj, "k_proj") || !strcmp(proj, "v_proj") || !strcmp(proj, "up_proj")) &&
+                         (!gi_prev || gi_prev->nbytes != l->g_idx->nbytes ||
+                          memcmp(gi_prev->data, l->g_idx->data, l->g_idx->nbytes)))
+                    bad_gidx++;
+            }
         }
         float *a = malloc(sizeof(float) * (size_t)(l->n * l->k));
         float *b = malloc(sizeof(float) * (size_t)(l->n * l->k));
@@ -370,6 +419,10 @@ static void check_checkpoint(const char *model, qc_quant_to to, const char *tmpd
     else
         cfg_ok = cfg_ok && !strcmp(qcfg->quant_method, "compressed-tensors") &&
                  !strcmp(qcfg->format, "nvfp4-pack-quantized");
+    if (to == QC_QUANT_INT4) {
+        snprintf(name, sizeof name, "quantize_%s_%s%s_g_idx", model, tname[to], act ? "_actorder" : "");
+        CHECK(name, bad_gidx == 0, "%d Linears with a wrong or missing g_idx", bad_gidx);
+    }
     snprintf(name, sizeof name, "quantize_%s_%s_quantization_config", model, tname[to]);
     CHECK(name, cfg_ok, "method %s format %s bits %d group %d", qcfg->quant_method, qcfg->format,
           qcfg->bits, qcfg->group_size);
@@ -432,7 +485,8 @@ int main(void)
         static const char *const models[] = {"tiny-qwen36-text", "tiny-qwen35", "tiny-qwen35-moe"};
         for (size_t m = 0; m < 3; m++)
             for (int t = 0; t < 3; t++)
-                check_checkpoint(models[m], (qc_quant_to)t, tmp);
+                check_checkpoint(models[m], (qc_quant_to)t, tmp, false);
+        check_checkpoint("tiny-qwen35", QC_QUANT_INT4, tmp, true);
         test_errors(tmp);
     }
     char cmd[1200];
