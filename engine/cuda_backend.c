@@ -228,6 +228,7 @@ struct qc_cuda_model {
     char name[256];
     cu_prof prof;
     bool fuse_norm; /* decode: RMSNorm folded into the quantized GEMVs after it (mat_gemv_norm) */
+    bool down_xperm; /* decode: act-order down-projections read h permuted by the SwiGLU (swiglu_dec) */
     int moe_E, moe_K, moe_Im, moe_ld; /* MoE layers (0: dense): experts, chosen, width, router rows */
     int moe_Kt;        /* entries per token of the choices: moe_K, + 1 where the shared expert is in the tables */
     int moe_pair_max;  /* prefill chunks of at most this many tokens run as (token, expert) pair GEMVs */
@@ -313,6 +314,7 @@ static int cu_model_new(const qc_cuda_shape *sh, qc_cuda_model **out, qc_err *er
     if (pe_small && pe_small[0] >= '0' && pe_small[0] <= '7' && !pe_small[1]) qk_pdl_small = pe_small[0] - '0';
     if (env_is("QCHAT_MOE_GEMV_GROUPS", "1")) qk_moe_gemv_groups = 1; /* A/B: one row group per warp (quant.h) */
     cm->fuse_norm = !env_is("QCHAT_FUSE_NORM", "0"); /* A/B of mat_gemv_norm: 0 = separate norm launches */
+    cm->down_xperm = !env_is("QCHAT_DOWN_XPERM", "0"); /* A/B of swiglu_dec: 0 = the GEMV gathers x */
     cm->prof.ok = true;
     const char *pe = getenv("QCHAT_CUDA_PROFILE");
     cm->prof.on = pe && *pe && strcmp(pe, "0");
@@ -1854,18 +1856,41 @@ static void prof_print(cu_prof *P, int T, int pos0)
     memset(P->ms, 0, sizeof P->ms);
 }
 
-/* yb = SwiGLU(gu xb) for T tokens (I wide): the first half of an MLP whose
- * input xb is already normed (down: its down-projection, for the decode
- * SwiGLU's launch kind). */
-static int mlp_swiglu(qc_cuda_sess *cs, const cu_mat *gu, const cu_mat *down, int I, int T, cu_prof *P, qc_err *err)
+/* The decode SwiGLU h = silu(g) * u (gu: the gate|up sums, I wide) before
+ * the down-projection *down; *dv: the matrix the down GEMV then runs. An
+ * act-order INT4 down-projection whose groups are all G long (perm_regular)
+ * would have every block of its GEMV gather x into the packed order of K
+ * (~3 us of a 27B launch, BENCHMARKS.md); here the SwiGLU writes h in that
+ * order instead, gathering from the gate|up sums in L2, and the GEMV runs a
+ * view of the weight without the permutation: the same products summed in
+ * the same order (test_kernels_quant: swiglu_perm). */
+static int swiglu_dec(qc_cuda_model *cm, const cu_mat *down, const float *gu, int I, uint16_t *h, cu_mat *dv)
 {
+    *dv = *down;
+    const qk_qweight *q = &down->q[0];
+    if (cm->down_xperm && down->np == 1 && q->kind == QK_QW_INT4 && q->perm && q->perm_regular && q->k == I) {
+        dv->q[0].perm = NULL;
+        dv->q[0].perm_regular = 0;
+        dv->q[0].perm_bytes = 0;
+        return qk_swiglu_perm(gu, I, q->perm, h, swiglu_pdl(down), cm->st);
+    }
+    return qk_swiglu(gu, 2 * I, 1, I, h, swiglu_pdl(down), cm->st);
+}
+
+/* yb = SwiGLU(gu xb) for T tokens (I wide): the first half of an MLP whose
+ * input xb is already normed; *dv: the down-projection *down as its GEMV or
+ * GEMM is to run it (swiglu_dec). */
+static int mlp_swiglu(qc_cuda_sess *cs, const cu_mat *gu, const cu_mat *down, int I, int T, cu_prof *P, cu_mat *dv,
+                      qc_err *err)
+{
+    *dv = *down;
     qc_cuda_model *cm = cs->cm;
     cudaStream_t st = cm->st;
     if (T == 1 && !gu->np) {
         OP(P_GEMM_GU, qk_gemv_swiglu_bf16(gu->bf, cs->xb, cs->yb, I, gu->k, st));
     } else if (T == 1) {
         OP(P_GEMM_GU, mat_gemv(cm, gu, cs->xb, cs->proj, 0));
-        OP(P_SWIGLU, qk_swiglu(cs->proj, 2 * I, 1, I, cs->yb, swiglu_pdl(down), st));
+        OP(P_SWIGLU, swiglu_dec(cm, down, cs->proj, I, cs->yb, dv));
     } else {
         /* bf16 gate|up: its only reader is the SwiGLU (half the traffic of fp32) */
         OP(P_GEMM_GU, mat_gemm(cm, gu, cs->xb, cs->proj, 2 * I, T, 0.0f, true));
@@ -2031,9 +2056,10 @@ static int moe_forward(qc_cuda_sess *cs, const cu_layer *L, int T, cu_prof *P, q
     const bool routed = T == 1 && pairs && cm->moe_route1;
     if (!routed) OP(P_MOE, qk_moe_route(cs->m_log, ld, T, E, K, shared, cs->m_sel, cs->m_wts, st));
     if (mo->Is && !sh_pairs) {
-        const int rc = mlp_swiglu(cs, &mo->sh_gu, &mo->sh_down, mo->Is, T, P, err);
+        cu_mat dv;
+        const int rc = mlp_swiglu(cs, &mo->sh_gu, &mo->sh_down, mo->Is, T, P, &dv, err);
         if (rc) return rc;
-        OP(P_GEMM_DOWN, mm(cm, &mo->sh_down, cs->yb, cs->m_ysh, T, 0));
+        OP(P_GEMM_DOWN, mm(cm, &dv, cs->yb, cs->m_ysh, T, 0));
     }
     const float *ysh = mo->Is && !sh_pairs ? cs->m_ysh : NULL, *sg = mo->sh_gated && !sh_pairs ? cs->m_log + E : NULL;
     if (pairs) return moe_pairs(cs, mo, T, K + (shared != 0), routed ? shared : -1, ysh, sg, P, err);
@@ -2118,15 +2144,16 @@ static int run_layers(qc_cuda_sess *cs, int T, int pos0, bool all_rows, qc_err *
             continue;
         }
         frc = T == 1 ? mat_gemv_norm(cm, &L->gu, cs->h, L->post_norm, sh->eps, cs->proj, NULL) : QK_GEMV_UNFUSED;
+        cu_mat dv;
         if (frc != QK_GEMV_UNFUSED) {
             CK(frc);
-            OP(P_SWIGLU, qk_swiglu(cs->proj, 2 * sh->I, 1, sh->I, cs->yb, swiglu_pdl(&L->down), st));
+            OP(P_SWIGLU, swiglu_dec(cm, &L->down, cs->proj, sh->I, cs->yb, &dv));
         } else {
             OP(P_NORM, qk_rmsnorm1p(cs->h, L->post_norm, sh->eps, T, D, cs->xb, NULL, st));
-            const int rc = mlp_swiglu(cs, &L->gu, &L->down, sh->I, T, P, err);
+            const int rc = mlp_swiglu(cs, &L->gu, &L->down, sh->I, T, P, &dv, err);
             if (rc) return rc;
         }
-        OP(P_GEMM_DOWN, mm(cm, &L->down, cs->yb, cs->h, T, 1));
+        OP(P_GEMM_DOWN, mm(cm, &dv, cs->yb, cs->h, T, 1));
     }
     if (all_rows) {
         OP(P_HEAD, qk_rmsnorm1p(cs->h, cm->final_norm, sh->eps, T, D, cs->xb, cs->fn, st));
@@ -2342,6 +2369,7 @@ static int profile_run(prof_ctx *pc, int ctx, qc_err *err)
         PROF(pc, "gemv attn out", n_full, (double)mat_bytes(&L->out), mat_gemv(cm, &L->out, cs->yb, cs->h, 1));
     }
     const cu_layer *L0 = &cm->L[0];
+    cu_mat down_run = L0->down; /* the down GEMV as the step runs it (swiglu_dec) */
     if (!L0->gu.np) {
         PROF(pc, "gemv mlp gate|up + swiglu", sh->n_layers, (double)mat_bytes(&L0->gu),
              qk_gemv_swiglu_bf16(L0->gu.bf, cs->xb, cs->yb, sh->I, D, st));
@@ -2353,9 +2381,9 @@ static int profile_run(prof_ctx *pc, int ctx, qc_err *err)
             PROF(pc, "gemv mlp gate|up", sh->n_layers, (double)mat_bytes(&L0->gu),
                  mat_gemv(cm, &L0->gu, cs->xb, cs->proj, 0));
         PROF(pc, "swiglu (1 token)", sh->n_layers, 2.0 * sh->I * 4 + sh->I * 2,
-             qk_swiglu(cs->proj, 2 * sh->I, 1, sh->I, cs->yb, swiglu_pdl(&L0->down), st));
+             swiglu_dec(cm, &L0->down, cs->proj, sh->I, cs->yb, &down_run));
     }
-    PROF(pc, "gemv mlp down", sh->n_layers, (double)mat_bytes(&L0->down), mat_gemv(cm, &L0->down, cs->yb, cs->h, 1));
+    PROF(pc, "gemv mlp down", sh->n_layers, (double)mat_bytes(&L0->down), mat_gemv(cm, &down_run, cs->yb, cs->h, 1));
     PROF(pc, "gemv lm_head", 1, (double)mat_bytes(&cm->head), mat_gemv(cm, &cm->head, cs->xb, cs->logits, 0));
     qk_sample_params sp = {0, 0, 1, 0, 0};
     PROF(pc, "sample (greedy)", 1, (double)sh->n_tokens * 4, qk_sample(cs->logits, sh->n_tokens, sp, cs->d_io + 2, st));

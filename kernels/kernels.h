@@ -50,6 +50,12 @@ int qk_gated_norm(const float *o, const float *z, int ld_z, const float *w, floa
  * before an FP8 one, BENCHMARKS.md). */
 int qk_swiglu(const float *gu, int ld, int T, int I, uint16_t *out, int pdl, qk_stream st);
 
+/* One token, out[p] = silu(gu[perm[p]]) * gu[I + perm[p]] for p < I (perm: I
+ * values in 0..I-1): the SwiGLU written in the packed order of an act-order
+ * down-projection's K, so that GEMV runs as if it had no permutation (the
+ * engine's decode, cuda_backend.c swiglu_dec). pdl as qk_swiglu's. */
+int qk_swiglu_perm(const float *gu, int I, const int32_t *perm, uint16_t *out, int pdl, qk_stream st);
+
 /* y[i] += x[i] (fp32), n elements. */
 int qk_add(float *y, const float *x, int64_t n, qk_stream st);
 
@@ -222,6 +228,13 @@ int qk_attn(const float *q, const float *gate, const uint16_t *kc, const uint16_
  * the same tiles with fp32 FMAs. 1 (and every other GPU or head size) =
  * each lane's loads from global memory. They agree to fp32 rounding. */
 extern int qk_attn_dec_mode;
+
+/* For the tests (kernels/test_hooks.cu): one block that lets the next PDL
+ * launch start at once, sleeps delay_ns, then copies bytes (a multiple of
+ * 16, aligned) from src0 to dst0 and, unless dst1 is NULL, from src1 to
+ * dst1: a writer that finishes long after its dependents have started. */
+int qk_test_late_copy(void *dst0, const void *src0, void *dst1, const void *src1, size_t bytes, int64_t delay_ns,
+                      qk_stream st);
 
 /* Which small decode kernels may be PDL launches (A/B, QCHAT_PDL_SMALL; all
  * by default): bit 0 the SwiGLU (where its caller asks, qk_swiglu's pdl),

@@ -252,6 +252,33 @@ extern "C" int qk_swiglu(const float *gu, int ld, int T, int I, uint16_t *out, i
     return qk_launch_status();
 }
 
+/* One token, out[p] = silu(g[perm[p]]) * u[perm[p]]: h in the packed order of
+ * an act-order down-projection's K (qk_swiglu_perm). The permutation is a
+ * weight, so it is read before the PDL wait; the gathers hit the gate|up
+ * GEMV's 2I floats in L2. One output per thread: with eight (the plain
+ * SwiGLU's vector width, 9 blocks at 27B) the scattered loads queued behind
+ * the down GEMV's early weight copies and the step got 7 % slower; one per
+ * thread (blocks of 64, 128 or 256 alike) made it 2 % faster than the GEMV's
+ * own gather (H100, BENCHMARKS.md). */
+__global__ void __launch_bounds__(256) k_swiglu_perm(const float *gu, int I, const int32_t *perm, uint16_t *out)
+{
+    qk_pdl_trigger(); /* the next GEMV may land early (common.cuh) */
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= I) return;
+    const int k = perm[i];
+    qk_pdl_wait();
+    out[i] = qk_to_bf(qk_silu(gu[k]) * gu[I + k]);
+}
+
+extern "C" int qk_swiglu_perm(const float *gu, int I, const int32_t *perm, uint16_t *out, int pdl, qk_stream st)
+{
+    if (I <= 0) return 0;
+    cudaLaunchConfig_t cfg;
+    cudaLaunchAttribute at[1];
+    qk_launch_cfg(&cfg, at, dim3((unsigned)qk_cdiv(I, 256)), dim3(256), st, pdl && (qk_pdl_small & 1) && qk_pdl_ok(st));
+    return (int)cudaLaunchKernelEx(&cfg, k_swiglu_perm, gu, I, perm, out);
+}
+
 __global__ void k_swiglu_b16(const uint16_t *gu, int ld, int T, int I, uint16_t *out)
 {
     int64_t n = (int64_t)T * I;

@@ -596,10 +596,12 @@ static void test_gdn(void)
  * programmatic dependent launches (sm_90+): attn_prep writes the newest
  * key's K and V rows and q, then the split-KV attention (which may start
  * before the prep is done and copy older keys' rows before its PDL wait)
- * and its combine. The newest rows are NaN until the prep writes them. On
- * the H100 the prep is done before the attention issues anything (a
- * kernel broken to copy every first tile before its wait still passed), so
- * this checks the stream path's results, not the early copies' order. */
+ * and its combine. The newest rows are NaN until the prep writes them. The
+ * prep is done before the attention issues anything (a kernel broken to
+ * copy every first tile before its wait still passed that check), so the
+ * case is run again with a writer that lets the attention start at once
+ * and writes the newest rows 200 us later (qk_test_late_copy): an
+ * attention that copies them before its PDL wait reads the NaNs. */
 static int attn_dec_pdl_case(const uint16_t *kcb, const uint16_t *vcb, const float *dqkv, int ld, const float *dqn,
                              const float *dkn, uint16_t *dkc, uint16_t *dvc, const int32_t *dpos, float *dq, float *dgt,
                              void *scr, uint16_t *dout, int pos0, int H, int KV, int hd, int rot, float theta,
@@ -619,16 +621,35 @@ static int attn_dec_pdl_case(const uint16_t *kcb, const uint16_t *vcb, const flo
     cudaMemset(dout, 0xff, no * 2);
     cudaStream_t st;
     int ok = launch_ok(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking), "stream");
-    ok = ok && launch_ok(qk_attn_prep(dqkv, ld, 1, H, KV, hd, rot, theta, dqn, dkn, eps, dpos, dkc, dvc, max_ctx, dq,
-                                      dgt, st),
-                         "attn_prep (stream)");
-    ok = ok && launch_ok(qk_attn(dq, dgt, dkc, dvc, max_ctx, 1, H, KV, hd, dpos, nsplit, scr, dout, st), "attn (stream)");
-    ok = ok && launch_ok(cudaStreamSynchronize(st), "stream sync");
-    cudaStreamDestroy(st);
+    /* no synchronisation between the launches (launch_ok synchronises) */
+    int rc = qk_attn_prep(dqkv, ld, 1, H, KV, hd, rot, theta, dqn, dkn, eps, dpos, dkc, dvc, max_ctx, dq, dgt, st);
+    if (!rc) rc = qk_attn(dq, dgt, dkc, dvc, max_ctx, 1, H, KV, hd, dpos, nsplit, scr, dout, st);
+    ok = ok && launch_ok(rc, "attn_prep + attn (stream)");
     float *got = dget_bf(dout, no);
     char nm[112];
     snprintf(nm, sizeof nm, "attn after prep on a PDL stream pos0=%d H=%d KV=%d hd=%d nsplit=%d", pos0, H, KV, hd, nsplit);
     ok = ok && cmp(nm, got, ref, no, 8e-3);
+    /* the late writer: the prepped caches saved, the newest rows poisoned again */
+    uint16_t *gk = NULL, *gv = NULL;
+    ok = ok && launch_ok(cudaMalloc((void **)&gk, cn * 2), "malloc") && launch_ok(cudaMalloc((void **)&gv, cn * 2), "malloc");
+    if (ok) {
+        cudaMemcpy(gk, dkc, cn * 2, cudaMemcpyDeviceToDevice);
+        cudaMemcpy(gv, dvc, cn * 2, cudaMemcpyDeviceToDevice);
+        cudaMemcpy(dkc, kp, cn * 2, cudaMemcpyHostToDevice);
+        cudaMemcpy(dvc, vp, cn * 2, cudaMemcpyHostToDevice);
+        cudaMemset(dout, 0xff, no * 2);
+        cudaDeviceSynchronize(); /* the poisoned rows in place before the writer starts */
+        rc = qk_test_late_copy(dkc, gk, dvc, gv, cn * 2, 200000, st);
+        if (!rc) rc = qk_attn(dq, dgt, dkc, dvc, max_ctx, 1, H, KV, hd, dpos, nsplit, scr, dout, st);
+        ok = launch_ok(rc, "late K/V writer + attn");
+        free(got);
+        got = dget_bf(dout, no);
+        snprintf(nm, sizeof nm, "attn after a late K/V writer pos0=%d H=%d KV=%d hd=%d nsplit=%d", pos0, H, KV, hd, nsplit);
+        ok = ok && cmp(nm, got, ref, no, 8e-3);
+    }
+    cudaFree(gk);
+    cudaFree(gv);
+    cudaStreamDestroy(st);
     free(kp); free(vp); free(got);
     return ok;
 }

@@ -1007,6 +1007,123 @@ static void test_fused(void)
     fused_check("qgemv_fused_int4_two_permutations", p, 2, K);
 }
 
+/* The decode of an act-order down-projection (cuda_backend.c swiglu_dec):
+ * the SwiGLU written in the packed order of K (qk_swiglu_perm, PDL launch
+ * on a stream that allows it) and the weight run without its permutation
+ * must give the very bits of the plain SwiGLU followed by the GEMV that
+ * gathers x, on every launch path; h itself must be the plain h gathered. */
+static void swiglu_perm_check(const char *name, int64_t N, int64_t I)
+{
+    pub p;
+    build_gptq(&p, "swiglu_perm.down", N, I, 128, 1, 1, 1);
+    if (!parts_gpu_or_skip(name, &p, 1)) return;
+#ifdef QC_HAVE_CUDA
+    char why[256] = "";
+    qk_qweight d, v;
+    int ok = part_upload(&p, 0, &d, why, sizeof why) && d.perm && d.perm_regular;
+    if (!ok && !why[0]) snprintf(why, sizeof why, "the weight is not act-order with regular groups");
+    float *gu = malloc((size_t)I * 2 * sizeof *gu), *dgu, *dy1, *dy2;
+    for (int64_t i = 0; i < 2 * I; i++) gu[i] = (float)((double)(urand() >> 11) / 1125899906842624.0 - 4.0);
+    uint16_t *dh1, *dh2, *h1 = malloc((size_t)I * 2), *h2 = malloc((size_t)I * 2);
+    int32_t *perm = malloc((size_t)I * sizeof *perm);
+    float *y1 = malloc((size_t)N * 4), *y2 = malloc((size_t)N * 4), *y0 = malloc((size_t)N * 4);
+    cudaMalloc((void **)&dgu, (size_t)I * 8);
+    cudaMalloc((void **)&dh1, (size_t)I * 2);
+    cudaMalloc((void **)&dh2, (size_t)I * 2);
+    cudaMalloc((void **)&dy1, (size_t)N * 4);
+    cudaMalloc((void **)&dy2, (size_t)N * 4);
+    cudaMemcpy(dgu, gu, (size_t)I * 8, cudaMemcpyHostToDevice);
+    cudaStream_t qs;
+    cudaStreamCreateWithFlags(&qs, cudaStreamNonBlocking);
+    if (ok) {
+        cudaMemcpy(perm, d.perm, (size_t)I * sizeof *perm, cudaMemcpyDeviceToHost);
+        cudaMemset(dh2, 0xff, (size_t)I * 2);
+        int krc = qk_swiglu(dgu, (int)(2 * I), 1, (int)I, dh1, 0, qs);
+        int krc2 = qk_swiglu_perm(dgu, (int)I, d.perm, dh2, 1, qs);
+        int src = (int)cudaStreamSynchronize(qs);
+        cudaMemcpy(h1, dh1, (size_t)I * 2, cudaMemcpyDeviceToHost);
+        cudaMemcpy(h2, dh2, (size_t)I * 2, cudaMemcpyDeviceToHost);
+        int64_t bad = 0;
+        for (int64_t i = 0; i < I; i++)
+            bad += perm[i] < 0 || perm[i] >= I || h2[i] != h1[perm[i]];
+        ok = krc == 0 && krc2 == 0 && src == 0 && bad == 0;
+        snprintf(why, sizeof why, "launch %d / %d sync %d, %lld of %lld values of h not the gathered plain h", krc, krc2,
+                 src, (long long)bad, (long long)I);
+    }
+    v = d;
+    v.perm = NULL;
+    v.perm_regular = 0;
+    v.perm_bytes = 0;
+    static const int modes[] = {0, 7, 10};
+    for (size_t m = 0; ok && m < sizeof modes / sizeof modes[0]; m++) {
+        qk_gemv_q_mode = modes[m];
+        const qk_qweight *w1 = &d, *w2 = &v;
+        cudaMemset(dy1, 0xff, (size_t)N * 4);
+        cudaMemset(dy2, 0, (size_t)N * 4);
+        int krc = qk_gemv_multi(&w1, &dy1, 1, dh1, 0, qs);
+        int krc2 = qk_gemv_multi(&w2, &dy2, 1, dh2, 0, qs);
+        int src = (int)cudaStreamSynchronize(qs);
+        cudaMemcpy(y1, dy1, (size_t)N * 4, cudaMemcpyDeviceToHost);
+        cudaMemcpy(y2, dy2, (size_t)N * 4, cudaMemcpyDeviceToHost);
+        int64_t differ = 0, nonfinite = 0;
+        for (int64_t n = 0; n < N; n++) {
+            differ += memcmp(&y1[n], &y2[n], 4) != 0;
+            nonfinite += !isfinite(y1[n]);
+        }
+        printf("# %s (path %d): %lld of %lld outputs differ\n", name, modes[m], (long long)differ, (long long)N);
+        ok = krc == 0 && krc2 == 0 && src == 0 && differ == 0 && nonfinite == 0;
+        snprintf(why, sizeof why, "path %d: launch %d / %d sync %d, %lld outputs differ, %lld not finite", modes[m], krc,
+                 krc2, src, (long long)differ, (long long)nonfinite);
+        if (modes[m] == 0) memcpy(y0, y1, (size_t)N * 4);
+    }
+    qk_gemv_q_mode = 0;
+    /* gu written by a kernel that lets its dependents start at once and
+     * writes 200 us later (qk_test_late_copy), h and y poisoned: the SwiGLU
+     * and the GEMV after it, both PDL launches, must each read their input
+     * only after their wait */
+    float *dgood = NULL;
+    if (ok && cudaMalloc((void **)&dgood, (size_t)I * 8) == cudaSuccess) {
+        const qk_qweight *w2 = &v;
+        cudaMemcpy(dgood, dgu, (size_t)I * 8, cudaMemcpyDeviceToDevice);
+        cudaMemset(dgu, 0xff, (size_t)I * 8);
+        cudaMemset(dh2, 0xff, (size_t)I * 2);
+        cudaMemset(dy2, 0xff, (size_t)N * 4);
+        cudaDeviceSynchronize();
+        int krc = qk_test_late_copy(dgu, dgood, NULL, NULL, (size_t)I * 8, 200000, qs);
+        if (!krc) krc = qk_swiglu_perm(dgu, (int)I, d.perm, dh2, 1, qs);
+        if (!krc) krc = qk_gemv_multi(&w2, &dy2, 1, dh2, 0, qs);
+        int src = (int)cudaStreamSynchronize(qs);
+        cudaMemcpy(y2, dy2, (size_t)N * 4, cudaMemcpyDeviceToHost);
+        int64_t differ = 0;
+        for (int64_t n = 0; n < N; n++) differ += memcmp(&y0[n], &y2[n], 4) != 0;
+        printf("# %s (late writer of gu): %lld of %lld outputs differ\n", name, (long long)differ, (long long)N);
+        ok = krc == 0 && src == 0 && differ == 0;
+        snprintf(why, sizeof why, "after a late writer: launch %d sync %d, %lld outputs differ", krc, src,
+                 (long long)differ);
+    }
+    cudaFree(dgood);
+    CHECK(name, ok, "%s", why);
+    cudaStreamDestroy(qs);
+    cudaFree(dgu);
+    cudaFree(dh1);
+    cudaFree(dh2);
+    cudaFree(dy1);
+    cudaFree(dy2);
+    free(gu);
+    free(h1);
+    free(h2);
+    free(perm);
+    free(y0);
+    free(y1);
+    free(y2);
+    qc_qweight_free_dev(&d);
+#else
+    (void)N;
+    (void)I;
+#endif
+    pub_free(&p);
+}
+
 /* A format that has no GPU layout must be refused with a message. */
 static void test_refusals(void)
 {
@@ -2180,6 +2297,9 @@ int main(void)
     run_case("mxfp4_300x3072", &p);
 
     test_fused();
+    /* the act-order down-projection's decode: 27B's K, and K % 8 != 0 */
+    swiglu_perm_check("swiglu_perm_down_actorder_96x17408", 96, 17408);
+    swiglu_perm_check("swiglu_perm_down_actorder_40x1000", 40, 1000);
     test_norm_fused();
     test_refusals();
     test_moe();

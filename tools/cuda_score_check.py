@@ -22,9 +22,13 @@ Prints one `ok NAME` / `FAIL NAME: why` line per check (tests/harness style).
 carries that fixture's golden: its tokens are used, its logits printed
 against but not checked, its greedy continuation replaced by the CPU
 engine's (tools/moe_quant_check.sh).
+--cpu-golden N: MODEL_DIR has no golden (a `qchat synth` checkpoint, e.g.
+--size 0.8b for the real head size 256): N random token ids (seed 1) are
+scored, and the CPU engine's float32 logits are the golden, checked to
+--tol like a fixture's.
 
     tools/cuda_score_check.py QCHAT_BIN MODEL_DIR [--device cuda] [--chunks 200,1,37] [--tol 3e-2]
-                              [--cpu-median-tol 3e-2] [--no-cpu] [--derived]
+                              [--cpu-median-tol 3e-2] [--no-cpu] [--derived] [--cpu-golden N]
 
 Needs numpy only (safetensors files are read directly). Exit status 1 when a
 check failed."""
@@ -95,7 +99,7 @@ def main():
         print(__doc__)
         return 2
     qchat, model = args[0], args[1]
-    device, chunks, tol, vs_cpu, cpu_tol, derived = "cuda", [200, 1, 37], 3e-2, True, None, False
+    device, chunks, tol, vs_cpu, cpu_tol, derived, cpu_golden = "cuda", [200, 1, 37], 3e-2, True, None, False, 0
     i = 2
     while i < len(args):
         if args[i] in ("--no-cpu", "--derived"):
@@ -111,8 +115,16 @@ def main():
             tol = float(args[i + 1])
         elif args[i] == "--cpu-median-tol":
             cpu_tol = float(args[i + 1])
+        elif args[i] == "--cpu-golden":
+            cpu_golden = int(args[i + 1])
         i += 2
-    g = read_st(os.path.join(model, "golden.safetensors"))
+    if cpu_golden:
+        with open(os.path.join(model, "config.json")) as f:
+            cfg = json.load(f)
+        vocab = cfg.get("text_config", cfg)["vocab_size"]
+        g = {"tokens": np.random.default_rng(1).integers(0, min(vocab, 150000), cpu_golden)}
+    else:
+        g = read_st(os.path.join(model, "golden.safetensors"))
     name = os.path.basename(model.rstrip("/"))
     failed = 0
     with tempfile.TemporaryDirectory() as tmp:
@@ -124,7 +136,12 @@ def main():
                 failed += 1
             else:
                 cpu_logits = o["logits"]
+                if cpu_golden:
+                    g = dict(g, logits=cpu_logits, final_norm=o["final_norm"])
                 print("# cpu_%s: logits rel_l2=%.3g vs golden" % (name, rel(cpu_logits, g["logits"])))
+        if cpu_golden and cpu_logits is None:
+            print("FAIL %s: --cpu-golden needs the CPU engine's scores" % name)
+            return 1
         for c in chunks:
             o, e = score(qchat, model, g["tokens"], c, device, tmp)
             tag = "%s_%s_chunk%d" % (device, name, c)
