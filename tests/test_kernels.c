@@ -597,11 +597,12 @@ static void test_gdn(void)
  * key's K and V rows and q, then the split-KV attention (which may start
  * before the prep is done and copy older keys' rows before its PDL wait)
  * and its combine. The newest rows are NaN until the prep writes them. The
- * prep is done before the attention issues anything (a kernel broken to
- * copy every first tile before its wait still passed that check), so the
- * case is run again with a writer that lets the attention start at once
- * and writes the newest rows 200 us later (qk_test_late_copy): an
- * attention that copies them before its PDL wait reads the NaNs. */
+ * prep is short, so the case is run again with a writer that lets the
+ * attention start at once and writes the newest rows 200 us later
+ * (qk_test_late_copy): an attention that copies them before its PDL wait
+ * reads the NaNs (on the H100, kernels broken that way fail it; BENCHMARKS.md,
+ * nineteenth session). No synchronisation between the launches (launch_ok
+ * synchronises the device: between them it made the check unable to fail). */
 static int attn_dec_pdl_case(const uint16_t *kcb, const uint16_t *vcb, const float *dqkv, int ld, const float *dqn,
                              const float *dkn, uint16_t *dkc, uint16_t *dvc, const int32_t *dpos, float *dq, float *dgt,
                              void *scr, uint16_t *dout, int pos0, int H, int KV, int hd, int rot, float theta,

@@ -641,16 +641,27 @@ static void fused_check(const char *name, pub *p, int np, int64_t K)
     bool shared[QK_GEMV_MAX_PARTS];
     perms_share(d, np, shared);
     /* 11 (phase 2's plain numbering) must give path 0's very bits: it moves
-     * groups between warps, not the order of any sum */
-    static const int modes[] = {0, 7, 1, 5, 6, 10, 11};
+     * groups between warps, not the order of any sum; -1 is path 0 with x
+     * poisoned and written by qk_test_late_copy, which lets the GEMV start
+     * at once and writes 200 us later: a GEMV that read x before its PDL
+     * wait would differ from path 0 (K % 8 == 0 only: 16-byte copies) */
+    static const int modes[] = {0, 7, 1, 5, 6, 10, 11, -1};
+    uint16_t *dgood = NULL;
     float *y0[QK_GEMV_MAX_PARTS] = {NULL};
     cudaStream_t qs;
     cudaStreamCreateWithFlags(&qs, cudaStreamNonBlocking);
     for (size_t m = 0; ok && m < sizeof modes / sizeof modes[0]; m++) {
-        qk_gemv_q_mode = modes[m];
+        const bool late = modes[m] < 0;
+        if (late && (K % 8 || cudaMalloc((void **)&dgood, (size_t)K * 2) != cudaSuccess)) break;
+        qk_gemv_q_mode = late ? 0 : modes[m];
         for (int i = 0; i < np; i++) cudaMemset(dy[i], 0xff, (size_t)p[i].l.n * 4);
+        if (late) {
+            cudaMemcpy(dgood, dx, (size_t)K * 2, cudaMemcpyDeviceToDevice);
+            cudaMemset(dx, 0xff, (size_t)K * 2);
+        }
         cudaDeviceSynchronize();
-        int krc = qk_gemv_multi(dp, dy, np, dx, 0, qs);
+        int krc = late ? qk_test_late_copy(dx, dgood, NULL, NULL, (size_t)K * 2, 200000, qs) : 0;
+        if (!krc) krc = qk_gemv_multi(dp, dy, np, dx, 0, qs);
         int src = (int)cudaStreamSynchronize(qs);
         double worst = 0;
         int64_t moved = 0;
@@ -663,7 +674,7 @@ static void fused_check(const char *name, pub *p, int np, int64_t K)
                    qc_format_name(p[i].l.format), (long long)N, e);
             if (!(e <= worst))
                 worst = e;
-            if (modes[m] == 11 && y0[i]) moved += memcmp(y, y0[i], (size_t)N * 4) != 0;
+            if ((modes[m] == 11 || late) && y0[i]) moved += memcmp(y, y0[i], (size_t)N * 4) != 0;
             if (modes[m] == 0) y0[i] = y;
             else free(y);
         }
@@ -672,6 +683,7 @@ static void fused_check(const char *name, pub *p, int np, int64_t K)
                  moved ? ", not bit-identical to path 0" : "");
     }
     for (int i = 0; i < np; i++) free(y0[i]);
+    cudaFree(dgood);
     cudaStreamDestroy(qs);
     CHECK(name, ok, "%s", why);
     for (int i = 0; i < np; i++) {
@@ -748,21 +760,33 @@ static void norm_check(const char *name, pub *p, int np, int64_t K, int expect_f
     }
     bool shared[QK_GEMV_MAX_PARTS];
     perms_share(d, np, shared);
-    static const int modes[] = {0, 6, 10};
+    /* -1: path 0 with the fused launch's h poisoned and written by
+     * qk_test_late_copy 200 us after the launch may start (fused_check) */
+    static const int modes[] = {0, 6, 10, -1};
+    float *dgood = NULL;
     cudaStream_t qs;
     cudaStreamCreateWithFlags(&qs, cudaStreamNonBlocking);
     for (size_t m = 0; ok && m < sizeof modes / sizeof modes[0]; m++) {
-        qk_gemv_q_mode = modes[m];
+        const bool late = modes[m] < 0;
+        if (late && (!expect_fused || cudaMalloc((void **)&dgood, (size_t)K * 4) != cudaSuccess)) break;
+        qk_gemv_q_mode = late ? 0 : modes[m];
         for (int i = 0; i < np; i++) cudaMemset(dyf[i], 0xff, (size_t)p[i].l.n * 4);
         for (int j = 0; j < 2; j++) cudaMemcpy(dcs[j], cs0, (size_t)C * 12, cudaMemcpyHostToDevice);
         int rc = qk_rmsnorm1p(dh, dw, 1e-6f, 1, (int)K, dxb, NULL, qs);
         rc |= qk_gemv_multi(dp, dyr, np, dxb, 0, qs);
         if (conv_c > 0) rc |= qk_conv_silu(dyr[0], (int)p[0].l.n, dcw, dcs[0], 1, C, dco[0], qs);
         const qk_conv_epi ce = {dcw, dcs[1], dco[1], C};
+        if (late) {
+            rc |= (int)cudaStreamSynchronize(qs);
+            cudaMemcpy(dgood, dh, (size_t)K * 4, cudaMemcpyDeviceToDevice);
+            cudaMemset(dh, 0xff, (size_t)K * 4);
+            cudaDeviceSynchronize();
+            rc |= qk_test_late_copy(dh, dgood, NULL, NULL, (size_t)K * 4, 200000, qs);
+        }
         const int frc = qk_gemv_multi_norm(dp, dyf, np, dh, dw, 1e-6f, 0, conv_c > 0 ? &ce : NULL, qs);
         rc |= (int)cudaStreamSynchronize(qs);
         int bad_rc = 0; /* a conv on more rows than part 0 has, or with accumulate: refused */
-        if (conv_c > 0 && expect_fused) {
+        if (conv_c > 0 && expect_fused && !late) {
             const qk_conv_epi too_many = {dcw, dcs[1], dco[1], (int)p[0].l.n + 1};
             bad_rc = qk_gemv_multi_norm(dp, dyf, np, dh, dw, 1e-6f, 0, &too_many, qs) != 1 ||
                      qk_gemv_multi_norm(dp, dyf, np, dh, dw, 1e-6f, 1, &ce, qs) != 1;
@@ -786,12 +810,13 @@ static void norm_check(const char *name, pub *p, int np, int64_t K, int expect_f
             diff += words_differ(dco[0], dco[1], C) + words_differ(dcs[0], dcs[1], 3 * (int64_t)C);
             tot += 4 * C;
         }
-        printf("# %s (path %d): %lld of %lld outputs differ from norm + GEMV\n", name, modes[m], (long long)diff,
-               (long long)tot);
+        printf("# %s (path %d%s): %lld of %lld outputs differ from norm + GEMV\n", name, late ? 0 : modes[m],
+               late ? ", h written late" : "", (long long)diff, (long long)tot);
         ok = rc == 0 && frc == 0 && diff == 0 && !bad_rc;
         snprintf(why, sizeof why, "path %d: launches %d / %d, %lld of %lld outputs not bit-identical%s", modes[m], rc,
                  frc, (long long)diff, (long long)tot, bad_rc ? ", a bad conv epilogue was not refused" : "");
     }
+    cudaFree(dgood);
     cudaStreamDestroy(qs);
     CHECK(name, ok, "%s", why);
     for (int i = 0; i < np; i++) {
