@@ -2056,10 +2056,10 @@ static int moe_forward(qc_cuda_sess *cs, const cu_layer *L, int T, cu_prof *P, q
     const bool routed = T == 1 && pairs && cm->moe_route1;
     if (!routed) OP(P_MOE, qk_moe_route(cs->m_log, ld, T, E, K, shared, cs->m_sel, cs->m_wts, st));
     if (mo->Is && !sh_pairs) {
-        cu_mat dv;
-        const int rc = mlp_swiglu(cs, &mo->sh_gu, &mo->sh_down, mo->Is, T, P, &dv, err);
+        cu_mat down_run;
+        const int rc = mlp_swiglu(cs, &mo->sh_gu, &mo->sh_down, mo->Is, T, P, &down_run, err);
         if (rc) return rc;
-        OP(P_GEMM_DOWN, mm(cm, &dv, cs->yb, cs->m_ysh, T, 0));
+        OP(P_GEMM_DOWN, mm(cm, &down_run, cs->yb, cs->m_ysh, T, 0));
     }
     const float *ysh = mo->Is && !sh_pairs ? cs->m_ysh : NULL, *sg = mo->sh_gated && !sh_pairs ? cs->m_log + E : NULL;
     if (pairs) return moe_pairs(cs, mo, T, K + (shared != 0), routed ? shared : -1, ysh, sg, P, err);
@@ -2144,16 +2144,16 @@ static int run_layers(qc_cuda_sess *cs, int T, int pos0, bool all_rows, qc_err *
             continue;
         }
         frc = T == 1 ? mat_gemv_norm(cm, &L->gu, cs->h, L->post_norm, sh->eps, cs->proj, NULL) : QK_GEMV_UNFUSED;
-        cu_mat dv;
+        cu_mat down_run;
         if (frc != QK_GEMV_UNFUSED) {
             CK(frc);
-            OP(P_SWIGLU, swiglu_dec(cm, &L->down, cs->proj, sh->I, cs->yb, &dv));
+            OP(P_SWIGLU, swiglu_dec(cm, &L->down, cs->proj, sh->I, cs->yb, &down_run));
         } else {
             OP(P_NORM, qk_rmsnorm1p(cs->h, L->post_norm, sh->eps, T, D, cs->xb, NULL, st));
-            const int rc = mlp_swiglu(cs, &L->gu, &L->down, sh->I, T, P, &dv, err);
+            const int rc = mlp_swiglu(cs, &L->gu, &L->down, sh->I, T, P, &down_run, err);
             if (rc) return rc;
         }
-        OP(P_GEMM_DOWN, mm(cm, &dv, cs->yb, cs->h, T, 1));
+        OP(P_GEMM_DOWN, mm(cm, &down_run, cs->yb, cs->h, T, 1));
     }
     if (all_rows) {
         OP(P_HEAD, qk_rmsnorm1p(cs->h, cm->final_norm, sh->eps, T, D, cs->xb, cs->fn, st));

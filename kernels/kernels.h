@@ -230,10 +230,11 @@ int qk_attn(const float *q, const float *gate, const uint16_t *kc, const uint16_
 extern int qk_attn_dec_mode;
 
 /* For the tests (kernels/test_hooks.cu): one block that lets the next PDL
- * launch start at once, sleeps delay_ns, then copies bytes (a multiple of
- * 16, aligned) from src0 to dst0 and, unless dst1 is NULL, from src1 to
- * dst1: a writer that finishes long after its dependents have started. */
-int qk_test_late_copy(void *dst0, const void *src0, void *dst1, const void *src1, size_t bytes, int64_t delay_ns,
+ * launch start at once, sleeps delay_ns, then copies bytes[j] (a multiple
+ * of 16, aligned) from src[j] to dst[j], j < n <= QK_TEST_LATE_MAX: a writer
+ * that finishes long after its dependents have started. */
+#define QK_TEST_LATE_MAX 4
+int qk_test_late_copy(void *const *dst, const void *const *src, const size_t *bytes, int n, int64_t delay_ns,
                       qk_stream st);
 
 /* Which small decode kernels may be PDL launches (A/B, QCHAT_PDL_SMALL; all

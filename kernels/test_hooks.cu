@@ -11,7 +11,14 @@
 #include "common.cuh"
 #include "kernels.h"
 
-__global__ void k_test_late_copy(uint4 *d0, const uint4 *s0, uint4 *d1, const uint4 *s1, int64_t n16, int64_t delay_ns)
+struct late_copies {
+    uint4 *dst[QK_TEST_LATE_MAX];
+    const uint4 *src[QK_TEST_LATE_MAX];
+    int64_t n16[QK_TEST_LATE_MAX];
+    int n;
+};
+
+__global__ void k_test_late_copy(const late_copies c, int64_t delay_ns)
 {
     qk_pdl_trigger();
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 700
@@ -22,18 +29,23 @@ __global__ void k_test_late_copy(uint4 *d0, const uint4 *s0, uint4 *d1, const ui
         asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
     } while ((int64_t)(t - t0) < delay_ns);
 #endif
-    for (int64_t i = threadIdx.x; i < n16; i += blockDim.x) {
-        d0[i] = s0[i];
-        if (d1) d1[i] = s1[i];
-    }
+    for (int j = 0; j < c.n; j++)
+        for (int64_t i = threadIdx.x; i < c.n16[j]; i += blockDim.x) c.dst[j][i] = c.src[j][i];
 }
 
-extern "C" int qk_test_late_copy(void *dst0, const void *src0, void *dst1, const void *src1, size_t bytes,
+extern "C" int qk_test_late_copy(void *const *dst, const void *const *src, const size_t *bytes, int n,
                                  int64_t delay_ns, qk_stream st)
 {
-    if (bytes % 16 || (((uintptr_t)dst0 | (uintptr_t)src0 | (uintptr_t)dst1 | (uintptr_t)src1) & 15))
-        return (int)cudaErrorInvalidValue;
-    k_test_late_copy<<<1, 256, 0, st>>>((uint4 *)dst0, (const uint4 *)src0, (uint4 *)dst1, (const uint4 *)src1,
-                                        (int64_t)(bytes / 16), delay_ns);
+    late_copies c = {};
+    if (n < 1 || n > QK_TEST_LATE_MAX) return (int)cudaErrorInvalidValue;
+    for (int j = 0; j < n; j++) {
+        if (!dst[j] || !src[j] || bytes[j] % 16 || (((uintptr_t)dst[j] | (uintptr_t)src[j]) & 15))
+            return (int)cudaErrorInvalidValue;
+        c.dst[j] = (uint4 *)dst[j];
+        c.src[j] = (const uint4 *)src[j];
+        c.n16[j] = (int64_t)(bytes[j] / 16);
+    }
+    c.n = n;
+    k_test_late_copy<<<1, 256, 0, st>>>(c, delay_ns);
     return qk_launch_status();
 }

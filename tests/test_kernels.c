@@ -620,27 +620,35 @@ static int attn_dec_pdl_case(const uint16_t *kcb, const uint16_t *vcb, const flo
     cudaMemcpy(dkc, kp, cn * 2, cudaMemcpyHostToDevice);
     cudaMemcpy(dvc, vp, cn * 2, cudaMemcpyHostToDevice);
     cudaMemset(dout, 0xff, no * 2);
-    cudaStream_t st;
+    cudaStream_t st = NULL;
     int ok = launch_ok(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking), "stream");
-    /* no synchronisation between the launches (launch_ok synchronises) */
-    int rc = qk_attn_prep(dqkv, ld, 1, H, KV, hd, rot, theta, dqn, dkn, eps, dpos, dkc, dvc, max_ctx, dq, dgt, st);
-    if (!rc) rc = qk_attn(dq, dgt, dkc, dvc, max_ctx, 1, H, KV, hd, dpos, nsplit, scr, dout, st);
-    ok = ok && launch_ok(rc, "attn_prep + attn (stream)");
-    float *got = dget_bf(dout, no);
+    float *got = NULL;
     char nm[112];
-    snprintf(nm, sizeof nm, "attn after prep on a PDL stream pos0=%d H=%d KV=%d hd=%d nsplit=%d", pos0, H, KV, hd, nsplit);
-    ok = ok && cmp(nm, got, ref, no, 8e-3);
-    /* the late writer: the prepped caches saved, the newest rows poisoned again */
-    uint16_t *gk = NULL, *gv = NULL;
-    ok = ok && launch_ok(cudaMalloc((void **)&gk, cn * 2), "malloc") && launch_ok(cudaMalloc((void **)&gv, cn * 2), "malloc");
+    if (ok) { /* no synchronisation between the launches (launch_ok synchronises) */
+        int rc = qk_attn_prep(dqkv, ld, 1, H, KV, hd, rot, theta, dqn, dkn, eps, dpos, dkc, dvc, max_ctx, dq, dgt, st);
+        if (!rc) rc = qk_attn(dq, dgt, dkc, dvc, max_ctx, 1, H, KV, hd, dpos, nsplit, scr, dout, st);
+        ok = launch_ok(rc, "attn_prep + attn (stream)");
+        got = dget_bf(dout, no);
+        snprintf(nm, sizeof nm, "attn after prep on a PDL stream pos0=%d H=%d KV=%d hd=%d nsplit=%d", pos0, H, KV, hd,
+                 nsplit);
+        ok = ok && cmp(nm, got, ref, no, 8e-3);
+    }
+    /* the late writer: the prepped caches, q and gate saved; the newest
+     * rows, q and gate poisoned again (everything the attention reads that
+     * the step writes) */
+    void *good[4] = {NULL, NULL, NULL, NULL};
+    const size_t bytes[4] = {cn * 2, cn * 2, no * 4, no * 4};
+    void *const dst[4] = {dkc, dvc, dq, dgt};
+    for (int j = 0; j < 4 && ok; j++) ok = launch_ok(cudaMalloc(&good[j], bytes[j]), "malloc");
     if (ok) {
-        cudaMemcpy(gk, dkc, cn * 2, cudaMemcpyDeviceToDevice);
-        cudaMemcpy(gv, dvc, cn * 2, cudaMemcpyDeviceToDevice);
+        for (int j = 0; j < 4; j++) cudaMemcpy(good[j], dst[j], bytes[j], cudaMemcpyDeviceToDevice);
         cudaMemcpy(dkc, kp, cn * 2, cudaMemcpyHostToDevice);
         cudaMemcpy(dvc, vp, cn * 2, cudaMemcpyHostToDevice);
+        cudaMemset(dq, 0xff, no * 4);
+        cudaMemset(dgt, 0xff, no * 4);
         cudaMemset(dout, 0xff, no * 2);
-        cudaDeviceSynchronize(); /* the poisoned rows in place before the writer starts */
-        rc = qk_test_late_copy(dkc, gk, dvc, gv, cn * 2, 200000, st);
+        cudaDeviceSynchronize(); /* the poison in place before the writer starts */
+        int rc = qk_test_late_copy(dst, (const void *const *)good, bytes, 4, 200000, st);
         if (!rc) rc = qk_attn(dq, dgt, dkc, dvc, max_ctx, 1, H, KV, hd, dpos, nsplit, scr, dout, st);
         ok = launch_ok(rc, "late K/V writer + attn");
         free(got);
@@ -648,9 +656,8 @@ static int attn_dec_pdl_case(const uint16_t *kcb, const uint16_t *vcb, const flo
         snprintf(nm, sizeof nm, "attn after a late K/V writer pos0=%d H=%d KV=%d hd=%d nsplit=%d", pos0, H, KV, hd, nsplit);
         ok = ok && cmp(nm, got, ref, no, 8e-3);
     }
-    cudaFree(gk);
-    cudaFree(gv);
-    cudaStreamDestroy(st);
+    for (int j = 0; j < 4; j++) cudaFree(good[j]);
+    if (st) cudaStreamDestroy(st);
     free(kp); free(vp); free(got);
     return ok;
 }

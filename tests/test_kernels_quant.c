@@ -602,6 +602,17 @@ static void parts_release(pub *p, qk_qweight *d, const bool *shared, int np)
 }
 #endif
 
+#ifdef QC_HAVE_CUDA
+/* The late writer of one buffer (kernels.h qk_test_late_copy): good to dst,
+ * 200 us after the launches behind it on qs may have started. */
+static int late_copy1(void *dst, const void *good, size_t bytes, cudaStream_t qs)
+{
+    void *const d[1] = {dst};
+    const void *const g[1] = {good};
+    return qk_test_late_copy(d, g, &bytes, 1, 200000, qs);
+}
+#endif
+
 /* One launch over np weights sharing x (K inputs): each part's output
  * against its own reference, on every launch path (see run_case). Frees
  * the parts. */
@@ -641,26 +652,36 @@ static void fused_check(const char *name, pub *p, int np, int64_t K)
     bool shared[QK_GEMV_MAX_PARTS];
     perms_share(d, np, shared);
     /* 11 (phase 2's plain numbering) must give path 0's very bits: it moves
-     * groups between warps, not the order of any sum; -1 is path 0 with x
-     * poisoned and written by qk_test_late_copy, which lets the GEMV start
-     * at once and writes 200 us later: a GEMV that read x before its PDL
-     * wait would differ from path 0 (K % 8 == 0 only: 16-byte copies) */
-    static const int modes[] = {0, 7, 1, 5, 6, 10, 11, -1};
+     * groups between warps, not the order of any sum. 100 + P is path P (0,
+     * 10: the PDL launches) with x poisoned and written by qk_test_late_copy,
+     * which lets the GEMV start at once and writes 200 us later: a GEMV that
+     * read x before its PDL wait would not give path P's bits (K % 8 == 0:
+     * 16-byte copies). */
+    static const int modes[] = {0, 7, 1, 5, 6, 10, 11, 100, 110};
     uint16_t *dgood = NULL;
-    float *y0[QK_GEMV_MAX_PARTS] = {NULL};
+    float *y0[QK_GEMV_MAX_PARTS] = {NULL}, *y10[QK_GEMV_MAX_PARTS] = {NULL};
     cudaStream_t qs;
     cudaStreamCreateWithFlags(&qs, cudaStreamNonBlocking);
     for (size_t m = 0; ok && m < sizeof modes / sizeof modes[0]; m++) {
-        const bool late = modes[m] < 0;
-        if (late && (K % 8 || cudaMalloc((void **)&dgood, (size_t)K * 2) != cudaSuccess)) break;
-        qk_gemv_q_mode = late ? 0 : modes[m];
+        const bool late = modes[m] >= 100;
+        const int path = late ? modes[m] - 100 : modes[m];
+        if (late && K % 8) {
+            printf("# %s: no late-writer run (K %% 8 != 0)\n", name);
+            break;
+        }
+        if (late && !dgood && cudaMalloc((void **)&dgood, (size_t)K * 2) != cudaSuccess) {
+            ok = 0;
+            snprintf(why, sizeof why, "no device memory for the late writer");
+            break;
+        }
+        qk_gemv_q_mode = path;
         for (int i = 0; i < np; i++) cudaMemset(dy[i], 0xff, (size_t)p[i].l.n * 4);
         if (late) {
             cudaMemcpy(dgood, dx, (size_t)K * 2, cudaMemcpyDeviceToDevice);
             cudaMemset(dx, 0xff, (size_t)K * 2);
         }
         cudaDeviceSynchronize();
-        int krc = late ? qk_test_late_copy(dx, dgood, NULL, NULL, (size_t)K * 2, 200000, qs) : 0;
+        int krc = late ? late_copy1(dx, dgood, (size_t)K * 2, qs) : 0;
         if (!krc) krc = qk_gemv_multi(dp, dy, np, dx, 0, qs);
         int src = (int)cudaStreamSynchronize(qs);
         double worst = 0;
@@ -674,15 +695,21 @@ static void fused_check(const char *name, pub *p, int np, int64_t K)
                    qc_format_name(p[i].l.format), (long long)N, e);
             if (!(e <= worst))
                 worst = e;
-            if ((modes[m] == 11 || late) && y0[i]) moved += memcmp(y, y0[i], (size_t)N * 4) != 0;
+            const float *want = path == 10 ? y10[i] : y0[i];
+            if ((path == 11 || late) && want) moved += memcmp(y, want, (size_t)N * 4) != 0;
             if (modes[m] == 0) y0[i] = y;
+            else if (modes[m] == 10) y10[i] = y;
             else free(y);
         }
         ok = krc == 0 && src == 0 && worst < 1e-5 && moved == 0;
-        snprintf(why, sizeof why, "path %d: launch %d sync %d worst rel_l2 %.3g%s", modes[m], krc, src, worst,
-                 moved ? ", not bit-identical to path 0" : "");
+        snprintf(why, sizeof why, "path %d%s: launch %d sync %d worst rel_l2 %.3g%s", path,
+                 late ? " behind a late writer of x" : "", krc, src, worst,
+                 moved ? late ? ", not bit-identical to the same path without it" : ", not bit-identical to path 0" : "");
     }
-    for (int i = 0; i < np; i++) free(y0[i]);
+    for (int i = 0; i < np; i++) {
+        free(y0[i]);
+        free(y10[i]);
+    }
     cudaFree(dgood);
     cudaStreamDestroy(qs);
     CHECK(name, ok, "%s", why);
@@ -760,16 +787,21 @@ static void norm_check(const char *name, pub *p, int np, int64_t K, int expect_f
     }
     bool shared[QK_GEMV_MAX_PARTS];
     perms_share(d, np, shared);
-    /* -1: path 0 with the fused launch's h poisoned and written by
+    /* 100 + P: path P with the fused launch's h poisoned and written by
      * qk_test_late_copy 200 us after the launch may start (fused_check) */
-    static const int modes[] = {0, 6, 10, -1};
+    static const int modes[] = {0, 6, 10, 100, 110};
     float *dgood = NULL;
     cudaStream_t qs;
     cudaStreamCreateWithFlags(&qs, cudaStreamNonBlocking);
     for (size_t m = 0; ok && m < sizeof modes / sizeof modes[0]; m++) {
-        const bool late = modes[m] < 0;
-        if (late && (!expect_fused || cudaMalloc((void **)&dgood, (size_t)K * 4) != cudaSuccess)) break;
-        qk_gemv_q_mode = late ? 0 : modes[m];
+        const bool late = modes[m] >= 100;
+        if (late && !expect_fused) break; /* nothing launched to test */
+        if (late && !dgood && cudaMalloc((void **)&dgood, (size_t)K * 4) != cudaSuccess) {
+            ok = 0;
+            snprintf(why, sizeof why, "no device memory for the late writer");
+            break;
+        }
+        qk_gemv_q_mode = late ? modes[m] - 100 : modes[m];
         for (int i = 0; i < np; i++) cudaMemset(dyf[i], 0xff, (size_t)p[i].l.n * 4);
         for (int j = 0; j < 2; j++) cudaMemcpy(dcs[j], cs0, (size_t)C * 12, cudaMemcpyHostToDevice);
         int rc = qk_rmsnorm1p(dh, dw, 1e-6f, 1, (int)K, dxb, NULL, qs);
@@ -781,7 +813,7 @@ static void norm_check(const char *name, pub *p, int np, int64_t K, int expect_f
             cudaMemcpy(dgood, dh, (size_t)K * 4, cudaMemcpyDeviceToDevice);
             cudaMemset(dh, 0xff, (size_t)K * 4);
             cudaDeviceSynchronize();
-            rc |= qk_test_late_copy(dh, dgood, NULL, NULL, (size_t)K * 4, 200000, qs);
+            rc |= late_copy1(dh, dgood, (size_t)K * 4, qs);
         }
         const int frc = qk_gemv_multi_norm(dp, dyf, np, dh, dw, 1e-6f, 0, conv_c > 0 ? &ce : NULL, qs);
         rc |= (int)cudaStreamSynchronize(qs);
@@ -810,7 +842,7 @@ static void norm_check(const char *name, pub *p, int np, int64_t K, int expect_f
             diff += words_differ(dco[0], dco[1], C) + words_differ(dcs[0], dcs[1], 3 * (int64_t)C);
             tot += 4 * C;
         }
-        printf("# %s (path %d%s): %lld of %lld outputs differ from norm + GEMV\n", name, late ? 0 : modes[m],
+        printf("# %s (path %d%s): %lld of %lld outputs differ from norm + GEMV\n", name, qk_gemv_q_mode,
                late ? ", h written late" : "", (long long)diff, (long long)tot);
         ok = rc == 0 && frc == 0 && diff == 0 && !bad_rc;
         snprintf(why, sizeof why, "path %d: launches %d / %d, %lld of %lld outputs not bit-identical%s", modes[m], rc,
@@ -1107,14 +1139,18 @@ static void swiglu_perm_check(const char *name, int64_t N, int64_t I)
      * and the GEMV after it, both PDL launches, must each read their input
      * only after their wait */
     float *dgood = NULL;
-    if (ok && cudaMalloc((void **)&dgood, (size_t)I * 8) == cudaSuccess) {
+    if (ok && cudaMalloc((void **)&dgood, (size_t)I * 8) != cudaSuccess) {
+        ok = 0;
+        snprintf(why, sizeof why, "no device memory for the late writer");
+    }
+    if (ok) {
         const qk_qweight *w2 = &v;
         cudaMemcpy(dgood, dgu, (size_t)I * 8, cudaMemcpyDeviceToDevice);
         cudaMemset(dgu, 0xff, (size_t)I * 8);
         cudaMemset(dh2, 0xff, (size_t)I * 2);
         cudaMemset(dy2, 0xff, (size_t)N * 4);
         cudaDeviceSynchronize();
-        int krc = qk_test_late_copy(dgu, dgood, NULL, NULL, (size_t)I * 8, 200000, qs);
+        int krc = late_copy1(dgu, dgood, (size_t)I * 8, qs);
         if (!krc) krc = qk_swiglu_perm(dgu, (int)I, d.perm, dh2, 1, qs);
         if (!krc) krc = qk_gemv_multi(&w2, &dy2, 1, dh2, 0, qs);
         int src = (int)cudaStreamSynchronize(qs);
@@ -2322,9 +2358,9 @@ int main(void)
     run_case("mxfp4_300x3072", &p);
 
     test_fused();
-    /* the act-order down-projection's decode: 27B's K, and K % 8 != 0 */
+    /* the act-order down-projection's decode (swiglu_dec) */
     swiglu_perm_check("swiglu_perm_down_actorder_96x17408", 96, 17408);
-    swiglu_perm_check("swiglu_perm_down_actorder_40x1000", 40, 1000);
+    swiglu_perm_check("swiglu_perm_down_actorder_40x1000", 40, 1000); /* K % 32 != 0: a short last group */
     test_norm_fused();
     test_refusals();
     test_moe();

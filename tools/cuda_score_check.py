@@ -118,6 +118,10 @@ def main():
         elif args[i] == "--cpu-golden":
             cpu_golden = int(args[i + 1])
         i += 2
+    if cpu_golden and (cpu_golden < 17 or device == "cpu" or not vs_cpu):
+        print("cuda_score_check.py: --cpu-golden needs N >= 17 (a 16-token greedy prompt and more), a device "
+              "other than cpu, and no --no-cpu", file=sys.stderr)
+        return 2
     if cpu_golden:
         with open(os.path.join(model, "config.json")) as f:
             cfg = json.load(f)
@@ -137,7 +141,9 @@ def main():
             else:
                 cpu_logits = o["logits"]
                 if cpu_golden:
-                    g = dict(g, logits=cpu_logits, final_norm=o["final_norm"])
+                    g = dict(g, logits=cpu_logits)
+                    if "final_norm" in o:
+                        g["final_norm"] = o["final_norm"]
                 print("# cpu_%s: logits rel_l2=%.3g vs golden" % (name, rel(cpu_logits, g["logits"])))
         if cpu_golden and cpu_logits is None:
             print("FAIL %s: --cpu-golden needs the CPU engine's scores" % name)
@@ -150,7 +156,7 @@ def main():
                 failed += 1
                 continue
             rl = rel(o["logits"], g["logits"])
-            rn = rel(o["final_norm"], g["final_norm"]) if "final_norm" in o else float("nan")
+            rn = rel(o["final_norm"], g["final_norm"]) if "final_norm" in o and "final_norm" in g else float("nan")
             top = float(np.mean(np.argmax(o["logits"], -1) == np.argmax(g["logits"], -1)))
             print("# %s: logits rel_l2=%.3g final_norm rel_l2=%.3g top1_agree=%.3f (tol %.0e)" % (tag, rl, rn, top, tol))
             ok = rl <= tol and (rn != rn or rn <= tol)
