@@ -2383,7 +2383,7 @@ static int profile_run(prof_ctx *pc, int ctx, qc_err *err)
         PROF(pc, "swiglu (1 token)", sh->n_layers, 2.0 * sh->I * 4 + sh->I * 2,
              swiglu_dec(cm, &L0->down, cs->proj, sh->I, cs->yb, &down_run));
     }
-    PROF(pc, "gemv mlp down", sh->n_layers, (double)mat_bytes(&L0->down), mat_gemv(cm, &down_run, cs->yb, cs->h, 1));
+    PROF(pc, "gemv mlp down", sh->n_layers, (double)mat_bytes(&down_run), mat_gemv(cm, &down_run, cs->yb, cs->h, 1));
     PROF(pc, "gemv lm_head", 1, (double)mat_bytes(&cm->head), mat_gemv(cm, &cm->head, cs->xb, cs->logits, 0));
     qk_sample_params sp = {0, 0, 1, 0, 0};
     PROF(pc, "sample (greedy)", 1, (double)sh->n_tokens * 4, qk_sample(cs->logits, sh->n_tokens, sp, cs->d_io + 2, st));

@@ -105,6 +105,14 @@ __device__ __forceinline__ void qk_pdl_wait(void)
 #endif
 }
 
+/* The GPU's global nanosecond clock (%globaltimer): diagnostics and test hooks only. */
+__device__ __forceinline__ unsigned long long qk_globaltimer(void)
+{
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    return t;
+}
+
 /* Host side. The current device's attribute a, 0 when it cannot be read. */
 static inline int qk_device_attr(cudaDeviceAttr a)
 {

@@ -19,6 +19,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "common.cuh"
+
 struct qg_probe_rec {
     unsigned launch, smid, block, grid, groups, kind;
     unsigned long long t_entry, t_wait, t_end;
@@ -27,18 +29,12 @@ struct qg_probe_rec {
 __device__ qg_probe_rec qg_probe_buf[QG_PROBE_N];
 __device__ unsigned qg_probe_n, qg_probe_launch, qg_probe_done;
 
-__device__ __forceinline__ unsigned long long qg_probe_now(void)
-{
-    unsigned long long t;
-    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-    return t;
-}
 
 /* Thread 0 of each block, at its end (after a block barrier). */
 __device__ __forceinline__ void qg_probe_record(unsigned kind, unsigned groups, unsigned long long t_entry,
                                                 unsigned long long t_wait)
 {
-    const unsigned long long t_end = qg_probe_now();
+    const unsigned long long t_end = qk_globaltimer();
     unsigned smid;
     asm volatile("mov.u32 %0, %%smid;" : "=r"(smid));
     const unsigned i = atomicAdd(&qg_probe_n, 1u);
@@ -83,8 +79,8 @@ static inline void qg_probe_arm(void)
     }
 }
 
-#define QG_PROBE_ENTRY const unsigned long long qg_t_entry = qg_probe_now();
-#define QG_PROBE_WAITED const unsigned long long qg_t_wait = qg_probe_now();
+#define QG_PROBE_ENTRY const unsigned long long qg_t_entry = qk_globaltimer();
+#define QG_PROBE_WAITED const unsigned long long qg_t_wait = qk_globaltimer();
 #define QG_PROBE_END(KIND, GROUPS)                                                                               \
     do {                                                                                                         \
         __syncthreads();                                                                                         \

@@ -22,12 +22,8 @@ __global__ void k_test_late_copy(const late_copies c, int64_t delay_ns)
 {
     qk_pdl_trigger();
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 700
-    uint64_t t0, t;
-    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t0));
-    do {
-        __nanosleep(1000);
-        asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-    } while ((int64_t)(t - t0) < delay_ns);
+    const unsigned long long t0 = qk_globaltimer();
+    while ((int64_t)(qk_globaltimer() - t0) < delay_ns) __nanosleep(1000);
 #endif
     for (int j = 0; j < c.n; j++)
         for (int64_t i = threadIdx.x; i < c.n16[j]; i += blockDim.x) c.dst[j][i] = c.src[j][i];

@@ -603,13 +603,22 @@ static void parts_release(pub *p, qk_qweight *d, const bool *shared, int np)
 #endif
 
 #ifdef QC_HAVE_CUDA
-/* The late writer of one buffer (kernels.h qk_test_late_copy): good to dst,
- * 200 us after the launches behind it on qs may have started. */
-static int late_copy1(void *dst, const void *good, size_t bytes, cudaStream_t qs)
+/* The late writer of buf (kernels.h qk_test_late_copy): once the launches
+ * before it are done, its contents saved in *good (allocated on first use;
+ * the caller frees it) and buf poisoned with NaN bytes; the device
+ * synchronised again (the caller's own poisoning, issued before, is in
+ * place too); then the writer launched on qs, which puts *good back 200 us
+ * after the launches behind it may have started. */
+static int late_write(void *buf, size_t bytes, void **good, cudaStream_t qs)
 {
-    void *const d[1] = {dst};
-    const void *const g[1] = {good};
-    return qk_test_late_copy(d, g, &bytes, 1, 200000, qs);
+    if (!*good && cudaMalloc(good, bytes) != cudaSuccess) return (int)cudaErrorMemoryAllocation;
+    cudaDeviceSynchronize();
+    cudaMemcpy(*good, buf, bytes, cudaMemcpyDeviceToDevice);
+    cudaMemset(buf, 0xff, bytes);
+    int rc = (int)cudaDeviceSynchronize();
+    void *const d[1] = {buf};
+    const void *const g[1] = {*good};
+    return rc ? rc : qk_test_late_copy(d, g, &bytes, 1, 200000, qs);
 }
 #endif
 
@@ -658,7 +667,7 @@ static void fused_check(const char *name, pub *p, int np, int64_t K)
      * read x before its PDL wait would not give path P's bits (K % 8 == 0:
      * 16-byte copies). */
     static const int modes[] = {0, 7, 1, 5, 6, 10, 11, 100, 110};
-    uint16_t *dgood = NULL;
+    void *dgood = NULL;
     float *y0[QK_GEMV_MAX_PARTS] = {NULL}, *y10[QK_GEMV_MAX_PARTS] = {NULL};
     cudaStream_t qs;
     cudaStreamCreateWithFlags(&qs, cudaStreamNonBlocking);
@@ -669,19 +678,9 @@ static void fused_check(const char *name, pub *p, int np, int64_t K)
             printf("# %s: no late-writer run (K %% 8 != 0)\n", name);
             break;
         }
-        if (late && !dgood && cudaMalloc((void **)&dgood, (size_t)K * 2) != cudaSuccess) {
-            ok = 0;
-            snprintf(why, sizeof why, "no device memory for the late writer");
-            break;
-        }
         qk_gemv_q_mode = path;
         for (int i = 0; i < np; i++) cudaMemset(dy[i], 0xff, (size_t)p[i].l.n * 4);
-        if (late) {
-            cudaMemcpy(dgood, dx, (size_t)K * 2, cudaMemcpyDeviceToDevice);
-            cudaMemset(dx, 0xff, (size_t)K * 2);
-        }
-        cudaDeviceSynchronize();
-        int krc = late ? late_copy1(dx, dgood, (size_t)K * 2, qs) : 0;
+        int krc = late ? late_write(dx, (size_t)K * 2, &dgood, qs) : (int)cudaDeviceSynchronize();
         if (!krc) krc = qk_gemv_multi(dp, dy, np, dx, 0, qs);
         int src = (int)cudaStreamSynchronize(qs);
         double worst = 0;
@@ -790,17 +789,12 @@ static void norm_check(const char *name, pub *p, int np, int64_t K, int expect_f
     /* 100 + P: path P with the fused launch's h poisoned and written by
      * qk_test_late_copy 200 us after the launch may start (fused_check) */
     static const int modes[] = {0, 6, 10, 100, 110};
-    float *dgood = NULL;
+    void *dgood = NULL;
     cudaStream_t qs;
     cudaStreamCreateWithFlags(&qs, cudaStreamNonBlocking);
     for (size_t m = 0; ok && m < sizeof modes / sizeof modes[0]; m++) {
         const bool late = modes[m] >= 100;
         if (late && !expect_fused) break; /* nothing launched to test */
-        if (late && !dgood && cudaMalloc((void **)&dgood, (size_t)K * 4) != cudaSuccess) {
-            ok = 0;
-            snprintf(why, sizeof why, "no device memory for the late writer");
-            break;
-        }
         qk_gemv_q_mode = late ? modes[m] - 100 : modes[m];
         for (int i = 0; i < np; i++) cudaMemset(dyf[i], 0xff, (size_t)p[i].l.n * 4);
         for (int j = 0; j < 2; j++) cudaMemcpy(dcs[j], cs0, (size_t)C * 12, cudaMemcpyHostToDevice);
@@ -808,13 +802,7 @@ static void norm_check(const char *name, pub *p, int np, int64_t K, int expect_f
         rc |= qk_gemv_multi(dp, dyr, np, dxb, 0, qs);
         if (conv_c > 0) rc |= qk_conv_silu(dyr[0], (int)p[0].l.n, dcw, dcs[0], 1, C, dco[0], qs);
         const qk_conv_epi ce = {dcw, dcs[1], dco[1], C};
-        if (late) {
-            rc |= (int)cudaStreamSynchronize(qs);
-            cudaMemcpy(dgood, dh, (size_t)K * 4, cudaMemcpyDeviceToDevice);
-            cudaMemset(dh, 0xff, (size_t)K * 4);
-            cudaDeviceSynchronize();
-            rc |= late_copy1(dh, dgood, (size_t)K * 4, qs);
-        }
+        if (late) rc |= late_write(dh, (size_t)K * 4, &dgood, qs); /* after the reference launches (they read h) */
         const int frc = qk_gemv_multi_norm(dp, dyf, np, dh, dw, 1e-6f, 0, conv_c > 0 ? &ce : NULL, qs);
         rc |= (int)cudaStreamSynchronize(qs);
         int bad_rc = 0; /* a conv on more rows than part 0 has, or with accumulate: refused */
@@ -1138,19 +1126,12 @@ static void swiglu_perm_check(const char *name, int64_t N, int64_t I)
      * writes 200 us later (qk_test_late_copy), h and y poisoned: the SwiGLU
      * and the GEMV after it, both PDL launches, must each read their input
      * only after their wait */
-    float *dgood = NULL;
-    if (ok && cudaMalloc((void **)&dgood, (size_t)I * 8) != cudaSuccess) {
-        ok = 0;
-        snprintf(why, sizeof why, "no device memory for the late writer");
-    }
+    void *dgood = NULL;
     if (ok) {
         const qk_qweight *w2 = &v;
-        cudaMemcpy(dgood, dgu, (size_t)I * 8, cudaMemcpyDeviceToDevice);
-        cudaMemset(dgu, 0xff, (size_t)I * 8);
         cudaMemset(dh2, 0xff, (size_t)I * 2);
         cudaMemset(dy2, 0xff, (size_t)N * 4);
-        cudaDeviceSynchronize();
-        int krc = late_copy1(dgu, dgood, (size_t)I * 8, qs);
+        int krc = late_write(dgu, (size_t)I * 8, &dgood, qs);
         if (!krc) krc = qk_swiglu_perm(dgu, (int)I, d.perm, dh2, 1, qs);
         if (!krc) krc = qk_gemv_multi(&w2, &dy2, 1, dh2, 0, qs);
         int src = (int)cudaStreamSynchronize(qs);
