@@ -3,6 +3,7 @@
 #include "cpu_ops.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -104,10 +105,36 @@ static void mm_task(void *vctx, int task, int worker)
 
 size_t cpu_matmul_scratch(int64_t k) { return k > MM_TILE_FLOATS ? (size_t)k : MM_TILE_FLOATS; }
 
+/* QCHAT_CPU_XBF16=1, a diagnostic: every matmul input rounded to bf16 as the
+ * CUDA engine stages it, so that a CUDA-vs-CPU difference can be split into
+ * that rounding and the rest (tools/cuda_score_check.py --cpu-golden on
+ * random-weight checkpoints, BENCHMARKS.md). Off by default. */
+static bool mm_round_inputs(void)
+{
+    static int on = -1;
+    if (on < 0) {
+        const char *e = getenv("QCHAT_CPU_XBF16");
+        on = e && strcmp(e, "1") == 0;
+    }
+    return on;
+}
+
 void cpu_matmul(cpu_pool *p, const qc_linear *l, const float *x, int T, float *y, int ldy)
 {
     if (T <= 0 || l->n <= 0)
         return;
+    float *xr = NULL;
+    if (mm_round_inputs()) {
+        const size_t n = (size_t)T * (size_t)l->k;
+        xr = malloc(n * sizeof *xr);
+        if (!xr) {
+            fprintf(stderr, "qchat: QCHAT_CPU_XBF16: no memory for %zu floats; input not rounded\n", n);
+        } else {
+            for (size_t i = 0; i < n; i++)
+                xr[i] = qc_bf16_to_f32(qc_f32_to_bf16(x[i]));
+            x = xr;
+        }
+    }
     /* Tiles of ~64 KiB of dequantized weight: big enough to amortise the
      * dequantizer, small enough to stay in L2 while T tokens reuse it. */
     int64_t rows = MM_TILE_FLOATS / (l->k > 0 ? l->k : 1);
@@ -128,9 +155,10 @@ void cpu_matmul(cpu_pool *p, const qc_linear *l, const float *x, int T, float *y
          * (worker 0 is always the caller). */
         for (int t = 0; t < ntasks; t++)
             mm_task(&c, t, 0);
-        return;
+    } else {
+        cpu_pool_run(p, ntasks, mm_task, &c);
     }
-    cpu_pool_run(p, ntasks, mm_task, &c);
+    free(xr);
 }
 
 /* ---- dense MLP ------------------------------------------------------------- */

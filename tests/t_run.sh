@@ -100,6 +100,12 @@ hl=$(od -An -t u8 -N 8 "$TMP/s.safetensors" | tr -d ' ')
 check score_file_size test "$size" -eq $((8 + hl + 5 * 1024 * 4))
 check score_header_logits grep -q '"logits":{"dtype":"F32","shape":\[5,1024\]' "$TMP/s.safetensors"
 check score_no_temp_left test "$(ls "$TMP" | grep -c 'tmp\.')" -eq 0
+# QCHAT_CPU_XBF16=1 (a diagnostic): the same CPU scores with every matmul input
+# rounded to bf16 are not the same bits as without
+"$Q" score "$M/tiny-qwen36-text" --ids "$TMP/ids" --out "$TMP/c32.st" --device cpu
+QCHAT_CPU_XBF16=1 "$Q" score "$M/tiny-qwen36-text" --ids "$TMP/ids" --out "$TMP/cx.st" --device cpu
+check score_cpu_xbf16_exit0 test $? -eq 0
+check score_cpu_xbf16_moves_logits test -s "$TMP/cx.st" -a -s "$TMP/c32.st" -a "$(cmp -s "$TMP/cx.st" "$TMP/c32.st"; echo $?)" = 1
 printf '1 2 x3' >"$TMP/badids"
 "$Q" score "$M/tiny-qwen36-text" --ids "$TMP/badids" --out "$TMP/b.st" 2>"$TMP/eb"
 check score_bad_id_usage test $? -eq 2

@@ -26,9 +26,13 @@ engine's (tools/moe_quant_check.sh).
 --size 0.8b for the real head size 256): N random token ids (seed 1) are
 scored, and the CPU engine's float32 logits are the golden, checked to
 --tol like a fixture's.
+--xbf16 (with --cpu-golden): also scores on the CPU engine with every matmul
+input rounded to bf16 (QCHAT_CPU_XBF16=1, as the CUDA engine stages them) and
+prints, not checks, how far that one rounding moves the CPU's logits (the
+model's sensitivity) and the device's logits against that run.
 
     tools/cuda_score_check.py QCHAT_BIN MODEL_DIR [--device cuda] [--chunks 200,1,37] [--tol 3e-2]
-                              [--cpu-median-tol 3e-2] [--no-cpu] [--derived] [--cpu-golden N]
+                              [--cpu-median-tol 3e-2] [--no-cpu] [--derived] [--cpu-golden N [--xbf16]]
 
 Needs numpy only (safetensors files are read directly). Exit status 1 when a
 check failed."""
@@ -65,14 +69,14 @@ def rel(a, r):
     return float(np.linalg.norm(a - r) / np.linalg.norm(r))
 
 
-def score(qchat, model, ids, chunk, device, tmp):
+def score(qchat, model, ids, chunk, device, tmp, env=None):
     idf = os.path.join(tmp, "ids.txt")
     out = os.path.join(tmp, "out.safetensors")
     with open(idf, "w") as f:
         f.write(" ".join(str(int(i)) for i in ids))
     cmd = [qchat, "score", model, "--ids", idf, "--out", out, "--chunk", str(chunk), "--device", device,
            "--final-norm"]
-    p = subprocess.run(cmd, capture_output=True, text=True)
+    p = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, **env) if env else None)
     if p.returncode != 0:
         return None, "exit %d: %s" % (p.returncode, p.stderr.strip()[-300:])
     return read_st(out), None
@@ -100,11 +104,13 @@ def main():
         return 2
     qchat, model = args[0], args[1]
     device, chunks, tol, vs_cpu, cpu_tol, derived, cpu_golden = "cuda", [200, 1, 37], 3e-2, True, None, False, 0
+    xbf16 = False
     i = 2
     while i < len(args):
-        if args[i] in ("--no-cpu", "--derived"):
+        if args[i] in ("--no-cpu", "--derived", "--xbf16"):
             vs_cpu = vs_cpu and args[i] != "--no-cpu"
             derived = derived or args[i] == "--derived"
+            xbf16 = xbf16 or args[i] == "--xbf16"
             i += 1
             continue
         if args[i] == "--device":
@@ -121,6 +127,9 @@ def main():
     if cpu_golden and (cpu_golden < 17 or device == "cpu" or not vs_cpu):
         print("cuda_score_check.py: --cpu-golden needs N >= 17 (a 16-token greedy prompt and more), a device "
               "other than cpu, and no --no-cpu", file=sys.stderr)
+        return 2
+    if xbf16 and not cpu_golden:
+        print("cuda_score_check.py: --xbf16 goes with --cpu-golden", file=sys.stderr)
         return 2
     if cpu_golden:
         with open(os.path.join(model, "config.json")) as f:
@@ -145,6 +154,16 @@ def main():
                     if "final_norm" in o:
                         g["final_norm"] = o["final_norm"]
                 print("# cpu_%s: logits rel_l2=%.3g vs golden" % (name, rel(cpu_logits, g["logits"])))
+        xbf16_logits = None
+        if xbf16 and cpu_logits is not None:
+            o, e = score(qchat, model, g["tokens"], 200, "cpu", tmp, {"QCHAT_CPU_XBF16": "1"})
+            if e:
+                print("FAIL cpu_xbf16_%s_score: %s" % (name, e))
+                failed += 1
+            else:
+                xbf16_logits = o["logits"]
+                print("# cpu_xbf16_%s: logits rel_l2=%.3g vs cpu (matmul inputs rounded to bf16)" %
+                      (name, rel(xbf16_logits, cpu_logits)))
         if cpu_golden and cpu_logits is None:
             print("FAIL %s: --cpu-golden needs the CPU engine's scores" % name)
             return 1
@@ -163,6 +182,8 @@ def main():
             if not derived:
                 print(("ok %s" % tag) if ok else ("FAIL %s: rel_l2 %.3g > %.0e" % (tag, max(rl, rn), tol)))
                 failed += not ok
+            if xbf16_logits is not None:
+                print("# %s_vs_cpu_xbf16: logits rel_l2=%.3g" % (tag, rel(o["logits"], xbf16_logits)))
             if cpu_logits is not None:
                 a64, c64 = o["logits"].astype(np.float64), cpu_logits.astype(np.float64)
                 rc_ = rel(a64, c64)
