@@ -111,12 +111,10 @@ size_t cpu_matmul_scratch(int64_t k) { return k > MM_TILE_FLOATS ? (size_t)k : M
  * random-weight checkpoints, BENCHMARKS.md). Off by default. */
 static bool mm_round_inputs(void)
 {
-    static int on = -1;
-    if (on < 0) {
-        const char *e = getenv("QCHAT_CPU_XBF16");
-        on = e && strcmp(e, "1") == 0;
-    }
-    return on;
+    /* Read at every call, not cached: no shared state between the threads
+     * that may run sessions; one getenv is nothing beside a matmul. */
+    const char *e = getenv("QCHAT_CPU_XBF16");
+    return e && strcmp(e, "1") == 0;
 }
 
 void cpu_matmul(cpu_pool *p, const qc_linear *l, const float *x, int T, float *y, int ldy)
