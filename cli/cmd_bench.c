@@ -11,7 +11,7 @@
  * --synthetic makes random weights of a real shape (0.8b, 2b, 4b, 9b, 27b,
  * 35b-a3b: the MoE, 256 experts, 8 per token)
  * directly on the GPU, in one of the published format mixes (FMT: bf16, fp8,
- * fp8-channel, int4, int4-gptq, int4-g32, int4-gidx, nvfp4, mxfp4,
+ * fp8-channel, int4, int4-gptq, int4-g32, int4-g64, int4-gidx, nvfp4, mxfp4,
  * nvfp4-mixed; see qc_cuda_model_synthetic_fmt) with the
  * quantized weights in the kernels' layouts. --load-only stops after the
  * load and reports where its time went (checkpoint bytes on disk per second,
@@ -39,7 +39,7 @@ static int usage(const char *msg)
     fprintf(stderr, "usage: qchat bench CHECKPOINT_DIR | --synthetic SIZE:FMT [--json] [--quick] [--steps N] "
                     "[--ctx N,N,...] [--no-profile] [--load-only]\n"
                     "       SIZE: 0.8b, 2b, 4b, 9b, 27b, 35b-a3b; FMT: bf16, fp8, fp8-channel, int4, int4-gptq,\n"
-                    "       int4-g32, int4-gidx, nvfp4, mxfp4, nvfp4-mixed\n");
+                    "       int4-g32, int4-g64, int4-gidx, nvfp4, mxfp4, nvfp4-mixed\n");
     return QC_EXIT_USAGE;
 }
 

@@ -1054,6 +1054,7 @@ int qc_cuda_shape_by_name(const char *name, qc_cuda_shape *sh, qc_err *err)
  *   int4         INT4 g128 symmetric, bf16 scales (compressed-tensors style);
  *   int4-gptq    GPTQ / AutoRound g128 symmetric, f16 scales;
  *   int4-g32     GPTQ g32, f16 scales;
+ *   int4-g64     GPTQ g64, f16 scales;
  *   int4-gidx    GPTQ g128 with act-order (g_idx: one random permutation of
  *                K per fused group, shared by its parts as GPTQ's Hessian
  *                order is for Linears that read the same input), f16 scales;
@@ -1076,12 +1077,13 @@ static const synth_mix synth_mixes[] = {
     {"int4", QK_QW_INT4, QK_QW_INT4, false, 128, false, false, false},
     {"int4-gptq", QK_QW_INT4, QK_QW_INT4, false, 128, true, false, false},
     {"int4-g32", QK_QW_INT4, QK_QW_INT4, false, 32, true, false, false},
+    {"int4-g64", QK_QW_INT4, QK_QW_INT4, false, 64, true, false, false},
     {"int4-gidx", QK_QW_INT4, QK_QW_INT4, false, 128, true, true, false},
     {"nvfp4", QK_QW_NVFP4, QK_QW_NVFP4, true, 0, false, false, false},
     {"mxfp4", QK_QW_MXFP4, QK_QW_MXFP4, true, 0, false, false, false},
     {"nvfp4-mixed", QK_QW_FP8, QK_QW_NVFP4, false, 0, false, false, false},
 };
-#define SYNTH_MIX_NAMES "bf16, fp8, fp8-channel, int4, int4-gptq, int4-g32, int4-gidx, nvfp4, mxfp4, nvfp4-mixed"
+#define SYNTH_MIX_NAMES "bf16, fp8, fp8-channel, int4, int4-gptq, int4-g32, int4-g64, int4-gidx, nvfp4, mxfp4, nvfp4-mixed"
 
 static int synth_kind(const synth_mix *mx, int role)
 {

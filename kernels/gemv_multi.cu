@@ -482,12 +482,12 @@ __global__ void __launch_bounds__(QG_THREADS, VAR == 3 ? 3 : QG_MINB)
  * The walks above hold a step's weights in registers, two steps deep, so a
  * warp has nothing in flight while it finishes a row group (warp sums,
  * stores), and a launch has nothing in flight until its x is staged. Here
- * each warp streams its weights and scales into its own ring of QT_D
+ * each warp streams its weights and scales into its own ring of D (4)
  * shared-memory stages with bulk asynchronous copies (cp.async.bulk,
  * completion counted by an mbarrier per stage), one stage being one walk
  * step (32 chunks of QK_QROWS rows, 2 KB, and their 8 scale words per row);
- * lane 0 refills a stage for the step QT_D ahead as soon as the warp has
- * read it, across row-group boundaries. The first QT_D steps are asked for
+ * lane 0 refills a stage for the step D ahead as soon as the warp has
+ * read it, across row-group boundaries. The first D steps are asked for
  * before the PDL wait: the weights do not depend on the kernel before.
  *
  * Work: block b owns global row groups [b G / B, (b + 1) G / B) (all parts
@@ -519,8 +519,14 @@ __global__ void __launch_bounds__(QG_THREADS, VAR == 3 ? 3 : QG_MINB)
  * kernel's blocks) the decode lost 30 %: the decoding cannot keep up. For
  * NVFP4/MXFP4 (the same kernel with their bodies) -6 % against their
  * 3-blocks-per-SM walk, so they keep the walk. */
-#define QT_D 4                             /* stages per warp (a power of two) */
-#define QT_STAGE (QK_QROWS * (512 + 32))   /* bytes per stage: weights, then 8 scale words per row */
+#define QT_D 4 /* stages per warp; 3 where two blocks with 4 would not fit an SM (qg_tkernel_index) */
+
+/* Bytes per stage for groups of 32 * cpg codes: the QK_QROWS rows' 512
+ * bytes of codes, then their 32 / cpg scale words each. */
+__host__ __device__ constexpr int qt_stage_bytes(int cpg)
+{
+    return QK_QROWS * (512 + 128 / cpg);
+}
 
 /* Lane 0's issue cursor: the next step to ask for and its first row's
  * weight and scale addresses, advanced by pointer steps within a row group
@@ -530,6 +536,7 @@ struct qt_cursor {
     const uint8_t *w, *s;
 };
 
+template <int CPG>
 __device__ __forceinline__ void qt_seek(const qg_parts &ps, int nu, int u, qt_cursor &q)
 {
     const int g = u / nu, c0 = (u - g * nu) * 32;
@@ -538,24 +545,27 @@ __device__ __forceinline__ void qt_seek(const qg_parts &ps, int nu, int u, qt_cu
     q.u = u;
     q.ge = (g + 1) * nu;
     q.w = (const uint8_t *)p.w + (row0 * p.kc + c0) * 16;
-    q.s = (const uint8_t *)p.s + row0 * p.kc + c0; /* scale words: ng * 4 = kc bytes per row, c0 / 4 words in */
+    /* scale words: ng = kc / CPG per row, c0 / CPG of them before chunk c0 */
+    q.s = (const uint8_t *)p.s + (row0 * p.kc + c0) * 4 / CPG;
 }
 
 /* Lane 0: the cursor's step into stage buffer st, then the cursor on. */
+template <int CPG>
 __device__ __forceinline__ void qt_issue(const qg_parts &ps, int nu, qt_cursor &q, uint8_t *st, uint64_t *bar)
 {
-    const size_t wrow = (size_t)ps.p[0].kc * 16, srow = (size_t)ps.p[0].kc;
-    qk_mbar_expect(bar, QT_STAGE);
+    constexpr int SB = 128 / CPG; /* scale bytes per row and step */
+    const size_t wrow = (size_t)ps.p[0].kc * 16, srow = (size_t)ps.p[0].kc * 4 / CPG;
+    qk_mbar_expect(bar, qt_stage_bytes(CPG));
 #pragma unroll
     for (int r = 0; r < QK_QROWS; r++) {
         qk_bulk_copy(st + r * 512, q.w + r * wrow, 512, bar);
-        qk_bulk_copy(st + QK_QROWS * 512 + r * 32, q.s + r * srow, 32, bar);
+        qk_bulk_copy(st + QK_QROWS * 512 + r * SB, q.s + r * srow, SB, bar);
     }
     if (++q.u < q.ge) {
         q.w += 512;
-        q.s += 32;
+        q.s += SB;
     } else {
-        qt_seek(ps, nu, q.u, q);
+        qt_seek<CPG>(ps, nu, q.u, q);
     }
 }
 
@@ -595,31 +605,67 @@ __device__ __forceinline__ int qt_warp_start(int A, int n, int v)
     return A + (int)((long long)v * n / QG_WARPS);
 }
 
-/* This lane's share of a stage: chunk c of the QK_QROWS rows, dotted. */
-template <bool F16>
-__device__ __forceinline__ void qt_dot(const qg_part &p, const uint8_t *st, int c, float *acc)
+/* This lane's share of a stage whose first chunk is c0 of the row (groups
+ * of 32 * CPG codes), dotted. The mma sums the lanes of a quad, so for each
+ * of its four steps s the quad's lanes must hold four words of one group
+ * (gemv_q.cuh qg_int4_mma_dot): with groups of 128 lane (g, t) takes its
+ * own chunk 4g + t, word s, as the walks do; with groups of 64 chunk 4g +
+ * 2a + t/2, word 2b + t%2; with groups of 32 chunk 4g + a', word t. Only
+ * the order of the stage's reads changes, not the layout. Which (a, b) or a'
+ * comes at step s rotates with g / 2, so that the four quads reading at
+ * once (g and g + 2 are 16 words apart, one bank) hit four different banks:
+ * the 32-bit reads are free of conflicts. */
+template <bool F16, int CPG>
+__device__ __forceinline__ void qt_dot(int kc, const uint8_t *st, int c0, float *acc)
 {
-    const int lane = (int)threadIdx.x & 31;
-    const uint4 *w = (const uint4 *)st;
-    const uint32_t *s = (const uint32_t *)(st + QK_QROWS * 512);
-    qg_int4_mma_step<F16, true> t;
+    constexpr int NG = 4 / CPG, SW = 32 / CPG; /* groups per quad and step, scale words per row */
+    const int lane = (int)threadIdx.x & 31, g = lane >> 2, t = lane & 3, rot = g >> 1;
+    const uint32_t *sw = (const uint32_t *)(st + QK_QROWS * 512);
+    uint32_t wd[QK_QROWS][4], m[QK_QROWS][NG], xv[16];
+    if (CPG == 4) {
+        const uint4 *w = (const uint4 *)st;
 #pragma unroll
-    for (int r = 0; r < QK_QROWS; r++) {
-        t.w[r] = w[r * 32 + lane];
-        t.m[r] = s[r * 8 + (lane >> 2)]; /* the quad's group (4 chunks per group of 128) */
+        for (int r = 0; r < QK_QROWS; r++) {
+            const uint4 u = w[r * 32 + lane];
+            wd[r][0] = u.x;
+            wd[r][1] = u.y;
+            wd[r][2] = u.z;
+            wd[r][3] = u.w;
+            m[r][0] = sw[r * SW + g];
+        }
+        qg_load_xsm<32>(kc, c0 + lane, xv);
+    } else {
+        const uint32_t *w = (const uint32_t *)st;
+#pragma unroll
+        for (int s = 0; s < 4; s++) {
+            const int i = s / CPG, e = s % CPG;
+            const int a = CPG == 1 ? (s + rot) & 3 : (i + (rot >> 1)) & 1, b = (e + rot) & 1;
+            const int ch = CPG == 1 ? 4 * g + a : 4 * g + 2 * a + (t >> 1); /* chunk in the stage */
+            const int wo = CPG == 1 ? t : 2 * b + (t & 1);                  /* word in the chunk */
+#pragma unroll
+            for (int r = 0; r < QK_QROWS; r++) wd[r][s] = w[r * 128 + ch * 4 + wo];
+            const uint4 u = qg_xsm[wo * kc + c0 + ch]; /* x piece wo of the chunk (qg_load_xsm) */
+            xv[4 * s + 0] = u.x;
+            xv[4 * s + 1] = u.y;
+            xv[4 * s + 2] = u.z;
+            xv[4 * s + 3] = u.w;
+            if (e == 0) {
+#pragma unroll
+                for (int r = 0; r < QK_QROWS; r++) m[r][i] = sw[r * SW + NG * g + a];
+            }
+        }
     }
-    t.cx = c;
-    t.dot(p, acc);
+    qg_int4_mma_dot<F16, CPG>(wd, m, xv, acc);
 }
 
-template <bool F16>
+template <bool F16, int CPG, int D>
 __global__ void __launch_bounds__(QG_THREADS, 2)
     k_gemv_qt(const __grid_constant__ qg_parts ps, const uint16_t *__restrict__ x, int accumulate, int G,
               const qg_norm nrm)
 {
     __shared__ float red[33];
     __shared__ float cut[QG_WARPS * 2 * QK_QROWS]; /* partial sums of the groups cut between warps */
-    __shared__ __align__(8) uint64_t bars[QG_WARPS * QT_D];
+    __shared__ __align__(8) uint64_t bars[QG_WARPS * D];
     QG_PROBE_ENTRY
     qk_pdl_trigger();
     const int warp = (int)threadIdx.x >> 5, lane = (int)threadIdx.x & 31;
@@ -627,17 +673,18 @@ __global__ void __launch_bounds__(QG_THREADS, 2)
     int A, n, j0, j1;
     qt_block_work(ps, G, nu, &A, &n, &j0, &j1);
     const int a = qt_warp_start(A, n, warp), b = qt_warp_start(A, n, warp + 1);
-    uint8_t *ring = (uint8_t *)(qg_xsm + ps.xs_u4) + warp * QT_D * QT_STAGE; /* after x */
-    uint64_t *bar = bars + warp * QT_D;
+    constexpr int STB = qt_stage_bytes(CPG);
+    uint8_t *ring = (uint8_t *)(qg_xsm + ps.xs_u4) + warp * D * STB; /* after x */
+    uint64_t *bar = bars + warp * D;
     qt_cursor q;
     if (lane == 0) {
-        for (int s = 0; s < QT_D; s++) qk_mbar_init(bar + s);
+        for (int s = 0; s < D; s++) qk_mbar_init(bar + s);
         qk_mbar_init_fence();
         /* Before the PDL wait: the kernel before may still run, but no
          * kernel writes weights or scales (they change only at load), so
          * they may be read now. */
-        if (a < b) qt_seek(ps, nu, a, q);
-        for (int k = 0; k < QT_D && a + k < b; k++) qt_issue(ps, nu, q, ring + k * QT_STAGE, bar + k);
+        if (a < b) qt_seek<CPG>(ps, nu, a, q);
+        for (int k = 0; k < D && a + k < b; k++) qt_issue<CPG>(ps, nu, q, ring + k * STB, bar + k);
     }
     __syncwarp();
     uint4 xr[QG_XP_PT];
@@ -659,14 +706,14 @@ __global__ void __launch_bounds__(QG_THREADS, 2)
             pi = qg_part_of(ps, g);
         }
         const qg_part &p = ps.p[pi];
-        const int s = k & (QT_D - 1);
-        qk_mbar_wait(bar + s, (uint32_t)(k / QT_D) & 1u);
-        qt_dot<F16>(p, ring + s * QT_STAGE, (u - gs) * 32 + lane, acc);
+        const int s = k % D; /* the stage's use count k / D gives the phase */
+        qk_mbar_wait(bar + s, (uint32_t)(k / D) & 1u);
+        qt_dot<F16, CPG>(p.kc, ring + s * STB, (u - gs) * 32, acc);
         /* Every lane has used its values from stage s (the mma took them
          * as operands), so lane 0 may have it overwritten; no proxy fence is
          * needed for this read-before-write (as in CUTLASS's TMA loads). */
         __syncwarp();
-        if (lane == 0 && u + QT_D < b) qt_issue(ps, nu, q, ring + s * QT_STAGE, bar + s);
+        if (lane == 0 && u + D < b) qt_issue<CPG>(ps, nu, q, ring + s * STB, bar + s);
         if (u + 1 < b && u + 1 < gs + nu) continue;
         /* the end of a piece: this warp's units [max(a, gs), u] of group g */
         if ((lane & 3) != (lane >> 3)) { /* only the mma diagonal holds sums (qg_walk_mma) */
@@ -708,9 +755,34 @@ __global__ void __launch_bounds__(QG_THREADS, 2)
 }
 
 typedef void (*qg_tkernel)(qg_parts, const uint16_t *, int, int, qg_norm);
-/* The streamed kernel per body (NULL: none). */
-static const qg_tkernel qg_tkernels[QG_NBODY] = {NULL, NULL, NULL, k_gemv_qt<true>, k_gemv_qt<false>,
-                                                 NULL, NULL, NULL,           NULL,             NULL};
+/* The streamed kernels: f16 scales for entries 0-2, bf16 for 3-5, each for
+ * groups of 32, 64 and 128 codes, with QT_D stages per warp; then groups of
+ * 32 with 3 stages (f16, bf16), for the launches whose x leaves no room for
+ * two blocks with 4 (the down projection's 34 KB at K = 17408: 115 KB per
+ * block with 4 stages of 2560 bytes per warp, 95 KB with 3). */
+#define QG_NTK 8
+static const qg_tkernel qg_tkernels[QG_NTK] = {
+    k_gemv_qt<true, 1, QT_D>,  k_gemv_qt<true, 2, QT_D>,  k_gemv_qt<true, 4, QT_D>, k_gemv_qt<false, 1, QT_D>,
+    k_gemv_qt<false, 2, QT_D>, k_gemv_qt<false, 4, QT_D>, k_gemv_qt<true, 1, 3>,     k_gemv_qt<false, 1, 3>};
+
+/* The index in qg_tkernels for a launch of INT4 body `body` (no g_idx
+ * gather) with cpg chunks per group, or -1: no streamed kernel; d3: the
+ * 3-stage kernel (groups of 32 only). */
+static int qg_tkernel_index(int body, int cpg, bool d3)
+{
+    const int gi = cpg == 1 ? 0 : cpg == 2 ? 1 : cpg == 4 ? 2 : -1;
+    const bool f16 = body == QG_B_I4MH || body == QG_B_I4H;
+    if (gi < 0 || (d3 && cpg != 1)) return -1;
+    if (body == QG_B_I4MH || body == QG_B_I4M) {
+        if (cpg != 4) return -1;
+    } else if (body != QG_B_I4H && body != QG_B_I4) {
+        return -1;
+    } else if (cpg == 4) {
+        return -1;
+    }
+    return d3 ? (f16 ? 6 : 7) : (f16 ? 0 : 3) + gi;
+}
+
 
 typedef void (*qg_pkernel)(qg_parts, const uint16_t *, int, int, int, qg_norm);
 static const qg_pkernel qg_pkernels[QG_NBODY] = {k_gemv_qp<0, 0>, k_gemv_qp<1, 0>, k_gemv_qp<2, 0>, k_gemv_qp<3, 0>,
@@ -785,6 +857,26 @@ static int qg_xs_occupancy(qg_occ_cache *c, qg_pkernel k, size_t xs)
             cudaGetLastError();
     }
     return qg_occupancy(c, (const void *)k, xs);
+}
+
+/* Resident blocks per SM of streamed kernel i with xs bytes of staged x
+ * (groups of 32 * cpg codes), its dynamic shared memory (x, then the
+ * rings) in *smem and set as the kernel's limit on first need; 0 when it
+ * cannot be set. */
+static int qg_tkernel_occupancy(int i, size_t xs, int cpg, size_t *smem)
+{
+    static size_t smem_set[QG_NTK];
+    static qg_occ_cache ct[QG_NTK];
+    *smem = xs + (size_t)QG_WARPS * (i >= 6 ? 3 : QT_D) * (size_t)qt_stage_bytes(cpg);
+    if (*smem > smem_set[i]) {
+        if (cudaFuncSetAttribute((const void *)qg_tkernels[i], cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                 (int)*smem) != cudaSuccess) {
+            cudaGetLastError();
+            return 0;
+        }
+        smem_set[i] = *smem;
+    }
+    return qg_occupancy(&ct[i], (const void *)qg_tkernels[i], *smem);
 }
 
 /* log2 d for a power of two d > 0, else -1 (qg_div). */
@@ -978,34 +1070,32 @@ static int gemv_launch(const qk_qweight *const *w_in, float *const *y_in, int np
             ps.p[0].cC = conv->C;
         }
     }
-    /* The streamed kernel (k_gemv_qt) by default for launches of INT4 g128
-     * parts, with whole 32-chunk steps and 16-byte aligned scale rows (the
-     * bulk copies), and BF16 parts of one K placed last (lift), on every
-     * block it can hold resident (10: the walks instead, for A/B). */
-    if (mode == 0 && pdl && qg_tkernels[body]) {
-        const int kc = ps.p[0].kc;
+    /* The streamed kernel (k_gemv_qt) by default for launches of INT4 parts
+     * of one group size of 32, 64 or 128 codes (no g_idx gather: act-order
+     * with regular groups stages x permuted), with whole 32-chunk steps and
+     * 16-byte aligned scale rows (the bulk copies), and BF16 parts of one K
+     * placed last (lift), on every block it can hold resident (10: the
+     * walks instead, for A/B). */
+    int tk = qg_tkernel_index(body, ps.p[0].kind == QK_QW_INT4 ? ps.p[0].cpg : 0, false);
+    if (mode == 0 && pdl && tk >= 0) {
+        const int kc = ps.p[0].kc, cpg = ps.p[0].cpg;
         bool ok = kc % 32 == 0;
         for (int i = 0; ok && i < nparts; i++) {
             const qg_part &p = ps.p[i];
             if (p.kind == QK_QW_BF16)
                 ok = lift && p.kc == ps.p[nparts - 1].kc && (!nm || p.xs_p == 4);
             else
-                ok = qg_part_body(&p) == body && p.kc == kc && p.cpg == 4 && p.ng * 4 == kc && !((uintptr_t)p.s & 15);
+                ok = qg_part_body(&p) == body && p.kc == kc && p.cpg == cpg && p.ng * cpg == kc &&
+                     !((uintptr_t)p.s & 15);
         }
         ps.xs_u4 = 4 * kc * copies;
-        const size_t smem = (size_t)16 * ps.xs_u4 + (size_t)QG_WARPS * QT_D * QT_STAGE; /* x, then the rings */
-        static size_t smem_set[QG_NBODY];
-        static qg_occ_cache ct[QG_NBODY];
-        if (ok && smem > smem_set[body]) {
-            if (cudaFuncSetAttribute((const void *)qg_tkernels[body], cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                     (int)smem) == cudaSuccess) {
-                smem_set[body] = smem;
-            } else {
-                cudaGetLastError();
-                ok = false;
-            }
+        size_t smem = 0;
+        int occ_t = ok ? qg_tkernel_occupancy(tk, (size_t)16 * ps.xs_u4, cpg, &smem) : 0;
+        const int t3 = qg_tkernel_index(body, cpg, true);
+        if (ok && occ_t < 2 && t3 >= 0) { /* groups of 32 with a long K: 3 stages per warp */
+            tk = t3;
+            occ_t = qg_tkernel_occupancy(tk, (size_t)16 * ps.xs_u4, cpg, &smem);
         }
-        const int occ_t = ok ? qg_occupancy(&ct[body], (const void *)qg_tkernels[body], smem) : 0;
         /* Two blocks per SM at least: with one (8 warps) the decode lost 30 %
          * (header comment); on GPUs with less shared memory per SM than the
          * H100 (sm_120: ~100 KB) the walks run instead. */
@@ -1013,7 +1103,7 @@ static int gemv_launch(const qk_qweight *const *w_in, float *const *y_in, int np
         if (grid > 0) {
             qk_launch_cfg(&cfg, at, dim3((unsigned)(grid)), dim3(QG_THREADS), st, pdl);
             cfg.dynamicSmemBytes = smem;
-            const int rc = (int)cudaLaunchKernelEx(&cfg, qg_tkernels[body], ps, x, accumulate, groups, nrm);
+            const int rc = (int)cudaLaunchKernelEx(&cfg, qg_tkernels[tk], ps, x, accumulate, groups, nrm);
             return rc ? rc : qk_launch_status();
         }
     }

@@ -535,12 +535,60 @@ __device__ __forceinline__ uint32_t qg_bf16_nib2(uint32_t w)
     return d;
 }
 
+/* The INT4 tensor-core dot of one lane's 32 codes per row (groups of 32 *
+ * CPG codes). Word s of row r, wd[r][s], gives the bf16 pairs (q_p,
+ * q_{p+4}) - z for p = 0..3: (w >> 4p) & 0x000f000f | 0x43004300 is 128 + q
+ * in each half (one LOP3, qg_bf16_nib2, + one shift), minus 128 + z (one
+ * bf16x2 FMA, exact); xv[4s .. 4s+3] are the raw bf16 words of the x piece
+ * that word s multiplies, paired in the same order by one PRMT each. The
+ * mma sums the four lanes of a quad (qg_mma_bf16), so for every s the
+ * quad's four words s must lie in one group: steps i*CPG .. i*CPG+CPG-1
+ * belong to the quad's group i, whose scale|zero word is m[r][i]. Per row
+ * pair and group the mmas go into a fresh D, then the group scale on the
+ * fp32 accumulator. CPG 4 (groups of 128) is the walks' case: a lane's
+ * own chunk, one group per quad (qg_int4_mma_step); the streamed kernel
+ * also runs 1 and 2 (gemv_multi.cu qt_dot). */
+template <bool F16, int CPG>
+__device__ __forceinline__ void qg_int4_mma_dot(const uint32_t (&wd)[QK_QROWS][4], const uint32_t (&m)[QK_QROWS][4 / CPG],
+                                                const uint32_t *xv, float *acc)
+{
+    uint32_t b[16]; /* b[4j + p]: x pair (8j + p, 8j + p + 4) */
+#pragma unroll
+    for (int j = 0; j < 4; j++)
+#pragma unroll
+        for (int q = 0; q < 4; q++)
+            b[4 * j + q] = qg_prmt(xv[4 * j + (q >> 1)], xv[4 * j + 2 + (q >> 1)], (q & 1) ? 0x7632u : 0x5410u);
+    const bool hi = ((int)threadIdx.x >> 2) & 1;
+#pragma unroll
+    for (int rp = 0; rp < QK_QROWS; rp += 2) {
+#pragma unroll
+        for (int i = 0; i < 4 / CPG; i++) {
+            /* bf16x2 (128 + z, 128 + z) = bytes (z, 0x43, z, 0x43) of the
+             * scale|zero word (z, byte 2, <= 16: mantissa): one PRMT */
+            const uint32_t zz[2] = {qg_prmt(m[rp][i], 0x43434343u, 0x4242u),
+                                    qg_prmt(m[rp + 1][i], 0x43434343u, 0x4242u)};
+            float d[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+            for (int j = i * CPG; j < (i + 1) * CPG; j++) {
+#pragma unroll
+                for (int q = 0; q < 4; q += 2) {
+                    uint32_t a[4];
+                    a[0] = qg_bsub2(qg_bf16_nib2(wd[rp][j] >> (4 * q)), zz[0]);
+                    a[1] = qg_bsub2(qg_bf16_nib2(wd[rp + 1][j] >> (4 * q)), zz[1]);
+                    a[2] = qg_bsub2(qg_bf16_nib2(wd[rp][j] >> (4 * q + 4)), zz[0]);
+                    a[3] = qg_bsub2(qg_bf16_nib2(wd[rp + 1][j] >> (4 * q + 4)), zz[1]);
+                    qg_mma_bf16(d, a, b[4 * j + q], b[4 * j + q + 1]);
+                }
+            }
+            const float d0 = hi ? d[1] : d[0], d1 = hi ? d[3] : d[2];
+            acc[rp] = fmaf(qg_int4_scale(m[rp][i], F16), d0, acc[rp]);
+            acc[rp + 1] = fmaf(qg_int4_scale(m[rp + 1][i], F16), d1, acc[rp + 1]);
+        }
+    }
+}
+
 /* INT4 (groups a multiple of 128, no g_idx: a quad's four chunks share one
- * group). Word j of a chunk gives the bf16 pairs (q_p, q_{p+4}) - z for
- * p = 0..3: (w >> 4p) & 0x000f000f | 0x43004300 is 128 + q in each half
- * (one LOP3, qg_bf16_nib2, + one shift), minus 128 + z (one bf16x2 FMA,
- * exact). x pairs in the same order are one PRMT of the raw bf16 words. Per chunk and row pair
- * 8 mmas into a fresh D, then the group scale on the fp32 accumulator. */
+ * group), the walks' step: qg_int4_mma_dot on the lane's own chunk. */
 template <bool F16, bool XS = false>
 struct qg_int4_mma_step {
     uint4 w[QK_QROWS];
@@ -573,38 +621,16 @@ struct qg_int4_mma_step {
     __device__ __forceinline__ void dot(const qg_part &p, float *acc) const
     {
         const qg_xw<32> xw = qg_x_late<32, XS>(p, cx, xr);
-        uint32_t b[16]; /* b[4j + p]: x pair (8j + p, 8j + p + 4) */
+        uint32_t wd[QK_QROWS][4], mm[QK_QROWS][1];
 #pragma unroll
-        for (int j = 0; j < 4; j++)
-#pragma unroll
-            for (int q = 0; q < 4; q++)
-                b[4 * j + q] = qg_prmt(xw.v[4 * j + (q >> 1)], xw.v[4 * j + 2 + (q >> 1)], (q & 1) ? 0x7632u : 0x5410u);
-        const int lane = (int)threadIdx.x & 31;
-        const bool hi = (lane >> 2) & 1;
-#pragma unroll
-        for (int rp = 0; rp < QK_QROWS; rp += 2) {
-            /* bf16x2 (128 + z, 128 + z) = bytes (z, 0x43, z, 0x43) of the
-             * scale|zero word (z, byte 2, <= 16: mantissa): one PRMT */
-            const uint32_t zz[2] = {qg_prmt(m[rp], 0x43434343u, 0x4242u), qg_prmt(m[rp + 1], 0x43434343u, 0x4242u)};
-            float d[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-            const uint32_t w0[4] = {w[rp].x, w[rp].y, w[rp].z, w[rp].w};
-            const uint32_t w1[4] = {w[rp + 1].x, w[rp + 1].y, w[rp + 1].z, w[rp + 1].w};
-#pragma unroll
-            for (int j = 0; j < 4; j++) {
-#pragma unroll
-                for (int q = 0; q < 4; q += 2) {
-                    uint32_t a[4];
-                    a[0] = qg_bsub2(qg_bf16_nib2(w0[j] >> (4 * q)), zz[0]);
-                    a[1] = qg_bsub2(qg_bf16_nib2(w1[j] >> (4 * q)), zz[1]);
-                    a[2] = qg_bsub2(qg_bf16_nib2(w0[j] >> (4 * q + 4)), zz[0]);
-                    a[3] = qg_bsub2(qg_bf16_nib2(w1[j] >> (4 * q + 4)), zz[1]);
-                    qg_mma_bf16(d, a, b[4 * j + q], b[4 * j + q + 1]);
-                }
-            }
-            const float d0 = hi ? d[1] : d[0], d1 = hi ? d[3] : d[2];
-            acc[rp] = fmaf(qg_int4_scale(m[rp], F16), d0, acc[rp]);
-            acc[rp + 1] = fmaf(qg_int4_scale(m[rp + 1], F16), d1, acc[rp + 1]);
+        for (int r = 0; r < QK_QROWS; r++) {
+            wd[r][0] = w[r].x;
+            wd[r][1] = w[r].y;
+            wd[r][2] = w[r].z;
+            wd[r][3] = w[r].w;
+            mm[r][0] = m[r];
         }
+        qg_int4_mma_dot<F16, 4>(wd, mm, xw.v, acc);
     }
 };
 

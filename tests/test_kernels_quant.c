@@ -897,6 +897,15 @@ static void test_norm_fused(void)
     norm_check("qgemv_norm_conv_int4_whole_rows", p, 1, 1024, 1, 2000); /* one warp per row group */
     build_fp4(&p[0], "norm.mx", QC_FMT_MXFP4_CT, 300, 2048, 0);
     norm_check("qgemv_norm_mxfp4", p, 1, 2048, 1, 0);
+    /* the INT4 g32 GDN in-projection and a g64 gate|up, streamed */
+    build_gptq(&p[0], "conv.g32qkv", 640, 2048, 32, 0, 0, 0);
+    build_gptq(&p[1], "conv.g32z", 256, 2048, 32, 0, 0, 0);
+    build_bf16(&p[2], "conv.g32a", 16, 2048);
+    build_bf16(&p[3], "conv.g32b", 16, 2048);
+    norm_check("qgemv_norm_conv_int4_g32_gdn_in", p, 4, 2048, 1, 640);
+    build_awq(&p[0], "norm.g64gate", 600, 5120, 64);
+    build_awq(&p[1], "norm.g64up", 600, 5120, 64);
+    norm_check("qgemv_norm_int4_g64_gate_up", p, 2, 5120, 1, 0);
     build_gptq(&p[0], "norm.g64", 136, 1000, 64, 1, 0, 0); /* K not a multiple of 32 * P: zeros past K */
     norm_check("qgemv_norm_gptq_g64_k1000", p, 1, 1000, 1, 0);
     build_gptq(&p[0], "norm.gidx", 72, 320, 64, 0, 0, 2); /* uneven groups: the gather body */
@@ -1033,6 +1042,18 @@ static void test_fused(void)
     build_ct(&p[1], "fused.fqkv0", 640, K, 128, 0, 0);
     build_ct(&p[2], "fused.fz0", 384, K, 128, 1, 0);
     fused_check("qgemv_fused_bf16_first_int4", p, 3, K);
+    /* The GDN in-projection pattern with INT4 groups of 32 and of 64 (the
+     * streamed kernel's other group sizes, BF16 a|b walked first) */
+    K = 5120;
+    build_gptq(&p[0], "fused.g32qkv", 640, K, 32, 0, 0, 0);
+    build_gptq(&p[1], "fused.g32z", 384, K, 32, 1, 1, 0);
+    build_bf16(&p[2], "fused.g32a", 48, K);
+    build_bf16(&p[3], "fused.g32b", 48, K);
+    fused_check("qgemv_fused_int4_g32_bf16_ab", p, 4, K);
+    K = 3072;
+    build_ct(&p[0], "fused.g64gate", 1100, K, 64, 1, 0);
+    build_ct(&p[1], "fused.g64up", 1100, K, 64, 0, 0);
+    fused_check("qgemv_fused_int4_g64_gate_up", p, 2, K);
     /* act-order INT4 parts of one permutation: x staged once in its order
      * (streamed at K = 5120, the walks at K = 1000 with a short last group);
      * two permutations in one launch: the gather bodies */
@@ -2327,6 +2348,22 @@ int main(void)
     run_case("gptq_v2_asym_g256_300x2048", &p);
     build_awq(&p, "awq", 200, 1024, 64);
     run_case("awq_g64_200x1024", &p);
+    /* groups of 32 and 64 on the streamed kernel (a quad's words of one
+     * group per mma step: gemv_multi.cu qt_dot): both scale types, rounds
+     * plus leftovers, split K, and the down projection's K (34 KB of x: the
+     * walks where two blocks with their rings do not fit an SM) */
+    build_ct(&p, "ct_g32", 300, 5120, 32, 1, 0);
+    run_case("ct_int_asym_g32_300x5120", &p);
+    build_gptq(&p, "gptq_g32", 9000, 2048, 32, 0, 0, 0);
+    run_case("gptq_v2_asym_g32_9000x2048", &p);
+    build_awq(&p, "awq_g32", 40, 6144, 32);
+    run_case("awq_g32_splitk_40x6144", &p);
+    build_gptq(&p, "gptq_g32_longk", 200, 17408, 32, 1, 1, 0);
+    run_case("gptq_v1_sym_g32_200x17408", &p);
+    build_ct(&p, "ct_g64", 5000, 3072, 64, 0, 0);
+    run_case("ct_int_sym_g64_5000x3072", &p);
+    build_gptq(&p, "gptq_g64_longk", 136, 17408, 64, 0, 0, 0);
+    run_case("gptq_v2_asym_g64_136x17408", &p);
     build_ct(&p, "ct_w_splitk", 24, 16384, 128, 1, 0);
     run_case("ct_int_asym_g128_splitk_24x16384", &p);
     build_fp8(&p, "fp8", QC_FMT_FP8_BLOCK, 5000, 1536, 128, 128, QC_DT_BF16);
