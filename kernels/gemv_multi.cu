@@ -477,15 +477,16 @@ __global__ void __launch_bounds__(QG_THREADS, VAR == 3 ? 3 : QG_MINB)
     QG_PROBE_END(BODY, G);
 }
 
-/* ---- streamed launch (the default for INT4 g128 on sm_90+) ----
+/* ---- streamed launch (the default for INT4 groups of 32-128 on sm_90+) ----
  *
  * The walks above hold a step's weights in registers, two steps deep, so a
  * warp has nothing in flight while it finishes a row group (warp sums,
  * stores), and a launch has nothing in flight until its x is staged. Here
- * each warp streams its weights and scales into its own ring of D (4)
+ * each warp streams its weights and scales into its own ring of D = QT_D
  * shared-memory stages with bulk asynchronous copies (cp.async.bulk,
  * completion counted by an mbarrier per stage), one stage being one walk
- * step (32 chunks of QK_QROWS rows, 2 KB, and their 8 scale words per row);
+ * step (32 chunks of QK_QROWS rows, 2 KB, and their 32 / cpg scale words
+ * per row);
  * lane 0 refills a stage for the step D ahead as soon as the warp has
  * read it, across row-group boundaries. The first D steps are asked for
  * before the PDL wait: the weights do not depend on the kernel before.
@@ -518,8 +519,13 @@ __global__ void __launch_bounds__(QG_THREADS, VAR == 3 ? 3 : QG_MINB)
  * every launch. With one block per SM (8 warps, to leave room for the next
  * kernel's blocks) the decode lost 30 %: the decoding cannot keep up. For
  * NVFP4/MXFP4 (the same kernel with their bodies) -6 % against their
- * 3-blocks-per-SM walk, so they keep the walk. */
-#define QT_D 4 /* stages per warp; 3 where two blocks with 4 would not fit an SM (qg_tkernel_index) */
+ * 3-blocks-per-SM walk, so they keep the walk. The ring's depth, 27B INT4
+ * g128 decode (twenty-first session, two or three A/B rounds each): 5
+ * stages 121 tok/s, 4 131, 3 126.5, 2 133 (g64: 114 / 125 / 121 / 126;
+ * with 4 stages a launch asks for twice the weights before its wait, yet
+ * 2 is the fastest; why 3 loses was not established). With 2, two blocks
+ * fit an SM at every 27B shape and group size. */
+#define QT_D 2 /* stages per warp */
 
 /* Bytes per stage for groups of 32 * cpg codes: the QK_QROWS rows' 512
  * bytes of codes, then their 32 / cpg scale words each. */
@@ -658,14 +664,14 @@ __device__ __forceinline__ void qt_dot(int kc, const uint8_t *st, int c0, float 
     qg_int4_mma_dot<F16, CPG>(wd, m, xv, acc);
 }
 
-template <bool F16, int CPG, int D>
+template <bool F16, int CPG>
 __global__ void __launch_bounds__(QG_THREADS, 2)
     k_gemv_qt(const __grid_constant__ qg_parts ps, const uint16_t *__restrict__ x, int accumulate, int G,
               const qg_norm nrm)
 {
     __shared__ float red[33];
     __shared__ float cut[QG_WARPS * 2 * QK_QROWS]; /* partial sums of the groups cut between warps */
-    __shared__ __align__(8) uint64_t bars[QG_WARPS * D];
+    __shared__ __align__(8) uint64_t bars[QG_WARPS * QT_D];
     QG_PROBE_ENTRY
     qk_pdl_trigger();
     const int warp = (int)threadIdx.x >> 5, lane = (int)threadIdx.x & 31;
@@ -673,7 +679,7 @@ __global__ void __launch_bounds__(QG_THREADS, 2)
     int A, n, j0, j1;
     qt_block_work(ps, G, nu, &A, &n, &j0, &j1);
     const int a = qt_warp_start(A, n, warp), b = qt_warp_start(A, n, warp + 1);
-    constexpr int STB = qt_stage_bytes(CPG);
+    constexpr int STB = qt_stage_bytes(CPG), D = QT_D;
     uint8_t *ring = (uint8_t *)(qg_xsm + ps.xs_u4) + warp * D * STB; /* after x */
     uint64_t *bar = bars + warp * D;
     qt_cursor q;
@@ -756,23 +762,18 @@ __global__ void __launch_bounds__(QG_THREADS, 2)
 
 typedef void (*qg_tkernel)(qg_parts, const uint16_t *, int, int, qg_norm);
 /* The streamed kernels: f16 scales for entries 0-2, bf16 for 3-5, each for
- * groups of 32, 64 and 128 codes, with QT_D stages per warp; then groups of
- * 32 with 3 stages (f16, bf16), for the launches whose x leaves no room for
- * two blocks with 4 (the down projection's 34 KB at K = 17408: 115 KB per
- * block with 4 stages of 2560 bytes per warp, 95 KB with 3). */
-#define QG_NTK 8
-static const qg_tkernel qg_tkernels[QG_NTK] = {
-    k_gemv_qt<true, 1, QT_D>,  k_gemv_qt<true, 2, QT_D>,  k_gemv_qt<true, 4, QT_D>, k_gemv_qt<false, 1, QT_D>,
-    k_gemv_qt<false, 2, QT_D>, k_gemv_qt<false, 4, QT_D>, k_gemv_qt<true, 1, 3>,     k_gemv_qt<false, 1, 3>};
+ * groups of 32, 64 and 128 codes. */
+#define QG_NTK 6
+static const qg_tkernel qg_tkernels[QG_NTK] = {k_gemv_qt<true, 1>,  k_gemv_qt<true, 2>,  k_gemv_qt<true, 4>,
+                                              k_gemv_qt<false, 1>, k_gemv_qt<false, 2>, k_gemv_qt<false, 4>};
 
 /* The index in qg_tkernels for a launch of INT4 body `body` (no g_idx
- * gather) with cpg chunks per group, or -1: no streamed kernel; d3: the
- * 3-stage kernel (groups of 32 only). */
-static int qg_tkernel_index(int body, int cpg, bool d3)
+ * gather) with cpg chunks per group, or -1: no streamed kernel. */
+static int qg_tkernel_index(int body, int cpg)
 {
     const int gi = cpg == 1 ? 0 : cpg == 2 ? 1 : cpg == 4 ? 2 : -1;
     const bool f16 = body == QG_B_I4MH || body == QG_B_I4H;
-    if (gi < 0 || (d3 && cpg != 1)) return -1;
+    if (gi < 0) return -1;
     if (body == QG_B_I4MH || body == QG_B_I4M) {
         if (cpg != 4) return -1;
     } else if (body != QG_B_I4H && body != QG_B_I4) {
@@ -780,9 +781,8 @@ static int qg_tkernel_index(int body, int cpg, bool d3)
     } else if (cpg == 4) {
         return -1;
     }
-    return d3 ? (f16 ? 6 : 7) : (f16 ? 0 : 3) + gi;
+    return (f16 ? 0 : 3) + gi;
 }
-
 
 typedef void (*qg_pkernel)(qg_parts, const uint16_t *, int, int, int, qg_norm);
 static const qg_pkernel qg_pkernels[QG_NBODY] = {k_gemv_qp<0, 0>, k_gemv_qp<1, 0>, k_gemv_qp<2, 0>, k_gemv_qp<3, 0>,
@@ -867,7 +867,7 @@ static int qg_tkernel_occupancy(int i, size_t xs, int cpg, size_t *smem)
 {
     static size_t smem_set[QG_NTK];
     static qg_occ_cache ct[QG_NTK];
-    *smem = xs + (size_t)QG_WARPS * (i >= 6 ? 3 : QT_D) * (size_t)qt_stage_bytes(cpg);
+    *smem = xs + (size_t)QG_WARPS * QT_D * (size_t)qt_stage_bytes(cpg);
     if (*smem > smem_set[i]) {
         if (cudaFuncSetAttribute((const void *)qg_tkernels[i], cudaFuncAttributeMaxDynamicSharedMemorySize,
                                  (int)*smem) != cudaSuccess) {
@@ -1076,7 +1076,7 @@ static int gemv_launch(const qk_qweight *const *w_in, float *const *y_in, int np
      * 16-byte aligned scale rows (the bulk copies), and BF16 parts of one K
      * placed last (lift), on every block it can hold resident (10: the
      * walks instead, for A/B). */
-    int tk = qg_tkernel_index(body, ps.p[0].kind == QK_QW_INT4 ? ps.p[0].cpg : 0, false);
+    const int tk = qg_tkernel_index(body, ps.p[0].kind == QK_QW_INT4 ? ps.p[0].cpg : 0);
     if (mode == 0 && pdl && tk >= 0) {
         const int kc = ps.p[0].kc, cpg = ps.p[0].cpg;
         bool ok = kc % 32 == 0;
@@ -1090,12 +1090,7 @@ static int gemv_launch(const qk_qweight *const *w_in, float *const *y_in, int np
         }
         ps.xs_u4 = 4 * kc * copies;
         size_t smem = 0;
-        int occ_t = ok ? qg_tkernel_occupancy(tk, (size_t)16 * ps.xs_u4, cpg, &smem) : 0;
-        const int t3 = qg_tkernel_index(body, cpg, true);
-        if (ok && occ_t < 2 && t3 >= 0) { /* groups of 32 with a long K: 3 stages per warp */
-            tk = t3;
-            occ_t = qg_tkernel_occupancy(tk, (size_t)16 * ps.xs_u4, cpg, &smem);
-        }
+        const int occ_t = ok ? qg_tkernel_occupancy(tk, (size_t)16 * ps.xs_u4, cpg, &smem) : 0;
         /* Two blocks per SM at least: with one (8 warps) the decode lost 30 %
          * (header comment); on GPUs with less shared memory per SM than the
          * H100 (sm_120: ~100 KB) the walks run instead. */
