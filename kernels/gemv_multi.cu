@@ -1092,8 +1092,10 @@ static int gemv_launch(const qk_qweight *const *w_in, float *const *y_in, int np
         size_t smem = 0;
         const int occ_t = ok ? qg_tkernel_occupancy(tk, (size_t)16 * ps.xs_u4, cpg, &smem) : 0;
         /* Two blocks per SM at least: with one (8 warps) the decode lost 30 %
-         * (header comment); on GPUs with less shared memory per SM than the
-         * H100 (sm_120: ~100 KB) the walks run instead. */
+         * (header comment). On GPUs with less shared memory per SM than the
+         * H100 (sm_120: ~100 KB) launches whose x and rings do not fit twice
+         * (the down projection's 34 KB of x) take the walks (never run on
+         * such a GPU: untested there). */
         const int grid = occ_t >= 2 ? (groups < nsm * occ_t ? groups : nsm * occ_t) : 0;
         if (grid > 0) {
             qk_launch_cfg(&cfg, at, dim3((unsigned)(grid)), dim3(QG_THREADS), st, pdl);
