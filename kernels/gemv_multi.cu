@@ -819,6 +819,13 @@ extern "C" {
 int qk_gemv_q_mode = 0;
 }
 
+/* Which kernel the calling thread's last launch ran (qk_gemv_q_last_streamed). */
+static thread_local int qg_last_streamed;
+extern "C" int qk_gemv_q_last_streamed(void)
+{
+    return qg_last_streamed;
+}
+
 /* Resident blocks per SM of a kernel with smem (> 0) bytes of dynamic
  * shared memory, cached per kernel for the last QG_OCC_SIZES sizes (a
  * model's launches alternate between a few K: 5120, 6144 and 17408 at 27B). */
@@ -940,6 +947,7 @@ int qg_part_fill(const qk_qweight *w, float *y, qg_part *p)
 static int gemv_launch(const qk_qweight *const *w_in, float *const *y_in, int nparts, const uint16_t *x,
                        const qg_norm *nm, const qk_conv_epi *conv, int accumulate, cudaStream_t st, bool xperm_ok)
 {
+    qg_last_streamed = 0;
     if (nparts < 1 || nparts > QK_GEMV_MAX_PARTS || (!nm && (!x || ((uintptr_t)x & 15))))
         return (int)cudaErrorInvalidValue;
     qg_probe_arm();
@@ -1101,6 +1109,7 @@ static int gemv_launch(const qk_qweight *const *w_in, float *const *y_in, int np
             qk_launch_cfg(&cfg, at, dim3((unsigned)(grid)), dim3(QG_THREADS), st, pdl);
             cfg.dynamicSmemBytes = smem;
             const int rc = (int)cudaLaunchKernelEx(&cfg, qg_tkernels[tk], ps, x, accumulate, groups, nrm);
+            qg_last_streamed = rc == 0;
             return rc ? rc : qk_launch_status();
         }
     }

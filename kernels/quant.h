@@ -226,6 +226,11 @@ int qk_moe_gemm(const qk_moe_table *t, const uint16_t *wdq, int e0, int e1, int 
  * default; others for A/B benchmarks and tests (QCHAT_GEMV_MODE). */
 extern int qk_gemv_q_mode;
 
+/* 1 when the calling thread's last qk_gemv_q / qk_gemv_multi(_norm) launch
+ * ran the streamed INT4 kernel, 0 when it ran a walk (tests: which kernel a
+ * shape gets). */
+int qk_gemv_q_last_streamed(void);
+
 /* Prefill helper: out bf16 [w->n][ld] (ld >= w->k) = W rounded to bf16 (round
  * to nearest even from the exact fp32 dequantized value), for a cuBLAS BF16
  * GEMM. Rows n < w->n, columns k < w->k are written; others untouched. */

@@ -1073,6 +1073,84 @@ static void test_fused(void)
     fused_check("qgemv_fused_int4_two_permutations", p, 2, K);
 }
 
+/* Which kernel a launch gets (gemv_multi.cu): on a Hopper GPU (the
+ * streamed kernel's bulk copies, two blocks per SM in 228 KB) every INT4
+ * launch of groups of 32, 64 or 128 whose rows are whole 32-chunk steps
+ * streams on a PDL stream, BF16 parts and act-order with regular groups
+ * included (K = 1000 streams too: its rows are padded to 1024); mode 10
+ * takes the walks; groups of 256 and rows of partial steps walk. The sums are right either way (the other checks), so a
+ * launcher change that dropped a shape from the streamed kernel shows only
+ * here. want: 1 streamed, 0 walks. */
+static void streamed_path_check(const char *name, pub *p, int np, int want)
+{
+    if (!parts_gpu_or_skip(name, p, np)) return;
+#ifdef QC_HAVE_CUDA
+    int dev = 0, major = 0;
+    cudaGetDevice(&dev);
+    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+    if (major != 9) {
+        th_skip(name, "the streamed kernel's choice is checked on Hopper (sm_90) only");
+        for (int i = 0; i < np; i++) pub_free(&p[i]);
+        return;
+    }
+    const int64_t K = p[0].l.k;
+    qk_qweight d[QK_GEMV_MAX_PARTS];
+    const qk_qweight *dp[QK_GEMV_MAX_PARTS];
+    float *dy[QK_GEMV_MAX_PARTS];
+    bool shared[QK_GEMV_MAX_PARTS];
+    uint16_t *xb = calloc((size_t)K, 2), *dx;
+    cudaMalloc((void **)&dx, (size_t)K * 2);
+    cudaMemcpy(dx, xb, (size_t)K * 2, cudaMemcpyHostToDevice);
+    char why[256] = "";
+    int ok = 1;
+    for (int i = 0; i < np; i++) {
+        if (!part_upload(&p[i], i, &d[i], why, sizeof why)) ok = 0;
+        dp[i] = &d[i];
+        cudaMalloc((void **)&dy[i], (size_t)p[i].l.n * 4);
+    }
+    perms_share(d, np, shared);
+    cudaStream_t qs; /* PDL launches need a stream of their own */
+    cudaStreamCreateWithFlags(&qs, cudaStreamNonBlocking);
+    int got[2] = {-1, -1}, rc[2] = {-1, -1};
+    static const int modes[2] = {0, 10};
+    for (int m = 0; ok && m < 2; m++) {
+        qk_gemv_q_mode = modes[m];
+        rc[m] = qk_gemv_multi(dp, dy, np, dx, 0, qs);
+        got[m] = qk_gemv_q_last_streamed();
+        if (!rc[m]) rc[m] = (int)cudaStreamSynchronize(qs);
+    }
+    cudaStreamDestroy(qs);
+    if (ok)
+        snprintf(why, sizeof why, "launch %d / %d, streamed %d / %d with modes 0 / 10, want %d / 0", rc[0], rc[1],
+                 got[0], got[1], want);
+    CHECK(name, ok && rc[0] == 0 && rc[1] == 0 && got[0] == want && got[1] == 0, "%s", why);
+    for (int i = 0; i < np; i++) cudaFree(dy[i]);
+    parts_release(p, d, shared, np);
+    cudaFree(dx);
+    free(xb);
+#endif
+}
+
+static void test_streamed_paths(void)
+{
+    pub p[2];
+    build_ct(&p[0], "path.g128", 300, 5120, 128, 0, 0);
+    streamed_path_check("gemv_path_streamed_g128_k5120", p, 1, 1);
+    build_gptq(&p[0], "path.g64", 136, 17408, 64, 1, 0, 0);
+    streamed_path_check("gemv_path_streamed_g64_k17408", p, 1, 1);
+    build_awq(&p[0], "path.g32", 64, 17408, 32);
+    streamed_path_check("gemv_path_streamed_g32_k17408", p, 1, 1);
+    build_gptq(&p[0], "path.g32qkv", 640, 5120, 32, 0, 0, 0);
+    build_bf16(&p[1], "path.g32a", 48, 5120);
+    streamed_path_check("gemv_path_streamed_g32_bf16_part", p, 2, 1);
+    build_gptq(&p[0], "path.ao", 64, 5120, 128, 1, 1, 1);
+    streamed_path_check("gemv_path_streamed_actorder_g128", p, 1, 1);
+    build_gptq(&p[0], "path.g256", 300, 2048, 256, 0, 0, 0);
+    streamed_path_check("gemv_path_walks_g256", p, 1, 0);
+    build_ct(&p[0], "path.k1100", 300, 1100, 128, 0, 0); /* k_pad 1120: 35 chunks, not whole steps */
+    streamed_path_check("gemv_path_walks_k1100", p, 1, 0);
+}
+
 /* The decode of an act-order down-projection (cuda_backend.c swiglu_dec):
  * the SwiGLU written in the packed order of K (qk_swiglu_perm, PDL launch
  * on a stream that allows it) and the weight run without its permutation
@@ -2376,6 +2454,7 @@ int main(void)
     run_case("mxfp4_300x3072", &p);
 
     test_fused();
+    test_streamed_paths();
     /* the act-order down-projection's decode (swiglu_dec) */
     swiglu_perm_check("swiglu_perm_down_actorder_96x17408", 96, 17408);
     swiglu_perm_check("swiglu_perm_down_actorder_40x1000", 40, 1000); /* K % 32 != 0: a short last group */
