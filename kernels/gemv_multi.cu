@@ -771,17 +771,10 @@ static const qg_tkernel qg_tkernels[QG_NTK] = {k_gemv_qt<true, 1>,  k_gemv_qt<tr
  * gather) with cpg chunks per group, or -1: no streamed kernel. */
 static int qg_tkernel_index(int body, int cpg)
 {
-    const int gi = cpg == 1 ? 0 : cpg == 2 ? 1 : cpg == 4 ? 2 : -1;
-    const bool f16 = body == QG_B_I4MH || body == QG_B_I4H;
-    if (gi < 0) return -1;
-    if (body == QG_B_I4MH || body == QG_B_I4M) {
-        if (cpg != 4) return -1;
-    } else if (body != QG_B_I4H && body != QG_B_I4) {
-        return -1;
-    } else if (cpg == 4) {
-        return -1;
-    }
-    return (f16 ? 0 : 3) + gi;
+    const bool g128 = body == QG_B_I4MH || body == QG_B_I4M;  /* groups a multiple of 128 */
+    const bool below = body == QG_B_I4H || body == QG_B_I4;   /* the other plain INT4 groups */
+    const int gi = below && cpg == 1 ? 0 : below && cpg == 2 ? 1 : g128 && cpg == 4 ? 2 : -1;
+    return gi < 0 ? -1 : (body == QG_B_I4MH || body == QG_B_I4H ? 0 : 3) + gi;
 }
 
 typedef void (*qg_pkernel)(qg_parts, const uint16_t *, int, int, int, qg_norm);
