@@ -482,13 +482,13 @@ __global__ void __launch_bounds__(QG_THREADS, VAR == 3 ? 3 : QG_MINB)
  * The walks above hold a step's weights in registers, two steps deep, so a
  * warp has nothing in flight while it finishes a row group (warp sums,
  * stores), and a launch has nothing in flight until its x is staged. Here
- * each warp streams its weights and scales into its own ring of D = QT_D
+ * each warp streams its weights and scales into its own ring of QT_D
  * shared-memory stages with bulk asynchronous copies (cp.async.bulk,
  * completion counted by an mbarrier per stage), one stage being one walk
  * step (32 chunks of QK_QROWS rows, 2 KB, and their 32 / cpg scale words
  * per row);
- * lane 0 refills a stage for the step D ahead as soon as the warp has
- * read it, across row-group boundaries. The first D steps are asked for
+ * lane 0 refills a stage for the step QT_D ahead as soon as the warp has
+ * read it, across row-group boundaries. The first QT_D steps are asked for
  * before the PDL wait: the weights do not depend on the kernel before.
  *
  * Work: block b owns global row groups [b G / B, (b + 1) G / B) (all parts
@@ -628,7 +628,7 @@ __device__ __forceinline__ void qt_dot(int kc, const uint8_t *st, int c0, float 
     const int lane = (int)threadIdx.x & 31, g = lane >> 2, t = lane & 3, rot = g >> 1;
     const uint32_t *sw = (const uint32_t *)(st + QK_QROWS * 512);
     uint32_t wd[QK_QROWS][4], m[QK_QROWS][NG], xv[16];
-    if (CPG == 4) {
+    if constexpr (CPG == 4) {
         const uint4 *w = (const uint4 *)st;
 #pragma unroll
         for (int r = 0; r < QK_QROWS; r++) {
@@ -679,18 +679,18 @@ __global__ void __launch_bounds__(QG_THREADS, 2)
     int A, n, j0, j1;
     qt_block_work(ps, G, nu, &A, &n, &j0, &j1);
     const int a = qt_warp_start(A, n, warp), b = qt_warp_start(A, n, warp + 1);
-    constexpr int STB = qt_stage_bytes(CPG), D = QT_D;
-    uint8_t *ring = (uint8_t *)(qg_xsm + ps.xs_u4) + warp * D * STB; /* after x */
-    uint64_t *bar = bars + warp * D;
+    constexpr int STB = qt_stage_bytes(CPG);
+    uint8_t *ring = (uint8_t *)(qg_xsm + ps.xs_u4) + warp * QT_D * STB; /* after x */
+    uint64_t *bar = bars + warp * QT_D;
     qt_cursor q;
     if (lane == 0) {
-        for (int s = 0; s < D; s++) qk_mbar_init(bar + s);
+        for (int s = 0; s < QT_D; s++) qk_mbar_init(bar + s);
         qk_mbar_init_fence();
         /* Before the PDL wait: the kernel before may still run, but no
          * kernel writes weights or scales (they change only at load), so
          * they may be read now. */
         if (a < b) qt_seek<CPG>(ps, nu, a, q);
-        for (int k = 0; k < D && a + k < b; k++) qt_issue<CPG>(ps, nu, q, ring + k * STB, bar + k);
+        for (int k = 0; k < QT_D && a + k < b; k++) qt_issue<CPG>(ps, nu, q, ring + k * STB, bar + k);
     }
     __syncwarp();
     uint4 xr[QG_XP_PT];
@@ -712,14 +712,14 @@ __global__ void __launch_bounds__(QG_THREADS, 2)
             pi = qg_part_of(ps, g);
         }
         const qg_part &p = ps.p[pi];
-        const int s = k % D; /* the stage's use count k / D gives the phase */
-        qk_mbar_wait(bar + s, (uint32_t)(k / D) & 1u);
+        const int s = k % QT_D; /* the stage's use count k / QT_D gives the phase */
+        qk_mbar_wait(bar + s, (uint32_t)(k / QT_D) & 1u);
         qt_dot<F16, CPG>(p.kc, ring + s * STB, (u - gs) * 32, acc);
         /* Every lane has used its values from stage s (the mma took them
          * as operands), so lane 0 may have it overwritten; no proxy fence is
          * needed for this read-before-write (as in CUTLASS's TMA loads). */
         __syncwarp();
-        if (lane == 0 && u + D < b) qt_issue<CPG>(ps, nu, q, ring + s * STB, bar + s);
+        if (lane == 0 && u + QT_D < b) qt_issue<CPG>(ps, nu, q, ring + s * STB, bar + s);
         if (u + 1 < b && u + 1 < gs + nu) continue;
         /* the end of a piece: this warp's units [max(a, gs), u] of group g */
         if ((lane & 3) != (lane >> 3)) { /* only the mma diagonal holds sums (qg_walk_mma) */

@@ -29,7 +29,6 @@ struct qg_probe_rec {
 __device__ qg_probe_rec qg_probe_buf[QG_PROBE_N];
 __device__ unsigned qg_probe_n, qg_probe_launch, qg_probe_done;
 
-
 /* Thread 0 of each block, at its end (after a block barrier). */
 __device__ __forceinline__ void qg_probe_record(unsigned kind, unsigned groups, unsigned long long t_entry,
                                                 unsigned long long t_wait)
