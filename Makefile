@@ -61,7 +61,7 @@ endif
 
 LIB := $(BUILD)/libqchat.a
 
-.PHONY: all check sanitize fuzz bench trace probe depbench clean
+.PHONY: all check sanitize fuzz bench trace probe depbench persistbench clean
 all: $(BIN)
 
 $(BIN): $(CLI_OBJ) $(TUI_OBJ) $(LIB)
@@ -123,6 +123,14 @@ build/depbench: tools/trace/depbench.cu
 	@test "$(CUDA)" = 1 || { echo "make depbench: needs the CUDA toolkit (nvcc)"; exit 1; }
 	@mkdir -p $(dir $@)
 	$(NVCC) -O3 -std=c++17 -Xcompiler -Wall,-Wextra,-Werror -gencode arch=compute_90,code=sm_90 -o $@ $<
+
+# How fast a persistent decode kernel could stream a 27B step's weights
+# across grid barriers (tools/trace/persistbench.cu; sm_90+, a diagnostic).
+persistbench: build/persistbench
+build/persistbench: tools/trace/persistbench.cu kernels/gemv_q.cuh kernels/common.cuh
+	@test "$(CUDA)" = 1 || { echo "make persistbench: needs the CUDA toolkit (nvcc)"; exit 1; }
+	@mkdir -p $(dir $@)
+	$(NVCC) -O3 -std=c++17 -Xcompiler -Wall,-Wextra,-Werror -Ikernels -gencode arch=compute_90,code=sm_90 -o $@ $<
 
 clean:
 	rm -rf build build-san build-probe qchat

@@ -1,0 +1,527 @@
+/* persistbench.cu — how fast a persistent decode kernel could stream a 27B
+ * step's weights (a diagnostic, `make persistbench`; not part of `all` or
+ * `check`).
+ *
+ * The engine runs a decode step as ~370 dependent launches; each dependency
+ * costs 1.5-1.9 us however it is expressed (depbench.cu), and each launch
+ * ramps up and drains. A persistent kernel would keep one block per SM for
+ * the whole step and put a grid barrier where a launch boundary is now. It
+ * can only win if the weight stream does not stop at the barriers: the
+ * weights never depend on the barrier, only their use does. This kernel
+ * measures that ceiling on the real op sequence of a 27B INT4 step:
+ *
+ *   - one block per SM: warp 0's lane 0 is the producer, the other C warps
+ *     the consumers;
+ *   - each op's weights are laid out per SM (block b's share of op i is one
+ *     contiguous region), as a persistent kernel's repacking could lay them
+ *     out, and the producer streams every op's share into a ring of NS slots
+ *     of SLOT bytes (cp.async.bulk on full/empty mbarriers) without ever
+ *     waiting for a barrier, only for a free slot;
+ *   - the consumers wait, before each op, until every block has finished the
+ *     op before (a counter: __threadfence + atomicAdd after, ld.acquire
+ *     polling before), then decode the op's slots from shared memory with
+ *     the engine's own INT4 tensor-core body (qg_int4_mma_dot, as the
+ *     streamed GEMV runs it on a 2176-byte stage: 4 rows x 512 bytes of
+ *     codes + their scale words; x from shared memory), or only XOR the
+ *     words (decode 0), and free them;
+ *   - the small ops (GDN step, attention) are a spin of the given ns on
+ *     every block between two barriers.
+ *
+ * Modes: barrier 1 (as above); 0 (no waits: the stream alone, the floor);
+ * 2: every op its own launch of the same kernel (one block per SM), PDL
+ * launches in a CUDA graph, the producer streaming before the
+ * griddepcontrol.wait that the consumers pass before they decode — the
+ * engine's launch-per-projection schedule with this kernel's stream. Prints ms per step, GB/s and % of the device-to-device copy rate.
+ * Results: BENCHMARKS.md, "Twenty-second session". */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "gemv_q.cuh"
+
+#define STAGE 2176 /* one streamed-GEMV stage: QK_QROWS rows x 512 code bytes + 4 x 32 scale bytes */
+
+#define MAX_OPS 400
+
+struct op_table {
+    int n;
+    long long per_block[MAX_OPS]; /* bytes each block streams (0: a small op) */
+    long long base[MAX_OPS];      /* offset of block 0's share in the pool */
+    int spin_ns[MAX_OPS];
+};
+__constant__ op_table c_ops;
+
+__device__ __forceinline__ uint32_t smem_u32(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
+
+__device__ __forceinline__ void mbar_init(uint64_t *b, unsigned count)
+{
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_u32(b)), "r"(count) : "memory");
+}
+
+__device__ __forceinline__ void mbar_wait(uint64_t *b, uint32_t parity)
+{
+    uint32_t done = 0;
+    while (!done)
+        asm volatile("{\n\t.reg .pred p;\n\tmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n\t"
+                     "selp.u32 %0, 1, 0, p;\n\t}"
+                     : "=r"(done)
+                     : "r"(smem_u32(b)), "r"(parity)
+                     : "memory");
+}
+
+__device__ __forceinline__ void mbar_arrive(uint64_t *b)
+{
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(smem_u32(b)) : "memory");
+}
+
+__device__ __forceinline__ unsigned ld_acquire(const unsigned *p)
+{
+    unsigned v;
+    asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+    return v;
+}
+
+__device__ __forceinline__ unsigned long long gtime(void)
+{
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    return t;
+}
+
+/* The consumers' barrier (named barrier 1; warp 0, the producer, is not in it). */
+__device__ __forceinline__ void consumers_sync(int nthreads)
+{
+    asm volatile("bar.sync 1, %0;" ::"r"(nthreads) : "memory");
+}
+
+__global__ void __launch_bounds__(512, 1) k_persist(const uint8_t *__restrict__ pool, unsigned *done, float *out, int NS, int SLOT, int C,
+                          int decode, int barrier, int op0, int op1, int pdl)
+{
+    if (pdl) asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+    extern __shared__ __align__(128) uint8_t ring[];
+    __shared__ __align__(8) uint64_t full[64], empty[64];
+    __shared__ uint4 xs[1024]; /* x: 8192 bf16 (the decode's reads wrap around it) */
+    for (int i = (int)threadIdx.x; i < 1024; i += (int)blockDim.x)
+        xs[i] = make_uint4(0x3f803f80u ^ i, 0x3f00bf00u, 0x3f80bf80u ^ (i << 3), 0x3e803e80u);
+    const int warp = (int)threadIdx.x >> 5, lane = (int)threadIdx.x & 31, B = (int)gridDim.x;
+    if (threadIdx.x == 0) {
+        for (int s = 0; s < NS; s++) {
+            mbar_init(full + s, 1);
+            mbar_init(empty + s, (unsigned)C);
+        }
+        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    }
+    __syncthreads();
+    if (warp == 0) { /* the producer: every op's share, in order, never waiting for a barrier */
+        if (lane != 0) return;
+        long long k = 0;
+        for (int i = op0; i < op1; i++) {
+            const long long len = c_ops.per_block[i];
+            const uint8_t *src = pool + c_ops.base[i] + (long long)blockIdx.x * len;
+            for (long long o = 0; o < len; o += SLOT, k++) {
+                const int s = (int)(k % NS);
+                const uint32_t n = (uint32_t)(len - o < SLOT ? len - o : SLOT);
+                mbar_wait(empty + s, (uint32_t)((k / NS) & 1) ^ 1u);
+                asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_u32(full + s)),
+                             "r"(n)
+                             : "memory");
+                asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
+                                 smem_u32(ring + (size_t)s * SLOT)),
+                             "l"(src + o), "r"(n), "r"(smem_u32(full + s))
+                             : "memory");
+            }
+        }
+        return;
+    }
+    const int ct = (int)threadIdx.x - 32, nct = 32 * C, cw = ct >> 5;
+    float acc[QK_QROWS] = {0.f, 0.f, 0.f, 0.f};
+    uint32_t x = 0;
+    long long k = 0;
+    int xc = lane;
+    if (pdl) asm volatile("griddepcontrol.wait;" ::: "memory"); /* the launch before has ended */
+    for (int i = op0; i < op1; i++) {
+        if (barrier && i > 0) { /* every block has finished op i - 1 */
+            if (ct == 0)
+                while (ld_acquire(done) < (unsigned)(i * B)) {
+                }
+            consumers_sync(nct);
+        }
+        const long long len = c_ops.per_block[i];
+        if (len == 0) { /* a small op: every block busy for spin_ns */
+            const unsigned long long t0 = gtime();
+            while (gtime() - t0 < (unsigned long long)c_ops.spin_ns[i]) {
+            }
+        }
+        for (long long o = 0; o < len; o += SLOT, k++) {
+            const int s = (int)(k % NS);
+            const int n = (int)(len - o < SLOT ? len - o : SLOT);
+            mbar_wait(full + s, (uint32_t)((k / NS) & 1));
+            const uint8_t *slot = ring + (size_t)s * SLOT;
+            if (decode) { /* stages cw, cw + C, ... of the slot, as qt_dot<false, 4> takes one */
+                for (int g = cw; g < n / STAGE; g += C) {
+                    const uint8_t *stg = slot + (size_t)g * STAGE;
+                    const uint4 *w = (const uint4 *)stg;
+                    const uint32_t *sw = (const uint32_t *)(stg + QK_QROWS * 512);
+                    uint32_t wd[QK_QROWS][4], m[QK_QROWS][1], xv[16];
+#pragma unroll
+                    for (int r = 0; r < QK_QROWS; r++) {
+                        const uint4 u = w[r * 32 + lane];
+                        wd[r][0] = u.x;
+                        wd[r][1] = u.y;
+                        wd[r][2] = u.z;
+                        wd[r][3] = u.w;
+                        m[r][0] = (sw[r * 8 + (lane >> 2)] & 0x00ff7fffu) | 0x00083c00u; /* a sane scale, z 8 */
+                    }
+#pragma unroll
+                    for (int j = 0; j < 4; j++) {
+                        const uint4 u = xs[(xc + 32 * j) & 1023]; /* lane-contiguous: no bank conflicts */
+                        xv[4 * j + 0] = u.x;
+                        xv[4 * j + 1] = u.y;
+                        xv[4 * j + 2] = u.z;
+                        xv[4 * j + 3] = u.w;
+                    }
+                    xc += 128;
+                    qg_int4_mma_dot<false, 4>(wd, m, xv, acc);
+                }
+            } else {
+                const uint4 *v = (const uint4 *)slot;
+                for (int j = ct; j < n / 16; j += nct) {
+                    const uint4 u = v[j];
+                    x ^= u.x ^ u.y ^ u.z ^ u.w;
+                }
+            }
+            __syncwarp();
+            if (lane == 0) mbar_arrive(empty + s);
+        }
+        if (barrier) {
+            consumers_sync(nct);
+            if (ct == 0) {
+                __threadfence();
+                atomicAdd(done, 1u);
+            }
+        }
+    }
+    if (x == 0x12345678u || acc[0] + acc[1] + acc[2] + acc[3] == 1.2345f) out[blockIdx.x] = 1.0f; /* keeps the work */
+}
+
+#define CK(x)                                                                                  \
+    do {                                                                                       \
+        cudaError_t e_ = (x);                                                                  \
+        if (e_ != cudaSuccess) {                                                               \
+            fprintf(stderr, "persistbench: %s: %s\n", #x, cudaGetErrorString(e_));              \
+            return 1;                                                                          \
+        }                                                                                      \
+    } while (0)
+
+/* The ops of a 27B INT4 g128 decode step (bytes with the 4-byte scale word
+ * per row and 128 codes; layers 4i + 3 full attention, the rest GDN):
+ * in-projection (GDN: qkv|z INT4 + a|b BF16), GDN step or attention, out,
+ * gate|up, down (the SwiGLU in down's start), then the BF16 lm_head. */
+static long long int4_bytes(long long n, long long k) { return n * k / 2 + n * (k / 128) * 4; }
+
+static void ops_27b_int4(op_table *t, int B, int gdn_ns, int attn_ns, int head, long long *total)
+{
+    const long long D = 5120, I = 17408;
+    long long base = 0;
+    t->n = 0;
+    *total = 0;
+    for (int l = 0; l < 64; l++) {
+        const int full = l % 4 == 3;
+        long long w[5];
+        w[0] = full ? int4_bytes(14336, D) : int4_bytes(16384, D) + 96 * D * 2;
+        w[1] = 0;
+        w[2] = int4_bytes(D, 6144);
+        w[3] = int4_bytes(2 * I, D);
+        w[4] = int4_bytes(D, I);
+        for (int j = 0; j < 5; j++) {
+            const long long per = (w[j] / B + STAGE - 1) / STAGE * STAGE;
+            t->per_block[t->n] = per;
+            t->base[t->n] = base;
+            t->spin_ns[t->n] = j == 1 ? (full ? attn_ns : gdn_ns) : 0;
+            t->n++;
+            base += per * B;
+            *total += per * B;
+        }
+    }
+    if (head) {
+        const long long per = (248320LL * D * 2 / B + STAGE - 1) / STAGE * STAGE;
+        t->per_block[t->n] = per;
+        t->base[t->n] = base;
+        t->spin_ns[t->n] = 0;
+        t->n++;
+        *total += per * B;
+    }
+}
+
+
+/* Part 2: one GEMV launch alone, the streamed INT4 kernel's schedule (two
+ * blocks of 8 warps per SM, a block's row groups one contiguous range, its
+ * steps split evenly over its warps, each warp a ring of D stages), with
+ * the stage's bytes from
+ *   layout 0: the engine's row-major layout (4 x 512 bytes of codes at the
+ *             row stride + 4 x 32 bytes of scale words: 8 copies), or
+ *   layout 1: a stage-major layout (the stage's 2176 bytes contiguous, a
+ *             warp's steps one after another: 1 copy),
+ * asked for by
+ *   producer 0: lane 0 of each warp (as k_gemv_qt), or
+ *   producer 1: one extra warp per block for all 8 rings.
+ * The decoding is the INT4 body on each stage; GB/s over 20 launches. */
+__global__ void __launch_bounds__(288, 2) k_ring(const uint8_t *__restrict__ w, const uint8_t *__restrict__ sc,
+                                                 float *out, int G, int nu, int D, int layout, int producer)
+{
+    extern __shared__ __align__(128) uint8_t ring[];
+    __shared__ __align__(8) uint64_t full[8 * 8], empty[8 * 8];
+    __shared__ uint4 xs[1024];
+    for (int i = (int)threadIdx.x; i < 1024; i += (int)blockDim.x)
+        xs[i] = make_uint4(0x3f803f80u ^ i, 0x3f00bf00u, 0x3f80bf80u ^ (i << 3), 0x3e803e80u);
+    const int warp = (int)threadIdx.x >> 5, lane = (int)threadIdx.x & 31, b = (int)blockIdx.x, B = (int)gridDim.x;
+    const long long A = (long long)b * G / B * nu, n = (long long)(b + 1) * G / B * nu - A;
+    const long long kc = (long long)nu * 32, rowb = kc * 16, srow = kc * 4 / 4; /* g128: a scale word per 4 chunks */
+    if (threadIdx.x == 0) {
+        for (int i = 0; i < 8 * D; i++) {
+            mbar_init(full + i, 1);
+            mbar_init(empty + i, 1);
+        }
+        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    }
+    __syncthreads();
+    auto issue = [&](long long u, uint8_t *dst, uint64_t *bar) {
+        asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_u32(bar)), "r"(STAGE)
+                     : "memory");
+        if (layout == 1) {
+            asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
+                             smem_u32(dst)),
+                         "l"(w + u * STAGE), "r"(STAGE), "r"(smem_u32(bar))
+                         : "memory");
+            return;
+        }
+        const long long g = u / nu, c = u - g * nu;
+        for (int r = 0; r < 4; r++) {
+            asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
+                             smem_u32(dst + r * 512)),
+                         "l"(w + (4 * g + r) * rowb + c * 512), "r"(512), "r"(smem_u32(bar))
+                         : "memory");
+            asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
+                             smem_u32(dst + 2048 + r * 32)),
+                         "l"(sc + (4 * g + r) * srow + c * 32), "r"(32), "r"(smem_u32(bar))
+                         : "memory");
+        }
+    };
+    if (warp == 8) { /* producer 1: all 8 rings, step by step */
+        if (lane != 0) return;
+        long long most = 0;
+        for (int v = 0; v < 8; v++) {
+            const long long m = A + (v + 1) * n / 8 - (A + v * n / 8);
+            most = m > most ? m : most;
+        }
+        for (long long k = 0; k < most; k++)
+            for (int v = 0; v < 8; v++) {
+                const long long a = A + v * n / 8, e = A + (v + 1) * n / 8;
+                if (a + k >= e) continue;
+                const int s = (int)(k % D);
+                mbar_wait(empty + v * D + s, (uint32_t)((k / D) & 1) ^ 1u);
+                issue(a + k, ring + (size_t)(v * D + s) * STAGE, full + v * D + s);
+            }
+        return;
+    }
+    const long long a = A + warp * n / 8, e = A + (warp + 1) * n / 8;
+    if (producer == 0 && lane == 0)
+        for (long long k = 0; k < D && a + k < e; k++) issue(a + k, ring + (size_t)(warp * D + k) * STAGE, full + warp * D + k);
+    __syncwarp();
+    float acc[QK_QROWS] = {0.f, 0.f, 0.f, 0.f};
+    int xc = lane;
+    for (long long u = a, k = 0; u < e; u++, k++) {
+        const int s = (int)(k % D);
+        uint8_t *stg = ring + (size_t)(warp * D + s) * STAGE;
+        mbar_wait(full + warp * D + s, (uint32_t)((k / D) & 1));
+        const uint4 *wv = (const uint4 *)stg;
+        const uint32_t *sw = (const uint32_t *)(stg + QK_QROWS * 512);
+        uint32_t wd[QK_QROWS][4], m[QK_QROWS][1], xv[16];
+#pragma unroll
+        for (int r = 0; r < QK_QROWS; r++) {
+            const uint4 q = wv[r * 32 + lane];
+            wd[r][0] = q.x;
+            wd[r][1] = q.y;
+            wd[r][2] = q.z;
+            wd[r][3] = q.w;
+            m[r][0] = (sw[r * 8 + (lane >> 2)] & 0x00ff7fffu) | 0x00083c00u;
+        }
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            const uint4 q = xs[(xc + 32 * j) & 1023];
+            xv[4 * j + 0] = q.x;
+            xv[4 * j + 1] = q.y;
+            xv[4 * j + 2] = q.z;
+            xv[4 * j + 3] = q.w;
+        }
+        xc += 128;
+        qg_int4_mma_dot<false, 4>(wd, m, xv, acc);
+        __syncwarp();
+        if (lane == 0) {
+            if (producer == 0) {
+                if (u + D < e) issue(u + D, stg, full + warp * D + s);
+            } else {
+                mbar_arrive(empty + warp * D + s);
+            }
+        }
+    }
+    if (acc[0] + acc[1] + acc[2] + acc[3] == 1.2345f) out[blockIdx.x] = 1.0f;
+}
+
+/* GB/s of one N x K INT4 g128 GEMV shape under k_ring; -1 on an error. */
+static double time_ring(cudaStream_t st, const uint8_t *pool, float *out, int nsm, int N, int K, int D, int layout,
+                        int producer)
+{
+    const int G = N / 4, nu = K / 1024;
+    const size_t wbytes = (size_t)N * K / 2, sbytes = (size_t)N * (K / 128) * 4;
+    const size_t smem = (size_t)8 * D * STAGE;
+    if (cudaFuncSetAttribute(k_ring, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem) != cudaSuccess) return -1;
+    cudaEvent_t e0, e1;
+    cudaEventCreate(&e0);
+    cudaEventCreate(&e1);
+    const int threads = producer ? 288 : 256, reps = 20;
+    float best = 1e30f;
+    for (int round = 0; round < 3; round++) {
+        cudaEventRecord(e0, st);
+        for (int r = 0; r < reps; r++) /* a fresh region each launch: nothing from L2 */
+            k_ring<<<2 * nsm, threads, smem, st>>>(pool + (size_t)(r % 8) * (wbytes + sbytes + 4096),
+                                                   pool + (size_t)(r % 8) * (wbytes + sbytes + 4096) + wbytes, out, G,
+                                                   nu, D, layout, producer);
+        cudaEventRecord(e1, st);
+        if (cudaEventSynchronize(e1) != cudaSuccess) {
+            fprintf(stderr, "persistbench: k_ring: %s\n", cudaGetErrorString(cudaGetLastError()));
+            return -1;
+        }
+        float ms = 0;
+        cudaEventElapsedTime(&ms, e0, e1);
+        if (ms < best) best = ms;
+    }
+    cudaEventDestroy(e0);
+    cudaEventDestroy(e1);
+    return (double)(wbytes + sbytes) * reps / (best * 1e6);
+}
+
+int main(int argc, char **argv)
+{
+    (void)argv;
+    int nsm = 0, cc = 0;
+    CK(cudaDeviceGetAttribute(&nsm, cudaDevAttrMultiProcessorCount, 0));
+    CK(cudaDeviceGetAttribute(&cc, cudaDevAttrComputeCapabilityMajor, 0));
+    if (cc < 9) {
+        fprintf(stderr, "persistbench: needs sm_90 or later (bulk copies, mbarriers); this GPU is sm_%d\n", cc * 10);
+        return 1;
+    }
+    const int quick = argc > 1; /* any argument: the first 4 runs only */
+    op_table *t = (op_table *)calloc(1, sizeof *t);
+    long long total = 0;
+    ops_27b_int4(t, nsm, 0, 0, 1, &total);
+    const size_t pool_bytes = (size_t)total + ((size_t)1 << 20);
+    uint8_t *pool;
+    unsigned *done;
+    float *out;
+    CK(cudaMalloc(&pool, pool_bytes));
+    CK(cudaMemset(pool, 1, pool_bytes));
+    CK(cudaMalloc(&done, 4));
+    CK(cudaMalloc(&out, 4096 * sizeof(float)));
+    CK(cudaFuncSetAttribute(k_persist, cudaFuncAttributeMaxDynamicSharedMemorySize, 200 * 1024));
+    cudaStream_t st;
+    CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+    cudaEvent_t e0, e1;
+    CK(cudaEventCreate(&e0));
+    CK(cudaEventCreate(&e1));
+
+    /* the copy figure the engine's percentages use */
+    const size_t half = ((size_t)1 << 30);
+    CK(cudaEventRecord(e0, st));
+    for (int r = 0; r < 10; r++) CK(cudaMemcpyAsync(pool, pool + half, half, cudaMemcpyDeviceToDevice, st));
+    CK(cudaEventRecord(e1, st));
+    CK(cudaEventSynchronize(e1));
+    float cms = 0;
+    CK(cudaEventElapsedTime(&cms, e0, e1));
+    const double copy_gbs = 10.0 * 2 * half / (cms * 1e6);
+    printf("device-to-device copy: %.0f GB/s (read + write); %d SMs\n", copy_gbs, nsm);
+
+    /* slots are whole stages: 7 x 2176 = 15232 bytes ("16K"), 15 x = 32640 ("32K"), 1 x ("2K") */
+    static const struct { int ns, slot, c, decode, barrier, gdn_ns, attn_ns, head; } runs[] = {
+        {12, 7 * STAGE, 8, 0, 0, 0, 0, 1},       {12, 7 * STAGE, 8, 0, 1, 0, 0, 1},
+        {12, 7 * STAGE, 8, 1, 0, 0, 0, 1},       {6, 15 * STAGE, 8, 1, 0, 0, 0, 1},
+        {6, 15 * STAGE, 15, 1, 0, 0, 0, 1},      {3, 30 * STAGE, 15, 1, 0, 0, 0, 1},
+        {6, 15 * STAGE, 8, 1, 1, 0, 0, 1},       {6, 15 * STAGE, 15, 1, 1, 0, 0, 1},
+        {3, 30 * STAGE, 15, 1, 1, 0, 0, 1},      {6, 15 * STAGE, 15, 1, 1, 2000, 5000, 1},
+        {6, 15 * STAGE, 15, 1, 1, 4000, 10000, 1}, {6, 15 * STAGE, 15, 1, 1, 6000, 14000, 1},
+        {6, 15 * STAGE, 15, 1, 1, 4000, 10000, 0}, {6, 15 * STAGE, 15, 0, 1, 4000, 10000, 1},
+        {4, 15 * STAGE, 15, 1, 1, 4000, 10000, 1},
+        /* one launch per op; 3 slots leave room for the next launch's block on the SM */
+        {3, 15 * STAGE, 15, 0, 2, 0, 0, 1},        {3, 15 * STAGE, 15, 1, 2, 0, 0, 1},
+        {3, 15 * STAGE, 15, 1, 2, 4000, 10000, 1}, {2, 15 * STAGE, 15, 1, 2, 4000, 10000, 1},
+        {3, 15 * STAGE, 7, 1, 2, 4000, 10000, 1},  {6, 15 * STAGE, 15, 1, 2, 4000, 10000, 1},
+    };
+    printf("%4s %6s %2s %6s %7s %7s %7s %5s %9s %8s %7s\n", "NS", "SLOT", "C", "decode", "barrier", "gdn_ns", "attn_ns",
+           "head", "ms/step", "GB/s", "of copy");
+    const int nrun = quick ? 4 : (int)(sizeof runs / sizeof runs[0]);
+    for (int r = 0; r < nrun; r++) {
+        ops_27b_int4(t, nsm, runs[r].gdn_ns, runs[r].attn_ns, runs[r].head, &total);
+        CK(cudaMemcpyToSymbol(c_ops, t, sizeof *t));
+        const size_t smem = (size_t)runs[r].ns * runs[r].slot;
+        cudaGraphExec_t ge = NULL;
+        if (runs[r].barrier == 2) { /* one launch per op */
+            cudaGraph_t g;
+            CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeGlobal));
+            for (int i = 0; i < t->n; i++) {
+                cudaLaunchConfig_t cfg = {};
+                cudaLaunchAttribute at[1];
+                at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+                at[0].val.programmaticStreamSerializationAllowed = 1;
+                cfg.gridDim = dim3((unsigned)nsm);
+                cfg.blockDim = dim3((unsigned)(32 * (runs[r].c + 1)));
+                cfg.dynamicSmemBytes = smem;
+                cfg.stream = st;
+                cfg.attrs = at;
+                cfg.numAttrs = 1;
+                CK(cudaLaunchKernelEx(&cfg, k_persist, (const uint8_t *)pool, done, out, runs[r].ns, runs[r].slot,
+                                      runs[r].c, runs[r].decode, 0, i, i + 1, 1));
+            }
+            CK(cudaStreamEndCapture(st, &g));
+            CK(cudaGraphInstantiate(&ge, g, 0));
+            CK(cudaGraphDestroy(g));
+        }
+        float best = 1e30f;
+        for (int rep = 0; rep < 6; rep++) {
+            CK(cudaMemsetAsync(done, 0, 4, st));
+            CK(cudaEventRecord(e0, st));
+            if (runs[r].barrier == 2) {
+                CK(cudaGraphLaunch(ge, st));
+            } else {
+                k_persist<<<nsm, 32 * (runs[r].c + 1), smem, st>>>(pool, done, out, runs[r].ns, runs[r].slot, runs[r].c,
+                                                                   runs[r].decode, runs[r].barrier, 0, t->n, 0);
+            }
+            CK(cudaGetLastError());
+            CK(cudaEventRecord(e1, st));
+            CK(cudaEventSynchronize(e1));
+            float ms = 0;
+            CK(cudaEventElapsedTime(&ms, e0, e1));
+            if (rep > 0 && ms < best) best = ms;
+        }
+        if (ge) CK(cudaGraphExecDestroy(ge));
+        const double gbs = (double)total / (best * 1e6);
+        printf("%4d %6d %2d %6d %7d %7d %7d %5d %9.3f %8.0f %6.1f%%\n", runs[r].ns, runs[r].slot, runs[r].c,
+               runs[r].decode, runs[r].barrier, runs[r].gdn_ns, runs[r].attn_ns, runs[r].head, best, gbs,
+               100.0 * gbs / copy_gbs);
+    }
+    printf("bytes per step: %.2f GB (with the lm_head)\n", (double)total / 1e9);
+
+    static const struct { int n, k; const char *name; } shapes[] = {
+        {34816, 5120, "gate|up"}, {5120, 17408, "down"}, {16384, 5120, "gdn in"}, {5120, 6144, "out"}};
+    printf("\none INT4 g128 GEMV launch alone (k_ring: 2 blocks x 8 warps per SM)\n%-8s %7s %6s %2s %6s %8s %8s %7s\n",
+           "shape", "N", "K", "D", "layout", "producer", "GB/s", "of copy");
+    for (int si = 0; si < 4; si++) {
+        static const int cfg[][3] = {{2, 0, 0}, {4, 0, 0}, {2, 1, 0}, {4, 1, 0}, {4, 0, 1}, {5, 0, 1}, {4, 1, 1}, {5, 1, 1}};
+        for (int c = 0; c < 8; c++) {
+            const double gbs = time_ring(st, pool, out, nsm, shapes[si].n, shapes[si].k, cfg[c][0], cfg[c][1], cfg[c][2]);
+            if (gbs < 0) return 1;
+            printf("%-8s %7d %6d %2d %6d %8d %8.0f %6.1f%%\n", shapes[si].name, shapes[si].n, shapes[si].k, cfg[c][0],
+                   cfg[c][1], cfg[c][2], gbs, 100.0 * gbs / copy_gbs);
+        }
+    }
+    return 0;
+}
