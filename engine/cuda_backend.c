@@ -229,6 +229,7 @@ struct qc_cuda_model {
     cu_prof prof;
     bool fuse_norm; /* decode: RMSNorm folded into the quantized GEMVs after it (mat_gemv_norm) */
     bool down_xperm; /* decode: act-order down-projections read h permuted by the SwiGLU (swiglu_dec) */
+    bool int4_tile;  /* dense INT4 weights in the tiled layout where they can take it (qc_qweight_tile) */
     int moe_E, moe_K, moe_Im, moe_ld; /* MoE layers (0: dense): experts, chosen, width, router rows */
     int moe_Kt;        /* entries per token of the choices: moe_K, + 1 where the shared expert is in the tables */
     int moe_pair_max;  /* prefill chunks of at most this many tokens run as (token, expert) pair GEMVs */
@@ -315,6 +316,7 @@ static int cu_model_new(const qc_cuda_shape *sh, qc_cuda_model **out, qc_err *er
     if (env_is("QCHAT_MOE_GEMV_GROUPS", "1")) qk_moe_gemv_groups = 1; /* A/B: one row group per warp (quant.h) */
     cm->fuse_norm = !env_is("QCHAT_FUSE_NORM", "0"); /* A/B of mat_gemv_norm: 0 = separate norm launches */
     cm->down_xperm = !env_is("QCHAT_DOWN_XPERM", "0"); /* A/B of swiglu_dec: 0 = the GEMV gathers x */
+    cm->int4_tile = !env_is("QCHAT_INT4_TILE", "0");    /* A/B of the tiled INT4 layout: 0 = row-major */
     cm->prof.ok = true;
     const char *pe = getenv("QCHAT_CUDA_PROFILE");
     cm->prof.on = pe && *pe && strcmp(pe, "0");
@@ -594,7 +596,7 @@ static int load_part_bf16(qc_cuda_model *cm, const qc_linear *l, qk_qweight *q, 
  * launch and stages x in its order once (gemv_multi.cu). *h_out: this
  * part's host plan, or NULL. */
 static int load_part(qc_cuda_model *cm, const qc_linear *l, qk_qweight *q, const qk_qweight *const *h_prev,
-                     const qk_qweight *q_prev, int nprev, const qk_qweight **h_out, qc_err *err)
+                     const qk_qweight *q_prev, int nprev, bool tile, const qk_qweight **h_out, qc_err *err)
 {
     *h_out = NULL;
     if (!qc_qweight_supported(l->format) || (l->format == QC_FMT_BF16 && (!l->weight || l->weight->dtype != QC_DT_BF16)))
@@ -615,6 +617,7 @@ static int load_part(qc_cuda_model *cm, const qc_linear *l, qk_qweight *q, const
         if (rc == QC_EXIT_CHECKPOINT) return load_part_bf16(cm, l, q, err); /* a layout the kernels cannot run */
         return rc;
     }
+    if (tile && cm->int4_tile) qc_qweight_tile(h);
     ld->hq[ld->nhq++] = h; /* owned by the loader from here */
     *h_out = h;
     *q = *h;
@@ -638,7 +641,7 @@ static int load_part(qc_cuda_model *cm, const qc_linear *l, qk_qweight *q, const
 }
 
 /* Several Linears with the same K as one cu_mat (see there). */
-static int upload_fused(qc_cuda_model *cm, const qc_linear *const *ls, int n, cu_mat *M, qc_err *err)
+static int upload_fused(qc_cuda_model *cm, const qc_linear *const *ls, int n, bool tile, cu_mat *M, qc_err *err)
 {
     int64_t N = 0, K = ls[0]->k;
     bool all_bf16 = true;
@@ -666,7 +669,7 @@ static int upload_fused(qc_cuda_model *cm, const qc_linear *const *ls, int n, cu
         const qk_qweight *hp[QK_GEMV_MAX_PARTS] = {NULL};
         for (int i = 0; i < n && !rc; i++) {
             M->off[i] = r;
-            rc = load_part(cm, ls[i], &M->q[i], hp, M->q, i, &hp[i], err);
+            rc = load_part(cm, ls[i], &M->q[i], hp, M->q, i, tile, &hp[i], err);
             M->np = i + 1;
             r += (int)ls[i]->n;
         }
@@ -825,14 +828,14 @@ static int upload_moe(qc_cuda_model *cm, const qc_config *c, const qc_layer_weig
     if (!rc) cm->weight_bytes += (int64_t)mo->ld * D * 4;
     if (!rc && mo->Is) {
         const qc_linear *sgu[] = {L->sh_gate, L->sh_up}, *sdn[] = {L->sh_down};
-        rc = upload_fused(cm, sgu, 2, &mo->sh_gu, err);
-        if (!rc) rc = upload_fused(cm, sdn, 1, &mo->sh_down, err);
+        rc = upload_fused(cm, sgu, 2, false, &mo->sh_gu, err);
+        if (!rc) rc = upload_fused(cm, sdn, 1, false, &mo->sh_down, err);
     }
     const int64_t wb0 = cm->weight_bytes;
     for (int e = 0; e < E && !rc; e++) {
         const qc_linear *gu[] = {L->exp_gate[e], L->exp_up[e]}, *dn[] = {L->exp_down[e]};
-        rc = upload_fused(cm, gu, 2, &mo->gu[e], err);
-        if (!rc) rc = upload_fused(cm, dn, 1, &mo->down[e], err);
+        rc = upload_fused(cm, gu, 2, false, &mo->gu[e], err);
+        if (!rc) rc = upload_fused(cm, dn, 1, false, &mo->down[e], err);
     }
     return rc ? rc : moe_finish(cm, mo, wb0, err);
 }
@@ -932,7 +935,7 @@ static int cuda_model_init(qc_model *m, const qc_load_opts *opts, qc_err *err)
         if (!rc) cm->weight_bytes += (int64_t)cm->head.n * cm->head.k * 2;
     } else if (!rc) {
         const qc_linear *lh[] = {w->lm_head};
-        rc = upload_fused(cm, lh, 1, &cm->head, err);
+        rc = upload_fused(cm, lh, 1, true, &cm->head, err);
     }
     if (!rc) rc = upload_f32(cm, w->final_norm, D, &cm->final_norm, err, "final norm");
     for (int li = 0; li < sh.n_layers && !rc; li++) {
@@ -943,10 +946,10 @@ static int cuda_model_init(qc_model *m, const qc_load_opts *opts, qc_err *err)
         if (!rc) rc = upload_f32(cm, L->post_norm, D, &G->post_norm, err, "post_attention_layernorm");
         if (!rc && !L->full) {
             const qc_linear *in[] = {L->qkv, L->z, L->b, L->a};
-            rc = upload_fused(cm, in, 4, &G->in, err);
+            rc = upload_fused(cm, in, 4, true, &G->in, err);
             G->n_in = G->in.n;
             const qc_linear *o[] = {L->out};
-            if (!rc) rc = upload_fused(cm, o, 1, &G->out, err);
+            if (!rc) rc = upload_fused(cm, o, 1, true, &G->out, err);
             G->k_out = sh.Hv * sh.dv;
             if (!rc) rc = upload_f32(cm, L->conv_w, (size_t)cm->conv_dim * 4, &G->conv_w, err, "conv1d");
             if (!rc) rc = upload_f32(cm, L->dt_bias, sh.Hv, &G->dt_bias, err, "dt_bias");
@@ -954,10 +957,10 @@ static int cuda_model_init(qc_model *m, const qc_load_opts *opts, qc_err *err)
             if (!rc) rc = upload_f32(cm, L->gdn_norm, sh.dv, &G->gdn_norm, err, "linear_attn.norm");
         } else if (!rc) {
             const qc_linear *in[] = {L->q, L->k, L->v};
-            rc = upload_fused(cm, in, 3, &G->in, err);
+            rc = upload_fused(cm, in, 3, true, &G->in, err);
             G->n_in = G->in.n;
             const qc_linear *o[] = {L->o};
-            if (!rc) rc = upload_fused(cm, o, 1, &G->out, err);
+            if (!rc) rc = upload_fused(cm, o, 1, true, &G->out, err);
             G->k_out = sh.H * sh.hd;
             if (!rc) rc = upload_f32(cm, L->q_norm, sh.hd, &G->q_norm, err, "q_norm");
             if (!rc) rc = upload_f32(cm, L->k_norm, sh.hd, &G->k_norm, err, "k_norm");
@@ -966,9 +969,9 @@ static int cuda_model_init(qc_model *m, const qc_load_opts *opts, qc_err *err)
             rc = upload_moe(cm, c, L, G, err);
         } else if (!rc) {
             const qc_linear *gu[] = {L->gate, L->up};
-            rc = upload_fused(cm, gu, 2, &G->gu, err);
+            rc = upload_fused(cm, gu, 2, true, &G->gu, err);
             const qc_linear *dn[] = {L->down};
-            if (!rc) rc = upload_fused(cm, dn, 1, &G->down, err);
+            if (!rc) rc = upload_fused(cm, dn, 1, true, &G->down, err);
         }
     }
     if (!rc) moe_dims(cm);
@@ -1116,7 +1119,7 @@ static int synth_perm(qc_cuda_model *cm, int K, int G, uint64_t seed, qk_qweight
 /* A random weight of `kind` in its kernel-native layout, made on the GPU;
  * INT4 and FP8 in mx's variant (gl: the group's act-order layout, or NULL). */
 static int synth_qw(qc_cuda_model *cm, const synth_mix *mx, int kind, int n, int k, uint64_t seed,
-                    const qk_qweight *gl, qk_qweight *q, qc_err *err)
+                    const qk_qweight *gl, bool tile, qk_qweight *q, qc_err *err)
 {
     qc_qweight_plan_random(q, kind, n, k);
     const size_t np = (size_t)q->n_pad;
@@ -1136,6 +1139,7 @@ static int synth_qw(qc_cuda_model *cm, const synth_mix *mx, int kind, int n, int
         q->w_bytes = np * (size_t)q->k_pad / 2;
         q->s_bytes = np * (size_t)q->ngroups * 4;
     }
+    if (tile && cm->int4_tile) qc_qweight_tile(q); /* random codes and scale words: the same fill either way */
     if (q->kind == QK_QW_FP8 && mx->channel) { /* blocks of 1 x k_pad */
         q->blk_n = 1;
         q->blk_k = q->k_pad;
@@ -1162,7 +1166,7 @@ static int synth_qw(qc_cuda_model *cm, const synth_mix *mx, int kind, int n, int
  * is BF16 in this mix, else its parts in their layouts (act-order INT4 parts
  * of a group share one permutation). */
 static int synth_group(qc_cuda_model *cm, const synth_mix *mx, const int *roles, const int *ns, int np, int K,
-                       uint64_t seed, cu_mat *M, qc_err *err)
+                       uint64_t seed, cu_mat *M, bool tile, qc_err *err)
 {
     memset(M, 0, sizeof *M);
     M->k = K;
@@ -1188,7 +1192,8 @@ static int synth_group(qc_cuda_model *cm, const synth_mix *mx, const int *roles,
         for (int i = 0; i < np; i++) {
             M->off[i] = r;
             r += ns[i];
-            int rc = synth_qw(cm, mx, synth_kind(mx, roles[i]), ns[i], K, seed * 16 + (uint64_t)i, glp, &M->q[i], err);
+            int rc = synth_qw(cm, mx, synth_kind(mx, roles[i]), ns[i], K, seed * 16 + (uint64_t)i, glp, tile, &M->q[i],
+                              err);
             M->np = i + 1;
             if (rc) return rc;
         }
@@ -1218,12 +1223,12 @@ static int synth_moe(qc_cuda_model *cm, const synth_mix *mix, cu_layer *G, uint6
     rc = synth_vec(cm, (int64_t)mo->ld * D, (*s)++, -a, a, &mo->router, err);
     if (!rc) cm->weight_bytes += (int64_t)mo->ld * D * 4;
     int rgu[] = {SY_GATE, SY_UP}, rd = SY_DOWN, nsh[] = {mo->Is, mo->Is}, nex[] = {mo->Im, mo->Im};
-    if (!rc && mo->Is) rc = synth_group(cm, mix, rgu, nsh, 2, D, (*s)++, &mo->sh_gu, err);
-    if (!rc && mo->Is) rc = synth_group(cm, mix, &rd, &D, 1, mo->Is, (*s)++, &mo->sh_down, err);
+    if (!rc && mo->Is) rc = synth_group(cm, mix, rgu, nsh, 2, D, (*s)++, &mo->sh_gu, false, err);
+    if (!rc && mo->Is) rc = synth_group(cm, mix, &rd, &D, 1, mo->Is, (*s)++, &mo->sh_down, false, err);
     const int64_t wb0 = cm->weight_bytes;
     for (int e = 0; e < mo->E && !rc; e++) {
-        rc = synth_group(cm, mix, rgu, nex, 2, D, (*s)++, &mo->gu[e], err);
-        if (!rc) rc = synth_group(cm, mix, &rd, &D, 1, mo->Im, (*s)++, &mo->down[e], err);
+        rc = synth_group(cm, mix, rgu, nex, 2, D, (*s)++, &mo->gu[e], false, err);
+        if (!rc) rc = synth_group(cm, mix, &rd, &D, 1, mo->Im, (*s)++, &mo->down[e], false, err);
     }
     return rc ? rc : moe_finish(cm, mo, wb0, err);
 }
@@ -1249,7 +1254,7 @@ int qc_cuda_model_synthetic_fmt(const qc_cuda_shape *sh, const char *fmt, uint64
         cm->weight_bytes += (int64_t)sh->vocab * D * 2;
     } else if (!rc) {
         int role = -1, n = sh->vocab; /* role -1: BF16 in every mix */
-        rc = synth_group(cm, &synth_mixes[0], &role, &n, 1, D, s++, &cm->head, err);
+        rc = synth_group(cm, &synth_mixes[0], &role, &n, 1, D, s++, &cm->head, true, err);
     }
     if (!rc) rc = synth_vec(cm, D, s++, -0.1f, 0.1f, &cm->final_norm, err);
     for (int li = 0; li < sh->n_layers && !rc; li++) {
@@ -1262,8 +1267,8 @@ int qc_cuda_model_synthetic_fmt(const qc_cuda_shape *sh, const char *fmt, uint64
             int ro = SY_GOUT;
             G->n_in = cm->conv_dim + sh->Hv * sh->dv + 2 * sh->Hv;
             G->k_out = sh->Hv * sh->dv;
-            rc = synth_group(cm, mix, roles, ns, 4, D, s++, &G->in, err);
-            if (!rc) rc = synth_group(cm, mix, &ro, &D, 1, G->k_out, s++, &G->out, err);
+            rc = synth_group(cm, mix, roles, ns, 4, D, s++, &G->in, true, err);
+            if (!rc) rc = synth_group(cm, mix, &ro, &D, 1, G->k_out, s++, &G->out, true, err);
             if (!rc) rc = synth_vec(cm, (int64_t)cm->conv_dim * 4, s++, -0.5f, 0.5f, &G->conv_w, err);
             if (!rc) rc = synth_vec(cm, sh->Hv, s++, -1.0f, 1.0f, &G->dt_bias, err);
             if (!rc) rc = synth_vec(cm, sh->Hv, s++, -2.0f, -0.05f, &G->nexpa, err);
@@ -1273,8 +1278,8 @@ int qc_cuda_model_synthetic_fmt(const qc_cuda_shape *sh, const char *fmt, uint64
             int ro = SY_O;
             G->n_in = 2 * sh->H * sh->hd + 2 * sh->KV * sh->hd;
             G->k_out = sh->H * sh->hd;
-            rc = synth_group(cm, mix, roles, ns, 3, D, s++, &G->in, err);
-            if (!rc) rc = synth_group(cm, mix, &ro, &D, 1, G->k_out, s++, &G->out, err);
+            rc = synth_group(cm, mix, roles, ns, 3, D, s++, &G->in, true, err);
+            if (!rc) rc = synth_group(cm, mix, &ro, &D, 1, G->k_out, s++, &G->out, true, err);
             if (!rc) rc = synth_vec(cm, sh->hd, s++, -0.1f, 0.1f, &G->q_norm, err);
             if (!rc) rc = synth_vec(cm, sh->hd, s++, -0.1f, 0.1f, &G->k_norm, err);
         }
@@ -1282,8 +1287,8 @@ int qc_cuda_model_synthetic_fmt(const qc_cuda_shape *sh, const char *fmt, uint64
         if (!rc && sh->E) {
             rc = synth_moe(cm, mix, G, &s, err);
         } else if (!rc) {
-            rc = synth_group(cm, mix, rgu, ngu, 2, D, s++, &G->gu, err);
-            if (!rc) rc = synth_group(cm, mix, &rd, &D, 1, sh->I, s++, &G->down, err);
+            rc = synth_group(cm, mix, rgu, ngu, 2, D, s++, &G->gu, true, err);
+            if (!rc) rc = synth_group(cm, mix, &rd, &D, 1, sh->I, s++, &G->down, true, err);
         }
     }
     if (!rc) moe_dims(cm);
@@ -1696,7 +1701,8 @@ static bool qw_rows(const qk_qweight *w, int r0, int nr, qk_qweight *v)
             v->s = (float *)w->s + (r / (size_t)w->blk_n) * (size_t)w->nkb;
         }
         return true;
-    case QK_QW_INT4:
+    case QK_QW_INT4: /* (tiled: the same offsets for whole row groups) */
+        if (w->tiled && r0 % QK_QROWS) return false;
         v->w = (uint8_t *)w->w + r * kp / 2;
         v->s = (uint32_t *)w->s + r * (size_t)w->ngroups;
         return true;

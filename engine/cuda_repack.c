@@ -636,11 +636,45 @@ size_t qc_qweight_srow_bytes(const qk_qweight *q)
     return q->s_bytes / (size_t)q->n_pad;
 }
 
+void qc_qweight_tile(qk_qweight *q) { q->tiled = qk_int4_tileable(q); }
+
+/* Rows [0, nr) of a row-major slab of row_words words per row, nr a multiple
+ * of QK_QROWS, into the tiled order of quant.h (unit words per row and step). */
+static int int4_tile_slab(uint32_t *w, int64_t nr, int64_t row_words, int64_t unit)
+{
+    uint32_t *grp = malloc((size_t)(QK_QROWS * row_words) * 4);
+    if (!grp)
+        return -1;
+    for (int64_t g = 0; g < nr / QK_QROWS; g++) {
+        uint32_t *src = w + g * QK_QROWS * row_words;
+        memcpy(grp, src, (size_t)(QK_QROWS * row_words) * 4);
+        for (int64_t r = 0; r < QK_QROWS; r++)
+            for (int64_t i = 0; i < row_words; i++)
+                src[qk_int4_tile_index(1, (size_t)r, (size_t)i, (size_t)row_words, (size_t)unit)] = grp[r * row_words + i];
+    }
+    free(grp);
+    return 0;
+}
+
 int qc_qweight_pack_rows(const qc_linear *l, const qk_qweight *q, int what, int64_t r0, int64_t nr, void *dst,
                          qc_err *err)
 {
     if (r0 < 0 || nr < 0 || r0 + nr > q->n_pad)
         return pack_fail(l, err, "row range outside the packed weight");
+    if (q->tiled) {
+        if (!qk_int4_tileable(q) || r0 % QK_QROWS || nr % QK_QROWS)
+            return pack_fail(l, err, "tiled INT4 layout: rows not in whole groups of 4, or not tileable");
+        const int64_t row_words = what == QC_QW_WEIGHT ? q->k_pad / 8 : q->ngroups;
+        const int64_t unit = what == QC_QW_WEIGHT ? 128 : 1024 / q->group;
+        int rc = QC_OK;
+        if (what == QC_QW_WEIGHT)
+            int4_w_rows(l, q, r0, nr, dst);
+        else
+            rc = int4_s_rows(l, q, r0, nr, dst, err);
+        if (!rc && int4_tile_slab(dst, nr, row_words, unit))
+            rc = qc_err_set(err, QC_EXIT_RUNTIME, "out of host memory packing %s", l->name);
+        return rc;
+    }
     if (what == QC_QW_WEIGHT) {
         switch (q->kind) {
         case QK_QW_FP8: fp8_w_rows(l, q, r0, nr, dst); break;
@@ -662,11 +696,15 @@ int qc_qweight_pack_rows(const qc_linear *l, const qk_qweight *q, int what, int6
     }
 }
 
-int qc_qweight_pack(const qc_linear *l, qk_qweight *q, qc_err *err)
+int qc_qweight_pack(const qc_linear *l, qk_qweight *q, qc_err *err) { return qc_qweight_pack_tiled(l, q, 0, err); }
+
+int qc_qweight_pack_tiled(const qc_linear *l, qk_qweight *q, int tile, qc_err *err)
 {
     int rc = qc_qweight_plan(l, q, err);
     if (rc)
         return rc;
+    if (tile)
+        qc_qweight_tile(q);
     q->w = q->w_bytes ? qc_malloc(q->w_bytes, err, l->name) : NULL;
     q->s = q->s_bytes ? qc_malloc(q->s_bytes, err, l->name) : NULL;
     if ((q->w_bytes && !q->w) || (q->s_bytes && !q->s))
@@ -700,15 +738,17 @@ void qc_qweight_unpack_rows(const qk_qweight *q, int64_t row0, int64_t nrows, fl
             break;
         }
         case QK_QW_INT4: {
-            const uint32_t *w = (const uint32_t *)q->w + n * kw;
-            const uint32_t *sw = (const uint32_t *)q->s + n * q->ngroups;
+            const uint32_t *w = (const uint32_t *)q->w, *sw = (const uint32_t *)q->s;
+            const size_t su = q->tiled ? (size_t)(1024 / q->group) : 1;
             for (int64_t p = 0; p < q->k_pad; p++) {
                 int64_t k = q->perm ? q->perm[p] : p;
                 if (k < 0 || k >= K)
                     continue;
-                uint32_t m = sw[q->perm ? q->perm[q->k_pad + p / 32] : p / q->group];
+                const size_t g = (size_t)(q->perm ? q->perm[q->k_pad + p / 32] : p / q->group);
+                uint32_t m = sw[qk_int4_tile_index(q->tiled, (size_t)n, g, (size_t)q->ngroups, su)];
                 float s = q->scale_f16 ? qc_f16_to_f32((uint16_t)m) : qc_bf16_to_f32((uint16_t)m);
-                int32_t qv = (int32_t)((w[p / 8] >> (4 * (p % 8))) & 15u);
+                uint32_t word = w[qk_int4_tile_index(q->tiled, (size_t)n, (size_t)(p / 8), (size_t)kw, 128)];
+                int32_t qv = (int32_t)((word >> (4 * (p % 8))) & 15u);
                 o[k] = s * (float)(qv - (int32_t)(m >> 16 & 255u));
             }
             break;

@@ -40,6 +40,14 @@ int qc_qweight_plan_gidx(qk_qweight *q, const int32_t *g, int64_t K, int64_t ng,
  * scale_f16, gmul) are left for the caller. */
 void qc_qweight_plan_random(qk_qweight *q, int kind, int n, int k);
 
+/* After a plan, before packing: the tiled INT4 layout (quant.h) where the
+ * weight can take it; other weights are left as they are. For the dense
+ * decode GEMVs (the MoE expert kernels read row-major weights only). */
+void qc_qweight_tile(qk_qweight *q);
+
+/* qc_qweight_pack, with the tiled INT4 layout where it applies when tile. */
+int qc_qweight_pack_tiled(const qc_linear *l, qk_qweight *q, int tile, qc_err *err);
+
 /* Bytes of one packed weight row (w_bytes / n_pad), and of one row of scales,
  * or 0 where the scales are one grid packed whole (FP8) or absent (BF16). */
 size_t qc_qweight_row_bytes(const qk_qweight *q);

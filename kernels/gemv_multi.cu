@@ -538,7 +538,7 @@ __host__ __device__ constexpr int qt_stage_bytes(int cpg)
  * weight and scale addresses, advanced by pointer steps within a row group
  * and looked up again (qt_seek) only at the next group. */
 struct qt_cursor {
-    int u, ge;
+    int u, ge, tiled;
     const uint8_t *w, *s;
 };
 
@@ -550,9 +550,12 @@ __device__ __forceinline__ void qt_seek(const qg_parts &ps, int nu, int u, qt_cu
     const size_t row0 = (size_t)(g - p.first_group) * QK_QROWS;
     q.u = u;
     q.ge = (g + 1) * nu;
-    q.w = (const uint8_t *)p.w + (row0 * p.kc + c0) * 16;
-    /* scale words: ng = kc / CPG per row, c0 / CPG of them before chunk c0 */
-    q.s = (const uint8_t *)p.s + (row0 * p.kc + c0) * 4 / CPG;
+    q.tiled = p.tiled;
+    /* row-major or tiled (quant.h), the step's first byte is the same:
+     * (row0 * kc + c0) chunks of codes, and ng = kc / CPG scale words per
+     * row, c0 / CPG of them before chunk c0 */
+    q.w = (const uint8_t *)p.w + (row0 * p.kc + (p.tiled ? QK_QROWS : 1) * c0) * 16;
+    q.s = (const uint8_t *)p.s + (row0 * p.kc + (p.tiled ? QK_QROWS : 1) * c0) * 4 / CPG;
 }
 
 /* Lane 0: the cursor's step into stage buffer st, then the cursor on. */
@@ -562,14 +565,19 @@ __device__ __forceinline__ void qt_issue(const qg_parts &ps, int nu, qt_cursor &
     constexpr int SB = 128 / CPG; /* scale bytes per row and step */
     const size_t wrow = (size_t)ps.p[0].kc * 16, srow = (size_t)ps.p[0].kc * 4 / CPG;
     qk_mbar_expect(bar, qt_stage_bytes(CPG));
+    if (q.tiled) { /* the stage's codes and scales, each one contiguous piece */
+        qk_bulk_copy(st, q.w, QK_QROWS * 512, bar);
+        qk_bulk_copy(st + QK_QROWS * 512, q.s, QK_QROWS * SB, bar);
+    } else {
 #pragma unroll
-    for (int r = 0; r < QK_QROWS; r++) {
-        qk_bulk_copy(st + r * 512, q.w + r * wrow, 512, bar);
-        qk_bulk_copy(st + QK_QROWS * 512 + r * SB, q.s + r * srow, SB, bar);
+        for (int r = 0; r < QK_QROWS; r++) {
+            qk_bulk_copy(st + r * 512, q.w + r * wrow, 512, bar);
+            qk_bulk_copy(st + QK_QROWS * 512 + r * SB, q.s + r * srow, SB, bar);
+        }
     }
     if (++q.u < q.ge) {
-        q.w += 512;
-        q.s += SB;
+        q.w += q.tiled ? QK_QROWS * 512 : 512;
+        q.s += q.tiled ? QK_QROWS * SB : SB;
     } else {
         qt_seek<CPG>(ps, nu, q.u, q);
     }
@@ -921,6 +929,8 @@ int qg_part_fill(const qk_qweight *w, float *y, qg_part *p)
         p->cpg_sh = qg_log2(p->cpg);
         p->f16 = w->scale_f16;
         p->perm = w->perm;
+        if (w->tiled && (w->perm || p->cpg_sh < 0 || p->cpg > 4 || p->kc % 32)) return (int)cudaErrorInvalidValue;
+        p->tiled = w->tiled;
         return 0;
     case QK_QW_NVFP4:
     case QK_QW_MXFP4:

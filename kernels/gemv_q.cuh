@@ -67,6 +67,7 @@ struct qg_part {
     int f16;            /* int4: f16 scales */
     int blk_n, cpb, nkb; /* fp8: block rows, chunks per block, blocks per block-row */
     int cpg_sh;         /* int4: log2 cpg when a power of two, else -1 (qg_div) */
+    int tiled;          /* int4: the step-major layout (quant.h; cpg 1, 2 or 4, no perm) */
     float post;         /* applied to each finished dot (fp4: gmul * 2^14) */
     int xs_p;           /* bf16 part: x is the block's staged copy, P pieces per chunk (0: global x) */
     int xs_off;         /* ... at this uint4 of it (a natural-order copy after a permuted one, qg_stage_x) */
@@ -274,6 +275,33 @@ __device__ __forceinline__ void qg_load_w(const qg_part &p, int row0, int c, uin
     for (int r = 0; r < QK_QROWS; r++) w[r] = __ldcs(wr + (size_t)r * p.kc);
 }
 
+/* INT4: chunk c of the QK_QROWS rows from row0 in either layout (quant.h:
+ * row-major, or tiled: rows r of a step 32 uint4 apart). */
+__device__ __forceinline__ void qg_load_w_i4(const qg_part &p, int row0, int c, uint4 *w)
+{
+    if (!p.tiled) {
+        qg_load_w(p, row0, c, w);
+        return;
+    }
+    const uint4 *wr = (const uint4 *)p.w + ((size_t)(row0 >> 2) * (p.kc >> 5) + (c >> 5)) * 128 + (c & 31);
+#pragma unroll
+    for (int r = 0; r < QK_QROWS; r++) w[r] = __ldcs(wr + r * 32);
+}
+
+/* INT4 without g_idx: the scale|zero word of chunk c's group for row row0
+ * (a multiple of QK_QROWS); the next rows' words follow *stride apart. */
+__device__ __forceinline__ const uint32_t *qg_i4_scales(const qg_part &p, int row0, int c, int *stride)
+{
+    if (!p.tiled) {
+        *stride = p.ng;
+        return (const uint32_t *)p.s + (size_t)row0 * p.ng + qg_div(c, p.cpg, p.cpg_sh);
+    }
+    const int sw = 32 >> p.cpg_sh; /* groups per step */
+    *stride = sw;
+    return (const uint32_t *)p.s + ((size_t)(row0 >> 2) * (p.kc >> 5) + (c >> 5)) * (QK_QROWS * sw) +
+           ((c & 31) >> p.cpg_sh);
+}
+
 /* ---- bodies: acc[r] += this thread's share of row row0 + r ----
  *
  * Each layout is a step type with load() (every global load of one chunk:
@@ -347,11 +375,17 @@ struct qg_int4_step {
     int cx;
     __device__ __forceinline__ void load(const qg_part &p, int row0, const uint16_t *__restrict__ x, int c)
     {
-        qg_load_w(p, row0, c, w);
-        const int g = PERM ? __ldg(p.perm + (size_t)p.kc * 32 + c) : qg_div(c, p.cpg, p.cpg_sh);
-        const uint32_t *sr = (const uint32_t *)p.s + (size_t)row0 * p.ng + g;
+        int ss = p.ng;
+        const uint32_t *sr;
+        if (PERM) {
+            qg_load_w(p, row0, c, w);
+            sr = (const uint32_t *)p.s + (size_t)row0 * p.ng + __ldg(p.perm + (size_t)p.kc * 32 + c);
+        } else {
+            qg_load_w_i4(p, row0, c, w);
+            sr = qg_i4_scales(p, row0, c, &ss);
+        }
 #pragma unroll
-        for (int r = 0; r < QK_QROWS; r++) m[r] = __ldg(sr + (size_t)r * p.ng);
+        for (int r = 0; r < QK_QROWS; r++) m[r] = __ldg(sr + (size_t)r * ss);
         if (PERM) {
             const int4 *pp = (const int4 *)(p.perm + (size_t)c * 32);
 #pragma unroll
@@ -599,20 +633,22 @@ struct qg_int4_mma_step {
     {
         cx = c;
         if (c < p.kc) {
-            qg_load_w(p, row0, c, w);
-            const uint32_t *sr = (const uint32_t *)p.s + (size_t)row0 * p.ng + qg_div(c, p.cpg, p.cpg_sh);
+            qg_load_w_i4(p, row0, c, w);
+            int ss;
+            const uint32_t *sr = qg_i4_scales(p, row0, c, &ss);
 #pragma unroll
-            for (int r = 0; r < QK_QROWS; r++) m[r] = __ldg(sr + (size_t)r * p.ng);
+            for (int r = 0; r < QK_QROWS; r++) m[r] = __ldg(sr + (size_t)r * ss);
             if (!XS) qg_load_xraw<32>(x, c * 32, p.k, xr);
         } else {
             /* Past the row end: zero weights, but the quad's group scale,
              * since this lane may be the one that holds the quad's sum. */
             const int cq = c & ~3;
+            int ss = 0;
+            const uint32_t *sr = cq < p.kc ? qg_i4_scales(p, row0, cq, &ss) : NULL;
 #pragma unroll
             for (int r = 0; r < QK_QROWS; r++) {
                 w[r] = make_uint4(0u, 0u, 0u, 0u);
-                m[r] = cq < p.kc ? __ldg((const uint32_t *)p.s + (size_t)(row0 + r) * p.ng + qg_div(cq, p.cpg, p.cpg_sh))
-                                 : 0u;
+                m[r] = sr ? __ldg(sr + (size_t)r * ss) : 0u;
             }
 #pragma unroll
             for (int i = 0; i < 16; i++) xr[i] = 0u;

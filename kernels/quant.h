@@ -17,6 +17,16 @@
  *       s: uint32 per (row, group) [n_pad][ngroups]: bits 0-15 the scale (f16
  *          when scale_f16, else bf16 — the published dtype, kept exact), bits
  *          16-23 the zero z (0..16 in every published convention); W = scale * (q - z).
+ *       tiled (set by qc_qweight_tile, before packing; no perm, k_pad a
+ *          multiple of 1024, groups of 32, 64 or 128): w and s are stored
+ *          step-major instead of row-major. Per group of QK_QROWS rows and
+ *          step of 1024 packed positions, the 4 rows' 128 words follow one
+ *          another (2048 bytes), and so do their 1024/group scale words:
+ *          exactly the order of the streamed GEMV's shared-memory stage, so
+ *          a stage is two contiguous bulk copies instead of eight pieces at
+ *          the row stride (27B INT4 decode +1 to +2 %, H100, BENCHMARKS.md
+ *          twenty-second session). A slab of whole row groups is still the
+ *          same byte range as row-major (qk_int4_tile_index).
  *       perm: NULL, or int32 [k_pad + k_pad/32]: packed position -> original k
  *          (-1 = pad), then the group of each 32-position chunk; with
  *          perm_regular also, at byte qk_perm16_offset(k_pad), per position
@@ -55,6 +65,12 @@ extern "C" {
 
 struct CUstream_st;
 
+#ifdef __CUDACC__
+#define QK_HD __host__ __device__ /* helpers both sides use */
+#else
+#define QK_HD
+#endif
+
 #define QK_QROWS 4          /* rows per thread block of the quantized GEMVs; n_pad % QK_QROWS == 0 */
 #define QK_GEMV_MAX_PARTS 4 /* weights one fused launch can read */
 
@@ -81,7 +97,26 @@ typedef struct qk_qweight {
     int32_t *perm;     /* int4 with g_idx: [k_pad + k_pad/32], else NULL */
     int perm_regular;  /* int4 with g_idx: every group `group` long (see above) */
     size_t perm_bytes;
+    int tiled;         /* int4: the step-major layout above */
 } qk_qweight;
+
+/* Where word i of row n's words (row_words of them; its codes, or its
+ * scale words) lies in a weight's w or s: row-major, or with tiled the
+ * step-major order, unit words per row and step (128 for codes, 1024 /
+ * group for scales). row_words is a multiple of unit. */
+static inline QK_HD size_t qk_int4_tile_index(int tiled, size_t n, size_t i, size_t row_words, size_t unit)
+{
+    if (!tiled)
+        return n * row_words + i;
+    return ((n / QK_QROWS) * (row_words / unit) + i / unit) * (QK_QROWS * unit) + (n % QK_QROWS) * unit + i % unit;
+}
+
+/* Whether an INT4 weight can take the tiled layout. */
+static inline int qk_int4_tileable(const qk_qweight *q)
+{
+    return q->kind == QK_QW_INT4 && !q->perm && q->k_pad % 1024 == 0 &&
+           (q->group == 32 || q->group == 64 || q->group == 128);
+}
 
 /* Byte offset of the 16-bit copy of a regular permutation in perm. */
 static inline size_t qk_perm16_offset(int k_pad)

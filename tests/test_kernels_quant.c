@@ -306,6 +306,10 @@ static double rel_l2(const float *a, const double *ref, int64_t n)
 
 static int64_t emulate_decode(const qk_qweight *q, const float *ref);
 
+/* INT4 weights packed in the tiled layout (quant.h) where they can take it:
+ * main runs the INT4 cases whose K is a multiple of 1024 both ways. */
+static bool g_tile;
+
 static void case_checks(const char *name, pub *p)
 {
     char cname[128];
@@ -322,7 +326,7 @@ static void case_checks(const char *name, pub *p)
     qc_linear_dequant_rows(l, 0, N, ref);
     qk_qweight h;
     double t0 = qc_now();
-    rc = qc_qweight_pack(l, &h, &err);
+    rc = qc_qweight_pack_tiled(l, &h, g_tile, &err);
     double pack_s = qc_now() - t0;
     if (rc) {
         CHECK(cname, 0, "pack failed: %s", err.msg);
@@ -501,17 +505,17 @@ static int64_t emulate_decode(const qk_qweight *q, const float *ref)
     if (q->kind != QK_QW_INT4 && q->kind != QK_QW_NVFP4 && q->kind != QK_QW_MXFP4)
         return -1;
     for (int64_t n = 0; n < N; n++) {
-        const uint32_t *w = (const uint32_t *)q->w + n * kw;
         for (int64_t p = 0; p < q->k_pad; p++) {
             int64_t k = q->perm ? q->perm[p] : p;
             if (k < 0 || k >= K)
                 continue;
-            const uint32_t word = w[p / 8];
+            const uint32_t word = ((const uint32_t *)q->w)[qk_int4_tile_index(q->tiled, (size_t)n, (size_t)(p / 8), (size_t)kw, 128)];
             const int j = (int)(p % 8);
             float v;
             if (q->kind == QK_QW_INT4) {
                 int64_t g = q->perm ? q->perm[q->k_pad + p / 32] : p / q->group;
-                uint32_t m = ((const uint32_t *)q->s)[n * q->ngroups + g];
+                uint32_t m = ((const uint32_t *)q->s)[qk_int4_tile_index(q->tiled, (size_t)n, (size_t)g, (size_t)q->ngroups,
+                                                                         q->tiled ? (size_t)(1024 / q->group) : 1)];
                 float s = q->scale_f16 ? qc_f16_to_f32((uint16_t)m) : qc_bf16_to_f32((uint16_t)m);
                 /* nibbles 0-4 in place, 5-7 from word >> 12: (q - z) * 16^e exactly */
                 uint32_t z = (m >> 16) & 0xffu, b = j < 5 ? word : word >> 12;
@@ -557,7 +561,7 @@ static bool part_upload(const pub *p, int i, qk_qweight *d, char *why, size_t wn
     qc_err err = {0};
     qk_qweight h;
     bool ok = true;
-    if (qc_qweight_pack(&p->l, &h, &err) || qc_qweight_upload(&h, d, &err)) {
+    if (qc_qweight_pack_tiled(&p->l, &h, g_tile, &err) || qc_qweight_upload(&h, d, &err)) {
         ok = false;
         snprintf(why, wn, "part %d: %.200s", i, err.msg);
         memset(d, 0, sizeof *d);
@@ -2456,6 +2460,35 @@ int main(void)
 
     test_fused();
     test_streamed_paths();
+    /* the same INT4 shapes in the tiled layout (every case above whose K is
+     * a multiple of 1024 and whose groups are 32, 64 or 128: walks,
+     * streamed kernel, dequantization, the host unpacking) */
+    g_tile = true;
+    build_gptq(&p, "gptq_v1_asym", 1000, 5120, 64, 1, 0, 0);
+    run_case("tiled_gptq_v1_asym_g64_1000x5120", &p);
+    build_gptq(&p, "gptq_longk", 40, 17408, 128, 0, 0, 0);
+    run_case("tiled_gptq_v2_asym_g128_longk_40x17408", &p);
+    build_ct(&p, "ct", 9000, 2048, 128, 0, 0);
+    run_case("tiled_ct_int_sym_g128_9000x2048", &p);
+    build_awq(&p, "awq", 200, 1024, 64);
+    run_case("tiled_awq_g64_200x1024", &p);
+    build_ct(&p, "ct_g32", 300, 5120, 32, 1, 0);
+    run_case("tiled_ct_int_asym_g32_300x5120", &p);
+    build_gptq(&p, "gptq_g32", 9000, 2048, 32, 0, 0, 0);
+    run_case("tiled_gptq_v2_asym_g32_9000x2048", &p);
+    build_awq(&p, "awq_g32", 40, 6144, 32);
+    run_case("tiled_awq_g32_splitk_40x6144", &p);
+    build_gptq(&p, "gptq_g32_longk", 200, 17408, 32, 1, 1, 0);
+    run_case("tiled_gptq_v1_sym_g32_200x17408", &p);
+    build_ct(&p, "ct_g64", 5000, 3072, 64, 0, 0);
+    run_case("tiled_ct_int_sym_g64_5000x3072", &p);
+    build_gptq(&p, "gptq_g64_longk", 136, 17408, 64, 0, 0, 0);
+    run_case("tiled_gptq_v2_asym_g64_136x17408", &p);
+    build_ct(&p, "ct_w_splitk", 24, 16384, 128, 1, 0);
+    run_case("tiled_ct_int_asym_g128_splitk_24x16384", &p);
+    test_fused();
+    test_streamed_paths();
+    g_tile = false;
     /* the act-order down-projection's decode (swiglu_dec) */
     swiglu_perm_check("swiglu_perm_down_actorder_96x17408", 96, 17408);
     swiglu_perm_check("swiglu_perm_down_actorder_40x1000", 40, 1000); /* K % 32 != 0: a short last group */
