@@ -51,27 +51,15 @@ struct op_table {
 };
 __constant__ op_table c_ops;
 
-__device__ __forceinline__ uint32_t smem_u32(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
-
+/* (common.cuh's qk_mbar_init counts one arrival; the empty barriers count C) */
 __device__ __forceinline__ void mbar_init(uint64_t *b, unsigned count)
 {
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_u32(b)), "r"(count) : "memory");
-}
-
-__device__ __forceinline__ void mbar_wait(uint64_t *b, uint32_t parity)
-{
-    uint32_t done = 0;
-    while (!done)
-        asm volatile("{\n\t.reg .pred p;\n\tmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n\t"
-                     "selp.u32 %0, 1, 0, p;\n\t}"
-                     : "=r"(done)
-                     : "r"(smem_u32(b)), "r"(parity)
-                     : "memory");
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(qk_smem_addr(b)), "r"(count) : "memory");
 }
 
 __device__ __forceinline__ void mbar_arrive(uint64_t *b)
 {
-    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(smem_u32(b)) : "memory");
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(qk_smem_addr(b)) : "memory");
 }
 
 __device__ __forceinline__ unsigned ld_acquire(const unsigned *p)
@@ -81,11 +69,33 @@ __device__ __forceinline__ unsigned ld_acquire(const unsigned *p)
     return v;
 }
 
-__device__ __forceinline__ unsigned long long gtime(void)
+/* One 2176-byte stage decoded as qt_dot<false, 4> does (the engine's INT4
+ * tensor-core body); x from the block's 16 KB copy, read lane-contiguous
+ * (no bank conflicts) from position xc on, which then moves on. */
+__device__ __forceinline__ void stage_dot(const uint8_t *stg, const uint4 *xs, int lane, int &xc, float *acc)
 {
-    unsigned long long t;
-    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-    return t;
+    const uint4 *w = (const uint4 *)stg;
+    const uint32_t *sw = (const uint32_t *)(stg + QK_QROWS * 512);
+    uint32_t wd[QK_QROWS][4], m[QK_QROWS][1], xv[16];
+#pragma unroll
+    for (int r = 0; r < QK_QROWS; r++) {
+        const uint4 u = w[r * 32 + lane];
+        wd[r][0] = u.x;
+        wd[r][1] = u.y;
+        wd[r][2] = u.z;
+        wd[r][3] = u.w;
+        m[r][0] = (sw[r * 8 + (lane >> 2)] & 0x00ff7fffu) | 0x00083c00u; /* a sane scale, z 8 */
+    }
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        const uint4 u = xs[(xc + 32 * j) & 1023];
+        xv[4 * j + 0] = u.x;
+        xv[4 * j + 1] = u.y;
+        xv[4 * j + 2] = u.z;
+        xv[4 * j + 3] = u.w;
+    }
+    xc += 128;
+    qg_int4_mma_dot<false, 4>(wd, m, xv, acc);
 }
 
 /* The consumers' barrier (named barrier 1; warp 0, the producer, is not in it). */
@@ -121,14 +131,9 @@ __global__ void __launch_bounds__(512, 1) k_persist(const uint8_t *__restrict__ 
             for (long long o = 0; o < len; o += SLOT, k++) {
                 const int s = (int)(k % NS);
                 const uint32_t n = (uint32_t)(len - o < SLOT ? len - o : SLOT);
-                mbar_wait(empty + s, (uint32_t)((k / NS) & 1) ^ 1u);
-                asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_u32(full + s)),
-                             "r"(n)
-                             : "memory");
-                asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
-                                 smem_u32(ring + (size_t)s * SLOT)),
-                             "l"(src + o), "r"(n), "r"(smem_u32(full + s))
-                             : "memory");
+                qk_mbar_wait(empty + s, (uint32_t)((k / NS) & 1) ^ 1u);
+                qk_mbar_expect(full + s, n);
+                qk_bulk_copy(ring + (size_t)s * SLOT, src + o, n, full + s);
             }
         }
         return;
@@ -148,40 +153,18 @@ __global__ void __launch_bounds__(512, 1) k_persist(const uint8_t *__restrict__ 
         }
         const long long len = c_ops.per_block[i];
         if (len == 0) { /* a small op: every block busy for spin_ns */
-            const unsigned long long t0 = gtime();
-            while (gtime() - t0 < (unsigned long long)c_ops.spin_ns[i]) {
+            const unsigned long long t0 = qk_globaltimer();
+            while (qk_globaltimer() - t0 < (unsigned long long)c_ops.spin_ns[i]) {
             }
         }
         for (long long o = 0; o < len; o += SLOT, k++) {
             const int s = (int)(k % NS);
             const int n = (int)(len - o < SLOT ? len - o : SLOT);
-            mbar_wait(full + s, (uint32_t)((k / NS) & 1));
+            qk_mbar_wait(full + s, (uint32_t)((k / NS) & 1));
             const uint8_t *slot = ring + (size_t)s * SLOT;
             if (decode) { /* stages cw, cw + C, ... of the slot, as qt_dot<false, 4> takes one */
                 for (int g = cw; g < n / STAGE; g += C) {
-                    const uint8_t *stg = slot + (size_t)g * STAGE;
-                    const uint4 *w = (const uint4 *)stg;
-                    const uint32_t *sw = (const uint32_t *)(stg + QK_QROWS * 512);
-                    uint32_t wd[QK_QROWS][4], m[QK_QROWS][1], xv[16];
-#pragma unroll
-                    for (int r = 0; r < QK_QROWS; r++) {
-                        const uint4 u = w[r * 32 + lane];
-                        wd[r][0] = u.x;
-                        wd[r][1] = u.y;
-                        wd[r][2] = u.z;
-                        wd[r][3] = u.w;
-                        m[r][0] = (sw[r * 8 + (lane >> 2)] & 0x00ff7fffu) | 0x00083c00u; /* a sane scale, z 8 */
-                    }
-#pragma unroll
-                    for (int j = 0; j < 4; j++) {
-                        const uint4 u = xs[(xc + 32 * j) & 1023]; /* lane-contiguous: no bank conflicts */
-                        xv[4 * j + 0] = u.x;
-                        xv[4 * j + 1] = u.y;
-                        xv[4 * j + 2] = u.z;
-                        xv[4 * j + 3] = u.w;
-                    }
-                    xc += 128;
-                    qg_int4_mma_dot<false, 4>(wd, m, xv, acc);
+                    stage_dot(slot + (size_t)g * STAGE, xs, lane, xc, acc);
                 }
             } else {
                 const uint4 *v = (const uint4 *)slot;
@@ -286,25 +269,15 @@ __global__ void __launch_bounds__(288, 2) k_ring(const uint8_t *__restrict__ w, 
     }
     __syncthreads();
     auto issue = [&](long long u, uint8_t *dst, uint64_t *bar) {
-        asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_u32(bar)), "r"(STAGE)
-                     : "memory");
+        qk_mbar_expect(bar, STAGE);
         if (layout == 1) {
-            asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
-                             smem_u32(dst)),
-                         "l"(w + u * STAGE), "r"(STAGE), "r"(smem_u32(bar))
-                         : "memory");
+            qk_bulk_copy(dst, w + u * STAGE, STAGE, bar);
             return;
         }
         const long long g = u / nu, c = u - g * nu;
         for (int r = 0; r < 4; r++) {
-            asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
-                             smem_u32(dst + r * 512)),
-                         "l"(w + (4 * g + r) * rowb + c * 512), "r"(512), "r"(smem_u32(bar))
-                         : "memory");
-            asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
-                             smem_u32(dst + 2048 + r * 32)),
-                         "l"(sc + (4 * g + r) * srow + c * 32), "r"(32), "r"(smem_u32(bar))
-                         : "memory");
+            qk_bulk_copy(dst + r * 512, w + (4 * g + r) * rowb + c * 512, 512, bar);
+            qk_bulk_copy(dst + 2048 + r * 32, sc + (4 * g + r) * srow + c * 32, 32, bar);
         }
     };
     if (warp == 8) { /* producer 1: all 8 rings, step by step */
@@ -319,7 +292,7 @@ __global__ void __launch_bounds__(288, 2) k_ring(const uint8_t *__restrict__ w, 
                 const long long a = A + v * n / 8, e = A + (v + 1) * n / 8;
                 if (a + k >= e) continue;
                 const int s = (int)(k % D);
-                mbar_wait(empty + v * D + s, (uint32_t)((k / D) & 1) ^ 1u);
+                qk_mbar_wait(empty + v * D + s, (uint32_t)((k / D) & 1) ^ 1u);
                 issue(a + k, ring + (size_t)(v * D + s) * STAGE, full + v * D + s);
             }
         return;
@@ -333,29 +306,8 @@ __global__ void __launch_bounds__(288, 2) k_ring(const uint8_t *__restrict__ w, 
     for (long long u = a, k = 0; u < e; u++, k++) {
         const int s = (int)(k % D);
         uint8_t *stg = ring + (size_t)(warp * D + s) * STAGE;
-        mbar_wait(full + warp * D + s, (uint32_t)((k / D) & 1));
-        const uint4 *wv = (const uint4 *)stg;
-        const uint32_t *sw = (const uint32_t *)(stg + QK_QROWS * 512);
-        uint32_t wd[QK_QROWS][4], m[QK_QROWS][1], xv[16];
-#pragma unroll
-        for (int r = 0; r < QK_QROWS; r++) {
-            const uint4 q = wv[r * 32 + lane];
-            wd[r][0] = q.x;
-            wd[r][1] = q.y;
-            wd[r][2] = q.z;
-            wd[r][3] = q.w;
-            m[r][0] = (sw[r * 8 + (lane >> 2)] & 0x00ff7fffu) | 0x00083c00u;
-        }
-#pragma unroll
-        for (int j = 0; j < 4; j++) {
-            const uint4 q = xs[(xc + 32 * j) & 1023];
-            xv[4 * j + 0] = q.x;
-            xv[4 * j + 1] = q.y;
-            xv[4 * j + 2] = q.z;
-            xv[4 * j + 3] = q.w;
-        }
-        xc += 128;
-        qg_int4_mma_dot<false, 4>(wd, m, xv, acc);
+        qk_mbar_wait(full + warp * D + s, (uint32_t)((k / D) & 1));
+        stage_dot(stg, xs, lane, xc, acc);
         __syncwarp();
         if (lane == 0) {
             if (producer == 0) {
