@@ -287,16 +287,25 @@ struct qg_norm {
     float eps;
 };
 
+/* WE: the norm weights are loaded with h, before the block sum, so their
+ * round trip (from DRAM: a 27B step streams ~15 GB through L2, so they are
+ * never still there from the step before) overlaps h's instead of following
+ * the sum (27B decode int4 133.4 -> 137.0 tok/s, fp8 89.5 -> 90.5, H100,
+ * BENCHMARKS.md twenty-third session). It holds 32 more registers through
+ * the sum: the kernels where that spills (3 blocks per SM, the act-order
+ * and INT4 g128 mma walks) load them after it, as before. */
+template <bool WE>
 __device__ __forceinline__ void qg_stage_norm(const qg_norm &nm, int K, int P, int kc, float *red33, uint4 *dst)
 {
     const int D4 = K / 4;
     const float4 *h4 = (const float4 *)nm.h, *w4 = (const float4 *)nm.w;
-    float4 v[8];
+    float4 v[8], wv[8];
     float ss = 0.0f;
 #pragma unroll
     for (int j = 0; j < 8; j++) {
         const int i = (int)threadIdx.x + QG_THREADS * j;
         v[j] = i < D4 ? h4[i] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        if (WE) wv[j] = i < D4 ? __ldg(w4 + i) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
         if (QG_THREADS * j < D4) ss = qk_sumsq4(ss, v[j]);
     }
     ss = qk_block_sum(ss, red33);
@@ -305,12 +314,24 @@ __device__ __forceinline__ void qg_stage_norm(const qg_norm &nm, int K, int P, i
 #pragma unroll
     for (int j = 0; j < 8; j++) {
         const int i = (int)threadIdx.x + QG_THREADS * j, e = 4 * i;
-        if (i < D4) xs2[2 * (((e >> 3) % P) * kc + e / (8 * P)) + ((e >> 2) & 1)] = qk_rms1p_bf4(v[j], r, w4[i]);
+        if (i < D4)
+            xs2[2 * (((e >> 3) % P) * kc + e / (8 * P)) + ((e >> 2) & 1)] = qk_rms1p_bf4(v[j], r, WE ? wv[j] : w4[i]);
     }
     for (int i = D4 + (int)threadIdx.x; i < 2 * P * kc; i += QG_THREADS) {
         const int e = 4 * i;
         xs2[2 * (((e >> 3) % P) * kc + e / (8 * P)) + ((e >> 2) & 1)] = make_uint2(0u, 0u);
     }
+}
+
+/* Before the PDL wait of a launch with the norm fold whose staging loads
+ * the norm weights after the block sum (qg_stage_norm without WE): the
+ * weights (no kernel writes them) asked of L2, one 128-byte line per
+ * thread, so that those loads find them there rather than in DRAM. */
+__device__ __forceinline__ void qg_norm_prefetch(const qg_norm &nm, int K)
+{
+    if (!nm.h) return;
+    for (int l = (int)threadIdx.x; l < (K * 4 + 127) / 128; l += QG_THREADS)
+        asm volatile("prefetch.global.L2 [%0];" ::"l"((const char *)nm.w + 128 * l));
 }
 
 /* x staged in qg_load_xsm's layout at dst: x itself, zeros past K. */
@@ -389,20 +410,21 @@ __device__ __forceinline__ void qg_xperm_apply(const uint4 *nat, int P, int kc, 
  * with ps.xs_nat the natural-order copy stays after it (at P * kc) for the
  * BF16 parts (XP: compiled only into the INT4 kernels, the one layout with
  * g_idx; its registers made the FP4 kernels on 3 blocks per SM spill; r:
- * the indices from qg_xperm_load). Ends with a block barrier. */
-template <bool XP>
+ * the indices from qg_xperm_load; WE: qg_stage_norm's). Ends with a block
+ * barrier. */
+template <bool XP, bool WE>
 __device__ __forceinline__ void qg_stage_x(const qg_parts &ps, const uint16_t *__restrict__ x, const qg_norm &nrm,
                                            int P, float *red33, uint4 *r)
 {
     const int kc = ps.p[0].kc, K = ps.p[0].k;
     if (XP && ps.xperm) {
         uint4 *nat = ps.xs_nat ? qg_xsm + P * kc : qg_xsm;
-        if (nrm.h) qg_stage_norm(nrm, K, P, kc, red33, nat);
+        if (nrm.h) qg_stage_norm<WE>(nrm, K, P, kc, red33, nat);
         else qg_stage_plain(x, K, P, kc, nat);
         __syncthreads();
         qg_xperm_apply(nat, P, kc, r);
     } else if (nrm.h) {
-        qg_stage_norm(nrm, K, P, kc, red33, qg_xsm);
+        qg_stage_norm<WE>(nrm, K, P, kc, red33, qg_xsm);
     } else {
         qg_stage_plain(x, K, P, kc, qg_xsm);
     }
@@ -463,6 +485,10 @@ __global__ void __launch_bounds__(QG_THREADS, VAR == 3 ? 3 : QG_MINB)
     if (VAR != 1 && ps.prime) qg_prime_l2(ps, S, G); /* before the wait: see qg_prime_l2 */
     uint4 xr[QG_XP_PT];
     if (VAR == 4) qg_xperm_load(ps.xperm, 4 * ps.p[0].kc, xr);
+    /* (the norm weights with h where that does not spill: qg_stage_norm;
+     * elsewhere asked of L2 now) */
+    constexpr bool WE = VAR == 2 && BODY != QG_B_I4MH && BODY != QG_B_I4M;
+    if (VAR >= 2 && !WE) qg_norm_prefetch(nrm, ps.p[0].k);
     qk_pdl_wait();
     QG_PROBE_WAITED
     if (VAR == 1) {
@@ -471,7 +497,7 @@ __global__ void __launch_bounds__(QG_THREADS, VAR == 3 ? 3 : QG_MINB)
         return;
     }
     const bool XS = VAR >= 2;
-    if (XS) qg_stage_x<VAR == 4>(ps, x, nrm, BODY == QG_B_FP8 ? 2 : 4, red, xr);
+    if (XS) qg_stage_x<VAR == 4, WE>(ps, x, nrm, BODY == QG_B_FP8 ? 2 : 4, red, xr);
     qg_persist_f f = {ps, x, accumulate, S, G, red};
     qg_body_visit<XS>(BODY, f);
     QG_PROBE_END(BODY, G);
@@ -705,7 +731,7 @@ __global__ void __launch_bounds__(QG_THREADS, 2)
     if (ps.xperm) qg_xperm_load(ps.xperm, 4 * ps.p[0].kc, xr);
     qk_pdl_wait();
     QG_PROBE_WAITED
-    qg_stage_x<true>(ps, x, nrm, 4, red, xr);
+    qg_stage_x<true, true>(ps, x, nrm, 4, red, xr);
     for (int j = j0; j < j1; j++) /* this block's BF16 groups, while its ring fills */
         qg_bf16_group(ps, x, G - ps.nbf + j, accumulate, cut);
     float acc[QK_QROWS];

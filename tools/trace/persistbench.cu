@@ -32,7 +32,7 @@
  * launches in a CUDA graph, the producer streaming before the
  * griddepcontrol.wait that the consumers pass before they decode — the
  * engine's launch-per-projection schedule with this kernel's stream. Prints ms per step, GB/s and % of the device-to-device copy rate.
- * Results: BENCHMARKS.md, "Twenty-second session". */
+ * Results: BENCHMARKS.md, twenty-second session. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -245,12 +245,18 @@ static void ops_27b_int4(op_table *t, int B, int gdn_ns, int attn_ns, int head, 
  *             row stride + 4 x 32 bytes of scale words: 8 copies), or
  *   layout 1: a stage-major layout (the stage's 2176 bytes contiguous, a
  *             warp's steps one after another: 1 copy),
+ *   layout 2: the engine's tiled INT4 layout (quant.h: the stage's 2048
+ *             bytes of codes contiguous, its 128 bytes of scales likewise
+ *             in a region of their own: 2 copies),
  * asked for by
  *   producer 0: lane 0 of each warp (as k_gemv_qt), or
- *   producer 1: one extra warp per block for all 8 rings.
- * The decoding is the INT4 body on each stage; GB/s over 20 launches. */
+ *   producer 1: one extra warp per block for all 8 rings,
+ * spc steps per copy (a stage of spc x 2176 bytes, layouts 1 and 2;
+ * producer 0). The decoding is the INT4 body on each step; GB/s over 20
+ * launches. Results: BENCHMARKS.md, twenty-second and twenty-third
+ * sessions. */
 __global__ void __launch_bounds__(288, 2) k_ring(const uint8_t *__restrict__ w, const uint8_t *__restrict__ sc,
-                                                 float *out, int G, int nu, int D, int layout, int producer)
+                                                 float *out, int G, int nu, int D, int layout, int producer, int spc)
 {
     extern __shared__ __align__(128) uint8_t ring[];
     __shared__ __align__(8) uint64_t full[8 * 8], empty[8 * 8];
@@ -268,10 +274,15 @@ __global__ void __launch_bounds__(288, 2) k_ring(const uint8_t *__restrict__ w, 
         asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
     }
     __syncthreads();
-    auto issue = [&](long long u, uint8_t *dst, uint64_t *bar) {
-        qk_mbar_expect(bar, STAGE);
+    auto issue = [&](long long u, uint8_t *dst, uint64_t *bar, int cnt) { /* cnt steps from u (layouts 1, 2) */
+        qk_mbar_expect(bar, cnt * STAGE);
         if (layout == 1) {
-            qk_bulk_copy(dst, w + u * STAGE, STAGE, bar);
+            qk_bulk_copy(dst, w + u * STAGE, cnt * STAGE, bar);
+            return;
+        }
+        if (layout == 2) { /* the engine's tiled layout: codes and scales each one piece */
+            qk_bulk_copy(dst, w + u * 2048, cnt * 2048, bar);
+            qk_bulk_copy(dst + cnt * 2048, sc + u * 128, cnt * (STAGE - 2048), bar);
             return;
         }
         const long long g = u / nu, c = u - g * nu;
@@ -293,25 +304,33 @@ __global__ void __launch_bounds__(288, 2) k_ring(const uint8_t *__restrict__ w, 
                 if (a + k >= e) continue;
                 const int s = (int)(k % D);
                 qk_mbar_wait(empty + v * D + s, (uint32_t)((k / D) & 1) ^ 1u);
-                issue(a + k, ring + (size_t)(v * D + s) * STAGE, full + v * D + s);
+                issue(a + k, ring + (size_t)(v * D + s) * STAGE, full + v * D + s, 1);
             }
         return;
     }
+    /* stage k of the warp: spc steps of its contiguous eighth of the block's
+     * steps from a + k spc (one copy, or two with layout 2; fewer at its end) */
     const long long a = A + warp * n / 8, e = A + (warp + 1) * n / 8;
+    const size_t SS = (size_t)spc * STAGE;
+    auto count = [&](long long k) -> int {
+        const long long u = a + k * spc;
+        return u >= e ? 0 : (int)(e - u < spc ? e - u : spc);
+    };
     if (producer == 0 && lane == 0)
-        for (long long k = 0; k < D && a + k < e; k++) issue(a + k, ring + (size_t)(warp * D + k) * STAGE, full + warp * D + k);
+        for (long long k = 0; k < D && count(k) > 0; k++)
+            issue(a + k * spc, ring + (size_t)(warp * D + k) * SS, full + warp * D + k, count(k));
     __syncwarp();
     float acc[QK_QROWS] = {0.f, 0.f, 0.f, 0.f};
     int xc = lane;
-    for (long long u = a, k = 0; u < e; u++, k++) {
+    for (long long k = 0; count(k) > 0; k++) {
         const int s = (int)(k % D);
-        uint8_t *stg = ring + (size_t)(warp * D + s) * STAGE;
+        uint8_t *stg = ring + (size_t)(warp * D + s) * SS;
         qk_mbar_wait(full + warp * D + s, (uint32_t)((k / D) & 1));
-        stage_dot(stg, xs, lane, xc, acc);
+        for (int i = 0; i < count(k); i++) stage_dot(stg + (size_t)i * STAGE, xs, lane, xc, acc);
         __syncwarp();
         if (lane == 0) {
             if (producer == 0) {
-                if (u + D < e) issue(u + D, stg, full + warp * D + s);
+                if (count(k + D) > 0) issue(a + (k + D) * spc, stg, full + warp * D + s, count(k + D));
             } else {
                 mbar_arrive(empty + warp * D + s);
             }
@@ -322,11 +341,11 @@ __global__ void __launch_bounds__(288, 2) k_ring(const uint8_t *__restrict__ w, 
 
 /* GB/s of one N x K INT4 g128 GEMV shape under k_ring; -1 on an error. */
 static double time_ring(cudaStream_t st, const uint8_t *pool, float *out, int nsm, int N, int K, int D, int layout,
-                        int producer)
+                        int producer, int spc)
 {
     const int G = N / 4, nu = K / 1024;
     const size_t wbytes = (size_t)N * K / 2, sbytes = (size_t)N * (K / 128) * 4;
-    const size_t smem = (size_t)8 * D * STAGE;
+    const size_t smem = (size_t)8 * D * spc * STAGE;
     if (cudaFuncSetAttribute(k_ring, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem) != cudaSuccess) return -1;
     cudaEvent_t e0, e1;
     cudaEventCreate(&e0);
@@ -338,7 +357,7 @@ static double time_ring(cudaStream_t st, const uint8_t *pool, float *out, int ns
         for (int r = 0; r < reps; r++) /* a fresh region each launch: nothing from L2 */
             k_ring<<<2 * nsm, threads, smem, st>>>(pool + (size_t)(r % 8) * (wbytes + sbytes + 4096),
                                                    pool + (size_t)(r % 8) * (wbytes + sbytes + 4096) + wbytes, out, G,
-                                                   nu, D, layout, producer);
+                                                   nu, D, layout, producer, spc);
         cudaEventRecord(e1, st);
         if (cudaEventSynchronize(e1) != cudaSuccess) {
             fprintf(stderr, "persistbench: k_ring: %s\n", cudaGetErrorString(cudaGetLastError()));
@@ -464,15 +483,17 @@ int main(int argc, char **argv)
 
     static const struct { int n, k; const char *name; } shapes[] = {
         {34816, 5120, "gate|up"}, {5120, 17408, "down"}, {16384, 5120, "gdn in"}, {5120, 6144, "out"}};
-    printf("\none INT4 g128 GEMV launch alone (k_ring: 2 blocks x 8 warps per SM)\n%-8s %7s %6s %2s %6s %8s %8s %7s\n",
-           "shape", "N", "K", "D", "layout", "producer", "GB/s", "of copy");
+    printf("\none INT4 g128 GEMV launch alone (k_ring: 2 blocks x 8 warps per SM)\n%-8s %7s %6s %2s %6s %8s %3s %8s %7s\n",
+           "shape", "N", "K", "D", "layout", "producer", "spc", "GB/s", "of copy");
     for (int si = 0; si < 4; si++) {
-        static const int cfg[][3] = {{2, 0, 0}, {4, 0, 0}, {2, 1, 0}, {4, 1, 0}, {4, 0, 1}, {5, 0, 1}, {4, 1, 1}, {5, 1, 1}};
-        for (int c = 0; c < 8; c++) {
-            const double gbs = time_ring(st, pool, out, nsm, shapes[si].n, shapes[si].k, cfg[c][0], cfg[c][1], cfg[c][2]);
+        static const int cfg[][4] = {{2, 0, 0, 1}, {2, 2, 0, 1}, {4, 2, 0, 1}, {1, 2, 0, 2}, {2, 2, 0, 2},
+                                     {1, 2, 0, 4}, {3, 2, 0, 1}, {1, 1, 0, 2}, {2, 1, 0, 2}};
+        for (int c = 0; c < (int)(sizeof cfg / sizeof cfg[0]); c++) {
+            const double gbs = time_ring(st, pool, out, nsm, shapes[si].n, shapes[si].k, cfg[c][0], cfg[c][1],
+                                         cfg[c][2], cfg[c][3]);
             if (gbs < 0) return 1;
-            printf("%-8s %7d %6d %2d %6d %8d %8.0f %6.1f%%\n", shapes[si].name, shapes[si].n, shapes[si].k, cfg[c][0],
-                   cfg[c][1], cfg[c][2], gbs, 100.0 * gbs / copy_gbs);
+            printf("%-8s %7d %6d %2d %6d %8d %3d %8.0f %6.1f%%\n", shapes[si].name, shapes[si].n, shapes[si].k,
+                   cfg[c][0], cfg[c][1], cfg[c][2], cfg[c][3], gbs, 100.0 * gbs / copy_gbs);
         }
     }
     return 0;
