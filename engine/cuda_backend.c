@@ -230,6 +230,7 @@ struct qc_cuda_model {
     bool fuse_norm; /* decode: RMSNorm folded into the quantized GEMVs after it (mat_gemv_norm) */
     bool down_xperm; /* decode: act-order down-projections read h permuted by the SwiGLU (swiglu_dec) */
     bool int4_tile;  /* dense INT4 weights in the tiled layout where they can take it (qc_qweight_tile) */
+    bool int4_s16;   /* ... and symmetric ones with 16-bit scales alone (quant.h s16) */
     int moe_E, moe_K, moe_Im, moe_ld; /* MoE layers (0: dense): experts, chosen, width, router rows */
     int moe_Kt;        /* entries per token of the choices: moe_K, + 1 where the shared expert is in the tables */
     int moe_pair_max;  /* prefill chunks of at most this many tokens run as (token, expert) pair GEMVs */
@@ -317,6 +318,7 @@ static int cu_model_new(const qc_cuda_shape *sh, qc_cuda_model **out, qc_err *er
     cm->fuse_norm = !env_is("QCHAT_FUSE_NORM", "0"); /* A/B of mat_gemv_norm: 0 = separate norm launches */
     cm->down_xperm = !env_is("QCHAT_DOWN_XPERM", "0"); /* A/B of swiglu_dec: 0 = the GEMV gathers x */
     cm->int4_tile = !env_is("QCHAT_INT4_TILE", "0");    /* A/B of the tiled INT4 layout: 0 = row-major */
+    cm->int4_s16 = !env_is("QCHAT_INT4_S16", "0");      /* A/B of its 16-bit scales: 0 = scale|zero words */
     cm->prof.ok = true;
     const char *pe = getenv("QCHAT_CUDA_PROFILE");
     cm->prof.on = pe && *pe && strcmp(pe, "0");
@@ -617,6 +619,7 @@ static int load_part(qc_cuda_model *cm, const qc_linear *l, qk_qweight *q, const
         if (rc == QC_EXIT_CHECKPOINT) return load_part_bf16(cm, l, q, err); /* a layout the kernels cannot run */
         return rc;
     }
+    if (!cm->int4_s16) h->zero8 = 0;
     if (tile && cm->int4_tile) qc_qweight_tile(h);
     ld->hq[ld->nhq++] = h; /* owned by the loader from here */
     *h_out = h;
@@ -1139,6 +1142,7 @@ static int synth_qw(qc_cuda_model *cm, const synth_mix *mx, int kind, int n, int
         q->w_bytes = np * (size_t)q->k_pad / 2;
         q->s_bytes = np * (size_t)q->ngroups * 4;
     }
+    if (q->kind == QK_QW_INT4 && !q->perm) q->zero8 = cm->int4_s16; /* k_fq_int4s: symmetric, every zero 8 */
     if (tile && cm->int4_tile) qc_qweight_tile(q); /* random codes and scale words: the same fill either way */
     if (q->kind == QK_QW_FP8 && mx->channel) { /* blocks of 1 x k_pad */
         q->blk_n = 1;
@@ -1704,7 +1708,7 @@ static bool qw_rows(const qk_qweight *w, int r0, int nr, qk_qweight *v)
     case QK_QW_INT4: /* (tiled: the same offsets for whole row groups) */
         if (w->tiled && r0 % QK_QROWS) return false;
         v->w = (uint8_t *)w->w + r * kp / 2;
-        v->s = (uint32_t *)w->s + r * (size_t)w->ngroups;
+        v->s = (uint8_t *)w->s + r * (size_t)w->ngroups * (w->s16 ? 2 : 4);
         return true;
     case QK_QW_NVFP4:
     case QK_QW_MXFP4:

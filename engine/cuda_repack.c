@@ -263,6 +263,32 @@ static bool int4_zeros_in_range(const qc_linear *l)
            (z->shape[0] != l->n || l->n == 1);
 }
 
+/* Whether every group's zero point is 8, as in the symmetric files (GPTQ and
+ * AutoRound with sym, ct-int without zero_point): then the tiled layout keeps
+ * only the 16-bit scales (quant.h s16). A scan of the packed zero words
+ * first; if one differs (padding nibbles past N may), the zeros one by one,
+ * stopping at the first that is not 8 (an asymmetric file stops at once). */
+static bool int4_zeros_all8(const qc_linear *l, int64_t ngroups)
+{
+    const qc_tensor *z = l->zeros;
+    if (!z)
+        return l->format != QC_FMT_AWQ;
+    const int64_t stored8 = l->format == QC_FMT_GPTQ ? 8 - l->zero_bias : 8; /* the nibble that means 8 */
+    if ((z->dtype == QC_DT_I32 || z->dtype == QC_DT_U32) && int4_zeros_in_range(l) && stored8 >= 0 && stored8 < 16) {
+        const uint32_t pat = (uint32_t)stored8 * 0x11111111u;
+        int64_t i = 0;
+        while (i < z->numel && qc_ld_u32(z->data, i) == pat) i++;
+        if (i == z->numel)
+            return true;
+    }
+    const int64_t ng = int4_ngroups(l);
+    for (int64_t n = 0; n < l->n; n++)
+        for (int64_t g = 0; g < ngroups && g < ng; g++)
+            if (int4_zero(l, n, g, ng) != 8)
+                return false;
+    return true;
+}
+
 static int64_t int4_scale_index(const qc_linear *l, int64_t n, int64_t g, int64_t ng)
 {
     return l->format == QC_FMT_CT_INT ? n * ng + g : g * l->n + n;
@@ -383,15 +409,19 @@ static int plan_int4(const qc_linear *l, qk_qweight *q, qc_err *err)
                 if (z < 0 || z > 255)
                     return pack_fail(l, err, "zero point outside 0..255");
             }
+    q->zero8 = !l->g_idx && int4_zeros_all8(l, q->ngroups);
     return QC_OK;
 }
 
-/* Scale/zero words of rows [r0, r0 + nr): s16 | zero << 16. */
-static int int4_s_rows(const qc_linear *l, const qk_qweight *q, int64_t r0, int64_t nr, uint32_t *sw, qc_err *err)
+/* Scale/zero words of rows [r0, r0 + nr): s16 | zero << 16, or (q->s16)
+ * the 16-bit scales alone, every zero having been found to be 8. */
+static int int4_s_rows(const qc_linear *l, const qk_qweight *q, int64_t r0, int64_t nr, void *dst, qc_err *err)
 {
     const int64_t N = l->n, ng = int4_ngroups(l);
     const qc_dtype sdt = l->scale->dtype;
-    memset(sw, 0, (size_t)(nr * q->ngroups) * 4);
+    uint32_t *sw = dst;
+    uint16_t *sh = dst;
+    memset(dst, 0, (size_t)(nr * q->ngroups) * (q->s16 ? 2 : 4));
     for (int64_t n = r0; n < r0 + nr && n < N; n++) {
         for (int64_t g = 0; g < q->ngroups && g < ng; g++) {
             int64_t si = int4_scale_index(l, n, g, ng);
@@ -410,7 +440,12 @@ static int int4_s_rows(const qc_linear *l, const qk_qweight *q, int64_t r0, int6
             int64_t z = int4_zero(l, n, g, ng);
             if (z < 0 || z > 255) /* refused by the plan already; kept as a guard */
                 return pack_fail(l, err, "zero point outside 0..255");
-            sw[(n - r0) * q->ngroups + g] = s16 | (uint32_t)z << 16;
+            if (q->s16 && z != 8) /* the plan found only 8s; kept as a guard */
+                return pack_fail(l, err, "zero point not 8 in a symmetric layout");
+            if (q->s16)
+                sh[(n - r0) * q->ngroups + g] = (uint16_t)s16;
+            else
+                sw[(n - r0) * q->ngroups + g] = s16 | (uint32_t)z << 16;
         }
     }
     return QC_OK;
@@ -636,21 +671,33 @@ size_t qc_qweight_srow_bytes(const qk_qweight *q)
     return q->s_bytes / (size_t)q->n_pad;
 }
 
-void qc_qweight_tile(qk_qweight *q) { q->tiled = qk_int4_tileable(q); }
-
-/* Rows [0, nr) of a row-major slab of row_words words per row, nr a multiple
- * of QK_QROWS, into the tiled order of quant.h (unit words per row and step). */
-static int int4_tile_slab(uint32_t *w, int64_t nr, int64_t row_words, int64_t unit)
+void qc_qweight_tile(qk_qweight *q)
 {
-    uint32_t *grp = malloc((size_t)(QK_QROWS * row_words) * 4);
+    q->tiled = qk_int4_tileable(q);
+    q->s16 = q->tiled && q->zero8;
+    if (q->s16)
+        q->s_bytes = (size_t)q->n_pad * (size_t)q->ngroups * 2;
+}
+
+/* Rows [0, nr) of a row-major slab of row_words elements of es bytes (4: words,
+ * 2: s16 scales) per row, nr a multiple of QK_QROWS, into the tiled order of
+ * quant.h (unit elements per row and step). */
+static int int4_tile_slab(void *w, int64_t nr, int64_t row_words, int64_t unit, size_t es)
+{
+    uint8_t *grp = malloc((size_t)(QK_QROWS * row_words) * es);
     if (!grp)
         return -1;
     for (int64_t g = 0; g < nr / QK_QROWS; g++) {
-        uint32_t *src = w + g * QK_QROWS * row_words;
-        memcpy(grp, src, (size_t)(QK_QROWS * row_words) * 4);
+        uint8_t *src = (uint8_t *)w + (size_t)(g * QK_QROWS * row_words) * es;
+        memcpy(grp, src, (size_t)(QK_QROWS * row_words) * es);
         for (int64_t r = 0; r < QK_QROWS; r++)
-            for (int64_t i = 0; i < row_words; i++)
-                src[qk_int4_tile_index(1, (size_t)r, (size_t)i, (size_t)row_words, (size_t)unit)] = grp[r * row_words + i];
+            for (int64_t i = 0; i < row_words; i++) {
+                const size_t d = qk_int4_tile_index(1, (size_t)r, (size_t)i, (size_t)row_words, (size_t)unit);
+                if (es == 4)
+                    ((uint32_t *)src)[d] = ((const uint32_t *)grp)[r * row_words + i];
+                else
+                    ((uint16_t *)src)[d] = ((const uint16_t *)grp)[r * row_words + i];
+            }
     }
     free(grp);
     return 0;
@@ -671,7 +718,7 @@ int qc_qweight_pack_rows(const qc_linear *l, const qk_qweight *q, int what, int6
             int4_w_rows(l, q, r0, nr, dst);
         else
             rc = int4_s_rows(l, q, r0, nr, dst, err);
-        if (!rc && int4_tile_slab(dst, nr, row_words, unit))
+        if (!rc && int4_tile_slab(dst, nr, row_words, unit, what == QC_QW_WEIGHT || !q->s16 ? 4 : 2))
             rc = qc_err_set(err, QC_EXIT_RUNTIME, "out of host memory packing %s", l->name);
         return rc;
     }
@@ -738,14 +785,14 @@ void qc_qweight_unpack_rows(const qk_qweight *q, int64_t row0, int64_t nrows, fl
             break;
         }
         case QK_QW_INT4: {
-            const uint32_t *w = (const uint32_t *)q->w, *sw = (const uint32_t *)q->s;
+            const uint32_t *w = (const uint32_t *)q->w;
             const size_t su = q->tiled ? (size_t)(1024 / q->group) : 1;
             for (int64_t p = 0; p < q->k_pad; p++) {
                 int64_t k = q->perm ? q->perm[p] : p;
                 if (k < 0 || k >= K)
                     continue;
                 const size_t g = (size_t)(q->perm ? q->perm[q->k_pad + p / 32] : p / q->group);
-                uint32_t m = sw[qk_int4_tile_index(q->tiled, (size_t)n, g, (size_t)q->ngroups, su)];
+                uint32_t m = qk_int4_sword_at(q->s, qk_int4_tile_index(q->tiled, (size_t)n, g, (size_t)q->ngroups, su), q->s16);
                 float s = q->scale_f16 ? qc_f16_to_f32((uint16_t)m) : qc_bf16_to_f32((uint16_t)m);
                 uint32_t word = w[qk_int4_tile_index(q->tiled, (size_t)n, (size_t)(p / 8), (size_t)kw, 128)];
                 int32_t qv = (int32_t)((word >> (4 * (p % 8))) & 15u);

@@ -57,13 +57,17 @@ __global__ void k_fq_f32(float *s, int64_t total, uint64_t seed, float s0)
 }
 
 /* INT4 (row, group) words: the scale around s0 in bits 0-15 (f16 as GPTQ
- * and AWQ publish it, else bf16), zero 8. */
-__global__ void k_fq_int4s(uint32_t *s, int64_t total, uint64_t seed, float s0, int f16)
+ * and AWQ publish it, else bf16), zero 8; with s16 the 16-bit scales alone. */
+__global__ void k_fq_int4s(void *s, int64_t total, uint64_t seed, float s0, int f16, int s16)
 {
     FQ_LOOP(i, total)
     {
         const float v = s0 * (0.75f + 0.5f * fq_unif(seed, i));
-        s[i] = (f16 ? (uint32_t)__half_as_ushort(__float2half_rn(v)) : (uint32_t)qk_to_bf(v)) | (8u << 16);
+        const uint32_t h = f16 ? (uint32_t)__half_as_ushort(__float2half_rn(v)) : (uint32_t)qk_to_bf(v);
+        if (s16)
+            ((uint16_t *)s)[i] = (uint16_t)h; /* the zero, 8, is implied (quant.h s16) */
+        else
+            ((uint32_t *)s)[i] = h | (8u << 16);
     }
 }
 
@@ -99,8 +103,8 @@ extern "C" int qk_fill_random_qweight(qk_qweight *w, uint64_t seed, float wscale
         int kw = w->k_pad / 8;
         k_fq_words<<<G, B, 0, st>>>((uint32_t *)w->w, w->n, w->k, kw, (int64_t)w->n_pad * kw, seed);
         /* q - 8 spans [-8, 7]: scale wscale / 8 */
-        k_fq_int4s<<<G, B, 0, st>>>((uint32_t *)w->s, (int64_t)(w->s_bytes / 4), seed + 1, wscale / 8.0f,
-                                     w->scale_f16);
+        k_fq_int4s<<<G, B, 0, st>>>(w->s, (int64_t)(w->s_bytes / (w->s16 ? 2 : 4)), seed + 1, wscale / 8.0f,
+                                     w->scale_f16, w->s16);
         break;
     }
     case QK_QW_NVFP4:

@@ -4,16 +4,16 @@
 #include "gemv_q.cuh"
 
 /* One thread per packed word (8 codes): out[n][perm(p)] = bf16(s * (q - z)). */
-__global__ void k_dequant_int4_bf16(const uint32_t *__restrict__ W, const uint32_t *__restrict__ S,
+__global__ void k_dequant_int4_bf16(const uint32_t *__restrict__ W, const void *__restrict__ S,
                                     const int32_t *__restrict__ perm, int N, int K, int kw, int ng,
-                                    int group, int f16, int tiled, uint16_t *__restrict__ out, int ld)
+                                    int group, int f16, int tiled, int s16, uint16_t *__restrict__ out, int ld)
 {
     const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (int64_t)N * kw) return;
     const int n = (int)(i / kw), p0 = (int)(i % kw) * 8;
     const int g = perm ? perm[(size_t)kw * 8 + p0 / 32] : p0 / group;
     const uint32_t w = W[qk_int4_tile_index(tiled, n, i % kw, kw, 128)];
-    const uint32_t m = S[qk_int4_tile_index(tiled, n, g, ng, tiled ? 1024 / group : 1)];
+    const uint32_t m = qk_int4_sword_at(S, qk_int4_tile_index(tiled, n, g, ng, tiled ? 1024 / group : 1), s16);
     const float s = qg_int4_scale(m, f16 != 0);
     const int z = (int)((m >> 16) & 0xffu);
 #pragma unroll
@@ -28,14 +28,16 @@ __global__ void k_dequant_int4_bf16(const uint32_t *__restrict__ W, const uint32
  * 256, rows), one word -> one 16-byte store of 8 bf16, no 64-bit division
  * (the scalar kernel above ran at ~0.6 TB/s, which made a 27B INT4 prefill
  * chunk ~100 ms slower than BF16). Same values as the scalar kernel. */
-__global__ void k_dequant_int4_bf16_v(const uint32_t *__restrict__ W, const uint32_t *__restrict__ S, int K, int kw,
-                                      int ng, int group, int f16, int tiled, uint16_t *__restrict__ out, int ld)
+__global__ void k_dequant_int4_bf16_v(const uint32_t *__restrict__ W, const void *__restrict__ S, int K, int kw,
+                                      int ng, int group, int f16, int tiled, int s16, uint16_t *__restrict__ out,
+                                      int ld)
 {
     const int c = blockIdx.x * blockDim.x + threadIdx.x, n = blockIdx.y;
     if (c * 8 >= K) return;
     uint32_t o[4];
     qg_dq8_int4(W[qk_int4_tile_index(tiled, n, c, kw, 128)],
-                S[qk_int4_tile_index(tiled, n, c * 8 / group, ng, tiled ? 1024 / group : 1)], f16 != 0, o);
+                qk_int4_sword_at(S, qk_int4_tile_index(tiled, n, c * 8 / group, ng, tiled ? 1024 / group : 1), s16),
+                f16 != 0, o);
     *(uint4 *)(out + (size_t)n * ld + c * 8) = make_uint4(o[0], o[1], o[2], o[3]);
 }
 
@@ -71,12 +73,13 @@ __global__ void k_dequant_int4_bf16_perm(const uint32_t *__restrict__ W, const u
 
 extern "C" int qk_dequant_int4_bf16(const qk_qweight *w, uint16_t *out, int ld, struct CUstream_st *st)
 {
-    if (!w || w->kind != QK_QW_INT4 || !out || ld < w->k || w->group <= 0 || (w->tiled && !qk_int4_tileable(w)))
+    if (!w || w->kind != QK_QW_INT4 || !out || ld < w->k || w->group <= 0 || (w->tiled && !qk_int4_tileable(w)) ||
+        (w->s16 && !w->tiled))
         return (int)cudaErrorInvalidValue;
     if (!w->perm && w->k % 8 == 0 && ld % 8 == 0 && ((uintptr_t)out & 15) == 0 && w->n <= 65535) {
         k_dequant_int4_bf16_v<<<dim3(qk_cdiv(w->k / 8, 256), w->n), 256, 0, st>>>(
-            (const uint32_t *)w->w, (const uint32_t *)w->s, w->k, w->k_pad / 8, w->ngroups, w->group, w->scale_f16,
-            w->tiled, out, ld);
+            (const uint32_t *)w->w, w->s, w->k, w->k_pad / 8, w->ngroups, w->group, w->scale_f16, w->tiled, w->s16,
+            out, ld);
         return qk_launch_status();
     }
     const int kw = w->k_pad / 8;
@@ -89,7 +92,7 @@ extern "C" int qk_dequant_int4_bf16(const qk_qweight *w, uint16_t *out, int ld, 
     }
     const int64_t total = (int64_t)w->n * kw;
     k_dequant_int4_bf16<<<(unsigned)((total + 255) / 256), 256, 0, st>>>(
-        (const uint32_t *)w->w, (const uint32_t *)w->s, w->perm, w->n, w->k, kw, w->ngroups, w->group,
-        w->scale_f16, w->tiled, out, ld);
+        (const uint32_t *)w->w, w->s, w->perm, w->n, w->k, kw, w->ngroups, w->group, w->scale_f16, w->tiled, w->s16,
+        out, ld);
     return qk_launch_status();
 }

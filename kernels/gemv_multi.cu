@@ -554,10 +554,11 @@ __global__ void __launch_bounds__(QG_THREADS, VAR == 3 ? 3 : QG_MINB)
 #define QT_D 2 /* stages per warp */
 
 /* Bytes per stage for groups of 32 * cpg codes: the QK_QROWS rows' 512
- * bytes of codes, then their 32 / cpg scale words each. */
-__host__ __device__ constexpr int qt_stage_bytes(int cpg)
+ * bytes of codes, then their 32 / cpg scale words each (16-bit scales
+ * with s16, quant.h). */
+__host__ __device__ constexpr int qt_stage_bytes(int cpg, bool s16)
 {
-    return QK_QROWS * (512 + 128 / cpg);
+    return QK_QROWS * (512 + (s16 ? 64 : 128) / cpg);
 }
 
 /* Lane 0's issue cursor: the next step to ask for and its first row's
@@ -568,7 +569,7 @@ struct qt_cursor {
     const uint8_t *w, *s;
 };
 
-template <int CPG>
+template <int CPG, bool S16>
 __device__ __forceinline__ void qt_seek(const qg_parts &ps, int nu, int u, qt_cursor &q)
 {
     const int g = u / nu, c0 = (u - g * nu) * 32;
@@ -581,16 +582,16 @@ __device__ __forceinline__ void qt_seek(const qg_parts &ps, int nu, int u, qt_cu
      * (row0 * kc + c0) chunks of codes, and ng = kc / CPG scale words per
      * row, c0 / CPG of them before chunk c0 */
     q.w = (const uint8_t *)p.w + (row0 * p.kc + (p.tiled ? QK_QROWS : 1) * c0) * 16;
-    q.s = (const uint8_t *)p.s + (row0 * p.kc + (p.tiled ? QK_QROWS : 1) * c0) * 4 / CPG;
+    q.s = (const uint8_t *)p.s + (row0 * p.kc + (p.tiled ? QK_QROWS : 1) * c0) * (S16 ? 2 : 4) / CPG;
 }
 
 /* Lane 0: the cursor's step into stage buffer st, then the cursor on. */
-template <int CPG>
+template <int CPG, bool S16>
 __device__ __forceinline__ void qt_issue(const qg_parts &ps, int nu, qt_cursor &q, uint8_t *st, uint64_t *bar)
 {
-    constexpr int SB = 128 / CPG; /* scale bytes per row and step */
-    const size_t wrow = (size_t)ps.p[0].kc * 16, srow = (size_t)ps.p[0].kc * 4 / CPG;
-    qk_mbar_expect(bar, qt_stage_bytes(CPG));
+    constexpr int SB = (S16 ? 64 : 128) / CPG; /* scale bytes per row and step */
+    const size_t wrow = (size_t)ps.p[0].kc * 16, srow = (size_t)ps.p[0].kc * 4 / CPG; /* (row-major: never S16) */
+    qk_mbar_expect(bar, qt_stage_bytes(CPG, S16));
     if (q.tiled) { /* the stage's codes and scales, each one contiguous piece */
         qk_bulk_copy(st, q.w, QK_QROWS * 512, bar);
         qk_bulk_copy(st + QK_QROWS * 512, q.s, QK_QROWS * SB, bar);
@@ -605,7 +606,7 @@ __device__ __forceinline__ void qt_issue(const qg_parts &ps, int nu, qt_cursor &
         q.w += q.tiled ? QK_QROWS * 512 : 512;
         q.s += q.tiled ? QK_QROWS * SB : SB;
     } else {
-        qt_seek<CPG>(ps, nu, q.u, q);
+        qt_seek<CPG, S16>(ps, nu, q.u, q);
     }
 }
 
@@ -655,12 +656,12 @@ __device__ __forceinline__ int qt_warp_start(int A, int n, int v)
  * comes at step s rotates with g / 2, so that the four quads reading at
  * once (g and g + 2 are 16 words apart, one bank) hit four different banks:
  * the 32-bit reads are free of conflicts. */
-template <bool F16, int CPG>
+template <bool F16, int CPG, bool S16>
 __device__ __forceinline__ void qt_dot(int kc, const uint8_t *st, int c0, float *acc)
 {
     constexpr int NG = 4 / CPG, SW = 32 / CPG; /* groups per quad and step, scale words per row */
     const int lane = (int)threadIdx.x & 31, g = lane >> 2, t = lane & 3, rot = g >> 1;
-    const uint32_t *sw = (const uint32_t *)(st + QK_QROWS * 512);
+    const void *sw = st + QK_QROWS * 512;
     uint32_t wd[QK_QROWS][4], m[QK_QROWS][NG], xv[16];
     if constexpr (CPG == 4) {
         const uint4 *w = (const uint4 *)st;
@@ -671,7 +672,7 @@ __device__ __forceinline__ void qt_dot(int kc, const uint8_t *st, int c0, float 
             wd[r][1] = u.y;
             wd[r][2] = u.z;
             wd[r][3] = u.w;
-            m[r][0] = sw[r * SW + g];
+            m[r][0] = qk_int4_sword_at(sw, r * SW + g, S16);
         }
         qg_load_xsm<32>(kc, c0 + lane, xv);
     } else {
@@ -691,14 +692,14 @@ __device__ __forceinline__ void qt_dot(int kc, const uint8_t *st, int c0, float 
             xv[4 * s + 3] = u.w;
             if (e == 0) {
 #pragma unroll
-                for (int r = 0; r < QK_QROWS; r++) m[r][i] = sw[r * SW + NG * g + a];
+                for (int r = 0; r < QK_QROWS; r++) m[r][i] = qk_int4_sword_at(sw, r * SW + NG * g + a, S16);
             }
         }
     }
     qg_int4_mma_dot<F16, CPG>(wd, m, xv, acc);
 }
 
-template <bool F16, int CPG>
+template <bool F16, int CPG, bool S16>
 __global__ void __launch_bounds__(QG_THREADS, 2)
     k_gemv_qt(const __grid_constant__ qg_parts ps, const uint16_t *__restrict__ x, int accumulate, int G,
               const qg_norm nrm)
@@ -713,7 +714,7 @@ __global__ void __launch_bounds__(QG_THREADS, 2)
     int A, n, j0, j1;
     qt_block_work(ps, G, nu, &A, &n, &j0, &j1);
     const int a = qt_warp_start(A, n, warp), b = qt_warp_start(A, n, warp + 1);
-    constexpr int STB = qt_stage_bytes(CPG);
+    constexpr int STB = qt_stage_bytes(CPG, S16);
     uint8_t *ring = (uint8_t *)(qg_xsm + ps.xs_u4) + warp * QT_D * STB; /* after x */
     uint64_t *bar = bars + warp * QT_D;
     qt_cursor q;
@@ -723,8 +724,8 @@ __global__ void __launch_bounds__(QG_THREADS, 2)
         /* Before the PDL wait: the kernel before may still run, but no
          * kernel writes weights or scales (they change only at load), so
          * they may be read now. */
-        if (a < b) qt_seek<CPG>(ps, nu, a, q);
-        for (int k = 0; k < QT_D && a + k < b; k++) qt_issue<CPG>(ps, nu, q, ring + k * STB, bar + k);
+        if (a < b) qt_seek<CPG, S16>(ps, nu, a, q);
+        for (int k = 0; k < QT_D && a + k < b; k++) qt_issue<CPG, S16>(ps, nu, q, ring + k * STB, bar + k);
     }
     __syncwarp();
     uint4 xr[QG_XP_PT];
@@ -748,12 +749,12 @@ __global__ void __launch_bounds__(QG_THREADS, 2)
         const qg_part &p = ps.p[pi];
         const int s = k % QT_D; /* the stage's use count k / QT_D gives the phase */
         qk_mbar_wait(bar + s, (uint32_t)(k / QT_D) & 1u);
-        qt_dot<F16, CPG>(p.kc, ring + s * STB, (u - gs) * 32, acc);
+        qt_dot<F16, CPG, S16>(p.kc, ring + s * STB, (u - gs) * 32, acc);
         /* Every lane has used its values from stage s (the mma took them
          * as operands), so lane 0 may have it overwritten; no proxy fence is
          * needed for this read-before-write (as in CUTLASS's TMA loads). */
         __syncwarp();
-        if (lane == 0 && u + QT_D < b) qt_issue<CPG>(ps, nu, q, ring + s * STB, bar + s);
+        if (lane == 0 && u + QT_D < b) qt_issue<CPG, S16>(ps, nu, q, ring + s * STB, bar + s);
         if (u + 1 < b && u + 1 < gs + nu) continue;
         /* the end of a piece: this warp's units [max(a, gs), u] of group g */
         if ((lane & 3) != (lane >> 3)) { /* only the mma diagonal holds sums (qg_walk_mma) */
@@ -796,19 +797,23 @@ __global__ void __launch_bounds__(QG_THREADS, 2)
 
 typedef void (*qg_tkernel)(qg_parts, const uint16_t *, int, int, qg_norm);
 /* The streamed kernels: f16 scales for entries 0-2, bf16 for 3-5, each for
- * groups of 32, 64 and 128 codes. */
-#define QG_NTK 6
-static const qg_tkernel qg_tkernels[QG_NTK] = {k_gemv_qt<true, 1>,  k_gemv_qt<true, 2>,  k_gemv_qt<true, 4>,
-                                              k_gemv_qt<false, 1>, k_gemv_qt<false, 2>, k_gemv_qt<false, 4>};
+ * groups of 32, 64 and 128 codes; then the same six for 16-bit scales
+ * alone (s16). */
+#define QG_NTK 12
+static const qg_tkernel qg_tkernels[QG_NTK] = {
+    k_gemv_qt<true, 1, false>, k_gemv_qt<true, 2, false>, k_gemv_qt<true, 4, false>,
+    k_gemv_qt<false, 1, false>, k_gemv_qt<false, 2, false>, k_gemv_qt<false, 4, false>,
+    k_gemv_qt<true, 1, true>, k_gemv_qt<true, 2, true>, k_gemv_qt<true, 4, true>,
+    k_gemv_qt<false, 1, true>, k_gemv_qt<false, 2, true>, k_gemv_qt<false, 4, true>};
 
 /* The index in qg_tkernels for a launch of INT4 body `body` (no g_idx
- * gather) with cpg chunks per group, or -1: no streamed kernel. */
-static int qg_tkernel_index(int body, int cpg)
+ * gather) with cpg chunks per group and s16 scales, or -1: no streamed kernel. */
+static int qg_tkernel_index(int body, int cpg, int s16)
 {
     const bool g128 = body == QG_B_I4MH || body == QG_B_I4M;  /* groups a multiple of 128 */
     const bool below = body == QG_B_I4H || body == QG_B_I4;   /* the other plain INT4 groups */
     const int gi = below && cpg == 1 ? 0 : below && cpg == 2 ? 1 : g128 && cpg == 4 ? 2 : -1;
-    return gi < 0 ? -1 : (body == QG_B_I4MH || body == QG_B_I4H ? 0 : 3) + gi;
+    return gi < 0 ? -1 : (s16 ? 6 : 0) + (body == QG_B_I4MH || body == QG_B_I4H ? 0 : 3) + gi;
 }
 
 typedef void (*qg_pkernel)(qg_parts, const uint16_t *, int, int, int, qg_norm);
@@ -901,7 +906,7 @@ static int qg_tkernel_occupancy(int i, size_t xs, int cpg, size_t *smem)
 {
     static size_t smem_set[QG_NTK];
     static qg_occ_cache ct[QG_NTK];
-    *smem = xs + (size_t)QG_WARPS * QT_D * (size_t)qt_stage_bytes(cpg);
+    *smem = xs + (size_t)QG_WARPS * QT_D * (size_t)qt_stage_bytes(cpg, i >= 6);
     if (*smem > smem_set[i]) {
         if (cudaFuncSetAttribute((const void *)qg_tkernels[i], cudaFuncAttributeMaxDynamicSharedMemorySize,
                                  (int)*smem) != cudaSuccess) {
@@ -956,7 +961,9 @@ int qg_part_fill(const qk_qweight *w, float *y, qg_part *p)
         p->f16 = w->scale_f16;
         p->perm = w->perm;
         if (w->tiled && (w->perm || p->cpg_sh < 0 || p->cpg > 4 || p->kc % 32)) return (int)cudaErrorInvalidValue;
+        if (w->s16 && !w->tiled) return (int)cudaErrorInvalidValue;
         p->tiled = w->tiled;
+        p->s16 = w->s16;
         return 0;
     case QK_QW_NVFP4:
     case QK_QW_MXFP4:
@@ -1113,7 +1120,7 @@ static int gemv_launch(const qk_qweight *const *w_in, float *const *y_in, int np
      * 16-byte aligned scale rows (the bulk copies), and BF16 parts of one K
      * placed last (lift), on every block it can hold resident (10: the
      * walks instead, for A/B). */
-    const int tk = qg_tkernel_index(body, ps.p[0].kind == QK_QW_INT4 ? ps.p[0].cpg : 0);
+    const int tk = qg_tkernel_index(body, ps.p[0].kind == QK_QW_INT4 ? ps.p[0].cpg : 0, ps.p[0].s16);
     if (mode == 0 && pdl && tk >= 0) {
         const int kc = ps.p[0].kc, cpg = ps.p[0].cpg;
         bool ok = kc % 32 == 0;
@@ -1123,7 +1130,7 @@ static int gemv_launch(const qk_qweight *const *w_in, float *const *y_in, int np
                 ok = lift && p.kc == ps.p[nparts - 1].kc && (!nm || p.xs_p == 4);
             else
                 ok = qg_part_body(&p) == body && p.kc == kc && p.cpg == cpg && p.ng * cpg == kc &&
-                     !((uintptr_t)p.s & 15);
+                     p.s16 == ps.p[0].s16 && !((uintptr_t)p.s & 15);
         }
         ps.xs_u4 = 4 * kc * copies;
         size_t smem = 0;

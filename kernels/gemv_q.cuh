@@ -68,6 +68,7 @@ struct qg_part {
     int blk_n, cpb, nkb; /* fp8: block rows, chunks per block, blocks per block-row */
     int cpg_sh;         /* int4: log2 cpg when a power of two, else -1 (qg_div) */
     int tiled;          /* int4: the step-major layout (quant.h; cpg 1, 2 or 4, no perm) */
+    int s16;            /* int4: tiled with 16-bit scales only, every zero 8 (quant.h) */
     float post;         /* applied to each finished dot (fp4: gmul * 2^14) */
     int xs_p;           /* bf16 part: x is the block's staged copy, P pieces per chunk (0: global x) */
     int xs_off;         /* ... at this uint4 of it (a natural-order copy after a permuted one, qg_stage_x) */
@@ -288,18 +289,28 @@ __device__ __forceinline__ void qg_load_w_i4(const qg_part &p, int row0, int c, 
     for (int r = 0; r < QK_QROWS; r++) w[r] = __ldcs(wr + r * 32);
 }
 
-/* INT4 without g_idx: the scale|zero word of chunk c's group for row row0
- * (a multiple of QK_QROWS); the next rows' words follow *stride apart. */
-__device__ __forceinline__ const uint32_t *qg_i4_scales(const qg_part &p, int row0, int c, int *stride)
+/* INT4 without g_idx: the scale|zero words of chunk c's group for the
+ * QK_QROWS rows from row0 (a multiple of QK_QROWS), from either layout and
+ * either width of s (quant.h: 32-bit words, or tiled 16-bit scales). */
+__device__ __forceinline__ void qg_i4_load_m(const qg_part &p, int row0, int c, uint32_t *m)
 {
     if (!p.tiled) {
-        *stride = p.ng;
-        return (const uint32_t *)p.s + (size_t)row0 * p.ng + qg_div(c, p.cpg, p.cpg_sh);
+        const uint32_t *sr = (const uint32_t *)p.s + (size_t)row0 * p.ng + qg_div(c, p.cpg, p.cpg_sh);
+#pragma unroll
+        for (int r = 0; r < QK_QROWS; r++) m[r] = __ldg(sr + (size_t)r * p.ng);
+        return;
     }
     const int sw = 32 >> p.cpg_sh; /* groups per step */
-    *stride = sw;
-    return (const uint32_t *)p.s + ((size_t)(row0 >> 2) * (p.kc >> 5) + (c >> 5)) * (QK_QROWS * sw) +
-           ((c & 31) >> p.cpg_sh);
+    const size_t i = ((size_t)(row0 >> 2) * (p.kc >> 5) + (c >> 5)) * (QK_QROWS * sw) + ((c & 31) >> p.cpg_sh);
+    if (p.s16) {
+        const uint16_t *sr = (const uint16_t *)p.s + i;
+#pragma unroll
+        for (int r = 0; r < QK_QROWS; r++) m[r] = qk_int4_sword(__ldg(sr + r * sw));
+    } else {
+        const uint32_t *sr = (const uint32_t *)p.s + i;
+#pragma unroll
+        for (int r = 0; r < QK_QROWS; r++) m[r] = __ldg(sr + r * sw);
+    }
 }
 
 /* ---- bodies: acc[r] += this thread's share of row row0 + r ----
@@ -375,17 +386,15 @@ struct qg_int4_step {
     int cx;
     __device__ __forceinline__ void load(const qg_part &p, int row0, const uint16_t *__restrict__ x, int c)
     {
-        int ss = p.ng;
-        const uint32_t *sr;
         if (PERM) {
             qg_load_w(p, row0, c, w);
-            sr = (const uint32_t *)p.s + (size_t)row0 * p.ng + __ldg(p.perm + (size_t)p.kc * 32 + c);
+            const uint32_t *sr = (const uint32_t *)p.s + (size_t)row0 * p.ng + __ldg(p.perm + (size_t)p.kc * 32 + c);
+#pragma unroll
+            for (int r = 0; r < QK_QROWS; r++) m[r] = __ldg(sr + (size_t)r * p.ng);
         } else {
             qg_load_w_i4(p, row0, c, w);
-            sr = qg_i4_scales(p, row0, c, &ss);
+            qg_i4_load_m(p, row0, c, m);
         }
-#pragma unroll
-        for (int r = 0; r < QK_QROWS; r++) m[r] = __ldg(sr + (size_t)r * ss);
         if (PERM) {
             const int4 *pp = (const int4 *)(p.perm + (size_t)c * 32);
 #pragma unroll
@@ -634,22 +643,18 @@ struct qg_int4_mma_step {
         cx = c;
         if (c < p.kc) {
             qg_load_w_i4(p, row0, c, w);
-            int ss;
-            const uint32_t *sr = qg_i4_scales(p, row0, c, &ss);
-#pragma unroll
-            for (int r = 0; r < QK_QROWS; r++) m[r] = __ldg(sr + (size_t)r * ss);
+            qg_i4_load_m(p, row0, c, m);
             if (!XS) qg_load_xraw<32>(x, c * 32, p.k, xr);
         } else {
             /* Past the row end: zero weights, but the quad's group scale,
              * since this lane may be the one that holds the quad's sum. */
             const int cq = c & ~3;
-            int ss = 0;
-            const uint32_t *sr = cq < p.kc ? qg_i4_scales(p, row0, cq, &ss) : NULL;
 #pragma unroll
             for (int r = 0; r < QK_QROWS; r++) {
                 w[r] = make_uint4(0u, 0u, 0u, 0u);
-                m[r] = sr ? __ldg(sr + (size_t)r * ss) : 0u;
+                m[r] = 0u;
             }
+            if (cq < p.kc) qg_i4_load_m(p, row0, cq, m);
 #pragma unroll
             for (int i = 0; i < 16; i++) xr[i] = 0u;
         }

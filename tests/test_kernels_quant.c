@@ -334,6 +334,14 @@ static void case_checks(const char *name, pub *p)
         free(unp);
         return;
     }
+    if (h.kind == QK_QW_INT4) { /* 16-bit scales alone exactly where tiled and every zero is 8 */
+        char sname[160];
+        snprintf(sname, sizeof sname, "repack_s16_%s", name);
+        const bool want = g_tile && h.tiled && l->symmetric;
+        CHECK(sname, h.s16 == want && h.s_bytes == (size_t)h.n_pad * (size_t)h.ngroups * (h.s16 ? 2 : 4),
+              "s16 %d (expected %d: tiled %d, symmetric %d), %zu scale bytes", h.s16, want, h.tiled, l->symmetric,
+              h.s_bytes);
+    }
     qc_qweight_unpack_rows(&h, 0, N, unp);
     double maxrel = 0;
     int64_t bad = 0;
@@ -514,8 +522,8 @@ static int64_t emulate_decode(const qk_qweight *q, const float *ref)
             float v;
             if (q->kind == QK_QW_INT4) {
                 int64_t g = q->perm ? q->perm[q->k_pad + p / 32] : p / q->group;
-                uint32_t m = ((const uint32_t *)q->s)[qk_int4_tile_index(q->tiled, (size_t)n, (size_t)g, (size_t)q->ngroups,
-                                                                         q->tiled ? (size_t)(1024 / q->group) : 1)];
+                uint32_t m = qk_int4_sword_at(q->s, qk_int4_tile_index(q->tiled, (size_t)n, (size_t)g, (size_t)q->ngroups,
+                                                                    q->tiled ? (size_t)(1024 / q->group) : 1), q->s16);
                 float s = q->scale_f16 ? qc_f16_to_f32((uint16_t)m) : qc_bf16_to_f32((uint16_t)m);
                 /* nibbles 0-4 in place, 5-7 from word >> 12: (q - z) * 16^e exactly */
                 uint32_t z = (m >> 16) & 0xffu, b = j < 5 ? word : word >> 12;
@@ -1145,6 +1153,14 @@ static void test_streamed_paths(void)
     streamed_path_check("gemv_path_streamed_g64_k17408", p, 1, 1);
     build_awq(&p[0], "path.g32", 64, 17408, 32);
     streamed_path_check("gemv_path_streamed_g32_k17408", p, 1, 1);
+    /* symmetric: tiled, these keep 16-bit scales only (quant.h s16) */
+    build_gptq(&p[0], "path.g64s", 136, 17408, 64, 0, 1, 0);
+    streamed_path_check("gemv_path_streamed_g64_sym_k17408", p, 1, 1);
+    build_gptq(&p[0], "path.g128s", 1000, 5120, 128, 1, 1, 0);
+    streamed_path_check("gemv_path_streamed_g128_sym_k5120", p, 1, 1);
+    build_gptq(&p[0], "path.g32sqkv", 640, 5120, 32, 0, 1, 0);
+    build_bf16(&p[1], "path.g32sa", 48, 5120);
+    streamed_path_check("gemv_path_streamed_g32_sym_bf16_part", p, 2, 1);
     build_gptq(&p[0], "path.g32qkv", 640, 5120, 32, 0, 0, 0);
     build_bf16(&p[1], "path.g32a", 48, 5120);
     streamed_path_check("gemv_path_streamed_g32_bf16_part", p, 2, 1);
@@ -2484,6 +2500,10 @@ int main(void)
     run_case("tiled_ct_int_sym_g64_5000x3072", &p);
     build_gptq(&p, "gptq_g64_longk", 136, 17408, 64, 0, 0, 0);
     run_case("tiled_gptq_v2_asym_g64_136x17408", &p);
+    build_gptq(&p, "gptq_v2_sym", 1000, 5120, 128, 0, 1, 0);
+    run_case("tiled_gptq_v2_sym_g128_1000x5120", &p);
+    build_gptq(&p, "gptq_v1_sym_g64", 300, 6144, 64, 1, 1, 0);
+    run_case("tiled_gptq_v1_sym_g64_300x6144", &p);
     build_ct(&p, "ct_w_splitk", 24, 16384, 128, 1, 0);
     run_case("tiled_ct_int_asym_g128_splitk_24x16384", &p);
     test_fused();

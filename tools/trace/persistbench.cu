@@ -32,7 +32,9 @@
  * launches in a CUDA graph, the producer streaming before the
  * griddepcontrol.wait that the consumers pass before they decode — the
  * engine's launch-per-projection schedule with this kernel's stream. Prints ms per step, GB/s and % of the device-to-device copy rate.
- * Results: BENCHMARKS.md, twenty-second session. */
+ * Parts 2 and 3 (below) time one GEMV launch alone; `persistbench 3` runs
+ * part 3 against part 2's engine schedule only.
+ * Results: BENCHMARKS.md, twenty-second to twenty-fourth sessions. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -72,10 +74,11 @@ __device__ __forceinline__ unsigned ld_acquire(const unsigned *p)
 /* One 2176-byte stage decoded as qt_dot<false, 4> does (the engine's INT4
  * tensor-core body); x from the block's 16 KB copy, read lane-contiguous
  * (no bank conflicts) from position xc on, which then moves on. */
-__device__ __forceinline__ void stage_dot(const uint8_t *stg, const uint4 *xs, int lane, int &xc, float *acc)
+__device__ __forceinline__ void stage_dot(const uint8_t *stg, const uint4 *xs, int lane, int &xc, float *acc,
+                                          const uint8_t *scales = NULL)
 {
     const uint4 *w = (const uint4 *)stg;
-    const uint32_t *sw = (const uint32_t *)(stg + QK_QROWS * 512);
+    const uint32_t *sw = (const uint32_t *)(scales ? scales : stg + QK_QROWS * 512);
     uint32_t wd[QK_QROWS][4], m[QK_QROWS][1], xv[16];
 #pragma unroll
     for (int r = 0; r < QK_QROWS; r++) {
@@ -339,6 +342,34 @@ __global__ void __launch_bounds__(288, 2) k_ring(const uint8_t *__restrict__ w, 
     if (acc[0] + acc[1] + acc[2] + acc[3] == 1.2345f) out[blockIdx.x] = 1.0f;
 }
 
+/* GB/s of `bytes` read by each of 20 launches (launch(r) issues launch r,
+ * a fresh region each: nothing from L2), best of 3 rounds; -1 on an error. */
+template <class F>
+static double time_launches(cudaStream_t st, const char *name, size_t bytes, F launch)
+{
+    cudaEvent_t e0, e1;
+    cudaEventCreate(&e0);
+    cudaEventCreate(&e1);
+    const int reps = 20;
+    float best = 1e30f;
+    for (int round = 0; round < 3; round++) {
+        cudaEventRecord(e0, st);
+        for (int r = 0; r < reps; r++) launch(r);
+        cudaEventRecord(e1, st);
+        if (cudaEventSynchronize(e1) != cudaSuccess) {
+            fprintf(stderr, "persistbench: %s: %s\n", name, cudaGetErrorString(cudaGetLastError()));
+            best = -1.0f;
+            break;
+        }
+        float ms = 0;
+        cudaEventElapsedTime(&ms, e0, e1);
+        if (ms < best) best = ms;
+    }
+    cudaEventDestroy(e0);
+    cudaEventDestroy(e1);
+    return best < 0 ? -1.0 : (double)bytes * reps / (best * 1e6);
+}
+
 /* GB/s of one N x K INT4 g128 GEMV shape under k_ring; -1 on an error. */
 static double time_ring(cudaStream_t st, const uint8_t *pool, float *out, int nsm, int N, int K, int D, int layout,
                         int producer, int spc)
@@ -347,34 +378,104 @@ static double time_ring(cudaStream_t st, const uint8_t *pool, float *out, int ns
     const size_t wbytes = (size_t)N * K / 2, sbytes = (size_t)N * (K / 128) * 4;
     const size_t smem = (size_t)8 * D * spc * STAGE;
     if (cudaFuncSetAttribute(k_ring, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem) != cudaSuccess) return -1;
-    cudaEvent_t e0, e1;
-    cudaEventCreate(&e0);
-    cudaEventCreate(&e1);
-    const int threads = producer ? 288 : 256, reps = 20;
-    float best = 1e30f;
-    for (int round = 0; round < 3; round++) {
-        cudaEventRecord(e0, st);
-        for (int r = 0; r < reps; r++) /* a fresh region each launch: nothing from L2 */
-            k_ring<<<2 * nsm, threads, smem, st>>>(pool + (size_t)(r % 8) * (wbytes + sbytes + 4096),
-                                                   pool + (size_t)(r % 8) * (wbytes + sbytes + 4096) + wbytes, out, G,
-                                                   nu, D, layout, producer, spc);
-        cudaEventRecord(e1, st);
-        if (cudaEventSynchronize(e1) != cudaSuccess) {
-            fprintf(stderr, "persistbench: k_ring: %s\n", cudaGetErrorString(cudaGetLastError()));
-            return -1;
+    const int threads = producer ? 288 : 256;
+    return time_launches(st, "k_ring", wbytes + sbytes, [&](int r) {
+        const uint8_t *w = pool + (size_t)(r % 8) * (wbytes + sbytes + 4096);
+        k_ring<<<2 * nsm, threads, smem, st>>>(w, w + wbytes, out, G, nu, D, layout, producer, spc);
+    });
+}
+
+/* Part 3: one GEMV launch alone, nb blocks per SM of C + 1 warps: warp 0's
+ * lane 0 streams the block's row groups into a ring of NS slots (a slot: up
+ * to R row groups' stages at one walk step, codes then scales, each one
+ * contiguous copy), consumer warp w decodes row group w of each slot, so a
+ * warp sums one row group over its nu slots and stores its rows with no
+ * cross-warp reduction. The layout this needs ("batched"): row groups in
+ * batches of R, a batch stored step-major (its nr <= R row groups' step u
+ * contiguous, then step u + 1), codes and scales in regions of their own. */
+__global__ void __launch_bounds__(512, 1) k_batch(const uint8_t *__restrict__ w, const uint8_t *__restrict__ sc,
+                                                  float *out, int G, int nu, int NS, int R)
+{
+    extern __shared__ __align__(128) uint8_t ring[];
+    __shared__ __align__(8) uint64_t full[16], empty[16];
+    __shared__ uint4 xs[1024];
+    const int C = (int)blockDim.x / 32 - 1;
+    for (int i = (int)threadIdx.x; i < 1024; i += (int)blockDim.x)
+        xs[i] = make_uint4(0x3f803f80u ^ i, 0x3f00bf00u, 0x3f80bf80u ^ (i << 3), 0x3e803e80u);
+    const int warp = (int)threadIdx.x >> 5, lane = (int)threadIdx.x & 31, b = (int)blockIdx.x, B = (int)gridDim.x;
+    const int g0 = (int)((long long)b * G / B), g1 = (int)((long long)(b + 1) * G / B);
+    const size_t SLOT = (size_t)R * STAGE;
+    if (threadIdx.x == 0) {
+        for (int i = 0; i < NS; i++) {
+            mbar_init(full + i, 1);
+            mbar_init(empty + i, (unsigned)C);
         }
-        float ms = 0;
-        cudaEventElapsedTime(&ms, e0, e1);
-        if (ms < best) best = ms;
+        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
     }
-    cudaEventDestroy(e0);
-    cudaEventDestroy(e1);
-    return (double)(wbytes + sbytes) * reps / (best * 1e6);
+    __syncthreads();
+    long long k = 0;
+    if (warp == 0) {
+        if (lane != 0) return;
+        for (int j = g0 / R; j * R < g1; j++) {
+            const int nr = G - j * R < R ? G - j * R : R, i0 = g0 > j * R ? g0 - j * R : 0;
+            const int i1 = g1 - j * R < nr ? g1 - j * R : nr;
+            const long long base = (long long)j * R * nu;
+            for (int u = 0; u < nu; u++, k++) {
+                const int s = (int)(k % NS);
+                uint8_t *dst = ring + (size_t)s * SLOT;
+                qk_mbar_wait(empty + s, (uint32_t)((k / NS) & 1) ^ 1u);
+                qk_mbar_expect(full + s, (uint32_t)((i1 - i0) * STAGE));
+                qk_bulk_copy(dst, w + (base + (long long)u * nr + i0) * 2048, (i1 - i0) * 2048, full + s);
+                qk_bulk_copy(dst + (size_t)R * 2048, sc + (base + (long long)u * nr + i0) * 128, (i1 - i0) * 128, full + s);
+            }
+        }
+        return;
+    }
+    const int cw = warp - 1;
+    float acc[QK_QROWS] = {0.f, 0.f, 0.f, 0.f};
+    int xc = lane;
+    for (int j = g0 / R; j * R < g1; j++) {
+        const int nr = G - j * R < R ? G - j * R : R, i0 = g0 > j * R ? g0 - j * R : 0;
+        const int i1 = g1 - j * R < nr ? g1 - j * R : nr;
+        const bool mine = cw < i1 - i0;
+        for (int u = 0; u < nu; u++, k++) {
+            const int s = (int)(k % NS);
+            const uint8_t *slot = ring + (size_t)s * SLOT;
+            qk_mbar_wait(full + s, (uint32_t)((k / NS) & 1));
+            if (mine) stage_dot(slot + (size_t)cw * 2048, xs, lane, xc, acc, slot + (size_t)R * 2048 + cw * 128);
+            __syncwarp();
+            if (lane == 0) mbar_arrive(empty + s);
+        }
+        if (mine) {
+            if ((lane & 3) != (lane >> 3))
+                for (int r = 0; r < QK_QROWS; r++) acc[r] = 0.0f;
+            float t = 0.0f;
+            for (int r = 0; r < QK_QROWS; r++) {
+                const float v = qk_warp_sum(acc[r]);
+                if (lane == r) t = v;
+                acc[r] = 0.0f;
+            }
+            if (lane < QK_QROWS) out[(size_t)(j * R + i0 + cw) * QK_QROWS + lane] = t;
+        }
+    }
+}
+
+/* GB/s of one N x K INT4 g128 GEMV shape under k_batch; -1 on an error. */
+static double time_batch(cudaStream_t st, const uint8_t *pool, float *out, int nsm, int N, int K, int NS, int R,
+                         int nb)
+{
+    const int G = N / 4, nu = K / 1024;
+    const size_t wbytes = (size_t)N * K / 2, sbytes = (size_t)N * (K / 128) * 4;
+    const size_t smem = (size_t)NS * R * STAGE;
+    if (cudaFuncSetAttribute(k_batch, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem) != cudaSuccess) return -1;
+    return time_launches(st, "k_batch", wbytes + sbytes, [&](int r) {
+        const uint8_t *w = pool + (size_t)(r % 8) * (wbytes + sbytes + 4096);
+        k_batch<<<nb * nsm, 32 * (R + 1), smem, st>>>(w, w + wbytes, out, G, nu, NS, R);
+    });
 }
 
 int main(int argc, char **argv)
 {
-    (void)argv;
     int nsm = 0, cc = 0;
     CK(cudaDeviceGetAttribute(&nsm, cudaDevAttrMultiProcessorCount, 0));
     CK(cudaDeviceGetAttribute(&cc, cudaDevAttrComputeCapabilityMajor, 0));
@@ -382,7 +483,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "persistbench: needs sm_90 or later (bulk copies, mbarriers); this GPU is sm_%d\n", cc * 10);
         return 1;
     }
-    const int quick = argc > 1; /* any argument: the first 4 runs only */
+    /* "3": part 3 against part 2's engine schedule only; another argument: the first 4 runs of part 1 */
+    const int part3 = argc > 1 && strcmp(argv[1], "3") == 0, quick = argc > 1;
     op_table *t = (op_table *)calloc(1, sizeof *t);
     long long total = 0;
     ops_27b_int4(t, nsm, 0, 0, 1, &total);
@@ -429,7 +531,7 @@ int main(int argc, char **argv)
     };
     printf("%4s %6s %2s %6s %7s %7s %7s %5s %9s %8s %7s\n", "NS", "SLOT", "C", "decode", "barrier", "gdn_ns", "attn_ns",
            "head", "ms/step", "GB/s", "of copy");
-    const int nrun = quick ? 4 : (int)(sizeof runs / sizeof runs[0]);
+    const int nrun = part3 ? 0 : quick ? 4 : (int)(sizeof runs / sizeof runs[0]);
     for (int r = 0; r < nrun; r++) {
         ops_27b_int4(t, nsm, runs[r].gdn_ns, runs[r].attn_ns, runs[r].head, &total);
         CK(cudaMemcpyToSymbol(c_ops, t, sizeof *t));
@@ -488,12 +590,25 @@ int main(int argc, char **argv)
     for (int si = 0; si < 4; si++) {
         static const int cfg[][4] = {{2, 0, 0, 1}, {2, 2, 0, 1}, {4, 2, 0, 1}, {1, 2, 0, 2}, {2, 2, 0, 2},
                                      {1, 2, 0, 4}, {3, 2, 0, 1}, {1, 1, 0, 2}, {2, 1, 0, 2}};
-        for (int c = 0; c < (int)(sizeof cfg / sizeof cfg[0]); c++) {
+        for (int c = 0; c < (part3 ? 2 : (int)(sizeof cfg / sizeof cfg[0])); c++) {
             const double gbs = time_ring(st, pool, out, nsm, shapes[si].n, shapes[si].k, cfg[c][0], cfg[c][1],
                                          cfg[c][2], cfg[c][3]);
             if (gbs < 0) return 1;
             printf("%-8s %7d %6d %2d %6d %8d %3d %8.0f %6.1f%%\n", shapes[si].name, shapes[si].n, shapes[si].k,
                    cfg[c][0], cfg[c][1], cfg[c][2], cfg[c][3], gbs, 100.0 * gbs / copy_gbs);
+        }
+    }
+    printf("\none INT4 g128 GEMV launch alone (k_batch: a producer lane and R consumer warps per block)\n%-8s %7s %6s "
+           "%2s %3s %2s %8s %7s\n",
+           "shape", "N", "K", "NS", "R", "nb", "GB/s", "of copy");
+    for (int si = 0; si < 4; si++) {
+        static const int cfg[][3] = {{3, 15, 1}, {4, 15, 1}, {6, 15, 1}, {4, 12, 1}, {4, 10, 1}, {6, 10, 1}, {3, 7, 2}, {4, 7, 2}};
+        for (int c = 0; c < (int)(sizeof cfg / sizeof cfg[0]); c++) {
+            const double gbs =
+                time_batch(st, pool, out, nsm, shapes[si].n, shapes[si].k, cfg[c][0], cfg[c][1], cfg[c][2]);
+            if (gbs < 0) return 1;
+            printf("%-8s %7d %6d %2d %3d %2d %8.0f %6.1f%%\n", shapes[si].name, shapes[si].n, shapes[si].k, cfg[c][0],
+                   cfg[c][1], cfg[c][2], gbs, 100.0 * gbs / copy_gbs);
         }
     }
     return 0;
