@@ -173,6 +173,8 @@ extern "C" int qk_moe_table_fill(const qk_qweight *const *w, int E, int P, void 
     for (int e = 0; e < n && !rc; e++) {
         rc = qg_part_fill(w[e], NULL, &h[e]);
         if (!rc && (w[e]->n != w[0]->n || w[e]->k != w[0]->k)) rc = (int)cudaErrorInvalidValue;
+        /* the expert kernels (moe_gemm.cu) read INT4 row-major scale words: experts are never tiled */
+        if (!rc && (w[e]->tiled || w[e]->s16)) rc = (int)cudaErrorInvalidValue;
         if (rc) break;
         if (w[e]->n_pad / QK_QROWS > groups) groups = w[e]->n_pad / QK_QROWS;
         kinds |= 1 << w[e]->kind;

@@ -2504,6 +2504,11 @@ int main(void)
     run_case("tiled_gptq_v2_sym_g128_1000x5120", &p);
     build_gptq(&p, "gptq_v1_sym_g64", 300, 6144, 64, 1, 1, 0);
     run_case("tiled_gptq_v1_sym_g64_300x6144", &p);
+    /* K short of k_pad (1000 -> 1024, 2040 -> 2048): tiled, the last step part padding */
+    build_ct(&p, "ct_k1000", 300, 1000, 128, 0, 0);
+    run_case("tiled_ct_int_sym_g128_k1000_300x1000", &p);
+    build_gptq(&p, "gptq_k2040", 136, 2040, 32, 0, 1, 0);
+    run_case("tiled_gptq_v2_sym_g32_k2040_136x2040", &p);
     build_ct(&p, "ct_w_splitk", 24, 16384, 128, 1, 0);
     run_case("tiled_ct_int_asym_g128_splitk_24x16384", &p);
     test_fused();

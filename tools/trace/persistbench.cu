@@ -495,7 +495,7 @@ int main(int argc, char **argv)
     CK(cudaMalloc(&pool, pool_bytes));
     CK(cudaMemset(pool, 1, pool_bytes));
     CK(cudaMalloc(&done, 4));
-    CK(cudaMalloc(&out, 4096 * sizeof(float)));
+    CK(cudaMalloc(&out, 65536 * sizeof(float))); /* k_batch stores every row (N <= 34816) */
     CK(cudaFuncSetAttribute(k_persist, cudaFuncAttributeMaxDynamicSharedMemorySize, 200 * 1024));
     cudaStream_t st;
     CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
