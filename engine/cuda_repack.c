@@ -451,20 +451,11 @@ static int int4_s_rows(const qc_linear *l, const qk_qweight *q, int64_t r0, int6
     return QC_OK;
 }
 
-/* Weight words of rows [r0, r0 + nr), natural nibble order along packed K. */
-/* Where word i of row rr (from the slab's first row, a multiple of
- * QK_QROWS when tiled) goes: row-major, or the tiled order of quant.h for
- * codes (qk_int4_tile_index with 128 words per row and step), written in
- * place by the packers below (a separate pass over the slab made the 27B
- * INT4 load 2.3x slower). */
-static inline size_t int4_wpos(int tiled, int64_t rr, int64_t i, int64_t kw)
-{
-    _Static_assert(QK_QROWS == 4, "int4_wpos assumes row groups of 4");
-    if (!tiled)
-        return (size_t)(rr * kw + i);
-    return (size_t)((((rr >> 2) * (kw >> 7) + (i >> 7)) << 9) + ((rr & 3) << 7) + (i & 127));
-}
-
+/* Weight words of rows [r0, r0 + nr), natural nibble order along packed K,
+ * each written straight to its place in the weight's layout (tiled: row r
+ * of the slab is r - r0, r0 a multiple of QK_QROWS; a separate tiling pass
+ * over the slab, which computed every word's index with runtime divisions,
+ * made the 27B INT4 load 2.3x slower). */
 static void int4_w_rows(const qc_linear *l, const qk_qweight *q, int64_t r0, int64_t nr, uint32_t *w)
 {
     const int64_t N = l->n, K = l->k, kw = q->k_pad / 8;
@@ -486,7 +477,7 @@ static void int4_w_rows(const qc_linear *l, const qk_qweight *q, int64_t r0, int
             for (int64_t n0 = r0; n0 < r1; n0 += 64)
                 for (int64_t n = n0; n < r1 && n < n0 + 64; n++)
                     for (int64_t i = i0; i < K / 8 && i < i0 + 64; i++)
-                        w[int4_wpos(tl, n - r0, i, kw)] = qc_ld_u32(d, i * N + n);
+                        w[qk_int4_tile_index(tl, (size_t)(n - r0), (size_t)i, (size_t)kw, 128)] = qc_ld_u32(d, i * N + n);
     } else if (l->format == QC_FMT_AWQ && K % 8 == 0) {
         /* [K, N/8] interleaved: an 8 (k) x 8 (n) nibble transpose per word column. */
         const void *d = l->weight->data;
@@ -502,23 +493,20 @@ static void int4_w_rows(const qc_linear *l, const qk_qweight *q, int64_t r0, int
                     const int sh = 4 * awq_slot[t];
                     uint32_t o = 0;
                     for (int j = 0; j < 8; j++) o |= ((in[j] >> sh) & 15u) << (4 * j);
-                    w[int4_wpos(tl, n - r0, i, kw)] = o;
+                    w[qk_int4_tile_index(tl, (size_t)(n - r0), (size_t)i, (size_t)kw, 128)] = o;
                 }
             }
     } else if (l->format == QC_FMT_CT_INT && K % 8 == 0) {
         const unsigned char *d = l->weight->data;
-        for (int64_t n = r0; n < r1; n++) {
-            if (!tl) {
-                memcpy(w + (n - r0) * kw, d + 4 * n * (K / 8), (size_t)(K / 8) * 4);
-                continue;
-            }
-            for (int64_t i = 0; i < K / 8; i += 128) /* the row's steps, 512 bytes each */
-                memcpy(w + int4_wpos(1, n - r0, i, kw), d + 4 * (n * (K / 8) + i),
-                       (size_t)(K / 8 - i < 128 ? K / 8 - i : 128) * 4);
-        }
+        for (int64_t n = r0; n < r1; n++)
+            for (int64_t i = 0; i < K / 8; i += 128) /* the row's steps, 512 bytes each (tiled: apart) */
+                memcpy(w + qk_int4_tile_index(tl, (size_t)(n - r0), (size_t)i, (size_t)kw, 128),
+                       d + 4 * (n * (K / 8) + i), (size_t)(K / 8 - i < 128 ? K / 8 - i : 128) * 4);
     } else {
         for (int64_t n = r0; n < r1; n++)
-            for (int64_t k = 0; k < K; k++) w[int4_wpos(tl, n - r0, k / 8, kw)] |= int4_code(l, n, k) << (4 * (k % 8));
+            for (int64_t k = 0; k < K; k++)
+                w[qk_int4_tile_index(tl, (size_t)(n - r0), (size_t)(k / 8), (size_t)kw, 128)] |= int4_code(l, n, k)
+                                                                                                << (4 * (k % 8));
     }
 }
 

@@ -105,6 +105,12 @@ __device__ __forceinline__ void qk_pdl_wait(void)
 #endif
 }
 
+/* Asks L2 for the 128-byte line holding p (no register result, nothing waits for it). */
+__device__ __forceinline__ void qk_prefetch_l2(const void *p)
+{
+    asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
+}
+
 /* The GPU's global nanosecond clock (%globaltimer): diagnostics and test hooks only. */
 __device__ __forceinline__ unsigned long long qk_globaltimer(void)
 {

@@ -379,8 +379,7 @@ __global__ void __launch_bounds__(GDN_WARPS * 32, 2) k_gdn_prep(const float *c, 
      * V, needed after the K K^T products, is pulled into L2 meanwhile. */
     const bool vec4 = (ld_c & 3) == 0 && ((uintptr_t)c & 15) == 0;
     if (tid < GDN_C * DK / 32 && t0 + tid / (DK / 32) < T)
-        asm volatile("prefetch.global.L2 [%0];" ::"l"(c + (int64_t)(t0 + tid / (DK / 32)) * ld_c + voff +
-                                                        32 * (tid % (DK / 32))));
+        qk_prefetch_l2(c + (int64_t)(t0 + tid / (DK / 32)) * ld_c + voff + 32 * (tid % (DK / 32)));
     if (vec4) {
         constexpr int NV = GDN_C * DK / 4 / NT;
         float4 kv[NV], qv[NV];

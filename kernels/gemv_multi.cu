@@ -331,7 +331,7 @@ __device__ __forceinline__ void qg_norm_prefetch(const qg_norm &nm, int K)
 {
     if (!nm.h) return;
     for (int l = (int)threadIdx.x; l < (K * 4 + 127) / 128; l += QG_THREADS)
-        asm volatile("prefetch.global.L2 [%0];" ::"l"((const char *)nm.w + 128 * l));
+        qk_prefetch_l2((const char *)nm.w + 128 * l);
 }
 
 /* x staged in qg_load_xsm's layout at dst: x itself, zeros past K. */
@@ -462,8 +462,7 @@ __device__ __forceinline__ void qg_prime_l2(const qg_parts &ps, int S, int G)
     const qg_part &p = qg_locate(ps, g, row0);
     const int c = ks * 32 + ((lane >> 2) & 1) * st + 8 * (lane & 3);
     if (c < p.kc && row0 + (lane >> 3) < p.n) {
-        const uint4 *a = (const uint4 *)p.w + (size_t)(row0 + (lane >> 3)) * p.kc + c;
-        asm volatile("prefetch.global.L2 [%0];" ::"l"(a));
+        qk_prefetch_l2((const uint4 *)p.w + (size_t)(row0 + (lane >> 3)) * p.kc + c);
     }
 }
 
