@@ -33,8 +33,10 @@
  * griddepcontrol.wait that the consumers pass before they decode — the
  * engine's launch-per-projection schedule with this kernel's stream. Prints ms per step, GB/s and % of the device-to-device copy rate.
  * Parts 2 and 3 (below) time one GEMV launch alone; `persistbench 3` runs
- * part 3 against part 2's engine schedule only.
- * Results: BENCHMARKS.md, twenty-second to twenty-fourth sessions. */
+ * part 3 against part 2's engine schedule only; part 4 (`persistbench 4`)
+ * times the step's GEMVs as a PDL chain under part 2's schedule with real
+ * row sums and under shared-slot schedules.
+ * Results: BENCHMARKS.md, twenty-second to twenty-fifth sessions. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -101,10 +103,66 @@ __device__ __forceinline__ void stage_dot(const uint8_t *stg, const uint4 *xs, i
     qg_int4_mma_dot<false, 4>(wd, m, xv, acc);
 }
 
+/* The 4 row sums of a warp's mma accumulators (only the diagonal lanes hold
+ * sums, as in the engine's qg_walk_mma), in 6 shuffles: row r to lane 8 r. */
+__device__ __forceinline__ float rows4_total(float *acc, int lane)
+{
+    if ((lane & 3) != (lane >> 3))
+        for (int r = 0; r < QK_QROWS; r++) acc[r] = 0.0f;
+    const bool h16 = lane & 16, h8 = lane & 8;
+    float k0 = h16 ? acc[2] : acc[0], k1 = h16 ? acc[3] : acc[1];
+    k0 += __shfl_xor_sync(0xffffffffu, h16 ? acc[0] : acc[2], 16);
+    k1 += __shfl_xor_sync(0xffffffffu, h16 ? acc[1] : acc[3], 16);
+    float t = h8 ? k1 : k0;
+    t += __shfl_xor_sync(0xffffffffu, h8 ? k0 : k1, 8);
+    t += __shfl_xor_sync(0xffffffffu, t, 4);
+    t += __shfl_xor_sync(0xffffffffu, t, 2);
+    t += __shfl_xor_sync(0xffffffffu, t, 1);
+    for (int r = 0; r < QK_QROWS; r++) acc[r] = 0.0f;
+    return t;
+}
+
 /* The consumers' barrier (named barrier 1; warp 0, the producer, is not in it). */
 __device__ __forceinline__ void consumers_sync(int nthreads)
 {
     asm volatile("bar.sync 1, %0;" ::"r"(nthreads) : "memory");
+}
+
+/* The kernels' x: 8192 bf16 in shared memory, made up (the decode's reads
+ * wrap around it). */
+__device__ __forceinline__ void xs_fill(uint4 *xs)
+{
+    for (int i = (int)threadIdx.x; i < 1024; i += (int)blockDim.x)
+        xs[i] = make_uint4(0x3f803f80u ^ i, 0x3f00bf00u, 0x3f80bf80u ^ (i << 3), 0x3e803e80u);
+}
+
+/* After a warp has put its part of a row group in shared memory: true in
+ * every lane of the warp whose part completes the group (counter *left,
+ * which that warp resets once it has added the parts). */
+__device__ __forceinline__ bool group_last(int *left, int lane)
+{
+    __syncwarp();
+    __threadfence_block();
+    int last = 0;
+    if (lane == 0) last = atomicSub(left, 1) == 1;
+    last = __shfl_sync(0xffffffffu, last, 0);
+    if (last) __threadfence_block();
+    return last != 0;
+}
+
+/* The slot kernels' barriers: NS full ones (one arrival: the producer's
+ * expect) and NS empty ones (C arrivals: every consumer warp), then the
+ * block barrier. */
+__device__ __forceinline__ void slots_init(uint64_t *full, uint64_t *empty, int NS, int C)
+{
+    if (threadIdx.x == 0) {
+        for (int i = 0; i < NS; i++) {
+            mbar_init(full + i, 1);
+            mbar_init(empty + i, (unsigned)C);
+        }
+        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    }
+    __syncthreads();
 }
 
 __global__ void __launch_bounds__(512, 1) k_persist(const uint8_t *__restrict__ pool, unsigned *done, float *out, int NS, int SLOT, int C,
@@ -114,17 +172,9 @@ __global__ void __launch_bounds__(512, 1) k_persist(const uint8_t *__restrict__ 
     extern __shared__ __align__(128) uint8_t ring[];
     __shared__ __align__(8) uint64_t full[64], empty[64];
     __shared__ uint4 xs[1024]; /* x: 8192 bf16 (the decode's reads wrap around it) */
-    for (int i = (int)threadIdx.x; i < 1024; i += (int)blockDim.x)
-        xs[i] = make_uint4(0x3f803f80u ^ i, 0x3f00bf00u, 0x3f80bf80u ^ (i << 3), 0x3e803e80u);
+    xs_fill(xs);
     const int warp = (int)threadIdx.x >> 5, lane = (int)threadIdx.x & 31, B = (int)gridDim.x;
-    if (threadIdx.x == 0) {
-        for (int s = 0; s < NS; s++) {
-            mbar_init(full + s, 1);
-            mbar_init(empty + s, (unsigned)C);
-        }
-        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
-    }
-    __syncthreads();
+    slots_init(full, empty, NS, C);
     if (warp == 0) { /* the producer: every op's share, in order, never waiting for a barrier */
         if (lane != 0) return;
         long long k = 0;
@@ -256,16 +306,27 @@ static void ops_27b_int4(op_table *t, int B, int gdn_ns, int attn_ns, int head, 
  *   producer 1: one extra warp per block for all 8 rings,
  * spc steps per copy (a stage of spc x 2176 bytes, layouts 1 and 2;
  * producer 0). The decoding is the INT4 body on each step; GB/s over 20
- * launches. Results: BENCHMARKS.md, twenty-second and twenty-third
- * sessions. */
+ * launches. Part 4 runs it with pdl (the first D stages asked for before
+ * griddepcontrol.wait) and row sums (spc 1): sums 0 none (timing only),
+ * 1 a row group's 4 sums (rows4_total) stored at its end before the
+ * stage's refill, 2 after it (the engine's order), 3 as 2 without the
+ * stores, 4 the diagonal lanes' partial sums parked in shared memory and
+ * added at the kernel's end, 5 two accumulator sets by row-group parity,
+ * a group summed one step after its last mma. Results: BENCHMARKS.md,
+ * twenty-second, twenty-third and twenty-fifth sessions. */
+#define PARK 16 /* k_ring sums 4: row groups parked per warp */
+
 __global__ void __launch_bounds__(288, 2) k_ring(const uint8_t *__restrict__ w, const uint8_t *__restrict__ sc,
-                                                 float *out, int G, int nu, int D, int layout, int producer, int spc)
+                                                 float *out, int G, int nu, int D, int layout, int producer, int spc,
+                                                 int pdl = 0, int sums = 0)
 {
+    if (pdl) asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
     extern __shared__ __align__(128) uint8_t ring[];
     __shared__ __align__(8) uint64_t full[8 * 8], empty[8 * 8];
     __shared__ uint4 xs[1024];
-    for (int i = (int)threadIdx.x; i < 1024; i += (int)blockDim.x)
-        xs[i] = make_uint4(0x3f803f80u ^ i, 0x3f00bf00u, 0x3f80bf80u ^ (i << 3), 0x3e803e80u);
+    __shared__ float4 park[8][PARK][4]; /* sums 4 */
+    __shared__ int pgs[8][PARK];
+    xs_fill(xs);
     const int warp = (int)threadIdx.x >> 5, lane = (int)threadIdx.x & 31, b = (int)blockIdx.x, B = (int)gridDim.x;
     const long long A = (long long)b * G / B * nu, n = (long long)(b + 1) * G / B * nu - A;
     const long long kc = (long long)nu * 32, rowb = kc * 16, srow = kc * 4 / 4; /* g128: a scale word per 4 chunks */
@@ -323,13 +384,33 @@ __global__ void __launch_bounds__(288, 2) k_ring(const uint8_t *__restrict__ w, 
         for (long long k = 0; k < D && count(k) > 0; k++)
             issue(a + k * spc, ring + (size_t)(warp * D + k) * SS, full + warp * D + k, count(k));
     __syncwarp();
+    if (pdl) asm volatile("griddepcontrol.wait;" ::: "memory");
     float acc[QK_QROWS] = {0.f, 0.f, 0.f, 0.f};
     int xc = lane;
+    long long gend = (a / nu + 1) * nu;
+    int npark = 0; /* sums 4 */
+    float accb[QK_QROWS] = {0.f, 0.f, 0.f, 0.f}; /* sums 5 */
+    int pend = -1;
+    bool par = false;
+    int *pg = pgs[warp];
     for (long long k = 0; count(k) > 0; k++) {
         const int s = (int)(k % D);
         uint8_t *stg = ring + (size_t)(warp * D + s) * SS;
         qk_mbar_wait(full + warp * D + s, (uint32_t)((k / D) & 1));
-        for (int i = 0; i < count(k); i++) stage_dot(stg + (size_t)i * STAGE, xs, lane, xc, acc);
+        if (sums == 5 && par) /* sums 5: a second accumulator set for every other row group */
+            stage_dot(stg, xs, lane, xc, accb);
+        else
+            for (int i = 0; i < count(k); i++) stage_dot(stg + (size_t)i * STAGE, xs, lane, xc, acc);
+        const long long u = a + k * spc + count(k); /* the next step */
+        /* a row group's piece ends: its 4 row sums out (spc 1); the group's
+         * end kept as a running bound (a 64-bit u % nu per step, as a first
+         * version had it, cost ~8 % of copy bandwidth) */
+        const bool ends = sums && (u == gend || u == e);
+        if (u == gend) gend += nu;
+        if (ends && sums == 1) { /* sums 1: before the stage's refill; 2: after it, as the engine does */
+            const float t = rows4_total(acc, lane);
+            if ((lane & 7) == 0) out[((u - 1) / nu) * QK_QROWS + (lane >> 3)] = t;
+        }
         __syncwarp();
         if (lane == 0) {
             if (producer == 0) {
@@ -338,8 +419,46 @@ __global__ void __launch_bounds__(288, 2) k_ring(const uint8_t *__restrict__ w, 
                 mbar_arrive(empty + warp * D + s);
             }
         }
+        if (ends && sums == 4) { /* 4: the diagonal lanes park their sums, added at the end (below) */
+            if (npark < PARK && (lane & 3) == (lane >> 3)) {
+                park[warp][npark][lane >> 3] = make_float4(acc[0], acc[1], acc[2], acc[3]);
+            }
+            if (npark < PARK) {
+                if (lane == 0) pg[npark] = (int)((u - 1) / nu);
+                npark++;
+                for (int r = 0; r < QK_QROWS; r++) acc[r] = 0.0f;
+            } else { /* no room: at once */
+                const float t = rows4_total(acc, lane);
+                if ((lane & 7) == 0) out[((u - 1) / nu) * QK_QROWS + (lane >> 3)] = t;
+            }
+        }
+        if (sums == 5) { /* the group before, summed one step after its last mma (its chain has drained) */
+            if (pend >= 0) {
+                const float t = par ? rows4_total(acc, lane) : rows4_total(accb, lane);
+                if ((lane & 7) == 0) out[(size_t)pend * QK_QROWS + (lane >> 3)] = t;
+                pend = -1;
+            }
+            if (ends) {
+                pend = (int)((u - 1) / nu);
+                par = !par;
+            }
+        }
+        if (ends && sums >= 2 && sums <= 3) { /* (3: the sums without their stores, timing only) */
+            const float t = rows4_total(acc, lane);
+            if ((lane & 7) == 0 && (sums == 2 || t == 1.2345f)) out[((u - 1) / nu) * QK_QROWS + (lane >> 3)] = t;
+        }
     }
-    if (acc[0] + acc[1] + acc[2] + acc[3] == 1.2345f) out[blockIdx.x] = 1.0f;
+    if (pend >= 0) {
+        const float t = par ? rows4_total(acc, lane) : rows4_total(accb, lane);
+        if ((lane & 7) == 0) out[(size_t)pend * QK_QROWS + (lane >> 3)] = t;
+    }
+    __syncwarp();
+    if (lane < QK_QROWS) /* sums 4: row lane of each parked group, its 4 diagonal lanes' parts in order */
+        for (int i = 0; i < npark; i++) {
+            const float *p0 = (const float *)&park[warp][i][0];
+            out[(size_t)pg[i] * QK_QROWS + lane] = (p0[lane] + p0[4 + lane]) + (p0[8 + lane] + p0[12 + lane]);
+        }
+    if (acc[0] + acc[1] + acc[2] + acc[3] + accb[0] == 1.2345f) out[blockIdx.x] = 1.0f;
 }
 
 /* GB/s of `bytes` read by each of 20 launches (launch(r) issues launch r,
@@ -400,19 +519,11 @@ __global__ void __launch_bounds__(512, 1) k_batch(const uint8_t *__restrict__ w,
     __shared__ __align__(8) uint64_t full[16], empty[16];
     __shared__ uint4 xs[1024];
     const int C = (int)blockDim.x / 32 - 1;
-    for (int i = (int)threadIdx.x; i < 1024; i += (int)blockDim.x)
-        xs[i] = make_uint4(0x3f803f80u ^ i, 0x3f00bf00u, 0x3f80bf80u ^ (i << 3), 0x3e803e80u);
+    xs_fill(xs);
     const int warp = (int)threadIdx.x >> 5, lane = (int)threadIdx.x & 31, b = (int)blockIdx.x, B = (int)gridDim.x;
     const int g0 = (int)((long long)b * G / B), g1 = (int)((long long)(b + 1) * G / B);
     const size_t SLOT = (size_t)R * STAGE;
-    if (threadIdx.x == 0) {
-        for (int i = 0; i < NS; i++) {
-            mbar_init(full + i, 1);
-            mbar_init(empty + i, (unsigned)C);
-        }
-        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
-    }
-    __syncthreads();
+    slots_init(full, empty, NS, C);
     long long k = 0;
     if (warp == 0) {
         if (lane != 0) return;
@@ -474,6 +585,389 @@ static double time_batch(cudaStream_t st, const uint8_t *pool, float *out, int n
     });
 }
 
+/* Part 4 (`persistbench 4`): the 256 GEMVs of a 27B INT4 g128 step as a
+ * chain of PDL launches in one CUDA graph (as the engine runs them; no
+ * lm_head, no small ops), ms per step and % of copy, under
+ *   k_ring (part 2, the engine's schedule: 2 blocks x 8 warps per SM, a
+ *   2-stage ring per warp, each warp a contiguous range of steps; its
+ *   sums modes above);
+ *   k_persist's mode 2 (part 1: a per-SM share of each op, one producer
+ *   lane, 15 consumer warps taking a slot's stages in turn; no sums);
+ *   k_flow and k_own (below), which keep k_persist's shared slots but add
+ *   real row sums;
+ * then k_flow (consumers finishing) launches alone, one per shape.
+ * k_flow: nb blocks per SM of C + 1 warps; lane 0 of warp 0 streams the
+ * block's whole range of steps (the tiled layout keeps it contiguous: codes
+ * and scales each one region) into NS slots of S stages, starting before
+ * the PDL wait; consumer warp w decodes stages w, w + C, ... of each slot,
+ * sums each stage's 4 rows at once (rows4_total) into a ring of partials in
+ * shared memory, and frees the slot. Mode 0: the producer, whenever it
+ * waits for a free slot, adds up (in step order) the partials of the row
+ * groups whose stages have all been freed and stores their rows; mode 1:
+ * the consumer warp that completes a row group's last stage (a shared
+ * counter) does. The sums are of the tool's synthetic x (timing, not a
+ * GEMV to check). Results: BENCHMARKS.md, twenty-fifth session. */
+#define FLOW_PR 512 /* the partials ring: >= NS S + 2 S + nu stages */
+#define FLOW_GR 128 /* row-group counters (mode 1) */
+
+/* The shared-slot kernels' common parts. Block b of B takes the row
+ * groups [b G / B, (b + 1) G / B): its steps are [A, A + n) of the tiled
+ * layout (nu per row group). */
+struct slot_plan {
+    int g0, nslots;
+    long long A, n;
+};
+
+__device__ __forceinline__ slot_plan slots_plan(int G, int nu, int S)
+{
+    const int b = (int)blockIdx.x, B = (int)gridDim.x;
+    slot_plan p;
+    p.g0 = (int)((long long)b * G / B);
+    const int g1 = (int)((long long)(b + 1) * G / B);
+    p.A = (long long)p.g0 * nu;
+    p.n = (long long)(g1 - p.g0) * nu;
+    p.nslots = (int)((p.n + S - 1) / S);
+    return p;
+}
+
+/* The producer lane: slot k gets steps A + k S on (codes then scales, each
+ * from its own region; whole: one region of whole stages), once the slot is
+ * free; freed(k) runs after that wait, before the copies. */
+template <class F>
+__device__ __forceinline__ void slots_produce(const uint8_t *w, const uint8_t *sc, uint8_t *ring, uint64_t *full,
+                                              uint64_t *empty, const slot_plan &p, int NS, int S, bool whole,
+                                              F freed)
+{
+    for (int k = 0; k < p.nslots; k++) {
+        const int s = k % NS;
+        const long long u = p.A + (long long)k * S, cnt = p.n - (long long)k * S < S ? p.n - (long long)k * S : S;
+        qk_mbar_wait(empty + s, (uint32_t)((k / NS) & 1) ^ 1u);
+        freed(k);
+        uint8_t *dst = ring + (size_t)s * S * STAGE;
+        qk_mbar_expect(full + s, (uint32_t)(cnt * STAGE));
+        if (whole) {
+            qk_bulk_copy(dst, w + u * STAGE, (uint32_t)(cnt * STAGE), full + s);
+        } else {
+            qk_bulk_copy(dst, w + u * 2048, (uint32_t)(cnt * 2048), full + s);
+            qk_bulk_copy(dst + (size_t)S * 2048, sc + u * 128, (uint32_t)(cnt * 128), full + s);
+        }
+    }
+}
+
+template <int NT, int MINB>
+__global__ void __launch_bounds__(NT, MINB) k_flow(const uint8_t *__restrict__ w, const uint8_t *__restrict__ sc,
+                                                    float *out, int G, int nu, int NS, int S, int pdl, int mode)
+{
+    if (pdl) asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+    extern __shared__ __align__(128) uint8_t ring[];
+    __shared__ __align__(8) uint64_t full[16], empty[16];
+    __shared__ uint4 xs[1024];
+    __shared__ float part[FLOW_PR][QK_QROWS];
+    __shared__ int left[FLOW_GR];
+    const int C = (int)blockDim.x / 32 - 1;
+    for (int i = (int)threadIdx.x; i < FLOW_GR; i += (int)blockDim.x) left[i] = nu;
+    xs_fill(xs);
+    const int warp = (int)threadIdx.x >> 5, lane = (int)threadIdx.x & 31;
+    const slot_plan pl = slots_plan(G, nu, S);
+    const int g0 = pl.g0, nslots = pl.nslots;
+    const long long n = pl.n;
+    const size_t SLOT = (size_t)S * STAGE;
+    slots_init(full, empty, NS, C);
+    if (warp == 0) {
+        if (lane != 0) return;
+        int fin = 0; /* row groups of the block stored so far */
+        auto finish = [&](long long freed) {
+            for (; (long long)(fin + 1) * nu <= freed; fin++)
+                for (int r = 0; r < QK_QROWS; r++) {
+                    float t = 0.0f;
+                    for (int j = 0; j < nu; j++) t += part[((long long)fin * nu + j) % FLOW_PR][r];
+                    out[(size_t)(g0 + fin) * QK_QROWS + r] = t;
+                }
+        };
+        slots_produce(w, sc, ring, full, empty, pl, NS, S, false, [&](int k) {
+            if (k >= NS && !mode) finish((long long)(k - NS + 1) * S);
+        });
+        for (int k = nslots > NS ? nslots - NS : 0; k < nslots; k++) /* the last uses of each slot */
+            qk_mbar_wait(empty + k % NS, (uint32_t)((k / NS) & 1));
+        if (!mode) finish(n);
+        return;
+    }
+    const int cw = warp - 1;
+    if (pdl) asm volatile("griddepcontrol.wait;" ::: "memory");
+    float acc[QK_QROWS] = {0.f, 0.f, 0.f, 0.f};
+    int xc = lane;
+    for (int k = 0; k < nslots; k++) {
+        const int s = k % NS;
+        const int cnt = (int)(n - (long long)k * S < S ? n - (long long)k * S : S);
+        const uint8_t *slot = ring + (size_t)s * SLOT;
+        qk_mbar_wait(full + s, (uint32_t)((k / NS) & 1));
+        for (int i = cw; i < cnt; i += C) {
+            stage_dot(slot + (size_t)i * 2048, xs, lane, xc, acc, slot + (size_t)S * 2048 + i * 128);
+            const float t = rows4_total(acc, lane);
+            const int si = k * S + i;
+            if ((lane & 7) == 0) part[si % FLOW_PR][lane >> 3] = t;
+            if (mode) { /* mode 1: the warp that frees a row group's last stage stores its rows */
+                const int gs = (int)((si / nu) % FLOW_GR);
+                if (group_last(&left[gs], lane)) {
+                    if (lane < QK_QROWS) {
+                        const int f = si / nu * nu;
+                        float v = 0.0f;
+                        for (int j = 0; j < nu; j++) v += part[(f + j) % FLOW_PR][lane];
+                        out[(size_t)(g0 + si / nu) * QK_QROWS + lane] = v;
+                    }
+                    __syncwarp();
+                    if (lane == 0) left[gs] = nu;
+                }
+            }
+        }
+        __syncwarp();
+        if (lane == 0) mbar_arrive(empty + s);
+    }
+}
+
+/* k_own: k_flow's producer and slots, but each consumer warp owns pieces
+ * of row groups (a row group's nu stages cut into h = ceil(nu / 6) pieces
+ * of at most 6 consecutive stages; piece j of the block to warp j mod C),
+ * accumulates a piece in registers, and the warp that completes a row
+ * group's last piece (a shared-memory counter) adds the h partials in piece
+ * order (deterministic) and stores the 4 rows. Mode bits (timing only):
+ * 1 no sums, 2 the stages read as one region of whole 2176-byte stages
+ * (one copy per slot). */
+#define OWN_GR 64 /* row groups in flight per block (>= ring stages + C pieces) */
+
+template <int NT, int MINB>
+__global__ void __launch_bounds__(NT, MINB) k_own(const uint8_t *__restrict__ w, const uint8_t *__restrict__ sc,
+                                                   float *out, int G, int nu, int NS, int S, int pdl, int mode)
+{
+    if (pdl) asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+    extern __shared__ __align__(128) uint8_t ring[];
+    __shared__ __align__(8) uint64_t full[16], empty[16];
+    __shared__ uint4 xs[1024];
+    __shared__ float part[OWN_GR][4][QK_QROWS];
+    __shared__ int left[OWN_GR];
+    const int C = (int)blockDim.x / 32 - 1;
+    xs_fill(xs);
+    const int h = (nu + 5) / 6, P = (nu + h - 1) / h; /* pieces per row group, stages per piece */
+    for (int i = (int)threadIdx.x; i < OWN_GR; i += (int)blockDim.x) left[i] = h;
+    const int warp = (int)threadIdx.x >> 5, lane = (int)threadIdx.x & 31;
+    const slot_plan pl = slots_plan(G, nu, S);
+    const int g0 = pl.g0, nslots = pl.nslots;
+    const long long n = pl.n;
+    const size_t SLOT = (size_t)S * STAGE;
+    slots_init(full, empty, NS, C);
+    if (warp == 0) {
+        if (lane == 0) slots_produce(w, sc, ring, full, empty, pl, NS, S, (mode & 2) != 0, [](int) {});
+        return;
+    }
+    const int cw = warp - 1;
+    if (pdl) asm volatile("griddepcontrol.wait;" ::: "memory");
+    float acc[QK_QROWS] = {0.f, 0.f, 0.f, 0.f};
+    int xc = lane;
+    for (int k = 0; k < nslots; k++) {
+        const int s = k % NS;
+        const int i0 = k * S, i1 = (int)(n - i0 < S ? n : i0 + S);
+        const uint8_t *slot = ring + (size_t)s * SLOT;
+        qk_mbar_wait(full + s, (uint32_t)((k / NS) & 1));
+        /* the pieces that meet [i0, i1): piece q = (g, j) covers stages g nu + j P .. + P (clipped to the group) */
+        const int q0 = (i0 / nu) * h + (i0 % nu) / P;
+        for (int q = q0 + ((cw - q0) % C + C) % C;; q += C) {
+            const int g = q / h, j = q % h, ps = g * nu + j * P, pe = ps + P < (g + 1) * nu ? ps + P : (g + 1) * nu;
+            if (ps >= i1) break;
+            const int a = ps > i0 ? ps : i0, e = pe < i1 ? pe : i1;
+            for (int i = a; i < e; i++)
+                if (mode & 2)
+                    stage_dot(slot + (size_t)(i - i0) * STAGE, xs, lane, xc, acc);
+                else
+                    stage_dot(slot + (size_t)(i - i0) * 2048, xs, lane, xc, acc, slot + (size_t)S * 2048 + (i - i0) * 128);
+            if (e == pe && !(mode & 1)) { /* the piece is done */
+                const float t = rows4_total(acc, lane);
+                const int gs = (int)(g % OWN_GR);
+                if ((lane & 7) == 0) part[gs][j][lane >> 3] = t;
+                if (group_last(&left[gs], lane)) {
+                    if (lane < QK_QROWS) {
+                        float v = 0.0f;
+                        for (int jj = 0; jj < h; jj++) v += part[gs][jj][lane];
+                        out[(size_t)(g0 + g) * QK_QROWS + lane] = v;
+                    }
+                    __syncwarp();
+                    if (lane == 0) left[gs] = h;
+                }
+            }
+        }
+        __syncwarp();
+        if (lane == 0) mbar_arrive(empty + s);
+    }
+    if ((mode & 1) && acc[0] + acc[1] + acc[2] + acc[3] == 1.2345f) out[blockIdx.x] = 1.0f; /* keeps the work */
+}
+
+typedef void (*flow_fn)(const uint8_t *, const uint8_t *, float *, int, int, int, int, int, int);
+
+static flow_fn flow_kernel(int nb, int own = 0)
+{
+    if (own) return nb == 1 ? k_own<512, 1> : k_own<288, 2>;
+    return nb == 1 ? k_flow<512, 1> : k_flow<288, 2>;
+}
+
+/* GB/s of one N x K INT4 g128 GEMV shape under k_flow (one launch alone); -1 on an error. */
+static double time_flow(cudaStream_t st, const uint8_t *pool, float *out, int nsm, int N, int K, int NS, int S,
+                        int C, int nb, int own)
+{
+    const int G = N / 4, nu = K / 1024;
+    const size_t wbytes = (size_t)N * K / 2, sbytes = (size_t)N * (K / 128) * 4;
+    const size_t smem = (size_t)NS * S * STAGE;
+    const flow_fn f = flow_kernel(nb, own);
+    if (cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem) != cudaSuccess) return -1;
+    return time_launches(st, "k_flow", wbytes + sbytes, [&](int r) {
+        const uint8_t *w = pool + (size_t)(r % 8) * (wbytes + sbytes + 4096);
+        f<<<nb * nsm, 32 * (C + 1), smem, st>>>(w, w + wbytes, out, G, nu, NS, S, 0, !own);
+    });
+}
+
+/* The GEMVs of a 27B INT4 g128 step, in order (no lm_head, no small ops):
+ * per layer the in-projection (GDN qkv|z 16384 rows, attention 14336), out,
+ * gate|up, down; each op's tiled codes then scale words, a region of its own. */
+struct chain_op {
+    int n, k;
+    size_t w; /* offset in the pool */
+};
+
+static int chain_27b(chain_op *c, size_t *total)
+{
+    int m = 0;
+    size_t at = 0;
+    for (int l = 0; l < 64; l++) {
+        const int shp[4][2] = {{l % 4 == 3 ? 14336 : 16384, 5120}, {5120, 6144}, {34816, 5120}, {5120, 17408}};
+        for (int j = 0; j < 4; j++, m++) {
+            c[m].n = shp[j][0];
+            c[m].k = shp[j][1];
+            c[m].w = at;
+            at += ((size_t)int4_bytes(c[m].n, c[m].k) + 4095) / 4096 * 4096;
+        }
+    }
+    *total = at;
+    return m;
+}
+
+/* ms per step of the chain under schedule `kind` (0 k_ring, 1 k_flow, 3 k_own, 2
+ * k_persist mode 2), as PDL launches in one CUDA graph, best of 5; -1 on an error. */
+static double time_chain(cudaStream_t st, uint8_t *pool, unsigned *done, float *out, int nsm, int kind, int NS, int S,
+                         int C, int nb)
+{
+    static chain_op c[256];
+    size_t total = 0;
+    const int m = chain_27b(c, &total);
+    static op_table t;
+    if (kind == 2) { /* k_persist's per-block shares of the same ops */
+        t.n = m;
+        for (int i = 0; i < m; i++) {
+            t.per_block[i] = (int4_bytes(c[i].n, c[i].k) / nsm + STAGE - 1) / STAGE * STAGE;
+            t.base[i] = (long long)c[i].w;
+            t.spin_ns[i] = 0;
+        }
+        if (cudaMemcpyToSymbol(c_ops, &t, sizeof t) != cudaSuccess) return -1;
+    }
+    const size_t smem = kind == 0 || kind >= 8 ? (size_t)8 * 2 * STAGE : (size_t)NS * S * STAGE;
+    const flow_fn f = flow_kernel(nb, kind >= 3 && kind < 7);
+    if ((kind == 1 || (kind >= 3 && kind < 8)) && cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem) != cudaSuccess)
+        return -1;
+    if ((kind == 0 || kind >= 8) && cudaFuncSetAttribute(k_ring, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem) != cudaSuccess)
+        return -1;
+    cudaGraph_t g;
+    cudaGraphExec_t ge;
+    if (cudaStreamBeginCapture(st, cudaStreamCaptureModeGlobal) != cudaSuccess) return -1;
+    for (int i = 0; i < m; i++) {
+        cudaLaunchConfig_t cfg = {};
+        cudaLaunchAttribute at[1];
+        at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+        at[0].val.programmaticStreamSerializationAllowed = 1;
+        cfg.stream = st;
+        cfg.attrs = at;
+        cfg.numAttrs = 1;
+        cfg.dynamicSmemBytes = smem;
+        const uint8_t *w = pool + c[i].w, *s = w + (size_t)c[i].n * c[i].k / 2;
+        const int G = c[i].n / 4, nu = c[i].k / 1024;
+        cudaError_t e;
+        if (kind == 0 || kind >= 8) {
+            cfg.gridDim = dim3((unsigned)(2 * nsm));
+            cfg.blockDim = dim3(256);
+            e = cudaLaunchKernelEx(&cfg, k_ring, w, s, out, G, nu, 2, 2, 0, 1, 1, kind == 0 ? 2 : kind == 9 ? 1 : kind == 10 ? 3 : kind == 11 ? 4 : kind == 12 ? 5 : 0);
+        } else if (kind == 1 || (kind >= 3 && kind < 8)) {
+            cfg.gridDim = dim3((unsigned)(nb * nsm));
+            cfg.blockDim = dim3((unsigned)(32 * (C + 1)));
+            e = cudaLaunchKernelEx(&cfg, f, w, s, out, G, nu, NS, S, 1, kind >= 3 ? kind - 3 : kind == 7);
+        } else {
+            cfg.gridDim = dim3((unsigned)nsm);
+            cfg.blockDim = dim3((unsigned)(32 * (C + 1)));
+            e = cudaLaunchKernelEx(&cfg, k_persist, (const uint8_t *)pool, done, out, NS, S * STAGE, C, 1, 0, i, i + 1, 1);
+        }
+        if (e != cudaSuccess) {
+            fprintf(stderr, "persistbench: chain launch: %s\n", cudaGetErrorString(e));
+            cudaStreamEndCapture(st, &g);
+            return -1;
+        }
+    }
+    if (cudaStreamEndCapture(st, &g) != cudaSuccess || cudaGraphInstantiate(&ge, g, 0) != cudaSuccess) return -1;
+    cudaGraphDestroy(g);
+    cudaEvent_t e0, e1;
+    cudaEventCreate(&e0);
+    cudaEventCreate(&e1);
+    float best = 1e30f;
+    for (int rep = 0; rep < 6; rep++) {
+        cudaEventRecord(e0, st);
+        cudaGraphLaunch(ge, st);
+        cudaEventRecord(e1, st);
+        if (cudaEventSynchronize(e1) != cudaSuccess) {
+            fprintf(stderr, "persistbench: chain: %s\n", cudaGetErrorString(cudaGetLastError()));
+            best = -1.0f;
+            break;
+        }
+        float ms = 0;
+        cudaEventElapsedTime(&ms, e0, e1);
+        if (rep > 0 && ms < best) best = ms;
+    }
+    cudaEventDestroy(e0);
+    cudaEventDestroy(e1);
+    cudaGraphExecDestroy(ge);
+    return best;
+}
+
+/* Part 4's report: the chain under each schedule, then k_flow's launches alone. */
+static int run_part4(cudaStream_t st, uint8_t *pool, unsigned *done, float *out, int nsm, double copy_gbs)
+{
+    static chain_op c[256];
+    size_t total = 0;
+    chain_27b(c, &total);
+    printf("\nthe GEMVs of a 27B INT4 g128 step (256 PDL launches in a graph, %.2f GB; no lm_head, no small ops)\n"
+           "%-9s %2s %3s %2s %2s %9s %7s\n",
+           total / 1e9, "schedule", "NS", "S", "C", "nb", "ms/step", "of copy");
+    static const struct { int kind, ns, s, c, nb; } cfg[] = {
+        {0, 2, 1, 8, 2},  {12, 2, 1, 8, 2},  {8, 2, 1, 8, 2},   {0, 2, 1, 8, 2},   {12, 2, 1, 8, 2},
+        {8, 2, 1, 8, 2},  {11, 2, 1, 8, 2},  {2, 3, 15, 15, 1}, {1, 3, 8, 8, 2},   {7, 3, 8, 8, 2},
+        {3, 3, 8, 8, 2},  {6, 3, 8, 8, 2},   {0, 2, 1, 8, 2},   {12, 2, 1, 8, 2},  {8, 2, 1, 8, 2},
+    };
+    static const char *kname[] = {"k_ring", "k_flow", "k_persist", "k_own", "own-nosum", "own-1reg", "own-both", "flow-cfin", "ring-nosum", "ring-sum1", "ring-nostore", "ring-park", "ring-dbl"};
+    for (int i = 0; i < (int)(sizeof cfg / sizeof cfg[0]); i++) {
+        const double ms = time_chain(st, pool, done, out, nsm, cfg[i].kind, cfg[i].ns, cfg[i].s, cfg[i].c, cfg[i].nb);
+        if (ms < 0) return 1;
+        printf("%-9s %2d %3d %2d %2d %9.3f %6.1f%%\n", kname[cfg[i].kind], cfg[i].ns, cfg[i].s, cfg[i].c, cfg[i].nb, ms,
+               100.0 * (total / (ms * 1e6)) / copy_gbs);
+    }
+    static const struct { int n, k; const char *name; } shapes[] = {
+        {34816, 5120, "gate|up"}, {5120, 17408, "down"}, {16384, 5120, "gdn in"}, {5120, 6144, "out"}};
+    printf("\none INT4 g128 GEMV launch alone (k_flow, consumers finish)\n%-8s %2s %3s %2s %2s %8s %7s\n", "shape", "NS", "S", "C", "nb",
+           "GB/s", "of copy");
+    for (int si = 0; si < 4; si++)
+        for (int i = 0; i < (int)(sizeof cfg / sizeof cfg[0]); i++) {
+            if (cfg[i].kind != 7) continue; /* (k_ring alone: part 2) */
+            const double gbs =
+                time_flow(st, pool, out, nsm, shapes[si].n, shapes[si].k, cfg[i].ns, cfg[i].s, cfg[i].c, cfg[i].nb, 0);
+            if (gbs < 0) return 1;
+            printf("%-8s %2d %3d %2d %2d %8.0f %6.1f%%\n", shapes[si].name, cfg[i].ns, cfg[i].s, cfg[i].c, cfg[i].nb,
+                   gbs, 100.0 * gbs / copy_gbs);
+        }
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     int nsm = 0, cc = 0;
@@ -483,8 +977,9 @@ int main(int argc, char **argv)
         fprintf(stderr, "persistbench: needs sm_90 or later (bulk copies, mbarriers); this GPU is sm_%d\n", cc * 10);
         return 1;
     }
-    /* "3": part 3 against part 2's engine schedule only; another argument: the first 4 runs of part 1 */
-    const int part3 = argc > 1 && strcmp(argv[1], "3") == 0, quick = argc > 1;
+    /* "3": part 3 against part 2's engine schedule only; "4": part 4 only; another argument: the first 4 runs of part 1 */
+    const int part3 = argc > 1 && strcmp(argv[1], "3") == 0, part4 = argc > 1 && strcmp(argv[1], "4") == 0;
+    const int quick = argc > 1;
     op_table *t = (op_table *)calloc(1, sizeof *t);
     long long total = 0;
     ops_27b_int4(t, nsm, 0, 0, 1, &total);
@@ -513,6 +1008,7 @@ int main(int argc, char **argv)
     CK(cudaEventElapsedTime(&cms, e0, e1));
     const double copy_gbs = 10.0 * 2 * half / (cms * 1e6);
     printf("device-to-device copy: %.0f GB/s (read + write); %d SMs\n", copy_gbs, nsm);
+    if (part4) return run_part4(st, pool, done, out, nsm, copy_gbs);
 
     /* slots are whole stages: 7 x 2176 = 15232 bytes ("16K"), 15 x = 32640 ("32K"), 1 x ("2K") */
     static const struct { int ns, slot, c, decode, barrier, gdn_ns, attn_ns, head; } runs[] = {
