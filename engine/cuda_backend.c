@@ -231,6 +231,7 @@ struct qc_cuda_model {
     bool down_xperm; /* decode: act-order down-projections read h permuted by the SwiGLU (swiglu_dec) */
     bool int4_tile;  /* dense INT4 weights in the tiled layout where they can take it (qc_qweight_tile) */
     bool int4_s16;   /* ... and symmetric ones with 16-bit scales alone (quant.h s16) */
+    int swiglu_pdl;  /* A/B (QCHAT_SWIGLU_PDL): -1 by the down-projection's format (swiglu_pdl), 0 never, 1 always */
     int moe_E, moe_K, moe_Im, moe_ld; /* MoE layers (0: dense): experts, chosen, width, router rows */
     int moe_Kt;        /* entries per token of the choices: moe_K, + 1 where the shared expert is in the tables */
     int moe_pair_max;  /* prefill chunks of at most this many tokens run as (token, expert) pair GEMVs */
@@ -319,6 +320,7 @@ static int cu_model_new(const qc_cuda_shape *sh, qc_cuda_model **out, qc_err *er
     cm->down_xperm = !env_is("QCHAT_DOWN_XPERM", "0"); /* A/B of swiglu_dec: 0 = the GEMV gathers x */
     cm->int4_tile = !env_is("QCHAT_INT4_TILE", "0");    /* A/B of the tiled INT4 layout: 0 = row-major */
     cm->int4_s16 = !env_is("QCHAT_INT4_S16", "0");      /* A/B of its 16-bit scales: 0 = scale|zero words */
+    cm->swiglu_pdl = env_is("QCHAT_SWIGLU_PDL", "0") ? 0 : env_is("QCHAT_SWIGLU_PDL", "1") ? 1 : -1;
     cm->prof.ok = true;
     const char *pe = getenv("QCHAT_CUDA_PROFILE");
     cm->prof.on = pe && *pe && strcmp(pe, "0");
@@ -1817,8 +1819,9 @@ static const char *const prof_names[P_COUNT] = {
  * measured faster before INT4 (+3.7 %, the streamed GEMV fetches its first
  * weights into shared memory early) and FP4 (+-0 at ctx 0, +1.9 % at 4096),
  * slower before FP8 (-0.8 %; 27B, H100, BENCHMARKS.md seventh session). */
-static int swiglu_pdl(const cu_mat *M)
+static int swiglu_pdl(const qc_cuda_model *cm, const cu_mat *M)
 {
+    if (cm->swiglu_pdl >= 0) return cm->swiglu_pdl;
     return M->np > 0 && M->q[0].kind != QK_QW_FP8;
 }
 
@@ -1884,9 +1887,9 @@ static int swiglu_dec(qc_cuda_model *cm, const cu_mat *down, const float *gu, in
         dv->q[0].perm = NULL;
         dv->q[0].perm_regular = 0;
         dv->q[0].perm_bytes = 0;
-        return qk_swiglu_perm(gu, I, q->perm, h, swiglu_pdl(down), cm->st);
+        return qk_swiglu_perm(gu, I, q->perm, h, swiglu_pdl(cm, down), cm->st);
     }
-    return qk_swiglu(gu, 2 * I, 1, I, h, swiglu_pdl(down), cm->st);
+    return qk_swiglu(gu, 2 * I, 1, I, h, swiglu_pdl(cm, down), cm->st);
 }
 
 /* yb = SwiGLU(gu xb) for T tokens (I wide): the first half of an MLP whose
