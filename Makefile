@@ -125,7 +125,8 @@ build/depbench: tools/trace/depbench.cu
 	$(NVCC) -O3 -std=c++17 -Xcompiler -Wall,-Wextra,-Werror -gencode arch=compute_90,code=sm_90 -o $@ $<
 
 # How fast a persistent decode kernel could stream a 27B step's weights
-# across grid barriers (tools/trace/persistbench.cu; sm_90+, a diagnostic).
+# across grid barriers, one GEMV launch alone under other schedules, and the
+# step's GEMVs as a PDL chain (tools/trace/persistbench.cu; sm_90+, a diagnostic).
 persistbench: build/persistbench
 build/persistbench: tools/trace/persistbench.cu kernels/gemv_q.cuh kernels/common.cuh
 	@test "$(CUDA)" = 1 || { echo "make persistbench: needs the CUDA toolkit (nvcc)"; exit 1; }
