@@ -1818,7 +1818,9 @@ static const char *const prof_names[P_COUNT] = {
 /* Whether the decode SwiGLU before the down-projection M is a PDL launch:
  * measured faster before INT4 (+3.7 %, the streamed GEMV fetches its first
  * weights into shared memory early) and FP4 (+-0 at ctx 0, +1.9 % at 4096),
- * slower before FP8 (-0.8 %; 27B, H100, BENCHMARKS.md seventh session). */
+ * slower before FP8 (-0.8 %; 27B, H100, BENCHMARKS.md seventh session;
+ * again with QCHAT_SWIGLU_PDL in the twenty-sixth: INT4 -3.3 % plain, FP8
+ * -0.8 % as PDL). */
 static int swiglu_pdl(const qc_cuda_model *cm, const cu_mat *M)
 {
     if (cm->swiglu_pdl >= 0) return cm->swiglu_pdl;

@@ -36,7 +36,7 @@
  * part 3 against part 2's engine schedule only; part 4 (`persistbench 4`)
  * times the step's GEMVs as a PDL chain under part 2's schedule with real
  * row sums and under shared-slot schedules.
- * Results: BENCHMARKS.md, twenty-second to twenty-fifth sessions. */
+ * Results: BENCHMARKS.md, twenty-second to twenty-sixth sessions. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -313,7 +313,7 @@ static void ops_27b_int4(op_table *t, int B, int gdn_ns, int attn_ns, int head, 
  * stores, 4 the diagonal lanes' partial sums parked in shared memory and
  * added at the kernel's end, 5 two accumulator sets by row-group parity,
  * a group summed one step after its last mma. Results: BENCHMARKS.md,
- * twenty-second, twenty-third and twenty-fifth sessions. */
+ * twenty-second, twenty-third, twenty-fifth and twenty-sixth sessions. */
 #define PARK 16 /* k_ring sums 4: row groups parked per warp */
 
 __global__ void __launch_bounds__(288, 2) k_ring(const uint8_t *__restrict__ w, const uint8_t *__restrict__ sc,
@@ -404,7 +404,7 @@ __global__ void __launch_bounds__(288, 2) k_ring(const uint8_t *__restrict__ w, 
         const long long u = a + k * spc + count(k); /* the next step */
         /* a row group's piece ends: its 4 row sums out (spc 1); the group's
          * end kept as a running bound (a 64-bit u % nu per step, as a first
-         * version had it, cost ~8 % of copy bandwidth) */
+         * version had it, cost ~3 points of copy bandwidth) */
         const bool ends = sums && (u == gend || u == e);
         if (u == gend) gend += nu;
         if (ends && sums == 1) { /* sums 1: before the stage's refill; 2: after it, as the engine does */
@@ -606,7 +606,8 @@ static double time_batch(cudaStream_t st, const uint8_t *pool, float *out, int n
  * groups whose stages have all been freed and stores their rows; mode 1:
  * the consumer warp that completes a row group's last stage (a shared
  * counter) does. The sums are of the tool's synthetic x (timing, not a
- * GEMV to check). Results: BENCHMARKS.md, twenty-fifth session. */
+ * GEMV to check). Results: BENCHMARKS.md, twenty-fifth and twenty-sixth
+ * sessions. */
 #define FLOW_PR 512 /* the partials ring: >= NS S + 2 S + nu stages */
 #define FLOW_GR 128 /* row-group counters (mode 1) */
 
@@ -808,18 +809,19 @@ static flow_fn flow_kernel(int nb, int own = 0)
     return nb == 1 ? k_flow<512, 1> : k_flow<288, 2>;
 }
 
-/* GB/s of one N x K INT4 g128 GEMV shape under k_flow (one launch alone); -1 on an error. */
+/* GB/s of one N x K INT4 g128 GEMV shape under k_flow, consumers finishing
+ * (mode 1), one launch alone; -1 on an error. */
 static double time_flow(cudaStream_t st, const uint8_t *pool, float *out, int nsm, int N, int K, int NS, int S,
-                        int C, int nb, int own)
+                        int C, int nb)
 {
     const int G = N / 4, nu = K / 1024;
     const size_t wbytes = (size_t)N * K / 2, sbytes = (size_t)N * (K / 128) * 4;
     const size_t smem = (size_t)NS * S * STAGE;
-    const flow_fn f = flow_kernel(nb, own);
+    const flow_fn f = flow_kernel(nb);
     if (cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem) != cudaSuccess) return -1;
     return time_launches(st, "k_flow", wbytes + sbytes, [&](int r) {
         const uint8_t *w = pool + (size_t)(r % 8) * (wbytes + sbytes + 4096);
-        f<<<nb * nsm, 32 * (C + 1), smem, st>>>(w, w + wbytes, out, G, nu, NS, S, 0, !own);
+        f<<<nb * nsm, 32 * (C + 1), smem, st>>>(w, w + wbytes, out, G, nu, NS, S, 0, 1);
     });
 }
 
@@ -848,16 +850,21 @@ static int chain_27b(chain_op *c, size_t *total)
     return m;
 }
 
-/* ms per step of the chain under schedule `kind` (0 k_ring, 1 k_flow, 3 k_own, 2
- * k_persist mode 2), as PDL launches in one CUDA graph, best of 5; -1 on an error. */
-static double time_chain(cudaStream_t st, uint8_t *pool, unsigned *done, float *out, int nsm, int kind, int NS, int S,
-                         int C, int nb)
+/* Part 4's schedules: a kernel family and its mode (k_ring: sums; k_flow:
+ * who finishes the rows; k_own: its mode bits). */
+enum { F_RING, F_FLOW, F_OWN, F_PERSIST };
+struct chain_sched {
+    const char *name;
+    int family, mode;
+};
+
+/* ms per step of the chain c[0 .. m) under schedule sc, as PDL launches in
+ * one CUDA graph, best of 5; -1 on an error. */
+static double time_chain(cudaStream_t st, uint8_t *pool, unsigned *done, float *out, int nsm, const chain_op *c, int m,
+                         const chain_sched &sc, int NS, int S, int C, int nb)
 {
-    static chain_op c[256];
-    size_t total = 0;
-    const int m = chain_27b(c, &total);
     static op_table t;
-    if (kind == 2) { /* k_persist's per-block shares of the same ops */
+    if (sc.family == F_PERSIST) { /* k_persist's per-block shares of the same ops */
         t.n = m;
         for (int i = 0; i < m; i++) {
             t.per_block[i] = (int4_bytes(c[i].n, c[i].k) / nsm + STAGE - 1) / STAGE * STAGE;
@@ -866,11 +873,12 @@ static double time_chain(cudaStream_t st, uint8_t *pool, unsigned *done, float *
         }
         if (cudaMemcpyToSymbol(c_ops, &t, sizeof t) != cudaSuccess) return -1;
     }
-    const size_t smem = kind == 0 || kind >= 8 ? (size_t)8 * 2 * STAGE : (size_t)NS * S * STAGE;
-    const flow_fn f = flow_kernel(nb, kind >= 3 && kind < 7);
-    if ((kind == 1 || (kind >= 3 && kind < 8)) && cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem) != cudaSuccess)
+    const bool ring = sc.family == F_RING, slots = sc.family == F_FLOW || sc.family == F_OWN;
+    const size_t smem = ring ? (size_t)8 * 2 * STAGE : (size_t)NS * S * STAGE;
+    const flow_fn f = flow_kernel(nb, sc.family == F_OWN);
+    if (slots && cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem) != cudaSuccess)
         return -1;
-    if ((kind == 0 || kind >= 8) && cudaFuncSetAttribute(k_ring, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem) != cudaSuccess)
+    if (ring && cudaFuncSetAttribute(k_ring, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem) != cudaSuccess)
         return -1;
     cudaGraph_t g;
     cudaGraphExec_t ge;
@@ -887,14 +895,14 @@ static double time_chain(cudaStream_t st, uint8_t *pool, unsigned *done, float *
         const uint8_t *w = pool + c[i].w, *s = w + (size_t)c[i].n * c[i].k / 2;
         const int G = c[i].n / 4, nu = c[i].k / 1024;
         cudaError_t e;
-        if (kind == 0 || kind >= 8) {
+        if (ring) {
             cfg.gridDim = dim3((unsigned)(2 * nsm));
             cfg.blockDim = dim3(256);
-            e = cudaLaunchKernelEx(&cfg, k_ring, w, s, out, G, nu, 2, 2, 0, 1, 1, kind == 0 ? 2 : kind == 9 ? 1 : kind == 10 ? 3 : kind == 11 ? 4 : kind == 12 ? 5 : 0);
-        } else if (kind == 1 || (kind >= 3 && kind < 8)) {
+            e = cudaLaunchKernelEx(&cfg, k_ring, w, s, out, G, nu, 2, 2, 0, 1, 1, sc.mode);
+        } else if (slots) {
             cfg.gridDim = dim3((unsigned)(nb * nsm));
             cfg.blockDim = dim3((unsigned)(32 * (C + 1)));
-            e = cudaLaunchKernelEx(&cfg, f, w, s, out, G, nu, NS, S, 1, kind >= 3 ? kind - 3 : kind == 7);
+            e = cudaLaunchKernelEx(&cfg, f, w, s, out, G, nu, NS, S, 1, sc.mode);
         } else {
             cfg.gridDim = dim3((unsigned)nsm);
             cfg.blockDim = dim3((unsigned)(32 * (C + 1)));
@@ -936,20 +944,26 @@ static int run_part4(cudaStream_t st, uint8_t *pool, unsigned *done, float *out,
 {
     static chain_op c[256];
     size_t total = 0;
-    chain_27b(c, &total);
+    const int m = chain_27b(c, &total);
     printf("\nthe GEMVs of a 27B INT4 g128 step (256 PDL launches in a graph, %.2f GB; no lm_head, no small ops)\n"
-           "%-9s %2s %3s %2s %2s %9s %7s\n",
+           "%-12s %2s %3s %2s %2s %9s %7s\n",
            total / 1e9, "schedule", "NS", "S", "C", "nb", "ms/step", "of copy");
-    static const struct { int kind, ns, s, c, nb; } cfg[] = {
-        {0, 2, 1, 8, 2},  {12, 2, 1, 8, 2},  {8, 2, 1, 8, 2},   {0, 2, 1, 8, 2},   {12, 2, 1, 8, 2},
-        {8, 2, 1, 8, 2},  {11, 2, 1, 8, 2},  {2, 3, 15, 15, 1}, {1, 3, 8, 8, 2},   {7, 3, 8, 8, 2},
-        {3, 3, 8, 8, 2},  {6, 3, 8, 8, 2},   {0, 2, 1, 8, 2},   {12, 2, 1, 8, 2},  {8, 2, 1, 8, 2},
+    static const chain_sched ring = {"k_ring", F_RING, 2}, dbl = {"ring-dbl", F_RING, 5},
+                             nosum = {"ring-nosum", F_RING, 0}, park = {"ring-park", F_RING, 4},
+                             persist = {"k_persist", F_PERSIST, 0}, flow = {"k_flow", F_FLOW, 0},
+                             cfin = {"flow-cfin", F_FLOW, 1}, own = {"k_own", F_OWN, 0},
+                             own_both = {"own-both", F_OWN, 3};
+    static const struct { const chain_sched *sc; int ns, s, c, nb; } cfg[] = {
+        {&ring, 2, 1, 8, 2},  {&dbl, 2, 1, 8, 2},   {&nosum, 2, 1, 8, 2},       {&ring, 2, 1, 8, 2},
+        {&dbl, 2, 1, 8, 2},   {&nosum, 2, 1, 8, 2}, {&park, 2, 1, 8, 2},        {&persist, 3, 15, 15, 1},
+        {&flow, 3, 8, 8, 2},  {&cfin, 3, 8, 8, 2},  {&own, 3, 8, 8, 2},         {&own_both, 3, 8, 8, 2},
+        {&ring, 2, 1, 8, 2},  {&dbl, 2, 1, 8, 2},   {&nosum, 2, 1, 8, 2},
     };
-    static const char *kname[] = {"k_ring", "k_flow", "k_persist", "k_own", "own-nosum", "own-1reg", "own-both", "flow-cfin", "ring-nosum", "ring-sum1", "ring-nostore", "ring-park", "ring-dbl"};
     for (int i = 0; i < (int)(sizeof cfg / sizeof cfg[0]); i++) {
-        const double ms = time_chain(st, pool, done, out, nsm, cfg[i].kind, cfg[i].ns, cfg[i].s, cfg[i].c, cfg[i].nb);
+        const double ms =
+            time_chain(st, pool, done, out, nsm, c, m, *cfg[i].sc, cfg[i].ns, cfg[i].s, cfg[i].c, cfg[i].nb);
         if (ms < 0) return 1;
-        printf("%-9s %2d %3d %2d %2d %9.3f %6.1f%%\n", kname[cfg[i].kind], cfg[i].ns, cfg[i].s, cfg[i].c, cfg[i].nb, ms,
+        printf("%-12s %2d %3d %2d %2d %9.3f %6.1f%%\n", cfg[i].sc->name, cfg[i].ns, cfg[i].s, cfg[i].c, cfg[i].nb, ms,
                100.0 * (total / (ms * 1e6)) / copy_gbs);
     }
     static const struct { int n, k; const char *name; } shapes[] = {
@@ -958,9 +972,9 @@ static int run_part4(cudaStream_t st, uint8_t *pool, unsigned *done, float *out,
            "GB/s", "of copy");
     for (int si = 0; si < 4; si++)
         for (int i = 0; i < (int)(sizeof cfg / sizeof cfg[0]); i++) {
-            if (cfg[i].kind != 7) continue; /* (k_ring alone: part 2) */
+            if (cfg[i].sc != &cfin) continue; /* (k_ring alone: part 2) */
             const double gbs =
-                time_flow(st, pool, out, nsm, shapes[si].n, shapes[si].k, cfg[i].ns, cfg[i].s, cfg[i].c, cfg[i].nb, 0);
+                time_flow(st, pool, out, nsm, shapes[si].n, shapes[si].k, cfg[i].ns, cfg[i].s, cfg[i].c, cfg[i].nb);
             if (gbs < 0) return 1;
             printf("%-8s %2d %3d %2d %2d %8.0f %6.1f%%\n", shapes[si].name, cfg[i].ns, cfg[i].s, cfg[i].c, cfg[i].nb,
                    gbs, 100.0 * gbs / copy_gbs);
