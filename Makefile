@@ -117,7 +117,8 @@ probe:
 	$(MAKE) BUILD=build-probe BIN=build-probe/qchat NVCCFLAGS="$(NVCCFLAGS) -DQG_PROBE" build-probe/qchat
 
 # The cost of one launch's dependency on the one before (tools/trace/
-# depbench.cu: PDL wait, flag spin, L2 prefetch; sm_90+, a diagnostic).
+# depbench.cu: PDL wait, flag spin, flags per block, L2 prefetch; sm_90+, a
+# diagnostic).
 depbench: build/depbench
 build/depbench: tools/trace/depbench.cu
 	@test "$(CUDA)" = 1 || { echo "make depbench: needs the CUDA toolkit (nvcc)"; exit 1; }
@@ -126,7 +127,8 @@ build/depbench: tools/trace/depbench.cu
 
 # How fast a persistent decode kernel could stream a 27B step's weights
 # across grid barriers, one GEMV launch alone under other schedules, and the
-# step's GEMVs as a PDL chain (tools/trace/persistbench.cu; sm_90+, a diagnostic).
+# step's GEMVs as a PDL chain, and (part 5) the tiled INT4 layout against one
+# interleaved by warp (tools/trace/persistbench.cu; sm_90+, a diagnostic).
 persistbench: build/persistbench
 build/persistbench: tools/trace/persistbench.cu kernels/gemv_q.cuh kernels/common.cuh
 	@test "$(CUDA)" = 1 || { echo "make persistbench: needs the CUDA toolkit (nvcc)"; exit 1; }

@@ -12,6 +12,13 @@
  *             (ld.acquire.gpu, __nanosleep NS) until every block of kernels
  *             < n has done __syncthreads + __threadfence + atomicAdd on one
  *             counter — what a persistent kernel's grid barrier would cost
+ *   flags     PDL launch, no griddepcontrol.wait: each block of kernel n,
+ *             after __syncthreads + __threadfence, sets its own flag (one
+ *             word per block and launch, no atomics); warp 0 of every block
+ *             of kernel n + 1 polls all of them (ld.acquire.gpu, each lane a
+ *             strided subset) before it reads — a dependency with no
+ *             contended address (the flag mode above serialises 2 x 132
+ *             atomics and as many pollers on one word)
  *   pf-L2     pdl-wait with the block's first PF bytes asked of L2
  *             (cp.async.bulk.prefetch.L2) before the wait
  *   nowait    PDL launch and no wait at all: no dependency (wrong for a real
@@ -19,13 +26,13 @@
  * each with no dynamic shared memory (the next kernel's blocks fit beside
  * the running ones) and with 110 KB (they do not, as for the GEMVs). The
  * difference pdl-wait - nowait is the dependency's cost per launch.
- * Results: BENCHMARKS.md, "Tenth session". */
+ * Results: BENCHMARKS.md, "Tenth session" and "Twenty-seventh session". */
 #include <cuda_runtime.h>
 #include <stdint.h>
 #include <stdio.h>
 
-enum { M_PLAIN, M_PDL, M_FLAG, M_PF, M_NOWAIT };
-static const char *const mode_names[] = {"plain", "pdl-wait", "flag", "pf-L2", "nowait"};
+enum { M_PLAIN, M_PDL, M_FLAG, M_PF, M_NOWAIT, M_FLAGS };
+static const char *const mode_names[] = {"plain", "pdl-wait", "flag", "pf-L2", "nowait", "flags"};
 
 __device__ __forceinline__ unsigned ld_acquire(const unsigned *p)
 {
@@ -34,8 +41,19 @@ __device__ __forceinline__ unsigned ld_acquire(const unsigned *p)
     return v;
 }
 
+__device__ __forceinline__ unsigned ld_relaxed(const unsigned *p)
+{
+    unsigned v;
+    asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p));
+    return v;
+}
+
+#define FLAGS_PER_LANE 16 /* flags mode: up to 512 blocks */
+
 /* target: the counter value that means every earlier kernel is done (0: the
- * chain's first kernel, which waits the PDL way). arg: NS (flag) or PF. */
+ * chain's first kernel, which waits the PDL way); for flags, the launch's
+ * index l (its flags are done[l * B ..], those it polls done[(l - 1) * B ..]).
+ * arg: NS (flag, flags) or PF. */
 __global__ void __launch_bounds__(256) k_stream(const uint4 *__restrict__ w, size_t per_block, float *out,
                                                 unsigned *done, unsigned target, int mode, int arg)
 {
@@ -48,8 +66,27 @@ __global__ void __launch_bounds__(256) k_stream(const uint4 *__restrict__ w, siz
             asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"((const char *)p + o), "r"(n) : "memory");
         }
     }
-    if (mode == M_PDL || mode == M_PF || (mode == M_FLAG && target == 0)) {
+    if (mode == M_PDL || mode == M_PF || ((mode == M_FLAG || mode == M_FLAGS) && target == 0)) {
         asm volatile("griddepcontrol.wait;" ::: "memory");
+    } else if (mode == M_FLAGS) {
+        if (threadIdx.x < 32) { /* all of a lane's flags asked at once (relaxed), then one acquire fence */
+            const unsigned *f = done + (size_t)(target - 1) * gridDim.x;
+            for (;;) {
+                unsigned v[FLAGS_PER_LANE];
+#pragma unroll
+                for (int i = 0; i < FLAGS_PER_LANE; i++) {
+                    const unsigned b = threadIdx.x + 32u * (unsigned)i;
+                    v[i] = b < gridDim.x ? ld_relaxed(f + b) : 1u;
+                }
+                unsigned ok = 1u;
+#pragma unroll
+                for (int i = 0; i < FLAGS_PER_LANE; i++) ok &= v[i] != 0u;
+                if (__all_sync(0xffffffffu, ok)) break;
+                if (arg) __nanosleep((unsigned)arg);
+            }
+            __threadfence();
+        }
+        __syncthreads();
     } else if (mode == M_FLAG) {
         if (threadIdx.x == 0)
             while (ld_acquire(done) < target)
@@ -68,6 +105,14 @@ __global__ void __launch_bounds__(256) k_stream(const uint4 *__restrict__ w, siz
         if (threadIdx.x == 0) {
             __threadfence();
             atomicAdd(done, 1u);
+        }
+    } else if (mode == M_FLAGS) {
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            __threadfence();
+            asm volatile("st.relaxed.gpu.global.u32 [%0], %1;" ::"l"(done + (size_t)target * gridDim.x + blockIdx.x),
+                         "r"(1u)
+                         : "memory");
         }
     }
 }
@@ -90,7 +135,7 @@ static double time_chain(cudaStream_t st, const uint4 *w, size_t pool, float *ou
     cudaGraph_t g;
     cudaGraphExec_t ge;
     if (cudaStreamBeginCapture(st, cudaStreamCaptureModeGlobal) != cudaSuccess) return -1;
-    cudaMemsetAsync(done, 0, 4, st);
+    cudaMemsetAsync(done, 0, (size_t)L * (size_t)B * sizeof(unsigned), st);
     size_t off = 0;
     for (int l = 0; l < L; l++) {
         if ((off + per_block * B) * 16 > pool) off = 0;
@@ -104,7 +149,8 @@ static double time_chain(cudaStream_t st, const uint4 *w, size_t pool, float *ou
         cfg.stream = st;
         cfg.attrs = at;
         cfg.numAttrs = mode == M_PLAIN ? 0 : 1;
-        cudaLaunchKernelEx(&cfg, k_stream, w + off, per_block, out, done, (unsigned)(l * B), mode, arg);
+        cudaLaunchKernelEx(&cfg, k_stream, w + off, per_block, out, done, mode == M_FLAGS ? (unsigned)l : (unsigned)(l * B),
+                           mode, arg);
         off += per_block * B;
     }
     if (cudaStreamEndCapture(st, &g) != cudaSuccess || cudaGraphInstantiate(&ge, g, 0) != cudaSuccess) {
@@ -148,12 +194,13 @@ int main(void)
     CK(cudaMalloc(&w, pool));
     CK(cudaMemset(w, 1, pool));
     CK(cudaMalloc(&out, 4096 * sizeof(float)));
-    CK(cudaMalloc(&done, 4));
+    CK(cudaMalloc(&done, (size_t)256 * 2 * (size_t)nsm * sizeof(unsigned))); /* flags: a word per block and launch */
     CK(cudaFuncSetAttribute(k_stream, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)big));
     cudaStream_t st;
     CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
     static const struct { int mode, arg; } runs[] = {{M_PLAIN, 0}, {M_PDL, 0},        {M_FLAG, 0},      {M_FLAG, 100},
-                                                     {M_PF, 16384}, {M_PF, 32768}, {M_NOWAIT, 0}};
+                                                     {M_PF, 16384}, {M_PF, 32768}, {M_NOWAIT, 0},
+                                                     {M_FLAGS, 0}, {M_FLAGS, 50}};
     const double mb[] = {5, 10, 20, 40};
     printf("%-9s %6s %6s %6s %10s %8s\n", "mode", "arg", "smem", "MB", "us/launch", "GB/s");
     for (int si = 0; si < 4; si++)

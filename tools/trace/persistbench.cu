@@ -35,8 +35,10 @@
  * Parts 2 and 3 (below) time one GEMV launch alone; `persistbench 3` runs
  * part 3 against part 2's engine schedule only; part 4 (`persistbench 4`)
  * times the step's GEMVs as a PDL chain under part 2's schedule with real
- * row sums and under shared-slot schedules.
- * Results: BENCHMARKS.md, twenty-second to twenty-sixth sessions. */
+ * row sums and under shared-slot schedules; part 5 (`persistbench 5`) runs
+ * part 2's shapes and part 4's chain on the tiled layout and on the same
+ * units interleaved by warp (k_ring layout 3).
+ * Results: BENCHMARKS.md, twenty-second to twenty-seventh sessions. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -301,6 +303,12 @@ static void ops_27b_int4(op_table *t, int B, int gdn_ns, int attn_ns, int head, 
  *   layout 2: the engine's tiled INT4 layout (quant.h: the stage's 2048
  *             bytes of codes contiguous, its 128 bytes of scales likewise
  *             in a region of their own: 2 copies),
+ *   layout 3: layout 2 with the block's units interleaved by warp (warp
+ *             v's j-th unit stored at unit j * 8 + v of the block's range,
+ *             the extra units of the warps that have one more at its end),
+ *             so the 8 warps' current stages lie in one window of the
+ *             block's range instead of 8 streams 1/8 of it apart: does
+ *             HBM reward fewer, wider streams (session 27)?
  * asked for by
  *   producer 0: lane 0 of each warp (as k_gemv_qt), or
  *   producer 1: one extra warp per block for all 8 rings,
@@ -347,6 +355,18 @@ __global__ void __launch_bounds__(288, 2) k_ring(const uint8_t *__restrict__ w, 
         if (layout == 2) { /* the engine's tiled layout: codes and scales each one piece */
             qk_bulk_copy(dst, w + u * 2048, cnt * 2048, bar);
             qk_bulk_copy(dst + cnt * 2048, sc + u * 128, cnt * (STAGE - 2048), bar);
+            return;
+        }
+        if (layout == 3) { /* interleaved by warp (spc 1, producer 0) */
+            const int v = (int)threadIdx.x >> 5;
+            const long long av = A + v * n / 8, j = u - av, m = n / 8;
+            long long at = A + j * 8 + v;
+            if (j >= m) { /* the extra unit: after the block's 8 m, in warp order */
+                at = A + 8 * m;
+                for (int x = 0; x < v; x++) at += (A + (x + 1) * n / 8) - (A + x * n / 8) > m;
+            }
+            qk_bulk_copy(dst, w + at * 2048, 2048, bar);
+            qk_bulk_copy(dst + 2048, sc + at * 128, STAGE - 2048, bar);
             return;
         }
         const long long g = u / nu, c = u - g * nu;
@@ -856,6 +876,7 @@ enum { F_RING, F_FLOW, F_OWN, F_PERSIST };
 struct chain_sched {
     const char *name;
     int family, mode;
+    int layout; /* k_ring: 2 tiled, 3 interleaved by warp (other families: 0) */
 };
 
 /* ms per step of the chain c[0 .. m) under schedule sc, as PDL launches in
@@ -898,7 +919,7 @@ static double time_chain(cudaStream_t st, uint8_t *pool, unsigned *done, float *
         if (ring) {
             cfg.gridDim = dim3((unsigned)(2 * nsm));
             cfg.blockDim = dim3(256);
-            e = cudaLaunchKernelEx(&cfg, k_ring, w, s, out, G, nu, 2, 2, 0, 1, 1, sc.mode);
+            e = cudaLaunchKernelEx(&cfg, k_ring, w, s, out, G, nu, 2, sc.layout, 0, 1, 1, sc.mode);
         } else if (slots) {
             cfg.gridDim = dim3((unsigned)(nb * nsm));
             cfg.blockDim = dim3((unsigned)(32 * (C + 1)));
@@ -948,11 +969,11 @@ static int run_part4(cudaStream_t st, uint8_t *pool, unsigned *done, float *out,
     printf("\nthe GEMVs of a 27B INT4 g128 step (256 PDL launches in a graph, %.2f GB; no lm_head, no small ops)\n"
            "%-12s %2s %3s %2s %2s %9s %7s\n",
            total / 1e9, "schedule", "NS", "S", "C", "nb", "ms/step", "of copy");
-    static const chain_sched ring = {"k_ring", F_RING, 2}, dbl = {"ring-dbl", F_RING, 5},
-                             nosum = {"ring-nosum", F_RING, 0}, park = {"ring-park", F_RING, 4},
-                             persist = {"k_persist", F_PERSIST, 0}, flow = {"k_flow", F_FLOW, 0},
-                             cfin = {"flow-cfin", F_FLOW, 1}, own = {"k_own", F_OWN, 0},
-                             own_both = {"own-both", F_OWN, 3};
+    static const chain_sched ring = {"k_ring", F_RING, 2, 2}, dbl = {"ring-dbl", F_RING, 5, 2},
+                             nosum = {"ring-nosum", F_RING, 0, 2}, park = {"ring-park", F_RING, 4, 2},
+                             persist = {"k_persist", F_PERSIST, 0, 0}, flow = {"k_flow", F_FLOW, 0, 0},
+                             cfin = {"flow-cfin", F_FLOW, 1, 0}, own = {"k_own", F_OWN, 0, 0},
+                             own_both = {"own-both", F_OWN, 3, 0};
     static const struct { const chain_sched *sc; int ns, s, c, nb; } cfg[] = {
         {&ring, 2, 1, 8, 2},  {&dbl, 2, 1, 8, 2},   {&nosum, 2, 1, 8, 2},       {&ring, 2, 1, 8, 2},
         {&dbl, 2, 1, 8, 2},   {&nosum, 2, 1, 8, 2}, {&park, 2, 1, 8, 2},        {&persist, 3, 15, 15, 1},
@@ -982,6 +1003,39 @@ static int run_part4(cudaStream_t st, uint8_t *pool, unsigned *done, float *out,
     return 0;
 }
 
+/* Part 5 (session 27): the tiled layout against the same units interleaved
+ * by warp (k_ring layout 3), each GEMV shape alone, then the step's chain;
+ * alternating, two rounds. */
+static int run_part5(cudaStream_t st, uint8_t *pool, unsigned *done, float *out, int nsm, double copy_gbs)
+{
+    static const struct { int n, k; const char *name; } shapes[] = {
+        {34816, 5120, "gate|up"}, {5120, 17408, "down"}, {16384, 5120, "gdn in"}, {5120, 6144, "out"}};
+    printf("\none INT4 g128 GEMV launch alone (k_ring, D 2, no sums): layout 2 (tiled) / 3 (interleaved by warp)\n");
+    for (int round = 0; round < 2; round++)
+        for (int si = 0; si < 4; si++) {
+            printf("%-8s", shapes[si].name);
+            for (int layout = 2; layout <= 3; layout++) {
+                const double gbs = time_ring(st, pool, out, nsm, shapes[si].n, shapes[si].k, 2, layout, 0, 1);
+                if (gbs < 0) return 1;
+                printf("  layout %d %6.0f GB/s %5.1f%%", layout, gbs, 100.0 * gbs / copy_gbs);
+            }
+            printf("\n");
+        }
+    static chain_op c[256];
+    size_t total = 0;
+    const int m = chain_27b(c, &total);
+    static const chain_sched sched[] = {{"ring", F_RING, 2, 2},  {"ring-ilv", F_RING, 2, 3},
+                                        {"nosum", F_RING, 0, 2}, {"nosum-ilv", F_RING, 0, 3}};
+    printf("\nthe GEMVs of a 27B INT4 g128 step (256 PDL launches, %.2f GB)\n", total / 1e9);
+    for (int round = 0; round < 2; round++)
+        for (const chain_sched &sc : sched) {
+            const double ms = time_chain(st, pool, done, out, nsm, c, m, sc, 2, 1, 8, 2);
+            if (ms < 0) return 1;
+            printf("%-10s %9.3f ms %6.1f%%\n", sc.name, ms, 100.0 * (total / (ms * 1e6)) / copy_gbs);
+        }
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     int nsm = 0, cc = 0;
@@ -991,8 +1045,10 @@ int main(int argc, char **argv)
         fprintf(stderr, "persistbench: needs sm_90 or later (bulk copies, mbarriers); this GPU is sm_%d\n", cc * 10);
         return 1;
     }
-    /* "3": part 3 against part 2's engine schedule only; "4": part 4 only; another argument: the first 4 runs of part 1 */
+    /* "3": part 3 against part 2's engine schedule only; "4" / "5": part 4 / 5 only; another argument: the
+     * first 4 runs of part 1 */
     const int part3 = argc > 1 && strcmp(argv[1], "3") == 0, part4 = argc > 1 && strcmp(argv[1], "4") == 0;
+    const int part5 = argc > 1 && strcmp(argv[1], "5") == 0;
     const int quick = argc > 1;
     op_table *t = (op_table *)calloc(1, sizeof *t);
     long long total = 0;
@@ -1023,6 +1079,7 @@ int main(int argc, char **argv)
     const double copy_gbs = 10.0 * 2 * half / (cms * 1e6);
     printf("device-to-device copy: %.0f GB/s (read + write); %d SMs\n", copy_gbs, nsm);
     if (part4) return run_part4(st, pool, done, out, nsm, copy_gbs);
+    if (part5) return run_part5(st, pool, done, out, nsm, copy_gbs);
 
     /* slots are whole stages: 7 x 2176 = 15232 bytes ("16K"), 15 x = 32640 ("32K"), 1 x ("2K") */
     static const struct { int ns, slot, c, decode, barrier, gdn_ns, attn_ns, head; } runs[] = {
