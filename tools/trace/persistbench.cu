@@ -960,6 +960,12 @@ static double time_chain(cudaStream_t st, uint8_t *pool, unsigned *done, float *
     return best;
 }
 
+/* The 27B INT4 GEMV shapes that parts 2 to 5 time one launch at a time. */
+static const struct {
+    int n, k;
+    const char *name;
+} shapes[] = {{34816, 5120, "gate|up"}, {5120, 17408, "down"}, {16384, 5120, "gdn in"}, {5120, 6144, "out"}};
+
 /* Part 4's report: the chain under each schedule, then k_flow's launches alone. */
 static int run_part4(cudaStream_t st, uint8_t *pool, unsigned *done, float *out, int nsm, double copy_gbs)
 {
@@ -987,8 +993,6 @@ static int run_part4(cudaStream_t st, uint8_t *pool, unsigned *done, float *out,
         printf("%-12s %2d %3d %2d %2d %9.3f %6.1f%%\n", cfg[i].sc->name, cfg[i].ns, cfg[i].s, cfg[i].c, cfg[i].nb, ms,
                100.0 * (total / (ms * 1e6)) / copy_gbs);
     }
-    static const struct { int n, k; const char *name; } shapes[] = {
-        {34816, 5120, "gate|up"}, {5120, 17408, "down"}, {16384, 5120, "gdn in"}, {5120, 6144, "out"}};
     printf("\none INT4 g128 GEMV launch alone (k_flow, consumers finish)\n%-8s %2s %3s %2s %2s %8s %7s\n", "shape", "NS", "S", "C", "nb",
            "GB/s", "of copy");
     for (int si = 0; si < 4; si++)
@@ -1008,8 +1012,6 @@ static int run_part4(cudaStream_t st, uint8_t *pool, unsigned *done, float *out,
  * alternating, two rounds. */
 static int run_part5(cudaStream_t st, uint8_t *pool, unsigned *done, float *out, int nsm, double copy_gbs)
 {
-    static const struct { int n, k; const char *name; } shapes[] = {
-        {34816, 5120, "gate|up"}, {5120, 17408, "down"}, {16384, 5120, "gdn in"}, {5120, 6144, "out"}};
     printf("\none INT4 g128 GEMV launch alone (k_ring, D 2, no sums): layout 2 (tiled) / 3 (interleaved by warp)\n");
     for (int round = 0; round < 2; round++)
         for (int si = 0; si < 4; si++) {
@@ -1150,8 +1152,6 @@ int main(int argc, char **argv)
     }
     printf("bytes per step: %.2f GB (with the lm_head)\n", (double)total / 1e9);
 
-    static const struct { int n, k; const char *name; } shapes[] = {
-        {34816, 5120, "gate|up"}, {5120, 17408, "down"}, {16384, 5120, "gdn in"}, {5120, 6144, "out"}};
     printf("\none INT4 g128 GEMV launch alone (k_ring: 2 blocks x 8 warps per SM)\n%-8s %7s %6s %2s %6s %8s %3s %8s %7s\n",
            "shape", "N", "K", "D", "layout", "producer", "spc", "GB/s", "of copy");
     for (int si = 0; si < 4; si++) {
