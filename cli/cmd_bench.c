@@ -266,14 +266,15 @@ int cmd_bench(int argc, char **argv)
         cJSON_AddNumberToObject(jl, "repack_seconds_per_thread", ls.fill_s / nt);
         cJSON_AddNumberToObject(jl, "ring_wait_seconds_per_thread", ls.wait_s / nt);
         cJSON_AddNumberToObject(jl, "copy_queue_seconds_per_thread", ls.copy_s / nt);
+        cJSON_AddNumberToObject(jl, "staging_ring_seconds", ls.ring_s);
         cJSON_AddNumberToObject(jl, "h2d_pinned_GBps", h2d / 1e9);
         if (fbytes > 0)
             fprintf(log, "checkpoint files %.2f GB read in %.2f s: %.2f GB/s\n", fbytes / 1e9, t_load,
                     fbytes / t_load / 1e9);
         fprintf(log,
                 "  before the backend (parse, validate) %.2f s; planning + cudaMalloc %.2f s; pool %.2f s: %d threads, "
-                "%d x %.0f MiB pinned, %llu jobs, %.2f GB staged\n",
-                t_load - t_up, plan_s, ls.wall_s, ls.threads, ls.buffers, ls.buffer_bytes / 1048576.0,
+                "%d x %.0f MiB pinned (allocated and freed in %.2f s), %llu jobs, %.2f GB staged\n",
+                t_load - t_up, plan_s, ls.wall_s, ls.threads, ls.buffers, ls.buffer_bytes / 1048576.0, ls.ring_s,
                 (unsigned long long)ls.jobs, ls.bytes / 1e9);
         fprintf(log, "  per thread: pre-fault (read) %.2f s, repack/copy into pinned %.2f s, waiting for a free buffer "
                      "(H2D) %.2f s, queueing copies %.2f s; pinned H2D alone %.1f GB/s\n",

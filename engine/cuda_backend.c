@@ -448,7 +448,7 @@ static int upload_f32(qc_cuda_model *cm, const float *h, size_t n, float **out, 
 /* The weights go up in two steps (engine/cuda_load.c): first, on this thread,
  * every destination is allocated (so running out of device memory is found
  * before any work, with the tensor named) and the copies and repacks become a
- * list of jobs of at most 16 MiB; then a pool of CPU threads (one per core)
+ * list of jobs of at most QC_LOAD_CHUNK (4 MiB); then a pool of CPU threads (one per core)
  * pre-faults the mapped checkpoint, repacks/copies each job into a ring of
  * pinned staging buffers (two per thread) and queues cudaMemcpyAsync on two
  * streams, so page-cache reads, repacking and the DMA all overlap. */

@@ -4,9 +4,9 @@
  * one thread repacks it (3-4 GB/s NVFP4, 1 GB/s AWQ on one core) or than one
  * thread page-faults it in, and the host-to-device DMA only runs at full
  * speed from pinned memory. So the work is cut into independent jobs of at
- * most one staging buffer (16 MiB: large enough that a DMA's fixed cost is
- * noise, small enough that a 27B model gives ~1000 jobs to balance over the
- * threads); each thread takes the next job, takes a free buffer of the ring
+ * most one staging buffer (QC_LOAD_CHUNK, 4 MiB: ~5000 jobs for a 27B model
+ * to balance over the threads; see cuda_load.h for why not larger or
+ * smaller); each thread takes the next job, takes a free buffer of the ring
  * (or waits for the oldest in-flight copy to finish), pre-faults the job's
  * source range with one madvise, packs into the buffer and queues the copy.
  * Two buffers per thread let every thread fill one while another is being
@@ -484,12 +484,14 @@ int qc_load_run(const qc_load_plan *p, int threads, int nbuf, const qc_load_ops 
     /* The ring: all pinned, or none (then every job is staged in malloc'ed
      * memory and copied synchronously; slower, still correct). */
     r->pinned = !rc && ops->host_alloc;
+    double t_ring = qc_now();
     for (int i = 0; !rc && r->pinned && i < nbuf; i++) {
         r->buf[i] = ops->host_alloc(ops->ctx, r->buf_bytes);
         if (!r->buf[i])
             r->pinned = false;
         r->free_slots[r->nfree++] = i;
     }
+    t_ring = qc_now() - t_ring;
     pthread_t adv;
     bool adv_ok = false;
     int started = 0;
@@ -519,9 +521,11 @@ int qc_load_run(const qc_load_plan *p, int threads, int nbuf, const qc_load_ops 
         if (err)
             *err = r->err;
     }
+    double t_free = qc_now();
     for (int i = 0; r->buf && i < nbuf; i++)
         if (r->buf[i])
             ops->host_free(ops->ctx, r->buf[i]);
+    t_ring += qc_now() - t_free;
     if (st) {
         memset(st, 0, sizeof *st);
         st->threads = started ? started : 1;
@@ -534,6 +538,7 @@ int qc_load_run(const qc_load_plan *p, int threads, int nbuf, const qc_load_ops 
         st->fill_s = r->fill_s;
         st->wait_s = r->wait_s;
         st->copy_s = r->copy_s;
+        st->ring_s = t_ring;
         st->wall_s = qc_now() - t_start;
     }
     pthread_mutex_destroy(&r->mu);

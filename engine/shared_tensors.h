@@ -35,8 +35,12 @@ typedef struct qc_shared_key {
     uint64_t hash; /* qc_shared_hash of the source bytes */
 } qc_shared_key;
 
-/* A fast 64-bit hash of n bytes (not cryptographic; equality is confirmed). */
+/* A fast 64-bit hash of n bytes (not cryptographic; equality is confirmed),
+ * on the loader's threads (qc_load_default_threads) where n is large. */
 uint64_t qc_shared_hash(const void *p, size_t n);
+/* The same hash on at most `threads` threads: the value depends on the bytes
+ * only, never on the thread count. */
+uint64_t qc_shared_hash_threads(const void *p, size_t n, int threads);
 
 /* Fills k for nbytes of src (hashing them). */
 void qc_shared_key_make(qc_shared_key *k, int kind, int dtype, int ndim, const int64_t *shape, const void *src,

@@ -2360,6 +2360,12 @@ int main(void)
     run_case("gptq_v2_asym_g32_136x200", &p);
     build_gptq(&p, "gptq_v1_asym", 1000, 5120, 64, 1, 0, 0);
     run_case("gptq_v1_asym_g64_1000x5120", &p);
+    /* N not a multiple of 8: the repack's 8 x 8 word transpose leaves edge rows (and, K / 8 not a
+     * multiple of 8, edge words) to its word-by-word loop; tiled, with padding rows */
+    build_gptq(&p, "gptq_v2_asym_edge", 131, 1000, 64, 0, 0, 0);
+    run_case("gptq_v2_asym_g64_131x1000", &p);
+    build_gptq(&p, "gptq_v1_sym_edge", 133, 2048, 128, 1, 1, 0);
+    run_case("gptq_v1_sym_g128_133x2048", &p);
     build_gptq(&p, "gptq_actorder", 96, 512, 128, 1, 1, 1);
     run_case("gptq_gidx_actorder_g128_96x512", &p);
     build_gptq(&p, "gptq_uneven", 72, 320, 64, 0, 0, 2);

@@ -72,6 +72,55 @@ static void test_registry(void)
     free(b);
 }
 
+/* Sources of several 32 MiB pieces are hashed and compared on many threads:
+ * the hash must not depend on the thread count, and a difference in any
+ * piece (the last, short one included) must change it and refuse a share. */
+static void test_large_sources(void)
+{
+    const size_t n = ((size_t)32 << 20) * 3 + 12345; /* three whole pieces and a short one */
+    unsigned char *a = malloc(n), *b = malloc(n);
+    if (!a || !b) {
+        CHECK("large_alloc", 0, "no memory for 2 x %zu bytes", n);
+        free(a);
+        free(b);
+        return;
+    }
+    uint64_t x = 88172645463325252ull;
+    for (size_t i = 0; i < n; i++) {
+        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+        a[i] = (unsigned char)x;
+    }
+    memcpy(b, a, n);
+    const uint64_t h1 = qc_shared_hash_threads(a, n, 1), h3 = qc_shared_hash_threads(a, n, 3),
+                   h8 = qc_shared_hash_threads(b, n, 8);
+    CHECK("large_hash_thread_count", h1 == h3 && h1 == h8, "%llx / %llx / %llx", (unsigned long long)h1,
+          (unsigned long long)h3, (unsigned long long)h8);
+    const size_t flips[] = {0, ((size_t)32 << 20) + 77, n - 1};
+    for (int f = 0; f < 3; f++) {
+        b[flips[f]] ^= 0x10;
+        CHECK("large_hash_one_bit", qc_shared_hash_threads(b, n, 4) != h1, "a bit at %zu kept the hash", flips[f]);
+        b[flips[f]] ^= 0x10;
+    }
+    int64_t shp[1] = {(int64_t)n};
+    qc_shared_key ka, kb;
+    qc_shared_key_make(&ka, QC_SHARED_CPU, 1, 1, shp, a, n);
+    qc_shared_key_make(&kb, QC_SHARED_CPU, 1, 1, shp, b, n);
+    CHECK("large_key_hash", ka.hash == h1 && kb.hash == h1, "key %llx, want %llx", (unsigned long long)ka.hash,
+          (unsigned long long)h1);
+    int h_a, h_b, h_c;
+    float *buf = malloc(64);
+    qc_err err = {0};
+    CHECK("large_publish", qc_shared_publish(&ka, a, &h_a, buf, 64, QC_MEM_W_OTHER, free, &err) == 0, "%s", err.msg);
+    b[n - 1] ^= 1; /* a forged match on the hash, different in the last piece only */
+    CHECK("large_refuse_last_piece", qc_shared_acquire(&ka, b, &h_c) == NULL, "shared bytes that differ at the end");
+    b[n - 1] ^= 1;
+    CHECK("large_share_equal", qc_shared_acquire(&kb, b, &h_b) == buf, "equal bytes not shared");
+    qc_shared_release(buf, &h_b);
+    qc_shared_release(buf, &h_a);
+    free(a);
+    free(b);
+}
+
 enum { NTOK = 6 };
 static const int32_t k_ids[NTOK] = {1, 17, 42, 5, 300, 77};
 
@@ -195,6 +244,7 @@ static void test_pair(qc_device dev, const char *p, int kind, int tag)
 int main(void)
 {
     test_registry();
+    test_large_sources();
     test_pair(QC_DEVICE_CPU, "cpu", QC_SHARED_CPU, QC_MEM_W_OTHER);
 #ifdef QC_HAVE_CUDA
     if (qc_cuda_available())
