@@ -356,6 +356,10 @@ void qc_cuda_model_free(qc_cuda_model *cm)
 const qc_cuda_shape *qc_cuda_model_shape(const qc_cuda_model *cm) { return &cm->sh; }
 void qc_cuda_set_profile(qc_cuda_model *cm, bool on) { cm->prof.on = on && cm->prof.ok; }
 const char *qc_cuda_device_name(const qc_cuda_model *cm) { return cm->name; }
+void qc_cuda_model_set_tokens(qc_cuda_model *cm, int n_tokens)
+{
+    if (cm && n_tokens > 0 && n_tokens <= cm->sh.vocab) cm->sh.n_tokens = n_tokens;
+}
 
 bool qc_cuda_available(void)
 {

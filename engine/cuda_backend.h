@@ -62,6 +62,9 @@ void qc_cuda_model_free(qc_cuda_model *cm);
 /* The CUDA model behind a loaded qc_model (NULL when it runs on the CPU). */
 qc_cuda_model *qc_cuda_model_of(qc_model *m);
 const qc_cuda_shape *qc_cuda_model_shape(const qc_cuda_model *cm);
+/* The tokenizer's id count (<= vocab), known after the weights went up (the
+ * tokenizer loads beside them, model.c); before any session is made. */
+void qc_cuda_model_set_tokens(qc_cuda_model *cm, int n_tokens);
 const char *qc_cuda_device_name(const qc_cuda_model *cm);
 
 /* Prints per-category prefill times to stderr after every multi-token chunk

@@ -4,6 +4,7 @@
  * model to a backend. Anything missing or mis-shaped fails the load with
  * QC_EXIT_CHECKPOINT and a message naming the directory and the tensor. */
 #include <math.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -284,6 +285,41 @@ void qc_model_free(qc_model *m)
     free(m);
 }
 
+/* The tokenizer loads on its own thread while the weights are resolved and
+ * uploaded: it needs nothing from them, and on the loading thread it took
+ * 0.15-0.25 s of a ~1.2 s 27B load on the H100 host (0.3 s with the real
+ * Qwen3 tokenizer.json and its merges; 2026-11-23, BENCHMARKS.md). */
+typedef struct tok_job {
+    const char *dir;
+    qc_tokenizer *tok;
+    qc_err err;
+    int rc;
+} tok_job;
+
+static void *tok_job_run(void *arg)
+{
+    tok_job *j = arg;
+    j->rc = qc_tokenizer_load(j->dir, &j->tok, &j->err);
+    return NULL;
+}
+
+/* Waits for the tokenizer (once), takes it into m and returns its status. */
+static int tok_job_join(tok_job *j, pthread_t *th, bool *running, qc_model *m)
+{
+    if (*running) {
+        pthread_join(*th, NULL);
+        *running = false;
+    }
+    if (!j->rc && j->tok) {
+        m->tok = j->tok;
+        j->tok = NULL;
+        m->n_tokens = qc_tokenizer_n_tokens(m->tok);
+        if (m->n_tokens > m->cfg->vocab_size)
+            m->n_tokens = m->cfg->vocab_size;
+    }
+    return j->rc;
+}
+
 int qc_model_load(const char *dir, const qc_load_opts *opts, qc_model **out, qc_err *err)
 {
     *out = NULL;
@@ -302,40 +338,51 @@ int qc_model_load(const char *dir, const qc_load_opts *opts, qc_model **out, qc_
     if (!m)
         return qc_err_set(err, QC_EXIT_RUNTIME, "out of memory loading %s", dir);
     snprintf(m->dir, sizeof m->dir, "%s", dir);
+    tok_job tj = {.dir = m->dir};
+    pthread_t tth;
+    bool tok_running = false;
     int rc = qc_ckpt_open(dir, &m->ck, err);
     if (rc)
         goto fail;
     m->cfg = qc_ckpt_config(m->ck);
-    rc = qc_tokenizer_load(dir, &m->tok, err);
-    if (rc)
-        goto fail;
-    m->n_tokens = qc_tokenizer_n_tokens(m->tok);
-    if (m->n_tokens > m->cfg->vocab_size)
-        m->n_tokens = m->cfg->vocab_size;
+    tok_running = pthread_create(&tth, NULL, tok_job_run, &tj) == 0;
+    if (!tok_running)
+        tok_job_run(&tj); /* no thread: here, as before */
+    /* Until the tokenizer is in, every row of the head may be sampled. */
+    m->n_tokens = (int)m->cfg->vocab_size;
     qc_chat_template tpl;
     qc_err terr;
     /* A missing or unknown template is not fatal (chat.h); a bad override is. */
     rc = qc_chat_template_detect(dir, NULL, &tpl, &terr);
-    if (rc) {
+    if (rc)
         *err = terr;
-        goto fail;
-    }
     m->thinking_default = tpl.thinking_default;
     m->family = qc_ckpt_dominant_family(m->ck);
-    rc = resolve_weights(m, err);
-    if (rc)
-        goto fail;
+    if (!rc)
+        rc = resolve_weights(m, err);
 #ifdef QC_HAVE_CUDA
     if (want_cuda)
         be = &qc_cuda_backend;
 #endif
     m->be = be;
-    rc = be->model_init(m, opts, err);
+    if (!rc)
+        rc = be->model_init(m, opts, err); /* on failure qc_model_free hands be_model back to the backend */
+    /* A broken tokenizer is reported first, as when it loaded before the weights. */
+    if (tok_job_join(&tj, &tth, &tok_running, m)) {
+        *err = tj.err;
+        rc = tj.rc;
+    }
     if (rc)
-        goto fail; /* qc_model_free hands be_model back to the backend */
+        goto fail;
+#ifdef QC_HAVE_CUDA
+    if (be == &qc_cuda_backend)
+        qc_cuda_model_set_tokens(qc_cuda_model_of(m), m->n_tokens);
+#endif
     *out = m;
     return QC_OK;
 fail:
+    tok_job_join(&tj, &tth, &tok_running, m);
+    qc_tokenizer_free(tj.tok);
     qc_model_free(m);
     return rc;
 }

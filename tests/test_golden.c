@@ -361,6 +361,16 @@ static void test_broken(const char *qchat_bin, const char *tmpdir)
         }
         free(cfg);
     }
+    /* 3. a broken tokenizer.json beside good weights: the tokenizer loads on its own thread while the
+     * weights are resolved and uploaded (model.c); its error must still end the load, alone */
+    static const char broken_tok[] = "{\"model\": {\"vocab\": ";
+    char d3[1200];
+    snprintf(d3, sizeof d3, "%s/badtok", tmpdir);
+    mkdir(d3, 0755);
+    link_all_but(src, d3, "tokenizer.json", "");
+    snprintf(p, sizeof p, "%s/tokenizer.json", d3);
+    write_file(p, broken_tok, strlen(broken_tok));
+    expect_fail3("broken_tokenizer", d3, "badtok/tokenizer.json: not a JSON", qchat_bin, tmpdir);
 }
 
 int main(void)
