@@ -437,15 +437,6 @@ static void *run_advise(void *arg)
     return NULL;
 }
 
-int qc_load_default_threads(void)
-{
-    const char *e = getenv("QCHAT_LOAD_THREADS");
-    long n = e && *e ? strtol(e, NULL, 10) : sysconf(_SC_NPROCESSORS_ONLN);
-    if (n < 1)
-        n = 1;
-    return n > 64 ? 64 : (int)n;
-}
-
 int qc_load_run(const qc_load_plan *p, int threads, int nbuf, const qc_load_ops *ops, qc_load_stats *st,
                 qc_err *err)
 {

@@ -100,10 +100,7 @@ typedef struct qc_load_stats {
     double ring_s;                         /* allocating and freeing the staging ring (one thread) */
 } qc_load_stats;
 
-/* Threads for the loader: QCHAT_LOAD_THREADS, else the online CPUs (max 64). */
-int qc_load_default_threads(void);
-
-/* Runs every job on threads threads (<= 0: qc_load_default_threads()) through
+/* Runs every job on threads threads (<= 0: qc_load_default_threads(), util.h) through
  * nbuf staging buffers (<= 0: two per thread, at most 32) and waits until all
  * copies are done. On the first error the others stop; err names the tensor.
  * The source ranges are advised sequential + will-need (a helper thread

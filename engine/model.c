@@ -6,6 +6,8 @@
 #include <math.h>
 #include <pthread.h>
 #include <stdarg.h>
+#include <stdatomic.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -294,12 +296,15 @@ typedef struct tok_job {
     qc_tokenizer *tok;
     qc_err err;
     int rc;
+    atomic_bool failed; /* rc != 0 and final: set after rc, so the loading thread may stop early */
 } tok_job;
 
 static void *tok_job_run(void *arg)
 {
     tok_job *j = arg;
     j->rc = qc_tokenizer_load(j->dir, &j->tok, &j->err);
+    if (j->rc)
+        atomic_store(&j->failed, true);
     return NULL;
 }
 
@@ -339,6 +344,7 @@ int qc_model_load(const char *dir, const qc_load_opts *opts, qc_model **out, qc_
         return qc_err_set(err, QC_EXIT_RUNTIME, "out of memory loading %s", dir);
     snprintf(m->dir, sizeof m->dir, "%s", dir);
     tok_job tj = {.dir = m->dir};
+    atomic_init(&tj.failed, false);
     pthread_t tth;
     bool tok_running = false;
     int rc = qc_ckpt_open(dir, &m->ck, err);
@@ -356,7 +362,8 @@ int qc_model_load(const char *dir, const qc_load_opts *opts, qc_model **out, qc_
     rc = qc_chat_template_detect(dir, NULL, &tpl, &terr);
     if (rc)
         *err = terr;
-    m->thinking_default = tpl.thinking_default;
+    else
+        m->thinking_default = tpl.thinking_default;
     m->family = qc_ckpt_dominant_family(m->ck);
     if (!rc)
         rc = resolve_weights(m, err);
@@ -365,7 +372,8 @@ int qc_model_load(const char *dir, const qc_load_opts *opts, qc_model **out, qc_
         be = &qc_cuda_backend;
 #endif
     m->be = be;
-    if (!rc)
+    /* (no upload for a tokenizer already known to be broken) */
+    if (!rc && !atomic_load(&tj.failed))
         rc = be->model_init(m, opts, err); /* on failure qc_model_free hands be_model back to the backend */
     /* A broken tokenizer is reported first, as when it loaded before the weights. */
     if (tok_job_join(&tj, &tth, &tok_running, m)) {

@@ -8,7 +8,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "cuda_load.h" /* qc_load_default_threads: hashing is part of loading, on the loader's threads */
 
 typedef struct sh_holder {
     const void *holder;

@@ -36,7 +36,7 @@ typedef struct qc_shared_key {
 } qc_shared_key;
 
 /* A fast 64-bit hash of n bytes (not cryptographic; equality is confirmed),
- * on the loader's threads (qc_load_default_threads) where n is large. */
+ * on the loader's threads (qc_load_default_threads, util.h) where n is large. */
 uint64_t qc_shared_hash(const void *p, size_t n);
 /* The same hash on at most `threads` threads: the value depends on the bytes
  * only, never on the thread count. */

@@ -10,6 +10,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 int qc_err_set(qc_err *err, int code, const char *fmt, ...)
 {
@@ -159,4 +160,13 @@ void *qc_grow(void *arr, size_t *cap, size_t n, size_t elsize, size_t first)
     if (p)
         *cap = nc;
     return p;
+}
+
+int qc_load_default_threads(void)
+{
+    const char *e = getenv("QCHAT_LOAD_THREADS");
+    long n = e && *e ? strtol(e, NULL, 10) : sysconf(_SC_NPROCESSORS_ONLN);
+    if (n < 1)
+        n = 1;
+    return n > 64 ? 64 : (int)n;
 }

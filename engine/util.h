@@ -39,6 +39,10 @@ char *qc_path_join(const char *dir, const char *name);
 /* Monotonic time in seconds. */
 double qc_now(void);
 
+/* Threads for loading a model (the weight loader's pool, hashing shared
+ * tensors): QCHAT_LOAD_THREADS, else the online CPUs (max 64). */
+int qc_load_default_threads(void);
+
 /* Room for element n of a growing array of elsize-byte elements: returns
  * arr when n < *cap, else the array reallocated to double the capacity
  * (first when empty) with *cap updated; NULL when out of memory, arr and

@@ -371,6 +371,20 @@ static void test_broken(const char *qchat_bin, const char *tmpdir)
     snprintf(p, sizeof p, "%s/tokenizer.json", d3);
     write_file(p, broken_tok, strlen(broken_tok));
     expect_fail3("broken_tokenizer", d3, "badtok/tokenizer.json: not a JSON", qchat_bin, tmpdir);
+    /* 4. and a bad chat-template override, found while the tokenizer is still loading: the tokenizer's
+     * error is still the one reported, as when it loaded before the template was looked at */
+    setenv("QCHAT_CHAT_TEMPLATE", "no-such-template", 1);
+    expect_fail3("broken_tokenizer_and_template", d3, "badtok/tokenizer.json: not a JSON", qchat_bin, tmpdir);
+    { /* the control: with a good tokenizer the same override fails the load by itself (a usage error, 2) */
+        qc_model *m = NULL;
+        qc_err e2 = {0};
+        qc_load_opts lo = {QC_DEVICE_CPU, 1, 0};
+        int rc = qc_model_load(src, &lo, &m, &e2);
+        CHECK("broken_template_alone", rc == 2 && strstr(e2.msg, "no-such-template"), "rc %d, message \"%s\"", rc,
+              e2.msg);
+        qc_model_free(m);
+    }
+    unsetenv("QCHAT_CHAT_TEMPLATE");
 }
 
 int main(void)

@@ -310,6 +310,32 @@ static int64_t emulate_decode(const qk_qweight *q, const float *ref);
  * main runs the INT4 cases whose K is a multiple of 1024 both ways. */
 static bool g_tile;
 
+/* The row packer writes every byte of its rows (the loader's staging buffers
+ * are reused, never zeroed): h's weight packed again in two row ranges, the
+ * second starting at a multiple of 8 that is not one of 64, into a buffer of
+ * junk, must equal the whole-tensor pack. */
+static void rows_junk_check(const char *name, const qc_linear *l, const qk_qweight *h)
+{
+    char cname[160];
+    snprintf(cname, sizeof cname, "repack_rows_junk_%s", name);
+    const size_t rb = qc_qweight_row_bytes(h);
+    int64_t split = (int64_t)h->n_pad / 2 / 8 * 8;
+    if (split % 64 == 0 && split >= 8)
+        split -= 8;
+    unsigned char *buf = malloc(h->w_bytes ? h->w_bytes : 1);
+    if (!buf) {
+        CHECK(cname, 0, "no memory for %zu bytes", h->w_bytes);
+        return;
+    }
+    memset(buf, 0xa5, h->w_bytes);
+    qc_err err = {0};
+    int rc = qc_qweight_pack_rows(l, h, QC_QW_WEIGHT, 0, split, buf, &err);
+    if (!rc)
+        rc = qc_qweight_pack_rows(l, h, QC_QW_WEIGHT, split, h->n_pad - split, buf + (size_t)split * rb, &err);
+    CHECK(cname, !rc && !memcmp(buf, h->w, h->w_bytes), "%s", rc ? err.msg : "bytes differ from the whole pack");
+    free(buf);
+}
+
 static void case_checks(const char *name, pub *p)
 {
     char cname[128];
@@ -334,6 +360,7 @@ static void case_checks(const char *name, pub *p)
         free(unp);
         return;
     }
+    rows_junk_check(name, l, &h);
     if (h.kind == QK_QW_INT4) { /* 16-bit scales alone exactly where tiled and every zero is 8 */
         char sname[160];
         snprintf(sname, sizeof sname, "repack_s16_%s", name);
@@ -2361,11 +2388,12 @@ int main(void)
     build_gptq(&p, "gptq_v1_asym", 1000, 5120, 64, 1, 0, 0);
     run_case("gptq_v1_asym_g64_1000x5120", &p);
     /* N not a multiple of 8: the repack's 8 x 8 word transpose leaves edge rows (and, K / 8 not a
-     * multiple of 8, edge words) to its word-by-word loop; tiled, with padding rows */
+     * multiple of 8, edge words) to its word-by-word loop; with padding rows, and (2080) without any
+     * padding, where the packer skips zeroing its rows */
     build_gptq(&p, "gptq_v2_asym_edge", 131, 1000, 64, 0, 0, 0);
     run_case("gptq_v2_asym_g64_131x1000", &p);
-    build_gptq(&p, "gptq_v1_sym_edge", 133, 2048, 128, 1, 1, 0);
-    run_case("gptq_v1_sym_g128_133x2048", &p);
+    build_gptq(&p, "gptq_v2_asym_edgek", 300, 2080, 32, 0, 0, 0);
+    run_case("gptq_v2_asym_g32_300x2080", &p);
     build_gptq(&p, "gptq_actorder", 96, 512, 128, 1, 1, 1);
     run_case("gptq_gidx_actorder_g128_96x512", &p);
     build_gptq(&p, "gptq_uneven", 72, 320, 64, 0, 0, 2);
@@ -2486,6 +2514,10 @@ int main(void)
      * a multiple of 1024 and whose groups are 32, 64 or 128: walks,
      * streamed kernel, dequantization, the host unpacking) */
     g_tile = true;
+    build_gptq(&p, "gptq_v1_sym_edge", 133, 2048, 128, 1, 1, 0); /* edge rows, padding rows */
+    run_case("tiled_gptq_v1_sym_g128_133x2048", &p);
+    build_gptq(&p, "gptq_v1_sym_edge8", 300, 2048, 128, 1, 1, 0); /* edge rows, no padding: nothing zeroed */
+    run_case("tiled_gptq_v1_sym_g128_300x2048", &p);
     build_gptq(&p, "gptq_v1_asym", 1000, 5120, 64, 1, 0, 0);
     run_case("tiled_gptq_v1_asym_g64_1000x5120", &p);
     build_gptq(&p, "gptq_longk", 40, 17408, 128, 0, 0, 0);
