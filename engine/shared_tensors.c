@@ -75,13 +75,29 @@ static uint64_t hash_piece(const unsigned char *b, size_t n)
  * loader's pool had started. */
 #define SH_PIECE ((size_t)32 << 20)
 
+enum { SH_MAXPIECES = 256 };
+
 typedef struct sh_par {
     const unsigned char *a, *b; /* b NULL: hash a's pieces into out; else compare a and b */
-    size_t n, npieces;
-    uint64_t *out;
+    size_t n, piece, npieces;
+    uint64_t out[SH_MAXPIECES];
     atomic_size_t next;
     atomic_int differ;
 } sh_par;
+
+/* n bytes at a (and b) in pieces of SH_PIECE, or of a multiple of it above
+ * 8 GiB so there are at most SH_MAXPIECES: a function of n alone. */
+static void sh_par_init(sh_par *p, const void *a, const void *b, size_t n)
+{
+    const size_t k = (n + SH_PIECE * SH_MAXPIECES - 1) / (SH_PIECE * SH_MAXPIECES);
+    p->a = a;
+    p->b = b;
+    p->n = n;
+    p->piece = SH_PIECE * (k ? k : 1);
+    p->npieces = (n + p->piece - 1) / p->piece;
+    atomic_init(&p->next, 0);
+    atomic_init(&p->differ, 0);
+}
 
 static void *sh_par_work(void *arg)
 {
@@ -90,7 +106,7 @@ static void *sh_par_work(void *arg)
         size_t i = atomic_fetch_add(&p->next, 1);
         if (i >= p->npieces || atomic_load(&p->differ))
             break;
-        size_t off = i * SH_PIECE, len = p->n - off < SH_PIECE ? p->n - off : SH_PIECE;
+        size_t off = i * p->piece, len = p->n - off < p->piece ? p->n - off : p->piece;
         if (!p->b)
             p->out[i] = hash_piece(p->a + off, len);
         else if (memcmp(p->a + off, p->b + off, len))
@@ -121,19 +137,11 @@ uint64_t qc_shared_hash_threads(const void *p, size_t n, int threads)
 {
     if (n <= SH_PIECE)
         return hash_piece(p, n);
-    sh_par par = {.a = p, .n = n, .npieces = (n + SH_PIECE - 1) / SH_PIECE};
-    uint64_t digests[256], *out = par.npieces <= 256 ? digests : malloc(par.npieces * sizeof *out);
-    if (!out)
-        return hash_piece(p, n) ^ 1; /* (only a missed share, if the same bytes hash otherwise elsewhere) */
-    par.out = out;
-    atomic_init(&par.next, 0);
-    atomic_init(&par.differ, 0);
+    sh_par par;
+    sh_par_init(&par, p, NULL, n);
     sh_par_run(&par, threads);
     /* the pieces' digests in order, and the length: never the thread count */
-    uint64_t h = hash_piece((const unsigned char *)out, par.npieces * sizeof *out) ^ mix((uint64_t)n);
-    if (out != digests)
-        free(out);
-    return h;
+    return hash_piece((const unsigned char *)par.out, par.npieces * sizeof *par.out) ^ mix((uint64_t)n);
 }
 
 uint64_t qc_shared_hash(const void *p, size_t n) { return qc_shared_hash_threads(p, n, qc_load_default_threads()); }
@@ -143,9 +151,8 @@ static int bytes_equal(const void *a, const void *b, size_t n)
 {
     if (n <= SH_PIECE)
         return !memcmp(a, b, n);
-    sh_par par = {.a = a, .b = b, .n = n, .npieces = (n + SH_PIECE - 1) / SH_PIECE};
-    atomic_init(&par.next, 0);
-    atomic_init(&par.differ, 0);
+    sh_par par;
+    sh_par_init(&par, a, b, n);
     sh_par_run(&par, qc_load_default_threads());
     return !atomic_load(&par.differ);
 }

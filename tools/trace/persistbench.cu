@@ -651,6 +651,19 @@ __device__ __forceinline__ slot_plan slots_plan(int G, int nu, int S)
     return p;
 }
 
+/* The shared-slot kernels' prologue, after their own shared counters are
+ * set: the PDL trigger, x, the block's plan and the slots' barriers (the
+ * block barrier among them). */
+__device__ __forceinline__ slot_plan slots_begin(uint4 *xs, uint64_t *full, uint64_t *empty, int G, int nu, int NS,
+                                                 int S, int C, int pdl)
+{
+    if (pdl) asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+    xs_fill(xs);
+    const slot_plan pl = slots_plan(G, nu, S);
+    slots_init(full, empty, NS, C);
+    return pl;
+}
+
 /* The producer lane: slot k gets steps A + k S on (codes then scales, each
  * from its own region; whole: one region of whole stages), once the slot is
  * free; freed(k) runs after that wait, before the copies. */
@@ -679,7 +692,6 @@ template <int NT, int MINB>
 __global__ void __launch_bounds__(NT, MINB) k_flow(const uint8_t *__restrict__ w, const uint8_t *__restrict__ sc,
                                                     float *out, int G, int nu, int NS, int S, int pdl, int mode)
 {
-    if (pdl) asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
     extern __shared__ __align__(128) uint8_t ring[];
     __shared__ __align__(8) uint64_t full[16], empty[16];
     __shared__ uint4 xs[1024];
@@ -687,13 +699,11 @@ __global__ void __launch_bounds__(NT, MINB) k_flow(const uint8_t *__restrict__ w
     __shared__ int left[FLOW_GR];
     const int C = (int)blockDim.x / 32 - 1;
     for (int i = (int)threadIdx.x; i < FLOW_GR; i += (int)blockDim.x) left[i] = nu;
-    xs_fill(xs);
+    const slot_plan pl = slots_begin(xs, full, empty, G, nu, NS, S, C, pdl);
     const int warp = (int)threadIdx.x >> 5, lane = (int)threadIdx.x & 31;
-    const slot_plan pl = slots_plan(G, nu, S);
     const int g0 = pl.g0, nslots = pl.nslots;
     const long long n = pl.n;
     const size_t SLOT = (size_t)S * STAGE;
-    slots_init(full, empty, NS, C);
     if (warp == 0) {
         if (lane != 0) return;
         int fin = 0; /* row groups of the block stored so far */
@@ -760,22 +770,19 @@ template <int NT, int MINB>
 __global__ void __launch_bounds__(NT, MINB) k_own(const uint8_t *__restrict__ w, const uint8_t *__restrict__ sc,
                                                    float *out, int G, int nu, int NS, int S, int pdl, int mode)
 {
-    if (pdl) asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
     extern __shared__ __align__(128) uint8_t ring[];
     __shared__ __align__(8) uint64_t full[16], empty[16];
     __shared__ uint4 xs[1024];
     __shared__ float part[OWN_GR][4][QK_QROWS];
     __shared__ int left[OWN_GR];
     const int C = (int)blockDim.x / 32 - 1;
-    xs_fill(xs);
     const int h = (nu + 5) / 6, P = (nu + h - 1) / h; /* pieces per row group, stages per piece */
     for (int i = (int)threadIdx.x; i < OWN_GR; i += (int)blockDim.x) left[i] = h;
+    const slot_plan pl = slots_begin(xs, full, empty, G, nu, NS, S, C, pdl);
     const int warp = (int)threadIdx.x >> 5, lane = (int)threadIdx.x & 31;
-    const slot_plan pl = slots_plan(G, nu, S);
     const int g0 = pl.g0, nslots = pl.nslots;
     const long long n = pl.n;
     const size_t SLOT = (size_t)S * STAGE;
-    slots_init(full, empty, NS, C);
     if (warp == 0) {
         if (lane == 0) slots_produce(w, sc, ring, full, empty, pl, NS, S, (mode & 2) != 0, [](int) {});
         return;
