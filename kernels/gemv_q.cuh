@@ -542,7 +542,10 @@ struct qg_bf16_step {
  * tensor cores can afford. Lane (g, t) holds the diagonal when t == g / 2
  * (register d[g & 1] / d[2 + (g & 1)]). All lanes run every mma (warp-wide
  * instruction), so the walk is warp-uniform and lanes past the row end feed
- * zeros. */
+ * zeros. FP8 and NVFP4 in the same form (f16 operands: x staged in f16 per
+ * group of 128 times a power of two, NVFP4 codes times their scale by
+ * HMUL2, all exact) measured 4-8 % slower on the 27B decode than their FFMA
+ * bodies (BENCHMARKS.md, twenty-ninth session), so only INT4 has one. */
 __device__ __forceinline__ void qg_mma_bf16(float *d, const uint32_t *a, uint32_t b0, uint32_t b1)
 {
     asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "

@@ -1313,6 +1313,89 @@ static void swiglu_perm_check(const char *name, int64_t N, int64_t I)
     pub_free(&p);
 }
 
+/* x far from [-1, 1] (every other GEMV check draws it from [-1, 1)), on
+ * the launch paths that read x differently (through L1, staged on 2 or 3
+ * blocks per SM, INT4's streamed kernel or walks): every group of 128 inputs at its own scale 2^-60 ..
+ * 2^60 with values spread over 2^-8 .. 1 of it (and some at 2^17, past
+ * f16's range: a kernel that converted x to f16 would fail here); the whole
+ * of x at 2^-80; at 2^60. Against the double reference. */
+static void xrange_check(const char *name, pub *p)
+{
+    const qc_linear *l = &p->l;
+    const int64_t N = l->n, K = l->k;
+    if (!gpu_init()) {
+        th_skip(name, gpu_why);
+        pub_free(p);
+        return;
+    }
+#ifdef QC_HAVE_CUDA
+    qc_err err = {0};
+    qk_qweight h, d;
+    char why[256] = "";
+    int ok = 1;
+    if (qc_qweight_pack_tiled(l, &h, g_tile, &err) || qc_qweight_upload(&h, &d, &err)) {
+        CHECK(name, 0, "pack/upload: %s", err.msg);
+        pub_free(p);
+        return;
+    }
+    float *ref = malloc((size_t)(N * K) * sizeof *ref), *xf = malloc((size_t)K * sizeof *xf);
+    float *y = malloc((size_t)N * sizeof *y);
+    double *yr = malloc((size_t)N * sizeof *yr);
+    uint16_t *xb = malloc((size_t)K * 2), *dx;
+    float *dy;
+    qc_linear_dequant_rows(l, 0, N, ref);
+    cudaMalloc((void **)&dx, (size_t)K * 2);
+    cudaMalloc((void **)&dy, (size_t)N * 4);
+    cudaStream_t qs;
+    cudaStreamCreateWithFlags(&qs, cudaStreamNonBlocking);
+    static const int modes[] = {0, 5, 6, 10, 1};
+    double worst = 0;
+    for (int pat = 0; ok && pat < 3; pat++) {
+        int ge = 0;
+        for (int64_t k = 0; k < K; k++) {
+            if (k % 128 == 0) ge = pat == 1 ? -80 : pat == 2 ? 60 : (int)rnd(121) - 60;
+            double u = (double)(urand() >> 11) / 4503599627370496.0 - 1.0; /* [-1, 1) */
+            int e = ge - (int)rnd(9);
+            if (pat == 0 && k % 97 == 0) e = 17; /* beyond f16's 65504 */
+            xb[k] = qc_f32_to_bf16((float)ldexp(u, e));
+            xf[k] = qc_bf16_to_f32(xb[k]);
+        }
+        for (int64_t n = 0; n < N; n++) {
+            double sum = 0;
+            for (int64_t k = 0; k < K; k++) sum += (double)ref[n * K + k] * xf[k];
+            yr[n] = sum;
+        }
+        cudaMemcpy(dx, xb, (size_t)K * 2, cudaMemcpyHostToDevice);
+        for (size_t m = 0; ok && m < sizeof modes / sizeof modes[0]; m++) {
+            qk_gemv_q_mode = modes[m];
+            cudaMemset(dy, 0xff, (size_t)N * 4);
+            cudaDeviceSynchronize();
+            int krc = qk_gemv_q(&d, dx, dy, 0, qs), src = (int)cudaStreamSynchronize(qs);
+            cudaMemcpy(y, dy, (size_t)N * 4, cudaMemcpyDeviceToHost);
+            double e = rel_l2(y, yr, N);
+            printf("# %s: x pattern %d, path %d: rel_l2 %.3g\n", name, pat, modes[m], e);
+            if (!(e <= worst)) worst = e;
+            ok = krc == 0 && src == 0 && e < 1e-5;
+            snprintf(why, sizeof why, "x pattern %d, path %d: launch %d sync %d rel_l2 %.3g", pat, modes[m], krc, src,
+                     e);
+        }
+    }
+    qk_gemv_q_mode = 0;
+    CHECK(name, ok, "%s", why);
+    cudaStreamDestroy(qs);
+    cudaFree(dx);
+    cudaFree(dy);
+    qc_qweight_free_dev(&d);
+    qc_qweight_free_host(&h);
+    free(ref);
+    free(xf);
+    free(y);
+    free(yr);
+    free(xb);
+#endif
+    pub_free(p);
+}
+
 /* A format that has no GPU layout must be refused with a message. */
 static void test_refusals(void)
 {
@@ -2556,6 +2639,16 @@ int main(void)
     swiglu_perm_check("swiglu_perm_down_actorder_96x17408", 96, 17408);
     swiglu_perm_check("swiglu_perm_down_actorder_40x1000", 40, 1000); /* K % 32 != 0: a short last group */
     test_norm_fused();
+    build_fp8(&p, "fp8_xrange", QC_FMT_FP8_BLOCK, 260, 1000, 128, 128, QC_DT_BF16);
+    xrange_check("xrange_fp8_block_260x1000", &p);
+    build_fp4(&p, "nvfp4_xrange", QC_FMT_NVFP4_CT, 300, 2080, 1234.567f);
+    xrange_check("xrange_nvfp4_ct_300x2080", &p);
+    build_fp4(&p, "mxfp4_xrange", QC_FMT_MXFP4_CT, 200, 640, 0);
+    xrange_check("xrange_mxfp4_200x640", &p);
+    g_tile = true; /* tiled: INT4's streamed kernel */
+    build_gptq(&p, "gptq_xrange", 136, 2048, 128, 0, 1, 0);
+    xrange_check("xrange_tiled_gptq_v2_sym_g128_136x2048", &p);
+    g_tile = false;
     test_refusals();
     test_moe();
 
