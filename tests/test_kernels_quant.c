@@ -302,6 +302,16 @@ static double rel_l2(const float *a, const double *ref, int64_t n)
     }
     return den > 0 ? sqrt(num / den) : sqrt(num);
 }
+
+/* yr = ref x in double: the N x K dequantized weights times the bf16 x (as floats). */
+static void ref_gemv(const float *ref, const float *xf, int64_t N, int64_t K, double *yr)
+{
+    for (int64_t n = 0; n < N; n++) {
+        double s = 0;
+        for (int64_t k = 0; k < K; k++) s += (double)ref[n * K + k] * xf[k];
+        yr[n] = s;
+    }
+}
 #endif
 
 static int64_t emulate_decode(const qk_qweight *q, const float *ref);
@@ -423,11 +433,7 @@ static void case_checks(const char *name, pub *p)
         xf[k] = qc_bf16_to_f32(xb[k]);
     }
     double *yr = malloc((size_t)N * sizeof *yr), *yr0 = malloc((size_t)N * sizeof *yr0);
-    for (int64_t n = 0; n < N; n++) {
-        double s = 0;
-        for (int64_t k = 0; k < K; k++) s += (double)ref[n * K + k] * xf[k];
-        yr0[n] = s;
-    }
+    ref_gemv(ref, xf, N, K, yr0);
     uint16_t *dx;
     float *dy, *y = malloc((size_t)N * sizeof *y);
     uint16_t *dq, *hq;
@@ -687,11 +693,7 @@ static void fused_check(const char *name, pub *p, int np, int64_t K)
         float *ref = malloc((size_t)(N * K) * sizeof *ref);
         qc_linear_dequant_rows(&p[i].l, 0, N, ref);
         yr[i] = malloc((size_t)N * sizeof *yr[i]);
-        for (int64_t n = 0; n < N; n++) {
-            double acc = 0;
-            for (int64_t k = 0; k < K; k++) acc += (double)ref[n * K + k] * xf[k];
-            yr[i][n] = acc;
-        }
+        ref_gemv(ref, xf, N, K, yr[i]);
         free(ref);
         if (!part_upload(&p[i], i, &d[i], why, sizeof why)) ok = 0;
         dp[i] = &d[i];
@@ -1315,29 +1317,24 @@ static void swiglu_perm_check(const char *name, int64_t N, int64_t I)
 
 /* x far from [-1, 1] (every other GEMV check draws it from [-1, 1)), on
  * the launch paths that read x differently (through L1, staged on 2 or 3
- * blocks per SM, INT4's streamed kernel or walks): every group of 128 inputs at its own scale 2^-60 ..
- * 2^60 with values spread over 2^-8 .. 1 of it (and some at 2^17, past
- * f16's range: a kernel that converted x to f16 would fail here); the whole
- * of x at 2^-80; at 2^60. Against the double reference. */
+ * blocks per SM, INT4's streamed kernel or walks): every group of 128
+ * inputs at its own scale 2^-60 .. 2^60 with values spread over 2^-8 .. 1
+ * of it (and some at 2^17, past f16's range); the whole of x at 2^-80; at
+ * 2^60. Against the double reference. */
 static void xrange_check(const char *name, pub *p)
 {
     const qc_linear *l = &p->l;
     const int64_t N = l->n, K = l->k;
-    if (!gpu_init()) {
-        th_skip(name, gpu_why);
-        pub_free(p);
-        return;
-    }
+    if (!parts_gpu_or_skip(name, p, 1)) return;
 #ifdef QC_HAVE_CUDA
-    qc_err err = {0};
-    qk_qweight h, d;
+    qk_qweight d;
     char why[256] = "";
-    int ok = 1;
-    if (qc_qweight_pack_tiled(l, &h, g_tile, &err) || qc_qweight_upload(&h, &d, &err)) {
-        CHECK(name, 0, "pack/upload: %s", err.msg);
+    if (!part_upload(p, 0, &d, why, sizeof why)) {
+        CHECK(name, 0, "%s", why);
         pub_free(p);
         return;
     }
+    int ok = 1;
     float *ref = malloc((size_t)(N * K) * sizeof *ref), *xf = malloc((size_t)K * sizeof *xf);
     float *y = malloc((size_t)N * sizeof *y);
     double *yr = malloc((size_t)N * sizeof *yr);
@@ -1349,7 +1346,6 @@ static void xrange_check(const char *name, pub *p)
     cudaStream_t qs;
     cudaStreamCreateWithFlags(&qs, cudaStreamNonBlocking);
     static const int modes[] = {0, 5, 6, 10, 1};
-    double worst = 0;
     for (int pat = 0; ok && pat < 3; pat++) {
         int ge = 0;
         for (int64_t k = 0; k < K; k++) {
@@ -1360,11 +1356,7 @@ static void xrange_check(const char *name, pub *p)
             xb[k] = qc_f32_to_bf16((float)ldexp(u, e));
             xf[k] = qc_bf16_to_f32(xb[k]);
         }
-        for (int64_t n = 0; n < N; n++) {
-            double sum = 0;
-            for (int64_t k = 0; k < K; k++) sum += (double)ref[n * K + k] * xf[k];
-            yr[n] = sum;
-        }
+        ref_gemv(ref, xf, N, K, yr);
         cudaMemcpy(dx, xb, (size_t)K * 2, cudaMemcpyHostToDevice);
         for (size_t m = 0; ok && m < sizeof modes / sizeof modes[0]; m++) {
             qk_gemv_q_mode = modes[m];
@@ -1374,7 +1366,6 @@ static void xrange_check(const char *name, pub *p)
             cudaMemcpy(y, dy, (size_t)N * 4, cudaMemcpyDeviceToHost);
             double e = rel_l2(y, yr, N);
             printf("# %s: x pattern %d, path %d: rel_l2 %.3g\n", name, pat, modes[m], e);
-            if (!(e <= worst)) worst = e;
             ok = krc == 0 && src == 0 && e < 1e-5;
             snprintf(why, sizeof why, "x pattern %d, path %d: launch %d sync %d rel_l2 %.3g", pat, modes[m], krc, src,
                      e);
@@ -1386,7 +1377,6 @@ static void xrange_check(const char *name, pub *p)
     cudaFree(dx);
     cudaFree(dy);
     qc_qweight_free_dev(&d);
-    qc_qweight_free_host(&h);
     free(ref);
     free(xf);
     free(y);
