@@ -12,6 +12,7 @@
 
 #include "cmd.h"
 #include "qchat.h"
+#include "sampler.h"
 #include "st_write.h"
 
 static int usage(const char *msg)
@@ -232,6 +233,14 @@ int cmd_score(int argc, char **argv)
         goto done;
     if ((rc = qc_session_prefill_full(s, ids, n, chunk, logits, norm, &err)))
         goto done;
+    /* a row with a NaN or infinite logit is refused, not written (sampler.h) */
+    for (int t = 0; t < n; t++) {
+        const int64_t bad = qc_logits_count_nonfinite(logits + (size_t)t * info.vocab_size, info.vocab_size);
+        if (bad) {
+            rc = qc_logits_nonfinite_error(&err, bad, info.vocab_size, t);
+            goto done;
+        }
+    }
     out_tensor ts[2] = {{"logits", logits, n, info.vocab_size}, {"final_norm", norm, n, info.hidden_size}};
     rc = write_safetensors(out_path, ts, want_norm ? 2 : 1, &err);
 done:

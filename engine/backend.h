@@ -110,10 +110,13 @@ extern const qc_backend qc_cpu_backend;
  *   sample_next   draws the next id from it as qc_sampler_sample(smp, row,
  *                 vocab_size) would (not recording it), copying back only
  *                 what the draw needs; *copied_row set when the whole row
- *                 came back into s->logits on the way. */
+ *                 came back into s->logits on the way; *nonfinite the
+ *                 number of NaN or infinite logits among the ids smp can
+ *                 draw (the session refuses the row when it is not 0). */
 typedef struct qc_backend_sampling {
     int (*fetch_logits)(qc_session *s, qc_err *err);
-    int (*sample_next)(qc_session *s, qc_sampler *smp, int32_t *next, bool *copied_row, qc_err *err);
+    int (*sample_next)(qc_session *s, qc_sampler *smp, int32_t *next, bool *copied_row, int64_t *nonfinite,
+                       qc_err *err);
 } qc_backend_sampling;
 const qc_backend_sampling *qc_backend_sampling_of(const qc_backend *be);
 

@@ -248,6 +248,12 @@ static int ck_classify_int(qc_ckpt *ck, const char *x, int64_t N, int64_t K, qc_
             return qc_err_set(ck->err, QC_EXIT_CHECKPOINT,
                               "%s: tensor %s implies %d-bit weights; only 4 and 8 are supported",
                               ck_file(ck, qw), qw->name, l->bits);
+        /* The shape gives the bits; a config that states other bits for
+         * every module (no per-module overrides) contradicts the file. */
+        if (q->bits && q->bits != l->bits && !q->per_module)
+            return qc_err_set(ck->err, QC_EXIT_CHECKPOINT,
+                              "%s: tensor %s has shape of %d-bit weights, but config.json says bits %d",
+                              ck_file(ck, qw), qw->name, l->bits, q->bits);
         const qc_tensor *qz = ck_find(ck, x, "qzeros"), *sc = ck_find(ck, x, "scales");
         if (!qz)
             return ck_missing(ck, qw, x, fn, "qzeros");
@@ -264,7 +270,7 @@ static int ck_classify_int(qc_ckpt *ck, const char *x, int64_t N, int64_t K, qc_
             return qc_err_set(ck->err, QC_EXIT_CHECKPOINT,
                               "%s: tensor %s has %lld groups, not ceil(K / group size) for K=%lld",
                               ck_file(ck, sc), sc->name, (long long)ng, (long long)K);
-        int64_t pn = N * l->bits / 32;
+        int64_t pn = (N * l->bits + 31) / 32; /* qzeros words per group: N rounded up to whole words */
         if ((rc = ck_shape2(ck, sc, ng, N)) || (rc = ck_shape2(ck, qz, ng, pn)))
             return rc;
         l->weight = qw;
@@ -318,9 +324,15 @@ static int ck_classify_int(qc_ckpt *ck, const char *x, int64_t N, int64_t K, qc_
             return rc;
         l->weight = wp;
         l->scale = sc;
+        l->weight_shape = ws;
         l->group_size = (int)G;
         l->zeros = ck_find(ck, x, "weight_zero_point");
         l->symmetric = l->zeros == NULL;
+        if (!l->zeros && q->all_asym)
+            return qc_err_set(ck->err, QC_EXIT_CHECKPOINT,
+                              "%s: quantized module %s (ct-int) lacks its tensor %s.weight_zero_point, "
+                              "which config.json's symmetric: false requires",
+                              ck_file(ck, wp), x, x);
         if (l->zeros && (rc = ck_shape2(ck, l->zeros, (N * l->bits + 31) / 32, ng)))
             return rc;
         l->g_idx = ck_find(ck, x, "weight_g_idx");
@@ -337,6 +349,19 @@ static int ck_classify_int(qc_ckpt *ck, const char *x, int64_t N, int64_t K, qc_
     if (!sc)
         return ck_missing(ck, wp, x, "fp4 compressed-tensors", "weight_scale");
     bool mx = sc->dtype == QC_DT_U8 || sc->dtype == QC_DT_F8_E8M0;
+    /* The scale dtype tells NVFP4 (E4M3 scales, a global scale) from MXFP4
+     * (E8M0, none); a global scale or a config naming nvfp4 next to E8M0
+     * scales is a damaged NVFP4 module, not an MXFP4 one. */
+    const qc_tensor *gs = ck_find(ck, x, "weight_global_scale");
+    if (mx && (gs || strstr(q->format, "nvfp4")))
+        return qc_err_set(ck->err, QC_EXIT_CHECKPOINT,
+                          "%s: tensor %s has dtype %s (MXFP4 scales), but %s: NVFP4 scales are F8_E4M3",
+                          ck_file(ck, sc), sc->name, qc_dtype_name(sc->dtype),
+                          gs ? "the module has a weight_global_scale" : "config.json says nvfp4");
+    if (!mx && strstr(q->format, "mxfp4"))
+        return qc_err_set(ck->err, QC_EXIT_CHECKPOINT,
+                          "%s: tensor %s has dtype %s, but config.json says mxfp4: MXFP4 scales are U8 (E8M0)",
+                          ck_file(ck, sc), sc->name, qc_dtype_name(sc->dtype));
     l->format = mx ? QC_FMT_MXFP4_CT : QC_FMT_NVFP4_CT;
     l->bits = 4;
     l->group_size = mx ? 32 : 16;
@@ -415,7 +440,7 @@ static int ck_classify(qc_ckpt *ck, const char *x, int64_t N, int64_t K, qc_line
             }
             l->input_scale = ck_find(ck, x, "input_scale");
         } else {
-            return ck_missing(ck, w, x, "fp8", "weight_scale_inv");
+            return ck_missing(ck, w, x, "fp8", "weight_scale_inv (fp8-block) or weight_scale");
         }
     } else if (w->dtype == QC_DT_U8) { /* ModelOpt NVFP4 */
         l->format = QC_FMT_NVFP4_MODELOPT;

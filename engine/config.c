@@ -204,6 +204,20 @@ static void quant_defaults(qc_quant_config *q)
     q->sym = true;
 }
 
+/* Whether a per-module override map (AutoRound's extra_config: {module:
+ * {bits: ...}}, GPTQ's dynamic: {"+:regex": {bits: ...}}) gives some modules
+ * quantized bits other than `bits`; 16-bit entries (modules left
+ * unquantized, as AutoRound's in_proj_a/b) do not count. */
+static bool quant_overrides_bits(const cJSON *map, int bits)
+{
+    for (const cJSON *e = cJSON_IsObject(map) ? map->child : NULL; e; e = e->next) {
+        const cJSON *b = cfg_get(e, "bits");
+        if (cJSON_IsNumber(b) && b->valuedouble < 16 && (int)b->valuedouble != bits)
+            return true;
+    }
+    return false;
+}
+
 /* quantization_config of config.json, or the "quantization" object of
  * hf_quant_config.json (ModelOpt). Parameters only; see config.h. */
 static int cfg_quant(const cfg_ctx *c0, const cJSON *qc, qc_quant_config *q)
@@ -240,6 +254,8 @@ static int cfg_quant(const cfg_ctx *c0, const cJSON *qc, qc_quant_config *q)
         q->block_n = (int)bs->child->valuedouble;
         q->block_k = (int)bs->child->next->valuedouble;
     }
+    q->per_module = quant_overrides_bits(cfg_get(qc, "extra_config"), q->bits) ||
+                    quant_overrides_bits(cfg_get(qc, "dynamic"), q->bits);
     const char *m = q->quant_method;
     if (!strcmp(m, "gptq")) {
         cfg_str(qc, "checkpoint_format", q->format, sizeof q->format);
@@ -261,21 +277,29 @@ static int cfg_quant(const cfg_ctx *c0, const cJSON *qc, qc_quant_config *q)
         cfg_str(qc, "format", q->format, sizeof q->format);
         const cJSON *groups = cfg_get(qc, "config_groups");
         /* the first group with weight parameters; mixed configs are
-         * classified per module from the tensors anyway */
+         * classified per module from the tensors anyway. all_asym: whether
+         * every group says symmetric: false, so that a module without its
+         * zero points is an error whichever group it belongs to. */
+        int ngroups = 0, nasym = 0;
         for (const cJSON *g = groups ? groups->child : NULL; g && !rc; g = g->next) {
             const cJSON *w = cfg_get(g, "weights");
             if (!cJSON_IsObject(w))
                 continue;
             c.where = "quantization_config.config_groups.*.weights.";
-            rc = cfg_int(&c, w, "num_bits", false, 1, 16, &q->bits);
+            bool sym = true;
+            rc = cfg_bool(&c, w, "symmetric", &sym, NULL);
+            nasym += !sym;
+            if (ngroups++)
+                continue;
+            q->sym = sym;
+            if (!rc)
+                rc = cfg_int(&c, w, "num_bits", false, 1, 16, &q->bits);
             if (!rc)
                 rc = cfg_int(&c, w, "group_size", false, -1, CFG_MAX_DIM, &q->group_size);
-            if (!rc)
-                rc = cfg_bool(&c, w, "symmetric", &q->sym, NULL);
             if (!q->format[0])
                 cfg_str(g, "format", q->format, sizeof q->format);
-            break;
         }
+        q->all_asym = ngroups > 0 && nasym == ngroups;
     } else if (!strcmp(m, "modelopt") || cfg_get(qc, "quant_algo")) {
         if (!m[0])
             snprintf(q->quant_method, sizeof q->quant_method, "modelopt");

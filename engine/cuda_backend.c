@@ -2494,7 +2494,7 @@ struct qc_cuda_sampling {
     qk_stream st;
     float *work;    /* [vocab] penalised copy of the row */
     int32_t *hist;  /* [2 * n_tokens]: history ids, then their counts */
-    int32_t *out;   /* [1 + 2 * CU_SMP_CMAX] (qk_sample_topc) */
+    int32_t *out;   /* [2 + 2 * CU_SMP_CMAX] (qk_sample_topc) */
     int32_t *h_hist, *h_out; /* pinned host mirrors */
 };
 
@@ -2506,7 +2506,7 @@ int qc_cuda_sampling_new(int vocab, int n_tokens, qk_stream st, qc_cuda_sampling
     ds->vocab = vocab;
     ds->n_tokens = n_tokens;
     ds->st = st;
-    size_t nh = 2 * (size_t)n_tokens * sizeof(int32_t), no = (1 + 2 * (size_t)CU_SMP_CMAX) * sizeof(int32_t);
+    size_t nh = 2 * (size_t)n_tokens * sizeof(int32_t), no = (2 + 2 * (size_t)CU_SMP_CMAX) * sizeof(int32_t);
     int rc = cu_alloc(&ds->pool, (size_t)vocab * sizeof(float), QC_MEM_SCRATCH, (void **)&ds->work, err,
                       "sampling row");
     if (!rc) rc = cu_alloc(&ds->pool, nh, QC_MEM_SCRATCH, (void **)&ds->hist, err, "sampling history");
@@ -2535,11 +2535,12 @@ void qc_cuda_sampling_free(qc_cuda_sampling *ds)
 uint64_t qc_cuda_sampling_bytes(const qc_cuda_sampling *ds) { return ds ? ds->pool.bytes[QC_MEM_SCRATCH] : 0; }
 
 int qc_cuda_sampling_draw(qc_cuda_sampling *ds, const float *d_logits, int vocab, qc_sampler *smp, float *host_row,
-                          int32_t *next, bool *copied_row, qc_err *err)
+                          int32_t *next, bool *copied_row, int64_t *nonfinite, qc_err *err)
 {
     cudaStream_t st = (cudaStream_t)ds->st;
     *next = -1;
     *copied_row = false;
+    *nonfinite = 0;
     int nv = vocab < qc_sampler_n_tokens(smp) ? vocab : qc_sampler_n_tokens(smp);
     if (nv > ds->vocab || nv > ds->n_tokens)
         return qc_err_set(err, QC_EXIT_RUNTIME, "device sampling: row of %d ids exceeds its buffers", nv);
@@ -2563,7 +2564,7 @@ int qc_cuda_sampling_draw(qc_cuda_sampling *ds, const float *d_logits, int vocab
         }
         if (C > nv) C = nv;
         CK(qk_sample_topc(row, nv, C, ds->out, ds->st));
-        size_t nb = (1 + 2 * (size_t)C) * sizeof(int32_t);
+        size_t nb = (2 + 2 * (size_t)C) * sizeof(int32_t);
         if (cudaMemcpyAsync(ds->h_out, ds->out, nb, cudaMemcpyDeviceToHost, st) != cudaSuccess)
             return qc_err_set(err, QC_EXIT_RUNTIME, "CUDA: copying the sampling candidates failed");
         cudaError_t e = cudaStreamSynchronize(st);
@@ -2571,6 +2572,8 @@ int qc_cuda_sampling_draw(qc_cuda_sampling *ds, const float *d_logits, int vocab
         if (e != cudaSuccess) return qc_err_set(err, QC_EXIT_RUNTIME, "CUDA: sampling failed: %s", cudaGetErrorString(e));
         int m = ds->h_out[0];
         if (m < 0 || m > C) return qc_err_set(err, QC_EXIT_RUNTIME, "device sampling: bad candidate count %d", m);
+        /* (the penalised copy has NaN as -inf for the penalised ids: as many non-finite) */
+        *nonfinite = ds->h_out[1 + 2 * C];
         /* m == C < nv: the largest C of the row; fewer: all its finite entries. */
         bool partial = m == C && C < nv;
         int rc = qc_sampler_sample_candidates(smp, (const float *)(ds->h_out + 1 + C), ds->h_out + 1, m, partial, next);
@@ -2581,6 +2584,7 @@ int qc_cuda_sampling_draw(qc_cuda_sampling *ds, const float *d_logits, int vocab
         cudaStreamSynchronize(st) != cudaSuccess)
         return qc_err_set(err, QC_EXIT_RUNTIME, "CUDA: copying logits failed");
     *copied_row = true;
+    *nonfinite = qc_logits_count_nonfinite(host_row, nv);
     *next = qc_sampler_sample(smp, host_row, vocab);
     return QC_OK;
 }
@@ -2597,14 +2601,16 @@ static int cuda_fetch_logits(qc_session *s, qc_err *err)
     return sync_check(cs, err, "copying logits");
 }
 
-static int cuda_sample_next(qc_session *s, qc_sampler *smp, int32_t *next, bool *copied_row, qc_err *err)
+static int cuda_sample_next(qc_session *s, qc_sampler *smp, int32_t *next, bool *copied_row, int64_t *nonfinite,
+                            qc_err *err)
 {
     qc_cuda_sess *cs = s->be_sess;
     if (!cs->smp) {
         int rc = qc_cuda_sampling_new(cs->cm->sh.vocab, cs->cm->sh.n_tokens, cs->cm->st, &cs->smp, err);
         if (rc) return rc;
     }
-    return qc_cuda_sampling_draw(cs->smp, cs->logits, cs->cm->sh.vocab, smp, s->logits, next, copied_row, err);
+    return qc_cuda_sampling_draw(cs->smp, cs->logits, cs->cm->sh.vocab, smp, s->logits, next, copied_row, nonfinite,
+                                 err);
 }
 
 const qc_backend_sampling qc_cuda_backend_sampling = {cuda_fetch_logits, cuda_sample_next};

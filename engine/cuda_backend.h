@@ -91,12 +91,14 @@ int qc_cuda_sample(qc_cuda_sess *cs, const qk_sample_params *sp, int32_t *next, 
  * on stream st. qc_cuda_sampling_draw returns in *next the id
  * qc_sampler_sample(smp, row, vocab) would return (without recording it),
  * copying back only the top candidates when top-k allows, else the row into
- * host_row ([vocab] floats; *copied_row tells). */
+ * host_row ([vocab] floats; *copied_row tells). *nonfinite: how many of the
+ * ids smp can draw have a NaN or infinite logit (the draw treats NaN as -inf,
+ * as qc_sampler_sample does; sessions refuse such a row, sampler.h). */
 typedef struct qc_cuda_sampling qc_cuda_sampling;
 int qc_cuda_sampling_new(int vocab, int n_tokens, qk_stream st, qc_cuda_sampling **out, qc_err *err);
 void qc_cuda_sampling_free(qc_cuda_sampling *ds);
 int qc_cuda_sampling_draw(qc_cuda_sampling *ds, const float *d_logits, int vocab, qc_sampler *smp, float *host_row,
-                          int32_t *next, bool *copied_row, qc_err *err);
+                          int32_t *next, bool *copied_row, int64_t *nonfinite, qc_err *err);
 uint64_t qc_cuda_sampling_bytes(const qc_cuda_sampling *ds);
 /* The session hooks (backend.h) of the CUDA backend. */
 extern const qc_backend_sampling qc_cuda_backend_sampling;

@@ -419,6 +419,7 @@ static int int4_s_rows(const qc_linear *l, const qk_qweight *q, int64_t r0, int6
 {
     const int64_t N = l->n, ng = int4_ngroups(l);
     const qc_dtype sdt = l->scale->dtype;
+    const uint16_t e16 = sdt == QC_DT_BF16 ? 0x7f80u : 0x7c00u; /* exponent bits: all set = NaN or inf */
     uint32_t *sw = dst;
     uint16_t *sh = dst;
     memset(dst, 0, (size_t)(nr * q->ngroups) * (q->s16 ? 2 : 4));
@@ -428,6 +429,8 @@ static int int4_s_rows(const qc_linear *l, const qk_qweight *q, int64_t r0, int6
             uint32_t s16;
             if (sdt == QC_DT_F32) {
                 float v = qc_tensor_get_f32(l->scale, si);
+                if (!isfinite(v))
+                    return qc_linear_scale_error(l, si, err);
                 uint16_t h = 0;
                 if (q->scale_f16)
                     f32_to_f16_exact(v, &h);
@@ -436,6 +439,8 @@ static int int4_s_rows(const qc_linear *l, const qk_qweight *q, int64_t r0, int6
                 s16 = h;
             } else {
                 s16 = qc_ld_u16(l->scale->data, si);
+                if ((s16 & e16) == e16)
+                    return qc_linear_scale_error(l, si, err);
             }
             int64_t z = int4_zero(l, n, g, ng);
             if (z < 0 || z > 255) /* refused by the plan already; kept as a guard */
@@ -619,7 +624,10 @@ static void fp4_w_rows(const qc_linear *l, const qk_qweight *q, int64_t r0, int6
     }
 }
 
-static void fp4_s_rows(const qc_linear *l, const qk_qweight *q, int64_t r0, int64_t nr, uint8_t *s)
+/* Each row's scale bytes checked as they are copied, while in L1 (a
+ * separate pass over a 27B NVFP4 file's 1.5 GB of scales cost its load
+ * ~7 %, BENCHMARKS.md thirtieth session). */
+static int fp4_s_rows(const qc_linear *l, const qk_qweight *q, int64_t r0, int64_t nr, uint8_t *s, qc_err *err)
 {
     const bool mx = l->format == QC_FMT_MXFP4_CT;
     const int64_t bs = mx ? 32 : 16, nb_src = ceil_div(l->k, bs), nb = q->k_pad / bs;
@@ -627,10 +635,15 @@ static void fp4_s_rows(const qc_linear *l, const qk_qweight *q, int64_t r0, int6
     for (int64_t r = 0; r < nr; r++) {
         const int64_t n = r0 + r;
         int64_t have = n < l->n ? nb_src : 0;
-        if (have)
+        if (have) {
             memcpy(s + r * nb, ss + n * nb_src, (size_t)nb_src);
+            const int64_t bad = qc_scale_first_nonfinite(l->scale, n * nb_src, nb_src);
+            if (bad >= 0)
+                return qc_linear_scale_error(l, bad, err);
+        }
         memset(s + r * nb + have, 0, (size_t)(nb - have));
     }
+    return QC_OK;
 }
 
 /* ---- BF16 ----------------------------------------------------------------- */
@@ -761,14 +774,14 @@ int qc_qweight_pack_rows(const qc_linear *l, const qk_qweight *q, int what, int6
         return QC_OK;
     }
     switch (q->kind) {
-    case QK_QW_FP8:
+    case QK_QW_FP8: /* (small: one scale per block, row or tensor) */
         if (r0 != 0 || nr != q->n_pad)
             return pack_fail(l, err, "FP8 scales are packed whole");
         fp8_scales(l, q, dst);
-        return QC_OK;
+        return qc_linear_check_scales(l, 0, l->n, err);
     case QK_QW_INT4: return int4_s_rows(l, q, r0, nr, dst, err);
     case QK_QW_BF16: return QC_OK;
-    default: fp4_s_rows(l, q, r0, nr, dst); return QC_OK;
+    default: return fp4_s_rows(l, q, r0, nr, dst, err);
     }
 }
 

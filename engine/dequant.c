@@ -490,9 +490,17 @@ static int vpresent(const qc_linear *l, const qc_tensor *t, const char *role, qc
 static int vshape2(const qc_linear *l, const qc_tensor *t, const char *role, int64_t rows,
                    int64_t cols, qc_err *err)
 {
-    if (t->ndim != 2 || t->shape[0] != rows || t->shape[1] != cols)
-        return vfail(l, err, "%s %s has shape %s, expected [%lld, %lld]", role, tname(t),
-                     t->ndim == 2 ? "other" : "of wrong rank", (long long)rows, (long long)cols);
+    if (t->ndim != 2 || t->shape[0] != rows || t->shape[1] != cols) {
+        char got[96] = "[";
+        for (int i = 0; i < t->ndim; i++) {
+            size_t u = strlen(got);
+            snprintf(got + u, sizeof got - u, "%s%lld", i ? ", " : "", (long long)t->shape[i]);
+        }
+        size_t u = strlen(got);
+        snprintf(got + u, sizeof got - u, "]");
+        return vfail(l, err, "%s %s has shape %s, expected [%lld, %lld]", role, tname(t), got,
+                     (long long)rows, (long long)cols);
+    }
     return QC_OK;
 }
 
@@ -524,6 +532,24 @@ static int vgroups(const qc_linear *l, const qc_tensor *s, int64_t ng, qc_err *e
     if (ng != ceil_div(l->k, int_group(l)))
         return vfail(l, err, "%s has %lld groups, group size %lld implies %lld", tname(s), (long long)ng,
                      (long long)int_group(l), (long long)ceil_div(l->k, int_group(l)));
+    return QC_OK;
+}
+
+/* ct-int's weight_shape, when there, states [N, K] (integers). */
+static int vweight_shape(const qc_linear *l, qc_err *err)
+{
+    const qc_tensor *t = l->weight_shape;
+    if (!t)
+        return QC_OK;
+    int rc = vpresent(l, t, "weight_shape", err);
+    if (rc)
+        return rc;
+    if (!dt_int(t->dtype) || t->numel != 2)
+        return vfail(l, err, "weight_shape %s must be two integers [N, K]", tname(t));
+    const int64_t n = tensor_get_i64(t, 0), k = tensor_get_i64(t, 1);
+    if (n != l->n || k != l->k)
+        return vfail(l, err, "weight_shape %s says [%lld, %lld], but the module is [%lld, %lld]", tname(t),
+                     (long long)n, (long long)k, (long long)l->n, (long long)l->k);
     return QC_OK;
 }
 
@@ -637,12 +663,16 @@ int qc_linear_validate(const qc_linear *l, qc_err *err)
             VTRY(vpresent(l, l->zeros, "weight_zero_point", err));
             if (!dt_int(l->zeros->dtype))
                 return vfail(l, err, "weight_zero_point %s must be integer", tname(l->zeros));
+            const qc_tensor *z = l->zeros;
+            if (!ct_zeros_packed(l) && z->ndim == 2 && z->shape[0] == ceil_div(N, pf) && z->shape[0] != N)
+                return vfail(l, err, "weight_zero_point %s has the packed shape but dtype %s: packed zero points are I32",
+                             tname(z), qc_dtype_name(z->dtype));
             if (!ct_zeros_packed(l))
                 VTRY(vshape2(l, l->zeros, "weight_zero_point", N, ng, err));
         } else if (!l->symmetric) {
             return vfail(l, err, "asymmetric without weight_zero_point");
         }
-        return QC_OK;
+        return vweight_shape(l, err);
     }
     case QC_FMT_NVFP4_CT:
     case QC_FMT_NVFP4_MODELOPT:
@@ -672,11 +702,102 @@ int qc_linear_validate(const qc_linear *l, qc_err *err)
         if (!(g > 0.0f) || isinf(g))
             return vfail(l, err, "%s %s = %g is not a positive finite number", gname,
                          tname(l->global_scale), (double)g);
+        if (l->format == QC_FMT_NVFP4_CT && isinf(1.0f / g)) /* a divisor: its reciprocal multiplies */
+            return vfail(l, err, "%s %s = %g is too small: its reciprocal overflows", gname,
+                         tname(l->global_scale), (double)g);
         return QC_OK;
     }
     default:
         return vfail(l, err, "unknown weight format %d", (int)l->format);
     }
+}
+
+/* Whether any of the n elements of w bytes at p has its exponent bits all
+ * set (NaN or infinity, judged on the stored bits), 8 bytes at a time: lane
+ * by lane, (x & E) + L carries into the lane's top bit H only when every bit
+ * of E is set (E's top bit clear, L its lowest bit, so no carry leaves the
+ * lane). E8M0 (exp8 true) has no sign bit: its NaN is the byte 0xFF, found
+ * as a zero byte of ~x. A 27B NVFP4 file has 1.5 GB of E4M3 scales; a byte
+ * loop that stopped at the first bad one cost its load ~0.28 s of 1 s on the
+ * H100 host (BENCHMARKS.md, thirtieth session). */
+static bool swar_any_nonfinite(const unsigned char *p, int64_t n, int w, uint64_t E, uint64_t L, uint64_t H,
+                               bool exp8)
+{
+    const int64_t nb = n * w;
+    uint64_t acc = 0;
+    for (int64_t i = 0; i < nb; i += 8) {
+        uint64_t x = 0;
+        /* whole elements (w divides 8); zero padding passes both tests */
+        memcpy(&x, p + i, (size_t)(nb - i < 8 ? nb - i : 8));
+        if (exp8) {
+            const uint64_t y = ~x;
+            acc |= (y - 0x0101010101010101ull) & ~y & 0x8080808080808080ull;
+        } else {
+            acc |= ((x & E) + L) & H;
+        }
+    }
+    return acc != 0;
+}
+
+int64_t qc_scale_first_nonfinite(const qc_tensor *t, int64_t off, int64_t n)
+{
+    const unsigned char *d = t->data;
+    bool any;
+    switch (t->dtype) {
+    case QC_DT_F8_E4M3: any = swar_any_nonfinite(d + off, n, 1, 0x7f7f7f7f7f7f7f7full, 0x0101010101010101ull,
+                                                 0x8080808080808080ull, false); break;
+    case QC_DT_F8_E8M0:
+    case QC_DT_U8: any = swar_any_nonfinite(d + off, n, 1, 0, 0, 0, true); break;
+    case QC_DT_BF16: any = swar_any_nonfinite(d + 2 * off, n, 2, 0x7f807f807f807f80ull, 0x0080008000800080ull,
+                                              0x8000800080008000ull, false); break;
+    case QC_DT_F16: any = swar_any_nonfinite(d + 2 * off, n, 2, 0x7c007c007c007c00ull, 0x0400040004000400ull,
+                                             0x8000800080008000ull, false); break;
+    case QC_DT_F32: any = swar_any_nonfinite(d + 4 * off, n, 4, 0x7f8000007f800000ull, 0x0080000000800000ull,
+                                             0x8000000080000000ull, false); break;
+    default: any = true; /* F64: element by element below */
+    }
+    if (any) /* which one (rare: the file is refused) */
+        for (int64_t i = off; i < off + n; i++)
+            if (!isfinite(qc_tensor_get_f32(t, i)) || ((t->dtype == QC_DT_U8 || t->dtype == QC_DT_F8_E8M0) && d[i] == 0xffu))
+                return i;
+    return -1;
+}
+
+int qc_linear_check_scales(const qc_linear *l, int64_t r0, int64_t nr, qc_err *err)
+{
+    const qc_tensor *s = l->scale;
+    if (r0 + nr > l->n) /* packed row ranges run into the padding rows */
+        nr = l->n - r0;
+    if (!s || nr <= 0)
+        return QC_OK;
+    int64_t bad = -1;
+    switch (l->format) {
+    case QC_FMT_FP8_BLOCK: { /* [ceil(N / bn), ceil(K / bk)]: the block rows of rows r0 .. */
+        const int64_t sbk = ceil_div(l->k, l->block_k), b0 = r0 / l->block_n;
+        bad = qc_scale_first_nonfinite(s, b0 * sbk, (ceil_div(r0 + nr, l->block_n) - b0) * sbk);
+        break;
+    }
+    case QC_FMT_FP8_TENSOR: bad = qc_scale_first_nonfinite(s, 0, 1); break;
+    case QC_FMT_FP8_CHANNEL: bad = qc_scale_first_nonfinite(s, r0, nr); break;
+    case QC_FMT_GPTQ:
+    case QC_FMT_AWQ: /* [groups, N]: columns r0 .. of every group */
+        for (int64_t g = 0; g < s->shape[0] && bad < 0; g++) bad = qc_scale_first_nonfinite(s, g * l->n + r0, nr);
+        break;
+    case QC_FMT_CT_INT:
+    case QC_FMT_NVFP4_CT:
+    case QC_FMT_NVFP4_MODELOPT:
+    case QC_FMT_MXFP4_CT: /* [N, groups] */
+        bad = qc_scale_first_nonfinite(s, r0 * s->shape[1], nr * s->shape[1]);
+        break;
+    default: return QC_OK;
+    }
+    return bad < 0 ? QC_OK : qc_linear_scale_error(l, bad, err);
+}
+
+int qc_linear_scale_error(const qc_linear *l, int64_t element, qc_err *err)
+{
+    return vfail(l, err, "scale %s holds a non-finite value (NaN or infinity) at element %lld: the file is damaged",
+                 tname(l->scale), (long long)element);
 }
 
 /* ---- matmul tile kernel --------------------------------------------------- */

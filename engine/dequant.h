@@ -42,6 +42,22 @@ float qc_tensor_get_f32(const qc_tensor *t, int64_t i);
  * + 2^(bits-1)) or, in older files, one signed value per [N, G]. */
 int qc_linear_validate(const qc_linear *l, qc_err *err);
 
+/* After qc_linear_validate: every scale that rows [r0, r0 + nr) use is
+ * finite (a NaN or infinite scale would make its whole block NaN), judged on
+ * the stored bits; QC_EXIT_CHECKPOINT naming the module and element if not.
+ * Reads the scale data, so loaders check where they read the scales anyway:
+ * the CPU backend calls this over all rows at load; the GPU repacking checks
+ * each scale as it packs it (engine/cuda_repack.c, with the two functions
+ * below). Weights themselves are not scanned (an FP8 NaN code shows as
+ * non-finite logits, which sampling and scoring refuse). */
+int qc_linear_check_scales(const qc_linear *l, int64_t r0, int64_t nr, qc_err *err);
+/* For packers that check the scales as they read them: the first of scale
+ * elements [off, off + n) of t that is NaN or infinite (E4M3 has no infinity
+ * and NaN at S.1111.111; E8M0, U8 in MXFP4 files, NaN at 0xFF), -1 if none;
+ * and the error qc_linear_check_scales gives for it. */
+int64_t qc_scale_first_nonfinite(const qc_tensor *t, int64_t off, int64_t n);
+int qc_linear_scale_error(const qc_linear *l, int64_t element, qc_err *err);
+
 /* Floats of scratch that qc_linear_matmul_rows needs for a tile of
  * nrows rows: nrows * k, or 0 for F32 weights (read in place). */
 int64_t qc_linear_tile_floats(const qc_linear *l, int64_t nrows);

@@ -94,6 +94,7 @@ typedef struct qc_linear {
     bool symmetric;
     int zero_bias;  /* gptq v1 stores z-1: add 1 when reading; 0 otherwise */
     const qc_tensor *weight, *scale, *zeros, *g_idx, *global_scale, *input_scale;
+    const qc_tensor *weight_shape; /* ct-int: the [N, K] the file states (checked against n, k) */
     int64_t bytes;  /* bytes of every tensor of this module in the files */
 } qc_linear;
 

@@ -24,7 +24,17 @@ typedef struct loader {
     qc_model *m;
     qc_err *err;
     int rc;
+    bool scan_scales; /* CPU backend: check every scale at load (qc_linear_check_scales) */
 } loader;
+
+/* qc_linear_validate, and for the CPU backend, which reads the scales in
+ * place at every matmul, the finiteness of all of them (the GPU repacking
+ * checks them as it packs). */
+static int check_linear(const loader *ld, const qc_linear *l)
+{
+    int rc = qc_linear_validate(l, ld->err);
+    return rc || !ld->scan_scales ? rc : qc_linear_check_scales(l, 0, l->n, ld->err);
+}
 
 /* A Linear by prefix, checked to be N x K. Returns NULL (and records the
  * error once) when absent or mis-shaped. */
@@ -51,7 +61,7 @@ static const qc_linear *need_linear(loader *ld, int64_t n, int64_t k, const char
                             name, (long long)l->n, (long long)l->k, (long long)n, (long long)k);
         return NULL;
     }
-    int rc = qc_linear_validate(l, ld->err);
+    int rc = check_linear(ld, l);
     if (rc) {
         ld->rc = rc;
         return NULL;
@@ -179,9 +189,9 @@ static void resolve_layer(loader *ld, int i)
                                     (long long)D, (long long)D, (long long)Im);
                 return;
             }
-            int rc = qc_linear_validate(g, ld->err);
-            rc = rc ? rc : qc_linear_validate(u, ld->err);
-            rc = rc ? rc : qc_linear_validate(d, ld->err);
+            int rc = check_linear(ld, g);
+            rc = rc ? rc : check_linear(ld, u);
+            rc = rc ? rc : check_linear(ld, d);
             if (rc) {
                 ld->rc = rc;
                 return;
@@ -204,10 +214,10 @@ static void resolve_layer(loader *ld, int i)
     }
 }
 
-static int resolve_weights(qc_model *m, qc_err *err)
+static int resolve_weights(qc_model *m, bool scan_scales, qc_err *err)
 {
     const qc_config *c = m->cfg;
-    loader ld = {m, err, 0};
+    loader ld = {m, err, 0, scan_scales};
     const int64_t D = c->hidden_size, V = c->vocab_size;
     /* Head groupings the forward pass divides by. */
     if (c->n_full_layers > 0 &&
@@ -257,7 +267,7 @@ static int resolve_weights(qc_model *m, qc_err *err)
                           "%s: lm_head has shape [%lld, %lld], the config implies [%lld, %lld]", m->dir,
                           (long long)m->w.lm_head->n, (long long)m->w.lm_head->k, (long long)V,
                           (long long)D);
-    int rc = qc_linear_validate(m->w.lm_head, err);
+    int rc = check_linear(&ld, m->w.lm_head);
     if (rc)
         return rc;
     m->w.final_norm = need_vec(&ld, D, "%snorm.weight", c->prefix);
@@ -365,12 +375,12 @@ int qc_model_load(const char *dir, const qc_load_opts *opts, qc_model **out, qc_
     else
         m->thinking_default = tpl.thinking_default;
     m->family = qc_ckpt_dominant_family(m->ck);
-    if (!rc)
-        rc = resolve_weights(m, err);
 #ifdef QC_HAVE_CUDA
     if (want_cuda)
         be = &qc_cuda_backend;
 #endif
+    if (!rc)
+        rc = resolve_weights(m, be == &qc_cpu_backend, err);
     m->be = be;
     /* (no upload for a tokenizer already known to be broken) */
     if (!rc && !atomic_load(&tj.failed))

@@ -440,6 +440,21 @@ int32_t qc_sampler_next(qc_sampler *s, const float *logits, int vocab)
     return id;
 }
 
+int64_t qc_logits_count_nonfinite(const float *row, int64_t n)
+{
+    int64_t c = 0;
+    for (int64_t i = 0; i < n; i++) c += !isfinite(row[i]);
+    return c;
+}
+
+int qc_logits_nonfinite_error(qc_err *err, int64_t count, int64_t n, int pos)
+{
+    return qc_err_set(err, QC_EXIT_RUNTIME,
+                      "the model's logits at position %d are not finite (%lld of %lld NaN or infinite): "
+                      "a weight of the checkpoint is NaN or infinite, or the computation overflowed",
+                      pos, (long long)count, (long long)n);
+}
+
 int qc_sampler_probs(qc_sampler *s, const float *logits, int vocab, float *probs)
 {
     for (int i = 0; i < vocab; i++) probs[i] = 0.0f;

@@ -67,6 +67,16 @@ void qc_sampler_accept(qc_sampler *s, int32_t id);
 int32_t qc_sampler_sample(qc_sampler *s, const float *logits, int vocab);
 int32_t qc_sampler_next(qc_sampler *s, const float *logits, int vocab);
 
+/* A model's logits are finite; a NaN or infinite one means a damaged weight
+ * or an overflow, and sampling around it would hide that. The sampler itself
+ * takes NaN as -inf (callers that mask ids use -inf); sessions and `score`
+ * refuse such rows instead: qc_logits_count_nonfinite counts them in row[0,
+ * n), qc_logits_nonfinite_error sets the error (QC_EXIT_RUNTIME) for
+ * `count` of them among the first n logits of the row at position pos (the
+ * 0-based position of the token whose row it is). */
+int64_t qc_logits_count_nonfinite(const float *row, int64_t n);
+int qc_logits_nonfinite_error(qc_err *err, int64_t count, int64_t n, int pos);
+
 /* The exact distribution the next draw uses: probs[0..vocab) (zero for
  * removed ids; one-hot when greedy). Returns the number of ids with nonzero
  * probability, or -1 as qc_sampler_sample. For tests and `--json` details. */

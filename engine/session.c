@@ -183,9 +183,11 @@ int qc_session_sample(qc_session *s, qc_sampler *smp, int32_t *next, qc_err *err
     if (!s->have_logits)
         return qc_err_set(err, QC_EXIT_USAGE, "nothing to sample from: the session has no logits yet");
     const qc_backend_sampling *bs = qc_backend_sampling_of(s->m->be);
+    const int n = qc_sampler_n_tokens(smp) < s->m->cfg->vocab_size ? qc_sampler_n_tokens(smp) : s->m->cfg->vocab_size;
+    int64_t bad = 0;
     if (s->logits_on_device && bs) {
         bool copied = false;
-        int rc = bs->sample_next(s, smp, next, &copied, err);
+        int rc = bs->sample_next(s, smp, next, &copied, &bad, err);
         if (rc)
             return rc;
         if (copied)
@@ -194,7 +196,13 @@ int qc_session_sample(qc_session *s, qc_sampler *smp, int32_t *next, qc_err *err
         const float *lg = qc_session_logits(s);
         if (!lg)
             return qc_err_set(err, QC_EXIT_RUNTIME, "the session's logits could not be read");
-        *next = qc_sampler_sample(smp, lg, s->m->cfg->vocab_size);
+        /* (the ids that can be drawn: rows past the tokenizer are padding) */
+        if (!(bad = qc_logits_count_nonfinite(lg, n)))
+            *next = qc_sampler_sample(smp, lg, s->m->cfg->vocab_size);
+    }
+    if (bad) {
+        *next = -1;
+        return qc_logits_nonfinite_error(err, bad, n, s->n - 1);
     }
     if (*next >= 0)
         qc_sampler_accept(smp, *next);

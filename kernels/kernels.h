@@ -292,7 +292,8 @@ int qk_sample(const float *logits, int n_valid, qk_sample_params p, int32_t *out
  * sampler.c does. qk_sample_topc writes the C largest finite entries of
  * logits[0, n_valid) (ties: lower ids) to out: out[0] = how many (fewer than
  * C only when fewer are finite), out[1..1+C) their ids, then C floats, their
- * values, in no particular order; C == 1 is the argmax. */
+ * values, in no particular order, then out[1 + 2C] the number of NaN or
+ * infinite entries of the row (2 + 2C ints in all); C == 1 is the argmax. */
 int qk_sample_penalise(float *logits, int n_valid, const int32_t *ids, const int32_t *counts, int n,
                        float rep, float pres, float freq, qk_stream st);
 int qk_sample_topc(const float *logits, int n_valid, int C, int32_t *out, qk_stream st);

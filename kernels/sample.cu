@@ -171,12 +171,23 @@ extern "C" int qk_sample_penalise(float *logits, int n_valid, const int32_t *ids
 
 #define TOPC_THREADS 1024
 
-/* out[0] = m, out[1..1+C) ids, then C floats: the values. */
+/* The number of NaN or infinite entries of l[0, n), added to *cnt (shared)
+ * by every thread of the block; the caller syncs before reading it. */
+__device__ __forceinline__ void topc_count_nonfinite(const float *l, int n, int *cnt)
+{
+    int c = 0;
+    for (int i = threadIdx.x; i < n; i += TOPC_THREADS) c += !isfinite(l[i]);
+    c = __reduce_add_sync(0xffffffffu, c);
+    if ((threadIdx.x & 31) == 0 && c) atomicAdd(cnt, c);
+}
+
+/* out[0] = m, out[1..1+C) ids, then C floats: the values, then out[1 + 2C]
+ * the number of non-finite entries of the row. */
 __global__ void __launch_bounds__(TOPC_THREADS) k_topc(const float *l, int n, int C, int32_t *out)
 {
     __shared__ unsigned hist[256];
     __shared__ uint32_t s_prefix;
-    __shared__ int s_rank, s_all;
+    __shared__ int s_rank, s_all, s_bad;
     __shared__ unsigned s_gt;
     __shared__ int scan[TOPC_THREADS];
     __shared__ float bv[32];
@@ -184,6 +195,11 @@ __global__ void __launch_bounds__(TOPC_THREADS) k_topc(const float *l, int n, in
     int tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
     int32_t *oid = out + 1;
     float *oval = (float *)(out + 1 + C);
+    if (tid == 0) s_bad = 0;
+    __syncthreads();
+    topc_count_nonfinite(l, n, &s_bad);
+    __syncthreads();
+    if (tid == 0) out[1 + 2 * C] = s_bad;
     if (C == 1) {
         /* argmax over finite entries, lowest id on ties */
         float best = -INFINITY;

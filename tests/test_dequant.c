@@ -546,6 +546,61 @@ static void expect_reject(const char *name, const qc_linear *l, const char *need
           "rc %d, message \"%s\" (want exit 3 naming %s and %s)", rc, err.msg, l->name, needle);
 }
 
+/* qc_linear_check_scales: every non-finite bit pattern of each scale dtype
+ * at every element of an [N, C] scale tensor is found, and reported with
+ * its element, exactly when its row is in the checked range; the largest
+ * finite values are never flagged (the checks read 8 bytes at a time, so the
+ * positions cover every lane and a partial last word). */
+static void test_check_scales(void)
+{
+    enum { N = 5, C = 7 };
+    static const struct {
+        qc_dtype dt;
+        qc_format fmt;
+        int w;
+        uint32_t finite, near, bad[2];
+    } cs[] = {
+        {QC_DT_F8_E4M3, QC_FMT_NVFP4_CT, 1, 0x38, 0xfe, {0x7f, 0xff}},
+        {QC_DT_U8, QC_FMT_MXFP4_CT, 1, 0x7f, 0xfe, {0xff, 0xff}},
+        {QC_DT_F8_E8M0, QC_FMT_MXFP4_CT, 1, 0x7f, 0xfe, {0xff, 0xff}},
+        {QC_DT_BF16, QC_FMT_CT_INT, 2, 0x3f80, 0xff7f, {0x7fc0, 0xff80}},
+        {QC_DT_F16, QC_FMT_CT_INT, 2, 0x3c00, 0x7bff, {0x7c00, 0xfe01}},
+        {QC_DT_F32, QC_FMT_CT_INT, 4, 0x3f800000u, 0x7f7fffffu, {0x7f800000u, 0xffc00001u}},
+    };
+    static const int64_t win[][2] = {{0, N}, {1, 2}, {3, 9}, {4, 1}};
+    long wrong = 0;
+    char first[300] = "";
+    unsigned char buf[N * C * 4];
+    for (size_t c = 0; c < sizeof cs / sizeof *cs; c++) {
+        qc_tensor ts = th_tensor("x.weight_scale", cs[c].dt, 2, N, C, buf);
+        qc_linear l = th_linear("x", cs[c].fmt, N, 16 * C);
+        l.scale = &ts;
+        for (int pos = -1; pos < N * C; pos++)
+            for (int b = 0; b < 2; b++)
+                for (size_t v = 0; v < sizeof win / sizeof *win; v++) {
+                    for (int i = 0; i < N * C; i++) { /* background: finite, some the largest finite */
+                        uint32_t x = i % 3 ? cs[c].finite : cs[c].near;
+                        if (i == pos)
+                            x = cs[c].bad[b];
+                        memcpy(buf + (size_t)i * cs[c].w, &x, (size_t)cs[c].w); /* (little-endian) */
+                    }
+                    qc_err err;
+                    err.msg[0] = 0;
+                    const int64_t r0 = win[v][0], nr = win[v][1];
+                    const bool want = pos >= 0 && pos / C >= r0 && pos / C < r0 + nr;
+                    const int rc = qc_linear_check_scales(&l, r0, nr, &err);
+                    char at[48];
+                    snprintf(at, sizeof at, "at element %d:", pos);
+                    if ((rc != 0) != want || (want && (rc != QC_EXIT_CHECKPOINT || !strstr(err.msg, at)))) {
+                        if (!wrong++)
+                            snprintf(first, sizeof first, "%s: bad %d at %d, rows [%lld, +%lld): rc %d '%s'",
+                                     qc_dtype_name(cs[c].dt), b, pos, (long long)r0, (long long)nr, rc, err.msg);
+                    }
+                }
+    }
+    CHECK("check-scales/every-pattern-every-element", wrong == 0, "%ld wrong; first: %s", wrong, first);
+}
+
 static void test_validate(void)
 {
     uint32_t qw[32 * 64] = {0}, qz[2 * 8] = {0};
@@ -988,6 +1043,7 @@ int main(void)
     test_fp4(QC_FMT_MXFP4_CT, 21, 96);
     test_fp4(QC_FMT_MXFP4_CT, 5, 40);
     test_validate();
+    test_check_scales();
     test_matmul();
     test_fixture("tiny-qwen35-fp8", "tiny-qwen35");
     test_fixture("tiny-qwen36-text-fp8", "tiny-qwen36-text");

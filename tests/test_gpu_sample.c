@@ -3,7 +3,8 @@
  * draw on the host) returns the token qc_sampler_sample returns on the full
  * row, over many random rows (real and odd vocabulary sizes, ties, NaN and
  * -inf entries), seeds and parameter sets, greedy included, with penalties
- * over a growing history. Skips without a GPU. */
+ * over a growing history; and counts the row's non-finite logits as the host
+ * does. Skips without a GPU. */
 #include <math.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -50,7 +51,8 @@ int main(void)
     static const float topps[] = {1.0f, 0.9f, 0.5f};
     static const float reps[] = {1.0f, 1.3f, 0.8f};
     long draws = 0, cand_draws = 0, greedy_draws = 0, copies = 0, mismatches = 0, errors = 0;
-    char first_bad[1100] = "";
+    long rows_nonfinite = 0, count_errors = 0;
+    char first_bad[1100] = "", first_count[200] = "";
     for (int trial = 0; trial < 160; trial++) {
         int V = sizes[irand(5)], n_tokens = V - irand(60);
         int mode = irand(4); /* 0 plain, 1 coarse ties, 2 NaN/-inf sprinkled, 3 mostly -inf */
@@ -92,7 +94,8 @@ int main(void)
             }
             int32_t want = qc_sampler_next(a, row, V), got = -1;
             bool copied = false;
-            if (qc_cuda_sampling_draw(ds, d_row, V, b, host, &got, &copied, &err)) {
+            int64_t bad = -1, want_bad = qc_logits_count_nonfinite(row, n_tokens < V ? n_tokens : V);
+            if (qc_cuda_sampling_draw(ds, d_row, V, b, host, &got, &copied, &bad, &err)) {
                 if (!errors)
                     snprintf(first_bad, sizeof first_bad, "%s", err.msg);
                 errors++;
@@ -101,6 +104,10 @@ int main(void)
             if (got >= 0)
                 qc_sampler_accept(b, got);
             draws++;
+            rows_nonfinite += want_bad > 0;
+            if (bad != want_bad && !count_errors++)
+                snprintf(first_count, sizeof first_count, "trial %d step %d (mode %d, C %d): %lld non-finite, device says %lld",
+                         trial, step, mode, qc_sampler_candidates_wanted(b), (long long)want_bad, (long long)bad);
             copies += copied;
             if (!copied)
                 *(qc_sampler_candidates_wanted(b) == 1 ? &greedy_draws : &cand_draws) += 1;
@@ -120,6 +127,10 @@ int main(void)
            greedy_draws, cand_draws, copies);
     CHECK("gpu-sample/same-token-as-cpu", !mismatches && !errors, "%ld mismatches, %ld errors; %s", mismatches,
           errors, first_bad);
+    /* the count sessions refuse a row by (NaN, +-inf among the drawable ids) */
+    CHECK("gpu-sample/nonfinite-count", !count_errors && rows_nonfinite > draws / 5 && rows_nonfinite < draws,
+          "%ld wrong counts, %ld of %ld rows with non-finite logits; %s", count_errors, rows_nonfinite, draws,
+          first_count);
     CHECK("gpu-sample/greedy-on-device", greedy_draws > draws / 10, "%ld of %ld", greedy_draws, draws);
     CHECK("gpu-sample/candidates-on-device", cand_draws > draws / 4, "%ld of %ld", cand_draws, draws);
     qc_cuda_sampling_free(ds);

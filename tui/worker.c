@@ -506,10 +506,8 @@ static int job_generate(worker *w, worker_job *job, qc_err *err)
             }
             pthread_mutex_unlock(&w->mu);
         }
-        int32_t id = -1;
-        if (drift)
-            id = qc_sampler_next(smp, lg, info.vocab_size);
-        else if ((rc = qc_session_sample(w->sess, smp, &id, err)) != 0)
+        int32_t id = -1; /* (with drift the row is on the host by now: sampled there, refused if not finite) */
+        if ((rc = qc_session_sample(w->sess, smp, &id, err)) != 0)
             break;
         double t = qc_now();
         if (id < 0) {
