@@ -66,6 +66,8 @@ typedef struct app {
     unsigned seen_seq;
     bool generating;
     char gen_format[24];
+    int swap_target; /* the pending swap's checkpoint */
+    int swap_added;  /* the same when its /swap DIR appended it to the list, else -1 */
     int scroll; /* conversation lines scrolled up from the bottom */
     bool reason_collapsed;
     /* input */
@@ -131,6 +133,8 @@ static void tb_clear(textbuf *b)
         b->s[0] = 0;
 }
 
+static dblock *add_block(app *a, int kind, const char *text, const char *header);
+
 static void set_status(app *a, bool error, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static void set_status(app *a, bool error, const char *fmt, ...)
 {
@@ -144,6 +148,11 @@ static void set_status(app *a, bool error, const char *fmt, ...)
     a->status_error = error;
     a->status_t = qc_now();
     a->dirty = true;
+    /* An error longer than the status line would lose its cause (the
+     * engine's messages name the tensor and the fault at the end): it goes
+     * into the conversation pane too, wrapped, whole. */
+    if (error && (int)strlen(a->status) > a->L.status.w)
+        add_block(a, DB_ERROR, a->status, "");
 }
 
 static dblock *add_block(app *a, int kind, const char *text, const char *header)
@@ -189,11 +198,19 @@ static void clear_blocks(app *a)
 
 static void info(app *a, const char *text) { add_block(a, DB_INFO, text, ""); }
 
+/* How an assistant turn ended, for its header and /stats: failed (the
+ * engine's error, e.g. non-finite logits), stopped (Ctrl-C or the token
+ * limit), or nothing (an eos). */
+static const char *turn_end_note(const convo_turn *t)
+{
+    return t->error ? " \xc2\xb7 failed" : t->stopped ? " \xc2\xb7 stopped" : "";
+}
+
 static void assistant_header(const convo_turn *t, char *out, size_t n)
 {
     double secs = t->tok_s > 0 ? (t->n_reasoning + t->n_answer) / t->tok_s : 0;
     snprintf(out, n, "qwen \xc2\xb7 %s \xc2\xb7 %d+%d tok \xc2\xb7 %.2f s%s", t->format[0] ? t->format : "?",
-             t->n_reasoning, t->n_answer, secs, t->stopped ? " \xc2\xb7 stopped" : "");
+             t->n_reasoning, t->n_answer, secs, turn_end_note(t));
 }
 
 /* Rebuilds the display from the conversation (after /load). */
@@ -937,7 +954,9 @@ static void finish_reply(app *a)
     t->tok_s = s->n_gen > 1 && s->t_last > s->t_first ? (s->n_gen - 1) / (s->t_last - s->t_first) : 0;
     t->itl_p50_ms = meter_percentile(s->itl_ms, s->n_itl, 50);
     t->itl_p99_ms = meter_percentile(s->itl_ms, s->n_itl, 99);
-    t->stopped = s->stopped || !s->ended_eos;
+    t->stopped = !s->done_rc && (s->stopped || !s->ended_eos);
+    if (s->done_rc) /* (out of memory: no note, the status line still says why) */
+        convo_set_text(&t->error, s->done_msg, strlen(s->done_msg));
     char h[160];
     assistant_header(t, h, sizeof h);
     add_block(a, DB_ASSISTANT, t->text, h);
@@ -1008,6 +1027,7 @@ static void pull_live(app *a)
             set_status(a, true, "%s", s->drift.msg);
             if (!strncmp(s->drift.msg, "live drift off", 14))
                 a->drift_live = -1;
+    a->swap_added = -1;
         }
         break;
     case WJOB_COMPARE:
@@ -1024,18 +1044,31 @@ static void pull_live(app *a)
             set_status(a, true, "drift: %s", s->done_msg);
         else {
             drift_report(a, &s->drift);
-            set_status(a, false, "drift of %s against %s: KL mean %.4g, top-1 agreement %.1f %%",
-                       s->drift.act_label, s->drift.ref_label, drift_stats_kl_mean(&s->drift.st),
-                       drift_stats_agree_pct(&s->drift.st));
+            if (s->drift.st.n == 0)
+                set_status(a, s->drift.st.n_bad > 0, "drift of %s against %s: nothing scored%s",
+                           s->drift.act_label, s->drift.ref_label,
+                           s->drift.st.n_bad ? " (no finite logit on one side at every position)" : "");
+            else
+                set_status(a, false, "drift of %s against %s: KL mean %.4g, top-1 agreement %.1f %%",
+                           s->drift.act_label, s->drift.ref_label, drift_stats_kl_mean(&s->drift.st),
+                           drift_stats_agree_pct(&s->drift.st));
         }
         break;
     case WJOB_SWAP:
-        if (s->done_rc)
-            set_status(a, true, "swap failed, still on %s: %s", a->w.ck[s->active].label, s->done_msg);
-        else
+        if (s->done_rc) {
+            /* the target, named by its directory (the engine's message names a tensor) */
+            const int t = a->swap_target;
+            char dir[96] = "";
+            if (t >= 0 && t < a->w.n_ck)
+                snprintf(dir, sizeof dir, "%.95s", a->w.ck[t].name);
+            const bool dropped = a->swap_added >= 0 && worker_drop_last_ckpt(&a->w, a->swap_added);
+            set_status(a, true, "swap to %s failed%s, still on %s: %s", dir,
+                       dropped ? " (taken off the list)" : "", a->w.ck[s->active].label, s->done_msg);
+        } else
             set_status(a, false, "now on %s (%s); %d tokens re-prefilled", a->w.ck[s->active].label,
                        a->w.ck[s->active].name, s->ctx_len);
         snprintf(a->model_name, sizeof a->model_name, "%.63s", a->w.ck[s->active].name);
+        a->swap_added = -1;
         break;
     case WJOB_REBUILD:
         if (a->have_loading) {
@@ -1155,6 +1188,7 @@ static void do_swap(app *a, const char *spec)
 {
     if (busy(a, "swap"))
         return;
+    const int n_before = a->w.n_ck;
     int idx = resolve_ckpt(a, spec, "swap");
     if (idx < 0)
         return;
@@ -1163,13 +1197,18 @@ static void do_swap(app *a, const char *spec)
         return;
     }
     worker_job job = {.kind = WJOB_SWAP, .target = idx};
-    if (worker_submit(&a->w, &job)) {
-        a->generating = true; /* shows load / prefill progress */
-        tb_clear(&a->rtext);
-        tb_clear(&a->atext);
-        snprintf(a->gen_format, sizeof a->gen_format, "%s", a->w.ck[idx].label);
-        set_status(a, false, "swapping to %s\xe2\x80\xa6", a->w.ck[idx].label);
+    if (!worker_submit(&a->w, &job)) {
+        if (a->w.n_ck > n_before)
+            worker_drop_last_ckpt(&a->w, idx);
+        return;
     }
+    a->swap_target = idx;
+    a->swap_added = a->w.n_ck > n_before ? idx : -1;
+    a->generating = true; /* shows load / prefill progress */
+    tb_clear(&a->rtext);
+    tb_clear(&a->atext);
+    snprintf(a->gen_format, sizeof a->gen_format, "%s", a->w.ck[idx].label);
+    set_status(a, false, "swapping to %s\xe2\x80\xa6", a->w.ck[idx].label);
 }
 
 static void default_session_path(char *out, size_t n)
@@ -1211,7 +1250,7 @@ static void cmd_stats(app *a)
         snprintf(line, sizeof line,
                  "#%d %-6s prompt %d \xc2\xb7 reasoning %d \xc2\xb7 answer %d \xc2\xb7 TTFT %.0f ms \xc2\xb7 ITL p50 %.1f p99 %.1f ms \xc2\xb7 %.1f tok/s%s\n",
                  ++k, u->format, u->n_prompt, u->n_reasoning, u->n_answer, u->ttft_ms, u->itl_p50_ms,
-                 u->itl_p99_ms, u->tok_s, u->stopped ? " \xc2\xb7 stopped" : "");
+                 u->itl_p99_ms, u->tok_s, turn_end_note(u));
         tb_append(&t, line, strlen(line));
     }
     snprintf(line, sizeof line, "context %d tokens", a->cv.n_tokens);
@@ -1409,7 +1448,8 @@ static void drift_report(app *a, const worker_drift *d)
     int o = snprintf(buf, sizeof buf, "drift \xc2\xb7 %s against %s \xc2\xb7 %d token%s of the last reply (%s)\n",
                      d->act_label, d->ref_label, st->n, st->n == 1 ? "" : "s", d->live ? "live" : "teacher-forced");
     if (st->n == 0) {
-        snprintf(buf + o, sizeof buf - (size_t)o, "nothing scored");
+        snprintf(buf + o, sizeof buf - (size_t)o, "nothing scored%s",
+                 st->n_bad ? ": no finite logit on one side at every position (a damaged checkpoint?)" : "");
         info(a, buf);
         return;
     }
@@ -1418,6 +1458,9 @@ static void drift_report(app *a, const worker_drift *d)
                   "top-1 agreement %.1f %% (%d/%d)\n",
                   drift_stats_kl_mean(st), st->kl_max, st->kl_max_pos - d->from + 1, drift_stats_agree_pct(st),
                   st->agree, st->n);
+    if (st->n_bad)
+        o += snprintf(buf + o, sizeof buf - (size_t)o, "%d position%s skipped: no finite logit on one side\n",
+                      st->n_bad, st->n_bad == 1 ? "" : "s");
     if (st->first_div >= 0)
         snprintf(buf + o, sizeof buf - (size_t)o, "first divergent token: #%d \xc2\xb7 %s %s \xc2\xb7 %s %s",
                  st->first_div - d->from + 1, d->ref_label, d->first_ref_text, d->act_label, d->first_act_text);

@@ -137,6 +137,21 @@ int worker_add_ckpt(worker *w, const char *dir, qc_err *err)
     return 0;
 }
 
+bool worker_drop_last_ckpt(worker *w, int idx)
+{
+    if (idx != w->n_ck - 1 || idx <= 0 || w->ck[idx].model)
+        return false;
+    bool locked = w->started_sync;
+    if (locked)
+        pthread_mutex_lock(&w->mu);
+    w->n_ck--;
+    free(w->ck[idx].dir);
+    memset(&w->ck[idx], 0, sizeof w->ck[idx]);
+    if (locked)
+        pthread_mutex_unlock(&w->mu);
+    return true;
+}
+
 int worker_find_ckpt(const worker *w, const char *spec)
 {
     if (!spec || !*spec)

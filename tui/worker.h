@@ -163,6 +163,11 @@ typedef struct worker {
  * unchanged. Call from the UI thread WITHOUT holding mu: the disk reads run
  * unlocked and only the append takes mu. */
 int worker_add_ckpt(worker *w, const char *dir, qc_err *err);
+/* Takes back the last entry worker_add_ckpt appended, when the swap to it
+ * failed and it never became resident (a failed swap leaves the session as
+ * it was, the list included). Returns false, changing nothing, otherwise.
+ * UI thread, with the worker idle. */
+bool worker_drop_last_ckpt(worker *w, int idx);
 /* Initialises mu and cv once (worker_start calls it; worker_shutdown
  * destroys them). */
 void worker_init_sync(worker *w);
