@@ -1027,7 +1027,6 @@ static void pull_live(app *a)
             set_status(a, true, "%s", s->drift.msg);
             if (!strncmp(s->drift.msg, "live drift off", 14))
                 a->drift_live = -1;
-    a->swap_added = -1;
         }
         break;
     case WJOB_COMPARE:
@@ -1907,6 +1906,7 @@ int app_run(const app_opts *o)
     g_app = a;
     convo_init(&a->cv);
     a->drift_live = -1;
+    a->swap_target = a->swap_added = -1;
     char msg[512];
     if (theme_find(a, o->theme, msg, sizeof msg) != 0) {
         fprintf(stderr, "qchat: %s\n", msg);
