@@ -171,12 +171,11 @@ extern "C" int qk_sample_penalise(float *logits, int n_valid, const int32_t *ids
 
 #define TOPC_THREADS 1024
 
-/* The number of NaN or infinite entries of l[0, n), added to *cnt (shared)
- * by every thread of the block; the caller syncs before reading it. */
-__device__ __forceinline__ void topc_count_nonfinite(const float *l, int n, int *cnt)
+/* Every thread's count of the non-finite entries it read, summed into *cnt
+ * (shared); the caller syncs before reading it. Counted in the first pass
+ * over the row each path makes anyway, not in a pass of its own. */
+__device__ __forceinline__ void topc_count_add(int c, int *cnt)
 {
-    int c = 0;
-    for (int i = threadIdx.x; i < n; i += TOPC_THREADS) c += !isfinite(l[i]);
     c = __reduce_add_sync(0xffffffffu, c);
     if ((threadIdx.x & 31) == 0 && c) atomicAdd(cnt, c);
 }
@@ -195,19 +194,19 @@ __global__ void __launch_bounds__(TOPC_THREADS) k_topc(const float *l, int n, in
     int tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
     int32_t *oid = out + 1;
     float *oval = (float *)(out + 1 + C);
+    int bad = 0;
     if (tid == 0) s_bad = 0;
     __syncthreads();
-    topc_count_nonfinite(l, n, &s_bad);
-    __syncthreads();
-    if (tid == 0) out[1 + 2 * C] = s_bad;
     if (C == 1) {
         /* argmax over finite entries, lowest id on ties */
         float best = -INFINITY;
         int bidx = 0x7fffffff;
         for (int i = tid; i < n; i += TOPC_THREADS) {
             float v = l[i];
+            bad += !isfinite(v);
             if (v > -INFINITY && (bidx == 0x7fffffff || v > best)) { best = v; bidx = i; }
         }
+        topc_count_add(bad, &s_bad);
         for (int o = 16; o > 0; o >>= 1) {
             float ov = __shfl_xor_sync(0xffffffffu, best, o);
             int oi = __shfl_xor_sync(0xffffffffu, bidx, o);
@@ -227,6 +226,7 @@ __global__ void __launch_bounds__(TOPC_THREADS) k_topc(const float *l, int n, in
                 out[0] = bidx == 0x7fffffff ? 0 : 1;
                 oid[0] = bidx == 0x7fffffff ? -1 : bidx;
                 oval[0] = best;
+                out[1 + 2 * C] = s_bad;
             }
         }
         return;
@@ -241,10 +241,12 @@ __global__ void __launch_bounds__(TOPC_THREADS) k_topc(const float *l, int n, in
         __syncthreads();
         for (int i = tid; i < n; i += TOPC_THREADS) {
             float v = l[i];
+            if (shift == 24) bad += !isfinite(v);
             if (!(v > -INFINITY)) continue;
             uint32_t k = fkey(v);
             if ((k & mask) == prefix) atomicAdd(&hist[(k >> shift) & 255u], 1u);
         }
+        if (shift == 24) topc_count_add(bad, &s_bad);
         __syncthreads();
         if (tid == 0) {
             if (shift == 24) {
@@ -304,7 +306,10 @@ __global__ void __launch_bounds__(TOPC_THREADS) k_topc(const float *l, int n, in
             }
         }
     }
-    if (tid == 0) out[0] = all ? (int)s_gt : C;
+    if (tid == 0) {
+        out[0] = all ? (int)s_gt : C;
+        out[1 + 2 * C] = s_bad;
+    }
 }
 
 extern "C" int qk_sample_topc(const float *logits, int n_valid, int C, int32_t *out, qk_stream st)
