@@ -823,6 +823,10 @@ static int upload_moe(qc_cuda_model *cm, const qc_config *c, const qc_layer_weig
     if (rc) return rc;
     cu_moe *mo = G->moe;
     const size_t D = (size_t)cm->sh.D;
+    /* (routers are 16-bit in every published layout; a quantized one has its scales checked) */
+    if ((rc = qc_linear_check_scales(L->router, 0, E, err)) ||
+        (mo->sh_gated && (rc = qc_linear_check_scales(L->sh_router, 0, 1, err))))
+        return rc;
     float *rw = malloc((size_t)mo->ld * D * sizeof *rw);
     if (!rw) return qc_err_set(err, QC_EXIT_RUNTIME, "out of host memory for the router");
     qc_linear_dequant_rows(L->router, 0, E, rw);

@@ -165,7 +165,12 @@ static int fill_bf16_rows(const qc_load_job *j, uint16_t *out, qc_err *err)
         for (int64_t n = j->r0; n < r1; n++) memcpy(out + (n - j->r0) * j->ld, src + n * K, (size_t)K * 2);
         return QC_OK;
     }
-    /* Exact dequantization, a few rows at a time (16 MiB of floats at most). */
+    /* Exact dequantization, a few rows at a time (16 MiB of floats at most),
+     * of a layout without a GPU kernel (8-bit integers, E5M2, ...): its
+     * scales checked here, as the packers check theirs (dequant.h). */
+    int rc = qc_linear_check_scales(l, j->r0, r1 - j->r0, err);
+    if (rc)
+        return rc;
     int64_t step = (int64_t)(((size_t)16 << 20) / ((size_t)K * 4));
     if (step < 1)
         step = 1;

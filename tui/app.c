@@ -77,7 +77,7 @@ typedef struct app {
     bool quit;
     bool ctrl_c_armed; /* the last key was a Ctrl-C that did not exit */
     char *restore_line;
-    char status[512];
+    char status[1280]; /* holds an engine message (qc_err, 1024) with its prefix */
     bool status_error;
     double status_t;
     bool dirty;
@@ -1199,6 +1199,7 @@ static void do_swap(app *a, const char *spec)
     if (!worker_submit(&a->w, &job)) {
         if (a->w.n_ck > n_before)
             worker_drop_last_ckpt(&a->w, idx);
+        set_status(a, true, "the engine is busy");
         return;
     }
     a->swap_target = idx;
