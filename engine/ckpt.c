@@ -218,6 +218,18 @@ static int64_t ck_claim(qc_ckpt *ck, const char *x, qc_family fam)
 
 /* ---- classification of one Linear --------------------------------------- */
 
+/* The group size along K of a module whose scales hold ng groups: the
+ * config's, or where modules may differ from it (q->per_module) and it does
+ * not fit, the one the scales imply, K / ng when exact. The caller checks
+ * that ceil(K / G) == ng. */
+static int64_t ck_group_size(const qc_quant_config *q, int64_t K, int64_t ng)
+{
+    int64_t G = q->group_size > 0 ? q->group_size : q->group_size < 0 ? K : (ng ? K / ng : 0);
+    if (q->per_module && ng > 0 && (G <= 0 || (K + G - 1) / G != ng) && K % ng == 0)
+        G = K / ng;
+    return G;
+}
+
 static int ck_classify_int(qc_ckpt *ck, const char *x, int64_t N, int64_t K, qc_linear *l)
 {
     const qc_quant_config *q = &ck->cfg.quant;
@@ -265,7 +277,7 @@ static int ck_classify_int(qc_ckpt *ck, const char *x, int64_t N, int64_t K, qc_
         if (rc)
             return rc;
         int64_t ng = sc->ndim == 2 ? sc->shape[0] : 0;
-        int64_t G = q->group_size > 0 ? q->group_size : q->group_size < 0 ? K : (ng ? K / ng : 0);
+        int64_t G = ck_group_size(q, K, ng);
         if (ng <= 0 || G <= 0 || (K + G - 1) / G != ng)
             return qc_err_set(ck->err, QC_EXIT_CHECKPOINT,
                               "%s: tensor %s has %lld groups, not ceil(K / group size) for K=%lld",
@@ -300,7 +312,7 @@ static int ck_classify_int(qc_ckpt *ck, const char *x, int64_t N, int64_t K, qc_
         if (wp->ndim != 2 || wp->shape[0] != N || wp->shape[1] <= 0 || (wp->shape[1] * 32) % K)
             return ck_shape2(ck, wp, N, K * (q->bits ? q->bits : 4) / 32);
         l->bits = (int)(wp->shape[1] * 32 / K);
-        if (q->bits && q->bits != l->bits)
+        if (q->bits && q->bits != l->bits && !q->per_module)
             return ck_shape2(ck, wp, N, K * q->bits / 32);
         if (l->bits != 4 && l->bits != 8)
             return qc_err_set(ck->err, QC_EXIT_CHECKPOINT,
@@ -315,7 +327,7 @@ static int ck_classify_int(qc_ckpt *ck, const char *x, int64_t N, int64_t K, qc_
         if (rc)
             return rc;
         int64_t ng = sc->ndim == 2 ? sc->shape[1] : 0;
-        int64_t G = q->group_size > 0 ? q->group_size : q->group_size < 0 ? K : (ng ? K / ng : 0);
+        int64_t G = ck_group_size(q, K, ng);
         if (ng <= 0 || G <= 0 || (K + G - 1) / G != ng)
             return qc_err_set(ck->err, QC_EXIT_CHECKPOINT,
                               "%s: tensor %s has %lld groups, not ceil(K / group size) for K=%lld",

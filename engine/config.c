@@ -205,14 +205,18 @@ static void quant_defaults(qc_quant_config *q)
 }
 
 /* Whether a per-module override map (AutoRound's extra_config: {module:
- * {bits: ...}}, GPTQ's dynamic: {"+:regex": {bits: ...}}) gives some modules
- * quantized bits other than `bits`; 16-bit entries (modules left
- * unquantized, as AutoRound's in_proj_a/b) do not count. */
-static bool quant_overrides_bits(const cJSON *map, int bits)
+ * {bits: ...}}, GPTQ's dynamic: {"+:regex": {bits: ..., group_size: ...}})
+ * gives some modules quantized bits or a group size other than the
+ * config's; 16-bit entries (modules left unquantized, as AutoRound's
+ * in_proj_a/b) do not count. */
+static bool quant_overrides(const cJSON *map, int bits, int group_size)
 {
     for (const cJSON *e = cJSON_IsObject(map) ? map->child : NULL; e; e = e->next) {
-        const cJSON *b = cfg_get(e, "bits");
-        if (cJSON_IsNumber(b) && b->valuedouble < 16 && (int)b->valuedouble != bits)
+        const cJSON *b = cfg_get(e, "bits"), *g = cfg_get(e, "group_size");
+        if (cJSON_IsNumber(b) && b->valuedouble >= 16)
+            continue;
+        if ((cJSON_IsNumber(b) && (int)b->valuedouble != bits) ||
+            (cJSON_IsNumber(g) && (int)g->valuedouble != group_size))
             return true;
     }
     return false;
@@ -254,8 +258,6 @@ static int cfg_quant(const cfg_ctx *c0, const cJSON *qc, qc_quant_config *q)
         q->block_n = (int)bs->child->valuedouble;
         q->block_k = (int)bs->child->next->valuedouble;
     }
-    q->per_module = quant_overrides_bits(cfg_get(qc, "extra_config"), q->bits) ||
-                    quant_overrides_bits(cfg_get(qc, "dynamic"), q->bits);
     const char *m = q->quant_method;
     if (!strcmp(m, "gptq")) {
         cfg_str(qc, "checkpoint_format", q->format, sizeof q->format);
@@ -300,11 +302,14 @@ static int cfg_quant(const cfg_ctx *c0, const cJSON *qc, qc_quant_config *q)
                 cfg_str(g, "format", q->format, sizeof q->format);
         }
         q->all_asym = ngroups > 0 && nasym == ngroups;
+        q->per_module = ngroups > 1; /* (groups of other bits or group sizes: tensors decide) */
     } else if (!strcmp(m, "modelopt") || cfg_get(qc, "quant_algo")) {
         if (!m[0])
             snprintf(q->quant_method, sizeof q->quant_method, "modelopt");
         cfg_str(qc, "quant_algo", q->format, sizeof q->format);
     }
+    q->per_module = q->per_module || quant_overrides(cfg_get(qc, "extra_config"), q->bits, q->group_size) ||
+                    quant_overrides(cfg_get(qc, "dynamic"), q->bits, q->group_size);
     return rc;
 }
 

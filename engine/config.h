@@ -34,8 +34,10 @@ typedef struct qc_quant_config {
     int group_size;         /* 0 when not stated; -1 = per channel */
     bool sym;               /* symmetric (true when not stated) */
     bool all_asym;          /* compressed-tensors: every group with weights says symmetric: false */
-    bool per_module;        /* per-module overrides (AutoRound extra_config, GPTQ dynamic) give
-                               some modules other quantized bits than `bits` */
+    bool per_module;        /* some modules may have other quantized bits or group size than
+                               `bits` / `group_size`: per-module overrides (AutoRound
+                               extra_config, GPTQ dynamic) or several compressed-tensors
+                               config groups; their tensors then decide */
     bool desc_act;          /* gptq act-order (g_idx meaningful) */
     int block_n, block_k;   /* fp8 weight_block_size; 0 when absent */
     bool zeros_plus_one;    /* gptq v1 convention: stored zero = z - 1 (so zero_bias = 1) */

@@ -878,6 +878,30 @@ static void ed_drop_zero_point(cJSON *h)
     tu_fmt(n, sizeof n, "%s.weight_zero_point", GATE0);
     cJSON_DeleteItemFromObject(h, n);
 }
+/* GATE0 of the AWQ-style fixture (group 32, K 256) as group 64: its
+ * scales [512, 4] and packed zero points [64, 4], the first bytes of the
+ * old ones (values do not matter here). */
+static void ed_gate_g64(cJSON *h)
+{
+    static const char *sfx[2] = {"weight_scale", "weight_zero_point"};
+    static const int rows[2] = {512, 64}, esz[2] = {2, 4};
+    for (int i = 0; i < 2; i++) {
+        char n[200];
+        tu_fmt(n, sizeof n, "%s.%s", GATE0, sfx[i]);
+        cJSON *t = cJSON_GetObjectItem(h, n);
+        const int b = (int)cJSON_GetObjectItem(t, "data_offsets")->child->valuedouble;
+        cJSON_ReplaceItemInObject(t, "shape", cJSON_CreateIntArray((int[]){rows[i], 4}, 2));
+        cJSON_ReplaceItemInObject(t, "data_offsets", cJSON_CreateIntArray((int[]){b, b + rows[i] * 4 * esz[i]}, 2));
+    }
+}
+/* A second config group: group size 64 for GATE0. */
+static void ed_second_group(cJSON *q)
+{
+    cJSON *g = cJSON_Duplicate(cJSON_GetObjectItem(cJSON_GetObjectItem(q, "config_groups"), "group_0"), 1);
+    cJSON_ReplaceItemInObject(g, "targets", cJSON_CreateStringArray((const char *[]){"re:.*layers\\.0\\.mlp\\.gate_proj$"}, 1));
+    cJSON_ReplaceItemInObject(cJSON_GetObjectItem(g, "weights"), "group_size", cJSON_CreateNumber(64));
+    cJSON_AddItemToObject(cJSON_GetObjectItem(q, "config_groups"), "group_1", g);
+}
 static void ed_scale_u8(cJSON *h)
 {
     char n[200];
@@ -921,6 +945,21 @@ static void check_damaged_quant(void)
     rewrite(d, "model.safetensors", ed_scale_u8, true);
     expect_fail_cmd("damaged_nvfp4_scales_as_mxfp4", "inspect", d, "", 3,
                     "has dtype U8 (MXFP4 scales), but the module has a weight_global_scale");
+
+    /* a module of another group size: refused under a one-group config,
+     * read when a second config group may give it one (tensors decide) */
+    d = fresh("tiny-qwen35-int4-awq", "g64");
+    rewrite(d, "model.safetensors", ed_gate_g64, false);
+    expect_fail_cmd("damaged_ct_group_vs_config", "inspect", d, "", 3,
+                    "gate_proj.weight_scale has 4 groups, not ceil(K / group size) for K=256");
+    edit_quant_config(d, ed_second_group);
+    char *out, *err;
+    char args[1600];
+    tu_fmt(args, sizeof args, "score '%s' %s", d, score);
+    int rc = tu_run_qchat(args, &out, &err);
+    CHECK("ct_second_group_size_read", rc == 0, "exit %d: %s", rc, err);
+    free(out);
+    free(err);
 
     /* what only the data shows: refused when the model loads (CPU: all
      * scales at load; GPU: as the repacking reads them) */
