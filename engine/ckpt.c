@@ -119,15 +119,6 @@ static const qc_tensor *ck_find(const qc_ckpt *ck, const char *x, const char *su
     return qc_st_find(ck->st, name);
 }
 
-static void shape_str(const qc_tensor *t, char *buf, size_t n)
-{
-    size_t o = (size_t)snprintf(buf, n, "[");
-    for (int i = 0; i < t->ndim && o < n; i++)
-        o += (size_t)snprintf(buf + o, n - o, "%s%lld", i ? ", " : "", (long long)t->shape[i]);
-    if (o < n)
-        snprintf(buf + o, n - o, "]");
-}
-
 /* Checks t's shape against dims (ndim of them); error names file, tensor,
  * both shapes. */
 static int ck_shape(const qc_ckpt *ck, const qc_tensor *t, int ndim, const int64_t *dims)
@@ -138,7 +129,7 @@ static int ck_shape(const qc_ckpt *ck, const qc_tensor *t, int ndim, const int64
     if (ok)
         return QC_OK;
     char got[128], want[128] = "[";
-    shape_str(t, got, sizeof got);
+    qc_tensor_shape_str(t, got, sizeof got);
     size_t o = 1;
     for (int i = 0; i < ndim; i++)
         o += (size_t)snprintf(want + o, sizeof want - o, "%s%lld", i ? ", " : "", (long long)dims[i]);
@@ -247,7 +238,7 @@ static int ck_classify_int(qc_ckpt *ck, const char *x, int64_t N, int64_t K, qc_
         bool awq = !strcmp(q->quant_method, "awq") ? awq_shape : awq_shape && !gptq_shape;
         if (!awq && !gptq_shape) {
             char got[128];
-            shape_str(qw, got, sizeof got);
+            qc_tensor_shape_str(qw, got, sizeof got);
             return qc_err_set(ck->err, QC_EXIT_CHECKPOINT,
                               "%s: tensor %s has shape %s, neither GPTQ [K*bits/32, N] nor AWQ "
                               "[K, N*bits/32] for N=%lld, K=%lld from config.json",

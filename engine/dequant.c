@@ -491,13 +491,8 @@ static int vshape2(const qc_linear *l, const qc_tensor *t, const char *role, int
                    int64_t cols, qc_err *err)
 {
     if (t->ndim != 2 || t->shape[0] != rows || t->shape[1] != cols) {
-        char got[96] = "[";
-        for (int i = 0; i < t->ndim; i++) {
-            size_t u = strlen(got);
-            snprintf(got + u, sizeof got - u, "%s%lld", i ? ", " : "", (long long)t->shape[i]);
-        }
-        size_t u = strlen(got);
-        snprintf(got + u, sizeof got - u, "]");
+        char got[96];
+        qc_tensor_shape_str(t, got, sizeof got);
         return vfail(l, err, "%s %s has shape %s, expected [%lld, %lld]", role, tname(t), got,
                      (long long)rows, (long long)cols);
     }
@@ -664,11 +659,13 @@ int qc_linear_validate(const qc_linear *l, qc_err *err)
             if (!dt_int(l->zeros->dtype))
                 return vfail(l, err, "weight_zero_point %s must be integer", tname(l->zeros));
             const qc_tensor *z = l->zeros;
-            if (!ct_zeros_packed(l) && z->ndim == 2 && z->shape[0] == ceil_div(N, pf) && z->shape[0] != N)
-                return vfail(l, err, "weight_zero_point %s has the packed shape but dtype %s: packed zero points are I32",
-                             tname(z), qc_dtype_name(z->dtype));
-            if (!ct_zeros_packed(l))
-                VTRY(vshape2(l, l->zeros, "weight_zero_point", N, ng, err));
+            if (!ct_zeros_packed(l)) {
+                if (z->ndim == 2 && z->shape[0] == ceil_div(N, pf) && z->shape[0] != N)
+                    return vfail(l, err,
+                                 "weight_zero_point %s has the packed shape but dtype %s: packed zero points are I32",
+                                 tname(z), qc_dtype_name(z->dtype));
+                VTRY(vshape2(l, z, "weight_zero_point", N, ng, err));
+            }
         } else if (!l->symmetric) {
             return vfail(l, err, "asymmetric without weight_zero_point");
         }

@@ -1,6 +1,7 @@
-/* format.c — names and sizes of dtypes and weight formats (format.h).
+/* format.c — names and sizes of dtypes and weight formats, tensor shapes as text (format.h).
  * The spellings are contracts: safetensors dtype strings, and the canonical
  * format names of checkpoint-formats.md that `qchat inspect --json` prints. */
+#include <stdio.h>
 #include <string.h>
 
 #include "format.h"
@@ -38,6 +39,15 @@ qc_dtype qc_dtype_from_name(const char *s)
 size_t qc_dtype_size(qc_dtype dt)
 {
     return (unsigned)dt < QC_DT_COUNT ? dtype_table[dt].size : 0;
+}
+
+void qc_tensor_shape_str(const qc_tensor *t, char *buf, size_t n)
+{
+    size_t o = (size_t)snprintf(buf, n, "[");
+    for (int i = 0; i < t->ndim && o < n; i++)
+        o += (size_t)snprintf(buf + o, n - o, "%s%lld", i ? ", " : "", (long long)t->shape[i]);
+    if (o < n)
+        snprintf(buf + o, n - o, "]");
 }
 
 static const struct {

@@ -51,6 +51,9 @@ typedef struct qc_tensor {
     int shard; /* index into the set's file list, for error messages */
 } qc_tensor;
 
+/* t's shape as "[a, b, ...]" into buf (n bytes), for messages. */
+void qc_tensor_shape_str(const qc_tensor *t, char *buf, size_t n);
+
 typedef enum qc_format {
     QC_FMT_NONE = 0,
     QC_FMT_BF16,
