@@ -1,6 +1,13 @@
 # tests/lib.bash — sourced by tests/t_*.sh: the same ok/FAIL/skip lines as harness.h.
 QCHAT_BIN=${QCHAT_BIN:-./qchat}
 FIX=${QCHAT_FIXTURES:-../shared/fixtures}
+# QC_TEST_DEVICE=cuda runs the scripts that use $DEVICE_ARGS on the CUDA engine
+# (the GPU machine); by default they run on the CPU engine with one thread.
+DEVICE=${QC_TEST_DEVICE:-cpu}
+case $DEVICE in
+cpu) DEVICE_ARGS="--device cpu --threads 1" ;;
+*) DEVICE_ARGS="--device $DEVICE" ;;
+esac
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/qchat-test.XXXXXX")
 trap 'rm -rf "$TMP"' EXIT
 ok()   { echo "ok $1"; }

@@ -15,7 +15,7 @@ T() { tmux -L "$SOCK" -f /dev/null "$@"; }
 trap 'T kill-server 2>/dev/null; rm -rf "$TMP"' EXIT
 absent() { ! screen | grep -Eq -- "$1"; }
 
-T new-session -d -s q -x 120 -y 40 "env TERM=tmux-256color $QCHAT_BIN --device cpu --threads 1 --seed 1 \
+T new-session -d -s q -x 120 -y 40 "env TERM=tmux-256color $QCHAT_BIN $DEVICE_ARGS --seed 1 \
     --max-tokens 12 $M/tiny-qwen35-fp8 $M/tiny-qwen35; echo QCHAT-EXIT \$?; sleep 60"
 check cmp_starts wait_for '\[FP8\] +BF16' 20
 line "/compare"
@@ -93,7 +93,16 @@ line "/drift"
 check drift_second_report wait_for '\(teacher-forced\)' 20
 sleep 0.3
 tf_kl=$(screen | grep -o 'KL(ref‖active) mean [0-9.e+-]*' | tail -1)
-check drift_live_equals_teacher_forced test -n "$live_kl" -a "$live_kl" = "$tf_kl"
+# The CPU engine computes a token the same way in a reply and in a chunk, so
+# the two agree to the digit. On CUDA the live figures come from the decode
+# kernels and the teacher-forced ones from the prefill kernels, whose logits
+# differ by the engine's precision: there they must agree within 5 %.
+same_kl() {
+    [ -n "$live_kl" ] && [ -n "$tf_kl" ] || return 1
+    [ "$DEVICE" = cpu ] && { [ "$live_kl" = "$tf_kl" ]; return; }
+    awk -v a="${live_kl##* }" -v b="${tf_kl##* }" 'BEGIN { d = a - b; if (d < 0) d = -d; exit !(b > 0 && d <= 0.05 * b) }'
+}
+check drift_live_equals_teacher_forced same_kl
 
 # Refusals: a reply of the reference itself, an unknown reference.
 line "/swap BF16"
@@ -110,15 +119,15 @@ check cmp_quit wait_for 'QCHAT-EXIT 0' 5
 
 # `qchat drift`: the same measure from the command line.
 seq 1 3 180 | tr '\n' ' ' >"$TMP/ids"
-out=$($QCHAT_BIN drift "$M/tiny-qwen35" "$M/tiny-qwen35" --ids "$TMP/ids" --device cpu --threads 1 --json); rc=$?
+out=$($QCHAT_BIN drift "$M/tiny-qwen35" "$M/tiny-qwen35" --ids "$TMP/ids" $DEVICE_ARGS --json); rc=$?
 check drift_cli_self_exit_0 test $rc = 0
 check drift_cli_self_zero grep -Eq '"positions":59,.*"kl_mean":0,"kl_max":0,.*"top1_agreement_pct":100,"first_divergence":null' <<<"$out"
-out=$($QCHAT_BIN drift "$M/tiny-qwen35" "$M/tiny-qwen35-fp8" --ids "$TMP/ids" --device cpu --threads 1 --json)
+out=$($QCHAT_BIN drift "$M/tiny-qwen35" "$M/tiny-qwen35-fp8" --ids "$TMP/ids" $DEVICE_ARGS --json)
 check drift_cli_fp8 grep -Eq '"reference_family":"BF16",.*"active_family":"FP8","positions":59,"skipped":0,"kl_mean":0\.0[0-9]*[1-9]' <<<"$out"
-out=$($QCHAT_BIN drift "$M/tiny-qwen35" "$M/tiny-qwen35-fp8" --ids - --device cpu --threads 1 <"$TMP/ids")
+out=$($QCHAT_BIN drift "$M/tiny-qwen35" "$M/tiny-qwen35-fp8" --ids - $DEVICE_ARGS <"$TMP/ids")
 check drift_cli_text grep -Eq '^top-1 agreement +[0-9.]+ % \([0-9]+/59\)' <<<"$out"
 echo "1 2 999999" >"$TMP/bad"
-$QCHAT_BIN drift "$M/tiny-qwen35" "$M/tiny-qwen35-fp8" --ids "$TMP/bad" --device cpu 2>"$TMP/err" >/dev/null; rc=$?
+$QCHAT_BIN drift "$M/tiny-qwen35" "$M/tiny-qwen35-fp8" --ids "$TMP/bad" $DEVICE_ARGS 2>"$TMP/err" >/dev/null; rc=$?
 check drift_cli_bad_id test $rc = 2 -a -n "$(grep 999999 "$TMP/err")"
 $QCHAT_BIN drift "$M/tiny-qwen35" --ids "$TMP/ids" 2>/dev/null; rc=$?
 check drift_cli_usage test $rc = 2

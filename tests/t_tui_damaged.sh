@@ -40,7 +40,7 @@ cp -r "$M/tiny-qwen35-fp8" "$TMP/nanscale"
 poke "$TMP/nanscale/model.safetensors" "$G.weight_scale_inv" 2 '\xc0\x7f' # a BF16 NaN scale
 
 T new-session -d -s q -x 120 -y 34 \
-    "env TERM=tmux-256color $QCHAT_BIN --device cpu --threads 1 --seed 1 --max-tokens 8 $M/tiny-qwen35 $TMP/nanweight; echo QCHAT-EXIT \$?; sleep 60"
+    "env TERM=tmux-256color $QCHAT_BIN $DEVICE_ARGS --seed 1 --max-tokens 8 $M/tiny-qwen35 $TMP/nanweight; echo QCHAT-EXIT \$?; sleep 60"
 check tui_damaged_starts wait_for 'Conversation' 20
 line "/think off"
 line "first question"
@@ -72,7 +72,8 @@ check tui_damaged_swap_whole_error wait_for 'file is damaged' 5
 line "/models"
 sleep 0.5
 check tui_damaged_list_unchanged sh -c "! tmux -L $SOCK capture-pane -p -t q | grep -q '$TMP/nanscale'"
-check tui_damaged_bar_unchanged grep -Eq '\[BF16\] +FP8 +cpu \(' <<<"$(screen)"
+# the bar: the two formats, then only the device (cpu (N threads) or cuda:NAME)
+check tui_damaged_bar_unchanged grep -Eq '\[BF16\] +FP8 +(cpu \(|cuda:)' <<<"$(screen)"
 
 # /save keeps the failure as such.
 line "/save $TMP/s.json"

@@ -685,6 +685,30 @@ static void ed_drop_global(cJSON *h)
 }
 
 /* Runs inspect on dir: exit 3, one stderr line with every `want` substring. */
+/* dir/config.json after edit(its member, or the whole object for NULL). */
+static void edit_config(const char *dir, const char *member, void (*edit)(cJSON *))
+{
+    char p[1400];
+    size_t len;
+    tu_fmt(p, sizeof p, "%s/config.json", dir);
+    char *text = (char *)tu_slurp(p, &len);
+    cJSON *root = text ? cJSON_Parse(text) : NULL;
+    free(text);
+    if (!root) /* (a fixture missing here: the check that follows fails) */
+        return;
+    edit(member ? cJSON_GetObjectItem(root, member) : root);
+    text = cJSON_Print(root);
+    tu_spit(p, text, strlen(text));
+    free(text);
+    cJSON_Delete(root);
+}
+
+static void ed_drop_heads(cJSON *c) { cJSON_DeleteItemFromObject(c, "num_attention_heads"); }
+static void ed_intermediate_256(cJSON *c)
+{
+    cJSON_ReplaceItemInObject(c, "intermediate_size", cJSON_CreateNumber(256));
+}
+
 static void expect_fail(const char *test, const char *dir, const char *want1, const char *want2)
 {
     char args[1200], *out, *err;
@@ -783,27 +807,11 @@ static void check_malformed(void)
     expect_fail("inspect_bad_config_unparsable", d, "config.json", "not valid JSON");
 
     d = fresh("tiny-qwen36-text", "nofield");
-    tu_fmt(p, sizeof p, "%s/config.json", d);
-    char *text = (char *)tu_slurp(p, &len);
-    cJSON *root = cJSON_Parse(text);
-    free(text);
-    cJSON_DeleteItemFromObject(root, "num_attention_heads");
-    text = cJSON_Print(root);
-    tu_spit(p, text, strlen(text));
-    free(text);
-    cJSON_Delete(root);
+    edit_config(d, NULL, ed_drop_heads);
     expect_fail("inspect_bad_config_field", d, "config.json", "missing required field num_attention_heads");
 
     d = fresh("tiny-qwen36-text", "shapes");
-    tu_fmt(p, sizeof p, "%s/config.json", d);
-    text = (char *)tu_slurp(p, &len);
-    root = cJSON_Parse(text);
-    free(text);
-    cJSON_ReplaceItemInObject(root, "intermediate_size", cJSON_CreateNumber(256));
-    text = cJSON_Print(root);
-    tu_spit(p, text, strlen(text));
-    free(text);
-    cJSON_Delete(root);
+    edit_config(d, NULL, ed_intermediate_256);
     expect_fail("inspect_bad_shape_vs_config", d, "model.layers.0.mlp.gate_proj.weight",
                 "config.json implies [256, 128]");
 
@@ -851,24 +859,6 @@ static void poke(const char *dir, const char *file, const char *name, size_t off
     }
     free(data);
     cJSON_Delete(h);
-}
-
-/* dir/config.json after edit(quantization_config). */
-static void edit_quant_config(const char *dir, void (*edit)(cJSON *))
-{
-    char p[1400];
-    size_t len;
-    tu_fmt(p, sizeof p, "%s/config.json", dir);
-    char *text = (char *)tu_slurp(p, &len);
-    cJSON *root = text ? cJSON_Parse(text) : NULL;
-    free(text);
-    if (!root) /* (a fixture missing here: the check that follows fails) */
-        return;
-    edit(cJSON_GetObjectItem(root, "quantization_config"));
-    text = cJSON_Print(root);
-    tu_spit(p, text, strlen(text));
-    free(text);
-    cJSON_Delete(root);
 }
 
 static void ed_bits8(cJSON *q) { cJSON_ReplaceItemInObject(q, "bits", cJSON_CreateNumber(8)); }
@@ -934,7 +924,7 @@ static void check_damaged_quant(void)
 
     /* what the headers and config.json contradict: refused by inspect */
     d = fresh("tiny-qwen35-int4-autoround", "bits");
-    edit_quant_config(d, ed_bits8);
+    edit_config(d, "quantization_config", ed_bits8);
     expect_fail_cmd("damaged_gptq_bits_vs_config", "inspect", d, "", 3,
                     "has shape of 4-bit weights, but config.json says bits 8");
     d = fresh("tiny-qwen35-int4-awq", "nozp");
@@ -952,7 +942,7 @@ static void check_damaged_quant(void)
     rewrite(d, "model.safetensors", ed_gate_g64, false);
     expect_fail_cmd("damaged_ct_group_vs_config", "inspect", d, "", 3,
                     "gate_proj.weight_scale has 4 groups, not ceil(K / group size) for K=256");
-    edit_quant_config(d, ed_second_group);
+    edit_config(d, "quantization_config", ed_second_group);
     char *out, *err;
     char args[1600];
     tu_fmt(args, sizeof args, "score '%s' %s", d, score);

@@ -1968,9 +1968,16 @@ int app_run(const app_opts *o)
     keypad(stdscr, TRUE);
     nodelay(stdscr, TRUE);
     set_escdelay(25);
-    a->depth = theme_depth_detect(has_colors() ? COLORS : 0, getenv("NO_COLOR"), o->colors);
-    if (a->depth != THEME_DEPTH_NONE) {
+    /* ncurses sets COLORS in start_color(), not in initscr(): read before it,
+     * COLORS is 0 and every terminal looked colourless. */
+    const char *no_color = getenv("NO_COLOR");
+    bool colour_ok = has_colors() && !(no_color && *no_color);
+    if (colour_ok)
         start_color();
+    a->depth = theme_depth_detect(colour_ok ? COLORS : 0, no_color, o->colors);
+    if (a->depth != THEME_DEPTH_NONE) {
+        if (!colour_ok)
+            start_color(); /* --colors N on a terminal that does not say it has them */
         use_default_colors();
         if (a->depth > (theme_depth)COLORS && COLORS > 0)
             a->depth = theme_depth_detect(COLORS, NULL, 0);
