@@ -30,6 +30,14 @@ wait_for() {
     echo "--- screen while waiting for: $re"; screen | sed 's/^/    /'
     return 1
 }
+# until_ok SECONDS CMD...: polls CMD until it succeeds (the last try's status).
+until_ok() {
+    local end=$((SECONDS + $1 * ${QC_TIME_SCALE:-1})); shift
+    while [ $SECONDS -le "$end" ]; do "$@" && return 0; sleep 0.1; done
+    "$@"
+}
+# absent REGEX: the screen could be read and has no line matching REGEX.
+absent() { local s; s=$(screen) && [ -n "$s" ] && ! grep -Eq -- "$1" <<<"$s"; }
 send() { T send-keys -t q "$@"; }
 # idle: the title bar carries a dot (●) while the engine is busy.
 idle() { ! screen | head -1 | grep -q '●'; }

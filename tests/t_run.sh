@@ -79,8 +79,8 @@ check bench_help_ctx grep -q -- '--ctx N,N' "$TMP/bh"
 for v in '1,,2' '1,2,' 'x' '-5' '2000000' '1,2,3,4,5,6,7,8,9' ''; do
     "$Q" bench --synthetic 27b:int4 --ctx "$v" >/dev/null 2>"$TMP/bc"
     rc=$?
-    if grep -q 'without CUDA' "$TMP/bc"; then
-        check "bench_ctx_bad_${v:-empty}" test $rc -eq 1
+    if grep -q 'without CUDA' "$TMP/bc" && [ $rc -eq 1 ]; then
+        skip "bench_ctx_bad_${v:-empty}" "a build without CUDA refuses bench before it reads --ctx"
     else
         check "bench_ctx_bad_${v:-empty}" test $rc -eq 2 -a -n "$(grep -- '--ctx' "$TMP/bc")"
     fi

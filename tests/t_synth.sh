@@ -111,7 +111,10 @@ for f in bf16 fp8 int4-gptq int4-ct nvfp4 nvfp4-modelopt; do
         fail synth_dry_run_27b_$f "tensor bytes $got, want $want; shards sum $sum vs $files; $nsh shards; over 5 GB: $big; ${lo}-${hi} GB: $inr"
     fi
 done
-[ -e "$TMP/27b" ] && fail synth_dry_run_writes_nothing "a directory appeared" || ok synth_dry_run_writes_nothing
+# With an OUTDIR named, --dry-run still writes nothing there.
+"$QCHAT_BIN" synth "$TMP/27b" --dry-run --size 27b --format bf16 >"$TMP/dry.out" 2>&1; rc=$?
+if [ $rc = 0 ] && [ ! -e "$TMP/27b" ] && grep -q '^tensor_bytes' "$TMP/dry.out"; then ok synth_dry_run_writes_nothing
+else fail synth_dry_run_writes_nothing "exit $rc; $([ -e "$TMP/27b" ] && echo "$TMP/27b appeared")"; fi
 
 # ---- refusals and usage errors -------------------------------------------
 "$QCHAT_BIN" synth "$TMP/bf16" --size tiny --format bf16 >/dev/null 2>&1; rc=$?

@@ -16,7 +16,6 @@ export LC_ALL=C.UTF-8 XDG_STATE_HOME=$TMP/state XDG_CONFIG_HOME=$TMP/config
 SOCK=qchat-fmt-$$
 T() { tmux -L "$SOCK" -f /dev/null "$@"; }
 trap 'T kill-server 2>/dev/null; rm -rf "$TMP"' EXIT
-absent() { ! screen | grep -Eq -- "$1"; }
 
 T new-session -d -s q -x 140 -y 44 "env TERM=tmux-256color $QCHAT_BIN $DEVICE_ARGS --seed 1 --max-tokens 10 \
     $M/tiny-qwen35 $M/tiny-qwen35-fp8 $M/tiny-qwen35-int4-awq $M/tiny-qwen35-nvfp4; echo QCHAT-EXIT \$?; sleep 60"

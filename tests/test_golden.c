@@ -204,6 +204,19 @@ static void test_streamed(const char *name)
         free(lg);
     }
     CHECK(cname, e <= 1e-4, "rel L2 %.3g %s", e, rc ? err.msg : "");
+    /* and the weights really were streamed: no float32 copies were made (the
+     * small f32 vectors the model keeps are a few % of the weights) */
+    snprintf(cname, sizeof cname, "streamed_weights_no_f32_copies_%s", name);
+    uint64_t wq = 0, wf = 0;
+    if (!rc) {
+        qc_mem_report rep;
+        qc_model_mem(m, s, &rep);
+        for (int k = QC_MEM_W_BF16; k < QC_MEM_W_OTHER; k++)
+            wq += rep.bytes[k];
+        wf = rep.bytes[QC_MEM_W_OTHER];
+    }
+    CHECK(cname, !rc && wq > 0 && wf * 10 < wq, "f32 copies %llu bytes against %llu checkpoint bytes",
+          (unsigned long long)wf, (unsigned long long)wq);
     qc_session_free(s);
     qc_model_free(m);
     qc_st_free(g);
@@ -270,11 +283,13 @@ static void link_all_but(const char *src, const char *dst, const char *except1, 
 {
     const char *files[] = {"config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
                            "model.safetensors"};
-    char a[1200], b[1200];
+    char a[4200], b[1200], abs[4096];
+    if (!realpath(src, abs)) /* (a relative target would resolve from dst) */
+        snprintf(abs, sizeof abs, "%s", src);
     for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
         if (!strcmp(files[i], except1) || !strcmp(files[i], except2))
             continue;
-        snprintf(a, sizeof a, "%s/%s", src, files[i]);
+        snprintf(a, sizeof a, "%s/%s", abs, files[i]);
         snprintf(b, sizeof b, "%s/%s", dst, files[i]);
         if (access(a, F_OK) == 0 && symlink(a, b) != 0)
             fprintf(stderr, "symlink %s: %s\n", b, strerror(errno));

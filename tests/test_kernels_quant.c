@@ -371,6 +371,11 @@ static void case_checks(const char *name, pub *p)
         return;
     }
     rows_junk_check(name, l, &h);
+    if (g_tile && h.kind == QK_QW_INT4 && strstr(name, "tiled_")) { /* the cases named so are tileable */
+        char tname[160];
+        snprintf(tname, sizeof tname, "repack_is_tiled_%s", name);
+        CHECK(tname, h.tiled, "packed untiled (n_pad %d, k_pad %d, group %d)", h.n_pad, h.k_pad, (int)l->group_size);
+    }
     if (h.kind == QK_QW_INT4) { /* 16-bit scales alone exactly where tiled and every zero is 8 */
         char sname[160];
         snprintf(sname, sizeof sname, "repack_s16_%s", name);

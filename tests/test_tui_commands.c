@@ -106,6 +106,8 @@ int main(void)
     t->n_reasoning = 12;
     t->n_answer = 3;
     t->stopped = true;
+    t = convo_add(&a, CONVO_ASSISTANT, "cut", ""); /* a reply cut at max_tokens */
+    t->stopped = t->cut = true;
     t = convo_add(&a, CONVO_ASSISTANT, "", ""); /* a reply the engine failed */
     convo_set_text(&t->error, "logits not finite", 17);
     int32_t ids[] = {1001, 5, 6, 1002, 0, 1023};
@@ -120,10 +122,11 @@ int main(void)
     CHECK("save_creates_dirs", rc == 0, "%s", msg);
     rc = convo_load(sub, &b, msg, sizeof msg);
     int same = rc == 0 && !strcmp(b.system, "be brief") && !b.think && b.sampling.temperature == 0.25 &&
-               b.sampling.seed == 42 && b.n == 3 && b.turns[0].role == CONVO_USER &&
+               b.sampling.seed == 42 && b.n == 4 && b.turns[0].role == CONVO_USER &&
                !strcmp(b.turns[0].text, "h\xc3\xa9llo \"q\"\n") && !strcmp(b.turns[1].reasoning, "thought") &&
                !strcmp(b.turns[1].format, "FP8") && b.turns[1].n_reasoning == 12 && b.turns[1].stopped &&
-               !b.turns[1].error && b.turns[2].error && !strcmp(b.turns[2].error, "logits not finite") &&
+               !b.turns[1].cut && b.turns[2].stopped && b.turns[2].cut && !b.turns[1].error &&
+               b.turns[3].error && !strcmp(b.turns[3].error, "logits not finite") &&
                b.n_tokens == 6 && !memcmp(b.tokens, ids, sizeof ids);
     CHECK("save_load_round_trip", same, "%s", rc ? msg : "fields differ");
     if (rc == 0)

@@ -199,11 +199,11 @@ static void clear_blocks(app *a)
 static void info(app *a, const char *text) { add_block(a, DB_INFO, text, ""); }
 
 /* How an assistant turn ended, for its header and /stats: failed (the
- * engine's error, e.g. non-finite logits), stopped (Ctrl-C or the token
- * limit), or nothing (an eos). */
+ * engine's error, e.g. non-finite logits), max_tokens (cut at the token
+ * limit), stopped (Ctrl-C, or the context full), or nothing (an eos). */
 static const char *turn_end_note(const convo_turn *t)
 {
-    return t->error ? " \xc2\xb7 failed" : t->stopped ? " \xc2\xb7 stopped" : "";
+    return t->error ? " \xc2\xb7 failed" : t->cut ? " \xc2\xb7 max_tokens" : t->stopped ? " \xc2\xb7 stopped" : "";
 }
 
 static void assistant_header(const convo_turn *t, char *out, size_t n)
@@ -955,6 +955,7 @@ static void finish_reply(app *a)
     t->itl_p50_ms = meter_percentile(s->itl_ms, s->n_itl, 50);
     t->itl_p99_ms = meter_percentile(s->itl_ms, s->n_itl, 99);
     t->stopped = !s->done_rc && (s->stopped || !s->ended_eos);
+    t->cut = t->stopped && s->stopped && !s->user_stopped;
     if (s->done_rc) /* (out of memory: no note, the status line still says why) */
         convo_set_text(&t->error, s->done_msg, strlen(s->done_msg));
     char h[160];

@@ -22,6 +22,7 @@ typedef struct convo_turn {
     int n_prompt;              /* tokens prefilled for this reply */
     double ttft_ms, tok_s, itl_p50_ms, itl_p99_ms;
     bool stopped; /* ended by Ctrl-C or the token limit, not by an eos */
+    bool cut;     /* stopped by the token limit (max_tokens), not by the user */
     char *error;  /* assistant: why the reply failed (the engine's message); NULL when it did not */
 } convo_turn;
 
