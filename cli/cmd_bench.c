@@ -120,7 +120,7 @@ static int parse_ctx_list(const char *v, int *ctx)
 
 static const char *mem_names[QC_MEM_COUNT] = {"weights_bf16", "weights_fp8", "weights_int4", "weights_nvfp4",
                                               "weights_mxfp4_other", "kv_cache", "gdn_state", "scratch",
-                                              "runtime_other", "free"};
+                                              "runtime", "other_processes", "free"};
 
 int cmd_bench(int argc, char **argv)
 {

@@ -35,9 +35,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "config.h"
 #include "cuda_load.h"
+#include "cuda_nvml.h"
 #include "cuda_repack.h"
 #include "dequant.h"
 #include "quant.h"
@@ -226,6 +228,7 @@ struct qc_cuda_model {
     qc_load_stats load_st;
     int n_sm;
     char name[256];
+    char bus_id[32]; /* PCI bus id, for NVML's per-process memory (cuda_nvml.h) */
     cu_prof prof;
     bool fuse_norm; /* decode: RMSNorm folded into the quantized GEMVs after it (mat_gemv_norm) */
     bool down_xperm; /* decode: act-order down-projections read h permuted by the SwiGLU (swiglu_dec) */
@@ -284,6 +287,10 @@ static int cu_model_new(const qc_cuda_shape *sh, qc_cuda_model **out, qc_err *er
     }
     cm->n_sm = prop.multiProcessorCount;
     snprintf(cm->name, sizeof cm->name, "%s", prop.name);
+    if (cudaDeviceGetPCIBusId(cm->bus_id, (int)sizeof cm->bus_id, 0) != cudaSuccess) {
+        cudaGetLastError();
+        cm->bus_id[0] = 0;
+    }
     e = cudaStreamCreateWithFlags(&cm->st, cudaStreamNonBlocking);
     int rc = e ? (int)e : qk_blas_create(&cm->blas, cm->st, CU_BLAS_WS);
     if (rc) {
@@ -2650,8 +2657,13 @@ void qc_cuda_mem(const qc_cuda_model *cm, const qc_cuda_sess *cs, qc_mem_report 
     }
     uint64_t counted = 0;
     for (int i = 0; i < QC_MEM_RUNTIME; i++) counted += rep->bytes[i];
-    uint64_t used = tot - fr;
-    rep->bytes[QC_MEM_RUNTIME] = used > counted ? used - counted : 0;
+    /* What is used and not counted is this process's runtime (context,
+     * kernels, libraries) unless another process holds it: NVML tells this
+     * process's share where it can; else it all reads as runtime. */
+    uint64_t used = tot - fr, ours = used;
+    if (qc_nvml_process_bytes(cm->bus_id, (int)getpid(), &ours) != 0 || ours > used) ours = used;
+    rep->bytes[QC_MEM_RUNTIME] = ours > counted ? ours - counted : 0;
+    rep->bytes[QC_MEM_OTHER_PROCS] = used - ours;
     rep->bytes[QC_MEM_FREE] = fr;
     rep->total = tot;
 }

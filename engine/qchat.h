@@ -61,10 +61,15 @@ const struct qc_config *qc_model_config(const qc_model *m);
  * on the CPU from the process's allocations by the same categories: W_* are
  * the checkpoint's (memory-mapped) weight bytes by family, the CPU backend's
  * float32 copies of dequantized weights count in W_OTHER, RUNTIME is the rest
- * of the resident set, total and FREE are the host's MemTotal/MemAvailable. */
+ * of the resident set, total and FREE are the host's MemTotal/MemAvailable.
+ * OTHER_PROCS: device memory of other processes (CUDA, where NVML lists this
+ * process; else 0 and it reads as RUNTIME). RUNTIME and OTHER_PROCS describe
+ * the device (or process), not one model: a caller adding up several models'
+ * reports takes them once (and takes the models' counted bytes out of
+ * RUNTIME, which holds everything this report's model does not count). */
 enum {
     QC_MEM_W_BF16, QC_MEM_W_FP8, QC_MEM_W_INT4, QC_MEM_W_NVFP4, QC_MEM_W_OTHER,
-    QC_MEM_KV, QC_MEM_GDN_STATE, QC_MEM_SCRATCH, QC_MEM_RUNTIME, QC_MEM_FREE,
+    QC_MEM_KV, QC_MEM_GDN_STATE, QC_MEM_SCRATCH, QC_MEM_RUNTIME, QC_MEM_OTHER_PROCS, QC_MEM_FREE,
     QC_MEM_COUNT
 };
 typedef struct qc_mem_report {

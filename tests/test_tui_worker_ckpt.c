@@ -132,8 +132,51 @@ static void test_open_outside_lock(worker *w)
     rmdir(fa.dir);
 }
 
+/* Two resident models on one device: the active one's report holds the
+ * other's weights in RUNTIME (used - counted); adding the other moves them
+ * from RUNTIME into their families, so nothing counts twice and the parts
+ * still add up to what is used. */
+static void check_mem_add(void)
+{
+    const uint64_t MB = 1u << 20;
+    qc_mem_report act, oth;
+    memset(&act, 0, sizeof act);
+    memset(&oth, 0, sizeof oth);
+    act.bytes[QC_MEM_W_NVFP4] = 17000 * MB;
+    act.bytes[QC_MEM_KV] = 500 * MB;
+    act.bytes[QC_MEM_SCRATCH] = 3800 * MB;
+    oth.bytes[QC_MEM_W_FP8] = 22000 * MB;
+    oth.bytes[QC_MEM_W_BF16] = 4800 * MB;
+    oth.bytes[QC_MEM_KV] = 100 * MB; /* (a live-drift session on it) */
+    const uint64_t ctx = 600 * MB, others = 2000 * MB;
+    uint64_t used = act.bytes[QC_MEM_W_NVFP4] + act.bytes[QC_MEM_KV] + act.bytes[QC_MEM_SCRATCH] + 26900 * MB + ctx + others;
+    act.bytes[QC_MEM_RUNTIME] = used - others - (17000 + 500 + 3800) * MB;
+    act.bytes[QC_MEM_OTHER_PROCS] = oth.bytes[QC_MEM_OTHER_PROCS] = others;
+    oth.bytes[QC_MEM_RUNTIME] = used - others - 26900 * MB; /* (its own view: ignored) */
+    worker_mem_add_model(&act, &oth);
+    uint64_t sum = 0;
+    for (int k = 0; k < QC_MEM_FREE; k++)
+        sum += act.bytes[k];
+    CHECK("mem_add_runtime_is_the_context", act.bytes[QC_MEM_RUNTIME] == ctx, "runtime %llu MB",
+          (unsigned long long)(act.bytes[QC_MEM_RUNTIME] / MB));
+    CHECK("mem_add_families", act.bytes[QC_MEM_W_FP8] == 22000 * MB && act.bytes[QC_MEM_W_BF16] == 4800 * MB &&
+                                  act.bytes[QC_MEM_KV] == 600 * MB && act.bytes[QC_MEM_OTHER_PROCS] == others,
+          "fp8 %llu bf16 %llu kv %llu others %llu MB", (unsigned long long)(act.bytes[QC_MEM_W_FP8] / MB),
+          (unsigned long long)(act.bytes[QC_MEM_W_BF16] / MB), (unsigned long long)(act.bytes[QC_MEM_KV] / MB),
+          (unsigned long long)(act.bytes[QC_MEM_OTHER_PROCS] / MB));
+    CHECK("mem_add_parts_sum_to_used", sum == used, "%llu MB against %llu used", (unsigned long long)(sum / MB),
+          (unsigned long long)(used / MB));
+    qc_mem_report small;
+    memset(&small, 0, sizeof small);
+    small.bytes[QC_MEM_RUNTIME] = 100 * MB; /* (a CPU resident set smaller than the mapped weights) */
+    worker_mem_add_model(&small, &oth);
+    CHECK("mem_add_runtime_floor", small.bytes[QC_MEM_RUNTIME] == 0, "runtime %llu",
+          (unsigned long long)small.bytes[QC_MEM_RUNTIME]);
+}
+
 int main(void)
 {
+    check_mem_add();
     char probe[1024];
     th_model_dir(probe, sizeof probe, models[0]);
     if (access(probe, R_OK) != 0) {

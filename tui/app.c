@@ -616,11 +616,11 @@ static void draw_tokens(app *a)
 
 static const theme_key mem_keys[QC_MEM_COUNT] = {TH_MEM_BF16, TH_MEM_FP8, TH_MEM_INT4, TH_MEM_NVFP4, TH_MEM_OTHER,
                                                  TH_MEM_KV, TH_MEM_GDN, TH_MEM_SCRATCH, TH_MEM_RUNTIME,
-                                                 TH_MEM_FREE};
+                                                 TH_DIM, TH_MEM_FREE};
 /* Distinct glyphs keep the segments apart without colour. */
 static const char *const mem_glyph[QC_MEM_COUNT] = {
     "\xe2\x96\x88", "\xe2\x96\x88", "\xe2\x96\x88", "\xe2\x96\x88", "\xe2\x96\x88",
-    "\xe2\x96\x93", "\xe2\x96\x92", "\xe2\x96\x9e", "\xe2\x96\x96", "\xe2\x96\x91"};
+    "\xe2\x96\x93", "\xe2\x96\x92", "\xe2\x96\x9e", "\xe2\x96\x96", "\xe2\x96\x9a", "\xe2\x96\x91"};
 static const char *const fam_name[5] = {"BF16", "FP8", "INT4", "NVFP4", "other"};
 
 static void draw_vram(app *a)
@@ -659,12 +659,14 @@ static void draw_vram(app *a)
             o += (size_t)snprintf(buf + o, sizeof buf - o, "%s%s %s", first ? "" : ", ", fam, t);
             first = 0;
         }
-    static const char *const rest_long[] = {"KV", "GDN state", "scratch", "runtime", "free"};
-    static const char *const rest_short[] = {"KV", "GDN", "scratch", "rt", "free"};
+    static const char *const rest_long[] = {"KV", "GDN state", "scratch", "runtime", "other processes", "free"};
+    static const char *const rest_short[] = {"KV", "GDN", "scratch", "rt", "others", "free"};
     bool narrow = r.w < 120;
     const char *const *rest = narrow ? rest_short : rest_long;
     o += (size_t)snprintf(buf + o, sizeof buf - o, ")");
     for (int k = QC_MEM_KV; k < QC_MEM_COUNT && o < sizeof buf; k++) {
+        if (k == QC_MEM_OTHER_PROCS && !m->bytes[k])
+            continue; /* named only when another process holds memory here */
         meter_fmt_bytes(m->bytes[k], t, sizeof t);
         o += (size_t)snprintf(buf + o, sizeof buf - o, " \xc2\xb7 %s %s", rest[k - QC_MEM_KV], t);
     }

@@ -176,6 +176,16 @@ int worker_find_ckpt(const worker *w, const char *spec)
 
 /* ---- memory ------------------------------------------------------------------- */
 
+void worker_mem_add_model(qc_mem_report *rep, const qc_mem_report *other)
+{
+    uint64_t theirs = 0;
+    for (int k = 0; k < QC_MEM_RUNTIME; k++) {
+        rep->bytes[k] += other->bytes[k];
+        theirs += other->bytes[k];
+    }
+    rep->bytes[QC_MEM_RUNTIME] = rep->bytes[QC_MEM_RUNTIME] > theirs ? rep->bytes[QC_MEM_RUNTIME] - theirs : 0;
+}
+
 static void update_mem(worker *w)
 {
     int a = w->live.active;
@@ -183,16 +193,18 @@ static void update_mem(worker *w)
         return;
     qc_mem_report rep;
     qc_model_mem(w->ck[a].model, w->sess, &rep);
-    /* Weights of the other resident checkpoints count too (their families).
-     * The UI thread may append checkpoints meanwhile: count them under mu. */
+    /* The other resident checkpoints count too: their weights by family, and
+     * the live-drift session with its model. The active model's RUNTIME is
+     * all it does not count itself (qchat.h), so what they count comes out
+     * of it. The UI thread may append checkpoints meanwhile: count them
+     * under mu. */
     int n_ck = worker_ckpt_count(w);
     for (int i = 0; i < n_ck; i++) {
         if (i == a || !w->ck[i].model)
             continue;
         qc_mem_report o;
-        qc_model_mem(w->ck[i].model, NULL, &o);
-        for (int k = QC_MEM_W_BF16; k <= QC_MEM_W_OTHER; k++)
-            rep.bytes[k] += o.bytes[k];
+        qc_model_mem(w->ck[i].model, w->ref_sess && w->ref_sess_ck == i ? w->ref_sess : NULL, &o);
+        worker_mem_add_model(&rep, &o);
     }
     pthread_mutex_lock(&w->mu);
     w->live.mem = rep;
@@ -692,13 +704,15 @@ static int job_rebuild(worker *w, const int32_t *ids, int n, qc_err *err)
     return 0;
 }
 
-/* Engine bytes of one model and its session (the FREE slot excluded). */
+/* Bytes of one model and its session: weights, KV, state, scratch (not the
+ * process's runtime, other processes' or free memory, which are the
+ * device's: they made every /compare column read as the whole GPU). */
 static uint64_t mem_in_use(const qc_model *m, const qc_session *s)
 {
     qc_mem_report rep;
     qc_model_mem(m, s, &rep);
     uint64_t b = 0;
-    for (int k = 0; k < QC_MEM_FREE; k++)
+    for (int k = 0; k < QC_MEM_RUNTIME; k++)
         b += rep.bytes[k];
     return b;
 }

@@ -174,6 +174,10 @@ void worker_init_sync(worker *w);
 /* n_ck read under mu: what code on the worker thread (or any thread other
  * than the one adding checkpoints) uses to bound a walk of ck[]. */
 int worker_ckpt_count(worker *w);
+/* Adds another resident model's report into rep (the active model's): its
+ * weights, KV, state and scratch, taken out of rep's RUNTIME, which held
+ * them as memory the active model does not count (qchat.h). */
+void worker_mem_add_model(qc_mem_report *rep, const qc_mem_report *other);
 /* Loads checkpoint `first`, creates the session, starts the thread. */
 int worker_start(worker *w, int first, const qc_load_opts *lo, int max_ctx, uint64_t budget,
                  qc_err *err);

@@ -1,0 +1,21 @@
+/* cuda_nvml.h — how much device memory this process holds, from NVML.
+ *
+ * cudaMemGetInfo gives the device's free memory, not whose the rest is: a
+ * second process (another model server, a desktop) would show as qchat's
+ * own runtime. NVML lists the compute processes of a device with their
+ * memory. libnvidia-ml ships with the driver (not the toolkit), so it is
+ * opened at run time: no build dependency, and where it is missing (or the
+ * process list is hidden, e.g. in some containers) callers fall back to
+ * cudaMemGetInfo alone. Owner of nothing the caller sees; the library handle
+ * stays open for the process's life. */
+#ifndef QC_CUDA_NVML_H
+#define QC_CUDA_NVML_H
+
+#include <stdint.h>
+
+/* Bytes of device memory held by process `pid` on the GPU at PCI bus id
+ * `bus_id` (as cudaDeviceGetPCIBusId writes it). 0 on success; -1 when NVML
+ * is missing, fails, or does not list the process with a known size. */
+int qc_nvml_process_bytes(const char *bus_id, int pid, uint64_t *bytes);
+
+#endif
