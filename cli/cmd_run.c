@@ -218,23 +218,7 @@ static int parse_args(int argc, char **argv, run_opts *o)
 static void sample_params(const run_opts *o, const qc_config *cfg, qc_sample_params *sp)
 {
     qc_sample_params_init(sp);
-    const qc_gen_config *g = &cfg->gen;
-    if (g->present) {
-        if (g->has_temperature)
-            sp->temperature = g->temperature;
-        if (g->has_top_k)
-            sp->top_k = g->top_k;
-        if (g->has_top_p)
-            sp->top_p = g->top_p;
-        if (g->has_min_p)
-            sp->min_p = g->min_p;
-        if (g->has_presence_penalty)
-            sp->presence_penalty = g->presence_penalty;
-        if (g->has_repetition_penalty)
-            sp->repetition_penalty = g->repetition_penalty;
-        if (!g->do_sample)
-            sp->temperature = 0;
-    }
+    qc_sample_params_apply_gen(sp, &cfg->gen);
     if (o->has_t)
         sp->temperature = o->t;
     if (o->has_k)

@@ -1010,8 +1010,10 @@ void qc_ckpt_memory(const qc_ckpt *ck, int64_t ctx, qc_ckpt_mem *mem)
     mem->mtp_kv_bytes_per_token = ck->has_mtp ? ck->mtp_layers * kv_layer : 0;
     mem->gdn_state_bytes = (int64_t)c->n_linear_layers * c->linear_num_value_heads *
                            c->linear_key_head_dim * c->linear_value_head_dim * 4;
+    /* fp32, as both engines keep it (qwen35-model.md's 2.8 MiB for the 27B is a
+     * BF16 conv state; qchat's is 5.6 MiB) */
     mem->gdn_conv_bytes = (int64_t)c->n_linear_layers * qc_config_conv_dim(c) *
-                          (c->linear_conv_kernel_dim - 1) * 2;
+                          (c->linear_conv_kernel_dim - 1) * 4;
     if (!c->n_linear_layers)
         mem->gdn_conv_bytes = 0;
     mem->ctx = ctx;

@@ -89,7 +89,7 @@ typedef struct qc_ckpt_mem {
     int64_t kv_bytes_per_token;     /* K+V of the full-attention layers, BF16 */
     int64_t mtp_kv_bytes_per_token; /* the MTP layer's own cache, BF16 (0 without MTP) */
     int64_t gdn_state_bytes;   /* fp32 recurrent state of one sequence: Lin * Hv * dk * dv * 4 */
-    int64_t gdn_conv_bytes;    /* conv state of one sequence: Lin * conv_dim * (kernel-1) * 2 (BF16) */
+    int64_t gdn_conv_bytes;    /* conv state of one sequence: Lin * conv_dim * (kernel-1) * 4 (fp32) */
     int64_t ctx;               /* context the total is for */
     int64_t total_bytes;       /* weights_total + ctx * (kv + mtp_kv) + gdn_state + gdn_conv */
 } qc_ckpt_mem;

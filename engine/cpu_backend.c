@@ -540,6 +540,7 @@ static void cpu_mem(const qc_model *m, const qc_session *s, qc_mem_report *rep)
      * (its first holder while that one lives), so the TUI's sum over the
      * resident models counts it once. */
     rep->bytes[QC_MEM_W_OTHER] += (uint64_t)cm->cache_bytes + qc_shared_owned_bytes(cm, QC_MEM_W_OTHER);
+    rep->borrowed = qc_shared_borrowed_bytes(cm);
     if (!s)
         return;
     const qc_config *c = m->cfg;

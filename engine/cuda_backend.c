@@ -2650,6 +2650,7 @@ void qc_cuda_mem(const qc_cuda_model *cm, const qc_cuda_sess *cs, qc_mem_report 
         if (cs) rep->bytes[i] += cs->state.bytes[i] + cs->scratch.bytes[i];
     }
     if (cs) rep->bytes[QC_MEM_SCRATCH] += qc_cuda_sampling_bytes(cs->smp);
+    rep->borrowed = qc_shared_borrowed_bytes(cm);
     size_t fr = 0, tot = 0;
     if (cudaMemGetInfo(&fr, &tot) != cudaSuccess) {
         cudaGetLastError();

@@ -74,6 +74,10 @@ enum {
 };
 typedef struct qc_mem_report {
     uint64_t bytes[QC_MEM_COUNT];
+    /* Shared tensors this model uses while another resident model is charged
+     * for them (counted once, in bytes[] of that one): not in bytes[]; its
+     * own footprint alone is bytes[0, RUNTIME) + borrowed. */
+    uint64_t borrowed;
     uint64_t total; /* device (or host) total */
 } qc_mem_report;
 void qc_model_mem(const qc_model *m, const qc_session *s, qc_mem_report *rep);

@@ -1,6 +1,8 @@
 /* sampler.c — see sampler.h. */
 #include "sampler.h"
 
+#include "config.h"
+
 #include <math.h>
 #include <stdbool.h>
 #include <stdlib.h>
@@ -29,6 +31,26 @@ void qc_sample_params_init(qc_sample_params *p)
     p->temperature = 1.0f;
     p->top_p = 1.0f;
     p->repetition_penalty = 1.0f;
+}
+
+void qc_sample_params_apply_gen(qc_sample_params *p, const qc_gen_config *g)
+{
+    if (!g || !g->present)
+        return;
+    if (g->has_temperature)
+        p->temperature = g->temperature;
+    if (g->has_top_k)
+        p->top_k = g->top_k;
+    if (g->has_top_p)
+        p->top_p = g->top_p;
+    if (g->has_min_p)
+        p->min_p = g->min_p;
+    if (g->has_presence_penalty)
+        p->presence_penalty = g->presence_penalty;
+    if (g->has_repetition_penalty)
+        p->repetition_penalty = g->repetition_penalty;
+    if (!g->do_sample)
+        p->temperature = 0;
 }
 
 int qc_sample_params_check(const qc_sample_params *p, qc_err *err)

@@ -43,6 +43,12 @@ typedef struct qc_sample_params {
  * temperature 0) and then command-line flags. */
 void qc_sample_params_init(qc_sample_params *p);
 
+/* Overlays a checkpoint's generation_config.json: every value it gives, and
+ * temperature 0 (greedy) where do_sample is false or absent, as transformers
+ * reads it. One rule for `run` and the TUI. */
+struct qc_gen_config;
+void qc_sample_params_apply_gen(qc_sample_params *p, const struct qc_gen_config *g);
+
 /* Range checks with a message naming the option (QC_EXIT_USAGE on failure):
  * temperature finite >= 0, top_p in (0, 1], min_p in [0, 1],
  * repetition_penalty > 0, penalties finite. */

@@ -274,6 +274,21 @@ uint64_t qc_shared_owned_bytes(const void *holder, int tag)
     return b;
 }
 
+uint64_t qc_shared_borrowed_bytes(const void *holder)
+{
+    uint64_t b = 0;
+    pthread_mutex_lock(&g_mu);
+    for (sh_entry *e = g_list; e; e = e->next)
+        if (e->nh && e->h[0].holder != holder)
+            for (int i = 1; i < e->nh; i++)
+                if (e->h[i].holder == holder) {
+                    b += e->buf_bytes;
+                    break;
+                }
+    pthread_mutex_unlock(&g_mu);
+    return b;
+}
+
 void qc_shared_stats(int kind, int *entries, uint64_t *bytes)
 {
     int n = 0;

@@ -63,6 +63,10 @@ void qc_shared_release(void *buf, const void *holder);
 /* Bytes of category tag attributed to holder (see Accounting above). */
 uint64_t qc_shared_owned_bytes(const void *holder, int tag);
 
+/* Bytes of the entries holder references while another holder is charged
+ * for them: what holder's own footprint would add if it were alone. */
+uint64_t qc_shared_borrowed_bytes(const void *holder);
+
 /* Process totals: live entries and their resident bytes (tests, stats). */
 void qc_shared_stats(int kind, int *entries, uint64_t *bytes);
 

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "harness.h"
+#include "config.h"
 #include "sampler.h"
 
 static uint64_t rs = 0x9E3779B97F4A7C15ull;
@@ -466,8 +467,36 @@ static void test_params(void)
           r1, r2, r3, r4, err.msg);
 }
 
+/* generation_config.json's values over the defaults, the same for `run`
+ * and the TUI: greedy unless do_sample is true, as transformers reads it. */
+static void test_gen_config(void)
+{
+    qc_gen_config g;
+    memset(&g, 0, sizeof g);
+    g.present = g.has_temperature = g.has_top_k = g.has_presence_penalty = true;
+    g.temperature = 0.6f;
+    g.top_k = 20;
+    g.presence_penalty = 1.5f;
+    qc_sample_params p;
+    qc_sample_params_init(&p);
+    qc_sample_params_apply_gen(&p, &g); /* no do_sample: greedy, the rest applied */
+    CHECK("gen_no_do_sample_greedy", p.temperature == 0 && p.top_k == 20 && p.presence_penalty == 1.5f,
+          "temperature %g top_k %d presence %g", (double)p.temperature, p.top_k, (double)p.presence_penalty);
+    g.do_sample = true;
+    qc_sample_params_init(&p);
+    qc_sample_params_apply_gen(&p, &g);
+    CHECK("gen_do_sample", p.temperature == 0.6f && p.top_p == 1.0f && p.repetition_penalty == 1.0f,
+          "temperature %g top_p %g", (double)p.temperature, (double)p.top_p);
+    g.present = false;
+    qc_sample_params_init(&p);
+    qc_sample_params_apply_gen(&p, &g);
+    CHECK("gen_absent_untouched", p.temperature == 1.0f && p.top_k == 0 && p.presence_penalty == 0,
+          "temperature %g", (double)p.temperature);
+}
+
 int main(void)
 {
+    test_gen_config();
     test_greedy();
     test_truncations();
     test_big_vocab();

@@ -56,7 +56,13 @@ static void test_registry(void)
                              qc_shared_owned_bytes(&h2, QC_MEM_W_OTHER) == 0,
           "h1 %llu h2 %llu", (unsigned long long)qc_shared_owned_bytes(&h1, QC_MEM_W_OTHER),
           (unsigned long long)qc_shared_owned_bytes(&h2, QC_MEM_W_OTHER));
+    CHECK("borrowed_by_the_second", qc_shared_borrowed_bytes(&h2) == 1000 && qc_shared_borrowed_bytes(&h1) == 0 &&
+                                        qc_shared_borrowed_bytes(&h3) == 0,
+          "h1 %llu h2 %llu h3 %llu", (unsigned long long)qc_shared_borrowed_bytes(&h1),
+          (unsigned long long)qc_shared_borrowed_bytes(&h2), (unsigned long long)qc_shared_borrowed_bytes(&h3));
     qc_shared_release(buf, &h1);
+    CHECK("borrowed_becomes_owned", qc_shared_borrowed_bytes(&h2) == 0, "h2 still borrows %llu",
+          (unsigned long long)qc_shared_borrowed_bytes(&h2));
     CHECK("owned_moves", qc_shared_owned_bytes(&h2, QC_MEM_W_OTHER) == 1000 && g_freed == 0,
           "h2 owns %llu, freed %d", (unsigned long long)qc_shared_owned_bytes(&h2, QC_MEM_W_OTHER), g_freed);
     qc_shared_release(buf, &h3); /* holds nothing: ignored */

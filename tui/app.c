@@ -208,7 +208,7 @@ static const char *turn_end_note(const convo_turn *t)
 
 static void assistant_header(const convo_turn *t, char *out, size_t n)
 {
-    double secs = t->tok_s > 0 ? (t->n_reasoning + t->n_answer) / t->tok_s : 0;
+    double secs = t->secs;
     snprintf(out, n, "qwen \xc2\xb7 %s \xc2\xb7 %d+%d tok \xc2\xb7 %.2f s%s", t->format[0] ? t->format : "?",
              t->n_reasoning, t->n_answer, secs, turn_end_note(t));
 }
@@ -467,10 +467,12 @@ static void draw_reasoning(app *a)
     rect r = a->L.reason;
     if (r.h <= 0)
         return;
+    /* The reasoning's own time: from the first token to the last reasoning
+     * one (to now while it still reasons), not the whole reply's. */
     double secs = 0;
-    if (a->snap.t_first > 0) {
-        double end = a->generating ? qc_now() : a->snap.t_last;
-        secs = end - a->snap.t_first;
+    if (a->snap.t_first > 0 && a->snap.n_reasoning > 0) {
+        bool reasoning_now = a->generating && a->snap.n_answer == 0;
+        secs = (reasoning_now ? qc_now() : a->snap.t_reason_end) - a->snap.t_first;
     }
     char n[32];
     meter_fmt_count(a->snap.n_reasoning, n, sizeof n);
@@ -623,6 +625,45 @@ static const char *const mem_glyph[QC_MEM_COUNT] = {
     "\xe2\x96\x93", "\xe2\x96\x92", "\xe2\x96\x9e", "\xe2\x96\x96", "\xe2\x96\x9a", "\xe2\x96\x91"};
 static const char *const fam_name[5] = {"BF16", "FP8", "INT4", "NVFP4", "other"};
 
+/* The VRAM legend: weights by family, then the other categories (short
+ * names when narrow; other processes only when there are some) and, with
+ * total, the whole of the device (or the host's RAM). */
+static void vram_legend(const app *a, const qc_mem_report *m, bool narrow, bool total, char *buf, size_t cap)
+{
+    char t[32];
+    size_t o = 0;
+    uint64_t wsum = 0;
+    for (int k = 0; k <= QC_MEM_W_OTHER; k++)
+        wsum += m->bytes[k];
+    meter_fmt_bytes(wsum, t, sizeof t);
+    o += (size_t)snprintf(buf + o, cap - o, "weights %s (", t);
+    int first = 1;
+    for (int k = 0; k <= QC_MEM_W_OTHER && o < cap; k++)
+        if (m->bytes[k]) {
+            meter_fmt_bytes(m->bytes[k], t, sizeof t);
+            /* The CPU engine keeps float32 copies of dequantized weights; they are
+             * what W_OTHER holds there (qchat.h), so name them. */
+            const char *fam = k == QC_MEM_W_OTHER && !strncmp(a->device, "cpu", 3) ? "f32 copies" : fam_name[k];
+            o += (size_t)snprintf(buf + o, cap - o, "%s%s %s", first ? "" : ", ", fam, t);
+            first = 0;
+        }
+    static const char *const rest_long[] = {"KV", "GDN state", "scratch", "runtime", "other processes", "free"};
+    static const char *const rest_short[] = {"KV", "GDN", "scratch", "rt", "others", "free"};
+    const char *const *rest = narrow ? rest_short : rest_long;
+    if (o < cap)
+        o += (size_t)snprintf(buf + o, cap - o, ")");
+    for (int k = QC_MEM_KV; k < QC_MEM_COUNT && o < cap; k++) {
+        if (k == QC_MEM_OTHER_PROCS && !m->bytes[k])
+            continue; /* named only when another process holds memory here */
+        meter_fmt_bytes(m->bytes[k], t, sizeof t);
+        o += (size_t)snprintf(buf + o, cap - o, " \xc2\xb7 %s %s", rest[k - QC_MEM_KV], t);
+    }
+    if (o < cap && m->total && total) {
+        meter_fmt_bytes(m->total, t, sizeof t);
+        snprintf(buf + o, cap - o, " of %s%s", t, strncmp(a->device, "cpu", 3) ? "" : " (host RAM)");
+    }
+}
+
 static void draw_vram(app *a)
 {
     rect r = a->L.vram;
@@ -642,37 +683,18 @@ static void draw_vram(app *a)
     for (int k = 0; k < QC_MEM_COUNT; k++)
         for (int c = 0; c < cells[k]; c++)
             puts_(a, r.y, cx++, 1, mem_keys[k], mem_glyph[k]);
-    char buf[512], t[32];
-    size_t o = 0;
-    uint64_t wsum = 0;
-    for (int k = 0; k <= QC_MEM_W_OTHER; k++)
-        wsum += m->bytes[k];
-    meter_fmt_bytes(wsum, t, sizeof t);
-    o += (size_t)snprintf(buf + o, sizeof buf - o, "weights %s (", t);
-    int first = 1;
-    for (int k = 0; k <= QC_MEM_W_OTHER; k++)
-        if (m->bytes[k]) {
-            meter_fmt_bytes(m->bytes[k], t, sizeof t);
-            /* The CPU engine keeps float32 copies of dequantized weights; they are
-             * what W_OTHER holds there (qchat.h), so name them. */
-            const char *fam = k == QC_MEM_W_OTHER && !strncmp(a->device, "cpu", 3) ? "f32 copies" : fam_name[k];
-            o += (size_t)snprintf(buf + o, sizeof buf - o, "%s%s %s", first ? "" : ", ", fam, t);
-            first = 0;
-        }
-    static const char *const rest_long[] = {"KV", "GDN state", "scratch", "runtime", "other processes", "free"};
-    static const char *const rest_short[] = {"KV", "GDN", "scratch", "rt", "others", "free"};
-    bool narrow = r.w < 120;
-    const char *const *rest = narrow ? rest_short : rest_long;
-    o += (size_t)snprintf(buf + o, sizeof buf - o, ")");
-    for (int k = QC_MEM_KV; k < QC_MEM_COUNT && o < sizeof buf; k++) {
-        if (k == QC_MEM_OTHER_PROCS && !m->bytes[k])
-            continue; /* named only when another process holds memory here */
-        meter_fmt_bytes(m->bytes[k], t, sizeof t);
-        o += (size_t)snprintf(buf + o, sizeof buf - o, " \xc2\xb7 %s %s", rest[k - QC_MEM_KV], t);
-    }
-    if (o < sizeof buf && m->total && !narrow) {
-        meter_fmt_bytes(m->total, t, sizeof t);
-        snprintf(buf + o, sizeof buf - o, " of %s%s", t, strncmp(a->device, "cpu", 3) ? "" : " (host RAM)");
+    /* The legend in the rows under the bar: names in full while it fits,
+     * else short ones, else without the total (a cut legend lost free). */
+    char buf[512];
+    int rows = r.h >= 2 ? r.h - 1 : 1, avail = r.h >= 2 ? w : w - bw - 1;
+    for (int v = r.w < 120 ? 1 : 0; v < 3; v++) {
+        vram_legend(a, m, v >= 1, v < 2, buf, sizeof buf);
+        wrap_cache wc = {0};
+        wrap_cache_update(&wc, buf, strlen(buf), avail > 1 ? avail : 1);
+        int n = wc.n;
+        wrap_cache_free(&wc);
+        if (n <= rows)
+            break;
     }
     if (r.h >= 2) {
         /* Legend wraps onto the remaining rows. */
@@ -953,6 +975,7 @@ static void finish_reply(app *a)
     t->n_answer = s->n_answer;
     t->n_prompt = s->n_prompt;
     t->ttft_ms = s->t_first > 0 ? (s->t_first - s->t_submit) * 1e3 : 0;
+    t->secs = s->t_last > 0 ? s->t_last - s->t_submit : 0;
     t->tok_s = s->n_gen > 1 && s->t_last > s->t_first ? (s->n_gen - 1) / (s->t_last - s->t_first) : 0;
     t->itl_p50_ms = meter_percentile(s->itl_ms, s->n_itl, 50);
     t->itl_p99_ms = meter_percentile(s->itl_ms, s->n_itl, 99);
@@ -1126,18 +1149,36 @@ static bool build_chat(app *a, int n, qc_chat *chat)
     return true;
 }
 
+/* The conversation's sampling settings as the sampler's, and back. */
+static void sampling_to_params(const convo_sampling *s, qc_sample_params *sp)
+{
+    qc_sample_params_init(sp);
+    sp->temperature = (float)s->temperature;
+    sp->top_p = (float)s->top_p;
+    sp->top_k = s->top_k;
+    sp->min_p = (float)s->min_p;
+    sp->repetition_penalty = (float)s->repetition_penalty;
+    sp->presence_penalty = (float)s->presence_penalty;
+    sp->seed = s->seed;
+}
+
+static void params_to_sampling(const qc_sample_params *sp, convo_sampling *s)
+{
+    s->temperature = sp->temperature;
+    s->top_p = sp->top_p;
+    s->top_k = sp->top_k;
+    s->min_p = sp->min_p;
+    s->repetition_penalty = sp->repetition_penalty;
+    s->presence_penalty = sp->presence_penalty;
+}
+
 /* Thinking, sampling and the token limit of the conversation, for a reply
  * to the first n turns: the seed depends on n, so every reply draws a new
  * stream, and rerunning a prompt (/compare) draws the same one. */
 static void job_params(app *a, int n, worker_job *job)
 {
     job->think = a->cv.think ? QC_THINK_ON : QC_THINK_OFF;
-    qc_sample_params_init(&job->sp);
-    job->sp.temperature = (float)a->cv.sampling.temperature;
-    job->sp.top_p = (float)a->cv.sampling.top_p;
-    job->sp.top_k = a->cv.sampling.top_k;
-    job->sp.min_p = (float)a->cv.sampling.min_p;
-    job->sp.repetition_penalty = (float)a->cv.sampling.repetition_penalty;
+    sampling_to_params(&a->cv.sampling, &job->sp);
     job->sp.seed = a->cv.sampling.seed + (uint64_t)n;
     job->max_tokens = a->cv.sampling.max_tokens;
 }
@@ -1287,9 +1328,10 @@ static int set_sampling(app *a, const char *arg)
         const convo_sampling *s = &a->cv.sampling;
         char buf[400];
         snprintf(buf, sizeof buf,
-                 "temperature=%g top_p=%g top_k=%d min_p=%g repetition_penalty=%g seed=%llu max_tokens=%d think=%s",
-                 s->temperature, s->top_p, s->top_k, s->min_p, s->repetition_penalty, (unsigned long long)s->seed,
-                 s->max_tokens, a->cv.think ? "on" : "off");
+                 "temperature=%g top_p=%g top_k=%d min_p=%g repetition_penalty=%g presence_penalty=%g seed=%llu "
+                 "max_tokens=%d think=%s",
+                 s->temperature, s->top_p, s->top_k, s->min_p, s->repetition_penalty, s->presence_penalty,
+                 (unsigned long long)s->seed, s->max_tokens, a->cv.think ? "on" : "off");
         info(a, buf);
         return 0;
     }
@@ -1315,21 +1357,21 @@ static int set_sampling(app *a, const char *arg)
         s.min_p = v;
     else if (!strcmp(key, "repetition_penalty"))
         s.repetition_penalty = v;
+    else if (!strcmp(key, "presence_penalty"))
+        s.presence_penalty = v;
     else if (!strcmp(key, "seed") && v >= 0)
         s.seed = (uint64_t)v;
     else if (!strcmp(key, "max_tokens") && v >= 0)
         s.max_tokens = (int)v;
     else {
-        set_status(a, true, "/set: unknown key '%s' (temperature top_p top_k min_p repetition_penalty seed max_tokens)", key);
+        set_status(a, true,
+                   "/set: unknown key '%s' (temperature top_p top_k min_p repetition_penalty presence_penalty seed "
+                   "max_tokens)",
+                   key);
         return -1;
     }
     qc_sample_params sp;
-    qc_sample_params_init(&sp);
-    sp.temperature = (float)s.temperature;
-    sp.top_p = (float)s.top_p;
-    sp.top_k = s.top_k;
-    sp.min_p = (float)s.min_p;
-    sp.repetition_penalty = (float)s.repetition_penalty;
+    sampling_to_params(&s, &sp);
     qc_err err = {0};
     if (qc_sample_params_check(&sp, &err) != 0) {
         set_status(a, true, "/set: %s", err.msg);
@@ -1876,19 +1918,11 @@ static void sampling_defaults(app *a)
 {
     const qc_config *cfg = qc_model_config(a->w.ck[a->w.live.active].model);
     convo_sampling *s = &a->cv.sampling;
-    if (cfg && cfg->gen.present) {
-        if (cfg->gen.has_temperature)
-            s->temperature = cfg->gen.temperature;
-        if (cfg->gen.has_top_p)
-            s->top_p = cfg->gen.top_p;
-        if (cfg->gen.has_top_k)
-            s->top_k = cfg->gen.top_k;
-        if (cfg->gen.has_min_p)
-            s->min_p = cfg->gen.min_p;
-        if (cfg->gen.has_repetition_penalty)
-            s->repetition_penalty = cfg->gen.repetition_penalty;
-        if (!cfg->gen.do_sample && cfg->gen.has_temperature == false)
-            s->temperature = 0;
+    if (cfg) { /* generation_config.json over Qwen's recommended settings, the rule `run` follows */
+        qc_sample_params sp;
+        sampling_to_params(s, &sp);
+        qc_sample_params_apply_gen(&sp, &cfg->gen);
+        params_to_sampling(&sp, s);
     }
     if (a->o.temperature >= 0)
         s->temperature = a->o.temperature;

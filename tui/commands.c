@@ -15,7 +15,7 @@ const cmd_def cmd_table[CMD_COUNT] = {
     {CMD_CLEAR, "clear", "", 0, "start a new conversation (the system prompt is kept)"},
     {CMD_SYSTEM, "system", "[TEXT]", 0, "set the system prompt for the next replies; without TEXT, show it"},
     {CMD_SET, "set", "KEY=VALUE", 0,
-     "sampling: temperature, top_p, top_k, min_p, repetition_penalty, seed, max_tokens; no "
+     "sampling: temperature, top_p, top_k, min_p, repetition_penalty, presence_penalty, seed, max_tokens; no "
      "argument lists them"},
     {CMD_SAVE, "save", "[FILE]", 0,
      "write the session as JSON (atomically); default $XDG_STATE_HOME/qchat/session.json"},

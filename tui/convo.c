@@ -29,7 +29,7 @@ void convo_init(convo *c)
     c->system = dupn("", 0);
     c->think = true;
     c->sampling = (convo_sampling){.temperature = 0.6, .top_p = 0.95, .min_p = 0.0,
-                                   .repetition_penalty = 1.0, .top_k = 20, .seed = 0,
+                                   .repetition_penalty = 1.0, .presence_penalty = 0.0, .top_k = 20, .seed = 0,
                                    .max_tokens = 0};
 }
 
@@ -124,6 +124,7 @@ char *convo_to_json(const convo *c)
         cJSON_AddNumberToObject(s, "top_k", c->sampling.top_k);
         cJSON_AddNumberToObject(s, "min_p", c->sampling.min_p);
         cJSON_AddNumberToObject(s, "repetition_penalty", c->sampling.repetition_penalty);
+        cJSON_AddNumberToObject(s, "presence_penalty", c->sampling.presence_penalty);
         cJSON_AddNumberToObject(s, "seed", (double)c->sampling.seed);
         cJSON_AddNumberToObject(s, "max_tokens", c->sampling.max_tokens);
     }
@@ -142,6 +143,7 @@ char *convo_to_json(const convo *c)
             cJSON_AddNumberToObject(o, "answer_tokens", t->n_answer);
             cJSON_AddNumberToObject(o, "prompt_tokens", t->n_prompt);
             cJSON_AddNumberToObject(o, "ttft_ms", t->ttft_ms);
+            cJSON_AddNumberToObject(o, "seconds", t->secs);
             cJSON_AddNumberToObject(o, "tok_s", t->tok_s);
             cJSON_AddNumberToObject(o, "itl_p50_ms", t->itl_p50_ms);
             cJSON_AddNumberToObject(o, "itl_p99_ms", t->itl_p99_ms);
@@ -205,6 +207,7 @@ int convo_from_json(const char *text, size_t len, convo *out, char *msg, int msg
         c.sampling.top_k = (int)num_or(s, "top_k", c.sampling.top_k);
         c.sampling.min_p = num_or(s, "min_p", c.sampling.min_p);
         c.sampling.repetition_penalty = num_or(s, "repetition_penalty", c.sampling.repetition_penalty);
+        c.sampling.presence_penalty = num_or(s, "presence_penalty", c.sampling.presence_penalty);
         c.sampling.seed = (uint64_t)num_or(s, "seed", 0);
         c.sampling.max_tokens = (int)num_or(s, "max_tokens", c.sampling.max_tokens);
     }
@@ -228,6 +231,8 @@ int convo_from_json(const char *text, size_t len, convo *out, char *msg, int msg
         ct->n_prompt = (int)num_or(t, "prompt_tokens", 0);
         ct->ttft_ms = num_or(t, "ttft_ms", 0);
         ct->tok_s = num_or(t, "tok_s", 0);
+        /* (files from before "seconds": the first token, then the rest at tok_s) */
+        ct->secs = num_or(t, "seconds", ct->ttft_ms / 1e3 + (ct->tok_s > 0 ? (ct->n_reasoning + ct->n_answer) / ct->tok_s : 0));
         ct->itl_p50_ms = num_or(t, "itl_p50_ms", 0);
         ct->itl_p99_ms = num_or(t, "itl_p99_ms", 0);
         ct->stopped = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(t, "stopped"));

@@ -21,13 +21,14 @@ typedef struct convo_turn {
     int n_reasoning, n_answer; /* tokens */
     int n_prompt;              /* tokens prefilled for this reply */
     double ttft_ms, tok_s, itl_p50_ms, itl_p99_ms;
+    double secs; /* from the prompt's Enter to the reply's last token (prefill included) */
     bool stopped; /* ended by Ctrl-C or the token limit, not by an eos */
     bool cut;     /* stopped by the token limit (max_tokens), not by the user */
     char *error;  /* assistant: why the reply failed (the engine's message); NULL when it did not */
 } convo_turn;
 
 typedef struct convo_sampling {
-    double temperature, top_p, min_p, repetition_penalty;
+    double temperature, top_p, min_p, repetition_penalty, presence_penalty;
     int top_k;
     uint64_t seed;
     int max_tokens; /* per reply; 0 = until the context is full */

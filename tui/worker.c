@@ -358,9 +358,10 @@ static int encode_prompt(worker *w, int ck, const worker_job *job, int32_t **ids
     return rc;
 }
 
-/* Brings session s to exactly ids[0..n), reusing the longest common prefix
- * with what it holds. Leaves at least one token to feed when fresh logits are
- * wanted (keep_one), as a prompt needs. Returns like prefill(). */
+/* Brings session s to exactly ids[0..n), feeding only what follows when it
+ * holds a prefix of ids, else starting over. Leaves at least one token to
+ * feed when fresh logits are wanted (keep_one), as a prompt needs. *fed:
+ * the tokens prefilled. Returns like prefill(). */
 static int sync_session(worker *w, qc_session *s, const int32_t *ids, int n, bool keep_one, int *fed, qc_err *err)
 {
     int have = qc_session_len(s);
@@ -371,11 +372,11 @@ static int sync_session(worker *w, qc_session *s, const int32_t *ids, int n, boo
     if (keep_one && common == n && common > 0)
         common--;
     if (common < have) {
-        int rc = 0;
-        if (common == 0)
-            qc_session_reset(s);
-        else if ((rc = qc_session_rewind(s, common, err)) != 0)
-            return rc;
+        /* Going back means starting over: the GDN recurrence cannot run
+         * backwards, so a rewind would replay the kept prefix anyway; here
+         * the replay shows its progress and counts as prefilled. */
+        qc_session_reset(s);
+        common = 0;
     }
     if (fed)
         *fed = n - common;
@@ -483,7 +484,12 @@ static int job_generate(worker *w, worker_job *job, qc_err *err)
         }
         goto out;
     }
+    /* Live drift's work on the reference (its prefill, its steps, the KL
+     * of each row) is not the active format's: its time comes off every
+     * timestamp of the reply, so TTFT, tok/s and ITL stay the format's. */
+    double drift_s = qc_now();
     bool drift = dref >= 0 && dref != act && dref < worker_ckpt_count(w) && live_drift_begin(w, dref, ids, (int)nids);
+    drift_s = drift ? qc_now() - drift_s : 0;
     drift_stats ds;
     drift_stats_init(&ds);
     int32_t eos[QC_REPLY_MAX_EOS];
@@ -511,9 +517,10 @@ static int job_generate(worker *w, worker_job *job, qc_err *err)
     qc_model_get_info(m, &info);
     set_phase(w, WPH_DECODE);
     int n_gen = 0;
-    double t_prev = qc_now(), t_mem = t_prev;
+    double t_prev = qc_now() - drift_s, t_mem = qc_now();
     for (;;) {
         /* Only drift needs the row itself; sampling alone stays on the device. */
+        double td = qc_now();
         const float *lg = drift ? qc_session_logits(w->sess) : NULL;
         if (drift) {
             /* The reference's view of this very position, before sampling. */
@@ -532,11 +539,12 @@ static int job_generate(worker *w, worker_job *job, qc_err *err)
                 memcpy(w->live.drift.first_act_text, ta, sizeof ta);
             }
             pthread_mutex_unlock(&w->mu);
+            drift_s += qc_now() - td;
         }
         int32_t id = -1; /* (with drift the row is on the host by now: sampled there, refused if not finite) */
         if ((rc = qc_session_sample(w->sess, smp, &id, err)) != 0)
             break;
-        double t = qc_now();
+        double t = qc_now() - drift_s;
         if (id < 0) {
             rc = qc_err_set(err, QC_EXIT_RUNTIME, "the model produced no finite logit");
             break;
@@ -568,6 +576,8 @@ static int job_generate(worker *w, worker_job *job, qc_err *err)
             else if (p->kind == QC_REPLY_ANSWER && p->len)
                 append(&L->answer, &L->n_answer_b, &L->cap_answer, p->text, p->len);
         }
+        if (reply.n_reasoning > L->n_reasoning)
+            L->t_reason_end = t;
         L->n_reasoning = reply.n_reasoning;
         L->n_answer = reply.n_answer;
         if (piece.end)
@@ -587,7 +597,10 @@ static int job_generate(worker *w, worker_job *job, qc_err *err)
             break;
         if (drift) {
             qc_err e2 = {0};
-            if (qc_session_step(w->ref_sess, id, &e2) != 0) {
+            double ts = qc_now();
+            int rs = qc_session_step(w->ref_sess, id, &e2);
+            drift_s += qc_now() - ts;
+            if (rs != 0) {
                 drift = false;
                 pthread_mutex_lock(&w->mu);
                 snprintf(w->live.drift.msg, sizeof w->live.drift.msg, "live drift stopped: %.200s", e2.msg);
@@ -704,14 +717,15 @@ static int job_rebuild(worker *w, const int32_t *ids, int n, qc_err *err)
     return 0;
 }
 
-/* Bytes of one model and its session: weights, KV, state, scratch (not the
- * process's runtime, other processes' or free memory, which are the
- * device's: they made every /compare column read as the whole GPU). */
+/* Bytes of one model and its session as if it were alone: weights (shared
+ * tensors included, whoever is charged for them), KV, state, scratch; not
+ * the process's runtime, other processes' or free memory, which are the
+ * device's (they made every /compare column read as the whole GPU). */
 static uint64_t mem_in_use(const qc_model *m, const qc_session *s)
 {
     qc_mem_report rep;
     qc_model_mem(m, s, &rep);
-    uint64_t b = 0;
+    uint64_t b = rep.borrowed;
     for (int k = 0; k < QC_MEM_RUNTIME; k++)
         b += rep.bytes[k];
     return b;
@@ -936,7 +950,8 @@ static void *worker_main(void *arg)
         memset(&w->job, 0, sizeof w->job);
         worker_live *L = &w->live;
         L->job = job.kind;
-        if (job.kind == WJOB_GENERATE) {
+        if (job.kind == WJOB_GENERATE || job.kind == WJOB_RESET) {
+            /* (a new conversation also empties the last reply's panes) */
             L->n_reasoning_b = L->n_answer_b = 0;
             if (L->reasoning)
                 L->reasoning[0] = 0;
@@ -944,7 +959,7 @@ static void *worker_main(void *arg)
                 L->answer[0] = 0;
             L->n_reasoning = L->n_answer = L->n_itl = L->n_gen = L->n_prompt = 0;
             L->t_submit = qc_now();
-            L->t_first = L->t_last = 0;
+            L->t_first = L->t_last = L->t_reason_end = 0;
             L->stopped = L->user_stopped = L->ended_eos = false;
             snprintf(L->reply_format, sizeof L->reply_format, "%s", w->ck[L->active].label);
             memset(&L->drift, 0, sizeof L->drift);

@@ -105,6 +105,7 @@ typedef struct worker_live {
     int n_reasoning, n_answer; /* tokens */
     int n_prompt;              /* tokens prefilled for it */
     double t_submit, t_first, t_last;
+    double t_reason_end; /* when the last reasoning token came (0: none yet) */
     double itl_ms[WORKER_MAX_ITL];
     int n_itl;
     int32_t gen_ids[256]; /* the last generated ids, for the loop meter (ring) */
