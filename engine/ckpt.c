@@ -35,6 +35,7 @@ struct qc_ckpt {
     int mtp_layers;
     signed char *tensor_family; /* per tensor of st: qc_family, -1 = not loaded */
     int64_t weights_bytes[QC_FAM_COUNT];
+    int64_t mtp_family_bytes[QC_FAM_COUNT]; /* of which the MTP head's */
     int64_t linear_bytes, mtp_bytes, skipped_bytes;
     qc_err *err;
 };
@@ -860,8 +861,10 @@ static int ck_build(qc_ckpt *ck)
             continue;
         }
         ck->weights_bytes[ck->tensor_family[i]] += (int64_t)t->nbytes;
-        if (!strncmp(t->name, "mtp.", 4))
+        if (!strncmp(t->name, "mtp.", 4)) {
             ck->mtp_bytes += (int64_t)t->nbytes;
+            ck->mtp_family_bytes[ck->tensor_family[i]] += (int64_t)t->nbytes;
+        }
     }
     ck->lm_head = qc_ckpt_linear(ck, "lm_head");
     return QC_OK;
@@ -1000,6 +1003,7 @@ void qc_ckpt_memory(const qc_ckpt *ck, int64_t ctx, qc_ckpt_mem *mem)
     memset(mem, 0, sizeof *mem);
     for (int f = 0; f < QC_FAM_COUNT; f++) {
         mem->weights_bytes[f] = ck->weights_bytes[f];
+        mem->mtp_weights_bytes[f] = ck->mtp_family_bytes[f];
         mem->weights_total += ck->weights_bytes[f];
     }
     mem->linear_bytes = ck->linear_bytes;

@@ -85,6 +85,7 @@ typedef struct qc_ckpt_mem {
     int64_t weights_total;
     int64_t linear_bytes;      /* of which Linears (all modules) */
     int64_t mtp_bytes;         /* of which the MTP head (all its tensors) */
+    int64_t mtp_weights_bytes[QC_FAM_COUNT]; /* ... by family (neither engine loads them: no speculative decoding) */
     int64_t skipped_bytes;     /* in the files but not loaded (vision tower, unknown) */
     int64_t kv_bytes_per_token;     /* K+V of the full-attention layers, BF16 */
     int64_t mtp_kv_bytes_per_token; /* the MTP layer's own cache, BF16 (0 without MTP) */

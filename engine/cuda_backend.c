@@ -2659,12 +2659,14 @@ void qc_cuda_mem(const qc_cuda_model *cm, const qc_cuda_sess *cs, qc_mem_report 
     uint64_t counted = 0;
     for (int i = 0; i < QC_MEM_RUNTIME; i++) counted += rep->bytes[i];
     /* What is used and not counted is this process's runtime (context,
-     * kernels, libraries) unless another process holds it: NVML tells this
-     * process's share where it can; else it all reads as runtime. */
-    uint64_t used = tot - fr, ours = used;
-    if (qc_nvml_process_bytes(cm->bus_id, (int)getpid(), &ours) != 0 || ours > used) ours = used;
-    rep->bytes[QC_MEM_RUNTIME] = ours > counted ? ours - counted : 0;
-    rep->bytes[QC_MEM_OTHER_PROCS] = used - ours;
+     * kernels, libraries; and the driver's own reserve, which no process is
+     * listed for) unless another process holds it: NVML lists the other
+     * processes where it can; else it all reads as runtime. */
+    uint64_t used = tot - fr, ours = 0, others = 0;
+    if (qc_nvml_process_bytes(cm->bus_id, (int)getpid(), &ours, &others) != 0 || others > used) others = 0;
+    uint64_t mine = used - others;
+    rep->bytes[QC_MEM_RUNTIME] = mine > counted ? mine - counted : 0;
+    rep->bytes[QC_MEM_OTHER_PROCS] = others;
     rep->bytes[QC_MEM_FREE] = fr;
     rep->total = tot;
 }

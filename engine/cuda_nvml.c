@@ -38,7 +38,7 @@ static void nvml_open(void)
     g_nvml.ok = init && g_nvml.by_bus && g_nvml.procs && init() == 0;
 }
 
-int qc_nvml_process_bytes(const char *bus_id, int pid, uint64_t *bytes)
+int qc_nvml_process_bytes(const char *bus_id, int pid, uint64_t *ours, uint64_t *others)
 {
     pthread_once(&g_nvml.once, nvml_open);
     void *dev = NULL;
@@ -48,10 +48,17 @@ int qc_nvml_process_bytes(const char *bus_id, int pid, uint64_t *bytes)
     unsigned int n = sizeof p / sizeof p[0];
     if (g_nvml.procs(dev, &n, p) != 0) /* (more than 256 processes: not known) */
         return -1;
-    for (unsigned int i = 0; i < n; i++)
-        if ((int)p[i].pid == pid && p[i].used != ~0ULL) {
-            *bytes = p[i].used;
-            return 0;
+    int found = -1;
+    *others = 0;
+    for (unsigned int i = 0; i < n; i++) {
+        if (p[i].used == ~0ULL)
+            continue;
+        if ((int)p[i].pid == pid) {
+            *ours = p[i].used;
+            found = 0;
+        } else {
+            *others += p[i].used;
         }
-    return -1;
+    }
+    return found;
 }

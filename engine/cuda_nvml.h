@@ -13,9 +13,11 @@
 
 #include <stdint.h>
 
-/* Bytes of device memory held by process `pid` on the GPU at PCI bus id
- * `bus_id` (as cudaDeviceGetPCIBusId writes it). 0 on success; -1 when NVML
- * is missing, fails, or does not list the process with a known size. */
-int qc_nvml_process_bytes(const char *bus_id, int pid, uint64_t *bytes);
+/* Device memory on the GPU at PCI bus id `bus_id` (as cudaDeviceGetPCIBusId
+ * writes it) held by process `pid` (*ours) and by the other compute
+ * processes listed (*others; what no process is listed for, the driver's
+ * own, is in neither). 0 on success; -1 when NVML is missing, fails, or does
+ * not list pid with a known size. */
+int qc_nvml_process_bytes(const char *bus_id, int pid, uint64_t *ours, uint64_t *others);
 
 #endif

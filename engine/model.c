@@ -444,11 +444,15 @@ void qc_model_mem(const qc_model *m, const qc_session *s, qc_mem_report *rep)
     memset(rep, 0, sizeof *rep);
     qc_ckpt_mem cm;
     qc_ckpt_memory(m->ck, 0, &cm);
-    rep->bytes[QC_MEM_W_BF16] = (uint64_t)cm.weights_bytes[QC_FAM_BF16];
-    rep->bytes[QC_MEM_W_FP8] = (uint64_t)cm.weights_bytes[QC_FAM_FP8];
-    rep->bytes[QC_MEM_W_INT4] = (uint64_t)cm.weights_bytes[QC_FAM_INT4];
-    rep->bytes[QC_MEM_W_NVFP4] = (uint64_t)cm.weights_bytes[QC_FAM_NVFP4];
-    rep->bytes[QC_MEM_W_OTHER] = (uint64_t)cm.weights_bytes[QC_FAM_MXFP4];
+    /* The checkpoint's weights as mapped, less the MTP head's, which no
+     * engine reads (no speculative decoding): never paged in. */
+#define W(f) ((uint64_t)(cm.weights_bytes[f] - cm.mtp_weights_bytes[f]))
+    rep->bytes[QC_MEM_W_BF16] = W(QC_FAM_BF16);
+    rep->bytes[QC_MEM_W_FP8] = W(QC_FAM_FP8);
+    rep->bytes[QC_MEM_W_INT4] = W(QC_FAM_INT4);
+    rep->bytes[QC_MEM_W_NVFP4] = W(QC_FAM_NVFP4);
+    rep->bytes[QC_MEM_W_OTHER] = W(QC_FAM_MXFP4);
+#undef W
     if (m->be && m->be->mem)
         m->be->mem(m, s, rep);
 #ifdef QC_HAVE_CUDA

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "harness.h"
+#include "ckpt.h"
 #include "qchat.h"
 #include "safetensors.h"
 
@@ -107,6 +108,22 @@ static void test_model(const char *name, const char *qchat_bin, const char *tmpd
               "weights %llu kv %llu gdn %llu scratch %llu total %llu", (unsigned long long)w,
               (unsigned long long)rep.bytes[QC_MEM_KV], (unsigned long long)rep.bytes[QC_MEM_GDN_STATE],
               (unsigned long long)rep.bytes[QC_MEM_SCRATCH], (unsigned long long)rep.total);
+        /* the checkpoint's mapped weights, less the MTP head no engine reads */
+        qc_ckpt *ck = NULL;
+        qc_err e2 = {0};
+        int64_t want = -1;
+        if (qc_ckpt_open(dir, &ck, &e2) == 0) {
+            qc_ckpt_mem cm;
+            qc_ckpt_memory(ck, 0, &cm);
+            want = 0;
+            for (int f = 0; f < QC_FAM_COUNT; f++)
+                want += cm.weights_bytes[f] - cm.mtp_weights_bytes[f];
+            qc_ckpt_free(ck);
+        }
+        uint64_t mapped = w - rep.bytes[QC_MEM_W_OTHER]; /* (W_OTHER: the f32 copies on the CPU) */
+        snprintf(cname, sizeof cname, "mem_report_weights_without_mtp_%s", name);
+        CHECK(cname, want >= 0 && (int64_t)mapped == want, "mapped %llu, want %lld (%s)", (unsigned long long)mapped,
+              (long long)want, e2.msg);
     }
 
     /* Rewind to 100 tokens, then step token 100: row 100 of the reference. */

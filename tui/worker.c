@@ -88,8 +88,8 @@ static int describe_ckpt(const char *dir, worker_ckpt *c, qc_err *err)
     snprintf(c->family, sizeof c->family, "%s", qc_ckpt_dominant_family(ck));
     qc_ckpt_mem mem;
     qc_ckpt_memory(ck, 0, &mem);
-    for (int f = 0; f < QC_FAM_COUNT; f++)
-        c->weight_bytes += (uint64_t)mem.weights_bytes[f];
+    for (int f = 0; f < QC_FAM_COUNT; f++) /* (the MTP head is not loaded) */
+        c->weight_bytes += (uint64_t)(mem.weights_bytes[f] - mem.mtp_weights_bytes[f]);
     qc_ckpt_free(ck);
     size_t l = strlen(dir);
     while (l > 1 && dir[l - 1] == '/')
