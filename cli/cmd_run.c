@@ -234,14 +234,6 @@ static void sample_params(const run_opts *o, const qc_config *cfg, qc_sample_par
     sp->seed = o->has_seed ? o->seed : ((uint64_t)time(NULL) << 20) ^ (uint64_t)getpid();
 }
 
-/* A float parameter as the short decimal people wrote (0.6, not 0.600000023841858). */
-static double short_num(float f)
-{
-    char b[32];
-    snprintf(b, sizeof b, "%.6g", (double)f);
-    return strtod(b, NULL);
-}
-
 /* The streaming side of the output. */
 typedef struct sink {
     bool json, tty, color;
@@ -457,12 +449,12 @@ int cmd_run(int argc, char **argv)
         cJSON_AddStringToObject(j, "device", info.device);
         cJSON_AddBoolToObject(j, "thinking", in_reasoning);
         cJSON *spj = cJSON_CreateObject();
-        cJSON_AddNumberToObject(spj, "temperature", short_num(sp.temperature));
+        cJSON_AddNumberToObject(spj, "temperature", qc_float_decimal(sp.temperature));
         cJSON_AddNumberToObject(spj, "top_k", sp.top_k);
-        cJSON_AddNumberToObject(spj, "top_p", short_num(sp.top_p));
-        cJSON_AddNumberToObject(spj, "min_p", short_num(sp.min_p));
-        cJSON_AddNumberToObject(spj, "presence_penalty", short_num(sp.presence_penalty));
-        cJSON_AddNumberToObject(spj, "repetition_penalty", short_num(sp.repetition_penalty));
+        cJSON_AddNumberToObject(spj, "top_p", qc_float_decimal(sp.top_p));
+        cJSON_AddNumberToObject(spj, "min_p", qc_float_decimal(sp.min_p));
+        cJSON_AddNumberToObject(spj, "presence_penalty", qc_float_decimal(sp.presence_penalty));
+        cJSON_AddNumberToObject(spj, "repetition_penalty", qc_float_decimal(sp.repetition_penalty));
         char seed[32];
         snprintf(seed, sizeof seed, "%llu", (unsigned long long)sp.seed);
         cJSON_AddStringToObject(spj, "seed", seed); /* a string: 64-bit seeds exceed doubles */

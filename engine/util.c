@@ -104,6 +104,13 @@ double qc_now(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
+double qc_float_decimal(float f)
+{
+    char b[32];
+    snprintf(b, sizeof b, "%.6g", (double)f);
+    return strtod(b, NULL);
+}
+
 float qc_bf16_to_f32(uint16_t v)
 {
     uint32_t u = (uint32_t)v << 16;

@@ -39,6 +39,10 @@ char *qc_path_join(const char *dir, const char *name);
 /* Monotonic time in seconds. */
 double qc_now(void);
 
+/* A float parameter as the short decimal people wrote (0.6, not
+ * 0.600000023841858): for JSON and settings read from float fields. */
+double qc_float_decimal(float f);
+
 /* Threads for loading a model (the weight loader's pool, hashing shared
  * tensors): QCHAT_LOAD_THREADS, else the online CPUs (max 64). */
 int qc_load_default_threads(void);

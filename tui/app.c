@@ -200,7 +200,8 @@ static void info(app *a, const char *text) { add_block(a, DB_INFO, text, ""); }
 
 /* How an assistant turn ended, for its header and /stats: failed (the
  * engine's error, e.g. non-finite logits), max_tokens (cut at the token
- * limit), stopped (Ctrl-C, or the context full), or nothing (an eos). */
+ * limit), stopped (Ctrl-C), or nothing (an eos). A full context fails the
+ * step, so such a reply is failed. */
 static const char *turn_end_note(const convo_turn *t)
 {
     return t->error ? " \xc2\xb7 failed" : t->cut ? " \xc2\xb7 max_tokens" : t->stopped ? " \xc2\xb7 stopped" : "";
@@ -472,7 +473,7 @@ static void draw_reasoning(app *a)
     double secs = 0;
     if (a->snap.t_first > 0 && a->snap.n_reasoning > 0) {
         bool reasoning_now = a->generating && a->snap.n_answer == 0;
-        secs = (reasoning_now ? qc_now() : a->snap.t_reason_end) - a->snap.t_first;
+        secs = (reasoning_now ? qc_now() - a->snap.t_shift : a->snap.t_reason_end) - a->snap.t_first;
     }
     char n[32];
     meter_fmt_count(a->snap.n_reasoning, n, sizeof n);
@@ -1149,7 +1150,7 @@ static bool build_chat(app *a, int n, qc_chat *chat)
     return true;
 }
 
-/* The conversation's sampling settings as the sampler's, and back. */
+/* The conversation's sampling settings as the sampler's. */
 static void sampling_to_params(const convo_sampling *s, qc_sample_params *sp)
 {
     qc_sample_params_init(sp);
@@ -1160,16 +1161,6 @@ static void sampling_to_params(const convo_sampling *s, qc_sample_params *sp)
     sp->repetition_penalty = (float)s->repetition_penalty;
     sp->presence_penalty = (float)s->presence_penalty;
     sp->seed = s->seed;
-}
-
-static void params_to_sampling(const qc_sample_params *sp, convo_sampling *s)
-{
-    s->temperature = sp->temperature;
-    s->top_p = sp->top_p;
-    s->top_k = sp->top_k;
-    s->min_p = sp->min_p;
-    s->repetition_penalty = sp->repetition_penalty;
-    s->presence_penalty = sp->presence_penalty;
 }
 
 /* Thinking, sampling and the token limit of the conversation, for a reply
@@ -1918,11 +1909,26 @@ static void sampling_defaults(app *a)
 {
     const qc_config *cfg = qc_model_config(a->w.ck[a->w.live.active].model);
     convo_sampling *s = &a->cv.sampling;
-    if (cfg) { /* generation_config.json over Qwen's recommended settings, the rule `run` follows */
+    if (cfg && cfg->gen.present) {
+        /* generation_config.json over Qwen's recommended settings, by the
+         * rule `run` follows; only what the file gives is taken back, as
+         * the decimals it wrote */
+        const qc_gen_config *g = &cfg->gen;
         qc_sample_params sp;
         sampling_to_params(s, &sp);
-        qc_sample_params_apply_gen(&sp, &cfg->gen);
-        params_to_sampling(&sp, s);
+        qc_sample_params_apply_gen(&sp, g);
+        if (g->has_temperature || !g->do_sample)
+            s->temperature = qc_float_decimal(sp.temperature);
+        if (g->has_top_p)
+            s->top_p = qc_float_decimal(sp.top_p);
+        if (g->has_top_k)
+            s->top_k = sp.top_k;
+        if (g->has_min_p)
+            s->min_p = qc_float_decimal(sp.min_p);
+        if (g->has_repetition_penalty)
+            s->repetition_penalty = qc_float_decimal(sp.repetition_penalty);
+        if (g->has_presence_penalty)
+            s->presence_penalty = qc_float_decimal(sp.presence_penalty);
     }
     if (a->o.temperature >= 0)
         s->temperature = a->o.temperature;

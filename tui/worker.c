@@ -206,6 +206,17 @@ static void update_mem(worker *w)
         qc_model_mem(w->ck[i].model, w->ref_sess && w->ref_sess_ck == i ? w->ref_sess : NULL, &o);
         worker_mem_add_model(&rep, &o);
     }
+    if (w->ref_sess && w->ref_sess_ck == a) {
+        /* A drift session left on what is now the active model (after a
+         * swap): its own bytes, the model's report with it less without. */
+        qc_mem_report with, without, sess;
+        qc_model_mem(w->ck[a].model, w->ref_sess, &with);
+        qc_model_mem(w->ck[a].model, NULL, &without);
+        memset(&sess, 0, sizeof sess);
+        for (int k = QC_MEM_KV; k < QC_MEM_RUNTIME; k++)
+            sess.bytes[k] = with.bytes[k] > without.bytes[k] ? with.bytes[k] - without.bytes[k] : 0;
+        worker_mem_add_model(&rep, &sess);
+    }
     pthread_mutex_lock(&w->mu);
     w->live.mem = rep;
     w->live.mem_valid = true;
@@ -487,9 +498,13 @@ static int job_generate(worker *w, worker_job *job, qc_err *err)
     /* Live drift's work on the reference (its prefill, its steps, the KL
      * of each row) is not the active format's: its time comes off every
      * timestamp of the reply, so TTFT, tok/s and ITL stay the format's. */
-    double drift_s = qc_now();
-    bool drift = dref >= 0 && dref != act && dref < worker_ckpt_count(w) && live_drift_begin(w, dref, ids, (int)nids);
-    drift_s = drift ? qc_now() - drift_s : 0;
+    double drift_s = 0;
+    bool drift = false;
+    if (dref >= 0 && dref != act && dref < worker_ckpt_count(w)) {
+        double t0 = qc_now(); /* (a start that fails has loaded or evicted too) */
+        drift = live_drift_begin(w, dref, ids, (int)nids);
+        drift_s = qc_now() - t0;
+    }
     drift_stats ds;
     drift_stats_init(&ds);
     int32_t eos[QC_REPLY_MAX_EOS];
@@ -567,6 +582,7 @@ static int job_generate(worker *w, worker_job *job, qc_err *err)
         else if (L->n_itl < WORKER_MAX_ITL)
             L->itl_ms[L->n_itl++] = (t - t_prev) * 1e3;
         L->t_last = t;
+        L->t_shift = drift_s;
         L->gen_ids[L->n_gen % 256] = id;
         L->n_gen++;
         for (int pi = 0; pi < 2; pi++) {
@@ -959,7 +975,7 @@ static void *worker_main(void *arg)
                 L->answer[0] = 0;
             L->n_reasoning = L->n_answer = L->n_itl = L->n_gen = L->n_prompt = 0;
             L->t_submit = qc_now();
-            L->t_first = L->t_last = L->t_reason_end = 0;
+            L->t_first = L->t_last = L->t_reason_end = L->t_shift = 0;
             L->stopped = L->user_stopped = L->ended_eos = false;
             snprintf(L->reply_format, sizeof L->reply_format, "%s", w->ck[L->active].label);
             memset(&L->drift, 0, sizeof L->drift);

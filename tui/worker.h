@@ -74,7 +74,7 @@ typedef struct worker_cmp_col {
     size_t n_reasoning_b, n_answer_b, cap_reasoning, cap_answer;
     int n_reasoning, n_answer, n_gen, n_prompt;
     double t_start, t_first, t_last; /* t_start: the model resident, before the prompt */
-    uint64_t peak_mem;               /* engine bytes (weights of this model + session + runtime) */
+    uint64_t peak_mem;               /* this model alone: its weights (shared ones too), KV, state, scratch */
     char msg[256];                   /* FAILED: why */
 } worker_cmp_col;
 
@@ -104,8 +104,12 @@ typedef struct worker_live {
     size_t n_reasoning_b, n_answer_b, cap_reasoning, cap_answer;
     int n_reasoning, n_answer; /* tokens */
     int n_prompt;              /* tokens prefilled for it */
+    /* t_first, t_last and t_reason_end run on the reply's own clock:
+     * qc_now() less t_shift, the seconds live drift's reference work took
+     * (left out of the format's timings). */
     double t_submit, t_first, t_last;
     double t_reason_end; /* when the last reasoning token came (0: none yet) */
+    double t_shift;
     double itl_ms[WORKER_MAX_ITL];
     int n_itl;
     int32_t gen_ids[256]; /* the last generated ids, for the loop meter (ring) */
@@ -113,7 +117,7 @@ typedef struct worker_live {
     bool stopped, user_stopped, ended_eos; /* stopped: by the user or the token limit */
     char reply_format[24];
     int ctx_len; /* tokens in the session */
-    qc_mem_report mem; /* active model + session, weights of every resident model */
+    qc_mem_report mem; /* the device: every resident model and its sessions (worker_mem_add_model) */
     bool mem_valid;
     /* set when a job finishes: */
     unsigned done_seq;
