@@ -139,6 +139,20 @@ send C-c
 send C-c
 check tui_double_ctrl_c_quits wait_for 'QCHAT-EXIT 0' 5
 
+# A reply that fills the context stops there and is kept, tagged, and the
+# next prompt still gets a reply (the template drops old reasoning).
+start 100 30 $QC --ctx 48 "$M/tiny-qwen35"
+check tui_ctx_starts wait_for 'Conversation' 20
+line "hello there"
+check tui_ctx_full_tagged wait_for '^qwen · BF16 · [0-9]+\+[0-9]+ tok · [0-9.]+ s · context full' 20
+check tui_ctx_full_status wait_for 'the context is full \(48 tokens\): the reply is kept' 5
+check tui_ctx_full_not_failed absent ' · failed'
+# A prompt the context cannot hold: refused with the sizes and what to do.
+line "one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen"
+check tui_ctx_prompt_too_long wait_for 'the conversation with this prompt is [0-9]+ tokens, the context 48: /clear' 10
+line "/quit"
+check tui_ctx_quit wait_for 'QCHAT-EXIT 0' 5
+
 # Usage errors: a missing directory, and no terminal.
 $QCHAT_BIN "$TMP/nope" </dev/null >/dev/null 2>"$TMP/err"; rc=$?
 check tui_not_a_tty_exit_2 test $rc = 2

@@ -1328,10 +1328,10 @@ static void swiglu_perm_check(const char *name, int64_t N, int64_t I)
  * 2^60. Against the double reference. */
 static void xrange_check(const char *name, pub *p)
 {
-    const qc_linear *l = &p->l;
-    const int64_t N = l->n, K = l->k;
     if (!parts_gpu_or_skip(name, p, 1)) return;
 #ifdef QC_HAVE_CUDA
+    const qc_linear *l = &p->l;
+    const int64_t N = l->n, K = l->k;
     qk_qweight d;
     char why[256] = "";
     if (!part_upload(p, 0, &d, why, sizeof why)) {

@@ -106,7 +106,7 @@ int main(void)
     t->n_reasoning = 12;
     t->n_answer = 3;
     t->secs = 1.25;
-    t->stopped = true;
+    t->stopped = t->full = true; /* (a reply that filled the context) */
     t = convo_add(&a, CONVO_ASSISTANT, "cut", ""); /* a reply cut at max_tokens */
     t->stopped = t->cut = true;
     t = convo_add(&a, CONVO_ASSISTANT, "", ""); /* a reply the engine failed */
@@ -126,7 +126,7 @@ int main(void)
                b.sampling.seed == 42 && b.n == 4 && b.turns[0].role == CONVO_USER &&
                !strcmp(b.turns[0].text, "h\xc3\xa9llo \"q\"\n") && !strcmp(b.turns[1].reasoning, "thought") &&
                !strcmp(b.turns[1].format, "FP8") && b.turns[1].n_reasoning == 12 && b.turns[1].stopped && b.turns[1].secs == 1.25 &&
-               !b.turns[1].cut && b.turns[2].stopped && b.turns[2].cut && !b.turns[1].error &&
+               !b.turns[1].cut && b.turns[1].full && b.turns[2].stopped && b.turns[2].cut && !b.turns[2].full && !b.turns[1].error &&
                b.turns[3].error && !strcmp(b.turns[3].error, "logits not finite") &&
                b.n_tokens == 6 && !memcmp(b.tokens, ids, sizeof ids);
     CHECK("save_load_round_trip", same, "%s", rc ? msg : "fields differ");

@@ -200,11 +200,15 @@ static void info(app *a, const char *text) { add_block(a, DB_INFO, text, ""); }
 
 /* How an assistant turn ended, for its header and /stats: failed (the
  * engine's error, e.g. non-finite logits), max_tokens (cut at the token
- * limit), stopped (Ctrl-C), or nothing (an eos). A full context fails the
- * step, so such a reply is failed. */
+ * limit), context full (no room for the next token), stopped (Ctrl-C), or
+ * nothing (an eos). */
 static const char *turn_end_note(const convo_turn *t)
 {
-    return t->error ? " \xc2\xb7 failed" : t->cut ? " \xc2\xb7 max_tokens" : t->stopped ? " \xc2\xb7 stopped" : "";
+    return t->error  ? " \xc2\xb7 failed"
+           : t->full ? " \xc2\xb7 context full"
+           : t->cut  ? " \xc2\xb7 max_tokens"
+           : t->stopped ? " \xc2\xb7 stopped"
+                        : "";
 }
 
 static void assistant_header(const convo_turn *t, char *out, size_t n)
@@ -981,7 +985,8 @@ static void finish_reply(app *a)
     t->itl_p50_ms = meter_percentile(s->itl_ms, s->n_itl, 50);
     t->itl_p99_ms = meter_percentile(s->itl_ms, s->n_itl, 99);
     t->stopped = !s->done_rc && (s->stopped || !s->ended_eos);
-    t->cut = t->stopped && s->stopped && !s->user_stopped;
+    t->full = t->stopped && s->ctx_full;
+    t->cut = t->stopped && s->stopped && !s->user_stopped && !s->ctx_full;
     if (s->done_rc) /* (out of memory: no note, the status line still says why) */
         convo_set_text(&t->error, s->done_msg, strlen(s->done_msg));
     char h[160];
@@ -1045,6 +1050,9 @@ static void pull_live(app *a)
             set_status(a, true, "generation failed: %s", s->done_msg);
         else if (s->user_stopped)
             set_status(a, false, "stopped: the partial reply is kept (Ctrl-C again quits)");
+        else if (s->ctx_full)
+            set_status(a, true, "the context is full (%d tokens): the reply is kept; /clear starts over, --ctx N "
+                       "sets a larger context", a->o.ctx);
         else if (s->stopped)
             set_status(a, false, "reply cut at max_tokens=%d (/set max_tokens=N changes it)",
                        a->cv.sampling.max_tokens);

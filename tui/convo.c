@@ -150,6 +150,8 @@ char *convo_to_json(const convo *c)
             cJSON_AddBoolToObject(o, "stopped", t->stopped);
             if (t->cut)
                 cJSON_AddBoolToObject(o, "max_tokens_cut", true);
+            if (t->full)
+                cJSON_AddBoolToObject(o, "context_full", true);
             if (t->error)
                 cJSON_AddStringToObject(o, "error", t->error);
         }
@@ -237,6 +239,7 @@ int convo_from_json(const char *text, size_t len, convo *out, char *msg, int msg
         ct->itl_p99_ms = num_or(t, "itl_p99_ms", 0);
         ct->stopped = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(t, "stopped"));
         ct->cut = ct->stopped && cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(t, "max_tokens_cut"));
+        ct->full = ct->stopped && cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(t, "context_full"));
         const char *why = str_or(t, "error", "");
         if (*why && convo_set_text(&ct->error, why, strlen(why)))
             goto oom;

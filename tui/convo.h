@@ -24,6 +24,7 @@ typedef struct convo_turn {
     double secs; /* from the prompt's Enter to the reply's last token (prefill included) */
     bool stopped; /* ended by Ctrl-C or the token limit, not by an eos */
     bool cut;     /* stopped by the token limit (max_tokens), not by the user */
+    bool full;    /* stopped by a full context (--ctx) */
     char *error;  /* assistant: why the reply failed (the engine's message); NULL when it did not */
 } convo_turn;
 

@@ -478,6 +478,14 @@ static int job_generate(worker *w, worker_job *job, qc_err *err)
     int rc = encode_prompt(w, act, job, &ids, &nids, &in_reasoning, err);
     if (rc)
         return rc;
+    if (w->max_ctx > 0 && (int64_t)nids >= w->max_ctx) { /* (room for one reply token at least) */
+        rc = qc_err_set(err, QC_EXIT_USAGE,
+                        "the conversation with this prompt is %zu tokens, the context %d: /clear starts over, "
+                        "--ctx N sets a larger context",
+                        nids, w->max_ctx);
+        free(ids);
+        return rc;
+    }
     forget_last_reply(w);
     set_phase(w, WPH_PREFILL);
     int fed = 0;
@@ -572,8 +580,11 @@ static int job_generate(worker *w, worker_job *job, qc_err *err)
         n_gen++;
         bool limit = job->max_tokens > 0 && n_gen >= job->max_tokens;
         bool stop = atomic_load(&w->stop);
+        /* A context with no room for this token ends the reply like the
+         * token limit, kept, instead of failing the step. */
+        bool full = !limit && !stop && w->max_ctx > 0 && qc_session_len(w->sess) >= w->max_ctx;
         qc_reply_piece tail = {0};
-        if (!piece.end && (limit || stop))
+        if (!piece.end && (limit || stop || full))
             qc_reply_finish(&reply, &tail, err);
         pthread_mutex_lock(&w->mu);
         worker_live *L = &w->live;
@@ -598,14 +609,15 @@ static int job_generate(worker *w, worker_job *job, qc_err *err)
         L->n_answer = reply.n_answer;
         if (piece.end)
             L->ended_eos = true;
-        else if (limit || stop) {
+        else if (limit || stop || full) {
             L->stopped = true;
             L->user_stopped = stop;
+            L->ctx_full = full;
         }
         pthread_mutex_unlock(&w->mu);
         worker_wake(w);
         t_prev = t;
-        if (piece.end || limit || stop)
+        if (piece.end || limit || stop || full)
             break;
         /* The eos is not fed: the next turn's prompt closes the reply. */
         rc = qc_session_step(w->sess, id, err);
@@ -976,7 +988,7 @@ static void *worker_main(void *arg)
             L->n_reasoning = L->n_answer = L->n_itl = L->n_gen = L->n_prompt = 0;
             L->t_submit = qc_now();
             L->t_first = L->t_last = L->t_reason_end = L->t_shift = 0;
-            L->stopped = L->user_stopped = L->ended_eos = false;
+            L->stopped = L->user_stopped = L->ended_eos = L->ctx_full = false;
             snprintf(L->reply_format, sizeof L->reply_format, "%s", w->ck[L->active].label);
             memset(&L->drift, 0, sizeof L->drift);
         } else if (job.kind == WJOB_COMPARE) {

@@ -114,7 +114,8 @@ typedef struct worker_live {
     int n_itl;
     int32_t gen_ids[256]; /* the last generated ids, for the loop meter (ring) */
     int n_gen;
-    bool stopped, user_stopped, ended_eos; /* stopped: by the user or the token limit */
+    bool stopped, user_stopped, ended_eos; /* stopped: by the user, the token limit or a full context */
+    bool ctx_full;                         /* stopped: the context had no room for the next token */
     char reply_format[24];
     int ctx_len; /* tokens in the session */
     qc_mem_report mem; /* the device: every resident model and its sessions (worker_mem_add_model) */
