@@ -22,7 +22,7 @@ static void usage(FILE *f)
             "  --device cpu|cuda     engine backend (default: cuda when available)\n"
             "  --threads N           CPU threads (default: all cores)\n"
             "  --max-tokens N        stop each reply after N tokens (default: context)\n"
-            "  --ctx N               context length of the session (default 8192)\n"
+            "  --ctx N               context length of the session (default 32768; memory grows as it fills)\n"
             "  --mem-budget GB       weights kept resident across checkpoints\n"
             "  --no-think, --think   start with reasoning off / on\n"
             "  --temperature T       sampling temperature (default: generation_config.json)\n"
@@ -53,7 +53,7 @@ static int parse_int(const char *opt, const char *v, long lo, long hi, long *out
 
 int tui_main(int argc, char **argv)
 {
-    app_opts o = {.colors = 0, .device = QC_DEVICE_AUTO, .ctx = 8192, .think = -1, .temperature = -1, .seed = -1};
+    app_opts o = {.colors = 0, .device = QC_DEVICE_AUTO, .ctx = 32768, .think = -1, .temperature = -1, .seed = -1};
     /* The directories of argv, or the (at most 4) demo formats when none is given. */
     const char **dirs = calloc((size_t)argc + 5, sizeof *dirs);
     if (!dirs)
