@@ -223,6 +223,7 @@ int cmd_bench(int argc, char **argv)
         goto done;
     }
     if (!load_only && (rc = qc_cuda_sess_new(cm, max_ctx, &cs, &err))) goto done;
+    if (!load_only && (rc = qc_cuda_sess_reserve(cs, max_ctx, &err))) goto done; /* (as before: all up front) */
     uint64_t seed = 12345;
     random_ids(ids, max_ctx, sh.n_tokens, &seed);
     qc_mem_report mr;

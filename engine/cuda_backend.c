@@ -1374,6 +1374,7 @@ struct qc_cuda_sess {
     cu_pool state;   /* KV caches and GDN state */
     cu_pool scratch; /* the arena */
     int cap;         /* KV positions */
+    int max_ctx;     /* 0 = unbounded; the KV caches never grow past it */
     uint16_t **kc, **vc;
     float **conv, **S;
     int tmax, lrows; /* arena sized for tmax tokens and lrows logits rows */
@@ -1443,6 +1444,7 @@ static int sess_grow_kv(qc_cuda_sess *cs, int n, qc_err *err)
     qc_cuda_model *cm = cs->cm;
     const qc_cuda_shape *sh = &cm->sh;
     int ncap = cs->cap * 2 > n ? cs->cap * 2 : n;
+    if (cs->max_ctx > 0 && ncap > cs->max_ctx) ncap = n > cs->max_ctx ? n : cs->max_ctx;
     for (int li = 0; li < sh->n_layers; li++) {
         if (!cm->L[li].full) continue;
         uint16_t *nk, *nv;
@@ -1626,7 +1628,11 @@ int qc_cuda_sess_new(qc_cuda_model *cm, int max_ctx, qc_cuda_sess **out, qc_err 
     if (!cs->kc || !cs->vc || !cs->conv || !cs->S ||
         cudaMallocHost((void **)&cs->h_io, 4 * sizeof(int32_t)) != cudaSuccess)
         rc = qc_err_set(err, QC_EXIT_RUNTIME, "out of memory for a CUDA session");
-    int cap0 = max_ctx > 0 ? max_ctx : CU_DEFAULT_CTX;
+    /* KV for the first CU_DEFAULT_CTX positions (or the whole context when
+     * smaller), grown as the session fills: a long --ctx reserves nothing
+     * it does not use (qc_cuda_sess_reserve takes it all at once). */
+    cs->max_ctx = max_ctx;
+    int cap0 = max_ctx > 0 && max_ctx < CU_DEFAULT_CTX ? max_ctx : CU_DEFAULT_CTX;
     /* Key splits of the split-KV decode attention, fixed per session (the
      * decode graph bakes in the grid): about 4 blocks per SM at long
      * contexts; the kernel uses only the splits it needs at short ones
@@ -1646,6 +1652,11 @@ int qc_cuda_sess_new(qc_cuda_model *cm, int max_ctx, qc_cuda_sess **out, qc_err 
     qc_cuda_sess_reset(cs);
     *out = cs;
     return QC_OK;
+}
+
+int qc_cuda_sess_reserve(qc_cuda_sess *cs, int n, qc_err *err)
+{
+    return sess_grow_kv(cs, n, err);
 }
 
 void qc_cuda_sess_free(qc_cuda_sess *cs)

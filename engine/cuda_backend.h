@@ -71,8 +71,13 @@ const char *qc_cuda_device_name(const qc_cuda_model *cm);
  * (each launch synchronised: slow; also QCHAT_CUDA_PROFILE=1). */
 void qc_cuda_set_profile(qc_cuda_model *cm, bool on);
 
-/* max_ctx: KV positions allocated up front (grown on demand beyond). */
+/* max_ctx: the session's context (0 = unbounded). KV for min(max_ctx, 4096)
+ * positions is allocated at once, then grown as the session fills, never
+ * past max_ctx. */
 int qc_cuda_sess_new(qc_cuda_model *cm, int max_ctx, qc_cuda_sess **out, qc_err *err);
+/* Makes the KV caches hold n positions now, not as the session fills (bench:
+ * no allocation inside a timed run). */
+int qc_cuda_sess_reserve(qc_cuda_sess *cs, int n, qc_err *err);
 void qc_cuda_sess_free(qc_cuda_sess *cs);
 void qc_cuda_sess_reset(qc_cuda_sess *cs);
 /* Runs ids[0..n) at positions pos0.. ; the last row's logits stay on the

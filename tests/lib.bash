@@ -30,6 +30,16 @@ wait_for() {
     echo "--- screen while waiting for: $re"; screen | sed 's/^/    /'
     return 1
 }
+# wait_count REGEX N [SECONDS]: until N screen lines match
+wait_count() {
+    local end=$((SECONDS + ${3:-20} * ${QC_TIME_SCALE:-1}))
+    while [ $SECONDS -le "$end" ]; do
+        [ "$(screen | grep -Ec -- "$1")" -ge "$2" ] && return 0
+        sleep 0.1
+    done
+    echo "--- screen while waiting for $2 x: $1"; screen | sed 's/^/    /'
+    return 1
+}
 # until_ok SECONDS CMD...: polls CMD until it succeeds (the last try's status).
 until_ok() {
     local end=$((SECONDS + $1 * ${QC_TIME_SCALE:-1})); shift

@@ -147,9 +147,18 @@ line "hello there"
 check tui_ctx_full_tagged wait_for '^qwen · BF16 · [0-9]+\+[0-9]+ tok · [0-9.]+ s · context full' 20
 check tui_ctx_full_status wait_for 'the context is full \(48 tokens\): the reply is kept' 5
 check tui_ctx_full_not_failed absent ' · failed'
-# A prompt the context cannot hold: refused with the sizes and what to do.
+# The next prompt still gets a reply: the template drops the old reasoning.
+line "/think off"
+line "again"
+check tui_ctx_next_reply wait_count '^qwen · BF16 · ' 2
+# A prompt the context cannot hold: refused with the sizes and what to do,
+# taken off the conversation and put back in the input line.
 line "one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen"
 check tui_ctx_prompt_too_long wait_for 'the conversation with this prompt is [0-9]+ tokens, the context 48: /clear' 10
+check tui_ctx_prompt_back wait_for '^> one two three four five six' 5
+check tui_ctx_prompt_not_in_conversation absent '^  one two three four'
+check tui_ctx_no_failed_reply absent ' · failed'
+send C-u
 line "/quit"
 check tui_ctx_quit wait_for 'QCHAT-EXIT 0' 5
 

@@ -23,16 +23,6 @@ poke() {
         sed -E 's/.*"data_offsets":\[([0-9]+),.*/\1/')
     printf "$4" | dd of="$f" bs=1 seek=$((8 + hl + beg + $3)) conv=notrunc status=none
 }
-# wait_count REGEX N [SECONDS]: until N screen lines match
-wait_count() {
-    local end=$((SECONDS + ${3:-20} * ${QC_TIME_SCALE:-1}))
-    while [ $SECONDS -le "$end" ]; do
-        [ "$(screen | grep -Ec -- "$1")" -ge "$2" ] && return 0
-        sleep 0.1
-    done
-    echo "--- screen while waiting for $2 x: $1"; screen | sed 's/^/    /'
-    return 1
-}
 G=model.language_model.layers.0.mlp.gate_proj
 cp -r "$M/tiny-qwen35-fp8" "$TMP/nanweight"
 poke "$TMP/nanweight/model.safetensors" "$G.weight" 700 '\x7f'          # an E4M3 NaN code

@@ -1044,6 +1044,25 @@ static void pull_live(app *a)
     const worker_live *s = &a->snap;
     switch (s->done_kind) {
     case WJOB_GENERATE:
+        if (s->refused) {
+            /* The prompt did not fit: it leaves the conversation (which
+             * would otherwise be refused on every later prompt) and goes
+             * back to the input line when that is empty. */
+            if (a->cv.n && a->cv.turns[a->cv.n - 1].role == CONVO_USER) {
+                if (rl_end == 0 && a->cv.turns[a->cv.n - 1].text) {
+                    rl_replace_line(a->cv.turns[a->cv.n - 1].text, 0);
+                    rl_point = rl_end;
+                }
+                convo_pop(&a->cv);
+                if (a->n_blocks && a->blocks[a->n_blocks - 1].kind == DB_USER) {
+                    a->n_blocks--;
+                    free(a->blocks[a->n_blocks].text);
+                    wrap_cache_free(&a->blocks[a->n_blocks].wc);
+                }
+            }
+            set_status(a, true, "%s (the prompt is back in the input line)", s->done_msg);
+            break;
+        }
         if (was)
             finish_reply(a);
         if (s->done_rc)

@@ -466,6 +466,19 @@ static void forget_last_reply(worker *w)
     w->last_ck = -1;
 }
 
+/* A prompt of n tokens leaves the reply room in the context (a prompt that
+ * fills it could give one token and no more): else a usage error with both
+ * sizes and the way out. The same for a reply and a /compare column. */
+static int prompt_fits(const worker *w, size_t n, qc_err *err)
+{
+    if (w->max_ctx <= 0 || (int64_t)n < w->max_ctx)
+        return 0;
+    return qc_err_set(err, QC_EXIT_USAGE,
+                      "the conversation with this prompt is %zu tokens, the context %d: /clear starts over, --ctx N "
+                      "sets a larger context",
+                      n, w->max_ctx);
+}
+
 static int job_generate(worker *w, worker_job *job, qc_err *err)
 {
     int act = w->live.active;
@@ -478,12 +491,11 @@ static int job_generate(worker *w, worker_job *job, qc_err *err)
     int rc = encode_prompt(w, act, job, &ids, &nids, &in_reasoning, err);
     if (rc)
         return rc;
-    if (w->max_ctx > 0 && (int64_t)nids >= w->max_ctx) { /* (room for one reply token at least) */
-        rc = qc_err_set(err, QC_EXIT_USAGE,
-                        "the conversation with this prompt is %zu tokens, the context %d: /clear starts over, "
-                        "--ctx N sets a larger context",
-                        nids, w->max_ctx);
+    if ((rc = prompt_fits(w, nids, err)) != 0) {
         free(ids);
+        pthread_mutex_lock(&w->mu);
+        w->live.refused = true; /* (the UI takes the prompt back: no reply turn) */
+        pthread_mutex_unlock(&w->mu);
         return rc;
     }
     forget_last_reply(w);
@@ -787,7 +799,7 @@ static int compare_column(worker *w, const worker_job *job, int c, qc_err *err)
     col->t_start = t0;
     pthread_mutex_unlock(&w->mu);
     if ((rc = encode_prompt(w, ck, job, &ids, &nids, &in_reasoning, err)) != 0 ||
-        (rc = qc_session_new(m, w->max_ctx, &s, err)) != 0)
+        (rc = prompt_fits(w, nids, err)) != 0 || (rc = qc_session_new(m, w->max_ctx, &s, err)) != 0)
         goto out;
     pthread_mutex_lock(&w->mu);
     col->n_prompt = (int)nids;
@@ -821,7 +833,9 @@ static int compare_column(worker *w, const worker_job *job, int c, qc_err *err)
             break;
         bool limit = job->max_tokens > 0 && n_gen >= job->max_tokens;
         bool stop = atomic_load(&w->stop);
-        if (!piece.end && (limit || stop))
+        /* a full context ends the run like the token limit (as a reply) */
+        bool full = !limit && !stop && w->max_ctx > 0 && qc_session_len(s) >= w->max_ctx;
+        if (!piece.end && (limit || stop || full))
             qc_reply_finish(&reply, &tail, err);
         pthread_mutex_lock(&w->mu);
         if (col->t_first == 0)
@@ -844,8 +858,7 @@ static int compare_column(worker *w, const worker_job *job, int c, qc_err *err)
             rc = -1;
             break;
         }
-        /* A full context ends the run like the token limit does. */
-        if (piece.end || limit || qc_session_len(s) >= w->max_ctx)
+        if (piece.end || limit || full)
             break;
         if ((rc = qc_session_step(s, id, err)) != 0)
             break;
@@ -988,7 +1001,7 @@ static void *worker_main(void *arg)
             L->n_reasoning = L->n_answer = L->n_itl = L->n_gen = L->n_prompt = 0;
             L->t_submit = qc_now();
             L->t_first = L->t_last = L->t_reason_end = L->t_shift = 0;
-            L->stopped = L->user_stopped = L->ended_eos = L->ctx_full = false;
+            L->stopped = L->user_stopped = L->ended_eos = L->ctx_full = L->refused = false;
             snprintf(L->reply_format, sizeof L->reply_format, "%s", w->ck[L->active].label);
             memset(&L->drift, 0, sizeof L->drift);
         } else if (job.kind == WJOB_COMPARE) {

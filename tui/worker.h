@@ -116,6 +116,7 @@ typedef struct worker_live {
     int n_gen;
     bool stopped, user_stopped, ended_eos; /* stopped: by the user, the token limit or a full context */
     bool ctx_full;                         /* stopped: the context had no room for the next token */
+    bool refused;                          /* the prompt did not fit the context: nothing ran */
     char reply_format[24];
     int ctx_len; /* tokens in the session */
     qc_mem_report mem; /* the device: every resident model and its sessions (worker_mem_add_model) */
