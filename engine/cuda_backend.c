@@ -2673,8 +2673,8 @@ void qc_cuda_mem(const qc_cuda_model *cm, const qc_cuda_sess *cs, qc_mem_report 
      * kernels, libraries; and the driver's own reserve, which no process is
      * listed for) unless another process holds it: NVML lists the other
      * processes where it can; else it all reads as runtime. */
-    uint64_t used = tot - fr, ours = 0, others = 0;
-    if (qc_nvml_process_bytes(cm->bus_id, (int)getpid(), &ours, &others) != 0 || others > used) others = 0;
+    uint64_t used = tot - fr, others = 0;
+    if (qc_nvml_others_bytes(cm->bus_id, (int)getpid(), &others) != 0 || others > used) others = 0;
     uint64_t mine = used - others;
     rep->bytes[QC_MEM_RUNTIME] = mine > counted ? mine - counted : 0;
     rep->bytes[QC_MEM_OTHER_PROCS] = others;

@@ -40,8 +40,8 @@ static struct {
     double t;
     char bus[32];
     int pid, rc;
-    uint64_t ours, others;
-} g_nvml = {PTHREAD_ONCE_INIT, NULL, NULL, NULL, 0, PTHREAD_MUTEX_INITIALIZER, 0, "", 0, -1, 0, 0};
+    uint64_t others;
+} g_nvml = {PTHREAD_ONCE_INIT, NULL, NULL, NULL, 0, PTHREAD_MUTEX_INITIALIZER, 0, "", 0, -1, 0};
 
 static void nvml_open(void)
 {
@@ -79,7 +79,7 @@ static int nvml_list(nvml_procs_fn fn, void *dev, nvml_process **out, unsigned i
     return -1;
 }
 
-static int nvml_query(const char *bus_id, int pid, uint64_t *ours, uint64_t *others)
+static int nvml_query(const char *bus_id, int pid, uint64_t *others)
 {
     void *dev = NULL;
     if (g_nvml.by_bus(bus_id, &dev) != NVML_OK)
@@ -96,7 +96,6 @@ static int nvml_query(const char *bus_id, int pid, uint64_t *ours, uint64_t *oth
     unsigned int inst = 0;
     for (unsigned int i = 0; i < nc && found; i++)
         if ((int)c[i].pid == pid && c[i].used != ~0ULL) {
-            *ours = c[i].used;
             inst = c[i].gpu_instance;
             found = 0;
         }
@@ -119,7 +118,7 @@ static int nvml_query(const char *bus_id, int pid, uint64_t *ours, uint64_t *oth
     return found;
 }
 
-int qc_nvml_process_bytes(const char *bus_id, int pid, uint64_t *ours, uint64_t *others)
+int qc_nvml_others_bytes(const char *bus_id, int pid, uint64_t *others)
 {
     pthread_once(&g_nvml.once, nvml_open);
     if (!g_nvml.ok || !bus_id || !bus_id[0])
@@ -129,13 +128,12 @@ int qc_nvml_process_bytes(const char *bus_id, int pid, uint64_t *ours, uint64_t 
     bool fresh = g_nvml.t > 0 && now - g_nvml.t < 1.0 && g_nvml.pid == pid &&
                  !strncmp(g_nvml.bus, bus_id, sizeof g_nvml.bus);
     if (!fresh) {
-        g_nvml.rc = nvml_query(bus_id, pid, &g_nvml.ours, &g_nvml.others);
+        g_nvml.rc = nvml_query(bus_id, pid, &g_nvml.others);
         g_nvml.t = now;
         g_nvml.pid = pid;
         snprintf(g_nvml.bus, sizeof g_nvml.bus, "%s", bus_id);
     }
     int rc = g_nvml.rc;
-    *ours = g_nvml.ours;
     *others = g_nvml.others;
     pthread_mutex_unlock(&g_nvml.mu);
     return rc;

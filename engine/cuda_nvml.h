@@ -15,10 +15,10 @@
 #include <stdint.h>
 
 /* Device memory on the GPU at PCI bus id `bus_id` (as cudaDeviceGetPCIBusId
- * writes it) held by process `pid` (*ours) and by the other processes listed
- * on its GPU instance (*others, each process once; what no process is listed
- * for, the driver's own, is in neither). 0 on success; -1 when NVML is missing, fails, or does
- * not list pid with a known size. */
-int qc_nvml_process_bytes(const char *bus_id, int pid, uint64_t *ours, uint64_t *others);
+ * writes it) held by the processes other than `pid` listed on pid's GPU
+ * instance (*others, each process once; what no process is listed for, the
+ * driver's own, is not in it). 0 on success; -1 when NVML is missing, fails,
+ * or does not list pid. */
+int qc_nvml_others_bytes(const char *bus_id, int pid, uint64_t *others);
 
 #endif

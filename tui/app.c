@@ -196,6 +196,18 @@ static void clear_blocks(app *a)
     a->dirty = true;
 }
 
+/* Takes the last block off when it is of that kind (a reply to regenerate,
+ * a prompt taken back). */
+static void pop_block(app *a, int kind)
+{
+    if (!a->n_blocks || a->blocks[a->n_blocks - 1].kind != kind)
+        return;
+    a->n_blocks--;
+    free(a->blocks[a->n_blocks].text);
+    wrap_cache_free(&a->blocks[a->n_blocks].wc);
+    a->dirty = true;
+}
+
 static void info(app *a, const char *text) { add_block(a, DB_INFO, text, ""); }
 
 /* How an assistant turn ended, for its header and /stats: failed (the
@@ -692,25 +704,20 @@ static void draw_vram(app *a)
      * else short ones, else without the total (a cut legend lost free). */
     char buf[512];
     int rows = r.h >= 2 ? r.h - 1 : 1, avail = r.h >= 2 ? w : w - bw - 1;
+    wrap_cache wc = {0};
     for (int v = r.w < 120 ? 1 : 0; v < 3; v++) {
         vram_legend(a, m, v >= 1, v < 2, buf, sizeof buf);
-        wrap_cache wc = {0};
+        wrap_cache_reset(&wc); /* (another text: not a grown one) */
         wrap_cache_update(&wc, buf, strlen(buf), avail > 1 ? avail : 1);
-        int n = wc.n;
-        wrap_cache_free(&wc);
-        if (n <= rows)
+        if (wc.n <= rows)
             break;
     }
-    if (r.h >= 2) {
-        /* Legend wraps onto the remaining rows. */
-        wrap_cache wc = {0};
-        wrap_cache_update(&wc, buf, strlen(buf), w);
-        for (int i = 0; i < wc.n && i < r.h - 1; i++)
+    if (r.h >= 2) /* the legend wraps onto the rows under the bar */
+        for (int i = 0; i < wc.n && i < rows; i++)
             put(a, r.y + 1 + i, x, w, TH_VALUE, buf + wc.lines[i].off, wc.lines[i].len);
-        wrap_cache_free(&wc);
-    } else {
+    else
         puts_(a, r.y, cx + 1, w - bw - 1, TH_VALUE, buf);
-    }
+    wrap_cache_free(&wc);
 }
 
 /* The input text as drawn: earlier lines of a multi-line entry, then
@@ -1054,11 +1061,7 @@ static void pull_live(app *a)
                     rl_point = rl_end;
                 }
                 convo_pop(&a->cv);
-                if (a->n_blocks && a->blocks[a->n_blocks - 1].kind == DB_USER) {
-                    a->n_blocks--;
-                    free(a->blocks[a->n_blocks].text);
-                    wrap_cache_free(&a->blocks[a->n_blocks].wc);
-                }
+                pop_block(a, DB_USER);
             }
             set_status(a, true, "%s (the prompt is back in the input line)", s->done_msg);
             break;
@@ -1620,11 +1623,7 @@ static void run_command(app *a, const char *line)
             break;
         }
         convo_pop(&a->cv);
-        if (a->n_blocks && a->blocks[a->n_blocks - 1].kind == DB_ASSISTANT) {
-            a->n_blocks--;
-            free(a->blocks[a->n_blocks].text);
-            wrap_cache_free(&a->blocks[a->n_blocks].wc);
-        }
+        pop_block(a, DB_ASSISTANT);
         start_generate(a);
         break;
     case CMD_CLEAR: {
@@ -1938,24 +1937,17 @@ static void sampling_defaults(app *a)
     convo_sampling *s = &a->cv.sampling;
     if (cfg && cfg->gen.present) {
         /* generation_config.json over Qwen's recommended settings, by the
-         * rule `run` follows; only what the file gives is taken back, as
-         * the decimals it wrote */
-        const qc_gen_config *g = &cfg->gen;
+         * rule `run` follows, back as the decimals written (the defaults
+         * are short decimals too, so they come back unchanged) */
         qc_sample_params sp;
         sampling_to_params(s, &sp);
-        qc_sample_params_apply_gen(&sp, g);
-        if (g->has_temperature || !g->do_sample)
-            s->temperature = qc_float_decimal(sp.temperature);
-        if (g->has_top_p)
-            s->top_p = qc_float_decimal(sp.top_p);
-        if (g->has_top_k)
-            s->top_k = sp.top_k;
-        if (g->has_min_p)
-            s->min_p = qc_float_decimal(sp.min_p);
-        if (g->has_repetition_penalty)
-            s->repetition_penalty = qc_float_decimal(sp.repetition_penalty);
-        if (g->has_presence_penalty)
-            s->presence_penalty = qc_float_decimal(sp.presence_penalty);
+        qc_sample_params_apply_gen(&sp, &cfg->gen);
+        s->temperature = qc_float_decimal(sp.temperature);
+        s->top_p = qc_float_decimal(sp.top_p);
+        s->top_k = sp.top_k;
+        s->min_p = qc_float_decimal(sp.min_p);
+        s->repetition_penalty = qc_float_decimal(sp.repetition_penalty);
+        s->presence_penalty = qc_float_decimal(sp.presence_penalty);
     }
     if (a->o.temperature >= 0)
         s->temperature = a->o.temperature;

@@ -555,7 +555,7 @@ static int job_generate(worker *w, worker_job *job, qc_err *err)
     double t_prev = qc_now() - drift_s, t_mem = qc_now();
     for (;;) {
         /* Only drift needs the row itself; sampling alone stays on the device. */
-        double td = qc_now();
+        const double td = drift ? qc_now() : 0;
         const float *lg = drift ? qc_session_logits(w->sess) : NULL;
         if (drift) {
             /* The reference's view of this very position, before sampling. */
